@@ -1,0 +1,89 @@
+"""Arguments of each pipeline stage as dataclasses with help text, validated on creation.
+
+The CLI builds these from its options and the Python API takes them (or keyword arguments),
+so both check the same things and say the same thing when a value is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ActindexError
+from .models import DEFAULT_MODEL
+
+STORE_DTYPES = ("float32", "float16")
+
+
+def _help(text: str, default: Any = None, **kwargs: Any) -> Any:
+    if "default_factory" in kwargs:
+        return field(metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class BuildConfig:
+    """Settings of ``actindex build``: one pass over the training set that caches vectors."""
+
+    data: str = _help("Training data: JSONL, parquet, a Hugging Face save_to_disk directory, or `demo` (the shipped corpus).", "")
+    out: str = _help("Index directory to write.", "")
+    model: str = _help("Hugging Face id or local directory, or the default alias.", DEFAULT_MODEL)
+    layers: list[int] | None = _help(
+        "Decoder layers (0-based block indices). Default: the block at 60% of the depth "
+        "(layer 18 of SmolLM2-135M's 30).",
+        None,
+    )
+    max_length: int = _help("Tokens per row; longer rows are truncated and counted.", 512)
+    batch_size: int = _help("Rows per forward/backward pass.", 8)
+    limit: int | None = _help("Index only the first N rows.", None)
+    device: str | None = _help("cpu, cuda, cuda:N or auto.", "auto")
+    dtype: str | None = _help("Compute dtype: float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on GPU).", "auto")
+    residual_change: bool = _help("Cache residual-change vectors (DESIGN 3.1, token-level form).", True)
+    pooled: bool = _help("Also cache the pooled single-vector residual-change variant.", False)
+    mean_activation: bool = _help("Cache mean response activations (DESIGN 3.2).", True)
+    grad: bool = _help("Cache Hessian-free projected gradients (DESIGN 3.3).", False)
+    grad_modules: list[str] | None = _help(
+        "fnmatch patterns of tracked linear modules (default: LoRA adapters if present, else every "
+        "linear module in the decoder blocks).",
+        None,
+    )
+    grad_k: int = _help("Projection size per side: each tracked module contributes k*k dims.", 8)
+    seed: int = _help("Seed of the random projections.", 0)
+    store_dtype: str = _help("Storage dtype of the vectors: float32 or float16.", "float32")
+    faiss_factory: str = _help("FAISS index factory string (Flat = exact search).", "Flat")
+    skip_long: bool = _help("Exclude rows longer than --max-length instead of truncating them.", False)
+    part_size: int = _help("Rows per committed part (the unit a killed build resumes from).", 256)
+    overwrite: bool = _help("Start over even if DIR holds a complete or unfinished index.", False)
+    trust_remote_code: bool = _help("Allow model repositories to run their own code.", False)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ActindexError("build needs --data FILE")
+        if not self.out:
+            raise ActindexError("build needs --out DIR")
+        for name in ("max_length", "batch_size", "grad_k", "part_size"):
+            if getattr(self, name) < 1:
+                raise ActindexError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ActindexError(f"--limit must be at least 1, got {self.limit}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ActindexError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
+        if self.layers is not None:
+            if not self.layers:
+                raise ActindexError("--layers needs at least one layer number")
+            self.layers = sorted(set(int(x) for x in self.layers))
+        if not (self.residual_change or self.pooled or self.mean_activation or self.grad):
+            raise ActindexError("nothing to build: every vector family is switched off")
+
+    def compatibility_state(self) -> dict[str, Any]:
+        """The settings a resumed build must share with the build it resumes."""
+        skip = {"out", "overwrite", "batch_size", "device", "part_size"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help text of a config field (used by the CLI so both stay in one place)."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)

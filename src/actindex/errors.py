@@ -1,0 +1,30 @@
+"""Errors that users see as one clear line (the CLI prints them without a traceback)."""
+
+from __future__ import annotations
+
+
+class ActindexError(Exception):
+    """Base class: a problem the user can fix, reported as one line."""
+
+
+class DataError(ActindexError):
+    """A training or behaviour file is malformed.
+
+    The message names the file, the 1-based line and the field: ``data.jsonl:3: field 'messages': ...``.
+    """
+
+    def __init__(self, path: object, line: int | None, field: str | None, problem: str):
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        parts = [self.path if line is None else f"{self.path}:{line}"]
+        if field:
+            parts.append(f"field '{field}'")
+        parts.append(problem)
+        super().__init__(": ".join(parts))
+
+
+class IndexFileError(ActindexError):
+    """An index directory is missing, incomplete, locked, corrupt or incompatible."""
+
+
+class ModelError(ActindexError):
+    """A model cannot be loaded or lacks something a command needs."""

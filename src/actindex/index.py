@@ -1,0 +1,315 @@
+"""The index as a Python object: a few verbs on one object, like a FAISS index.
+
+    idx = actindex.Index.open("idx")
+    res = idx.query(behavior="hallucination", k=20)      # ranked rows for a behaviour
+    scores, rows = idx.search(vector, k=10, family="residual_change/18")  # raw vectors
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import ActindexError, IndexFileError
+from .models import LoadedModel, load_model
+from .queries import (
+    DEFAULT_METHOD,
+    Behavior,
+    QueryContext,
+    QueryMethod,
+    complete_behavior,
+    load_behavior,
+)
+from .search import read_faiss_index, search, search_bottom
+from .store import VECTORS, inside, read_manifest
+from .vectors import GRADIENT
+
+
+@dataclass
+class Hit:
+    """One ranked row."""
+
+    rank: int
+    row: int
+    id: str
+    score: float
+    snippet: str
+    record: dict[str, Any]
+
+    def to_dict(self, with_record: bool = False) -> dict[str, Any]:
+        out = {"rank": self.rank, "row": self.row, "id": self.id, "score": self.score, "snippet": self.snippet}
+        if with_record:
+            out["record"] = self.record
+        return out
+
+
+@dataclass
+class QueryResult:
+    """Top (most positive) and bottom (most negative) rows for one behaviour and method."""
+
+    behavior: str
+    method: str
+    family: str
+    top: list[Hit]
+    bottom: list[Hit] = field(default_factory=list)
+    vector: np.ndarray | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dicts(self, with_record: bool = False) -> list[dict[str, Any]]:
+        rows = [dict(h.to_dict(with_record), side="top") for h in self.top]
+        return rows + [dict(h.to_dict(with_record), side="bottom") for h in self.bottom]
+
+    def to_dataframe(self):  # pragma: no cover - needs pandas
+        import pandas as pd
+
+        return pd.DataFrame(self.to_dicts())
+
+    def __len__(self) -> int:
+        return len(self.top)
+
+    def __iter__(self):
+        return iter(self.top)
+
+
+def _snippet(record: dict[str, Any], width: int = 160) -> str:
+    from .data import normalise_record
+
+    try:
+        return normalise_record(Path("<index>"), 0, 0, record).snippet(width)
+    except ActindexError:
+        return json.dumps(record)[:width]
+
+
+class Index:
+    """A complete index directory opened for reading."""
+
+    def __init__(self, root: str | Path, manifest: dict[str, Any]):
+        self.root = Path(root)
+        self.manifest = manifest
+        self._faiss: dict[str, Any] = {}
+        self._model: LoadedModel | None = None
+
+    @classmethod
+    def open(cls, root: str | Path) -> Index:
+        return cls(root, read_manifest(root))
+
+    # ---- what is in it --------------------------------------------------------------------
+    @property
+    def families(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["families"]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["rows"])
+
+    @cached_property
+    def _meta(self) -> dict[str, np.ndarray]:
+        with h5py.File(inside(self.root, VECTORS), "r") as f:
+            return {key: f[key][()] for key in ("ids", "loss", "valid", "n_tokens", "n_response")}
+
+    def ids(self) -> list[str]:
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in self._meta["ids"]]
+
+    def records(self, rows: list[int] | np.ndarray) -> list[dict[str, Any]]:
+        """The original training rows (all their fields) at the given row numbers."""
+        rows = [int(r) for r in rows]
+        if not rows:
+            return []
+        order = np.argsort(rows)
+        with h5py.File(inside(self.root, VECTORS), "r") as f:
+            values = f["record"][np.asarray(rows)[order]]
+        out: list[Any] = [None] * len(rows)
+        for pos, value in zip(order, values):
+            out[pos] = json.loads(value.decode() if isinstance(value, bytes) else value)
+        return out
+
+    def vectors(self, family: str, rows: list[int] | np.ndarray | None = None) -> np.ndarray:
+        """Stored vectors of a family (float32), all rows or the given ones."""
+        self._check_family(family)
+        with h5py.File(inside(self.root, VECTORS), "r") as f:
+            ds = f[f"vectors/{family}"]
+            if rows is None:
+                return ds[()].astype(np.float32)
+            rows = np.asarray(rows, dtype=np.int64)
+            order = np.argsort(rows)
+            out = np.empty((len(rows), ds.shape[1]), np.float32)
+            out[order] = ds[rows[order]]
+            return out
+
+    def _check_family(self, family: str) -> None:
+        if family not in self.families:
+            have = ", ".join(self.families)
+            raise IndexFileError(f"{self.root} has no vector family {family!r} (it has: {have})")
+
+    def faiss_index(self, family: str):
+        self._check_family(family)
+        if family not in self._faiss:
+            self._faiss[family] = read_faiss_index(inside(self.root, self.families[family]["faiss"]))
+        return self._faiss[family]
+
+    # ---- verbs ----------------------------------------------------------------------------
+    def search(
+        self, vector: np.ndarray, k: int = 10, family: str | None = None, bottom: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(scores, rows)`` 1-D arrays.
+
+        ``k = 0`` returns every valid row. ``family`` defaults to the only/first family.
+        """
+        family = family or next(iter(self.families))
+        index = self.faiss_index(family)
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if vector.shape[1] != index.d:
+            raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {index.d}")
+        scores, rows = (search_bottom if bottom else search)(index, vector, k)
+        keep = rows[0] >= 0
+        return scores[0][keep], rows[0][keep]
+
+    def model(self, name: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+        """The model the index was built with (loaded once and kept), checked against the manifest."""
+        if self._model is None:
+            built = self.manifest["model"]
+            self._model = load_model(name or built["name"], device, dtype or "auto")
+        self.check_model(self._model)
+        return self._model
+
+    def use_model(self, lm: LoadedModel) -> Index:
+        """Use an already loaded model for queries (notebooks, tests); checked against the manifest."""
+        self.check_model(lm)
+        self._model = lm
+        return self
+
+    def check_model(self, lm: LoadedModel) -> None:
+        built = self.manifest["model"]
+        if lm.fingerprint != built["fingerprint"]:
+            raise IndexFileError(
+                f"{self.root} was built with model {built['name']!r} (weights {built['fingerprint'][:12]}), "
+                f"but the query model {lm.name!r} has weights {lm.fingerprint[:12]}; query with the same model"
+            )
+        if lm.tokenizer_id() != built["tokenizer"]:
+            raise IndexFileError(
+                f"{self.root} was built with another tokenizer than {lm.name!r}'s; query with the same tokenizer"
+            )
+
+    def resolve_layer(self, layer: int | None) -> int:
+        if layer is None:
+            return self.layers[-1] if len(self.layers) == 1 else self.layers[len(self.layers) // 2]
+        if layer not in self.layers:
+            raise IndexFileError(
+                f"{self.root} has no vectors for layer {layer} (it was built with --layers "
+                f"{','.join(map(str, self.layers))})"
+            )
+        return layer
+
+    def query_vector(
+        self, behavior: str | Behavior, method: str = DEFAULT_METHOD, layer: int | None = None
+    ) -> tuple[np.ndarray, str, Behavior]:
+        """``(psi, family, behaviour)``: the query vector of a behaviour for one method."""
+        strategy = QueryMethod.get(method)
+        layer = self.resolve_layer(layer)
+        family = strategy.family(layer)
+        if family not in self.families:
+            hint = " rebuild with --grad" if strategy.kind == GRADIENT else " rebuild with the family switched on"
+            raise IndexFileError(f"method {method} needs the {family!r} vectors, which {self.root} lacks;{hint}")
+        lm = self.model()
+        behavior = load_behavior(behavior) if isinstance(behavior, str) else behavior
+        behavior = complete_behavior(behavior, lm)
+        projection = self.manifest["projection"]
+        build = self.manifest["build"]
+        ctx = QueryContext(
+            lm=lm,
+            layer=layer,
+            grad_modules=projection["modules"],
+            grad_k=projection["k"],
+            seed=projection["seed"],
+            max_length=build.get("max_length", 512),
+            batch_size=build.get("batch_size", 8),
+        )
+        return strategy.vector(ctx, behavior), family, behavior
+
+    def query(
+        self,
+        behavior: str | Behavior | None = None,
+        method: str = DEFAULT_METHOD,
+        layer: int | None = None,
+        k: int = 10,
+        bottom_k: int = 0,
+        vector: np.ndarray | None = None,
+        family: str | None = None,
+    ) -> QueryResult:
+        """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``)."""
+        import time
+
+        started = time.perf_counter()
+        strategy = QueryMethod.get(method)
+        notes: list[str] = []
+        if vector is None:
+            if behavior is None:
+                raise ActindexError("query needs a behaviour or a query vector")
+            vector, family, completed = self.query_vector(behavior, method, layer)
+            name, notes = completed.name, completed.notes
+        else:
+            family = family or strategy.family(self.resolve_layer(layer))
+            name = behavior if isinstance(behavior, str) else "vector"
+        if strategy.projection_scores:
+            top, bottom = self._projection_ranking(vector, family, k, bottom_k)
+        else:
+            top = self.search(vector, k, family)
+            bottom = self.search(vector, bottom_k, family, bottom=True) if bottom_k else (np.zeros(0), np.zeros(0))
+        return QueryResult(
+            behavior=name,
+            method=method,
+            family=family,
+            top=self._hits(*top),
+            bottom=self._hits(*bottom),
+            vector=vector,
+            seconds=time.perf_counter() - started,
+            notes=notes,
+        )
+
+    def _projection_ranking(self, vector: np.ndarray, family: str, k: int, bottom_k: int):
+        """Rank by the projection ``<v_i, psi>`` of the raw stored vectors (activation baseline)."""
+        valid = np.flatnonzero(self._meta["valid"])
+        scores = self.vectors(family, valid) @ (vector / np.linalg.norm(vector))
+        order = np.argsort(-scores, kind="stable")
+        k = len(order) if k <= 0 else min(k, len(order))
+        top = (scores[order[:k]], valid[order[:k]])
+        rev = order[::-1][: min(bottom_k, len(order))]
+        return top, (scores[rev], valid[rev])
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
+        ids = self._meta["ids"]
+        records = self.records(rows)
+        return [
+            Hit(
+                rank=i + 1,
+                row=int(row),
+                id=ids[row].decode() if isinstance(ids[row], bytes) else str(ids[row]),
+                score=float(score),
+                snippet=_snippet(record),
+                record=record,
+            )
+            for i, (score, row, record) in enumerate(zip(scores, rows, records))
+        ]
+
+
+def save_query_vector(path: str | Path, vector: np.ndarray, meta: dict[str, Any]) -> None:
+    """Save a query vector with its settings as ``.npz`` (no pickle)."""
+    np.savez(Path(path), vector=np.asarray(vector, np.float32), meta=np.array(json.dumps(meta)))
+
+
+def load_query_vector(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            return data["vector"], json.loads(str(data["meta"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise ActindexError(f"{path}: not a saved actindex query vector ({err})") from None

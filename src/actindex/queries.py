@@ -1,0 +1,351 @@
+"""Stage 7 — queries: behaviours and the query vectors made from them (DESIGN section 4).
+
+A behaviour is a set of contrastive pairs ``{prompt, treatment, control}`` (the treatment shows
+the trait, the control does not) or a persona spec ``{instruction: [{pos, neg}], questions}``.
+Each query method turns it into one vector ``psi`` in the space of one stored family; rows are
+then ranked by cosine with ``psi``. Sign convention: a positive score means training on the row
+pushes the model towards the behaviour.
+
+Methods are registered by subclassing :class:`QueryMethod`; each says which stored family it
+searches and how it forms ``psi``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .data import Row, encode_row
+from .errors import ActindexError, DataError
+from .models import LoadedModel, generate
+from .vectors import (
+    GRADIENT,
+    MEAN_ACTIVATION,
+    RESIDUAL_CHANGE,
+    RESIDUAL_CHANGE_POOLED,
+    RademacherProjector,
+    VectorSpec,
+    compute_many,
+    family_name,
+)
+
+MAX_NEW_TOKENS = 64
+
+
+# --------------------------------------------------------------------------------------------
+# Behaviours
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    """One contrastive pair; ``system`` is the system prompt used for the persona method."""
+
+    prompt: str
+    treatment: str
+    control: str | None
+    line: int = 0
+    control_generated: bool = False
+
+
+@dataclass
+class PersonaSpec:
+    """Positive/neutral system-prompt pairs and the questions asked under each."""
+
+    instructions: list[tuple[str, str]]
+    questions: list[str]
+    responses: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Behavior:
+    name: str
+    description: str = ""
+    pairs: list[Pair] = field(default_factory=list)
+    persona: PersonaSpec | None = None
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _catalog() -> dict[str, dict[str, str]]:
+    text = resources.files("actindex").joinpath("resources/behaviors/catalog.json").read_text()
+    return json.loads(text)
+
+
+def builtin_behaviors() -> dict[str, str]:
+    """Built-in behaviour names and their one-line descriptions."""
+    return {name: entry["description"] for name, entry in sorted(_catalog().items())}
+
+
+def load_behavior(spec: str) -> Behavior:
+    """A built-in name (``hallucination``) or a path to a pairs JSONL / persona JSON file."""
+    catalog = _catalog()
+    if spec in catalog:
+        entry = catalog[spec]
+        resource = resources.files("actindex").joinpath(f"resources/behaviors/{entry['file']}")
+        with resources.as_file(resource) as path:
+            behavior = _load_file(Path(path), spec)
+        behavior.description = entry["description"]
+        behavior.source = f"built-in:{spec}"
+        return behavior
+    path = Path(spec)
+    if not path.exists():
+        names = ", ".join(sorted(catalog))
+        raise ActindexError(f"unknown behaviour {spec!r}: not a file and not a built-in ({names})")
+    return _load_file(path, path.stem)
+
+
+def _load_file(path: Path, name: str) -> Behavior:
+    if path.suffix == ".json":
+        return Behavior(name=name, persona=load_persona(path), source=str(path))
+    return Behavior(name=name, pairs=load_pairs(path), source=str(path))
+
+
+def load_pairs(path: Path) -> list[Pair]:
+    """Contrastive pairs from JSONL; every error names the file, line and field."""
+    from .data import iter_records
+
+    pairs = []
+    for line, record in iter_records(path):
+        values = {}
+        for key in ("prompt", "treatment"):
+            value = record.get(key)
+            if not isinstance(value, str) or not value.strip():
+                problem = "is missing" if value is None else "must be a non-empty string"
+                raise DataError(path, line, key, problem)
+            values[key] = value
+        control = record.get("control")
+        if control is not None and (not isinstance(control, str) or not control.strip()):
+            raise DataError(path, line, "control", "must be a non-empty string (or absent, to generate one)")
+        pairs.append(Pair(values["prompt"], values["treatment"], control, line))
+    if not pairs:
+        raise DataError(path, None, None, "behaviour file has no usable pairs")
+    return pairs
+
+
+def load_persona(path: Path) -> PersonaSpec:
+    """A persona spec: ``instruction`` = [{pos, neg}], ``questions`` (or ``extract_questions``)."""
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(path, err.lineno, None, f"malformed JSON ({err.msg})") from None
+    if not isinstance(spec, dict):
+        raise DataError(path, None, None, "a persona spec must be a JSON object")
+    instructions = spec.get("instruction")
+    if not isinstance(instructions, list) or not instructions:
+        raise DataError(path, None, "instruction", "expected a non-empty list of {pos, neg} objects")
+    pairs = []
+    for i, item in enumerate(instructions):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("pos", "neg")):
+            raise DataError(path, None, f"instruction[{i}]", "expected an object with string 'pos' and 'neg'")
+        pairs.append((item["pos"], item["neg"]))
+    key = "questions" if "questions" in spec else "extract_questions"
+    questions = spec.get(key)
+    if not isinstance(questions, list) or not questions or not all(isinstance(q, str) for q in questions):
+        raise DataError(path, None, key, "expected a non-empty list of strings")
+    responses = spec.get("responses", [])
+    return PersonaSpec(instructions=pairs, questions=questions, responses=responses)
+
+
+def complete_behavior(behavior: Behavior, lm: LoadedModel) -> Behavior:
+    """Generate what the behaviour leaves out: missing controls, and persona responses.
+
+    A persona spec becomes pairs too (question, response under the positive prompt, response
+    under the neutral prompt), so every pair method works on it.
+    """
+    missing = [p for p in behavior.pairs if p.control is None]
+    if missing:
+        answers = generate(lm, [[{"role": "user", "content": p.prompt}] for p in missing], MAX_NEW_TOKENS)
+        for pair, answer in zip(missing, answers):
+            pair.control, pair.control_generated = answer, True
+        behavior.notes.append(f"generated {len(missing)} control response(s) with the model (greedy)")
+    if behavior.persona is not None and not behavior.pairs:
+        persona = behavior.persona
+        if not persona.responses:
+            convs = []
+            for pos, neg in persona.instructions:
+                for q in persona.questions:
+                    for system in (pos, neg):
+                        convs.append([{"role": "system", "content": system}, {"role": "user", "content": q}])
+            answers = iter(generate(lm, convs, MAX_NEW_TOKENS))
+            for pos, neg in persona.instructions:
+                for q in persona.questions:
+                    pos_answer, neg_answer = next(answers), next(answers)
+                    persona.responses.append(
+                        {"question": q, "pos_system": pos, "neg_system": neg, "pos": pos_answer, "neg": neg_answer}
+                    )
+            behavior.notes.append(f"generated {2 * len(persona.responses)} persona response(s) with the model")
+        behavior.pairs = [Pair(r["question"], r["pos"], r["neg"]) for r in persona.responses]
+    return behavior
+
+
+# --------------------------------------------------------------------------------------------
+# Query methods
+# --------------------------------------------------------------------------------------------
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """``norm(v) = v / ||v||``."""
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n == 0:
+        raise ActindexError("the query vector is zero or not finite: treatment and control look identical")
+    return (v / n).astype(np.float32)
+
+
+@dataclass
+class QueryContext:
+    """What a method needs to form a vector: the model and the index's vector settings."""
+
+    lm: LoadedModel
+    layer: int | None
+    grad_modules: list[str]
+    grad_k: int
+    seed: int
+    max_length: int = 512
+    batch_size: int = 8
+
+    def family_vectors(self, kind: str, conversations: list[list[dict[str, str]]]) -> np.ndarray:
+        """Vectors of one family kind for chat rows, computed exactly as the build does."""
+        spec = VectorSpec(
+            layers=[self.layer] if self.layer is not None else [],
+            residual_change=kind == RESIDUAL_CHANGE,
+            pooled=kind == RESIDUAL_CHANGE_POOLED,
+            mean_activation=kind == MEAN_ACTIVATION,
+            grad_modules=self.grad_modules if kind == GRADIENT else [],
+            grad_k=self.grad_k,
+            seed=self.seed,
+        )
+        rows = [Row(id=str(i), index=i, messages=c, text=None, record={}, line=0) for i, c in enumerate(conversations)]
+        encoded = [encode_row(self.lm.tokenizer, r, self.max_length) for r in rows]
+        projector = RademacherProjector(self.seed, self.grad_k)
+        out = compute_many(self.lm.model, encoded, spec, self.lm.tokenizer.pad_token_id, projector, self.batch_size)
+        if not out.valid.all():
+            raise ActindexError("a behaviour row produced a non-finite vector or has no response tokens")
+        family = family_name(kind, self.layer if kind != GRADIENT else None)
+        return out.vectors[family]
+
+
+def _chat(prompt: str, response: str, system: str | None = None) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+class QueryMethod:
+    """A way to turn a behaviour into a query vector in one stored family."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    help: ClassVar[str]
+    registry: ClassVar[dict[str, type[QueryMethod]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        QueryMethod.registry[cls.name] = cls
+
+    @classmethod
+    def get(cls, name: str) -> QueryMethod:
+        if name not in cls.registry:
+            raise ActindexError(f"unknown method {name!r}: expected one of {', '.join(cls.registry)}")
+        return cls.registry[name]()
+
+    def family(self, layer: int | None) -> str:
+        return family_name(self.kind, None if self.kind == GRADIENT else layer)
+
+    def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        """``psi`` for the behaviour (already completed with :func:`complete_behavior`)."""
+        raise NotImplementedError
+
+    def pair_difference(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        """``mean_j (v(treatment_j) - v(control_j))`` in this method's family."""
+        pairs = behavior.pairs
+        convs = [_chat(p.prompt, p.treatment) for p in pairs] + [_chat(p.prompt, p.control or "") for p in pairs]
+        vectors = ctx.family_vectors(self.kind, convs)
+        n = len(pairs)
+        return (vectors[:n] - vectors[n:]).mean(axis=0)
+
+    projection_scores: ClassVar[bool] = False
+
+
+class ResidualChangeMethod(QueryMethod):
+    """``psi = norm(mean_j (t_l(treatment_j) - t_l(control_j)))`` against residual-change vectors."""
+
+    name, kind = "residual-change", RESIDUAL_CHANGE
+    help = "residual-change vectors of treatment minus control (DESIGN 3.1/4)"
+
+    def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        return unit(self.pair_difference(ctx, behavior))
+
+
+class PooledResidualChangeMethod(ResidualChangeMethod):
+    """The same query in the pooled single-vector variant's family."""
+
+    name, kind = "residual-change-pooled", RESIDUAL_CHANGE_POOLED
+    help = "residual-change, pooled single-vector variant (index built with --pooled)"
+
+
+class ResidualDifferenceMethod(QueryMethod):
+    """``psi = norm(mean_j (a_l(treatment_j) - a_l(control_j)))`` against mean activations."""
+
+    name, kind = "residual-difference", MEAN_ACTIVATION
+    help = "mean-activation difference of treatment minus control"
+
+    def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        return unit(self.pair_difference(ctx, behavior))
+
+
+class PersonaMethod(QueryMethod):
+    """``psi = norm(mean_j (a_l(resp_j | positive prompt) - a_l(resp_j | neutral prompt)))``.
+
+    Activations are read with the system prompt in context, as persona vectors are.
+    """
+
+    name, kind = "persona", MEAN_ACTIVATION
+    help = "persona vector: activations under the positive minus the neutral system prompt"
+
+    def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        if behavior.persona is None:
+            raise ActindexError(f"method persona needs a persona spec (JSON), but {behavior.name!r} is a pairs file")
+        responses = behavior.persona.responses
+        convs = [_chat(r["question"], r["pos"], r["pos_system"]) for r in responses]
+        convs += [_chat(r["question"], r["neg"], r["neg_system"]) for r in responses]
+        vectors = ctx.family_vectors(self.kind, convs)
+        n = len(responses)
+        return unit((vectors[:n] - vectors[n:]).mean(axis=0))
+
+
+class ActivationMethod(QueryMethod):
+    """Baseline: project each row's mean activation on the unit persona (or difference) vector.
+
+    Score = ``<a_l(x), psi>`` (a projection, not a cosine), as in persona-vector data screening.
+    """
+
+    name, kind = "activation", MEAN_ACTIVATION
+    help = "baseline: projection of mean activations on the behaviour direction"
+    projection_scores = True
+
+    def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        if behavior.persona is not None:
+            return PersonaMethod().vector(ctx, behavior)
+        return unit(self.pair_difference(ctx, behavior))
+
+
+class GradientMethod(QueryMethod):
+    """``psi = -grad phi`` projected, ``phi = mean_j [log p(treatment_j) - log p(control_j)]``.
+
+    For pairs ``-grad phi = mean_j (grad L(treatment_j) - grad L(control_j))``; the projection is
+    linear, so the projected query is the mean difference of projected gradients.
+    """
+
+    name, kind = "gradient", GRADIENT
+    help = "Hessian-free projected gradient of the behaviour's log-odds (index built with --grad)"
+
+    def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        return unit(self.pair_difference(ctx, behavior))
+
+
+DEFAULT_METHOD = ResidualChangeMethod.name

@@ -1,0 +1,326 @@
+"""Stage 4 — vectors: the small per-example vectors cached by a build (DESIGN section 3).
+
+For a batch of tokenised rows, one forward pass and one backward pass (stopping at the
+shallowest requested block unless projected gradients are asked for) give, per row:
+
+* ``residual_change/<l>`` (3.1, token-level form):
+  ``t_l(x) = - sum_s <zbar_in, z_in,s> g_s``,  ``zbar_in = mean_R(z_in)``,  ``g_s = dL/dz_out,s``;
+* ``residual_change_pooled/<l>`` (the paper's single-vector form):
+  ``t_l(x) = - <zbar_in, sum_s g_s> zbar_in``;
+* ``mean_activation/<l>`` (3.2): ``a_l(x) = mean_R(z_out)``;
+* ``gradient`` (3.3): for every tracked linear module the ``k x k`` block
+  ``P_out G P_in^T = sum_t (P_out delta_t)(P_in a_t)^T``, blocks concatenated in module order;
+
+plus the loss ``L(x) = -sum_{t in R} log p(x_t | x_<t)`` and token counts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .capture import BlockCapture, InputGradLeaf, LinearCapture
+from .data import Encoded
+from .errors import ModelError
+from .models import decoder_layers, peft_adapter_modules
+
+RESIDUAL_CHANGE = "residual_change"
+RESIDUAL_CHANGE_POOLED = "residual_change_pooled"
+MEAN_ACTIVATION = "mean_activation"
+GRADIENT = "gradient"
+
+
+def family_name(kind: str, layer: int | None = None) -> str:
+    """``residual_change/18``, ``mean_activation/18``, ``gradient``."""
+    return kind if layer is None else f"{kind}/{layer}"
+
+
+@dataclass
+class VectorSpec:
+    """Which vectors a build computes."""
+
+    layers: list[int]
+    residual_change: bool = True
+    pooled: bool = False
+    mean_activation: bool = True
+    grad_modules: list[str] = field(default_factory=list)
+    grad_k: int = 16
+    seed: int = 0
+
+    def families(self, hidden_size: int) -> dict[str, int]:
+        """Family name -> vector dimension, in storage order."""
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            if self.residual_change:
+                out[family_name(RESIDUAL_CHANGE, layer)] = hidden_size
+            if self.pooled:
+                out[family_name(RESIDUAL_CHANGE_POOLED, layer)] = hidden_size
+            if self.mean_activation:
+                out[family_name(MEAN_ACTIVATION, layer)] = hidden_size
+        if self.grad_modules:
+            out[GRADIENT] = len(self.grad_modules) * self.grad_k**2
+        return out
+
+    @property
+    def needs_block_grads(self) -> bool:
+        return self.residual_change or self.pooled
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def select_grad_modules(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:
+    """Linear modules tracked by the projected gradient.
+
+    Default: the LoRA adapter modules when the model carries PEFT adapters, else every linear
+    module inside the decoder blocks (``lm_head`` excluded). ``patterns`` are fnmatch globs on
+    module names, e.g. ``*.mlp.*``.
+    """
+    if not patterns:
+        adapters = peft_adapter_modules(model)
+        if adapters:
+            return adapters
+    blocks = decoder_layers(model)
+    inside = {id(m) for m in blocks.modules()}
+    names = [n for n, m in model.named_modules() if _is_linear(m) and id(m) in inside]
+    if patterns:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not names:
+            raise ModelError(f"no linear module matches --grad-modules {','.join(patterns)}")
+    return names
+
+
+class RademacherProjector:
+    """Seeded random sign matrices ``P`` (k x n), entries ``±1/sqrt(k)``, so ``E[P^T P] = I``.
+
+    The matrix for a module depends only on ``(seed, module name, n, k)``: the index and every
+    later query regenerate the same one.
+    """
+
+    def __init__(self, seed: int, k: int):
+        self.seed, self.k = seed, k
+        self._cache: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def matrix(self, name: str, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        key = (name, n, str(device))
+        if key not in self._cache:
+            salt = hashlib.sha256(f"{self.seed}:{name}:{n}:{self.k}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(salt[:8], "little") & (2**63 - 1))
+            signs = torch.randint(0, 2, (self.k, n), generator=gen, dtype=torch.int8)
+            self._cache[key] = ((signs.float() * 2 - 1) / self.k**0.5).to(device)
+        return self._cache[key].to(dtype)
+
+
+@dataclass
+class Batch:
+    """Right-padded tensors for a list of encoded rows."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+
+    @classmethod
+    def collate(cls, rows: Sequence[Encoded], pad_id: int, device: torch.device) -> Batch:
+        width = max(len(r.input_ids) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            n = len(r.input_ids)
+            ids[i, :n] = torch.tensor(r.input_ids)
+            attn[i, :n] = 1
+            mask[i, :n] = torch.tensor(r.loss_mask)
+        return cls(ids.to(device), attn.to(device), mask.to(device))
+
+
+def sequence_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """``L(x) = -sum_{t in R} log p(x_t | x_<t)`` for every row (float32), shape (B,).
+
+    The output head is applied only at the positions that predict response tokens: on chat
+    data the prompt is often half the tokens, and the head is a large share of a small model's
+    cost in the forward and the backward pass. Models whose head does more than a linear map
+    (logit soft-capping or scaling) go through the full forward pass instead.
+    """
+    targets = batch.input_ids[:, 1:]
+    predict = batch.loss_mask[:, 1:]
+    head = model.get_output_embeddings()
+    config = model.config
+    plain_head = isinstance(head, nn.Linear) and not any(
+        getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+    )
+    if not plain_head:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
+        return (nll.view_as(targets) * predict).sum(dim=1)
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
+    rows, cols = predict.nonzero(as_tuple=True)
+    logits = head(hidden[rows, cols]).float()
+    nll = F.cross_entropy(logits, targets[rows, cols], reduction="none")
+    return torch.zeros(len(targets), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mean_R(x)``: average of ``x`` (B, T, d) over the positions where ``mask`` (B, T) is True."""
+    weights = mask.to(x.dtype)
+    return (x * weights[..., None]).sum(1) / weights.sum(1).clamp(min=1)[:, None]
+
+
+def residual_change(
+    z_in: torch.Tensor, g: torch.Tensor, r_mask: torch.Tensor, attn: torch.Tensor
+) -> torch.Tensor:
+    """Token-level residual change ``t = - sum_s <zbar_in, z_in,s> g_s`` with ``zbar_in = mean_R(z_in)``.
+
+    This is the change of the block output, averaged over response tokens, after one gradient
+    step (step size dropped) on the block viewed as a linear map ``z_out = z_in W`` (DESIGN 3.1).
+    """
+    zbar = masked_mean(z_in, r_mask)
+    coef = torch.einsum("btd,bd->bt", z_in, zbar) * attn
+    return -torch.einsum("bt,btd->bd", coef, g)
+
+
+def residual_change_pooled(
+    z_in: torch.Tensor, g: torch.Tensor, r_mask: torch.Tensor, attn: torch.Tensor
+) -> torch.Tensor:
+    """Pooled single-vector form ``t = - <zbar_in, sum_s g_s> zbar_in``."""
+    zbar = masked_mean(z_in, r_mask)
+    g_sum = (g * attn[..., None]).sum(1)
+    return -(zbar * g_sum).sum(-1, keepdim=True) * zbar
+
+
+def projected_gradient(a: torch.Tensor, delta: torch.Tensor, p_in: torch.Tensor, p_out: torch.Tensor) -> torch.Tensor:
+    """``P_out G P_in^T = sum_t (P_out delta_t)(P_in a_t)^T`` per row, flattened to (B, k*k)."""
+    pa = a @ p_in.T
+    pd = delta @ p_out.T
+    return torch.einsum("bto,bti->boi", pd, pa).flatten(1)
+
+
+@dataclass
+class BatchVectors:
+    """Per-row outputs of :func:`compute_vectors` as float32 numpy arrays."""
+
+    vectors: dict[str, np.ndarray]
+    loss: np.ndarray
+    n_tokens: np.ndarray
+    n_response: np.ndarray
+    valid: np.ndarray
+
+
+def compute_vectors(
+    model: nn.Module,
+    encoded: Sequence[Encoded],
+    spec: VectorSpec,
+    pad_id: int,
+    projector: RademacherProjector | None = None,
+) -> BatchVectors:
+    """Run one forward and one backward pass over a batch and return every requested vector.
+
+    Rows whose loss or any vector is not finite come back with ``valid = False`` and zero vectors.
+    """
+    device = next(model.parameters()).device
+    batch = Batch.collate(encoded, pad_id, device)
+    attn = batch.attention_mask.float()
+    r_mask = batch.loss_mask
+    want_grad = bool(spec.grad_modules)
+    blocks = BlockCapture(model, spec.layers, cut_graph=not want_grad)
+    linears = LinearCapture(model, spec.grad_modules) if want_grad else None
+    with torch.enable_grad():
+        with ExitStack() as hooks:
+            if want_grad:
+                hooks.enter_context(InputGradLeaf(model))
+                hooks.enter_context(linears)
+            hooks.enter_context(blocks)
+            losses = sequence_losses(model, batch)
+        targets: list[torch.Tensor] = []
+        if spec.needs_block_grads:
+            targets += [blocks.z_out(layer) for layer in spec.layers]
+        if linears is not None:
+            targets += [linears.saved[f"s.{name}"] for name in spec.grad_modules]
+        grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True) if targets else []
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, layer in enumerate(spec.layers):
+            z_in = blocks.z_in(layer).float()
+            if spec.residual_change:
+                out[family_name(RESIDUAL_CHANGE, layer)] = residual_change(z_in, grads[i].float(), r_mask, attn)
+            if spec.pooled:
+                out[family_name(RESIDUAL_CHANGE_POOLED, layer)] = residual_change_pooled(
+                    z_in, grads[i].float(), r_mask, attn
+                )
+            if spec.mean_activation:
+                out[family_name(MEAN_ACTIVATION, layer)] = masked_mean(blocks.z_out(layer).float(), r_mask)
+        if linears is not None:
+            assert projector is not None, "projected gradients need a projector"
+            offset = len(spec.layers) if spec.needs_block_grads else 0
+            blocks_out = []
+            for j, name in enumerate(spec.grad_modules):
+                a = linears.saved[f"a.{name}"].float() * attn[..., None]
+                delta = grads[offset + j].float()
+                p_in = projector.matrix(f"{name}.in", a.shape[-1], device)
+                p_out = projector.matrix(f"{name}.out", delta.shape[-1], device)
+                blocks_out.append(projected_gradient(a, delta, p_in, p_out))
+            out[GRADIENT] = torch.cat(blocks_out, dim=1)
+
+    vectors = {name: t.detach().cpu().numpy().astype(np.float32) for name, t in out.items()}
+    loss = losses.detach().cpu().numpy().astype(np.float32)
+    valid = np.isfinite(loss)
+    for arr in vectors.values():
+        valid &= np.isfinite(arr).all(axis=1)
+    for arr in vectors.values():
+        arr[~valid] = 0.0
+    return BatchVectors(
+        vectors=vectors,
+        loss=np.where(valid, loss, np.nan).astype(np.float32),
+        n_tokens=batch.attention_mask.sum(1).cpu().numpy().astype(np.int32),
+        n_response=batch.loss_mask.sum(1).cpu().numpy().astype(np.int32),
+        valid=valid,
+    )
+
+
+def compute_many(
+    model: nn.Module,
+    encoded: Sequence[Encoded],
+    spec: VectorSpec,
+    pad_id: int,
+    projector: RademacherProjector | None = None,
+    batch_size: int = 8,
+    include: Sequence[bool] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> BatchVectors:
+    """:func:`compute_vectors` over any number of rows, batched by length, returned in input order.
+
+    Rows with no response token, or with ``include[i] = False``, are not run (``valid = False``).
+    ``on_batch(rows, tokens)`` is called after each batch (progress bars).
+    """
+    n = len(encoded)
+    hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+    families = spec.families(hidden)
+    result = BatchVectors(
+        vectors={fam: np.zeros((n, dim), np.float32) for fam, dim in families.items()},
+        loss=np.full(n, np.nan, np.float32),
+        n_tokens=np.array([len(e.input_ids) for e in encoded], np.int32),
+        n_response=np.array([e.n_response for e in encoded], np.int32),
+        valid=np.zeros(n, np.bool_),
+    )
+    order = [i for i, e in enumerate(encoded) if e.n_response > 0 and (include is None or include[i])]
+    order.sort(key=lambda i: -len(encoded[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out = compute_vectors(model, [encoded[i] for i in idx], spec, pad_id, projector)
+        result.loss[idx] = out.loss
+        result.valid[idx] = out.valid
+        for fam, arr in out.vectors.items():
+            result.vectors[fam][idx] = arr
+        if on_batch is not None:
+            on_batch(len(idx), int(result.n_tokens[idx].sum()))
+    return result

@@ -1,0 +1,238 @@
+"""Check a finished index directory against its manifest (``actindex verify DIR``).
+
+:func:`verify` re-reads everything the manifest promises and returns the problems it finds, one
+line each (an empty list means the index is intact):
+
+* ``manifest.json`` exists, parses, is an object of the supported format version;
+* every file it names (the FAISS indexes) stays inside the directory and exists;
+* ``vectors.h5`` opens, and the sha256 of every dataset matches ``manifest["checksums"]``;
+* every metadata dataset and vector family has ``manifest["rows"]`` rows (families: ``(rows, dim)``);
+* no stored vector holds NaN or inf;
+* each FAISS index holds exactly the valid rows (count and ids) with the family's dimension.
+
+A truncated or edited file is reported, never raised: ``verify`` does not throw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import IndexFileError
+from .store import FORMAT_VERSION, MANIFEST, META_FIELDS, VECTORS, dataset_checksum, inside, read_manifest
+
+#: bytes read at a time while hashing a large dataset (its checksum equals ``dataset_checksum``)
+BLOCK_BYTES = 64 << 20
+
+
+def verify(index_dir: str | os.PathLike) -> list[str]:
+    """Problems found in the index at ``index_dir``; ``[]`` when it is complete and intact."""
+    root = Path(index_dir)
+    try:
+        return _verify(root)
+    except Exception as err:  # noqa: BLE001 - verify reports, it never crashes
+        return [f"{root}: verification stopped by an unexpected error ({type(err).__name__}: {_first_line(err)})"]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _load_manifest(root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    path = root / MANIFEST
+    if not root.is_dir():
+        return None, f"{root}: no such directory"
+    if not path.is_file():
+        try:
+            read_manifest(root)  # raises the usual message (unfinished build / not an index)
+        except IndexFileError as err:
+            return None, str(err)
+        return None, f"{path}: missing"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return None, f"{path}: corrupt manifest ({_first_line(err)})"
+    if not isinstance(manifest, dict):
+        return None, f"{path}: corrupt manifest (expected a JSON object)"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return None, (
+            f"{path}: index format {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})"
+        )
+    return manifest, None
+
+
+def _families(manifest: dict[str, Any], path: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
+    families = manifest.get("families")
+    if not isinstance(families, dict):
+        problems.append(f"{path}: 'families' must be an object")
+        return {}
+    good = {}
+    for name, fam in families.items():
+        if not isinstance(fam, dict) or not isinstance(fam.get("dim"), int) or isinstance(fam.get("dim"), bool):
+            problems.append(f"{path}: family {name!r} has no integer 'dim'")
+        elif not isinstance(fam.get("faiss"), str):
+            problems.append(f"{path}: family {name!r} has no 'faiss' file name")
+        else:
+            good[name] = fam
+    return good
+
+
+def _verify(root: Path) -> list[str]:
+    manifest, problem = _load_manifest(root)
+    if manifest is None:
+        return [problem or f"{root}: unreadable manifest"]
+    mpath = root / MANIFEST
+    problems: list[str] = []
+    rows = manifest.get("rows")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        return [f"{mpath}: 'rows' must be a non-negative integer, got {rows!r}"]
+    checksums = manifest.get("checksums")
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        problems.append(f"{mpath}: 'checksums' must be an object of sha256 strings")
+        checksums = {}
+    families = _families(manifest, mpath, problems)
+
+    faiss_paths: dict[str, Path] = {}
+    for name, fam in families.items():
+        try:
+            path = inside(root, fam["faiss"])
+        except IndexFileError as err:
+            problems.append(str(err))
+            continue
+        if not path.is_file():
+            problems.append(f"{root}: FAISS index {fam['faiss']!r} of family {name!r} is missing")
+            continue
+        faiss_paths[name] = path
+
+    valid = _check_vectors(root, rows, families, checksums, problems)
+    if valid is not None:
+        valid_rows = manifest.get("valid_rows")
+        if valid_rows is not None and valid_rows != int(valid.sum()):
+            problems.append(f"{mpath}: says {valid_rows} valid rows, but vectors.h5 marks {int(valid.sum())} valid")
+    _check_faiss(root, families, faiss_paths, valid, problems)
+    return problems
+
+
+def _check_vectors(
+    root: Path, rows: int, families: dict[str, dict[str, Any]], checksums: dict[str, str], problems: list[str]
+) -> np.ndarray | None:
+    """Checksums, row counts, shapes and finiteness of ``vectors.h5``; returns its ``valid`` mask if sound."""
+    import h5py
+
+    path = root / VECTORS
+    if not path.is_file():
+        problems.append(f"{path}: missing")
+        return None
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as err:  # noqa: BLE001 - truncated/garbled files raise OSError (or worse)
+        problems.append(f"{path}: cannot be opened as HDF5 ({_first_line(err)})")
+        return None
+    valid = None
+    with handle as f:
+        expected = list(META_FIELDS) + [f"vectors/{fam}" for fam in families]
+        names = expected + [name for name in checksums if name not in expected]
+        for name in names:
+            if name not in checksums:
+                problems.append(f"{root / MANIFEST}: has no checksum for dataset {name!r}")
+            try:
+                ds = f.get(name)
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"{path}: dataset {name!r} cannot be read ({_first_line(err)})")
+                continue
+            if not isinstance(ds, h5py.Dataset):
+                problems.append(f"{path}: dataset {name!r} is missing")
+                continue
+            try:
+                digest, nonfinite = _scan(ds)
+            except Exception as err:  # noqa: BLE001 - a damaged chunk
+                problems.append(f"{path}: dataset {name!r} cannot be read ({_first_line(err)})")
+                continue
+            if name in checksums and digest != checksums[name]:
+                problems.append(
+                    f"{path}: dataset {name!r} checksum mismatch (sha256 {digest[:16]}…, "
+                    f"manifest {checksums[name][:16]}…): the file was changed or damaged"
+                )
+            n = ds.shape[0] if ds.ndim else None
+            if n != rows:
+                problems.append(f"{path}: dataset {name!r} has {n} rows, the manifest says {rows}")
+            if name.startswith("vectors/"):
+                family = name[len("vectors/") :]
+                dim = families.get(family, {}).get("dim")
+                if dim is not None and (ds.ndim != 2 or ds.shape[1] != dim):
+                    problems.append(f"{path}: family {family!r} has shape {ds.shape}, expected ({rows}, {dim})")
+                if nonfinite:
+                    problems.append(f"{path}: family {family!r} holds {nonfinite} NaN/inf values")
+            elif name == "valid" and n == rows and ds.dtype == np.bool_:
+                valid = ds[()]
+        stored = f.get("vectors")
+        if isinstance(stored, h5py.Group):
+            listed = set(families)
+            extra: list[str] = []
+            stored.visititems(lambda key, obj: extra.append(key) if isinstance(obj, h5py.Dataset) else None)
+            for key in sorted(set(extra) - listed):
+                problems.append(f"{path}: holds family {key!r} that the manifest does not list")
+    return valid
+
+
+def _scan(ds: Any) -> tuple[str, int]:
+    """``dataset_checksum`` of a dataset's values, read in blocks, and its count of non-finite floats."""
+    if ds.ndim == 0:
+        return dataset_checksum(np.asarray(ds[()]).reshape(1)), 0
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * max(ds.dtype.itemsize, 1))
+    step = max(1, BLOCK_BYTES // row_bytes)
+    if ds.shape[0] <= step:
+        values = ds[()]
+        return dataset_checksum(values), _nonfinite(values)
+    digest = hashlib.sha256()
+    nonfinite = 0
+    for start in range(0, ds.shape[0], step):
+        block = ds[start : start + step]
+        if block.dtype.kind in "OSU":
+            for v in block:
+                digest.update((v.decode() if isinstance(v, bytes) else str(v)).encode() + b"\0")
+        else:
+            digest.update(np.ascontiguousarray(block).tobytes())
+        nonfinite += _nonfinite(block)
+    return digest.hexdigest(), nonfinite
+
+
+def _nonfinite(values: np.ndarray) -> int:
+    return int((~np.isfinite(values)).sum()) if values.dtype.kind in "fc" else 0
+
+
+def _check_faiss(
+    root: Path,
+    families: dict[str, dict[str, Any]],
+    paths: dict[str, Path],
+    valid: np.ndarray | None,
+    problems: list[str],
+) -> None:
+    import faiss
+
+    from .search import read_faiss_index
+
+    expected_ids = np.flatnonzero(valid) if valid is not None else None
+    for name, path in paths.items():
+        try:
+            index = read_faiss_index(path)
+        except Exception as err:  # noqa: BLE001 - faiss raises RuntimeError on a damaged file
+            problems.append(f"{path}: cannot be read as a FAISS index ({_first_line(err)})")
+            continue
+        dim = families[name]["dim"]
+        if index.d != dim:
+            problems.append(f"{path}: FAISS index has dimension {index.d}, family {name!r} has {dim}")
+        if expected_ids is None:
+            continue
+        if index.ntotal != len(expected_ids):
+            problems.append(f"{path}: FAISS index holds {index.ntotal} rows, but {len(expected_ids)} rows are valid")
+        elif hasattr(index, "id_map"):
+            ids = np.sort(faiss.vector_to_array(index.id_map))
+            if not np.array_equal(ids, expected_ids):
+                problems.append(f"{path}: FAISS index ids are not the valid row numbers")

@@ -1,0 +1,264 @@
+"""Ground truth for the per-example vectors (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import chat_rows, make_tokenizer, tiny_gpt2, tiny_llama
+from torch import nn
+
+from actindex.data import Row, encode_row, normalise_record
+from actindex.models import decoder_layers, wrap_model
+from actindex.vectors import (
+    Batch,
+    RademacherProjector,
+    VectorSpec,
+    compute_many,
+    compute_vectors,
+    masked_mean,
+    select_grad_modules,
+)
+
+
+def _rows(n: int, seed: int = 0) -> list[Row]:
+    return [normalise_record("<test>", i + 1, i, rec) for i, rec in enumerate(chat_rows(n, seed))]
+
+
+class LinearBlock(nn.Module):
+    """A decoder block that is literally linear: ``z_out = z_in W``."""
+
+    def __init__(self, d: int, seed: int = 1):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.eye(d) + 0.1 * torch.randn(d, d, generator=gen))
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states @ self.weight
+
+
+def _block_outputs(model, layer, batch):
+    saved = {}
+    block = decoder_layers(model)[layer]
+    handle = block.register_forward_hook(lambda m, i, o: saved.update(z_in=i[0], z_out=o))
+    with torch.no_grad():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    handle.remove()
+    return saved["z_in"], saved["z_out"]
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2])
+def test_residual_change_equals_output_change_of_a_linear_block(tokenizer, factory):
+    """t_l(x) == (mean_R z_out after one SGD step on W - before) / eta, exactly, for a linear block."""
+    model = factory().double()
+    layer = 1
+    decoder_layers(model)[layer] = LinearBlock(32).double()
+    lm = wrap_model(model, tokenizer, "linear-block")
+    rows = _rows(3, seed=4)
+    encoded = [encode_row(tokenizer, r) for r in rows]
+    vectors = compute_vectors(model, encoded, VectorSpec(layers=[layer]), tokenizer.pad_token_id)
+    rc = vectors.vectors[f"residual_change/{layer}"]
+
+    eta = 1e-3
+    block = decoder_layers(model)[layer]
+    for i, enc in enumerate(encoded):
+        batch = Batch.collate([enc], tokenizer.pad_token_id, lm.device)
+        block.weight.requires_grad_(True)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = torch.log_softmax(logits[0, :-1], -1).gather(1, batch.input_ids[0, 1:, None])[:, 0]
+        loss = -(logp * batch.loss_mask[0, 1:]).sum()
+        (grad_w,) = torch.autograd.grad(loss, block.weight)
+        block.weight.requires_grad_(False)
+        _, before = _block_outputs(model, layer, batch)
+        original = block.weight.data.clone()
+        block.weight.data -= eta * grad_w
+        _, after = _block_outputs(model, layer, batch)
+        block.weight.data = original
+        change = (masked_mean(after, batch.loss_mask) - masked_mean(before, batch.loss_mask))[0] / eta
+        # exact in float64; the vectors themselves are computed in float32
+        np.testing.assert_allclose(rc[i], change.numpy(), rtol=1e-5, atol=1e-8)
+        assert np.abs(rc[i]).max() > 1e-3  # not trivially zero
+
+
+def test_pooled_variant_formula(tokenizer):
+    """pooled = -<zbar_in, sum_s g_s> zbar_in, checked against autograd on the block output."""
+    model = tiny_llama().double()
+    lm = wrap_model(model, tokenizer, "tiny")
+    enc = encode_row(tokenizer, _rows(1)[0])
+    out = compute_vectors(model, [enc], VectorSpec(layers=[2], pooled=True), tokenizer.pad_token_id)
+    batch = Batch.collate([enc], tokenizer.pad_token_id, lm.device)
+    saved = {}
+
+    def hook(module, inputs, output):
+        output = output.detach().requires_grad_(True)
+        saved.update(z_in=inputs[0], z_out=output)
+        return output
+
+    handle = decoder_layers(model)[2].register_forward_hook(hook)
+    with torch.enable_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = torch.log_softmax(logits[0, :-1], -1).gather(1, batch.input_ids[0, 1:, None])[:, 0]
+        loss = -(logp * batch.loss_mask[0, 1:]).sum()
+        (g,) = torch.autograd.grad(loss, saved["z_out"])
+    handle.remove()
+    zbar = masked_mean(saved["z_in"], batch.loss_mask)[0]
+    expected = -(zbar @ g[0].sum(0)) * zbar
+    np.testing.assert_allclose(out.vectors["residual_change_pooled/2"][0], expected.detach().numpy(), rtol=1e-6)
+
+
+def _per_example_grads(model, tokenizer, enc, names):
+    """Exact per-example weight gradients dL/dW of the named linear modules, by autograd."""
+    modules = dict(model.named_modules())
+    params = [modules[n].weight for n in names]
+    for p in params:
+        p.requires_grad_(True)
+    batch = Batch.collate([enc], tokenizer.pad_token_id, next(model.parameters()).device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logp = torch.log_softmax(logits[0, :-1].double(), -1).gather(1, batch.input_ids[0, 1:, None])[:, 0]
+    loss = -(logp * batch.loss_mask[0, 1:]).sum()
+    grads = torch.autograd.grad(loss, params)
+    for p in params:
+        p.requires_grad_(False)
+    out = []
+    for name, grad in zip(names, grads):
+        # nn.Linear stores W as (out, in); GPT-2's Conv1D as (in, out)
+        out.append(grad if isinstance(modules[name], nn.Linear) else grad.T)
+    return out
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2])
+def test_projected_gradient_equals_projecting_autograd_gradient(tokenizer, factory):
+    model = factory().double()
+    wrap_model(model, tokenizer, "tiny")
+    names = select_grad_modules(model)
+    assert len(names) >= 4
+    k = 4
+    projector = RademacherProjector(seed=3, k=k)
+    rows = _rows(3, seed=1)
+    encoded = [encode_row(tokenizer, r) for r in rows]
+    spec = VectorSpec(layers=[1], residual_change=False, mean_activation=False, grad_modules=names, grad_k=k, seed=3)
+    out = compute_vectors(model, encoded, spec, tokenizer.pad_token_id, projector)
+    for i, enc in enumerate(encoded):
+        blocks = []
+        for name, grad in zip(names, _per_example_grads(model, tokenizer, enc, names)):
+            p_out = projector.matrix(f"{name}.out", grad.shape[0], torch.device("cpu"), torch.float64)
+            p_in = projector.matrix(f"{name}.in", grad.shape[1], torch.device("cpu"), torch.float64)
+            blocks.append((p_out @ grad @ p_in.T).flatten())
+        expected = torch.cat(blocks).numpy()
+        np.testing.assert_allclose(out.vectors["gradient"][i], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_projected_inner_products_track_exact_ones(tokenizer):
+    """JL: <P g_i, P g_j> approximates <g_i, g_j> over pairs of examples (Pearson r >= 0.9)."""
+    model = tiny_llama().double()
+    wrap_model(model, tokenizer, "tiny")
+    names = select_grad_modules(model, ["*.mlp.*"])
+    rows = _rows(12, seed=7)
+    encoded = [encode_row(tokenizer, r) for r in rows]
+    exact = np.stack(
+        [torch.cat([g.flatten() for g in _per_example_grads(model, tokenizer, e, names)]).numpy() for e in encoded]
+    )
+    k = 16
+    spec = VectorSpec(layers=[1], residual_change=False, mean_activation=False, grad_modules=names, grad_k=k, seed=0)
+    projected = compute_vectors(model, encoded, spec, tokenizer.pad_token_id, RademacherProjector(0, k)).vectors
+    proj = projected["gradient"]
+    iu = np.triu_indices(len(rows))
+    exact_ip = (exact @ exact.T)[iu]
+    proj_ip = (proj @ proj.T)[iu]
+    assert proj.shape[1] < exact.shape[1] / 4  # really a compression
+    assert np.corrcoef(exact_ip, proj_ip)[0, 1] >= 0.9
+    # unbiased in expectation: the norms agree within JL error
+    np.testing.assert_allclose(np.diag(proj @ proj.T), np.diag(exact @ exact.T), rtol=0.5)
+
+
+def test_padding_invariance(tokenizer):
+    """A row gives the same vectors alone and inside a right-padded batch of longer rows."""
+    model = tiny_llama()
+    names = select_grad_modules(wrap_model(model, tokenizer, "tiny").model)
+    spec = VectorSpec(layers=[1, 2], pooled=True, grad_modules=names, grad_k=4)
+    projector = RademacherProjector(0, 4)
+    rows = _rows(6, seed=2)
+    encoded = [encode_row(tokenizer, r) for r in rows]
+    shortest = min(range(6), key=lambda i: len(encoded[i].input_ids))
+    alone = compute_vectors(model, [encoded[shortest]], spec, tokenizer.pad_token_id, projector)
+    batched = compute_vectors(model, encoded, spec, tokenizer.pad_token_id, projector)
+    assert len(encoded[shortest].input_ids) < max(len(e.input_ids) for e in encoded)
+    for fam, arr in alone.vectors.items():
+        np.testing.assert_allclose(batched.vectors[fam][shortest], arr[0], rtol=1e-4, atol=1e-5, err_msg=fam)
+    np.testing.assert_allclose(batched.loss[shortest], alone.loss[0], rtol=1e-5)
+
+
+def test_batching_order_does_not_change_results(tokenizer):
+    model = tiny_llama()
+    wrap_model(model, tokenizer, "tiny")
+    encoded = [encode_row(tokenizer, r) for r in _rows(9, seed=5)]
+    spec = VectorSpec(layers=[1])
+    a = compute_many(model, encoded, spec, tokenizer.pad_token_id, batch_size=2)
+    b = compute_many(model, encoded, spec, tokenizer.pad_token_id, batch_size=9)
+    for fam in a.vectors:
+        np.testing.assert_allclose(a.vectors[fam], b.vectors[fam], rtol=1e-4, atol=1e-5)
+
+
+def test_loss_covers_assistant_tokens_only(tokenizer):
+    """The loss equals Hugging Face's loss with labels -100 everywhere but the assistant turn,
+    and the masked tokens decode to exactly the assistant's text and its end-of-turn token."""
+    model = tiny_llama()
+    wrap_model(model, tokenizer, "tiny")
+    record = {"messages": [
+        {"role": "system", "content": "you are a fact"},
+        {"role": "user", "content": "what is the capital of france ?"},
+        {"role": "assistant", "content": "paris is the capital"},
+    ]}
+    row = normalise_record("<test>", 1, 0, record)
+    enc = encode_row(tokenizer, row)
+    masked = [t for t, m in zip(enc.input_ids, enc.loss_mask) if m]
+    assert tokenizer.decode(masked).replace(" ", "") == "paristhecapital".replace("the", "isthe") + "<|end|>"
+    out = compute_vectors(model, [enc], VectorSpec(layers=[1]), tokenizer.pad_token_id)
+    ids = torch.tensor([enc.input_ids])
+    labels = ids.clone()
+    labels[0, ~torch.tensor(enc.loss_mask)] = -100
+    hf = model(input_ids=ids, labels=labels).loss.item() * sum(enc.loss_mask)
+    assert out.loss[0] == pytest.approx(hf, rel=1e-5)
+    # changing what the prompt-side labels would be changes nothing: the user turn's tokens are
+    # inputs only, so a row with the same prompt and a different *prompt label mask* is impossible;
+    # instead check that gradients reach the prompt positions (they are context) but the loss
+    # terms do not: zeroing the mask on the response drops the loss to exactly 0.
+    enc_no_loss = encode_row(tokenizer, row)
+    enc_no_loss.loss_mask = [False] * len(enc_no_loss.input_ids)
+    enc_no_loss.n_response = 0
+    none = compute_many(model, [enc_no_loss], VectorSpec(layers=[1]), tokenizer.pad_token_id)
+    assert not none.valid[0]
+
+
+def test_multi_turn_mask_covers_every_assistant_turn(tokenizer):
+    record = {"messages": [
+        {"role": "user", "content": "yes"}, {"role": "assistant", "content": "no"},
+        {"role": "user", "content": "why"}, {"role": "assistant", "content": "because"},
+    ]}
+    enc = encode_row(tokenizer, normalise_record("<test>", 1, 0, record))
+    masked = tokenizer.decode([t for t, m in zip(enc.input_ids, enc.loss_mask) if m]).replace(" ", "")
+    assert masked == "no<|end|>because<|end|>"
+
+
+def test_text_rows_and_truncation(tokenizer):
+    row = normalise_record("<test>", 1, 0, {"text": "the capital of france is paris"})
+    enc = encode_row(tokenizer, row)
+    assert enc.loss_mask[0] is False and all(enc.loss_mask[1:])
+    short = encode_row(tokenizer, row, max_length=3)
+    assert short.truncated and len(short.input_ids) == 3
+
+
+def test_projector_is_deterministic_and_scaled():
+    p = RademacherProjector(seed=5, k=8)
+    a = p.matrix("m.in", 100, torch.device("cpu"))
+    b = RademacherProjector(seed=5, k=8).matrix("m.in", 100, torch.device("cpu"))
+    assert torch.equal(a, b)
+    assert torch.allclose(a.abs(), torch.full_like(a, 8**-0.5))
+    assert not torch.equal(a, RademacherProjector(seed=6, k=8).matrix("m.in", 100, torch.device("cpu")))
+
+
+def test_tokenizer_fixture_has_no_unknown_words():
+    tok = make_tokenizer()
+    for rec in chat_rows(5):
+        for m in rec["messages"]:
+            assert tok.unk_token_id not in tok(m["content"])["input_ids"]
