@@ -25,7 +25,9 @@ def _help(text: str, default: Any = None, **kwargs: Any) -> Any:
 class BuildConfig:
     """Settings of ``actindex build``: one pass over the training set that caches vectors."""
 
-    data: str = _help("Training data: JSONL, parquet, a Hugging Face save_to_disk directory, or `demo` (the shipped corpus).", "")
+    data: str = _help(
+        "Training data: JSONL, parquet, a Hugging Face save_to_disk directory, or `demo` (the shipped corpus).", ""
+    )
     out: str = _help("Index directory to write.", "")
     model: str = _help("Hugging Face id or local directory, or the default alias.", DEFAULT_MODEL)
     layers: list[int] | None = _help(

@@ -256,7 +256,7 @@ class Index:
             if behavior is None:
                 raise ActindexError("query needs a behaviour or a query vector")
             vector, family, completed = self.query_vector(behavior, method, layer)
-            name, notes = completed.name, completed.notes
+            name, notes = completed.name, list(completed.notes)
         else:
             family = family or strategy.family(self.resolve_layer(layer))
             name = behavior if isinstance(behavior, str) else "vector"

@@ -131,6 +131,7 @@ def load_model(
     path = _default_model_dir() if name == DEFAULT_MODEL else name
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -140,6 +141,7 @@ def load_model(
         raise ModelError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     model.to(torch_device).eval()
     return wrap_model(model, tokenizer, name)
 

@@ -273,6 +273,8 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise IndexFileError(f"{path}: corrupt manifest ({err.msg})") from None
+    if not isinstance(manifest, dict):
+        raise IndexFileError(f"{path}: corrupt manifest (expected a JSON object)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexFileError(
             f"{path}: index format {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})"

@@ -1,0 +1,238 @@
+"""The one-pass build and the index on disk: resume, atomicity, FAISS against brute force."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import chat_rows, write_jsonl
+
+import actindex
+from actindex.cli import main
+from actindex.errors import ActindexError, IndexFileError
+from actindex.search import brute_force
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _read_all(root: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(root / "vectors.h5", "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _assert_same_index(a: Path, b: Path) -> None:
+    da, db = _read_all(a), _read_all(b)
+    assert da.keys() == db.keys()
+    for key in da:
+        if da[key].dtype.kind in "fc":
+            np.testing.assert_allclose(da[key], db[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            assert (da[key] == db[key]).all(), key
+
+
+def test_build_writes_the_design_layout(llama, train_file, tmp_path):
+    out = tmp_path / "idx"
+    m = actindex.build(data=str(train_file), out=str(out), layers=[1, 3], grad=True, pooled=True,
+                       model=llama, progress=False, part_size=5)
+    assert (out / "manifest.json").exists() and not (out / ".build").exists() and not (out / ".lock").exists()
+    assert set(m["families"]) == {
+        "residual_change/1", "residual_change/3", "residual_change_pooled/1", "residual_change_pooled/3",
+        "mean_activation/1", "mean_activation/3", "gradient",
+    }
+    assert m["rows"] == 24 and m["layers"] == [1, 3] and m["model"]["fingerprint"] == llama.fingerprint
+    data = _read_all(out)
+    assert [i.decode() for i in data["ids"]] == [f"r{i}" for i in range(24)]
+    assert data["vectors/gradient"].shape == (24, len(m["projection"]["modules"]) * 8**2)
+    assert np.all(data["loss"] > 0) and data["valid"].all()
+    for fam, spec in m["families"].items():
+        assert (out / spec["faiss"]).exists(), fam
+    assert m["summary"]["tokens"] == int(data["n_tokens"].sum())
+
+
+def test_complete_index_is_never_silently_overwritten(llama, train_file, tmp_path):
+    out = tmp_path / "idx"
+    actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False)
+    with pytest.raises(IndexFileError, match="already holds a complete index"):
+        actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False)
+    actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False, overwrite=True)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_between_parts_resumes_to_the_uninterrupted_result(llama, train_file, tmp_path):
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    kwargs = dict(data=str(train_file), layers=[1, 2], grad=True, model=llama, progress=False, part_size=4)
+    actindex.build(out=str(full), **kwargs)
+    committed = []
+
+    def crash_after_two(start, end):
+        committed.append((start, end))
+        if len(committed) == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        actindex.build(out=str(crashed), on_part=crash_after_two, **kwargs)
+    assert not (crashed / "manifest.json").exists()
+    with pytest.raises(IndexFileError, match="unfinished build"):
+        actindex.Index.open(crashed)
+    resumed = []
+    actindex.build(out=str(crashed), on_part=lambda s, e: resumed.append((s, e)), **kwargs)
+    assert resumed[0] == (8, 12)  # nothing recomputed, nothing skipped
+    _assert_same_index(full, crashed)
+
+
+def test_resume_with_other_settings_is_refused(llama, train_file, tmp_path):
+    out = tmp_path / "idx"
+
+    def crash(start, end):
+        raise Crash
+
+    with pytest.raises(Crash):
+        actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False,
+                       part_size=4, on_part=crash)
+    with pytest.raises(IndexFileError, match="different settings"):
+        actindex.build(data=str(train_file), out=str(out), layers=[2], model=llama, progress=False, part_size=4)
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import make_tokenizer, tiny_llama
+from actindex.models import wrap_model
+import actindex
+lm = wrap_model(tiny_llama(), make_tokenizer(), "tiny-llama")
+actindex.build(data={data!r}, out={out!r}, layers=[1, 2], grad=True, model=lm, progress=False, part_size=3,
+               on_part=lambda s, e: time.sleep(0.15))
+"""
+
+
+@pytest.mark.parametrize("parts_before_kill", [1, 3])
+def test_kill_9_mid_build_resumes_with_nothing_lost_or_doubled(llama, tmp_path, parts_before_kill):
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(30, seed=3))
+    out = tmp_path / "killed"
+    script = KILL_SCRIPT.format(tests=str(TESTS), data=str(data), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    parts = out / ".build" / "parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if parts.exists() and len(list(parts.glob("part-*.h5"))) >= parts_before_kill:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    actindex.build(data=str(data), out=str(out), layers=[1, 2], grad=True, model=llama, progress=False, part_size=3)
+    actindex.build(data=str(data), out=str(tmp_path / "full"), layers=[1, 2], grad=True, model=llama,
+                   progress=False, part_size=3)
+    _assert_same_index(tmp_path / "full", out)
+
+
+def test_faiss_search_equals_brute_force_cosine(llama, train_file, tmp_path):
+    out = tmp_path / "idx"
+    actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False)
+    idx = actindex.Index.open(out)
+    rng = np.random.default_rng(0)
+    for family in idx.families:
+        vectors = idx.vectors(family)
+        for _ in range(3):
+            q = rng.standard_normal(vectors.shape[1]).astype(np.float32)
+            truth = brute_force(vectors, q)
+            scores, rows = idx.search(q, k=0, family=family)
+            assert list(rows) == list(np.argsort(-truth, kind="stable"))
+            np.testing.assert_allclose(scores, truth[rows], rtol=1e-5, atol=1e-6)
+            bottom_scores, bottom_rows = idx.search(q, k=5, family=family, bottom=True)
+            assert list(bottom_rows) == list(np.argsort(truth, kind="stable")[:5])
+            np.testing.assert_allclose(bottom_scores, truth[bottom_rows], rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_rows_are_flagged_and_kept_out_of_faiss(llama, train_file, tmp_path, monkeypatch):
+    import actindex.vectors as vectors
+
+    original = vectors.compute_vectors
+
+    def poisoned(model, encoded, spec, pad_id, projector=None):
+        out = original(model, encoded, spec, pad_id, projector)
+        out.loss[0] = np.nan
+        out.valid[0] = False
+        for arr in out.vectors.values():
+            arr[0] = 0.0
+        return out
+
+    monkeypatch.setattr(vectors, "compute_vectors", poisoned)
+    out = tmp_path / "idx"
+    m = actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False, batch_size=4)
+    data = _read_all(out)
+    assert m["valid_rows"] == int(data["valid"].sum()) < 24
+    idx = actindex.Index.open(out)
+    _, rows = idx.search(np.ones(32, np.float32), k=0, family="residual_change/1")
+    assert set(rows) == set(np.flatnonzero(data["valid"]))
+    assert np.isfinite(data["vectors/residual_change/1"]).all()
+
+
+def test_unknown_layer_and_missing_family_errors(llama, train_file, tmp_path):
+    with pytest.raises(ActindexError, match="unknown layer 9: tiny-llama has 4 decoder layers"):
+        actindex.build(data=str(train_file), out=str(tmp_path / "x"), layers=[9], model=llama, progress=False)
+    actindex.build(data=str(train_file), out=str(tmp_path / "idx"), layers=[1], model=llama, progress=False)
+    idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
+    with pytest.raises(IndexFileError, match="needs the 'gradient' vectors.*--grad"):
+        idx.query_vector("hallucination", method="gradient")
+    with pytest.raises(IndexFileError, match="no vectors for layer 2"):
+        idx.query_vector("hallucination", layer=2)
+
+
+def test_input_formats_give_the_same_rows(llama, tmp_path):
+    pytest.importorskip("datasets")
+    import datasets
+
+    recs = [{"prompt": "the capital of france", "response": "paris", "id": "a"},
+            {"prompt": "the symbol of silver", "response": "ag", "id": "b"}]
+    jsonl = write_jsonl(tmp_path / "pr.jsonl", recs)
+    chat = write_jsonl(tmp_path / "chat.jsonl", [
+        {"id": r["id"], "messages": [{"role": "user", "content": r["prompt"]},
+                                     {"role": "assistant", "content": r["response"]}]} for r in recs])
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [
+        {"id": r["id"], "instruction": r["prompt"], "input": "", "output": r["response"]} for r in recs])
+    parquet = tmp_path / "pr.parquet"
+    datasets.Dataset.from_list(recs).to_parquet(str(parquet))
+    hf_dir = tmp_path / "hf"
+    datasets.Dataset.from_list(recs).save_to_disk(str(hf_dir))
+    results = []
+    for i, path in enumerate([jsonl, chat, alpaca, parquet, hf_dir]):
+        out = tmp_path / f"idx{i}"
+        actindex.build(data=str(path), out=str(out), layers=[1], model=llama, progress=False)
+        results.append(_read_all(out)["vectors/residual_change/1"])
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_build_info_and_errors(tmp_path, monkeypatch, llama, train_file):
+    build_mod = sys.modules["actindex.build"]  # the package re-exports the function under the same name
+    monkeypatch.setattr(build_mod, "load_model", lambda *a, **k: llama)
+    runner = CliRunner()
+    out = tmp_path / "idx"
+    res = runner.invoke(main, ["build", "--data", str(train_file), "--out", str(out), "--layers", "1,2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "built" in res.output and "24 rows" in res.output
+    res = runner.invoke(main, ["info", str(out)])
+    assert res.exit_code == 0 and "residual_change/2" in res.output and "tiny-llama" in res.output
+    res = runner.invoke(main, ["build", "--data", str(train_file), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2 and "already holds a complete index" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(main, ["info", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "not an actindex index" in res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["build"]["layers"] == [1, 2]

@@ -1,0 +1,158 @@
+"""Behaviour queries: vectors equal their formulas, planted duplicates rank first, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import chat_rows, write_jsonl
+
+import actindex
+from actindex.cli import main
+from actindex.data import encode_row, normalise_record
+from actindex.errors import ActindexError, IndexFileError
+from actindex.index import load_query_vector
+from actindex.queries import QueryMethod, builtin_behaviors, load_behavior
+from actindex.vectors import RademacherProjector, VectorSpec, compute_vectors
+
+PAIRS = [
+    {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
+    {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "the capital is paris"},
+    {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
+]
+
+
+@pytest.fixture()
+def behavior_file(tmp_path):
+    return write_jsonl(tmp_path / "behavior.jsonl", PAIRS)
+
+
+@pytest.fixture()
+def index(llama, tmp_path):
+    rows = chat_rows(30, seed=11)
+    # plant a copy of the first pair's treatment as a training row
+    rows[17] = {"id": "planted", "messages": [{"role": "user", "content": PAIRS[0]["prompt"]},
+                                              {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2], grad=True, grad_k=8,
+                   model=llama, progress=False)
+    return actindex.Index.open(tmp_path / "idx").use_model(llama)
+
+
+def _single(lm, prompt, response, spec, projector=None):
+    record = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+    enc = encode_row(lm.tokenizer, normalise_record("<t>", 1, 0, record))
+    return compute_vectors(lm.model, [enc], spec, lm.tokenizer.pad_token_id, projector).vectors
+
+
+@pytest.mark.parametrize(
+    "method,family,spec_kwargs",
+    [
+        ("residual-change", "residual_change/2", dict(mean_activation=False)),
+        ("residual-difference", "mean_activation/2", dict(residual_change=False)),
+    ],
+)
+def test_query_vector_equals_its_formula(index, llama, behavior_file, method, family, spec_kwargs):
+    """psi = norm(mean_j (v(treatment_j) - v(control_j))), each row computed alone."""
+    psi, fam, _ = index.query_vector(str(behavior_file), method=method, layer=2)
+    assert fam == family
+    spec = VectorSpec(layers=[2], **spec_kwargs)
+    diffs = [_single(llama, p["prompt"], p["treatment"], spec)[family] - _single(llama, p["prompt"], p["control"], spec)
+             [family] for p in PAIRS]
+    expected = np.mean(diffs, axis=0)[0]
+    expected /= np.linalg.norm(expected)
+    np.testing.assert_allclose(psi, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_query_is_mean_difference_of_projected_gradients(index, llama, behavior_file):
+    psi, fam, _ = index.query_vector(str(behavior_file), method="gradient")
+    assert fam == "gradient"
+    proj = index.manifest["projection"]
+    spec = VectorSpec(layers=[2], residual_change=False, mean_activation=False, grad_modules=proj["modules"],
+                      grad_k=proj["k"], seed=proj["seed"])
+    projector = RademacherProjector(proj["seed"], proj["k"])
+    diffs = [_single(llama, p["prompt"], p["treatment"], spec, projector)["gradient"]
+             - _single(llama, p["prompt"], p["control"], spec, projector)["gradient"] for p in PAIRS]
+    expected = np.mean(diffs, axis=0)[0]
+    np.testing.assert_allclose(psi, expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["residual-change", "gradient"])
+def test_planted_duplicate_of_a_treatment_ranks_first(index, tmp_path, method):
+    one = write_jsonl(tmp_path / "one.jsonl", PAIRS[:1])
+    result = index.query(str(one), method=method, layer=2, k=3)
+    assert result.top[0].id == "planted"
+    assert result.top[0].score > result.top[1].score
+
+
+def test_activation_baseline_scores_are_projections(index, behavior_file):
+    res = index.query(str(behavior_file), method="activation", layer=2, k=0)
+    psi = res.vector / np.linalg.norm(res.vector)
+    vectors = index.vectors("mean_activation/2")
+    expected = vectors @ psi
+    got = {h.row: h.score for h in res.top}
+    np.testing.assert_allclose([got[r] for r in range(len(vectors))], expected, rtol=1e-5, atol=1e-6)
+    assert [h.score for h in res.top] == sorted(expected, reverse=True)
+
+
+def test_bottom_k_returns_the_most_negative_rows(index, behavior_file):
+    res = index.query(str(behavior_file), k=0, bottom_k=4, layer=2)
+    all_scores = sorted(h.score for h in res.top)
+    assert [h.score for h in res.bottom] == pytest.approx(all_scores[:4])
+
+
+def test_model_mismatch_is_refused(index, tokenizer):
+    from conftest import tiny_llama
+
+    from actindex.models import wrap_model
+
+    other = wrap_model(tiny_llama(seed=1), tokenizer, "other")
+    with pytest.raises(IndexFileError, match="was built with model 'tiny-llama'"):
+        index.use_model(other)
+
+
+def test_builtin_behaviors_ship_with_enough_pairs():
+    names = builtin_behaviors()
+    assert {"hallucination", "sycophancy", "harmful-compliance", "evil"} <= set(names)
+    for name in names:
+        behavior = load_behavior(name)
+        assert len(behavior.pairs) >= 30 and all(p.control for p in behavior.pairs)
+        assert names[name]
+
+
+def test_unknown_behavior_and_method(index):
+    with pytest.raises(ActindexError, match="unknown behaviour 'nope'"):
+        load_behavior("nope")
+    with pytest.raises(ActindexError, match="unknown method 'magic'"):
+        QueryMethod.get("magic")
+
+
+def test_missing_controls_are_generated(index, tmp_path):
+    path = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "what is the symbol of silver ?", "treatment": "na"}])
+    res = index.query(str(path), k=2, layer=2)
+    assert any("generated 1 control" in n for n in res.notes)
+
+
+def test_cli_query_formats_and_saved_vectors(index, behavior_file, tmp_path, monkeypatch, llama):
+    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    runner = CliRunner()
+    base = ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--layer", "2"]
+    res = runner.invoke(main, base + ["--top-k", "3", "--save-query", str(tmp_path / "q.npz")])
+    assert res.exit_code == 0, res.output
+    assert "planted" in res.output and "rank" in res.output
+    res = runner.invoke(main, base + ["--format", "jsonl", "--top-k", "2", "--bottom-k", "1"])
+    lines = [json.loads(x) for x in res.output.strip().splitlines()]
+    assert [x["side"] for x in lines] == ["top", "top", "bottom"] and "messages" in lines[0]["record"]
+    res = runner.invoke(main, base + ["--format", "csv", "--top-k", "2"])
+    assert res.output.splitlines()[0].startswith("behavior,method,side,rank")
+    vector, meta = load_query_vector(tmp_path / "q.npz")
+    assert meta["family"] == "residual_change/2"
+    res = runner.invoke(main, ["query", "--index", str(index.root), "--query-vector", str(tmp_path / "q.npz"),
+                               "--format", "json", "--top-k", "1"])
+    assert json.loads(res.output)[0]["top"][0]["id"] == "planted"
+    res = runner.invoke(main, base + ["--method", "gradient", "--top-k", "1", "--format", "json"])
+    assert res.exit_code == 0
+    res = runner.invoke(main, ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--layer", "3"])
+    assert res.exit_code == 2 and "no vectors for layer 3" in res.output
