@@ -19,7 +19,7 @@ from actindex.vectors import RademacherProjector, VectorSpec, compute_vectors
 
 PAIRS = [
     {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
-    {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "the capital is paris"},
+    {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "paris"},
     {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
 ]
 
