@@ -1,0 +1,137 @@
+"""Retrieval quality of every query method on the labelled sets in ../shared/data.
+
+For each set: build an index of the (subsampled) pool with the default model, query the set's
+behaviour pairs with every method and layer, and score how high the planted rows rank (AUROC,
+average precision, precision@n with n = planted rows, recall@100), next to a TF-IDF baseline
+(treatment-minus-control TF-IDF direction, cosine) and a random ranking. Labels are read here
+only, never by actindex. Prints a table and appends it to bench/RESULTS.md.
+
+    python bench/retrieval.py --sets demo,fif-mixeds,rept-factual-ag,rept-backdoor --clean 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import actindex
+from actindex.data import resolve_data_path
+from actindex.queries import Behavior, Pair, load_behavior
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+METHODS = ["residual-change", "residual-difference", "activation", "gradient"]
+
+
+def metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    order = np.argsort(-scores, kind="stable")
+    n = int(labels.sum())
+    return {
+        "auroc": roc_auc_score(labels, scores),
+        "ap": average_precision_score(labels, scores),
+        "p@n": labels[order[:n]].mean(),
+        "r@100": labels[order[:100]].sum() / n,
+    }
+
+
+def subsample(pool: Path, clean: int, planted: int | None, out: Path, seed: int = 0) -> Path:
+    rows = [json.loads(x) for x in pool.read_text().splitlines() if x.strip()]
+    rng = random.Random(seed)
+    c = [r for r in rows if r["label"] == "clean"]
+    p = [r for r in rows if r["label"] != "clean"]
+    keep = rng.sample(c, min(clean, len(c))) + (p if planted is None else rng.sample(p, min(planted, len(p))))
+    rng.shuffle(keep)
+    out.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return out
+
+
+def text_of(record: dict) -> str:
+    return " ".join(m["content"] for m in record["messages"])
+
+
+def tfidf_scores(records: list[dict], behavior: Behavior) -> np.ndarray:
+    vec = TfidfVectorizer().fit([text_of(r) for r in records])
+    pool = vec.transform([text_of(r) for r in records])
+    t = vec.transform([p.prompt + " " + p.treatment for p in behavior.pairs]).mean(axis=0)
+    c = vec.transform([p.prompt + " " + (p.control or "") for p in behavior.pairs]).mean(axis=0)
+    q = np.asarray(t - c).ravel()
+    return np.asarray(pool @ q).ravel() / (np.linalg.norm(q) + 1e-12)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="demo,fif-mixeds,rept-factual-ag,rept-backdoor")
+    ap.add_argument("--clean", type=int, default=120, help="clean rows kept per large set (fixed seed)")
+    ap.add_argument("--planted", type=int, default=40, help="planted rows kept per large set")
+    ap.add_argument("--layers", default="12,18,24")
+    ap.add_argument("--grad-sets", default="fif-mixeds,demo", help="sets also built with --grad")
+    ap.add_argument("--work", default=None, help="where indexes go (default: a temp dir)")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="actindex-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    layers = [int(x) for x in args.layers.split(",")]
+    lm = actindex.load_model()
+    lines = ["| set | rows (planted) | method | layer | AUROC | AP | P@n | R@100 | s/query |", "|" + "---|" * 9]
+    for name in args.sets.split(","):
+        if name == "demo":
+            pool, behavior = resolve_data_path("demo"), load_behavior("hallucination")
+        else:
+            src = SHARED / name / "pool.jsonl"
+            big = sum(1 for _ in open(src)) > 200
+            pool = subsample(src, args.clean, args.planted, work / f"{name}.jsonl") if big else src
+            behavior = Behavior(name=name, pairs=[Pair(r["prompt"], r["treatment"], r["control"])
+                                                  for r in map(json.loads, open(SHARED / name / "behavior.jsonl"))])
+        out = work / f"{name}.idx"
+        grad = name in args.grad_sets.split(",")
+        if not (out / "manifest.json").exists():
+            actindex.build(data=str(pool), out=str(out), layers=layers, grad=grad, model=lm, progress=False,
+                           overwrite=True)
+        idx = actindex.Index.open(out).use_model(lm)
+        records = idx.records(range(len(idx)))
+        labels = np.array([r.get("label", "clean") != "clean" for r in records])
+        size = f"{len(idx)} ({labels.sum()})"
+        for method in METHODS:
+            if method == "gradient" and not grad:
+                continue
+            for layer in ([layers[0]] if method == "gradient" else layers):
+                t = time.perf_counter()
+                res = idx.query(behavior, method=method, layer=layer, k=0)
+                secs = time.perf_counter() - t
+                scores = np.full(len(idx), -np.inf)
+                for h in res.top:
+                    scores[h.row] = h.score
+                m = metrics(scores, labels)
+                shown = "-" if method == "gradient" else layer
+                lines.append(f"| {name} | {size} | {method} | {shown} | {m['auroc']:.3f} | {m['ap']:.3f} | "
+                             f"{m['p@n']:.3f} | {m['r@100']:.3f} | {secs:.2f} |")
+                print(lines[-1], flush=True)
+        for base, scores in (("tfidf", tfidf_scores(records, behavior)),
+                             ("random", np.random.default_rng(0).random(len(idx)))):
+            m = metrics(scores, labels)
+            lines.append(f"| {name} | {size} | {base} | - | {m['auroc']:.3f} | {m['ap']:.3f} | {m['p@n']:.3f} | "
+                         f"{m['r@100']:.3f} | - |")
+            print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    if not args.no_record:
+        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
+            handle.write(
+                f"\n## Retrieval — {datetime.date.today()} — {platform.machine()} CPU, {lm.name}\n\n"
+                f"`python bench/retrieval.py --sets {args.sets} --clean {args.clean} --planted {args.planted} "
+                f"--layers {args.layers}`. Large pools subsampled with seed 0 (clean rows, planted rows kept as "
+                "labelled). s/query includes forming the query vector with the model (one forward+backward "
+                "per pair row) and the search.\n\n" + table + "\n"
+            )
+
+
+if __name__ == "__main__":
+    main()

