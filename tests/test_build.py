@@ -236,3 +236,18 @@ def test_cli_build_info_and_errors(tmp_path, monkeypatch, llama, train_file):
     assert res.exit_code == 2 and "not an actindex index" in res.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["build"]["layers"] == [1, 2]
+
+
+def test_same_inputs_give_byte_identical_vectors(llama, train_file, tmp_path):
+    for name in ("a", "b"):
+        actindex.build(data=str(train_file), out=str(tmp_path / name), layers=[1, 2], grad=True, model=llama,
+                       progress=False)
+    a, b = _read_all(tmp_path / "a"), _read_all(tmp_path / "b")
+    for key in a:
+        if a[key].dtype.kind == "O":
+            assert list(a[key]) == list(b[key]), key
+        else:
+            assert a[key].tobytes() == b[key].tobytes(), key
+    ma = json.loads((tmp_path / "a" / "manifest.json").read_text())["checksums"]
+    mb = json.loads((tmp_path / "b" / "manifest.json").read_text())["checksums"]
+    assert ma == mb
