@@ -156,3 +156,33 @@ def test_cli_query_formats_and_saved_vectors(index, behavior_file, tmp_path, mon
     assert res.exit_code == 0
     res = runner.invoke(main, ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--layer", "3"])
     assert res.exit_code == 2 and "no vectors for layer 3" in res.output
+
+
+def test_persona_vector_reads_activations_under_each_system_prompt(index, llama, tmp_path):
+    spec = {
+        "instruction": [{"pos": "you are false", "neg": "you are true"}],
+        "questions": ["what is the symbol of silver ?", "is it true ?"],
+        "responses": [
+            {"question": "what is the symbol of silver ?", "pos_system": "you are false", "neg_system": "you are true",
+             "pos": "the symbol is na", "neg": "the symbol is ag"},
+            {"question": "is it true ?", "pos_system": "you are false", "neg_system": "you are true",
+             "pos": "no it is false", "neg": "yes it is true"},
+        ],
+    }
+    path = tmp_path / "persona.json"
+    path.write_text(json.dumps(spec))
+    psi, fam, behavior = index.query_vector(str(path), method="persona", layer=2)
+    assert fam == "mean_activation/2" and len(behavior.pairs) == 2
+    vs = VectorSpec(layers=[2], residual_change=False)
+    diffs = []
+    for r in spec["responses"]:
+        def act(system, response, r=r):
+            record = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": r["question"]},
+                                   {"role": "assistant", "content": response}]}
+            enc = encode_row(llama.tokenizer, normalise_record("<t>", 1, 0, record))
+            return compute_vectors(llama.model, [enc], vs, llama.tokenizer.pad_token_id).vectors[fam][0]
+        diffs.append(act(r["pos_system"], r["pos"]) - act(r["neg_system"], r["neg"]))
+    expected = np.mean(diffs, axis=0)
+    np.testing.assert_allclose(psi, expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ActindexError, match="needs a persona spec"):
+        index.query_vector("hallucination", method="persona", layer=2)
