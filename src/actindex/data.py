@@ -305,6 +305,15 @@ def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation_pro
     return list(out["input_ids"])
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
@@ -329,12 +338,16 @@ def encode_row(tokenizer: Any, row: Row, max_length: int | None = None) -> Encod
                 continue
             start = _chat_ids(tokenizer, row.messages[:turn], generation_prompt=True)
             end = _chat_ids(tokenizer, row.messages[: turn + 1], generation_prompt=False)
-            if end[: len(start)] != start or end[: len(ids)] != ids:
+            if end[: len(ids)] != ids:
                 raise DataError(
                     "<chat template>", row.line, "messages",
                     "the tokenizer's chat template does not render turns as prefixes; cannot locate "
                     "assistant tokens",
                 )
+            # Usually ``start`` is a prefix of ``end``. When a response begins with whitespace the
+            # tokenizer may merge it with the generation prompt's last token: the response then
+            # starts at the first token where the two renders differ.
+            start = start[: _common_prefix(start, end)]
             mask += [False] * (len(start) - len(ids)) + [True] * (len(end) - len(start))
             ids = end
     else:
