@@ -212,17 +212,14 @@ def test_loss_covers_assistant_tokens_only(tokenizer):
     row = normalise_record("<test>", 1, 0, record)
     enc = encode_row(tokenizer, row)
     masked = [t for t, m in zip(enc.input_ids, enc.loss_mask) if m]
-    assert tokenizer.decode(masked).replace(" ", "") == "paristhecapital".replace("the", "isthe") + "<|end|>"
+    assert tokenizer.decode(masked).replace(" ", "") == "parisisthecapital<|end|>"
     out = compute_vectors(model, [enc], VectorSpec(layers=[1]), tokenizer.pad_token_id)
     ids = torch.tensor([enc.input_ids])
     labels = ids.clone()
     labels[0, ~torch.tensor(enc.loss_mask)] = -100
     hf = model(input_ids=ids, labels=labels).loss.item() * sum(enc.loss_mask)
     assert out.loss[0] == pytest.approx(hf, rel=1e-5)
-    # changing what the prompt-side labels would be changes nothing: the user turn's tokens are
-    # inputs only, so a row with the same prompt and a different *prompt label mask* is impossible;
-    # instead check that gradients reach the prompt positions (they are context) but the loss
-    # terms do not: zeroing the mask on the response drops the loss to exactly 0.
+    # with no response token left there is no loss term at all: the row is excluded, not scored
     enc_no_loss = encode_row(tokenizer, row)
     enc_no_loss.loss_mask = [False] * len(enc_no_loss.input_ids)
     enc_no_loss.n_response = 0

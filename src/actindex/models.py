@@ -129,7 +129,7 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     path = _default_model_dir() if name == DEFAULT_MODEL else name
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -141,7 +141,8 @@ def load_model(
         raise ModelError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(torch_device).eval()
     return wrap_model(model, tokenizer, name)
 
