@@ -95,6 +95,7 @@ class Index:
         self.manifest = manifest
         self._faiss: dict[str, Any] = {}
         self._model: LoadedModel | None = None
+        self._query_cache: dict[tuple[str, str], np.ndarray] = {}  # (family, conversation) -> vector
 
     @classmethod
     def open(cls, root: str | Path) -> Index:
@@ -185,6 +186,8 @@ class Index:
     def use_model(self, lm: LoadedModel) -> Index:
         """Use an already loaded model for queries (notebooks, tests); checked against the manifest."""
         self.check_model(lm)
+        if lm is not self._model:
+            self._query_cache.clear()
         self._model = lm
         return self
 
@@ -233,6 +236,8 @@ class Index:
             seed=projection["seed"],
             max_length=build.get("max_length", 512),
             batch_size=build.get("batch_size", 8),
+            layers=self.layers,
+            cache=self._query_cache,
         )
         return strategy.vector(ctx, behavior), family, behavior
 

@@ -199,7 +199,13 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 @dataclass
 class QueryContext:
-    """What a method needs to form a vector: the model and the index's vector settings."""
+    """What a method needs to form a vector: the model and the index's vector settings.
+
+    ``cache`` maps ``(family, conversation)`` to a computed vector. Vectors are computed for every
+    layer in ``layers`` at once (one backward reaches them all), so asking for the same pairs at
+    another layer, or with another method of the same family, costs no model pass. The
+    :class:`~actindex.index.Index` keeps one cache for its lifetime.
+    """
 
     lm: LoadedModel
     layer: int | None
@@ -208,26 +214,38 @@ class QueryContext:
     seed: int
     max_length: int = 512
     batch_size: int = 8
+    layers: list[int] = field(default_factory=list)
+    cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def family_vectors(self, kind: str, conversations: list[list[dict[str, str]]]) -> np.ndarray:
         """Vectors of one family kind for chat rows, computed exactly as the build does."""
-        spec = VectorSpec(
-            layers=[self.layer] if self.layer is not None else [],
-            residual_change=kind == RESIDUAL_CHANGE,
-            pooled=kind == RESIDUAL_CHANGE_POOLED,
-            mean_activation=kind == MEAN_ACTIVATION,
-            grad_modules=self.grad_modules if kind == GRADIENT else [],
-            grad_k=self.grad_k,
-            seed=self.seed,
-        )
-        rows = [Row(id=str(i), index=i, messages=c, text=None, record={}, line=0) for i, c in enumerate(conversations)]
-        encoded = [encode_row(self.lm.tokenizer, r, self.max_length) for r in rows]
-        projector = RademacherProjector(self.seed, self.grad_k)
-        out = compute_many(self.lm.model, encoded, spec, self.lm.tokenizer.pad_token_id, projector, self.batch_size)
-        if not out.valid.all():
-            raise ActindexError("a behaviour row produced a non-finite vector or has no response tokens")
         family = family_name(kind, self.layer if kind != GRADIENT else None)
-        return out.vectors[family]
+        keys = [json.dumps(c, sort_keys=True) for c in conversations]
+        missing = list(dict.fromkeys(k for k in keys if (family, k) not in self.cache))
+        if missing:
+            layers = sorted(set(self.layers) | {self.layer}) if self.layer is not None else []
+            spec = VectorSpec(
+                layers=layers if kind != GRADIENT else [],
+                residual_change=kind == RESIDUAL_CHANGE,
+                pooled=kind == RESIDUAL_CHANGE_POOLED,
+                mean_activation=kind == MEAN_ACTIVATION,
+                grad_modules=self.grad_modules if kind == GRADIENT else [],
+                grad_k=self.grad_k,
+                seed=self.seed,
+            )
+            rows = [
+                Row(id=str(i), index=i, messages=json.loads(k), text=None, record={}, line=0)
+                for i, k in enumerate(missing)
+            ]
+            encoded = [encode_row(self.lm.tokenizer, r, self.max_length) for r in rows]
+            projector = RademacherProjector(self.seed, self.grad_k)
+            out = compute_many(self.lm.model, encoded, spec, self.lm.tokenizer.pad_token_id, projector, self.batch_size)
+            if not out.valid.all():
+                raise ActindexError("a behaviour row produced a non-finite vector or has no response tokens")
+            for name, vectors in out.vectors.items():
+                for key, vector in zip(missing, vectors):
+                    self.cache[(name, key)] = vector
+        return np.stack([self.cache[(family, k)] for k in keys])
 
 
 def _chat(prompt: str, response: str, system: str | None = None) -> list[dict[str, str]]:
