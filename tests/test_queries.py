@@ -189,7 +189,7 @@ def test_persona_vector_reads_activations_under_each_system_prompt(index, llama,
 
 
 def test_pair_vectors_are_cached_across_layers_and_methods(index, llama, behavior_file, monkeypatch):
-    """One model pass serves every layer; cached vectors equal a fresh index's uncached ones."""
+    """One model pass serves every layer and method of a pass; cached vectors equal uncached ones."""
     import actindex.queries as queries
 
     calls = []
@@ -197,12 +197,16 @@ def test_pair_vectors_are_cached_across_layers_and_methods(index, llama, behavio
     monkeypatch.setattr(queries, "compute_many", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = index.query_vector(str(behavior_file), method="residual-change", layer=2)[0]
     other_layer = index.query_vector(str(behavior_file), method="residual-change", layer=1)[0]
+    difference = index.query_vector(str(behavior_file), method="residual-difference", layer=1)[0]
     again = index.query_vector(str(behavior_file), method="residual-change", layer=2)[0]
-    assert len(calls) == 1
+    assert len(calls) == 1  # the residual-change pass also gave the mean activations
     np.testing.assert_array_equal(first, again)
     fresh = actindex.Index.open(index.root).use_model(llama)
     np.testing.assert_allclose(fresh.query_vector(str(behavior_file), method="residual-change", layer=1)[0],
                                other_layer, rtol=1e-4, atol=1e-5)
-    assert len(calls) == 2  # the fresh index computed its own
-    index.query_vector(str(behavior_file), method="residual-difference", layer=1)
-    assert len(calls) == 3  # another family kind needs its own pass
+    fresh = actindex.Index.open(index.root).use_model(llama)
+    np.testing.assert_allclose(fresh.query_vector(str(behavior_file), method="residual-difference", layer=1)[0],
+                               difference, rtol=1e-4, atol=1e-5)
+    assert len(calls) == 3  # each fresh index computed its own
+    index.query_vector(str(behavior_file), method="gradient")
+    assert len(calls) == 4  # gradients need their own pass

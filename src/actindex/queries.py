@@ -204,7 +204,8 @@ class QueryContext:
     ``cache`` maps ``(family, conversation)`` to a computed vector. Vectors are computed for every
     layer in ``layers`` at once (one backward reaches them all), so asking for the same pairs at
     another layer, or with another method of the same family, costs no model pass. The
-    :class:`~actindex.index.Index` keeps one cache for its lifetime.
+    :class:`~actindex.index.Index` keeps one cache for its lifetime. A residual-change pass also fills
+    the pooled and mean-activation families, which its forward and backward give for free.
     """
 
     lm: LoadedModel
@@ -224,11 +225,14 @@ class QueryContext:
         missing = list(dict.fromkeys(k for k in keys if (family, k) not in self.cache))
         if missing:
             layers = sorted(set(self.layers) | {self.layer}) if self.layer is not None else []
+            # the backward that gives residual changes gives both variants, and the forward under it
+            # gives the mean activations, so one pass fills all three families
+            backward = kind in (RESIDUAL_CHANGE, RESIDUAL_CHANGE_POOLED)
             spec = VectorSpec(
                 layers=layers if kind != GRADIENT else [],
-                residual_change=kind == RESIDUAL_CHANGE,
-                pooled=kind == RESIDUAL_CHANGE_POOLED,
-                mean_activation=kind == MEAN_ACTIVATION,
+                residual_change=backward,
+                pooled=backward,
+                mean_activation=backward or kind == MEAN_ACTIVATION,
                 grad_modules=self.grad_modules if kind == GRADIENT else [],
                 grad_k=self.grad_k,
                 seed=self.seed,
