@@ -1,6 +1,11 @@
 """Build throughput over the same model's forward-only and training-step throughput, same batches.
 
     python bench/throughput.py --rows 48 --batch-size 8
+    python bench/throughput.py --random-config llama-8b --dtype bfloat16 --device cuda --rows 512 --batch-size 16
+
+``--random-config`` replaces the model by a randomly initialised Llama of a named shape (``llama-8b``:
+Llama-3.1-8B's 32 blocks of width 4096; ``tiny``: 2 blocks of width 64, to check the code path on a
+CPU) with the default model's tokenizer: throughput ratios depend on shapes, not on trained weights.
 
 Prints a table and appends a dated section to bench/RESULTS.md.
 """
@@ -10,22 +15,62 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from actindex.data import encode_row, load_rows
-from actindex.models import DEFAULT_MODEL, default_layers, load_model
+from actindex.models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    default_layers,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    wrap_model,
+)
 from actindex.vectors import Batch, RademacherProjector, VectorSpec, compute_vectors, select_grad_modules
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rept-factual-ag" / "pool.jsonl"
+
+
+#: Llama shapes for --random-config (Llama-3.1-8B's published config; a tiny one for CPU checks)
+SHAPES = {
+    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=49152),
+}
+
+
+def random_model(shape: str, device: str | None, dtype: str | None) -> LoadedModel:
+    """A randomly initialised Llama of a named shape, built directly on the device in the given dtype,
+    with the default model's tokenizer (its ids fit every shape's vocabulary)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_model().tokenizer
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device(torch_device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return wrap_model(model.eval(), tokenizer, f"random-{shape}")
 
 
 def timed(fn, batches) -> float:
     start = time.perf_counter()
     for batch in batches:
         fn(batch)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -36,10 +81,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--random-config", choices=sorted(SHAPES), help="a randomly initialised Llama of this shape")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 CPU, bf16 GPU)")
     parser.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
     args = parser.parse_args()
 
-    lm = load_model(args.model)
+    if args.random_config:
+        lm = random_model(args.random_config, args.device, args.dtype)
+    else:
+        lm = load_model(args.model, args.device, args.dtype)
     rows = load_rows(args.data, args.rows)
     encoded = sorted((encode_row(lm.tokenizer, r, args.max_length) for r in rows), key=lambda e: -len(e.input_ids))
     groups = [encoded[i : i + args.batch_size] for i in range(0, len(encoded), args.batch_size)]
@@ -86,11 +137,11 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
+        device = torch.cuda.get_device_name() if lm.device.type == "cuda" else f"{torch.get_num_threads()} threads"
         header = (
             f"\n## Build throughput — {datetime.date.today()} — {platform.machine()}, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}, {lm.name}\n\n"
-            f"`python bench/throughput.py --rows {args.rows} --batch-size {args.batch_size} "
-            f"--max-length {args.max_length}`: {len(rows)} rows of rept-factual-ag, {tokens} tokens, same batches "
+            f"{device}, torch {torch.__version__}, {lm.name}, {next(lm.model.parameters()).dtype}\n\n"
+            f"`python {' '.join(sys.argv)}`: {len(rows)} rows of rept-factual-ag, {tokens} tokens, same batches "
             "for every mode, measured one after another in one run.\n\n"
         )
         with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:

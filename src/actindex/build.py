@@ -3,16 +3,24 @@
 Rows are processed in parts of ``part_size`` consecutive rows. Inside a part, rows are sorted
 by length and batched (less padding), then put back in file order before the part is committed,
 so the index is in file order and independent of batching.
+
+Data-parallel builds use torch.distributed only: under ``torchrun`` each rank builds the shard
+``RANK/WORLD_SIZE`` into ``OUT/.shards/`` (a rank restarted with the same command resumes its
+shard), all ranks meet at a barrier, and rank 0 merges the shards into ``OUT`` in row order.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -20,9 +28,19 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import BuildConfig
 from .data import Row, encode_row, file_sha256, load_rows, resolve_data_path
-from .errors import ActindexError
+from .errors import ActindexError, DataError, IndexFileError
 from .models import LoadedModel, default_layers, load_model
-from .store import VECTORS, IndexWriter, write_lock
+from .shard import check_same, data_files, identity, merge, shard_range
+from .store import (
+    MANIFEST,
+    VECTORS,
+    IndexWriter,
+    append_base,
+    clear_index,
+    index_summary,
+    read_manifest,
+    write_lock,
+)
 from .vectors import RademacherProjector, VectorSpec, compute_many, select_grad_modules
 
 
@@ -104,27 +122,62 @@ def build(
 
     ``actindex.build(data="train.jsonl", out="idx", layers=[12, 18])`` mirrors the command line.
     ``model`` passes an already loaded model (tests, notebooks). ``on_part(start, end)`` is
-    called after each committed part.
+    called after each committed part (row numbers of the final index).
+
+    Three variants share this pass: ``shard="i/n"`` builds one contiguous block of the rows as a
+    shard directory (see :mod:`actindex.shard`); ``append=True`` adds the rows of ``data`` after
+    the rows of the complete index in ``out``; and under ``torchrun`` (``RANK``/``WORLD_SIZE`` set)
+    every rank builds shard ``RANK/WORLD_SIZE`` and rank 0 merges them (:func:`build_distributed`).
     """
     config = config or BuildConfig(**kwargs)
+    world = torchrun_world()
+    if world is not None and config.shard is None:
+        return build_distributed(config, world, model=model, progress=progress)
     started = time.time()
     rows = load_rows(config.data, config.limit)
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
     spec = vector_spec(config, lm)
     families = spec.families(lm.hidden_size)
-    data_path = str(resolve_data_path(config.data).resolve())
+    data_entry = {
+        "path": str(resolve_data_path(config.data).resolve()),
+        "sha256": file_sha256(config.data),
+        "rows": len(rows),
+        "limit": config.limit,
+    }
     state = {
         "config": config.compatibility_state(),
         "model": model_description(lm),
-        "data_sha256": file_sha256(config.data),
+        "data_sha256": data_entry["sha256"],
         "families": families,
         "spec": spec_description(spec),
     }
+    manifest: dict[str, Any] = {
+        "actindex_version": __version__,
+        "model": state["model"],
+        "layers": spec.layers,
+        "projection": state["spec"]["projection"],
+        "data": dict(data_entry, files=[dict(data_entry, first_row=0)]),
+        "build": {k: v for k, v in asdict(config).items() if k not in ("overwrite",)},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+    }
+    faiss_factory = config.faiss_factory
+    first_row, base_rows = 0, None
+    shard = config.shard_spec()
+    if shard is not None:
+        start, end = shard_range(len(rows), *shard)
+        rows, first_row = rows[start:end], start
+        manifest["shard"] = {"index": shard[0], "count": shard[1], "start": start, "end": end}
+        faiss_factory = "Flat"  # the factory asked for is trained once, at merge time
+    out = Path(config.out)
     projector = RademacherProjector(spec.seed, spec.grad_k)
-    with write_lock(Path(config.out)):
-        writer = IndexWriter(config.out, state, overwrite=config.overwrite)
-        start = writer.rows_done()
-        bar = tqdm(total=len(rows), initial=start, unit="row", disable=not progress, desc="build", dynamic_ncols=True)
+    with write_lock(out):
+        if config.append:
+            manifest, base_rows = _append_manifest(out, manifest, families, rows, config.store_dtype)
+            first_row = base_rows  # the FAISS indexes are extended: their factory and training are kept
+            state["append"] = {"base_rows": base_rows, "base_checksums": manifest["checksums"]}
+        writer = IndexWriter(out, state, overwrite=config.overwrite, base_rows=base_rows)
+        done = writer.rows_done() - writer.first_row  # a shard's own rows are numbered from 0
+        bar = tqdm(total=len(rows), initial=done, unit="row", disable=not progress, desc="build", dynamic_ncols=True)
         tokens_seen, t0 = 0, time.time()
 
         def on_batch(n_rows: int, n_tokens: int) -> None:
@@ -134,45 +187,132 @@ def build(
             bar.set_postfix(tok_s=f"{tokens_seen / max(time.time() - t0, 1e-9):.0f}")
 
         with torch.no_grad():
-            for part_start in range(start, len(rows), config.part_size):
+            for part_start in range(done, len(rows), config.part_size):
                 part_rows = rows[part_start : part_start + config.part_size]
                 meta, vectors = _part_vectors(lm, part_rows, spec, config, projector, on_batch)
-                writer.write_part(part_start, meta, vectors)
+                writer.write_part(writer.first_row + part_start, meta, vectors)
                 if on_part is not None:
-                    on_part(part_start, part_start + len(part_rows))
+                    on_part(first_row + part_start, first_row + part_start + len(part_rows))
         bar.close()
-        manifest = {
-            "actindex_version": __version__,
-            "model": state["model"],
-            "layers": spec.layers,
-            "projection": state["spec"]["projection"],
-            "data": {"path": data_path, "sha256": state["data_sha256"], "rows": len(rows), "limit": config.limit},
-            "build": {k: v for k, v in asdict(config).items() if k not in ("overwrite",)},
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        }
-        manifest = writer.finalize(manifest, families, config.store_dtype, config.faiss_factory)
-    manifest["summary"] = _summary(Path(config.out), manifest, time.time() - started)
+        manifest = writer.finalize(manifest, families, config.store_dtype, faiss_factory, config.faiss_train_rows)
+    manifest["summary"] = index_summary(out, manifest, time.time() - started)
     return manifest
 
 
-def _summary(root: Path, manifest: dict[str, Any], seconds: float) -> dict[str, Any]:
-    import h5py
+def _append_manifest(
+    out: Path, new: dict[str, Any], families: dict[str, int], rows: list[Row], store_dtype: str
+) -> tuple[dict[str, Any], int]:
+    """The manifest of ``out`` extended by the new data file, after checking the new rows fit.
 
-    with h5py.File(root / VECTORS, "r") as f:
-        tokens = int(f["n_tokens"][()].sum())
-        truncated = int(f["truncated"][()].sum())
-        invalid = int((~f["valid"][()]).sum())
-    vector_bytes = sum(
-        manifest["rows"] * fam["dim"] * np.dtype(fam["dtype"]).itemsize for fam in manifest["families"].values()
-    )
-    on_disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    rows = max(manifest["rows"], 1)
-    return {
-        "rows": manifest["rows"],
-        "tokens": tokens,
-        "truncated": truncated,
-        "excluded": invalid,
-        "seconds": round(seconds, 2),
-        "vector_bytes_per_row": vector_bytes // rows,
-        "disk_bytes_per_row": on_disk // rows,
-    }
+    Refused: another model, layers, projection, families, dtype or max length than the index
+    (the first differing field is named); a data file whose sha256 is already among the index's
+    files (appending the same file twice); ids that the index already holds.
+    """
+    base = append_base(out)
+    new_families = {name: {"dim": dim, "dtype": store_dtype} for name, dim in families.items()}
+    check_same([(str(out), identity(base)), ("the rows to append", identity(new | {"families": new_families}))],
+               f"append to {out}")
+    files = data_files(base)
+    entry = new["data"]["files"][0]
+    for f in files:
+        if f["sha256"] == entry["sha256"]:
+            raise IndexFileError(
+                f"cannot append {entry['path']}: a file with the same sha256 ({f['path']}) is already in {out}"
+            )
+    base_rows = int(base["rows"])
+    with h5py.File(out / VECTORS, "r") as f:
+        have = {i.decode() if isinstance(i, bytes) else str(i) for i in f["ids"][:base_rows]}
+    clash = next((r for r in rows if r.id in have), None)
+    if clash is not None:
+        raise DataError(Path(entry["path"]), clash.line, "id", f"id {clash.id!r} is already in {out}")
+    # curvature factors were fitted on the old rows only: dropped, refit them after appending
+    merged = {k: v for k, v in base.items() if k not in ("summary", "curvature")}
+    merged["data"] = dict(base["data"], files=files + [dict(entry, first_row=base_rows)])
+    return merged, base_rows
+
+
+def _dims(manifest: dict[str, Any]) -> dict[str, int]:
+    return manifest["_dims"]
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel build under torchrun
+# --------------------------------------------------------------------------------------------
+
+SHARDS_DIR = ".shards"
+#: how long a rank waits at a barrier for the slowest rank (shards can take hours)
+BARRIER_TIMEOUT = datetime.timedelta(hours=48)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a ``torchrun`` job (from its environment variables)."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+
+def torchrun_world() -> World | None:
+    """``World`` from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` when run by torchrun with 2+ processes."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    size = int(os.environ["WORLD_SIZE"])
+    if size < 2:
+        return None
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def build_distributed(
+    config: BuildConfig, world: World, *, model: LoadedModel | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Every rank builds shard ``rank/size`` of the rows; rank 0 merges them into ``config.out``.
+
+    Backend: nccl when the ranks compute on CUDA (each on ``cuda:LOCAL_RANK``), gloo otherwise.
+    The result equals a single-process build: same rows in the same order, same vectors up to
+    the float rounding of other batch compositions.
+    """
+    import torch.distributed as dist
+
+    started = time.time()
+    if config.append:
+        raise ActindexError("--append runs in one process; run it without torchrun")
+    if config.device == "map":
+        raise ActindexError("--device map spreads one model over all GPUs; under torchrun each rank takes one GPU")
+    out = Path(config.out)
+    if (out / MANIFEST).exists() and not config.overwrite:
+        raise IndexFileError(f"{out} already holds a complete index; pass --overwrite to rebuild it")
+    device = config.device
+    use_cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
+    if use_cuda:
+        device = f"cuda:{world.local_rank}"
+        torch.cuda.set_device(world.local_rank)
+    backend = "nccl" if use_cuda else "gloo"
+    started_here = not dist.is_initialized()
+    if started_here:
+        dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
+
+    def barrier() -> None:
+        dist.barrier(device_ids=[world.local_rank]) if backend == "nccl" else dist.barrier()
+
+    try:
+        if world.rank == 0 and config.overwrite:
+            clear_index(out)
+            shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
+        barrier()
+        shard_dirs = [out / SHARDS_DIR / f"shard-{i:05d}-of-{world.size:05d}" for i in range(world.size)]
+        mine = replace(config, shard=f"{world.rank}/{world.size}", out=str(shard_dirs[world.rank]),
+                       overwrite=False, device=device)
+        if not (shard_dirs[world.rank] / MANIFEST).exists():  # a finished shard of a restarted job is kept
+            build(mine, model=model, progress=progress and world.rank == 0)
+        barrier()
+        if world.rank == 0:
+            merge(shard_dirs, out, faiss_factory=config.faiss_factory, faiss_train_rows=config.faiss_train_rows)
+            shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
+        barrier()
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+    manifest = read_manifest(out)
+    manifest["summary"] = index_summary(out, manifest, time.time() - started)
+    return manifest

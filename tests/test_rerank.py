@@ -1,0 +1,207 @@
+"""Reranking with exact influence: candidates agree with all-rows influence, scores equal the formula
+computed by autograd, per-module/per-token terms add up, the CLI works end to end, errors are one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import chat_rows, write_jsonl
+
+import actindex
+from actindex.cli import main
+from actindex.curvature import Influence, project_blocks
+from actindex.data import encode_row, normalise_record
+from actindex.errors import IndexFileError
+from actindex.queries import _chat
+from actindex.rerank import merge_clusters
+from actindex.vectors import Batch, RademacherProjector, sequence_losses
+from actindex.verify import verify
+
+PAIRS = [
+    {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
+    {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "paris"},
+    {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
+]
+MODULES = "*.mlp.down_proj,*.self_attn.v_proj"
+
+
+@pytest.fixture()
+def behavior_file(tmp_path):
+    return write_jsonl(tmp_path / "behavior.jsonl", PAIRS)
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    rows = chat_rows(20, seed=5)
+    rows[7] = {"id": "planted", "messages": [{"role": "user", "content": PAIRS[0]["prompt"]},
+                                             {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
+    return write_jsonl(tmp_path / "train.jsonl", rows)
+
+
+@pytest.fixture()
+def index(llama, tmp_path, data_file):
+    actindex.build(data=str(data_file), out=str(tmp_path / "idx"), layers=[1], grad=True, grad_k=4,
+                   grad_modules=MODULES.split(","), model=llama, progress=False)
+    idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
+    idx.fit_curvature(kind="both", samples=12, progress=False)
+    return idx
+
+
+def _grad(lm, messages, names):
+    """grad_W L(x) of one chat row for each module, by plain autograd on the weights (float64)."""
+    enc = encode_row(lm.tokenizer, normalise_record("<t>", 1, 0, {"messages": messages}))
+    modules = dict(lm.model.named_modules())
+    weights = [modules[n].weight for n in names]
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        batch = Batch.collate([enc], lm.tokenizer.pad_token_id, lm.device)
+        grads = torch.autograd.grad(sequence_losses(lm.model, batch).sum(), weights)
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+    return {n: g.double() for n, g in zip(names, grads)}
+
+
+def test_influence_equals_preconditioned_inner_product_of_autograd_gradients(index, llama, behavior_file):
+    """I(m) = sum_modules <precond(mean_j grad L(t_j) - grad L(c_j)), grad L(x_m)>, every piece from autograd."""
+    curv = index.curvature("ekfac")
+    names = curv.names
+    q = {n: 0.0 for n in names}
+    for p in PAIRS:
+        gt, gc = _grad(llama, _chat(p["prompt"], p["treatment"]), names), _grad(llama, _chat(p["prompt"], p["control"]),
+                                                                                 names)
+        q = {n: q[n] + (gt[n] - gc[n]) / len(PAIRS) for n in names}
+    pre = curv.precondition(q)
+    rows = [0, 7, 13]
+    result = index.influence(str(behavior_file), "ekfac", rows=rows)
+    for i, record in enumerate(index.records(rows)):
+        g = _grad(llama, record["messages"], names)
+        per_module = [float((pre[n] * g[n]).sum()) for n in names]
+        np.testing.assert_allclose(result.influence.per_module[i], per_module, rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(result.influence.total[i], sum(per_module), rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ekfac", "linfac"])
+def test_reranked_candidates_equal_all_rows_influence_restricted(index, behavior_file, kind):
+    everything = index.influence(str(behavior_file), kind)
+    by_row = dict(zip(everything.rows.tolist(), everything.influence.total))
+    res = index.query(str(behavior_file), method="gradient", k=3, bottom_k=2, rerank=kind, candidates=5,
+                      per_token=True)
+    top_rows = index.search(res.vector, 5, "gradient")[1]
+    bottom_rows = index.search(res.vector, 5, "gradient", bottom=True)[1]
+    pool = sorted(set(top_rows.tolist()) | set(bottom_rows.tolist()))
+    expected = sorted(pool, key=lambda r: -by_row[r])
+    assert [h.row for h in res.top] == expected[:3]
+    assert [h.row for h in res.bottom] == expected[::-1][:2]
+    for hit in res.top + res.bottom:
+        assert hit.influence == pytest.approx(by_row[hit.row], rel=1e-5, abs=1e-7)
+        assert sum(hit.module_scores.values()) == pytest.approx(hit.influence, rel=1e-9, abs=1e-9)
+        assert sum(s for _, s in hit.token_scores) == pytest.approx(hit.influence, rel=1e-9, abs=1e-9)
+        assert len(hit.token_scores) == len(encode_row(index.model().tokenizer,
+                                                       normalise_record("<t>", 1, 0, hit.record)).input_ids)
+    assert res.method == f"gradient+{kind}"
+
+
+def test_ekfac_query_with_huge_damping_is_the_gradient_query(llama, tmp_path, data_file, behavior_file):
+    """precond(V) -> V / lambda as lambda grows, so the projected EK-FAC query's direction is the gradient query's."""
+    actindex.build(data=str(data_file), out=str(tmp_path / "idx"), layers=[1], grad=True, grad_k=4,
+                   grad_modules=MODULES.split(","), model=llama, progress=False)
+    idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
+    idx.fit_curvature(samples=6, damping=1e9, progress=False)
+    psi_ekfac, family, _ = idx.query_vector(str(behavior_file), method="ekfac")
+    psi_grad, _, _ = idx.query_vector(str(behavior_file), method="gradient")
+    assert family == "gradient"
+    np.testing.assert_allclose(psi_ekfac, psi_grad, atol=2e-4)
+    # and with real damping it is the projection of the preconditioned full gradient, not the gradient itself
+    idx.fit_curvature(samples=6, damping=1e-4, progress=False)
+    psi_small, _, _ = idx.query_vector(str(behavior_file), method="ekfac")
+    assert float(psi_small @ psi_grad) < 0.99
+
+
+def test_project_blocks_matches_the_build_layout():
+    """Each block is vec_row(P_out V P_in^T), the layout projected_gradient gives sum_t (P_out d)(P_in a)^T."""
+    from actindex.vectors import projected_gradient
+
+    gen = torch.Generator().manual_seed(0)
+    a, d = torch.randn(1, 5, 6, generator=gen), torch.randn(1, 5, 3, generator=gen)
+    proj = RademacherProjector(3, 2)
+    v = {"m": torch.einsum("bto,bti->oi", d, a)}
+    expected = projected_gradient(a, d, proj.matrix("m.in", 6, torch.device("cpu")),
+                                  proj.matrix("m.out", 3, torch.device("cpu")))[0]
+    np.testing.assert_allclose(project_blocks(v, ["m"], proj), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cluster_merge_keeps_the_largest_magnitude_and_its_terms():
+    one = Influence(np.array([1.0, -3.0]), np.array([[0.5, 0.5], [-1.0, -2.0]]), ["a", "b"],
+                    [[1], [2]], [np.array([1.0]), np.array([-3.0])])
+    two = Influence(np.array([-2.0, 0.5]), np.array([[-2.0, 0.0], [0.25, 0.25]]), ["a", "b"],
+                    [[1], [2]], [np.array([-2.0]), np.array([0.5])])
+    merged, chosen = merge_clusters([one, two])
+    assert chosen.tolist() == [1, 0]
+    assert merged.total.tolist() == [-2.0, -3.0]
+    np.testing.assert_array_equal(merged.per_module.sum(1), merged.total)
+    assert [t.sum() for t in merged.per_token] == [-2.0, -3.0]
+
+
+def test_clusters_and_tfidf_recall(index, behavior_file):
+    res = index.query(str(behavior_file), method="residual-change", k=3, rerank="ekfac", candidates=2, clusters=2,
+                      recall="tfidf")
+    assert any("2 pair clusters" in n for n in res.notes)
+    # TF-IDF recall brings in the planted copy of a treatment whatever the search returned
+    everything = index.influence(str(behavior_file), "ekfac", clusters=2)
+    by_row = dict(zip(everything.rows.tolist(), everything.influence.total))
+    for hit in res.top:
+        assert hit.influence == pytest.approx(by_row[hit.row], rel=1e-5, abs=1e-7)
+    from actindex.queries import load_behavior
+    from actindex.rerank import tfidf_recall
+
+    assert 7 in tfidf_recall(index, load_behavior(str(behavior_file)), 2).tolist()
+
+
+def test_cli_fit_curvature_then_rerank(llama, tmp_path, data_file, behavior_file, monkeypatch):
+    out = tmp_path / "cli-idx"
+    actindex.build(data=str(data_file), out=str(out), layers=[1], grad=True, grad_k=4,
+                   grad_modules=MODULES.split(","), model=llama, progress=False)
+    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    runner = CliRunner()
+    res = runner.invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file), "--rerank", "ekfac"])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("error:") and "fit-curvature" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(main, ["fit-curvature", "--index", str(out), "--kind", "both", "--samples", "8", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "fitted ekfac" in res.output and "fitted linfac" in res.output
+    assert verify(out) == []
+    res = runner.invoke(main, ["info", str(out), "--recall-queries", "0"])
+    assert "curvature ekfac" in res.output and "curvature linfac" in res.output
+    res = runner.invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file), "--method", "gradient",
+                               "--rerank", "ekfac", "--candidates", "4", "--top-k", "3", "--per-token",
+                               "--format", "json"])
+    assert res.exit_code == 0, res.output
+    top = json.loads(res.output)[0]["top"]
+    assert len(top) == 3
+    assert all({"score", "influence", "module_scores", "token_scores", "tokens"} <= set(h) for h in top)
+    assert [h["influence"] for h in top] == sorted([h["influence"] for h in top], reverse=True)
+    res = runner.invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file), "--rerank", "linfac",
+                               "--per-token", "--top-k", "2"])
+    assert res.exit_code == 0, res.output
+    assert "influence" in res.output and "[[" in res.output
+    res = runner.invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file), "--method", "ekfac"])
+    assert res.exit_code == 0, res.output
+
+
+def test_ekfac_method_needs_grad_and_curvature(llama, tmp_path, data_file, behavior_file, monkeypatch):
+    out = tmp_path / "plain"
+    actindex.build(data=str(data_file), out=str(out), layers=[1], model=llama, progress=False)
+    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    res = CliRunner().invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file),
+                                    "--method", "ekfac"])
+    assert res.exit_code == 2 and "--grad" in res.output and len(res.output.strip().splitlines()) == 1
+    idx = actindex.Index.open(out).use_model(llama)
+    with pytest.raises(IndexFileError, match="fit-curvature"):
+        idx.curvature("linfac")

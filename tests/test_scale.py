@@ -1,0 +1,327 @@
+"""Scale-out: shard + merge, append and torchrun builds equal one single-process build; large-N FAISS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import chat_rows, make_tokenizer, tiny_llama, write_jsonl
+
+import actindex
+from actindex.cli import main
+from actindex.data import file_sha256
+from actindex.errors import ActindexError, DataError, IndexFileError
+from actindex.models import wrap_model
+from actindex.search import brute_force, faiss_index_from_rows, measured_recall, search, set_search_params
+from actindex.shard import merge, shard_range
+from actindex.verify import verify
+
+
+def _read_all(root: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(root / "vectors.h5", "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _assert_same_index(a: Path, b: Path) -> None:
+    """Same datasets, ids and order; floats equal up to the rounding of other batch compositions;
+    every family's FAISS index returns the same rows for random queries."""
+    da, db = _read_all(a), _read_all(b)
+    assert da.keys() == db.keys()
+    for key in da:
+        if da[key].dtype.kind in "fc":
+            np.testing.assert_allclose(da[key], db[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            assert (da[key] == db[key]).all(), key
+    ia, ib = actindex.Index.open(a), actindex.Index.open(b)
+    assert ia.families.keys() == ib.families.keys()
+    rng = np.random.default_rng(0)
+    for family, spec in ia.families.items():
+        q = rng.standard_normal(spec["dim"]).astype(np.float32)
+        sa, ra = ia.search(q, k=0, family=family)
+        sb, rb = ib.search(q, k=0, family=family)
+        assert list(ra) == list(rb), family
+        np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_ranges_tile_the_rows_in_order():
+    for n_rows in (0, 1, 7, 23, 100):
+        for count in (1, 2, 3, 8, 30):
+            ranges = [shard_range(n_rows, i, count) for i in range(count)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == n_rows
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            sizes = [e - s for s, e in ranges]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_shards_merged_equal_the_single_build(llama, tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(23, seed=1))
+    kwargs = dict(data=str(data), layers=[1, 2], grad=True, model=llama, progress=False, part_size=4, batch_size=3)
+    actindex.build(out=str(tmp_path / "single"), **kwargs)
+    shards = [tmp_path / f"shard{i}" for i in range(3)]
+    monkeypatch.setattr(sys.modules["actindex.build"], "load_model", lambda *a, **k: llama)
+    res = CliRunner().invoke(main, ["build", "--data", str(data), "--out", str(shards[1]), "--layers", "1,2", "--grad",
+                                    "--part-size", "4", "--batch-size", "3", "--shard", "1/3", "--quiet"])
+    assert res.exit_code == 0 and "8 rows" in res.output, res.output  # rows 7-15 of 23
+    res = CliRunner().invoke(main, ["build", "--data", str(data), "--out", str(tmp_path / "x"), "--shard", "1-3"])
+    assert res.exit_code == 2 and "--shard must be I/N" in res.output
+    for i in (2, 0, 1):  # any order: array jobs finish when they finish
+        if i == 1:
+            m = json.loads((shards[1] / "manifest.json").read_text())
+        else:
+            m = actindex.build(out=str(shards[i]), shard=f"{i}/3", **kwargs)
+        start, end = shard_range(23, i, 3)
+        assert m["shard"] == {"index": i, "count": 3, "start": start, "end": end} and m["rows"] == end - start
+        assert verify(shards[i]) == []  # a shard is a complete index of its own
+    res = CliRunner().invoke(main, ["merge", str(shards[1]), str(shards[2]), str(shards[0]),
+                                    "--out", str(tmp_path / "merged")])
+    assert res.exit_code == 0, res.output
+    assert "23 rows" in res.output
+    _assert_same_index(tmp_path / "single", tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert "shard" not in merged and merged["rows"] == 23 and len(merged["merged_from"]) == 3
+    assert verify(tmp_path / "merged") == []
+    res = CliRunner().invoke(main, ["merge", *map(str, shards), "--out", str(tmp_path / "merged")])
+    assert res.exit_code == 2 and "already holds a complete index" in res.output
+
+
+def test_merge_builds_the_requested_factory_once(llama, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(40, seed=2))
+    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False, faiss_factory="IVF4,Flat")
+    for i in range(2):
+        m = actindex.build(out=str(tmp_path / f"s{i}"), shard=f"{i}/2", **kwargs)
+        assert {f["faiss_factory"] for f in m["families"].values()} == {"Flat"}  # exact within a shard
+    m = merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    assert {f["faiss_factory"] for f in m["families"].values()} == {"IVF4,Flat"}
+    assert verify(tmp_path / "merged") == []
+    # nprobe defaults to min(16, nlist): all 4 lists are visited, so the IVF index is exact
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "merged"), "--recall-queries", "20", "--recall-k", "5"])
+    assert res.exit_code == 0, res.output
+    assert "recall@5 vs exact (20 sampled rows)" in res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("residual_change/1 ") and "IVF" in line]
+    assert lines and "IVF4,Flat (nprobe 4, nlist 4)" in lines[-1] and lines[-1].endswith("1.000"), res.output
+
+
+def test_float16_storage_is_the_float32_build_rounded(llama, small_data, tmp_path):
+    kwargs = dict(data=str(small_data), layers=[1], grad=True, model=llama, progress=False)
+    m32 = actindex.build(out=str(tmp_path / "f32"), **kwargs)
+    m = actindex.build(out=str(tmp_path / "f16"), store_dtype="float16", **kwargs)
+    assert {f["dtype"] for f in m["families"].values()} == {"float16"}
+    a, b = _read_all(tmp_path / "f32"), _read_all(tmp_path / "f16")
+    for key in m["families"]:
+        assert b[f"vectors/{key}"].dtype == np.float16
+        np.testing.assert_array_equal(b[f"vectors/{key}"], a[f"vectors/{key}"].astype(np.float16))
+    assert 2 * m["summary"]["vector_bytes_per_row"] == m32["summary"]["vector_bytes_per_row"]
+    assert verify(tmp_path / "f16") == []
+
+
+@pytest.fixture()
+def small_data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "train.jsonl", chat_rows(8, seed=4))
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("model", {"model": "other"}),
+        ("layers", {"layers": [2]}),
+        ("projection seed", {"seed": 7}),
+        ("data", {"data": "other"}),
+    ],
+)
+def test_merge_refuses_shards_of_different_builds(llama, tokenizer, small_data, tmp_path, field, change):
+    base = dict(data=str(small_data), layers=[1], model=llama, progress=False)
+    actindex.build(out=str(tmp_path / "a"), shard="0/2", **base)
+    other = dict(base, **change)
+    if field == "model":
+        other["model"] = wrap_model(tiny_llama(seed=1), tokenizer, "tiny-llama")
+    if field == "data":
+        other["data"] = str(write_jsonl(tmp_path / "other.jsonl", chat_rows(8, seed=5)))
+    actindex.build(out=str(tmp_path / "b"), shard="1/2", **other)
+    with pytest.raises(IndexFileError) as err:
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+    message = str(err.value)
+    assert message.startswith(f"cannot merge these shards: {field} differs (")
+    assert str(tmp_path / "a") in message and str(tmp_path / "b") in message and "\n" not in message
+    res = CliRunner().invoke(main, ["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 2 and f"{field} differs" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "merged" / "manifest.json").exists()
+
+
+def test_merge_refuses_missing_doubled_and_non_shards(llama, small_data, tmp_path):
+    base = dict(data=str(small_data), layers=[1], model=llama, progress=False)
+    actindex.build(out=str(tmp_path / "a"), shard="0/3", **base)
+    actindex.build(out=str(tmp_path / "b"), shard="2/3", **base)
+    actindex.build(out=str(tmp_path / "whole"), **base)
+    with pytest.raises(IndexFileError, match=r"shard\(s\) 1/3 missing \(given: 0/3, 2/3\)"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    with pytest.raises(IndexFileError, match="shard 0/3 is given twice"):
+        merge([tmp_path / "a", tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    with pytest.raises(IndexFileError, match="is not a shard"):
+        merge([tmp_path / "whole"], tmp_path / "m")
+    with pytest.raises(ActindexError, match="--shard must be I/N"):
+        actindex.build(out=str(tmp_path / "x"), shard="3/3", **base)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
+    rows = chat_rows(19, seed=6)
+    first = write_jsonl(tmp_path / "first.jsonl", rows[:11])
+    more = write_jsonl(tmp_path / "more.jsonl", rows[11:])
+    both = write_jsonl(tmp_path / "both.jsonl", rows)
+    kwargs = dict(layers=[1, 3], grad=True, model=llama, progress=False, part_size=3)
+    actindex.build(data=str(both), out=str(tmp_path / "whole"), **kwargs)
+    out = tmp_path / "grown"
+    actindex.build(data=str(first), out=str(out), **kwargs)
+
+    # a crash while computing the new rows leaves the old index complete and usable
+    def crash(start, end):
+        raise Crash
+
+    with pytest.raises(Crash):
+        actindex.build(data=str(more), out=str(out), append=True, on_part=crash, **kwargs)
+    assert len(actindex.Index.open(out)) == 11 and verify(out) == []
+    # a crash while finalising leaves an unfinished index that the same command completes
+    import actindex.search as search_mod
+
+    real_write = search_mod.write_faiss_index
+    calls = []
+
+    def write_then_crash(index, path):
+        real_write(index, path)
+        calls.append(path)
+        if len(calls) == 2:
+            raise Crash
+
+    monkeypatch.setattr(search_mod, "write_faiss_index", write_then_crash)
+    with pytest.raises(Crash):
+        actindex.build(data=str(more), out=str(out), append=True, **kwargs)
+    monkeypatch.setattr(search_mod, "write_faiss_index", real_write)
+    with pytest.raises(IndexFileError, match="unfinished build"):
+        actindex.Index.open(out)
+    parts = []
+    m = actindex.build(data=str(more), out=str(out), append=True, on_part=lambda s, e: parts.append((s, e)), **kwargs)
+    assert parts == []  # the new rows were all committed before the crash: nothing recomputed
+    _assert_same_index(tmp_path / "whole", out)
+    assert verify(out) == []
+    files = m["data"]["files"]
+    assert [f["rows"] for f in files] == [11, 8] and [f["first_row"] for f in files] == [0, 11]
+    assert [Path(f["path"]).name for f in files] == ["first.jsonl", "more.jsonl"]
+    assert files[1]["sha256"] == file_sha256(more) != files[0]["sha256"]
+    assert m["rows"] == 19 and not (out / ".build").exists()
+
+    with pytest.raises(IndexFileError, match="same sha256"):
+        actindex.build(data=str(more), out=str(out), append=True, **kwargs)
+    clash = write_jsonl(tmp_path / "clash.jsonl", [dict(rows[0], messages=rows[1]["messages"])])
+    with pytest.raises(DataError, match="id 'r0' is already in"):
+        actindex.build(data=str(clash), out=str(out), append=True, **kwargs)
+    fresh = write_jsonl(tmp_path / "fresh.jsonl", [dict(r, id=f"n{i}") for i, r in enumerate(rows[:2])])
+    with pytest.raises(IndexFileError, match="cannot append to .*: layers differs"):
+        actindex.build(data=str(fresh), out=str(out), append=True, **dict(kwargs, layers=[1]))
+    with pytest.raises(IndexFileError, match="--append needs a complete index"):
+        actindex.build(data=str(fresh), out=str(tmp_path / "none"), append=True, **kwargs)
+    monkeypatch.setattr(sys.modules["actindex.build"], "load_model", lambda *a, **k: llama)
+    res = CliRunner().invoke(main, ["build", "--append", "--data", str(fresh), "--out", str(out), "--layers", "1,3",
+                                    "--grad", "--quiet"])
+    assert res.exit_code == 0 and "built" in res.output and "21 rows" in res.output, res.output
+    assert actindex.Index.open(out).ids()[-3:] == ["r18", "n0", "n1"] and verify(out) == []
+
+
+def test_append_extends_a_trained_faiss_index_without_retraining(llama, tmp_path):
+    rows = chat_rows(60, seed=8)
+    first = write_jsonl(tmp_path / "first.jsonl", rows[:40])
+    more = write_jsonl(tmp_path / "more.jsonl", rows[40:])
+    out = tmp_path / "idx"
+    kwargs = dict(layers=[1], model=llama, progress=False, faiss_factory="IVF4,Flat")
+    actindex.build(data=str(first), out=str(out), **kwargs)
+    centroids_before = _ivf_centroids(out)
+    m = actindex.build(data=str(more), out=str(out), append=True, **kwargs)
+    assert m["rows"] == 60 and verify(out) == []
+    assert {f["faiss_factory"] for f in m["families"].values()} == {"IVF4,Flat"}
+    np.testing.assert_array_equal(_ivf_centroids(out), centroids_before)
+
+
+def _ivf_centroids(root: Path) -> np.ndarray:
+    import faiss
+
+    index = faiss.read_index(str(root / "faiss" / "residual_change-1.faiss"))
+    ivf = faiss.extract_index_ivf(index)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+@pytest.fixture()
+def one_faiss_thread():
+    """FAISS's OpenMP threads crawl on a crowded machine; one thread is faster there."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def test_ivf_factory_finds_a_planted_duplicate_and_reports_its_recall(tmp_path, one_faiss_thread):
+    import faiss
+
+    rng = np.random.default_rng(0)
+    n, dim = 4000, 32
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    valid = np.ones(n, bool)
+    valid[::97] = False
+    planted = 1234
+    for factory, params in (("IVF64,Flat", {"nprobe": 4}), ("HNSW16", {"ef_search": 64}), ("IVF32,PQ8x4", {})):
+        index = faiss_index_from_rows(vectors, valid, factory, train_rows=2000)
+        assert index.ntotal == valid.sum()
+        set_search_params(index, **params)
+        query = vectors[planted] * 3.0  # same direction: cosine 1 with the planted row only
+        scores, rows = search(index, query, 5)
+        assert rows[0][0] == planted, factory
+        path = tmp_path / "ivf.faiss"
+        faiss.write_index(index, str(path))
+        from actindex.search import read_faiss_index
+
+        mapped = read_faiss_index(path)  # memory-mapped for IVF
+        assert search(mapped, query, 1)[1][0][0] == planted
+        recall = measured_recall(mapped, vectors, valid, k=10, queries=100)
+        assert 0.1 < recall <= 1.0, (factory, recall)
+    exact = faiss_index_from_rows(vectors, valid, "Flat")
+    assert measured_recall(exact, vectors, valid, k=10, queries=100) == 1.0
+    ivf = faiss_index_from_rows(vectors, valid, "IVF64,Flat", train_rows=2000)
+    recalls = [measured_recall(set_search_params(ivf, nprobe=p), vectors, valid, 10, 100) for p in (1, 8, 64)]
+    assert recalls[0] < recalls[1] < recalls[2] == 1.0, recalls  # visiting every list is exact search
+    truth = brute_force(vectors[valid], vectors[planted])
+    assert np.argmax(truth) == np.flatnonzero(valid).tolist().index(planted)
+
+
+TORCHRUN_TIMEOUT = 240
+
+
+def test_torchrun_two_process_build_equals_the_single_build(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_llama().save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(21, seed=9))
+    args = ["build", "--model", str(model_dir), "--data", str(data), "--layers", "1,2", "--grad",
+            "--part-size", "4", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "actindex", *args, "--out", str(tmp_path / "dist")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("built ") == 1, proc.stdout  # rank 0 reports
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "single")])
+    assert res.exit_code == 0, res.output
+    _assert_same_index(tmp_path / "single", tmp_path / "dist")
+    assert not (tmp_path / "dist" / ".shards").exists() and verify(tmp_path / "dist") == []
