@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import actindex
 from actindex.models import LoadedModel, wrap_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -97,3 +100,31 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture()
 def train_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "train.jsonl", chat_rows(24))
+
+
+def read_all(root: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(root / "vectors.h5", "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_index(a: Path, b: Path) -> None:
+    """Same datasets, ids and order; floats equal up to the rounding of other batch compositions;
+    every family's FAISS index returns the same rows for random queries."""
+    da, db = read_all(a), read_all(b)
+    assert da.keys() == db.keys()
+    for key in da:
+        if da[key].dtype.kind in "fc":
+            np.testing.assert_allclose(da[key], db[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            assert (da[key] == db[key]).all(), key
+    ia, ib = actindex.Index.open(a), actindex.Index.open(b)
+    assert ia.families.keys() == ib.families.keys()
+    rng = np.random.default_rng(0)
+    for family, spec in ia.families.items():
+        q = rng.standard_normal(spec["dim"]).astype(np.float32)
+        sa, ra = ia.search(q, k=0, family=family)
+        sb, rb = ib.search(q, k=0, family=family)
+        assert list(ra) == list(rb), family
+        np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)

@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import chat_rows, write_jsonl
+from conftest import assert_same_index, chat_rows, read_all, write_jsonl
 
 import actindex
 from actindex.cli import main
@@ -22,23 +21,6 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.search import brute_force
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _read_all(root: Path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(root / "vectors.h5", "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def _assert_same_index(a: Path, b: Path) -> None:
-    da, db = _read_all(a), _read_all(b)
-    assert da.keys() == db.keys()
-    for key in da:
-        if da[key].dtype.kind in "fc":
-            np.testing.assert_allclose(da[key], db[key], rtol=1e-5, atol=1e-6, err_msg=key)
-        else:
-            assert (da[key] == db[key]).all(), key
 
 
 def test_build_writes_the_design_layout(llama, train_file, tmp_path):
@@ -51,7 +33,7 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
         "mean_activation/1", "mean_activation/3", "gradient",
     }
     assert m["rows"] == 24 and m["layers"] == [1, 3] and m["model"]["fingerprint"] == llama.fingerprint
-    data = _read_all(out)
+    data = read_all(out)
     assert [i.decode() for i in data["ids"]] == [f"r{i}" for i in range(24)]
     assert data["vectors/gradient"].shape == (24, len(m["projection"]["modules"]) * 8**2)
     assert np.all(data["loss"] > 0) and data["valid"].all()
@@ -91,7 +73,7 @@ def test_crash_between_parts_resumes_to_the_uninterrupted_result(llama, train_fi
     resumed = []
     actindex.build(out=str(crashed), on_part=lambda s, e: resumed.append((s, e)), **kwargs)
     assert resumed[0] == (8, 12)  # nothing recomputed, nothing skipped
-    _assert_same_index(full, crashed)
+    assert_same_index(full, crashed)
 
 
 def test_resume_with_other_settings_is_refused(llama, train_file, tmp_path):
@@ -138,7 +120,7 @@ def test_kill_9_mid_build_resumes_with_nothing_lost_or_doubled(llama, tmp_path, 
     actindex.build(data=str(data), out=str(out), layers=[1, 2], grad=True, model=llama, progress=False, part_size=3)
     actindex.build(data=str(data), out=str(tmp_path / "full"), layers=[1, 2], grad=True, model=llama,
                    progress=False, part_size=3)
-    _assert_same_index(tmp_path / "full", out)
+    assert_same_index(tmp_path / "full", out)
 
 
 def test_faiss_search_equals_brute_force_cosine(llama, train_file, tmp_path):
@@ -175,7 +157,7 @@ def test_non_finite_rows_are_flagged_and_kept_out_of_faiss(llama, train_file, tm
     monkeypatch.setattr(vectors, "compute_vectors", poisoned)
     out = tmp_path / "idx"
     m = actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False, batch_size=4)
-    data = _read_all(out)
+    data = read_all(out)
     assert m["valid_rows"] == int(data["valid"].sum()) < 24
     idx = actindex.Index.open(out)
     _, rows = idx.search(np.ones(32, np.float32), k=0, family="residual_change/1")
@@ -214,7 +196,7 @@ def test_input_formats_give_the_same_rows(llama, tmp_path):
     for i, path in enumerate([jsonl, chat, alpaca, parquet, hf_dir]):
         out = tmp_path / f"idx{i}"
         actindex.build(data=str(path), out=str(out), layers=[1], model=llama, progress=False)
-        results.append(_read_all(out)["vectors/residual_change/1"])
+        results.append(read_all(out)["vectors/residual_change/1"])
     for other in results[1:]:
         np.testing.assert_allclose(other, results[0], rtol=1e-5, atol=1e-6)
 
@@ -242,7 +224,7 @@ def test_same_inputs_give_byte_identical_vectors(llama, train_file, tmp_path):
     for name in ("a", "b"):
         actindex.build(data=str(train_file), out=str(tmp_path / name), layers=[1, 2], grad=True, model=llama,
                        progress=False)
-    a, b = _read_all(tmp_path / "a"), _read_all(tmp_path / "b")
+    a, b = read_all(tmp_path / "a"), read_all(tmp_path / "b")
     for key in a:
         if a[key].dtype.kind == "O":
             assert list(a[key]) == list(b[key]), key

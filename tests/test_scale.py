@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import chat_rows, make_tokenizer, tiny_llama, write_jsonl
+from conftest import assert_same_index, chat_rows, make_tokenizer, read_all, tiny_llama, write_jsonl
 
 import actindex
 from actindex.cli import main
@@ -22,34 +21,6 @@ from actindex.models import wrap_model
 from actindex.search import brute_force, faiss_index_from_rows, measured_recall, search, set_search_params
 from actindex.shard import merge, shard_range
 from actindex.verify import verify
-
-
-def _read_all(root: Path) -> dict[str, np.ndarray]:
-    out = {}
-    with h5py.File(root / "vectors.h5", "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def _assert_same_index(a: Path, b: Path) -> None:
-    """Same datasets, ids and order; floats equal up to the rounding of other batch compositions;
-    every family's FAISS index returns the same rows for random queries."""
-    da, db = _read_all(a), _read_all(b)
-    assert da.keys() == db.keys()
-    for key in da:
-        if da[key].dtype.kind in "fc":
-            np.testing.assert_allclose(da[key], db[key], rtol=1e-5, atol=1e-6, err_msg=key)
-        else:
-            assert (da[key] == db[key]).all(), key
-    ia, ib = actindex.Index.open(a), actindex.Index.open(b)
-    assert ia.families.keys() == ib.families.keys()
-    rng = np.random.default_rng(0)
-    for family, spec in ia.families.items():
-        q = rng.standard_normal(spec["dim"]).astype(np.float32)
-        sa, ra = ia.search(q, k=0, family=family)
-        sb, rb = ib.search(q, k=0, family=family)
-        assert list(ra) == list(rb), family
-        np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)
 
 
 def test_shard_ranges_tile_the_rows_in_order():
@@ -85,7 +56,7 @@ def test_shards_merged_equal_the_single_build(llama, tmp_path, monkeypatch):
                                     "--out", str(tmp_path / "merged")])
     assert res.exit_code == 0, res.output
     assert "23 rows" in res.output
-    _assert_same_index(tmp_path / "single", tmp_path / "merged")
+    assert_same_index(tmp_path / "single", tmp_path / "merged")
     merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
     assert "shard" not in merged and merged["rows"] == 23 and len(merged["merged_from"]) == 3
     assert verify(tmp_path / "merged") == []
@@ -115,7 +86,7 @@ def test_float16_storage_is_the_float32_build_rounded(llama, small_data, tmp_pat
     m32 = actindex.build(out=str(tmp_path / "f32"), **kwargs)
     m = actindex.build(out=str(tmp_path / "f16"), store_dtype="float16", **kwargs)
     assert {f["dtype"] for f in m["families"].values()} == {"float16"}
-    a, b = _read_all(tmp_path / "f32"), _read_all(tmp_path / "f16")
+    a, b = read_all(tmp_path / "f32"), read_all(tmp_path / "f16")
     for key in m["families"]:
         assert b[f"vectors/{key}"].dtype == np.float16
         np.testing.assert_array_equal(b[f"vectors/{key}"], a[f"vectors/{key}"].astype(np.float16))
@@ -213,7 +184,7 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
     parts = []
     m = actindex.build(data=str(more), out=str(out), append=True, on_part=lambda s, e: parts.append((s, e)), **kwargs)
     assert parts == []  # the new rows were all committed before the crash: nothing recomputed
-    _assert_same_index(tmp_path / "whole", out)
+    assert_same_index(tmp_path / "whole", out)
     assert verify(out) == []
     files = m["data"]["files"]
     assert [f["rows"] for f in files] == [11, 8] and [f["first_row"] for f in files] == [0, 11]
@@ -323,5 +294,5 @@ def test_torchrun_two_process_build_equals_the_single_build(tmp_path):
     assert proc.stdout.count("built ") == 1, proc.stdout  # rank 0 reports
     res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "single")])
     assert res.exit_code == 0, res.output
-    _assert_same_index(tmp_path / "single", tmp_path / "dist")
+    assert_same_index(tmp_path / "single", tmp_path / "dist")
     assert not (tmp_path / "dist" / ".shards").exists() and verify(tmp_path / "dist") == []
