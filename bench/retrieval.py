@@ -57,6 +57,18 @@ def subsample(pool: Path, clean: int, planted: int | None, out: Path, seed: int 
     return out
 
 
+def load_set(name: str, work: Path, clean: int, planted: int) -> tuple[Path, Behavior]:
+    """The pool file (large pools subsampled into ``work`` with seed 0) and the behaviour of a set."""
+    if name == "demo":
+        return resolve_data_path("demo"), load_behavior("hallucination")
+    src = SHARED / name / "pool.jsonl"
+    big = sum(1 for _ in open(src)) > 200
+    pool = subsample(src, clean, planted, work / f"{name}.jsonl") if big else src
+    rows = map(json.loads, open(SHARED / name / "behavior.jsonl"))
+    pairs = [Pair(r["prompt"], r["treatment"], r["control"]) for r in rows]
+    return pool, Behavior(name=name, pairs=pairs)
+
+
 def text_of(record: dict) -> str:
     return " ".join(m["content"] for m in record["messages"])
 
@@ -87,14 +99,7 @@ def main() -> None:
     lm = actindex.load_model()
     lines = ["| set | rows (planted) | method | layer | AUROC | AP | P@n | R@100 | s/query |", "|" + "---|" * 9]
     for name in args.sets.split(","):
-        if name == "demo":
-            pool, behavior = resolve_data_path("demo"), load_behavior("hallucination")
-        else:
-            src = SHARED / name / "pool.jsonl"
-            big = sum(1 for _ in open(src)) > 200
-            pool = subsample(src, args.clean, args.planted, work / f"{name}.jsonl") if big else src
-            behavior = Behavior(name=name, pairs=[Pair(r["prompt"], r["treatment"], r["control"])
-                                                  for r in map(json.loads, open(SHARED / name / "behavior.jsonl"))])
+        pool, behavior = load_set(name, work, args.clean, args.planted)
         out = work / f"{name}.idx"
         grad = name in args.grad_sets.split(",")
         if not (out / "manifest.json").exists():
