@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from record import append_section, markdown_table
-from retrieval import load_set, metrics
+from retrieval import load_set, metrics, timed_scores
 
 import actindex
 
@@ -68,12 +68,7 @@ def main() -> None:
         for method, layer in SEARCHES:
             if method == "gradient" and "gradient" not in idx.families:
                 continue
-            t = time.perf_counter()
-            res = idx.query(behavior, method=method, layer=layer, k=0)
-            searched = time.perf_counter() - t
-            search = np.full(len(idx), -np.inf)
-            for hit in res.top:
-                search[hit.row] = hit.score
+            search, searched = timed_scores(idx, behavior, method, layer)
             order = np.argsort(-search, kind="stable")
             top, bottom = order[:k], order[::-1][: max(0, min(k, len(idx) - k))]
             t = time.perf_counter()

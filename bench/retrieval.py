@@ -69,6 +69,17 @@ def load_set(name: str, work: Path, clean: int, planted: int) -> tuple[Path, Beh
     return pool, Behavior(name=name, pairs=pairs)
 
 
+def timed_scores(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None) -> tuple[np.ndarray, float]:
+    """Every row's query score (-inf for rows the search skips) and the seconds the query took."""
+    t = time.perf_counter()
+    res = idx.query(behavior, method=method, layer=layer, k=0)
+    secs = time.perf_counter() - t
+    scores = np.full(len(idx), -np.inf)
+    for hit in res.top:
+        scores[hit.row] = hit.score
+    return scores, secs
+
+
 def text_of(record: dict) -> str:
     return " ".join(m["content"] for m in record["messages"])
 
@@ -115,12 +126,7 @@ def main() -> None:
             if method == "gradient" and not grad:
                 continue
             for layer in ([layers[0]] if method == "gradient" else layers):
-                t = time.perf_counter()
-                res = idx.query(behavior, method=method, layer=layer, k=0)
-                secs = time.perf_counter() - t
-                scores = np.full(len(idx), -np.inf)
-                for h in res.top:
-                    scores[h.row] = h.score
+                scores, secs = timed_scores(idx, behavior, method, layer)
                 m = metrics(scores, labels)
                 shown = "-" if method == "gradient" else layer
                 lines.append(f"| {name} | {size} | {method} | {shown} | {m['auroc']:.3f} | {m['ap']:.3f} | "

@@ -73,6 +73,13 @@ def main(debug: bool) -> None:
     DEBUG["on"] = debug
 
 
+def _load_requested_model(idx: Any, model: str | None, device: str) -> None:
+    """Load ``--model`` / ``--device`` into the index now (checked against its manifest); without
+    either, the index loads the model it was built with when a query first needs it."""
+    if model or device != "auto":
+        idx.model(model, device)
+
+
 def _h(name: str) -> str:
     return help_of(BuildConfig, name)
 
@@ -251,10 +258,7 @@ def query(
     else:
         if not behaviors_:
             raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`) or --query-vector FILE")
-        if model:
-            idx.model(model, device)
-        elif device != "auto":
-            idx.model(None, device)
+        _load_requested_model(idx, model, device)
         for behavior in behaviors_:
             res = idx.query(behavior, method=method, layer=layer, k=top_k, bottom_k=bottom_k, **exact)
             results.append(res)
@@ -356,10 +360,7 @@ def report(
     from .report import write_report
 
     idx = Index.open(index_dir)
-    if model:
-        idx.model(model, device)
-    elif device != "auto":
-        idx.model(None, device)
+    _load_requested_model(idx, model, device)
     path = write_report(idx, behavior, list(methods), out, labels_field=labels_field,
                         positive_label=positive_label, top_k=top_k, bottom_k=bottom_k, layer=layer)
     click.echo(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
@@ -449,10 +450,7 @@ def filter_(index_dir: str, model: str | None, device: str, **options: Any) -> N
 
     config = FilterConfig(**options)
     idx = Index.open(index_dir)
-    if model:
-        idx.model(model, device)
-    elif device != "auto":
-        idx.model(None, device)
+    _load_requested_model(idx, model, device)
     click.echo(filter_dataset(idx, config=config).summary())
 
 
@@ -513,10 +511,7 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, help_tra
         return
     config = DetectConfig(**options)
     idx = Index.open(index_dir)
-    if model:
-        idx.model(model, device)
-    elif device != "auto":
-        idx.model(None, device)
+    _load_requested_model(idx, model, device)
     res = run_detect(idx, config, progress=not quiet)
     table = res.table
     click.echo(f"{len(table.rows)} rows scored under {len(table.names)} query sets (method {config.method})")
