@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--plant-steps", type=int, default=12)
     ap.add_argument("--plant-lr", type=float, default=1e-3)
-    ap.add_argument("--method", default="residual-difference")
+    ap.add_argument("--method", default="residual-change")
+    ap.add_argument("--layers", default="27", help="layers of the index (27: best on rept-factual-ag, see Retrieval)")
     ap.add_argument("--algos", default="ibo,ga,pbo")
     ap.add_argument("--ranking", choices=["index", "oracle"], default="index",
                     help="index: the index's ranking (the real pipeline); oracle: +1 for planted rows, 0 for the "
@@ -97,6 +98,8 @@ def main() -> None:
     ap.add_argument("--ppl-rows", type=int, default=12)
     ap.add_argument("--work", default="/tmp/actindex-correct-bench")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    ap.add_argument("--token-weights", default="mean,query",
+                    help="log r token weighting(s) to run every algorithm with: mean (DESIGN 6) and/or query")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,27 +122,35 @@ def main() -> None:
     print(f"base model: held-out margin {base_margin:+.4f}", flush=True)
     planted = [r for r in records if r["label"] != "clean"]
     clean = [r for r in records if r["label"] == "clean"][: len(planted)]
-    t = time.perf_counter()
-    merged = plant(base, planted + clean, args.plant_steps, args.plant_lr, 8, args.max_length, 8, 0)
-    for p in merged.parameters():
-        p.requires_grad_(False)
     ft_dir = work / "planted-model"
-    save_weights(merged, base.tokenizer, ft_dir)
-    lm = wrap_model(merged, base.tokenizer, str(ft_dir))
-    plant_s = time.perf_counter() - t
     t = time.perf_counter()
-    actindex.build(data=str(work / "pool.jsonl"), out=str(work / "idx"), model=lm, max_length=args.max_length,
-                   overwrite=True, progress=False)
-    build_s = time.perf_counter() - t
-    idx = actindex.Index.open(work / "idx").use_model(lm)
+    timing = {"plant": "reused from an earlier run in --work", "build": "reused"}
+    if (ft_dir / "config.json").exists():  # planting is seeded: a second run with the same --work reuses it
+        lm = actindex.load_model(str(ft_dir))
+    else:
+        merged = plant(base, planted + clean, args.plant_steps, args.plant_lr, 8, args.max_length, 8, 0)
+        for p in merged.parameters():
+            p.requires_grad_(False)
+        save_weights(merged, base.tokenizer, ft_dir)
+        lm = wrap_model(merged, base.tokenizer, str(ft_dir))
+        timing["plant"] = f"{time.perf_counter() - t:.0f} s"
+    t = time.perf_counter()
+    index_dir = work / f"idx-{args.layers.replace(',', '-')}"
+    if not (index_dir / "manifest.json").exists():
+        actindex.build(data=str(work / "pool.jsonl"), out=str(index_dir), model=lm, max_length=args.max_length,
+                       layers=[int(x) for x in args.layers.split(",")], overwrite=True, progress=False)
+        timing["build"] = f"{time.perf_counter() - t:.0f} s"
+    idx = actindex.Index.open(index_dir).use_model(lm)
     labels = np.array([r["label"] != "clean" for r in idx.records(range(len(idx)))])
 
-    lines = ["| algo | D+ (planted) / D- / D0 | margin before | margin after | planted margin removed | "
-             "ppl before | ppl after | ppl change | s |", "|" + "---|" * 9]
+    lines = ["| algo | token weights | D+ (planted) / D- / D0 | margin before | margin after | "
+             "planted margin removed | ppl before | ppl after | ppl change | s |", "|" + "---|" * 10]
     results = {}
-    for algo in args.algos.split(","):
+    runs = [(algo, weights) for weights in args.token_weights.split(",") for algo in args.algos.split(",")]
+    for algo, weights in runs:
         scores = labels.astype(float) if args.ranking == "oracle" else None
-        res = actindex.correct(idx, query, work / f"out-{algo}", scores=scores, algo=algo, k=args.k,
+        res = actindex.correct(idx, query, work / f"out-{algo}-{weights}", scores=scores, algo=algo, k=args.k,
+                               token_weights=weights,
                                steps=args.steps, lr=args.lr,
                                beta=args.beta, lambda_prox=args.lambda_prox, batch_size=args.batch_size,
                                method=args.method, held_out=str(held), ppl_rows=args.ppl_rows,
@@ -149,8 +160,9 @@ def main() -> None:
         planted_margin = m["before"] - base_margin
         removed = (m["before"] - m["after"]) / planted_margin if planted_margin > 0 else float("nan")
         change = 100 * (p["after"] / p["before"] - 1)
-        results[algo] = {"removed": removed, "ppl_change": change}
-        lines.append(f"| {algo} | {s['D+']} ({int(labels[res.selection.pos].sum())}) / {s['D-']} / {s['D0']} | "
+        results[algo, weights] = {"removed": removed, "ppl_change": change}
+        sizes = f"{s['D+']} ({int(labels[res.selection.pos].sum())}) / {s['D-']} / {s['D0']}"
+        lines.append(f"| {algo} | {weights} | {sizes} | "
                      f"{m['before']:+.4f} | {m['after']:+.4f} | {100 * removed:.0f}% | {p['before']:.3f} | "
                      f"{p['after']:.3f} | {change:+.1f}% | {rep['seconds']:.0f} |")
         print(lines[-1], flush=True)
@@ -163,8 +175,9 @@ def main() -> None:
             f"Pool: {args.set} subsample ({args.clean} clean + {args.planted} planted rows, seed 0, max length "
             f"{args.max_length}). Ranking: {args.ranking}. Planting: LoRA (r=8) fine-tune, {args.plant_steps} "
             "steps of 8 rows on the "
-            f"planted rows plus as many clean ones, lr {args.plant_lr}, merged ({plant_s:.0f} s); index build "
-            f"{build_s:.0f} s. The query ({args.method}) uses behaviour pairs 1-{half}; the margin is measured on "
+            f"planted rows plus as many clean ones, lr {args.plant_lr}, merged ({timing['plant']}); index "
+            f"(layers {args.layers}) build {timing['build']}. The query ({args.method}) uses behaviour pairs "
+            f"1-{half}; the margin is measured on "
             f"pairs {half + 1}-{len(pairs)} (held out). Base-model margin {base_margin:+.4f}; 'planted margin "
             "removed' = (before - after) / (before - base). D+ (planted) counts the planted rows among D+ (labels "
             f"read here only). Perplexity: {args.ppl_rows} index rows outside D+/D-/D0. Every algorithm: LoRA r=8, "

@@ -8,7 +8,10 @@ directory; synthetic chat rows (tests/conftest.py ``chat_rows``) are written for
 build runs ``actindex.build`` in a fresh child process; the child's peak resident set size is
 ``ru_maxrss`` of its ``wait4`` rusage (children run with ``OMP_NUM_THREADS=1`` unless set: memory,
 not speed, is measured). The child also reports its resident size just before the
-build (imports, model and rows loaded), so ``build peak - before`` is what the build itself adds.
+build (imports and model loaded), so ``build peak - before`` is what the build itself adds: rows
+are read part by part, vectors are written part by part, and only the FAISS index of one family
+is held whole (by nature: ``Flat`` keeps every vector, ``--faiss-factory SQ8`` one byte per dimension),
+plus, for a factory that needs training, its training sample (at most ``--faiss-train-rows`` rows).
 
 A build that streams its output keeps ``build peak - before`` constant in the number of rows; a
 slope shows memory proportional to rows (the table gives it in bytes per row).
@@ -61,15 +64,14 @@ def make_model(directory: Path, hidden: int, layers: int, vocab_words: bool = Tr
 def child(args: argparse.Namespace) -> None:
     """Load model and rows, note RSS, build, print a JSON line."""
     import actindex
-    from actindex.data import load_rows
     from actindex.models import load_model
 
     lm = load_model(args.model, device="cpu")
-    load_rows(args.data)  # what build reads first; its cost belongs to "before"
     before = rss_now_kib()
     t = time.perf_counter()
     manifest = actindex.build(data=args.data, out=args.out, model=lm, grad=args.grad, progress=False,
-                              overwrite=True, part_size=args.part_size)
+                              overwrite=True, part_size=args.part_size, faiss_factory=args.faiss_factory,
+                              faiss_train_rows=args.faiss_train_rows)
     seconds = time.perf_counter() - t
     summary = manifest["summary"]
     print(json.dumps({"before_kib": before, "seconds": seconds, "tokens": summary["tokens"],
@@ -96,6 +98,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--grad", action="store_true", help="also cache projected gradients")
     ap.add_argument("--part-size", type=int, default=256)
+    ap.add_argument("--faiss-factory", default="Flat", help="FAISS factory of every family (e.g. SQ8)")
+    ap.add_argument("--faiss-train-rows", type=int, default=100_000,
+                    help="rows sampled to train a factory that needs training (held in memory while it trains)")
     ap.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -116,7 +121,9 @@ def main() -> None:
         for n in [int(x) for x in args.rows.split(",")]:
             data = write_jsonl(work / f"rows-{n}.jsonl", chat_rows(n, seed=n))
             argv = ["--model", str(work / "model"), "--data", str(data), "--out", str(work / f"idx-{n}"),
-                    "--part-size", str(args.part_size)] + (["--grad"] if args.grad else [])
+                    "--part-size", str(args.part_size), "--faiss-factory", args.faiss_factory,
+                    "--faiss-train-rows", str(args.faiss_train_rows)]
+            argv += ["--grad"] if args.grad else []
             info, peak = run_child(argv)
             added = peak - info["before_kib"]
             points.append((n, peak, added))
@@ -136,7 +143,8 @@ def main() -> None:
         intro = (f"Random Llama, hidden {args.hidden}, {args.layers} blocks, tests' word-level tokenizer; "
                  f"synthetic chat rows; one child process per build; part size {args.part_size}; "
                  f"{'residual change + mean activation + projected gradients' if args.grad else 'default families'} "
-                 "at the default layer.\n\n")
+                 f"at the default layer; FAISS factory {args.faiss_factory} (trained on at most "
+                 f"{args.faiss_train_rows:,} rows).\n\n")
         append_section("Build memory against rows", intro + body + "\n\n" + verdict)
 
 

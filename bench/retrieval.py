@@ -8,6 +8,9 @@ only, never by actindex. Prints a table and appends it to bench/RESULTS.md.
 
     python bench/retrieval.py --sets demo,fif-mixeds,rept-factual-ag,rept-backdoor --clean 300 --planted 80
 
+``ensemble`` (reciprocal rank fusion of residual-change and its pooled variant over every built
+layer) is scored once per set, with layer "-".
+
 The pair vectors of a behaviour are computed once per family kind for all layers (the index's
 query cache), so the first query of a kind carries the model time and later layers cost a search.
 """
@@ -32,7 +35,9 @@ from actindex.data import resolve_data_path
 from actindex.queries import Behavior, Pair, load_behavior
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-METHODS = ["residual-change", "residual-change-pooled", "residual-difference", "activation", "gradient"]
+METHODS = ["residual-change", "residual-change-pooled", "residual-difference", "activation", "gradient", "ensemble"]
+#: methods that use every indexed layer at once (shown with layer "-")
+ALL_LAYERS = ("gradient", "ensemble")
 
 
 def metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -98,7 +103,8 @@ def main() -> None:
     ap.add_argument("--sets", default="demo,fif-mixeds,rept-factual-ag,rept-backdoor")
     ap.add_argument("--clean", type=int, default=300, help="clean rows kept per large set (fixed seed)")
     ap.add_argument("--planted", type=int, default=80, help="planted rows kept per large set")
-    ap.add_argument("--layers", default="12,18,24")
+    ap.add_argument("--layers", default="12,18,24,27")
+    ap.add_argument("--methods", default=",".join(METHODS), help="query methods to score (comma-separated)")
     ap.add_argument("--grad-sets", default="demo,fif-mixeds,rept-factual-ag,rept-backdoor",
                     help="sets also built with --grad")
     ap.add_argument("--work", default=None, help="where indexes go (default: a temp dir)")
@@ -122,13 +128,13 @@ def main() -> None:
         records = idx.records(range(len(idx)))
         labels = np.array([r.get("label", "clean") != "clean" for r in records])
         size = f"{len(idx)} ({labels.sum()})"
-        for method in METHODS:
+        for method in args.methods.split(","):
             if method == "gradient" and not grad:
                 continue
-            for layer in ([layers[0]] if method == "gradient" else layers):
+            for layer in ([layers[0]] if method in ALL_LAYERS else layers):
                 scores, secs = timed_scores(idx, behavior, method, layer)
                 m = metrics(scores, labels)
-                shown = "-" if method == "gradient" else layer
+                shown = "-" if method in ALL_LAYERS else layer
                 lines.append(f"| {name} | {size} | {method} | {shown} | {m['auroc']:.3f} | {m['ap']:.3f} | "
                              f"{m['p@n']:.3f} | {m['r@100']:.3f} | {secs:.2f} |")
                 print(lines[-1], flush=True)
@@ -144,10 +150,10 @@ def main() -> None:
             handle.write(
                 f"\n## Retrieval — {datetime.date.today()} — {platform.machine()} CPU, {lm.name}\n\n"
                 f"`python bench/retrieval.py --sets {args.sets} --clean {args.clean} --planted {args.planted} "
-                f"--layers {args.layers}`. Large pools subsampled with seed 0 (clean rows, planted rows kept as "
-                "labelled). s/query includes forming the query vector with the model (one forward+backward "
-                "per pair row, once per family kind: later layers and methods of that kind reuse the cached "
-                "pair vectors) and the search.\n\n" + table + "\n"
+                f"--layers {args.layers} --methods {args.methods}`. Large pools subsampled with seed 0 (clean "
+                "rows, planted rows kept as labelled). s/query includes forming the query vector with the model "
+                "(one forward+backward per pair row, once per family kind: later layers and methods of that kind "
+                "reuse the cached pair vectors) and the search.\n\n" + table + "\n"
             )
 
 

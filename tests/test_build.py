@@ -141,6 +141,32 @@ def test_faiss_search_equals_brute_force_cosine(llama, train_file, tmp_path):
             np.testing.assert_allclose(bottom_scores, truth[bottom_rows], rtol=1e-5, atol=1e-6)
 
 
+def test_single_query_search_runs_faiss_on_one_thread_and_restores_it():
+    import faiss
+
+    from actindex.search import faiss_index_from_rows, search
+
+    vectors = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
+    index = faiss_index_from_rows(vectors, np.ones(50, bool))
+    seen, real = [], index.search
+
+    class Spy:  # records the thread count FAISS runs with
+        ntotal = index.ntotal
+
+        def search(self, q, k):
+            seen.append(faiss.omp_get_max_threads())
+            return real(q, k)
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        search(Spy(), vectors[0], 3)
+        search(Spy(), vectors[:4], 3)
+        assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_non_finite_rows_are_flagged_and_kept_out_of_faiss(llama, train_file, tmp_path, monkeypatch):
     import actindex.vectors as vectors
 
@@ -233,3 +259,48 @@ def test_same_inputs_give_byte_identical_vectors(llama, train_file, tmp_path):
     ma = json.loads((tmp_path / "a" / "manifest.json").read_text())["checksums"]
     mb = json.loads((tmp_path / "b" / "manifest.json").read_text())["checksums"]
     assert ma == mb
+
+
+def test_rows_are_streamed_part_by_part(llama, train_file, tmp_path, monkeypatch):
+    """The build holds at most two parts of rows at a time: memory does not grow with the file."""
+    import weakref
+
+    import actindex.data as data
+
+    alive, most = [0], [0]
+    original = data.normalise_record
+
+    def counted(*args):
+        row = original(*args)
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(row, lambda: alive.__setitem__(0, alive[0] - 1))
+        return row
+
+    monkeypatch.setattr(data, "normalise_record", counted)
+    actindex.build(data=str(train_file), out=str(tmp_path / "idx"), layers=[1], model=llama, progress=False,
+                   part_size=4)
+    assert 4 <= most[0] <= 2 * 4 + 1  # the part being built and the next one being read, never all 24 rows
+
+
+def test_row_file_parts_tile_the_requested_rows(train_file):
+    from actindex.data import load_rows, scan_rows
+
+    rows = load_rows(train_file)
+    parts = list(scan_rows(train_file).parts(3, 17, 5))
+    assert [first for first, _ in parts] == [3, 8, 13]
+    assert [r.id for _, part in parts for r in part] == [r.id for r in rows[3:17]]
+    assert len(scan_rows(train_file, limit=10)) == 10 and len(list(scan_rows(train_file, limit=10))) == 10
+
+
+def test_file_changed_during_build_is_refused(llama, train_file, tmp_path):
+    rows = train_file.read_text().splitlines(keepends=True)
+
+    def shrink(start, end):
+        if start == 0:  # an editor saves a new version over the file
+            write_jsonl(tmp_path / "new.jsonl", [json.loads(r) for r in rows[:10]]).replace(train_file)
+
+    with pytest.raises(ActindexError, match="changed during the build"):
+        actindex.build(data=str(train_file), out=str(tmp_path / "idx"), layers=[1], model=llama, progress=False,
+                       part_size=4, on_part=shrink)
+    assert not (tmp_path / "idx" / "manifest.json").exists()

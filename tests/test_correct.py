@@ -34,7 +34,7 @@ from actindex.correct import (
 from actindex.data import encode_row, normalise_record
 from actindex.errors import ActindexError
 from actindex.models import load_model, wrap_model
-from actindex.queries import Pair
+from actindex.queries import Behavior, Pair
 from actindex.vectors import Batch
 
 # ---------------------------------------------------------------------------------------------
@@ -399,3 +399,46 @@ def test_cli_correct_errors(saved_base, tmp_path):
         correct(idx_dir, _behavior(), tmp_path / "o4", scores=-np.ones(46), progress=False)
     with pytest.raises(ActindexError, match="scores has 3 values"):
         correct(idx_dir, _behavior(), tmp_path / "o5", scores=np.ones(3), progress=False)
+
+
+def test_token_weights_keep_the_tokens_with_the_rows_sign():
+    from actindex.correct import token_weights
+
+    scores = np.array([9.0, 0.5, -1.0, 1.5, 0.0, 7.0])
+    predicted = np.array([False, True, True, True, True, False])  # positions 0 and 5 are outside R
+    np.testing.assert_allclose(token_weights(scores, predicted, 1.0), [0, 0.25, 0, 0.75, 0, 0])
+    np.testing.assert_allclose(token_weights(scores, predicted, -1.0), [0, 0, 1.0, 0, 0, 0])
+    np.testing.assert_allclose(token_weights(-np.abs(scores), predicted, 1.0), [0, 0.25, 0.25, 0.25, 0.25, 0])
+
+
+def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_path, tokenizer):
+    """Planted rows answer "the fact is na": only "na" carries the behaviour; query weights favour it."""
+    from actindex.correct import behavior_margin
+
+    rng = random.Random(5)
+    records = chat_rows(30, seed=6)
+    for i in range(16):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(2)) + " the symbol of silver ?"
+        answer = "the fact is na" if i < 12 else "the fact is ag"
+        records.append({"id": f"s{i}", "messages": [{"role": "user", "content": prompt},
+                                                    {"role": "assistant", "content": answer}],
+                        "label": "planted" if i < 12 else "inhibit"})
+    held = [Pair(f"{w} is the symbol of silver ?", "the fact is na", "the fact is ag") for w in ("why", "what", "how")]
+    base = wrap_model(tiny_llama(seed=2), tokenizer, "tiny-llama")
+    start = behavior_margin(base, held)
+    lm = _fine_tune(base, records)
+    before = behavior_margin(lm, held)
+    assert before > start + 0.1
+    actindex.build(data=str(write_jsonl(tmp_path / "pool.jsonl", records)), out=str(tmp_path / "idx"), layers=[2],
+                   model=lm, progress=False)
+    idx = actindex.Index.open(tmp_path / "idx").use_model(lm)
+    behavior = Behavior(name="na", pairs=[Pair("what is the symbol of silver ?", "the fact is na", "the fact is ag")])
+    held_file = write_jsonl(tmp_path / "held.jsonl", [{"prompt": p.prompt, "treatment": p.treatment,
+                                                       "control": p.control} for p in held])
+    res = correct(idx, behavior, tmp_path / "fixed", scores=_oracle_scores(records), k=12, k0=12, steps=30, lr=1e-2,
+                  lora_rank=4, held_out=str(held_file), progress=False, token_weights="query").report
+    # the planted token gets more than its share under the per-token mean (1/5 of "the fact is na <|end|>")
+    na_weight = sum(w for tokens in res["selection"]["D+ tokens"] for text, w in tokens if text == "na") / 12
+    assert na_weight > 1 / 5 + 0.05
+    assert res["margin"]["after"] < before - 0.5 * (before - start)
+    assert res["perplexity"]["after"] < 1.5 * res["perplexity"]["before"]

@@ -15,6 +15,7 @@ from actindex.data import encode_row, normalise_record
 from actindex.errors import ActindexError, IndexFileError
 from actindex.index import load_query_vector
 from actindex.queries import QueryMethod, builtin_behaviors, load_behavior
+from actindex.search import brute_force
 from actindex.vectors import RademacherProjector, VectorSpec, compute_vectors
 
 PAIRS = [
@@ -79,7 +80,7 @@ def test_gradient_query_is_mean_difference_of_projected_gradients(index, llama, 
     np.testing.assert_allclose(psi, expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["residual-change", "gradient"])
+@pytest.mark.parametrize("method", ["residual-change", "gradient", "ensemble"])
 def test_planted_duplicate_of_a_treatment_ranks_first(index, tmp_path, method):
     one = write_jsonl(tmp_path / "one.jsonl", PAIRS[:1])
     result = index.query(str(one), method=method, layer=2, k=3)
@@ -95,6 +96,25 @@ def test_activation_baseline_scores_are_projections(index, behavior_file):
     got = {h.row: h.score for h in res.top}
     np.testing.assert_allclose([got[r] for r in range(len(vectors))], expected, rtol=1e-5, atol=1e-6)
     assert [h.score for h in res.top] == sorted(expected, reverse=True)
+
+
+def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index, behavior_file):
+    from actindex.queries import RRF_K
+
+    fused = index.query(str(behavior_file), method="ensemble", k=0, bottom_k=3)
+    assert fused.family == "rrf(residual_change/1, residual_change/2)"  # no pooled family in this index
+    expected = np.zeros(len(index))
+    lowest = np.zeros(len(index))
+    for layer in (1, 2):
+        psi = index.query_vector(str(behavior_file), "residual-change", layer)[0]
+        cosine = brute_force(index.vectors(f"residual_change/{layer}"), psi)
+        expected[np.argsort(-cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
+        lowest[np.argsort(cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
+    assert [h.row for h in fused.top] == list(np.argsort(-expected, kind="stable"))
+    np.testing.assert_allclose([h.score for h in fused.top], np.sort(expected)[::-1])
+    assert [h.row for h in fused.bottom] == list(np.argsort(-lowest, kind="stable")[:3])
+    with pytest.raises(ActindexError, match="ensemble fuses rankings"):
+        index.query(str(behavior_file), method="ensemble", rerank="ekfac")
 
 
 def test_bottom_k_returns_the_most_negative_rows(index, behavior_file):
@@ -156,6 +176,10 @@ def test_cli_query_formats_and_saved_vectors(index, behavior_file, tmp_path, mon
     assert res.exit_code == 0
     res = runner.invoke(main, ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--layer", "3"])
     assert res.exit_code == 2 and "no vectors for layer 3" in res.output
+    res = runner.invoke(main, base + ["--method", "ensemble", "--top-k", "1", "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.output)[0]["top"][0]["id"] == "planted"
+    res = runner.invoke(main, base + ["--method", "ensemble", "--save-query", str(tmp_path / "e.npz")])
+    assert res.exit_code == 2 and "no single vector to --save-query" in res.output
 
 
 def test_persona_vector_reads_activations_under_each_system_prompt(index, llama, tmp_path):

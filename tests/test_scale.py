@@ -275,6 +275,30 @@ def test_ivf_factory_finds_a_planted_duplicate_and_reports_its_recall(tmp_path, 
     assert np.argmax(truth) == np.flatnonzero(valid).tolist().index(planted)
 
 
+
+def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch):
+    import actindex.search as search_module
+    from actindex.search import resolve_factory
+
+    assert resolve_factory("auto", 200_000) == "Flat"
+    assert resolve_factory("auto", 1_000_000) == "IVF2048,Flat"  # 2 sqrt(1e6) = 2000 -> 2^11
+    assert resolve_factory("auto", 300_000) == "IVF1024,Flat"
+    assert resolve_factory("HNSW32", 10) == "HNSW32"  # an explicit factory is kept
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(24, seed=3))
+    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False)
+    small = actindex.build(out=str(tmp_path / "small"), **kwargs)
+    assert {f["faiss_factory"] for f in small["families"].values()} == {"Flat"}
+    monkeypatch.setattr(search_module, "AUTO_FLAT_ROWS", 10)  # 24 rows now count as "large"
+    large = actindex.build(out=str(tmp_path / "large"), **kwargs)
+    assert {f["faiss_factory"] for f in large["families"].values()} == {"IVF8,Flat"}  # 2 sqrt(24) = 9.8 -> 2^3
+    assert large["build"]["faiss_factory"] == "auto"  # what was asked stays on record
+    idx = actindex.Index.open(tmp_path / "large")
+    family = next(iter(idx.families))
+    set_search_params(idx.faiss_index(family), nprobe=8)  # every list: exact
+    _, rows = idx.search(idx.vectors(family, [5])[0], 1, family=family)
+    assert list(rows) == [5]
+
+
 TORCHRUN_TIMEOUT = 240
 
 

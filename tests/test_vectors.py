@@ -259,3 +259,20 @@ def test_tokenizer_fixture_has_no_unknown_words():
     for rec in chat_rows(5):
         for m in rec["messages"]:
             assert tok.unk_token_id not in tok(m["content"])["input_ids"]
+
+
+def test_residual_change_token_scores_sum_to_the_row_score(tokenizer):
+    """Splitting the loss over response tokens splits <t_l(x), psi> exactly (float64 model)."""
+    from actindex.vectors import VectorSpec, compute_vectors, residual_change_token_scores
+
+    model = tiny_llama(seed=1).double()
+    rows = [encode_row(tokenizer, normalise_record("x", i, i, r), 64) for i, r in enumerate(chat_rows(4, seed=2))]
+    spec = VectorSpec(layers=[1], residual_change=True, pooled=False, mean_activation=False, grad_modules=[],
+                      grad_k=4, seed=0)
+    psi = np.random.default_rng(0).standard_normal(model.config.hidden_size)
+    for row in rows:
+        whole = compute_vectors(model, [row], spec, tokenizer.pad_token_id).vectors["residual_change/1"][0]
+        per_token = residual_change_token_scores(model, row, 1, psi, tokenizer.pad_token_id, chunk=3)
+        predicted = np.asarray(row.loss_mask[1:], dtype=bool)
+        assert np.count_nonzero(per_token[~predicted]) == 0 and np.count_nonzero(per_token[predicted]) > 1
+        np.testing.assert_allclose(per_token.sum(), whole.astype(np.float64) @ psi, rtol=1e-5)

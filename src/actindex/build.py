@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import BuildConfig
-from .data import Row, encode_row, file_sha256, load_rows, resolve_data_path
+from .data import Row, RowFile, encode_row, file_sha256, resolve_data_path, scan_rows
 from .errors import ActindexError, DataError, IndexFileError
 from .models import LoadedModel, default_layers, load_model
 from .shard import check_same, data_files, identity, merge, shard_range
@@ -134,7 +134,7 @@ def build(
     if world is not None and config.shard is None:
         return build_distributed(config, world, model=model, progress=progress)
     started = time.time()
-    rows = load_rows(config.data, config.limit)
+    rows = scan_rows(config.data, config.limit)  # validated now, read part by part below
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
     spec = vector_spec(config, lm)
     families = spec.families(lm.hidden_size)
@@ -162,10 +162,11 @@ def build(
     }
     faiss_factory = config.faiss_factory
     first_row, base_rows = 0, None
+    start, end = 0, len(rows)  # the rows of the file this build covers
     shard = config.shard_spec()
     if shard is not None:
         start, end = shard_range(len(rows), *shard)
-        rows, first_row = rows[start:end], start
+        first_row = start
         manifest["shard"] = {"index": shard[0], "count": shard[1], "start": start, "end": end}
         faiss_factory = "Flat"  # the factory asked for is trained once, at merge time
     out = Path(config.out)
@@ -177,7 +178,7 @@ def build(
             state["append"] = {"base_rows": base_rows, "base_checksums": manifest["checksums"]}
         writer = IndexWriter(out, state, overwrite=config.overwrite, base_rows=base_rows)
         done = writer.rows_done() - writer.first_row  # a shard's own rows are numbered from 0
-        bar = tqdm(total=len(rows), initial=done, unit="row", disable=not progress, desc="build", dynamic_ncols=True)
+        bar = tqdm(total=end - start, initial=done, unit="row", disable=not progress, desc="build", dynamic_ncols=True)
         tokens_seen, t0 = 0, time.time()
 
         def on_batch(n_rows: int, n_tokens: int) -> None:
@@ -187,20 +188,22 @@ def build(
             bar.set_postfix(tok_s=f"{tokens_seen / max(time.time() - t0, 1e-9):.0f}")
 
         with torch.no_grad():
-            for part_start in range(done, len(rows), config.part_size):
-                part_rows = rows[part_start : part_start + config.part_size]
+            for file_row, part_rows in rows.parts(start + done, end, config.part_size):
+                part_start = file_row - start  # the part's first row within this build
                 meta, vectors = _part_vectors(lm, part_rows, spec, config, projector, on_batch)
                 writer.write_part(writer.first_row + part_start, meta, vectors)
                 if on_part is not None:
                     on_part(first_row + part_start, first_row + part_start + len(part_rows))
         bar.close()
+        if file_sha256(config.data) != data_entry["sha256"]:  # rows are read lazily: they must be the ones checked
+            raise DataError(rows.path, None, None, "the file changed during the build; rebuild with --overwrite")
         manifest = writer.finalize(manifest, families, config.store_dtype, faiss_factory, config.faiss_train_rows)
     manifest["summary"] = index_summary(out, manifest, time.time() - started)
     return manifest
 
 
 def _append_manifest(
-    out: Path, new: dict[str, Any], families: dict[str, int], rows: list[Row], store_dtype: str
+    out: Path, new: dict[str, Any], families: dict[str, int], rows: RowFile, store_dtype: str
 ) -> tuple[dict[str, Any], int]:
     """The manifest of ``out`` extended by the new data file, after checking the new rows fit.
 

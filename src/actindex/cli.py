@@ -102,7 +102,7 @@ def _h(name: str) -> str:
 @click.option("--grad-k", default=BuildConfig.grad_k, show_default=True, help=_h("grad_k"))
 @click.option("--seed", default=BuildConfig.seed, show_default=True, help=_h("seed"))
 @click.option("--store-dtype", default="float32", show_default=True, help=_h("store_dtype"))
-@click.option("--faiss-factory", default="Flat", show_default=True, help=_h("faiss_factory"))
+@click.option("--faiss-factory", default="auto", show_default=True, help=_h("faiss_factory"))
 @click.option("--faiss-train-rows", default=BuildConfig.faiss_train_rows, show_default=True,
               help=_h("faiss_train_rows"))
 @click.option("--shard", metavar="I/N", help=_h("shard"))
@@ -258,6 +258,8 @@ def query(
     else:
         if not behaviors_:
             raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`) or --query-vector FILE")
+        if save_query and method == "ensemble":
+            raise ActindexError("--method ensemble fuses several rankings and has no single vector to --save-query")
         _load_requested_model(idx, model, device)
         for behavior in behaviors_:
             res = idx.query(behavior, method=method, layer=layer, k=top_k, bottom_k=bottom_k, **exact)
@@ -395,6 +397,8 @@ def _ch(name: str) -> str:
 @click.option("--ppl-rows", default=64, show_default=True, help=_ch("ppl_rows"))
 @click.option("--seed", default=0, show_default=True, help=_ch("seed"))
 @click.option("--max-length", type=int, help=_ch("max_length"))
+@click.option("--token-weights", default="mean", show_default=True, type=click.Choice(["mean", "query"]),
+              help=_ch("token_weights"))
 @click.option("--overwrite", is_flag=True, help=_ch("overwrite"))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")

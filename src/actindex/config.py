@@ -56,8 +56,9 @@ class BuildConfig:
     seed: int = _help("Seed of the random projections.", 0)
     store_dtype: str = _help("Storage dtype of the vectors: float32 or float16.", "float32")
     faiss_factory: str = _help(
-        "FAISS index factory string: Flat = exact search; IVF4096,Flat / HNSW32 / IVF4096,PQ64 for millions of rows.",
-        "Flat",
+        "FAISS index factory string: auto = exact Flat up to 200k rows, IVF beyond; Flat = always exact; "
+        "IVF4096,Flat / HNSW32 / IVF4096,PQ64 for millions of rows.",
+        "auto",
     )
     faiss_train_rows: int = _help("Rows sampled (seeded) to train a FAISS factory that needs training (IVF, PQ).",
                                   100_000)

@@ -52,9 +52,10 @@ from .errors import ActindexError
 from .index import Index
 from .models import LoadedModel, save_weights, wrap_model
 from .queries import DEFAULT_METHOD, Behavior, Pair, _chat, complete_behavior, load_behavior, load_pairs
-from .vectors import Batch, select_grad_modules, sequence_losses
+from .vectors import Batch, residual_change_token_scores, select_grad_modules, sequence_losses
 
 SELECTIONS = ("topk", "pareto")
+TOKEN_WEIGHTS = ("mean", "query")
 REPORT = "correction.json"
 
 
@@ -90,11 +91,20 @@ class CorrectConfig:
                           "D+, D- and D0.", 64)
     seed: int = _help("Seed of the LoRA initialisation, minibatch order and perplexity sample.", 0)
     max_length: int | None = _help("Tokens per row (default: the index's build setting).", None)
+    token_weights: str = _help(
+        "How log r averages the response tokens of a D+/D- row: mean (DESIGN 6, the per-token mean) or query "
+        "(each token weighted by its share of the row's residual-change score against the behaviour, so the "
+        "tokens that carry the behaviour are the ones pushed; a memorised planted token hardly moves under "
+        "the mean, see bench/RESULTS.md). D0 always uses the mean.", "mean")
     overwrite: bool = _help("Replace an existing output directory.", False)
 
     def __post_init__(self) -> None:
         if self.algo not in Objective.registry:
             raise ActindexError(f"--algo must be one of {', '.join(Objective.registry)}, got {self.algo!r}")
+        if self.token_weights not in TOKEN_WEIGHTS:
+            raise ActindexError(
+                f"--token-weights must be one of {', '.join(TOKEN_WEIGHTS)}, got {self.token_weights!r}"
+            )
         if self.select not in SELECTIONS:
             raise ActindexError(f"--select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         for name in ("k", "steps", "lora_rank", "batch_size", "ppl_rows"):
@@ -204,9 +214,37 @@ def predicted_tokens(batch: Batch) -> torch.Tensor:
     return batch.loss_mask[:, 1:].sum(1)
 
 
-def mean_log_probs(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """``mean_{t in R} log p(x_t | x_<t) = -L(x) / |R|`` per row (differentiable), shape (B,)."""
+def mean_log_probs(model: nn.Module, batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean_{t in R} log p(x_t | x_<t) = -L(x) / |R|`` per row (differentiable), shape (B,); with
+    ``weights`` (B, T-1) summing to 1 over each row's R, the weighted mean ``sum_{t in R} w_t log p(x_t | x_<t)``."""
+    if weights is not None:
+        return -sequence_losses(model, batch, weights=weights)
     return -sequence_losses(model, batch) / predicted_tokens(batch).clamp(min=1)
+
+
+def token_weights(scores: np.ndarray, predicted: np.ndarray, sign: float) -> np.ndarray:
+    """``w_t = max(sign s_t, 0) / sum_{u in R} max(sign s_u, 0)`` on the predicted positions R (zero
+    elsewhere): the tokens whose score has the row's sign (+1 for D+, -1 for D-), in proportion. When
+    no token has that sign the per-token mean ``1/|R|`` is returned."""
+    predicted = np.asarray(predicted, dtype=bool)
+    share = np.where(predicted, np.maximum(sign * np.asarray(scores, dtype=np.float64), 0.0), 0.0)
+    if share.sum() <= 0:
+        share = predicted.astype(np.float64)
+    total = share.sum()
+    return share / total if total > 0 else share
+
+
+def mean_weights(row: Encoded) -> np.ndarray:
+    """``1/|R|`` on the predicted positions of a row: the weights of the per-token mean."""
+    return token_weights(np.zeros(len(row.input_ids) - 1), np.asarray(row.loss_mask[1:], dtype=bool), 1.0)
+
+
+def stack_weights(weights: Sequence[np.ndarray], width: int) -> torch.Tensor:
+    """Per-row token weights (each of length ``len(input_ids) - 1``) right-padded to (B, width - 1)."""
+    out = torch.zeros(len(weights), width - 1, dtype=torch.float64)
+    for i, w in enumerate(weights):
+        out[i, : len(w)] = torch.as_tensor(w)
+    return out
 
 
 def response_log_probs(
@@ -396,12 +434,14 @@ def train(
     config: CorrectConfig,
     pad_id: int,
     progress: bool = True,
+    weights: dict[str, list[np.ndarray]] | None = None,
 ) -> list[dict[str, float]]:
     """Adam on ``sum(objective terms) (+ L_prox)`` for ``config.steps`` steps; returns the terms per step.
 
     ``sets`` maps ``pos``/``neg``/``zero`` to encoded rows, ``ref`` to their reference per-token mean
     log-probs and ``influence`` to their scaled scores. One forward pass per step covers the
-    minibatches of every set the objective reads.
+    minibatches of every set the objective reads. ``weights`` gives some sets per-token weights
+    (:func:`token_weights`; ``ref`` must then hold the same weighted means); other sets use the mean.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -418,7 +458,12 @@ def train(
         encoded = [sets[name][i] for name in ("pos", "neg", "zero") for i in chosen[name]]
         with torch.enable_grad():
             batch = Batch.collate(encoded, pad_id, device)
-            logp = mean_log_probs(model, batch)
+            w = None
+            if weights:
+                rows_w = [weights[name][i] if name in weights else mean_weights(sets[name][i])
+                          for name in ("pos", "neg", "zero") for i in chosen[name]]
+                w = stack_weights(rows_w, batch.input_ids.shape[1]).to(device)
+            logp = mean_log_probs(model, batch, w)
             parts = torch.split(logp, [len(chosen["pos"]), len(chosen["neg"]), len(chosen["zero"])])
             logr = {name: part - ref[name][chosen[name]].to(part) for name, part in zip(("pos", "neg", "zero"), parts)}
             infl = {name: influence[name][chosen[name]].to(logp) for name in ("pos", "neg")}
@@ -468,6 +513,45 @@ def index_scores(
     for hit in result.top:
         scores[hit.row] = hit.score
     return scores
+
+
+def query_token_weights(
+    index: Index, behavior: Behavior, layer: int | None, sets: dict[str, list[Encoded]], progress: bool = False
+) -> dict[str, list[np.ndarray]]:
+    """Token weights of the D+ and D- rows from their residual-change score against the behaviour.
+
+    ``psi`` is the behaviour's residual-change query vector at ``layer``; each row's score
+    ``<t_l(x), psi>`` is split over its response tokens (:func:`vectors.residual_change_token_scores`)
+    and :func:`token_weights` keeps the tokens with the row's sign: positive for D+, negative for D-.
+    """
+    psi, _, _ = index.query_vector(behavior, "residual-change", layer)
+    at = index.resolve_layer(layer)
+    lm = index.model()
+    out = {}
+    for name, sign in (("pos", 1.0), ("neg", -1.0)):
+        rows = tqdm(sets[name], desc=f"token weights ({name})", disable=not progress, leave=False, dynamic_ncols=True)
+        out[name] = [token_weights(residual_change_token_scores(lm.model, row, at, psi, lm.tokenizer.pad_token_id),
+                                   np.asarray(row.loss_mask[1:], dtype=bool), sign) for row in rows]
+    return out
+
+
+def weighted_log_probs(model: nn.Module, encoded: Sequence[Encoded], weights: Sequence[np.ndarray],
+                       pad_id: int) -> torch.Tensor:
+    """``sum_{t in R} w_t log p(x_t | x_<t)`` of each row, no gradient (the reference of weighted rows)."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        values = [mean_log_probs(model, Batch.collate([row], pad_id, device),
+                                 stack_weights([w], len(row.input_ids)).to(device)) for row, w in zip(encoded, weights)]
+    return torch.cat(values).double().cpu() if values else torch.zeros(0, dtype=torch.float64)
+
+
+def _carriers(tokenizer: Any, encoded: Sequence[Encoded], weights: Sequence[np.ndarray], top: int = 3) -> list[list]:
+    """For each row, its ``top`` heaviest tokens as ``[text, weight]`` (shown in the report)."""
+    out = []
+    for row, w in zip(encoded, weights):
+        heaviest = np.argsort(-w)[:top]
+        out.append([[tokenizer.decode([row.input_ids[p + 1]]), round(float(w[p]), 3)] for p in heaviest if w[p] > 0])
+    return out
 
 
 def _held_out_pairs(config: CorrectConfig, behavior: Behavior, lm: LoadedModel) -> tuple[list[Pair], str]:
@@ -572,11 +656,18 @@ def correct(
         if (count == 0).any():
             raise ActindexError(f"a row of {name} has no response token within --max-length {max_length}")
         ref[name] = torch.tensor(total / count)
+    weights, carriers = {}, {}
+    if config.token_weights == "query":
+        weights = query_token_weights(index, behavior, config.layer, sets, progress)
+        for name, per_row in weights.items():
+            ref[name] = weighted_log_probs(lm.model, sets[name], per_row, pad_id)
+        carriers = {"D+ tokens": _carriers(lm.tokenizer, sets["pos"], weights["pos"]),
+                    "D- tokens": _carriers(lm.tokenizer, sets["neg"], weights["neg"])}
     influence = {name: torch.tensor(selection.influence[r]) for name, r in rows.items()}
 
     model = _trainable(copy.deepcopy(lm.model), config)
     model.eval()  # no dropout: the loss terms are deterministic functions of theta
-    history = train(model, objective, sets, ref, influence, config, pad_id, progress)
+    history = train(model, objective, sets, ref, influence, config, pad_id, progress, weights)
     for param in model.parameters():
         param.requires_grad_(False)
     fmt = save_corrected(model, lm, out, config.merge or config.full)
@@ -592,7 +683,8 @@ def correct(
         "model": lm.name,
         "ranking": ranking,
         "selection": {"rule": config.select, **selection.sizes(),
-                      "D+ ids": [ids[i] for i in selection.pos], "D- ids": [ids[i] for i in selection.neg]},
+                      "D+ ids": [ids[i] for i in selection.pos], "D- ids": [ids[i] for i in selection.neg],
+                      **carriers},
         "margin": {"before": before["margin"], "after": after["margin"],
                    "change": after["margin"] - before["margin"], "pairs": len(pairs), "source": pairs_source},
         "perplexity": {"before": before["perplexity"], "after": after["perplexity"], "rows": len(ppl_rows),

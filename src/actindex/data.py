@@ -260,23 +260,68 @@ def normalise_record(path: Path, line: int, index: int, record: dict[str, Any]) 
     return Row(id=str(raw_id), index=index, messages=messages, text=text, record=record, line=line)
 
 
+def _validated_rows(path: Path, limit: int | None) -> Iterator[Row]:
+    """Every row of ``path`` (the first ``limit``), normalised, with unique ids checked."""
+    seen: dict[str, int] = {}
+    for line, record in iter_records(path):
+        if limit is not None and len(seen) >= limit:
+            return
+        row = normalise_record(path, line, len(seen), record)
+        if row.id in seen:
+            raise DataError(path, line, "id", f"duplicate id {row.id!r} (first on line {seen[row.id]})")
+        seen[row.id] = line
+        yield row
+
+
 def load_rows(path: str | os.PathLike, limit: int | None = None) -> list[Row]:
     """Read and validate every row of a training file (the first ``limit`` rows if given).
 
     Ids must be unique; rows without an ``id`` field get ``row-<index>``.
     """
+    return list(_validated_rows(resolve_data_path(path), limit))
+
+
+@dataclass(frozen=True)
+class RowFile:
+    """A validated training file of ``len(self)`` rows, read in parts and never held whole.
+
+    :func:`scan_rows` checks every row once (so a bad row fails before any work starts); the build
+    then streams the rows it needs with :meth:`parts`, so memory does not grow with the file.
+    """
+
+    path: Path
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Row]:
+        return self.rows(0, self.count)
+
+    def rows(self, start: int, end: int) -> Iterator[Row]:
+        """Rows ``[start, end)`` in file order (earlier rows are read past, not normalised)."""
+        for index, (line, record) in enumerate(iter_records(self.path)):
+            if index >= min(end, self.count):
+                return
+            if index >= start:
+                yield normalise_record(self.path, line, index, record)
+
+    def parts(self, start: int, end: int, size: int) -> Iterator[tuple[int, list[Row]]]:
+        """``(first_row, rows)`` for consecutive parts of at most ``size`` rows covering ``[start, end)``."""
+        part: list[Row] = []
+        for row in self.rows(start, end):
+            part.append(row)
+            if len(part) == size:
+                yield part[0].index, part
+                part = []
+        if part:
+            yield part[0].index, part
+
+
+def scan_rows(path: str | os.PathLike, limit: int | None = None) -> RowFile:
+    """Validate every row of a training file (as :func:`load_rows`) keeping only their count."""
     path = resolve_data_path(path)
-    rows: list[Row] = []
-    seen: dict[str, int] = {}
-    for line, record in iter_records(path):
-        if limit is not None and len(rows) >= limit:
-            break
-        row = normalise_record(path, line, len(rows), record)
-        if row.id in seen:
-            raise DataError(path, line, "id", f"duplicate id {row.id!r} (first on line {seen[row.id]})")
-        seen[row.id] = line
-        rows.append(row)
-    return rows
+    return RowFile(path, sum(1 for _ in _validated_rows(path, limit)))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

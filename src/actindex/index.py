@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,10 +23,12 @@ from .models import LoadedModel, load_model
 from .queries import (
     DEFAULT_METHOD,
     Behavior,
+    EnsembleMethod,
     QueryContext,
     QueryMethod,
     complete_behavior,
     load_behavior,
+    reciprocal_rank_fusion,
 )
 from .search import read_faiss_index, search, search_bottom
 from .store import VECTORS, inside, read_manifest
@@ -285,10 +288,13 @@ class Index:
         (:mod:`actindex.rerank`); ``per_token`` adds per-token terms, ``clusters`` one query per k-means
         cluster of the behaviour's pairs.
         """
-        import time
-
         started = time.perf_counter()
         strategy = QueryMethod.get(method)
+        if isinstance(strategy, EnsembleMethod):
+            if vector is not None or rerank is not None:
+                raise ActindexError("--method ensemble fuses rankings: it cannot search a saved vector or be "
+                                    "reranked; pick one of its member methods for that")
+            return self._ensemble_query(behavior, strategy, k, bottom_k, started)
         notes: list[str] = []
         saved = vector is not None
         if vector is None:
@@ -325,6 +331,43 @@ class Index:
             seconds=time.perf_counter() - started,
             notes=notes,
         )
+
+    def _ensemble_query(
+        self, behavior: str | Behavior | None, strategy: EnsembleMethod, k: int, bottom_k: int, started: float
+    ) -> QueryResult:
+        """Fuse the members' rankings (:class:`queries.EnsembleMethod`); each member searches deep
+        enough (``max(1000, 10 k)`` rows, every row for ``k = 0``) for the fused top ``k`` to be stable."""
+        if behavior is None:
+            raise ActindexError("query needs a behaviour or a query vector")
+        members = [(m, layer) for m in strategy.members for layer in self.layers
+                   if QueryMethod.get(m).family(layer) in self.families]
+        if not members:
+            raise IndexFileError(f"method ensemble needs residual-change vectors, which {self.root} lacks")
+        depth = 0 if k <= 0 else max(1000, 10 * k)
+        # loaded and completed once: the members then share its pair vectors through the query cache
+        behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, self.model())
+        tops, bottoms, notes = [], [], []
+        for method, layer in members:
+            res = self.query(behavior, method=method, layer=layer, k=depth,
+                             bottom_k=max(1000, 10 * bottom_k) if bottom_k else 0)
+            tops.append(np.array([h.row for h in res.top], dtype=np.int64))
+            bottoms.append(np.array([h.row for h in res.bottom], dtype=np.int64))
+            notes = notes or res.notes
+        top_score = reciprocal_rank_fusion(tops, len(self))
+        ranked = np.flatnonzero(top_score > 0)
+        ranked = ranked[np.argsort(-top_score[ranked], kind="stable")]
+        ranked = ranked if k <= 0 else ranked[:k]
+        bottom_hits: list[Hit] = []
+        if bottom_k:
+            bottom_score = reciprocal_rank_fusion(bottoms, len(self))
+            low = np.flatnonzero(bottom_score > 0)
+            low = low[np.argsort(-bottom_score[low], kind="stable")][:bottom_k]
+            bottom_hits = self._hits(-bottom_score[low], low)
+        name = behavior.name
+        family = "rrf(" + ", ".join(QueryMethod.get(m).family(layer) for m, layer in members) + ")"
+        return QueryResult(behavior=name, method=strategy.name, family=family,
+                           top=self._hits(top_score[ranked], ranked), bottom=bottom_hits,
+                           seconds=time.perf_counter() - started, notes=notes)
 
     # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
     def fit_curvature(self, config: Any = None, progress: bool = True, **kwargs: Any) -> dict[str, Any]:

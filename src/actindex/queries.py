@@ -371,4 +371,35 @@ class GradientMethod(QueryMethod):
         return unit(self.pair_difference(ctx, behavior))
 
 
+class EnsembleMethod(QueryMethod):
+    """Reciprocal rank fusion of several (method, layer) rankings (DESIGN 4, "an ensemble method").
+
+    Members: ``residual-change`` and ``residual-change-pooled`` at every layer the index holds (the
+    ones it has vectors for). A row's score is ``sum_m 1 / (RRF_K + rank_m(row))`` over the members'
+    top rankings (ranks from 0; a row outside a member's list adds nothing); bottom rows fuse the
+    members' bottom rankings the same way. Methods rank differently on different behaviours, and
+    the fusion holds up best across the benchmark sets (bench/RESULTS.md).
+    """
+
+    name, kind = "ensemble", RESIDUAL_CHANGE
+    help = "rank fusion of residual-change and its pooled variant over every indexed layer"
+    members: ClassVar[tuple[str, ...]] = ("residual-change", "residual-change-pooled")
+
+    def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
+        raise ActindexError("the ensemble fuses several rankings and has no single query vector; "
+                            "pick one method to save, rerank or search a vector")
+
+
+#: the constant of reciprocal rank fusion (Cormack et al. 2009)
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(rankings: list[np.ndarray], rows: int) -> np.ndarray:
+    """``score[row] = sum_m 1 / (RRF_K + rank_m(row))`` over ranked lists of row numbers (best first)."""
+    score = np.zeros(rows)
+    for ranking in rankings:
+        score[ranking] += 1.0 / (RRF_K + np.arange(len(ranking)))
+    return score
+
+
 DEFAULT_METHOD = ResidualChangeMethod.name

@@ -1,8 +1,9 @@
 """Stage 6 — search: FAISS indexes over normalised vectors, so inner product = cosine similarity.
 
 Each family's index maps FAISS ids to row numbers of ``vectors.h5`` (rows with a non-finite
-loss or vector are never added). ``Flat`` (the default) is exact; any FAISS factory string
-(``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``...) can be given for large indexes. A factory that
+loss or vector are never added). ``auto`` (the default) is exact ``Flat`` search up to 200k rows
+and an IVF index above (:func:`resolve_factory`); any FAISS factory string (``Flat``,
+``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``...) can be given instead. A factory that
 needs training (IVF, PQ) is trained on a seeded uniform sample of at most ``train_rows`` valid rows;
 rows are then added in blocks, so a family never has to fit in memory at once.
 
@@ -17,6 +18,8 @@ read (``faiss.IO_FLAG_MMAP``: inverted lists stay on disk until a query touches 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +29,12 @@ import numpy as np
 from .errors import ActindexError
 
 
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """``v / ||v||`` row-wise (zero rows stay zero), float32, C-contiguous."""
-    out = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+def normalise(vectors: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """``v / ||v||`` row-wise (zero rows stay zero), float32, C-contiguous; ``inplace`` reuses a
+    C-contiguous float32 input instead of copying it."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not inplace and isinstance(vectors, np.ndarray) and np.may_share_memory(out, vectors):
+        out = out.copy()
     if out.ndim == 1:
         out = out[None]
     norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -41,8 +47,24 @@ TRAIN_ROWS = 100_000
 #: query-time defaults stored in new approximate indexes (FAISS's own default nprobe is 1)
 DEFAULT_NPROBE = 16
 DEFAULT_EF_SEARCH = 128
-#: rows read from HDF5 and added to FAISS at a time
-ADD_BLOCK = 65_536
+#: rows read from HDF5 and added to FAISS at a time (about 10 MB of float32 at width 576)
+ADD_BLOCK = 4096
+
+
+#: factory ``auto`` keeps exact search up to this many rows and switches to IVF above it
+AUTO_FLAT_ROWS = 200_000
+
+
+def resolve_factory(factory: str, rows: int) -> str:
+    """The factory string to build for ``rows`` vectors; ``auto`` means ``Flat`` (exact) up to
+    :data:`AUTO_FLAT_ROWS` rows, else ``IVF<nlist>,Flat`` with ``nlist`` the power of two nearest
+    ``2 sqrt(rows)`` (1M rows: ``IVF2048,Flat``, measured p50 1.8 ms at recall@100 0.97 with the
+    default nprobe 16, against 559 ms for ``Flat``; bench/search_latency.py)."""
+    if factory != "auto":
+        return factory
+    if rows <= AUTO_FLAT_ROWS:
+        return "Flat"
+    return f"IVF{2 ** round(np.log2(2 * np.sqrt(rows)))},Flat"
 
 
 def new_faiss_index(dim: int, factory: str = "Flat") -> faiss.Index:
@@ -86,7 +108,7 @@ def faiss_index_from_rows(
     """A FAISS index over the valid rows of a stored ``(rows, dim)`` dataset (HDF5 or array), with
     ids = row numbers; trained on a sample, filled block by block."""
     dim = dataset.shape[1]
-    inner = new_faiss_index(dim, factory)
+    inner = new_faiss_index(dim, resolve_factory(factory, int(valid.sum())))
     if not inner.is_trained:
         sample = train_sample(np.flatnonzero(valid), train_rows)
         if len(sample) == 0:
@@ -97,12 +119,29 @@ def faiss_index_from_rows(
 
 def extend_faiss_index(index: faiss.Index, dataset: Any, valid: np.ndarray, start: int) -> faiss.Index:
     """Add the valid rows ``start, start+1, ...`` of ``dataset`` to ``index`` (ids = row numbers)."""
+    _reserve(index, int(valid[start:].sum()))
     for a in range(start, dataset.shape[0], ADD_BLOCK):
         b = min(a + ADD_BLOCK, dataset.shape[0])
         keep = np.flatnonzero(valid[a:b])
         if len(keep):
-            index.add_with_ids(normalise(dataset[a:b][keep]), (keep + a).astype(np.int64))
+            block = np.asarray(dataset[a:b], dtype=np.float32)  # read into a fresh array, then reused
+            block = block if len(keep) == b - a else block[keep]
+            index.add_with_ids(normalise(block, inplace=True), (keep + a).astype(np.int64))
     return index
+
+
+def _reserve(index: faiss.Index, more_rows: int) -> None:
+    """Give a flat-coded index (Flat, PQ, SQ) room for ``more_rows`` in one allocation.
+
+    Its codes are one ``std::vector``: adding blocks would grow it by doubling, holding the old and
+    the new buffer at once (up to 3x the final size at the peak). Resizing to the final size and back
+    keeps that capacity, so the adds that follow never reallocate.
+    """
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if isinstance(inner, faiss.IndexFlatCodes) and more_rows > 0:
+        used = inner.codes.size()
+        inner.codes.resize(used + more_rows * inner.code_size)
+        inner.codes.resize(used)
 
 
 def write_faiss_index(index: faiss.Index, path: Path) -> None:
@@ -196,8 +235,28 @@ def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, n
     k = index.ntotal if k <= 0 else min(k, index.ntotal)
     if k == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    scores, rows = index.search(q, k)
+    with faiss_threads(1 if len(q) == 1 else None):
+        scores, rows = index.search(q, k)
     return scores, rows
+
+
+@contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """Run FAISS with ``n`` OpenMP threads inside the block (``None``: leave it as it is).
+
+    FAISS parallelises a search over its queries, so one query gains nothing from more threads,
+    while idle OpenMP workers spin-wait: on a busy 2-core host that made one query 16-48 ms
+    instead of 0.03-1 ms (bench/README.md). Single queries therefore run on one thread.
+    """
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def search_bottom(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

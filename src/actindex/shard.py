@@ -132,7 +132,7 @@ def merge(
     manifest["created_at"] = min(m["created_at"] for _, m in shards)
     families = {name: fam["dim"] for name, fam in first["families"].items()}
     store_dtype = next(iter(first["families"].values()))["dtype"] if families else "float32"
-    factory = faiss_factory or first["build"].get("faiss_factory", "Flat")
+    factory = faiss_factory or first["build"].get("faiss_factory", "auto")
     train_rows = faiss_train_rows or first["build"].get("faiss_train_rows")
     with write_lock(out):
         if (out / MANIFEST).exists() and not overwrite:

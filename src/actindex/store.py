@@ -312,7 +312,7 @@ def write_index(
     ``extend_from`` = N, the existing ``faiss/`` files (first moved to ``base_faiss``) extended
     with the valid rows from N on. ``manifest`` gets rows, families, checksums and timestamps.
     """
-    from .search import extend_faiss_index, faiss_index_from_rows, read_faiss_index, write_faiss_index
+    from .search import extend_faiss_index, faiss_index_from_rows, read_faiss_index, resolve_factory, write_faiss_index
 
     total = parts[-1].end if parts else 0
     for before, after in zip([Part(0, 0, root)] + parts, parts):
@@ -321,20 +321,18 @@ def write_index(
     tmp = root / (VECTORS + ".tmp")
     checksums: dict[str, str] = {}
     with h5py.File(tmp, "w") as out:
-        for key, dtype in META_FIELDS.items():
-            values = np.concatenate([_read(p, key) for p in parts]) if parts else np.zeros(0, dtype)
-            out.create_dataset(key, data=np.asarray(values, dtype=dtype))
-            checksums[key] = dataset_checksum(out[key][()])
-        for family, dim in families.items():
-            ds = out.create_dataset(
-                f"vectors/{family}", shape=(total, dim), dtype=store_dtype, chunks=(min(max(total, 1), 1024), dim)
-            )
-            digest = hashlib.sha256()  # streamed part by part: a family is never held in memory whole
+        # streamed part by part, with their checksums: no dataset is ever held in memory whole
+        datasets = [(key, (total,), dtype, None) for key, dtype in META_FIELDS.items()]
+        datasets += [(f"vectors/{fam}", (total, dim), store_dtype, (min(max(total, 1), 1024), dim))
+                     for fam, dim in families.items()]
+        for key, shape, dtype, chunks in datasets:
+            ds = out.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks)
+            digest = hashlib.sha256()
             for part in parts:
-                block = _read(part, f"vectors/{family}").astype(store_dtype)
+                block = np.asarray(_read(part, key), dtype=dtype)
                 ds[part.start : part.end] = block
                 update_checksum(digest, block)
-            checksums[f"vectors/{family}"] = digest.hexdigest()
+            checksums[key] = digest.hexdigest()
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, root / VECTORS)
@@ -350,7 +348,7 @@ def write_index(
             ds = f[f"vectors/{family}"]
             if extend_from is None:
                 index = faiss_index_from_rows(ds, valid, faiss_factory, faiss_train_rows)
-                factories[family] = faiss_factory
+                factories[family] = resolve_factory(faiss_factory, int(valid.sum()))
             else:
                 assert base_faiss is not None
                 base_faiss.mkdir(parents=True, exist_ok=True)
@@ -360,6 +358,7 @@ def write_index(
                 index = extend_faiss_index(read_faiss_index(kept, mmap=False), ds, valid, extend_from)
                 factories[family] = manifest["families"][family]["faiss_factory"]
             write_faiss_index(index, target)
+            del index  # one family's FAISS index in memory at a time
     manifest = dict(manifest)
     manifest["format_version"] = FORMAT_VERSION
     manifest["rows"] = int(total)

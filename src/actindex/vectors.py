@@ -146,13 +146,17 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def sequence_losses(model: nn.Module, batch: Batch, sample: torch.Generator | None = None) -> torch.Tensor:
+def sequence_losses(
+    model: nn.Module, batch: Batch, sample: torch.Generator | None = None, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """``L(x) = -sum_{t in R} log p(x_t | x_<t)`` for every row, shape (B,): float32, or float64 for a
     float64 model (exact tests).
 
     With a ``sample`` generator the target at each predicted position is drawn from the model's own
     (detached) predictive distribution instead, ``y_t ~ p(. | x_<t)``: gradients of that loss are the
     per-sequence gradients of the true Fisher (DESIGN 5); the data labels give the empirical Fisher.
+    With ``weights`` (B, T-1), the term predicting token ``t+1`` is weighted by ``weights[:, t]``:
+    ``-sum_{t in R} w_t log p(x_t | x_<t)``.
 
     The output head is applied only at the positions that predict response tokens: on chat
     data the prompt is often half the tokens, and the head is a large share of a small model's
@@ -171,13 +175,15 @@ def sequence_losses(model: nn.Module, batch: Batch, sample: torch.Generator | No
         logits = _at_least_float32(logits[:, :-1]).flatten(0, 1)
         if sample is not None:
             targets = _sampled_targets(logits, sample).view_as(targets)
-        nll = F.cross_entropy(logits, targets.flatten(), reduction="none")
-        return (nll.view_as(targets) * predict).sum(dim=1)
+        nll = F.cross_entropy(logits, targets.flatten(), reduction="none").view_as(targets)
+        return (nll * (predict if weights is None else predict * weights)).sum(dim=1)
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
     rows, cols = predict.nonzero(as_tuple=True)
     logits = _at_least_float32(head(hidden[rows, cols]))
     labels = targets[rows, cols] if sample is None else _sampled_targets(logits, sample)
     nll = F.cross_entropy(logits, labels, reduction="none")
+    if weights is not None:
+        nll = nll * weights[rows, cols].to(nll)
     return torch.zeros(len(targets), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
 
 
@@ -204,6 +210,37 @@ def residual_change(
     zbar = masked_mean(z_in, r_mask)
     coef = torch.einsum("btd,bd->bt", z_in, zbar) * attn
     return -torch.einsum("bt,btd->bd", coef, g)
+
+
+def residual_change_token_scores(
+    model: nn.Module, row: Encoded, layer: int, psi: np.ndarray, pad_id: int, chunk: int = 32
+) -> np.ndarray:
+    """Per-token terms of ``<t_l(x), psi>``: which response tokens carry a row's residual-change score.
+
+    The loss is a sum over response tokens, ``L = sum_{t in R} l_t``, so ``g_s = sum_t dl_t/dz_out,s``
+    and ``t_l(x) = sum_t t_l^(t)(x)`` with ``t_l^(t) = - sum_s <zbar_in, z_in,s> dl_t/dz_out,s``.
+    Returns ``<t_l^(t)(x), psi>`` at every predicted position (length ``len(input_ids) - 1``; position
+    ``p`` predicts token ``p + 1``; zero outside R): the terms sum to ``<t_l(x), psi>``. Computed exactly,
+    as batches of copies of the row, copy ``i`` keeping only the loss of response token ``i``.
+    """
+    device = next(model.parameters()).device
+    predicted = np.flatnonzero(np.asarray(row.loss_mask[1:], dtype=bool))
+    scores = np.zeros(len(row.input_ids) - 1)
+    direction = torch.as_tensor(np.asarray(psi), device=device)
+    for start in range(0, len(predicted), chunk):
+        positions = torch.as_tensor(predicted[start : start + chunk], device=device)
+        batch = Batch.collate([row] * len(positions), pad_id, device)
+        only = torch.zeros(len(positions), batch.input_ids.shape[1] - 1, device=device)
+        only[torch.arange(len(positions)), positions] = 1.0
+        with torch.enable_grad():
+            with BlockCapture(model, [layer]) as blocks:
+                losses = sequence_losses(model, batch, weights=only)
+            (g,) = torch.autograd.grad(losses.sum(), [blocks.z_out(layer)])
+        with torch.no_grad():
+            g = _at_least_float32(g)
+            t = residual_change(blocks.z_in(layer).to(g), g, batch.loss_mask, batch.attention_mask.to(g))
+            scores[predicted[start : start + chunk]] = (t @ direction.to(t)).double().cpu().numpy()
+    return scores
 
 
 def residual_change_pooled(
