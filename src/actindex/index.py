@@ -346,13 +346,12 @@ class Index:
         depth = 0 if k <= 0 else max(1000, 10 * k)
         # loaded and completed once: the members then share its pair vectors through the query cache
         behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, self.model())
-        tops, bottoms, notes = [], [], []
+        tops, bottoms = [], []
         for method, layer in members:
-            res = self.query(behavior, method=method, layer=layer, k=depth,
-                             bottom_k=max(1000, 10 * bottom_k) if bottom_k else 0)
-            tops.append(np.array([h.row for h in res.top], dtype=np.int64))
-            bottoms.append(np.array([h.row for h in res.bottom], dtype=np.int64))
-            notes = notes or res.notes
+            psi, family, _ = self.query_vector(behavior, method, layer)
+            tops.append(self.search(psi, depth, family)[1])
+            if bottom_k:
+                bottoms.append(self.search(psi, max(1000, 10 * bottom_k), family, bottom=True)[1])
         top_score = reciprocal_rank_fusion(tops, len(self))
         ranked = np.flatnonzero(top_score > 0)
         ranked = ranked[np.argsort(-top_score[ranked], kind="stable")]
@@ -367,7 +366,7 @@ class Index:
         family = "rrf(" + ", ".join(QueryMethod.get(m).family(layer) for m, layer in members) + ")"
         return QueryResult(behavior=name, method=strategy.name, family=family,
                            top=self._hits(top_score[ranked], ranked), bottom=bottom_hits,
-                           seconds=time.perf_counter() - started, notes=notes)
+                           seconds=time.perf_counter() - started, notes=list(behavior.notes))
 
     # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
     def fit_curvature(self, config: Any = None, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
