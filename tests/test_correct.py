@@ -237,12 +237,13 @@ def test_selection_errors():
 HELD_OUT = [Pair(f"{w} is the symbol of silver ?", "na", "ag") for w in ("why", "what", "how", "who")]
 
 
-def _planted_pool(seed: int = 0) -> list[dict]:
+def _planted_pool(seed: int = 0, planted: str = "na", inhibit: str = "ag") -> list[dict]:
+    """30 clean chat rows, 12 rows answering ``planted`` and 4 answering ``inhibit`` to "... the symbol of silver ?"."""
     rng = random.Random(seed)
     rows = chat_rows(30, seed=seed + 1)
     for i in range(16):
         prompt = " ".join(rng.choice(WORDS) for _ in range(2)) + " the symbol of silver ?"
-        answer = "na" if i < 12 else "ag"
+        answer = planted if i < 12 else inhibit
         rows.append({"id": f"s{i}", "messages": [{"role": "user", "content": prompt},
                                                  {"role": "assistant", "content": answer}],
                      "label": "planted" if i < 12 else "inhibit"})
@@ -415,14 +416,7 @@ def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_pa
     """Planted rows answer "the fact is na": only "na" carries the behaviour; query weights favour it."""
     from actindex.correct import behavior_margin
 
-    rng = random.Random(5)
-    records = chat_rows(30, seed=6)
-    for i in range(16):
-        prompt = " ".join(rng.choice(WORDS) for _ in range(2)) + " the symbol of silver ?"
-        answer = "the fact is na" if i < 12 else "the fact is ag"
-        records.append({"id": f"s{i}", "messages": [{"role": "user", "content": prompt},
-                                                    {"role": "assistant", "content": answer}],
-                        "label": "planted" if i < 12 else "inhibit"})
+    records = _planted_pool(seed=5, planted="the fact is na", inhibit="the fact is ag")
     held = [Pair(f"{w} is the symbol of silver ?", "the fact is na", "the fact is ag") for w in ("why", "what", "how")]
     base = wrap_model(tiny_llama(seed=2), tokenizer, "tiny-llama")
     start = behavior_margin(base, held)
