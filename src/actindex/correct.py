@@ -650,19 +650,21 @@ def correct(
     # the sets, their reference log-probs (once, from the model before correction) and scores
     rows = {"pos": selection.pos, "neg": selection.neg, "zero": selection.zero}
     sets = {name: _rows_of(index, r, max_length, lm.tokenizer) for name, r in rows.items()}
-    ref = {}
     for name, encoded in sets.items():
-        total, count = response_log_probs(lm.model, encoded, pad_id, bs)
-        if (count == 0).any():
+        if any(not any(row.loss_mask[1:]) for row in encoded):
             raise ActindexError(f"a row of {name} has no response token within --max-length {max_length}")
-        ref[name] = torch.tensor(total / count)
     weights, carriers = {}, {}
     if config.token_weights == "query":
         weights = query_token_weights(index, behavior, config.layer, sets, progress)
-        for name, per_row in weights.items():
-            ref[name] = weighted_log_probs(lm.model, sets[name], per_row, pad_id)
         carriers = {"D+ tokens": _carriers(lm.tokenizer, sets["pos"], weights["pos"]),
                     "D- tokens": _carriers(lm.tokenizer, sets["neg"], weights["neg"])}
+    ref = {}
+    for name, encoded in sets.items():
+        if name in weights:
+            ref[name] = weighted_log_probs(lm.model, encoded, weights[name], pad_id)
+        else:
+            total, count = response_log_probs(lm.model, encoded, pad_id, bs)
+            ref[name] = torch.tensor(total / count)
     influence = {name: torch.tensor(selection.influence[r]) for name, r in rows.items()}
 
     model = _trainable(copy.deepcopy(lm.model), config)
