@@ -116,12 +116,14 @@ def main() -> None:
             p.requires_grad_(False)
             p.grad = None
 
-    rc_spec = VectorSpec(layers=layer)
+    rc_spec = VectorSpec(layers=layer, pooled=True)  # the default build: residual change + pooled + mean act.
     grad_spec = VectorSpec(layers=layer, grad_modules=modules, grad_k=8)
     modes = {
         "forward only (HF, no grad)": forward,
         "training step (fwd+bwd, all params)": train_step,
-        f"build: residual-change + mean act. @ {layer}": lambda g: compute_vectors(model, g, rc_spec, pad),
+        f"build (default): residual change, pooled, mean act. @ {layer}": (
+            lambda g: compute_vectors(model, g, rc_spec, pad)
+        ),
         f"build: + --grad ({len(modules)} modules, k=8)": (
             lambda g: compute_vectors(model, g, grad_spec, pad, projector)
         ),

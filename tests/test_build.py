@@ -42,6 +42,20 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
     assert m["summary"]["tokens"] == int(data["n_tokens"].sum())
 
 
+def test_default_layers_and_the_default_single_layer(llama, train_file, tmp_path):
+    from actindex.models import default_layers, default_single_layer
+
+    assert default_layers(30) == [12, 18, 24, 27]  # SmolLM2-135M: 40/60/80/90% of the depth
+    assert default_layers(4) == [2, 3] and default_layers(1) == [0]  # kept inside the model, deduplicated
+    assert default_single_layer([12, 18, 24, 27], 30) == 18 and default_single_layer([2, 3], 4) == 2
+    m = actindex.build(data=str(train_file), out=str(tmp_path / "idx"), model=llama, progress=False, limit=4)
+    assert m["layers"] == [2, 3] and set(m["families"]) == {
+        f"{kind}/{layer}" for kind in ("residual_change", "residual_change_pooled", "mean_activation")
+        for layer in (2, 3)
+    }
+    assert actindex.Index.open(tmp_path / "idx").resolve_layer(None) == 2
+
+
 def test_complete_index_is_never_silently_overwritten(llama, train_file, tmp_path):
     out = tmp_path / "idx"
     actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False)

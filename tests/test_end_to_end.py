@@ -29,13 +29,16 @@ def test_default_model_builds_and_queries(tmp_path):
                                "--max-length", "128"])
     assert res.exit_code == 0, res.output
     idx = actindex.Index.open(out)
-    assert len(idx) == 6 and idx.manifest["model"]["num_layers"] == 30 and idx.layers == [18]
+    assert len(idx) == 6 and idx.manifest["model"]["num_layers"] == 30 and idx.layers == [12, 18, 24, 27]
     assert idx.manifest["model"]["hidden_size"] == 576
     # the dequantised weights are cached as safetensors, so later loads skip the GGUF
     cached = cache_dir() / DEFAULT_MODEL
     assert (cached / "model.safetensors").exists() and (cached / "config.json").exists()
     lm = actindex.load_model()
     idx.use_model(lm)
-    res = idx.query("hallucination", k=0)
+    res = idx.query("hallucination", k=0)  # the default: rank fusion over the four default layers
+    assert res.method == "ensemble" and res.family.count("residual_change") == 8
     assert len(res.top) == 6 and np.isfinite([h.score for h in res.top]).all()
+    res = idx.query("hallucination", method="residual-change", k=0)  # one layer: the one at 60% depth
+    assert res.family == "residual_change/18" and len(res.top) == 6
     assert -1.0 <= res.top[-1].score <= res.top[0].score <= 1.0

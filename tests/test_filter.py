@@ -72,7 +72,7 @@ def test_removal_count_rules():
 def test_jsonl_keeps_every_other_line_byte_identical(built, tmp_path):
     idx, data, behavior = built
     out = tmp_path / "clean.jsonl"
-    res = filter_dataset(idx, behavior=str(behavior), remove_top="10%", out=out, layer=2)
+    res = filter_dataset(idx, behavior=str(behavior), remove_top="10%", out=out, method="residual-change", layer=2)
     order, cos = _brute_force_order(idx, behavior)
     removed_rows = [int(r) for r in order[:3]]
     assert [r["row"] for r in res.removed] == removed_rows and res.kept == 27
@@ -89,6 +89,15 @@ def test_jsonl_keeps_every_other_line_byte_identical(built, tmp_path):
     assert sidecar[0]["record"] == rows[removed_rows[0]]
     assert {s["method"] for s in sidecar} == {"residual-change"} and {s["behavior"] for s in sidecar} == {"behavior"}
     assert {s["family"] for s in sidecar} == {"residual_change/2"}
+
+
+def test_default_ranking_is_the_query_default(built, tmp_path):
+    """Without --method, filter removes the rows `query` ranks first by default (the ensemble)."""
+    idx, data, behavior = built
+    res = filter_dataset(idx, behavior=str(behavior), remove_top=4, out=tmp_path / "clean.jsonl")
+    ranked = idx.query(str(behavior), k=4)
+    assert ranked.method == "ensemble" and [r["row"] for r in res.removed] == [h.row for h in ranked.top]
+    assert {r["method"] for r in res.removed} == {"ensemble"}
 
 
 def test_parquet_round_trips(llama, tmp_path):

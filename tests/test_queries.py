@@ -101,24 +101,30 @@ def test_activation_baseline_scores_are_projections(index, behavior_file):
 def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index, behavior_file):
     from actindex.queries import RRF_K
 
-    fused = index.query(str(behavior_file), method="ensemble", k=0, bottom_k=3)
-    assert fused.family == "rrf(residual_change/1, residual_change/2)"  # no pooled family in this index
+    fused = index.query(str(behavior_file), k=0, bottom_k=3)  # the default method
+    members = [("residual-change", "residual_change", 1), ("residual-change", "residual_change", 2),
+               ("residual-change-pooled", "residual_change_pooled", 1),
+               ("residual-change-pooled", "residual_change_pooled", 2)]
+    assert fused.method == "ensemble"
+    assert fused.family == "rrf(" + ", ".join(f"{kind}/{layer}" for _, kind, layer in members) + ")"
     expected = np.zeros(len(index))
     lowest = np.zeros(len(index))
-    for layer in (1, 2):
-        psi = index.query_vector(str(behavior_file), "residual-change", layer)[0]
-        cosine = brute_force(index.vectors(f"residual_change/{layer}"), psi)
+    for method, kind, layer in members:
+        psi = index.query_vector(str(behavior_file), method, layer)[0]
+        cosine = brute_force(index.vectors(f"{kind}/{layer}"), psi)
         expected[np.argsort(-cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
         lowest[np.argsort(cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
     assert [h.row for h in fused.top] == list(np.argsort(-expected, kind="stable"))
     np.testing.assert_allclose([h.score for h in fused.top], np.sort(expected)[::-1])
     assert [h.row for h in fused.bottom] == list(np.argsort(-lowest, kind="stable")[:3])
-    with pytest.raises(ActindexError, match="ensemble fuses rankings"):
-        index.query(str(behavior_file), method="ensemble", rerank="ekfac")
+    # --layer restricts the fusion to that layer's members
+    assert index.query(str(behavior_file), layer=2, k=3).family == "rrf(residual_change/2, residual_change_pooled/2)"
+    with pytest.raises(ActindexError, match="ensemble fuses rankings: it cannot search a saved vector"):
+        index.query(str(behavior_file), method="ensemble", vector=np.ones(4))
 
 
 def test_bottom_k_returns_the_most_negative_rows(index, behavior_file):
-    res = index.query(str(behavior_file), k=0, bottom_k=4, layer=2)
+    res = index.query(str(behavior_file), method="residual-change", k=0, bottom_k=4, layer=2)
     all_scores = sorted(h.score for h in res.top)
     assert [h.score for h in res.bottom] == pytest.approx(all_scores[:4])
 

@@ -91,7 +91,7 @@ def test_report_is_self_contained(labelled_index, tmp_path):
     assert not EXTERNAL.search(page) and "<script" not in page and "<link" not in page and "@import" not in page
     assert page.count("data:image/png;base64,") == 2  # histogram, ROC+PR
     assert PAIRS[0]["prompt"] in page and "residual_change/1" in page and "tiny-llama" in page
-    res = idx.query(str(pairs), k=5, bottom_k=3)
+    res = idx.query(str(pairs), method="residual-change", k=5, bottom_k=3)
     for hit in res.top + res.bottom:
         assert f'data-id="{hit.id}"' in page
     assert page.count('class="card top"') == 5 and page.count('class="card bottom"') == 3

@@ -51,6 +51,15 @@ def index(llama, tmp_path, data_file):
     return idx
 
 
+def test_fit_records_the_rows_it_sampled(index):
+    """The manifest names the fitted rows (so a peer can be fitted on the same ones): a sorted, seeded
+    sample of the valid rows, the same for every kind fitted in one call."""
+    entry = index.manifest["curvature"]
+    rows = entry["ekfac"]["rows"]
+    assert len(rows) == entry["ekfac"]["samples"] == min(12, len(index)) and rows == sorted(set(rows))
+    assert entry["linfac"]["rows"] == rows and all(0 <= r < len(index) for r in rows)
+
+
 def _grad(lm, messages, names):
     """grad_W L(x) of one chat row for each module, by plain autograd on the weights (float64)."""
     enc = encode_row(lm.tokenizer, normalise_record("<t>", 1, 0, {"messages": messages}))
@@ -105,6 +114,23 @@ def test_reranked_candidates_equal_all_rows_influence_restricted(index, behavior
         assert len(hit.token_scores) == len(encode_row(index.model().tokenizer,
                                                        normalise_record("<t>", 1, 0, hit.record)).input_ids)
     assert res.method == f"gradient+{kind}"
+
+
+def test_default_ensemble_reranks_its_fused_candidates(index, behavior_file):
+    """Without --method, --rerank reranks the ensemble's top and bottom fused candidates by influence,
+    and each hit keeps its fused search score."""
+    everything = index.influence(str(behavior_file), "ekfac")
+    by_row = dict(zip(everything.rows.tolist(), everything.influence.total))
+    fused = index.query(str(behavior_file), k=4, bottom_k=4)
+    res = index.query(str(behavior_file), k=3, bottom_k=2, rerank="ekfac", candidates=4)
+    assert res.method == "ensemble+ekfac" and res.family == fused.family
+    pool = sorted({h.row for h in fused.top} | {h.row for h in fused.bottom})
+    expected = sorted(pool, key=lambda r: -by_row[r])
+    assert [h.row for h in res.top] == expected[:3] and [h.row for h in res.bottom] == expected[::-1][:2]
+    search = {h.row: h.score for h in fused.bottom} | {h.row: h.score for h in fused.top}
+    for hit in res.top + res.bottom:
+        assert hit.influence == pytest.approx(by_row[hit.row], rel=1e-5, abs=1e-7)
+        assert hit.score == pytest.approx(search[hit.row])
 
 
 def test_ekfac_query_with_huge_damping_is_the_gradient_query(llama, tmp_path, data_file, behavior_file):

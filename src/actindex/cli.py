@@ -95,7 +95,7 @@ def _h(name: str) -> str:
 @click.option("--device", default="auto", show_default=True, help=_h("device"))
 @click.option("--dtype", default="auto", show_default=True, help=_h("dtype"))
 @click.option("--residual-change/--no-residual-change", default=True, show_default=True, help=_h("residual_change"))
-@click.option("--pooled", is_flag=True, help=_h("pooled"))
+@click.option("--pooled/--no-pooled", default=True, show_default=True, help=_h("pooled"))
 @click.option("--mean-activation/--no-mean-activation", default=True, show_default=True, help=_h("mean_activation"))
 @click.option("--grad", is_flag=True, help=_h("grad"))
 @click.option("--grad-modules", callback=_str_list, help=_h("grad_modules") + " Comma-separated.")
@@ -206,8 +206,10 @@ def _methods() -> list[str]:
 @main.command()
 @click.option("--index", "index_dir", required=True, help="Index directory.")
 @click.option("--behavior", "behaviors_", multiple=True, help="Built-in name or pairs/persona file (repeatable).")
-@click.option("--method", default="residual-change", show_default=True, help="Query method (see --help-methods).")
-@click.option("--layer", type=int, help="Layer to query (default: the index's middle layer).")
+@click.option("--method", help="Query method (see --help-methods). Default: ensemble (rank fusion over the "
+              "indexed layers); residual-change with --save-query or --query-vector (one vector).")
+@click.option("--layer", type=int, help="Layer to query (default: the indexed layer nearest 60% of the depth; "
+              "ensemble: every indexed layer).")
 @click.option("--top-k", default=10, show_default=True, help="Rows to return; 0 = every row.")
 @click.option("--bottom-k", default=0, show_default=True, help="Also return the k most negative rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv"]), default="table")
@@ -228,14 +230,14 @@ def _methods() -> list[str]:
 @click.option("--recall", type=click.Choice(["tfidf"]), help="With --rerank: add TF-IDF lexical candidates.")
 @friendly
 def query(
-    index_dir: str, behaviors_: tuple[str, ...], method: str, layer: int | None, top_k: int, bottom_k: int,
+    index_dir: str, behaviors_: tuple[str, ...], method: str | None, layer: int | None, top_k: int, bottom_k: int,
     fmt: str, model: str | None, device: str, save_query: str | None, query_vector: str | None, help_methods: bool,
     rerank: str | None = None, candidates: int = 100, per_token: bool = False, clusters: int = 0,
     recall: str | None = None, nprobe: int | None = None, ef_search: int | None = None,
 ) -> None:
     """Rank training rows by how much they push the model towards a behaviour."""
     from .index import Index, load_query_vector, save_query_vector
-    from .queries import QueryMethod
+    from .queries import DEFAULT_VECTOR_METHOD, QueryMethod, default_method
 
     if help_methods:
         for name, cls in QueryMethod.registry.items():
@@ -253,11 +255,12 @@ def query(
     exact = dict(rerank=rerank, candidates=candidates, per_token=per_token, clusters=clusters, recall=recall)
     if query_vector:
         vector, meta = load_query_vector(query_vector)
-        results.append(idx.query(meta.get("behavior", "vector"), meta.get("method", method),
+        results.append(idx.query(meta.get("behavior", "vector"), meta.get("method", method or DEFAULT_VECTOR_METHOD),
                                  vector=vector, family=meta.get("family"), k=top_k, bottom_k=bottom_k, **exact))
     else:
         if not behaviors_:
             raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`) or --query-vector FILE")
+        method = method or default_method(needs_vector=bool(save_query))
         if save_query and method == "ensemble":
             raise ActindexError("--method ensemble fuses several rankings and has no single vector to --save-query")
         _load_requested_model(idx, model, device)
@@ -440,7 +443,7 @@ def _fh(name: str) -> str:
 @click.option("--behavior", required=True, help=_fh("behavior"))
 @click.option("--remove-top", required=True, help=_fh("remove_top"))
 @click.option("--out", required=True, help=_fh("out"))
-@click.option("--method", default="residual-change", show_default=True, help=_fh("method"))
+@click.option("--method", default="ensemble", show_default=True, help=_fh("method"))
 @click.option("--layer", type=int, help=_fh("layer"))
 @click.option("--data", help=_fh("data"))
 @click.option("--overwrite", is_flag=True, help=_fh("overwrite"))

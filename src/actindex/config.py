@@ -31,8 +31,8 @@ class BuildConfig:
     out: str = _help("Index directory to write.", "")
     model: str = _help("Hugging Face id or local directory, or the default alias.", DEFAULT_MODEL)
     layers: list[int] | None = _help(
-        "Decoder layers (0-based block indices). Default: the block at 60% of the depth "
-        "(layer 18 of SmolLM2-135M's 30).",
+        "Decoder layers (0-based block indices). Default: the blocks at 40/60/80/90% of the depth "
+        "(layers 12, 18, 24, 27 of SmolLM2-135M's 30), which the default query method fuses.",
         None,
     )
     max_length: int = _help("Tokens per row; longer rows are truncated and counted.", 512)
@@ -44,7 +44,9 @@ class BuildConfig:
     )
     dtype: str | None = _help("Compute dtype: float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on GPU).", "auto")
     residual_change: bool = _help("Cache residual-change vectors (DESIGN 3.1, token-level form).", True)
-    pooled: bool = _help("Also cache the pooled single-vector residual-change variant.", False)
+    pooled: bool = _help(
+        "Also cache the pooled single-vector residual-change variant (a member of the default ensemble).", True
+    )
     mean_activation: bool = _help("Cache mean response activations (DESIGN 3.2).", True)
     grad: bool = _help("Cache Hessian-free projected gradients (DESIGN 3.3).", False)
     grad_modules: list[str] | None = _help(

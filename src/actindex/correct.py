@@ -51,7 +51,8 @@ from .data import Encoded, Row, encode_row, normalise_record
 from .errors import ActindexError
 from .index import Index
 from .models import LoadedModel, save_weights, wrap_model
-from .queries import DEFAULT_METHOD, Behavior, Pair, _chat, complete_behavior, load_behavior, load_pairs
+from .queries import DEFAULT_VECTOR_METHOD, Behavior, Pair, _chat, complete_behavior, load_behavior, load_pairs
+from .registry import Registered
 from .vectors import Batch, residual_change_token_scores, select_grad_modules, sequence_losses
 
 SELECTIONS = ("topk", "pareto")
@@ -83,7 +84,7 @@ class CorrectConfig:
     merge: bool = _help("Save merged weights instead of a PEFT adapter.", False)
     batch_size: int = _help("Rows drawn from each of D+, D-, D0 per step (a set this small or smaller is used whole).",
                             8)
-    method: str = _help("Query method that ranks the rows (see actindex query --help-methods).", DEFAULT_METHOD)
+    method: str = _help("Query method that ranks the rows (see actindex query --help-methods).", DEFAULT_VECTOR_METHOD)
     layer: int | None = _help("Layer to query (default: the index's middle layer).", None)
     held_out: str | None = _help("Pairs JSONL {prompt, treatment, control} for the behaviour margin "
                                  "(default: the behaviour's own pairs).", None)
@@ -302,24 +303,13 @@ class StepInputs:
     beta: float
 
 
-class Objective:
+class Objective(Registered, noun="objective"):
     """A correction objective: the named loss terms of one step (the proximity term is added by the loop)."""
 
     name: ClassVar[str]
     help: ClassVar[str]
     sets: ClassVar[tuple[str, ...]]  # which of "pos", "neg", "zero" it reads
     proximity: ClassVar[bool]
-    registry: ClassVar[dict[str, type[Objective]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        Objective.registry[cls.name] = cls
-
-    @classmethod
-    def get(cls, name: str) -> Objective:
-        if name not in cls.registry:
-            raise ActindexError(f"unknown objective {name!r}: expected one of {', '.join(cls.registry)}")
-        return cls.registry[name]()
 
     def terms(self, x: StepInputs) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -505,7 +495,7 @@ def _rows_of(index: Index, rows: np.ndarray, max_length: int | None, tokenizer: 
 
 
 def index_scores(
-    index: Index, behavior: Behavior, method: str = DEFAULT_METHOD, layer: int | None = None
+    index: Index, behavior: Behavior, method: str = DEFAULT_VECTOR_METHOD, layer: int | None = None
 ) -> np.ndarray:
     """The index ranking's cosine score of every row (NaN for rows the index could not embed)."""
     result = index.query(behavior, method=method, layer=layer, k=0)

@@ -536,6 +536,7 @@ def fit_curvature(index: Index, config: CurvatureConfig | None = None, progress:
             "modules": curv.names,
             "damping": [k.damping for k in curv.modules.values()],
             "samples": int(len(rows)),
+            "rows": rows.tolist(),  # the row numbers the factors were fitted on
             "labels": curv.info["labels"],
             "sublayer": config.sublayer if kind == LINFAC else None,
             "seed": config.seed,

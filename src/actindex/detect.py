@@ -53,7 +53,8 @@ from .data import Row, iter_records, normalise_record
 from .errors import ActindexError, DataError
 from .index import Index
 from .models import LoadedModel, generate
-from .queries import DEFAULT_METHOD, QueryContext, QueryMethod, unit
+from .queries import DEFAULT_VECTOR_METHOD, QueryContext, QueryMethod, unit
+from .registry import Registered
 
 ORIGINAL = "original"
 MAX_NEW_TOKENS = 64
@@ -154,24 +155,13 @@ def strip_final_punct(text: str) -> tuple[str, str]:
     return text[: match.start()], match.group(0).rstrip()
 
 
-class Transform:
+class Transform(Registered, noun="transform", also="all"):
     """A rewrite of a test prompt; ``apply`` returns ``None`` where it does not apply."""
 
     name: ClassVar[str]
     category: ClassVar[str]
     help: ClassVar[str]
     needs_model: ClassVar[bool] = False
-    registry: ClassVar[dict[str, type[Transform]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        Transform.registry[cls.name] = cls
-
-    @classmethod
-    def get(cls, name: str) -> Transform:
-        if name not in cls.registry:
-            raise ActindexError(f"unknown transform {name!r}: expected one of {', '.join(cls.registry)} or all")
-        return cls.registry[name]()
 
     def apply(self, prompt: str) -> str | None:
         raise NotImplementedError
@@ -422,7 +412,7 @@ def score_table(
     index: Index,
     queries: list[TestQuery],
     transforms: list[Transform],
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_VECTOR_METHOD,
     layer: int | None = None,
     progress: bool = True,
 ) -> ScoreTable:
@@ -461,15 +451,10 @@ def score_table(
 # --------------------------------------------------------------------------------------------
 
 
-class Ensemble:
+class Ensemble(Registered, noun="ensemble"):
     """A rule that flags rows of a :class:`ScoreTable`; ``statistic`` orders the flagged rows."""
 
     name: ClassVar[str]
-    registry: ClassVar[dict[str, type[Ensemble]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        Ensemble.registry[cls.name] = cls
 
     def statistic(self, table: ScoreTable) -> np.ndarray:
         raise NotImplementedError
@@ -564,7 +549,7 @@ class DetectConfig:
     queries: str = _help("JSONL/parquet of test prompts: {prompt, response|reference?} or training-row shapes.", "")
     transforms: str = _help("all, fast (no model generation) or a comma list of transform names.", "all")
     ensemble: str = _help("Rule whose flagged rows are written: variance, voting or both (flagged by both).", "both")
-    method: str = _help("Query method whose per-example vectors score the rows.", DEFAULT_METHOD)
+    method: str = _help("Query method whose per-example vectors score the rows.", DEFAULT_VECTOR_METHOD)
     layer: int | None = _help("Layer (default: the index's middle layer).", None)
     threshold: float = _help("variance rule: flag rows with mean_T z - std_T z >= this.", 3.0)
     vote_top: float = _help("voting rule: each category votes within its top rows (fraction < 1, or a count).", 0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,14 +20,15 @@ import numpy as np
 
 from . import curvature as _curvature  # noqa: E402,F401 - registers the ekfac query method
 from .errors import ActindexError, IndexFileError
-from .models import LoadedModel, load_model
+from .models import LoadedModel, default_single_layer, load_model
 from .queries import (
-    DEFAULT_METHOD,
+    DEFAULT_VECTOR_METHOD,
     Behavior,
     EnsembleMethod,
     QueryContext,
     QueryMethod,
     complete_behavior,
+    default_method,
     load_behavior,
     reciprocal_rank_fusion,
 )
@@ -220,7 +222,7 @@ class Index:
 
     def resolve_layer(self, layer: int | None) -> int:
         if layer is None:
-            return self.layers[-1] if len(self.layers) == 1 else self.layers[len(self.layers) // 2]
+            return default_single_layer(self.layers, self.manifest["model"]["num_layers"])
         if layer not in self.layers:
             raise IndexFileError(
                 f"{self.root} has no vectors for layer {layer} (it was built with --layers "
@@ -229,7 +231,7 @@ class Index:
         return layer
 
     def query_vector(
-        self, behavior: str | Behavior, method: str = DEFAULT_METHOD, layer: int | None = None
+        self, behavior: str | Behavior, method: str = DEFAULT_VECTOR_METHOD, layer: int | None = None
     ) -> tuple[np.ndarray, str, Behavior]:
         """``(psi, family, behaviour)``: the query vector of a behaviour for one method."""
         strategy = QueryMethod.get(method)
@@ -269,7 +271,7 @@ class Index:
     def query(
         self,
         behavior: str | Behavior | None = None,
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
         layer: int | None = None,
         k: int = 10,
         bottom_k: int = 0,
@@ -283,18 +285,28 @@ class Index:
     ) -> QueryResult:
         """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``).
 
+        ``method`` defaults to ``ensemble`` (rank fusion over the indexed layers), or to
+        ``residual-change`` for a saved ``vector``.
+
         ``rerank="ekfac"|"linfac"`` re-scores the top-``candidates`` and bottom-``candidates`` search
-        results (plus the top-``candidates`` of ``recall="tfidf"``) with exact influence and ranks by it
+        (or fused) results (plus the top-``candidates`` of ``recall="tfidf"``) with exact influence and ranks by it
         (:mod:`actindex.rerank`); ``per_token`` adds per-token terms, ``clusters`` one query per k-means
         cluster of the behaviour's pairs.
         """
         started = time.perf_counter()
+        method = method or default_method(needs_vector=vector is not None)
         strategy = QueryMethod.get(method)
+        if rerank is not None:
+            if candidates < 1:
+                raise ActindexError(f"--candidates must be at least 1, got {candidates}")
+            if behavior is None:
+                raise ActindexError("reranking needs the behaviour (its pairs form the query gradient)")
+        exact = dict(kind=rerank, candidates=candidates, per_token=per_token, clusters=clusters, recall=recall)
         if isinstance(strategy, EnsembleMethod):
-            if vector is not None or rerank is not None:
-                raise ActindexError("--method ensemble fuses rankings: it cannot search a saved vector or be "
-                                    "reranked; pick one of its member methods for that")
-            return self._ensemble_query(behavior, strategy, k, bottom_k, started)
+            if vector is not None:
+                raise ActindexError("--method ensemble fuses rankings: it cannot search a saved vector; pick one "
+                                    "of its member methods for that")
+            return self._ensemble_query(behavior, strategy, layer, k, bottom_k, started, exact)
         notes: list[str] = []
         saved = vector is not None
         if vector is None:
@@ -306,13 +318,15 @@ class Index:
             family = family or strategy.family(self.resolve_layer(layer))
             name = behavior if isinstance(behavior, str) else "vector"
         if rerank is not None:
-            if candidates < 1:
-                raise ActindexError(f"--candidates must be at least 1, got {candidates}")
-            if behavior is None:
-                raise ActindexError("reranking needs the behaviour (its pairs form the query gradient)")
             source = completed if not saved else load_behavior(behavior) if isinstance(behavior, str) else behavior
+            if strategy.projection_scores:
+                (_, top), (_, bottom) = self._projection_ranking(vector, family, candidates, candidates)
+            else:
+                top = self.search(vector, candidates, family)[1]
+                bottom = self.search(vector, candidates, family, bottom=True)[1]
             top_hits, bottom_hits = self._rerank(
-                source, strategy, vector, family, rerank, k, bottom_k, candidates, per_token, clusters, recall, notes
+                source, top, bottom, lambda rows: self._vector_scores(strategy, vector, family, rows), k, bottom_k,
+                notes, **exact,
             )
         else:
             if strategy.projection_scores:
@@ -333,22 +347,46 @@ class Index:
         )
 
     def _ensemble_query(
-        self, behavior: str | Behavior | None, strategy: EnsembleMethod, k: int, bottom_k: int, started: float
+        self, behavior: str | Behavior | None, strategy: EnsembleMethod, layer: int | None, k: int, bottom_k: int,
+        started: float, exact: dict[str, Any],
     ) -> QueryResult:
-        """Fuse the members' rankings (:class:`queries.EnsembleMethod`); each member searches deep
-        enough (``max(1000, 10 k)`` rows, every row for ``k = 0``) for the fused top ``k`` to be stable."""
+        """The ensemble's ranking; with ``exact["kind"]`` its top and bottom ``candidates`` reranked."""
         if behavior is None:
             raise ActindexError("query needs a behaviour or a query vector")
-        members = [(m, layer) for m in strategy.members for layer in self.layers
-                   if QueryMethod.get(m).family(layer) in self.families]
+        # loaded and completed once: the members then share its pair vectors through the query cache
+        behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, self.model())
+        notes = list(behavior.notes)
+        if exact["kind"] is None:
+            top, bottom, family = self._fused_ranking(behavior, strategy, layer, k, bottom_k)
+            top_hits, bottom_hits = self._hits(*top), self._hits(*bottom)
+        else:
+            n = exact["candidates"]
+            top, bottom, family = self._fused_ranking(behavior, strategy, layer, n, n)
+            fused = dict(zip(bottom[1].tolist(), bottom[0].tolist())) | dict(zip(top[1].tolist(), top[0].tolist()))
+            top_hits, bottom_hits = self._rerank(
+                behavior, top[1], bottom[1], lambda rows: np.array([fused.get(int(r), 0.0) for r in rows]), k,
+                bottom_k, notes, **exact,
+            )
+        method = strategy.name if exact["kind"] is None else f"{strategy.name}+{exact['kind']}"
+        return QueryResult(behavior=behavior.name, method=method, family=family, top=top_hits, bottom=bottom_hits,
+                           seconds=time.perf_counter() - started, notes=notes)
+
+    def _fused_ranking(
+        self, behavior: Behavior, strategy: EnsembleMethod, layer: int | None, k: int, bottom_k: int
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], str]:
+        """Fuse the members' rankings (:class:`queries.EnsembleMethod`) over every indexed layer, or over
+        ``layer`` alone when given: ``(top (scores, rows), bottom (-scores, rows), family)``. Each member
+        searches deep enough (``max(1000, 10 k)`` rows, every row for ``k = 0``) for the fused top ``k``
+        to be stable; bottom rows fuse the members' bottom rankings and carry minus their fused score."""
+        layers = self.layers if layer is None else [self.resolve_layer(layer)]
+        members = [(m, at) for m in strategy.members for at in layers
+                   if QueryMethod.get(m).family(at) in self.families]
         if not members:
             raise IndexFileError(f"method ensemble needs residual-change vectors, which {self.root} lacks")
         depth = 0 if k <= 0 else max(1000, 10 * k)
-        # loaded and completed once: the members then share its pair vectors through the query cache
-        behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, self.model())
         tops, bottoms = [], []
-        for method, layer in members:
-            psi, family, _ = self.query_vector(behavior, method, layer)
+        for method, at in members:
+            psi, family, _ = self.query_vector(behavior, method, at)
             tops.append(self.search(psi, depth, family)[1])
             if bottom_k:
                 bottoms.append(self.search(psi, max(1000, 10 * bottom_k), family, bottom=True)[1])
@@ -356,17 +394,14 @@ class Index:
         ranked = np.flatnonzero(top_score > 0)
         ranked = ranked[np.argsort(-top_score[ranked], kind="stable")]
         ranked = ranked if k <= 0 else ranked[:k]
-        bottom_hits: list[Hit] = []
+        low = np.zeros(0, dtype=np.int64)
+        bottom_score = np.zeros(len(self))
         if bottom_k:
             bottom_score = reciprocal_rank_fusion(bottoms, len(self))
             low = np.flatnonzero(bottom_score > 0)
             low = low[np.argsort(-bottom_score[low], kind="stable")][:bottom_k]
-            bottom_hits = self._hits(-bottom_score[low], low)
-        name = behavior.name
-        family = "rrf(" + ", ".join(QueryMethod.get(m).family(layer) for m, layer in members) + ")"
-        return QueryResult(behavior=name, method=strategy.name, family=family,
-                           top=self._hits(top_score[ranked], ranked), bottom=bottom_hits,
-                           seconds=time.perf_counter() - started, notes=list(behavior.notes))
+        family = "rrf(" + ", ".join(QueryMethod.get(m).family(at) for m, at in members) + ")"
+        return (top_score[ranked], ranked), (-bottom_score[low], low), family
 
     # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
     def fit_curvature(self, config: Any = None, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
@@ -401,30 +436,23 @@ class Index:
         return row_influence(self, behavior, kind, rows, per_token, clusters, progress)
 
     def _rerank(
-        self, behavior: Any, strategy: QueryMethod, vector: np.ndarray, family: str, kind: str, k: int,
-        bottom_k: int, candidates: int, per_token: bool, clusters: int, recall: str | None, notes: list[str],
+        self, behavior: Any, top: np.ndarray, bottom: np.ndarray, search_scores: Callable[[np.ndarray], np.ndarray],
+        k: int, bottom_k: int, notes: list[str], kind: str, candidates: int, per_token: bool, clusters: int,
+        recall: str | None,
     ) -> tuple[list[Hit], list[Hit]]:
-        """Search top/bottom ``candidates``, re-score them with exact influence, rank by it."""
+        """Re-score the search's ``top`` and ``bottom`` candidate rows (plus TF-IDF's top ``candidates``
+        with ``recall``) with exact influence and rank by it; hits keep their ``search_scores(rows)``."""
         from .rerank import RECALLS, tfidf_recall
-        from .search import normalise
 
         if recall is not None and recall not in RECALLS:
             raise ActindexError(f"unknown --recall {recall!r}: expected one of {', '.join(RECALLS)}")
         self.curvature(kind)  # refuse before any model pass when nothing is fitted
-        if strategy.projection_scores:
-            (_, top), (_, bottom) = self._projection_ranking(vector, family, candidates, candidates)
-        else:
-            top, bottom = self.search(vector, candidates, family)[1], self.search(vector, candidates, family, True)[1]
         pool = [top, bottom]
         if recall == "tfidf":
             behavior = complete_behavior(behavior, self.model())
             pool.append(tfidf_recall(self, behavior, candidates))
         rows = np.array(sorted(set(np.concatenate(pool).astype(int).tolist())), dtype=np.int64)
-        stored = self.vectors(family, rows)
-        if strategy.projection_scores:
-            search_scores = stored @ (vector / np.linalg.norm(vector))
-        else:
-            search_scores = normalise(stored) @ normalise(vector)[0]
+        searched = search_scores(rows)
         result = self.influence(behavior, kind, rows, per_token, clusters)
         total = result.influence.total
         notes.append(f"reranked {len(rows)} candidates by exact {kind} influence"
@@ -435,7 +463,7 @@ class Index:
         sides = (order[:k], order[::-1][: min(bottom_k, len(order))])
         hits = []
         for side in sides:
-            side_hits = self._hits(search_scores[side], rows[side])
+            side_hits = self._hits(searched[side], rows[side])
             for hit, pos in zip(side_hits, side):
                 hit.influence = float(total[pos])
                 hit.module_scores = dict(zip(result.influence.modules, map(float, result.influence.per_module[pos])))
@@ -443,6 +471,15 @@ class Index:
                     hit.token_scores = list(zip(result.tokens[pos], map(float, result.influence.per_token[pos])))
             hits.append(side_hits)
         return hits[0], hits[1]
+
+    def _vector_scores(self, strategy: QueryMethod, vector: np.ndarray, family: str, rows: np.ndarray) -> np.ndarray:
+        """The search scores of ``rows``: cosine with the stored vectors, or their projection on ``psi``."""
+        from .search import normalise
+
+        stored = self.vectors(family, rows)
+        if strategy.projection_scores:
+            return stored @ (vector / np.linalg.norm(vector))
+        return normalise(stored) @ normalise(vector)[0]
 
     def _projection_ranking(self, vector: np.ndarray, family: str, k: int, bottom_k: int):
         """Rank by the projection ``<v_i, psi>`` of the raw stored vectors (activation baseline)."""

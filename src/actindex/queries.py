@@ -23,6 +23,7 @@ import numpy as np
 from .data import Row, encode_row
 from .errors import ActindexError, DataError
 from .models import LoadedModel, generate
+from .registry import Registered
 from .vectors import (
     GRADIENT,
     MEAN_ACTIVATION,
@@ -258,23 +259,12 @@ def _chat(prompt: str, response: str, system: str | None = None) -> list[dict[st
     return head + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
-class QueryMethod:
+class QueryMethod(Registered, noun="method"):
     """A way to turn a behaviour into a query vector in one stored family."""
 
     name: ClassVar[str]
     kind: ClassVar[str]
     help: ClassVar[str]
-    registry: ClassVar[dict[str, type[QueryMethod]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        QueryMethod.registry[cls.name] = cls
-
-    @classmethod
-    def get(cls, name: str) -> QueryMethod:
-        if name not in cls.registry:
-            raise ActindexError(f"unknown method {name!r}: expected one of {', '.join(cls.registry)}")
-        return cls.registry[name]()
 
     def family(self, layer: int | None) -> str:
         return family_name(self.kind, None if self.kind == GRADIENT else layer)
@@ -378,16 +368,17 @@ class EnsembleMethod(QueryMethod):
     ones it has vectors for). A row's score is ``sum_m 1 / (RRF_K + rank_m(row))`` over the members'
     top rankings (ranks from 0; a row outside a member's list adds nothing); bottom rows fuse the
     members' bottom rankings the same way. Methods rank differently on different behaviours, and
-    the fusion holds up best across the benchmark sets (bench/RESULTS.md).
+    the fusion has the best worst case over the benchmark sets (bench/RESULTS.md), so it is the
+    default; a rerank re-scores its fused top and bottom candidates.
     """
 
     name, kind = "ensemble", RESIDUAL_CHANGE
-    help = "rank fusion of residual-change and its pooled variant over every indexed layer"
+    help = "(default) rank fusion of residual-change and its pooled variant over every indexed layer"
     members: ClassVar[tuple[str, ...]] = ("residual-change", "residual-change-pooled")
 
     def vector(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
         raise ActindexError("the ensemble fuses several rankings and has no single query vector; "
-                            "pick one method to save, rerank or search a vector")
+                            "pick one of its member methods to save or search a vector")
 
 
 #: the constant of reciprocal rank fusion (Cormack et al. 2009)
@@ -402,4 +393,13 @@ def reciprocal_rank_fusion(rankings: list[np.ndarray], rows: int) -> np.ndarray:
     return score
 
 
-DEFAULT_METHOD = ResidualChangeMethod.name
+#: the default ranking of ``query`` and ``filter``: chosen by its worst case over the benchmark sets
+#: (DESIGN 4; bench/RESULTS.md "Retrieval: layer sweep and rank fusion")
+DEFAULT_METHOD = EnsembleMethod.name
+#: the default where one query vector is needed (a saved vector, correction, detection, the report)
+DEFAULT_VECTOR_METHOD = ResidualChangeMethod.name
+
+
+def default_method(needs_vector: bool) -> str:
+    """``ensemble`` for a plain ranking; ``residual-change`` when the caller needs one query vector."""
+    return DEFAULT_VECTOR_METHOD if needs_vector else DEFAULT_METHOD
