@@ -93,87 +93,139 @@ def child_actindex(args: argparse.Namespace) -> None:
                       "disk_bytes_per_row": summary["disk_bytes_per_row"]}))
 
 
-def child_kronfluence(args: argparse.Namespace) -> None:
-    """EK-FAC factors on the rows, then pairwise scores of the behaviour at rows/4 and rows."""
-    import torch
-    import torch.nn.functional as F
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
-    from kronfluence.utils.dataset import DataLoaderKwargs
+class KronfluenceSetup:
+    """kronfluence over actindex's rows and behaviours: the same tokenisation and loss mask, a train
+    loss ``sum_rows -sum_t log p(x_t | x_<t)`` (labels drawn from the model when kronfluence asks for a
+    sample: true Fisher, as actindex fits), and the behaviour as one aggregated measurement
+    ``sum_pairs log p(treatment) - log p(control)``. Runs inside the peers' venv."""
 
-    from actindex.data import Encoded, Row, encode_row, load_rows
-    from actindex.models import load_model
-    from actindex.queries import load_behavior
-    from actindex.vectors import select_grad_modules
+    def __init__(self, module_patterns: list[str] | None, out: str, batch_size: int) -> None:
+        import torch
+        import torch.nn.functional as F
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.task import Task
+        from kronfluence.utils.dataset import DataLoaderKwargs
 
-    lm = load_model()
-    modules = select_grad_modules(lm.model, args.kron_modules.split(",") if args.kron_modules else None)
-    pad = lm.tokenizer.pad_token_id
+        from actindex.models import load_model
+        from actindex.vectors import select_grad_modules
 
-    def item(enc: Encoded, sign: float) -> dict:
+        self.lm = lm = load_model()
+        self.modules = modules = select_grad_modules(lm.model, module_patterns)
+        self.batch_size = batch_size
+        pad = lm.tokenizer.pad_token_id
+
+        def collate(items: list[dict]) -> dict:
+            width = max(len(x["input_ids"]) for x in items)
+            out = {"input_ids": torch.full((len(items), width), pad), "labels": torch.full((len(items), width), -100),
+                   "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
+                   "sign": torch.stack([x["sign"] for x in items])}
+            for i, x in enumerate(items):
+                n = len(x["input_ids"])
+                out["input_ids"][i, :n], out["labels"][i, :n] = x["input_ids"], x["labels"]
+                out["attention_mask"][i, :n] = 1
+            return out
+
+        def token_nll(batch: dict, model: torch.nn.Module, sample: bool = False) -> torch.Tensor:
+            """Per-row ``-sum_t log p(x_t | x_<t)`` over labelled positions (sampled labels: true Fisher)."""
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            if sample:
+                with torch.no_grad():
+                    drawn = torch.multinomial(torch.softmax(logits.detach().flatten(0, 1), -1), 1).view_as(labels)
+                labels = torch.where(labels == -100, labels, drawn)
+            nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
+            return nll.view_as(labels).sum(1)
+
+        class BehaviourTask(Task):
+            def compute_train_loss(self, batch, model, sample=False):
+                return token_nll(batch, model, sample).sum()
+
+            def compute_measurement(self, batch, model):
+                return (batch["sign"] * -token_nll(batch, model)).sum()  # sum of +-log p(response)
+
+            def get_influence_tracked_modules(self):
+                return modules
+
+            def get_attention_mask(self, batch):
+                return batch["attention_mask"]
+
+        model = prepare_model(lm.model, BehaviourTask())
+        self.analyzer = Analyzer("bench", model, BehaviourTask(), cpu=True, disable_tqdm=True, output_dir=out)
+        self.kwargs = {"dataloader_kwargs": DataLoaderKwargs(collate_fn=collate)}
+
+    def item(self, enc, sign: float) -> dict:
+        import torch
+
         ids = torch.tensor(enc.input_ids)
         labels = ids.masked_fill(~torch.tensor(enc.loss_mask), -100)
         return {"input_ids": ids, "labels": labels, "sign": torch.tensor(sign)}
 
-    def collate(items: list[dict]) -> dict:
-        width = max(len(x["input_ids"]) for x in items)
-        out = {"input_ids": torch.full((len(items), width), pad), "labels": torch.full((len(items), width), -100),
-               "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
-               "sign": torch.stack([x["sign"] for x in items])}
-        for i, x in enumerate(items):
-            n = len(x["input_ids"])
-            out["input_ids"][i, :n], out["labels"][i, :n], out["attention_mask"][i, :n] = x["input_ids"], x["labels"], 1
-        return out
+    def rows(self, data: str) -> list[dict]:
+        from actindex.data import encode_row, load_rows
 
-    def token_nll(batch: dict, model: torch.nn.Module, sample: bool = False) -> torch.Tensor:
-        """Per-row ``-sum_t log p(x_t | x_<t)`` over labelled positions (sampled labels: true Fisher)."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        if sample:
-            with torch.no_grad():
-                drawn = torch.multinomial(torch.softmax(logits.detach().flatten(0, 1), -1), 1).view_as(labels)
-            labels = torch.where(labels == -100, labels, drawn)
-        nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
-        return nll.view_as(labels).sum(1)
+        return [self.item(encode_row(self.lm.tokenizer, r, 512), 1.0) for r in load_rows(data)]
 
-    class BehaviourTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            return token_nll(batch, model, sample).sum()
+    def behaviour(self, behavior) -> list[dict]:
+        """Treatment responses with sign +1, controls with -1 (chat format, loss on the response)."""
+        from actindex.data import Row, encode_row
+        from actindex.queries import load_behavior
 
-        def compute_measurement(self, batch, model):
-            return (batch["sign"] * -token_nll(batch, model)).sum()  # sum of +-log p(response)
+        items = []
+        for p in load_behavior(behavior).pairs:
+            for text, sign in ((p.treatment, 1.0), (p.control, -1.0)):
+                messages = [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": text}]
+                items.append(self.item(encode_row(self.lm.tokenizer, Row("q", 0, messages, None, {}, 0), 512), sign))
+        return items
 
-        def get_influence_tracked_modules(self):
-            return modules
+    def fit(self, train: list[dict]) -> float:
+        """EK-FAC factors on ``train``; the seconds it took."""
+        from kronfluence.arguments import FactorArguments
 
-        def get_attention_mask(self, batch):
-            return batch["attention_mask"]
-
-    rows = load_rows(args.data)
-    train = [item(encode_row(lm.tokenizer, r, 512), 1.0) for r in rows]
-    query = []
-    for p in load_behavior(args.behavior).pairs:
-        for text, sign in ((p.treatment, 1.0), (p.control, -1.0)):
-            messages = [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": text}]
-            query.append(item(encode_row(lm.tokenizer, Row("q", 0, messages, None, {}, 0), 512), sign))
-    model = prepare_model(lm.model, BehaviourTask())
-    analyzer = Analyzer("bench", model, BehaviourTask(), cpu=True, disable_tqdm=True, output_dir=args.out)
-    kwargs = {"dataloader_kwargs": DataLoaderKwargs(collate_fn=collate)}
-    t = time.perf_counter()
-    analyzer.fit_all_factors("ekfac", train, per_device_batch_size=args.batch_size,
-                             factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True, **kwargs)
-    fit_s = time.perf_counter() - t
-    score_args = ScoreArguments(aggregate_query_gradients=True)
-    timings = {}
-    for n in (max(1, len(train) // 4), len(train)):
         t = time.perf_counter()
-        analyzer.compute_pairwise_scores(f"scores{n}", "ekfac", query, train[:n], per_device_query_batch_size=8,
-                                         per_device_train_batch_size=args.batch_size, score_args=score_args,
-                                         overwrite_output_dir=True, **kwargs)
-        timings[n] = time.perf_counter() - t
+        self.analyzer.fit_all_factors("ekfac", train, per_device_batch_size=self.batch_size,
+                                      factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True,
+                                      **self.kwargs)
+        return time.perf_counter() - t
+
+    def scores(self, name: str, query: list[dict], train: list[dict]) -> tuple[object, float]:
+        """``g_measurement^T (G_ekfac + lambda)^-1 g_loss(row)`` for every row of ``train``; the seconds."""
+        from kronfluence.arguments import ScoreArguments
+
+        t = time.perf_counter()
+        self.analyzer.compute_pairwise_scores(name, "ekfac", query, train, per_device_query_batch_size=8,
+                                              per_device_train_batch_size=self.batch_size,
+                                              score_args=ScoreArguments(aggregate_query_gradients=True),
+                                              overwrite_output_dir=True, **self.kwargs)
+        seconds = time.perf_counter() - t
+        return self.analyzer.load_pairwise_scores(name)["all_modules"], seconds
+
+
+def child_kronfluence(args: argparse.Namespace) -> None:
+    """EK-FAC factors on the rows, then pairwise scores of the behaviour at rows/4 and rows."""
+    kron = KronfluenceSetup(args.kron_modules.split(",") if args.kron_modules else None, args.out, args.batch_size)
+    train, query = kron.rows(args.data), kron.behaviour(args.behavior)
+    fit_s = kron.fit(train)
+    timings = {n: kron.scores(f"scores{n}", query, train[:n])[1] for n in (max(1, len(train) // 4), len(train))}
     factor_bytes = dir_bytes(Path(args.out) / "bench" / "factors_ekfac")
-    print(json.dumps({"fit_s": fit_s, "scores": timings, "factor_bytes": factor_bytes, "modules": len(modules)}))
+    print(json.dumps({"fit_s": fit_s, "scores": timings, "factor_bytes": factor_bytes, "modules": len(kron.modules)}))
+
+
+def child_kron_scores(args: argparse.Namespace) -> None:
+    """For bench/rerank.py: EK-FAC fitted on the rows ``--fit-rows`` names, then every row's pairwise
+    score against the behaviour, saved to ``OUT/scores.npy`` (kronfluence's sign: positive = upweighting
+    the row lowers the measurement)."""
+    import numpy as np
+
+    kron = KronfluenceSetup(args.kron_modules.split(","), args.out, args.batch_size)
+    train, query = kron.rows(args.data), kron.behaviour(args.behavior)
+    fit_rows = [int(r) for r in args.fit_rows.split(",")]
+    fit_s = kron.fit([train[r] for r in fit_rows])
+    half_s = kron.scores("half", query, train[: len(train) // 2])[1]  # a second size: fixed + per-row cost
+    scores, score_s = kron.scores("all", query, train)
+    np.save(Path(args.out) / "scores.npy", scores.float().numpy().reshape(-1, len(train)).sum(0))
+    per_row = (score_s - half_s) / (len(train) - len(train) // 2)
+    print(json.dumps({"fit_s": fit_s, "score_s": score_s, "per_row_s": per_row,
+                      "fixed_s": score_s - per_row * len(train), "modules": len(kron.modules), "rows": len(train)}))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -190,7 +242,8 @@ def main() -> None:
                     help="fnmatch patterns of kronfluence's tracked modules ('' = all 210 block linears)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: actindex,grad,bergson,kronfluence")
     ap.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
-    ap.add_argument("--child", choices=["actindex", "kronfluence"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["actindex", "kronfluence", "kron-scores"], help=argparse.SUPPRESS)
+    ap.add_argument("--fit-rows", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--behavior", help=argparse.SUPPRESS)
@@ -200,6 +253,8 @@ def main() -> None:
         return child_actindex(args)
     if args.child == "kronfluence":
         return child_kronfluence(args)
+    if args.child == "kron-scores":
+        return child_kron_scores(args)
 
     from actindex.data import resolve_data_path
     from actindex.queries import load_behavior

@@ -8,23 +8,37 @@ influence, then the rows no candidate list holds by search score, then the botto
 influence. AUROC / AP of the planted rows are reported for search only and search + rerank, with
 the seconds each took (fitting reported once per set).
 
+With ``--kronfluence PYTHON`` (the peers' venv of bench/peers.py), kronfluence's EK-FAC is fitted
+on the same rows (the ones the index's fit sampled, same tracked modules) and scores every row of
+the set against the same behaviour (one aggregated query, ``sum_pairs log p(treatment) - log
+p(control)``); its AUROC / AP and the seconds of its score pass sit next to search + rerank. A new
+behaviour costs kronfluence a pass over every row, and actindex a search plus ``2K`` candidates,
+so the speed ratio is also extrapolated to ``EXTRAPOLATE_ROWS`` rows: kronfluence's fixed cost plus
+its per-row cost (from score passes over half the rows and all of them) times the rows, against
+actindex's measured time, which does not grow with the rows but for the milliseconds of the search.
+``PEERS_THREADS`` sets kronfluence's OpenMP threads (default 1); match it to this process's.
+
     python bench/retrieval.py --work /tmp/bench-work --sets fif-mixeds      # builds the index
-    python bench/rerank.py --work /tmp/bench-work --sets fif-mixeds --candidates 40
+    python bench/rerank.py --work /tmp/bench-work --sets fif-mixeds --candidates 40 \
+        --kronfluence /work/peers-venv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
+from peers import run_child
 from record import append_section, markdown_table
 from retrieval import load_set, metrics, timed_scores
 
 import actindex
 
-SEARCHES = [("residual-change", 24), ("residual-difference", 18), ("gradient", None)]
+SEARCHES = [("ensemble", None), ("residual-change", 24), ("residual-difference", 18), ("gradient", None)]
+EXTRAPOLATE_ROWS = 10_000
 
 
 def reranked_scores(search: np.ndarray, top: np.ndarray, bottom: np.ndarray, influence: dict[int, float]) -> np.ndarray:
@@ -41,6 +55,29 @@ def reranked_scores(search: np.ndarray, top: np.ndarray, bottom: np.ndarray, inf
     return out
 
 
+def kronfluence_row(args: argparse.Namespace, name: str, idx: actindex.Index, behavior, labels: np.ndarray,
+                    ours: list, work: Path) -> list:
+    """kronfluence EK-FAC fitted on the index's fitted rows, then every row scored; one row of the
+    comparison table against ``ours`` (the default search + rerank: its table row)."""
+    out = work / f"{name}.kron"
+    out.mkdir(exist_ok=True)
+    pairs = out / "behavior.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p.prompt, "treatment": p.treatment, "control": p.control}) + "\n"
+                             for p in behavior.pairs))
+    fit_rows = idx.manifest["curvature"]["ekfac"]["rows"]
+    info, _, _, _ = run_child([args.kronfluence, str(Path(__file__).with_name("peers.py")), "--child", "kron-scores",
+                               "--data", str(idx.manifest["data"]["path"]), "--behavior", str(pairs),
+                               "--fit-rows", ",".join(map(str, fit_rows)), "--kron-modules", args.modules,
+                               "--out", str(out), "--batch-size", "4"])
+    # kronfluence's score is g_phi^T H^-1 g_L: upweighting a row changes phi by minus it
+    m = metrics(-np.load(out / "scores.npy"), labels)
+    answer = float(ours[9]) + float(ours[10])
+    at_scale = max(info["fixed_s"], 0.0) + info["per_row_s"] * EXTRAPOLATE_ROWS
+    return [name, f"{len(idx)} ({labels.sum()})", info["modules"], f"{m['auroc']:.3f} / {m['ap']:.3f}",
+            f"{ours[7]} / {ours[8]}", f"{info['score_s']:.1f}", f"{info['per_row_s']:.2f}", f"{answer:.1f}",
+            f"{info['score_s'] / answer:.1f}x", f"{at_scale / answer:.0f}x", f"{info['fit_s']:.0f} / {ours[11]}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="fif-mixeds")
@@ -50,11 +87,15 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=50, help="top-K and bottom-K rows reranked")
     ap.add_argument("--samples", type=int, default=64, help="rows sampled to fit EK-FAC")
     ap.add_argument("--modules", default="*.mlp.*", help="EK-FAC modules (fnmatch patterns, comma-separated)")
+    ap.add_argument("--searches", default=",".join(m for m, _ in SEARCHES),
+                    help="searches to rerank (comma-separated, of: " + ", ".join(m for m, _ in SEARCHES) + ")")
+    ap.add_argument("--kronfluence", metavar="PYTHON", help="the peers' venv python: add kronfluence's all-rows scores")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = Path(args.work)
     lm = actindex.load_model()
-    table = []
+    table: list[list] = []
+    peers: list[list] = []
     for name in args.sets.split(","):
         _, behavior = load_set(name, work, args.clean, args.planted)
         idx = actindex.Index.open(work / f"{name}.idx").use_model(lm)
@@ -66,7 +107,7 @@ def main() -> None:
         labels = np.array([r.get("label", "clean") != "clean" for r in idx.records(range(len(idx)))])
         k = min(args.candidates, len(idx))
         for method, layer in SEARCHES:
-            if method == "gradient" and "gradient" not in idx.families:
+            if method not in args.searches.split(",") or (method == "gradient" and "gradient" not in idx.families):
                 continue
             search, searched = timed_scores(idx, behavior, method, layer)
             order = np.argsort(-search, kind="stable")
@@ -82,9 +123,20 @@ def main() -> None:
                           f"{a['auroc']:.3f}", f"{a['ap']:.3f}", f"{b['auroc']:.3f}", f"{b['ap']:.3f}",
                           f"{searched:.1f}", f"{reranked:.1f}", f"{fit:.0f}"])
             print(table[-1], flush=True)
+        if args.kronfluence:  # against the default search (the ensemble) + rerank
+            ours = next(row for row in table if row[0] == name and row[2] == SEARCHES[0][0])
+            peers.append(kronfluence_row(args, name, idx, behavior, labels, ours, work))
+            print(peers[-1], flush=True)
     columns = ["set", "rows (planted)", "search", "layer", "K", "AUROC search", "AP search", "AUROC +rerank",
                "AP +rerank", "s search", "s rerank", "s fit"]
     text = markdown_table(columns, table)
+    if peers:
+        text += "\n\nkronfluence's EK-FAC (same modules, fitted on the same rows) scoring every row, against " \
+            f"actindex's default search ({SEARCHES[0][0]}) + EK-FAC rerank of the top and bottom {args.candidates}:\n\n"
+        text += markdown_table(
+            ["set", "rows (planted)", "modules", "kronfluence AUROC / AP", "actindex search + rerank AUROC / AP",
+             "s kronfluence scores", "s per row", "s actindex search + rerank", "speed-up here",
+             f"speed-up at {EXTRAPOLATE_ROWS:,} rows", "s fit: kronfluence / actindex"], peers)
     print(text)
     if not args.no_record:
         append_section(
