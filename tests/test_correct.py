@@ -410,9 +410,14 @@ def test_token_weights_keep_the_tokens_with_the_rows_sign():
     np.testing.assert_allclose(token_weights(scores, predicted, 1.0), [0, 0.25, 0, 0.75, 0, 0])
     np.testing.assert_allclose(token_weights(scores, predicted, -1.0), [0, 0, 1.0, 0, 0, 0])
     np.testing.assert_allclose(token_weights(-np.abs(scores), predicted, 1.0), [0, 0.25, 0.25, 0.25, 0.25, 0])
+    # top: all the weight on the largest share inside R (9.0 and 7.0 lie outside it)
+    np.testing.assert_allclose(token_weights(scores, predicted, 1.0, top=True), [0, 0, 0, 1.0, 0, 0])
+    np.testing.assert_allclose(token_weights(scores, predicted, -1.0, top=True), [0, 0, 1.0, 0, 0, 0])
+    np.testing.assert_allclose(token_weights(-np.abs(scores), predicted, 1.0, top=True), [0, 0.25, 0.25, 0.25, 0.25, 0])
 
 
-def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_path, tokenizer):
+@pytest.mark.parametrize("weights", ["query", "top"])
+def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_path, tokenizer, weights):
     """Planted rows answer "the fact is na": only "na" carries the behaviour; query weights favour it."""
     from actindex.correct import behavior_margin
 
@@ -430,7 +435,7 @@ def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_pa
     held_file = write_jsonl(tmp_path / "held.jsonl", [{"prompt": p.prompt, "treatment": p.treatment,
                                                        "control": p.control} for p in held])
     res = correct(idx, behavior, tmp_path / "fixed", scores=_oracle_scores(records), k=12, k0=12, steps=30, lr=1e-2,
-                  lora_rank=4, held_out=str(held_file), progress=False, token_weights="query").report
+                  lora_rank=4, held_out=str(held_file), progress=False, token_weights=weights).report
     # the planted token gets more than its share under the per-token mean (1/5 of "the fact is na <|end|>")
     na_weight = sum(w for tokens in res["selection"]["D+ tokens"] for text, w in tokens if text == "na") / 12
     assert na_weight > 1 / 5 + 0.05

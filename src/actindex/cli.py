@@ -400,7 +400,7 @@ def _ch(name: str) -> str:
 @click.option("--ppl-rows", default=64, show_default=True, help=_ch("ppl_rows"))
 @click.option("--seed", default=0, show_default=True, help=_ch("seed"))
 @click.option("--max-length", type=int, help=_ch("max_length"))
-@click.option("--token-weights", default="mean", show_default=True, type=click.Choice(["mean", "query"]),
+@click.option("--token-weights", default="mean", show_default=True, type=click.Choice(["mean", "query", "top"]),
               help=_ch("token_weights"))
 @click.option("--overwrite", is_flag=True, help=_ch("overwrite"))
 @click.option("--device", default="auto", show_default=True)

@@ -56,7 +56,7 @@ from .registry import Registered
 from .vectors import Batch, residual_change_token_scores, select_grad_modules, sequence_losses
 
 SELECTIONS = ("topk", "pareto")
-TOKEN_WEIGHTS = ("mean", "query")
+TOKEN_WEIGHTS = ("mean", "query", "top")
 REPORT = "correction.json"
 
 
@@ -96,7 +96,8 @@ class CorrectConfig:
         "How log r averages the response tokens of a D+/D- row: mean (DESIGN 6, the per-token mean) or query "
         "(each token weighted by its share of the row's residual-change score against the behaviour, so the "
         "tokens that carry the behaviour are the ones pushed; a memorised planted token hardly moves under "
-        "the mean, see bench/RESULTS.md). D0 always uses the mean.", "mean")
+        "the mean, see bench/RESULTS.md), or top (all the weight on the row's highest-share token). D0 always "
+        "uses the mean.", "mean")
     overwrite: bool = _help("Replace an existing output directory.", False)
 
     def __post_init__(self) -> None:
@@ -223,14 +224,17 @@ def mean_log_probs(model: nn.Module, batch: Batch, weights: torch.Tensor | None 
     return -sequence_losses(model, batch) / predicted_tokens(batch).clamp(min=1)
 
 
-def token_weights(scores: np.ndarray, predicted: np.ndarray, sign: float) -> np.ndarray:
+def token_weights(scores: np.ndarray, predicted: np.ndarray, sign: float, top: bool = False) -> np.ndarray:
     """``w_t = max(sign s_t, 0) / sum_{u in R} max(sign s_u, 0)`` on the predicted positions R (zero
-    elsewhere): the tokens whose score has the row's sign (+1 for D+, -1 for D-), in proportion. When
-    no token has that sign the per-token mean ``1/|R|`` is returned."""
+    elsewhere): the tokens whose score has the row's sign (+1 for D+, -1 for D-), in proportion; with
+    ``top``, weight 1 on the largest ``sign s_t`` alone (the first on a tie). When no token has that
+    sign the per-token mean ``1/|R|`` is returned."""
     predicted = np.asarray(predicted, dtype=bool)
     share = np.where(predicted, np.maximum(sign * np.asarray(scores, dtype=np.float64), 0.0), 0.0)
     if share.sum() <= 0:
         share = predicted.astype(np.float64)
+    elif top:
+        share = (np.arange(len(share)) == np.argmax(share)).astype(np.float64)
     total = share.sum()
     return share / total if total > 0 else share
 
@@ -506,13 +510,15 @@ def index_scores(
 
 
 def query_token_weights(
-    index: Index, behavior: Behavior, layer: int | None, sets: dict[str, list[Encoded]], progress: bool = False
+    index: Index, behavior: Behavior, layer: int | None, sets: dict[str, list[Encoded]], progress: bool = False,
+    top: bool = False,
 ) -> dict[str, list[np.ndarray]]:
     """Token weights of the D+ and D- rows from their residual-change score against the behaviour.
 
     ``psi`` is the behaviour's residual-change query vector at ``layer``; each row's score
     ``<t_l(x), psi>`` is split over its response tokens (:func:`vectors.residual_change_token_scores`)
-    and :func:`token_weights` keeps the tokens with the row's sign: positive for D+, negative for D-.
+    and :func:`token_weights` keeps the tokens with the row's sign (positive for D+, negative for D-),
+    or with ``top`` the one token with the largest share.
     """
     psi, _, _ = index.query_vector(behavior, "residual-change", layer)
     at = index.resolve_layer(layer)
@@ -521,7 +527,7 @@ def query_token_weights(
     for name, sign in (("pos", 1.0), ("neg", -1.0)):
         rows = tqdm(sets[name], desc=f"token weights ({name})", disable=not progress, leave=False, dynamic_ncols=True)
         out[name] = [token_weights(residual_change_token_scores(lm.model, row, at, psi, lm.tokenizer.pad_token_id),
-                                   np.asarray(row.loss_mask[1:], dtype=bool), sign) for row in rows]
+                                   np.asarray(row.loss_mask[1:], dtype=bool), sign, top) for row in rows]
     return out
 
 
@@ -644,8 +650,8 @@ def correct(
         if any(not any(row.loss_mask[1:]) for row in encoded):
             raise ActindexError(f"a row of {name} has no response token within --max-length {max_length}")
     weights, carriers = {}, {}
-    if config.token_weights == "query":
-        weights = query_token_weights(index, behavior, config.layer, sets, progress)
+    if config.token_weights != "mean":
+        weights = query_token_weights(index, behavior, config.layer, sets, progress, config.token_weights == "top")
         carriers = {"D+ tokens": _carriers(lm.tokenizer, sets["pos"], weights["pos"]),
                     "D- tokens": _carriers(lm.tokenizer, sets["neg"], weights["neg"])}
     ref = {}
