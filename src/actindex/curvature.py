@@ -365,7 +365,8 @@ def weighted_gradients(
     for idx, batch in batches(encoded, batch_size, pad_id, device):
         captured = capture(model, batch, names, weights=w[idx].to(device))
         for name, (a, delta) in captured.items():
-            g = row_gradients(a, delta).sum(0)
+            # the batch's sum over rows and tokens in one (O x BT) @ (BT x I) product; no (B, O, I) tensor
+            g = delta.flatten(0, 1).double().T @ a.flatten(0, 1).double()
             total[name] = total[name] + g if name in total else g
     return total
 
