@@ -346,7 +346,7 @@ def verify(index_dir: str) -> None:
 @click.option("--behavior", required=True, help="Built-in name or pairs/persona file.")
 @click.option("--method", "methods", multiple=True, default=("residual-change",), show_default=True,
               help="Query method; repeat it to compare methods (one ROC curve per method).")
-@click.option("--layer", type=int, help="Layer to query (default: the index's middle layer).")
+@click.option("--layer", type=int, help="Layer to query (default: the indexed layer nearest 60% of the depth).")
 @click.option("--labels-field", help="Record field with ground-truth labels (adds ROC/PR curves, AUROC, AP).")
 @click.option("--positive-label", help="Label value counted as positive (default: any value other than 'clean').")
 @click.option("--top-k", default=20, show_default=True, type=click.IntRange(min=0), help="Top rows shown as cards.")

@@ -85,7 +85,7 @@ class CorrectConfig:
     batch_size: int = _help("Rows drawn from each of D+, D-, D0 per step (a set this small or smaller is used whole).",
                             8)
     method: str = _help("Query method that ranks the rows (see actindex query --help-methods).", DEFAULT_VECTOR_METHOD)
-    layer: int | None = _help("Layer to query (default: the index's middle layer).", None)
+    layer: int | None = _help("Layer to query (default: the indexed layer nearest 60% of the depth).", None)
     held_out: str | None = _help("Pairs JSONL {prompt, treatment, control} for the behaviour margin "
                                  "(default: the behaviour's own pairs).", None)
     ppl_rows: int = _help("Held-out rows for perplexity: a fixed random sample (seed) of the index's rows outside "

@@ -550,7 +550,7 @@ class DetectConfig:
     transforms: str = _help("all, fast (no model generation) or a comma list of transform names.", "all")
     ensemble: str = _help("Rule whose flagged rows are written: variance, voting or both (flagged by both).", "both")
     method: str = _help("Query method whose per-example vectors score the rows.", DEFAULT_VECTOR_METHOD)
-    layer: int | None = _help("Layer (default: the index's middle layer).", None)
+    layer: int | None = _help("Layer (default: the indexed layer nearest 60% of the depth).", None)
     threshold: float = _help("variance rule: flag rows with mean_T z - std_T z >= this.", 3.0)
     vote_top: float = _help("voting rule: each category votes within its top rows (fraction < 1, or a count).", 0.1)
     vote_z: float = _help("voting rule: a vote also needs the category's robust z >= this.", 2.0)

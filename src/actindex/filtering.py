@@ -74,7 +74,9 @@ class FilterConfig:
     remove_top: int | str = _help("Rows to remove: a count (50) or a percentage of the searchable rows (5%).", "")
     out: str = _help("Output file (same format as the training data); OUT.removed.jsonl lists the removals.", "")
     method: str = _help("Query method that ranks the rows.", DEFAULT_METHOD)
-    layer: int | None = _help("Layer to query (default: the index's middle layer).", None)
+    layer: int | None = _help(
+        "Layer to query (default: every indexed layer for the ensemble, else the one nearest 60% of the depth).", None
+    )
     data: str | None = _help("The training data file (default: the path recorded in the index manifest).", None)
     overwrite: bool = _help("Replace OUT if it exists.", False)
 
