@@ -231,3 +231,8 @@ def test_ekfac_method_needs_grad_and_curvature(llama, tmp_path, data_file, behav
     idx = actindex.Index.open(out).use_model(llama)
     with pytest.raises(IndexFileError, match="fit-curvature"):
         idx.curvature("linfac")
+    # a rerank without factors is refused before any model pass, for the default ensemble as well
+    idx.query_vector = None  # a model pass would call it
+    for method in (None, "residual-change"):
+        with pytest.raises(IndexFileError, match="fit-curvature"):
+            idx.query(str(behavior_file), method=method, rerank="ekfac")

@@ -237,7 +237,7 @@ def query(
 ) -> None:
     """Rank training rows by how much they push the model towards a behaviour."""
     from .index import Index, load_query_vector, save_query_vector
-    from .queries import DEFAULT_VECTOR_METHOD, QueryMethod, default_method
+    from .queries import QueryMethod, default_method
 
     if help_methods:
         for name, cls in QueryMethod.registry.items():
@@ -255,7 +255,7 @@ def query(
     exact = dict(rerank=rerank, candidates=candidates, per_token=per_token, clusters=clusters, recall=recall)
     if query_vector:
         vector, meta = load_query_vector(query_vector)
-        results.append(idx.query(meta.get("behavior", "vector"), meta.get("method", method or DEFAULT_VECTOR_METHOD),
+        results.append(idx.query(meta.get("behavior", "vector"), meta.get("method", method),
                                  vector=vector, family=meta.get("family"), k=top_k, bottom_k=bottom_k, **exact))
     else:
         if not behaviors_:

@@ -296,11 +296,16 @@ class Index:
         started = time.perf_counter()
         method = method or default_method(needs_vector=vector is not None)
         strategy = QueryMethod.get(method)
-        if rerank is not None:
+        if rerank is not None:  # refused here, before any model pass
+            from .rerank import RECALLS
+
             if candidates < 1:
                 raise ActindexError(f"--candidates must be at least 1, got {candidates}")
             if behavior is None:
                 raise ActindexError("reranking needs the behaviour (its pairs form the query gradient)")
+            if recall is not None and recall not in RECALLS:
+                raise ActindexError(f"unknown --recall {recall!r}: expected one of {', '.join(RECALLS)}")
+            self.curvature(rerank)  # nothing fitted: the error names fit-curvature
         exact = dict(kind=rerank, candidates=candidates, per_token=per_token, clusters=clusters, recall=recall)
         if isinstance(strategy, EnsembleMethod):
             if vector is not None:
@@ -442,11 +447,8 @@ class Index:
     ) -> tuple[list[Hit], list[Hit]]:
         """Re-score the search's ``top`` and ``bottom`` candidate rows (plus TF-IDF's top ``candidates``
         with ``recall``) with exact influence and rank by it; hits keep their ``search_scores(rows)``."""
-        from .rerank import RECALLS, tfidf_recall
+        from .rerank import tfidf_recall
 
-        if recall is not None and recall not in RECALLS:
-            raise ActindexError(f"unknown --recall {recall!r}: expected one of {', '.join(RECALLS)}")
-        self.curvature(kind)  # refuse before any model pass when nothing is fitted
         pool = [top, bottom]
         if recall == "tfidf":
             behavior = complete_behavior(behavior, self.model())
