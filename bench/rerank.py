@@ -39,6 +39,8 @@ import actindex
 
 SEARCHES = [("ensemble", None), ("residual-change", 24), ("residual-difference", 18), ("gradient", None)]
 EXTRAPOLATE_ROWS = 10_000
+COLUMNS = ["set", "rows (planted)", "search", "layer", "K", "AUROC search", "AP search", "AUROC +rerank", "AP +rerank",
+           "s search", "s rerank", "s fit"]
 
 
 def reranked_scores(search: np.ndarray, top: np.ndarray, bottom: np.ndarray, influence: dict[int, float]) -> np.ndarray:
@@ -58,7 +60,8 @@ def reranked_scores(search: np.ndarray, top: np.ndarray, bottom: np.ndarray, inf
 def kronfluence_row(args: argparse.Namespace, name: str, idx: actindex.Index, behavior, labels: np.ndarray,
                     ours: list, work: Path) -> list:
     """kronfluence EK-FAC fitted on the index's fitted rows, then every row scored; one row of the
-    comparison table against ``ours`` (the default search + rerank: its table row)."""
+    comparison table against ``ours`` (the default search + rerank: its row of the main table)."""
+    ours = dict(zip(COLUMNS, ours))
     out = work / f"{name}.kron"
     out.mkdir(exist_ok=True)
     pairs = out / "behavior.jsonl"
@@ -71,11 +74,12 @@ def kronfluence_row(args: argparse.Namespace, name: str, idx: actindex.Index, be
                                "--out", str(out), "--batch-size", "4"])
     # kronfluence's score is g_phi^T H^-1 g_L: upweighting a row changes phi by minus it
     m = metrics(-np.load(out / "scores.npy"), labels)
-    answer = float(ours[9]) + float(ours[10])
+    answer = float(ours["s search"]) + float(ours["s rerank"])
     at_scale = max(info["fixed_s"], 0.0) + info["per_row_s"] * EXTRAPOLATE_ROWS
     return [name, f"{len(idx)} ({labels.sum()})", info["modules"], f"{m['auroc']:.3f} / {m['ap']:.3f}",
-            f"{ours[7]} / {ours[8]}", f"{info['score_s']:.1f}", f"{info['per_row_s']:.2f}", f"{answer:.1f}",
-            f"{info['score_s'] / answer:.1f}x", f"{at_scale / answer:.0f}x", f"{info['fit_s']:.0f} / {ours[11]}"]
+            f"{ours['AUROC +rerank']} / {ours['AP +rerank']}", f"{info['score_s']:.1f}", f"{info['per_row_s']:.2f}",
+            f"{answer:.1f}", f"{info['score_s'] / answer:.1f}x", f"{at_scale / answer:.0f}x",
+            f"{info['fit_s']:.0f} / {ours['s fit']}"]
 
 
 def main() -> None:
@@ -126,9 +130,7 @@ def main() -> None:
             ours = next(row for row in table if row[0] == name and row[2] == SEARCHES[0][0])
             peers.append(kronfluence_row(args, name, idx, behavior, labels, ours, work))
             print(peers[-1], flush=True)
-    columns = ["set", "rows (planted)", "search", "layer", "K", "AUROC search", "AP search", "AUROC +rerank",
-               "AP +rerank", "s search", "s rerank", "s fit"]
-    text = markdown_table(columns, table)
+    text = markdown_table(COLUMNS, table)
     if peers:
         text += "\n\nkronfluence's EK-FAC (same modules, fitted on the same rows) scoring every row, against " \
             f"actindex's default search ({SEARCHES[0][0]}) + EK-FAC rerank of the top and bottom {args.candidates}:\n\n"
