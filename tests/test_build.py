@@ -186,8 +186,8 @@ def test_non_finite_rows_are_flagged_and_kept_out_of_faiss(llama, train_file, tm
 
     original = vectors.compute_vectors
 
-    def poisoned(model, encoded, spec, pad_id, projector=None):
-        out = original(model, encoded, spec, pad_id, projector)
+    def poisoned(model, encoded, spec, pad_id, projector=None, *more):
+        out = original(model, encoded, spec, pad_id, projector, *more)
         out.loss[0] = np.nan
         out.valid[0] = False
         for arr in out.vectors.values():

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import chat_rows, write_jsonl
+from conftest import chat_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex.cli import main
 from actindex.curvature import Influence, project_blocks
 from actindex.data import encode_row, normalise_record
 from actindex.errors import IndexFileError
-from actindex.queries import _chat
+from actindex.models import wrap_model
+from actindex.queries import Behavior, Pair, QueryContext, _chat
 from actindex.rerank import merge_clusters
 from actindex.vectors import Batch, RademacherProjector, sequence_losses
 from actindex.verify import verify
@@ -93,6 +94,45 @@ def test_influence_equals_preconditioned_inner_product_of_autograd_gradients(ind
         per_module = [float((pre[n] * g[n]).sum()) for n in names]
         np.testing.assert_allclose(result.influence.per_module[i], per_module, rtol=2e-4, atol=1e-6)
         np.testing.assert_allclose(result.influence.total[i], sum(per_module), rtol=2e-4, atol=1e-6)
+
+
+def test_behavior_gradients_per_group_equal_autograd(tokenizer):
+    """q_c = mean_{j in c} (grad L(t_j) - grad L(c_j)) for each group c, from one pass, equals autograd (float64)."""
+    lm = wrap_model(tiny_llama().double(), tokenizer, "tiny-llama-f64")
+    names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.v_proj"]
+    behavior = Behavior("b", pairs=[Pair(p["prompt"], p["treatment"], p["control"]) for p in PAIRS])
+    ctx = QueryContext(lm=lm, layer=None, grad_modules=[], grad_k=4, seed=0, batch_size=2)
+    groups = [[0, 2], [1]]
+    got = ctx.behavior_gradients(behavior, names, groups)
+    for group, q in zip(groups, got):
+        for name in names:
+            expected = sum(_grad(lm, _chat(PAIRS[j]["prompt"], PAIRS[j]["treatment"]), names)[name]
+                           - _grad(lm, _chat(PAIRS[j]["prompt"], PAIRS[j]["control"]), names)[name] for j in group)
+            torch.testing.assert_close(q[name], expected / len(group), rtol=1e-10, atol=1e-12)
+    assert ctx.behavior_gradients(behavior, names, groups) is got  # kept: a rerank after the search reuses it
+
+
+def test_reranked_query_makes_one_pass_over_the_pairs(index, behavior_file, monkeypatch):
+    """A reranked search forms its pair vectors in the rerank's gradient pass: one model pass over the
+    behaviour's pairs, not two, and the same ranking as with a separate search pass."""
+    import actindex.queries as queries
+
+    calls = []
+    original = queries.compute_many
+
+    def counting(model, encoded, *args, **kwargs):
+        calls.append(len(encoded))
+        return original(model, encoded, *args, **kwargs)
+
+    fresh = actindex.Index.open(index.root).use_model(index.model())
+    separate = fresh.query(str(behavior_file), k=4, bottom_k=4)
+    fresh = actindex.Index.open(index.root).use_model(index.model())
+    monkeypatch.setattr(queries, "compute_many", counting)
+    res = fresh.query(str(behavior_file), k=3, bottom_k=2, rerank="ekfac", candidates=4)
+    assert calls == [2 * len(PAIRS)]
+    assert res.family == separate.family
+    pool = {h.row for h in separate.top} | {h.row for h in separate.bottom}
+    assert {h.row for h in res.top} | {h.row for h in res.bottom} <= pool
 
 
 @pytest.mark.parametrize("kind", ["ekfac", "linfac"])

@@ -47,11 +47,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import _help
-from .data import Encoded, Row, encode_row, normalise_record
+from .data import Encoded, encode_row, normalise_record
 from .errors import ActindexError
 from .index import Index
 from .models import LoadedModel, save_weights, wrap_model
-from .queries import DEFAULT_VECTOR_METHOD, Behavior, Pair, _chat, complete_behavior, load_behavior, load_pairs
+from .queries import (
+    DEFAULT_VECTOR_METHOD,
+    Behavior,
+    Pair,
+    complete_behavior,
+    encode_conversations,
+    load_behavior,
+    load_pairs,
+    pair_conversations,
+)
 from .registry import Registered
 from .vectors import Batch, residual_change_token_scores, select_grad_modules, sequence_losses
 
@@ -355,16 +364,11 @@ class PBO(Objective):
 # --------------------------------------------------------------------------------------------
 
 
-def _encode_chats(lm: LoadedModel, chats: Sequence[list[dict[str, str]]], max_length: int | None) -> list[Encoded]:
-    rows = [Row(id=str(i), index=i, messages=c, text=None, record={}, line=0) for i, c in enumerate(chats)]
-    return [encode_row(lm.tokenizer, r, max_length) for r in rows]
-
-
 def behavior_margin(lm: LoadedModel, pairs: Sequence[Pair], max_length: int | None = None, batch_size: int = 8,
                     desc: str | None = None) -> float:
     """``mean_j [mean_t log p(treatment_j) - mean_t log p(control_j)]`` (per-token means over the response)."""
-    chats = [_chat(p.prompt, p.treatment) for p in pairs] + [_chat(p.prompt, p.control or "") for p in pairs]
-    total, count = response_log_probs(lm.model, _encode_chats(lm, chats, max_length), lm.tokenizer.pad_token_id,
+    encoded = encode_conversations(lm, pair_conversations(pairs), max_length)
+    total, count = response_log_probs(lm.model, encoded, lm.tokenizer.pad_token_id,
                                       batch_size, desc)
     mean = total / np.maximum(count, 1)
     n = len(pairs)

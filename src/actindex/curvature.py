@@ -49,11 +49,18 @@ from tqdm.auto import tqdm
 
 from .capture import InputGradLeaf, LinearCapture
 from .config import _help
-from .data import Encoded, Row, encode_row, normalise_record
+from .data import Encoded, encode_row, normalise_record
 from .errors import ActindexError, IndexFileError
 from .models import LoadedModel, decoder_layers
-from .queries import Behavior, QueryContext, QueryMethod, _chat, unit
-from .vectors import GRADIENT, Batch, RademacherProjector, select_grad_modules, sequence_losses
+from .queries import Behavior, QueryContext, QueryMethod, unit
+from .vectors import (
+    GRADIENT,
+    Batch,
+    RademacherProjector,
+    compute_dtype,
+    select_grad_modules,
+    sequence_losses,
+)
 
 if TYPE_CHECKING:
     from .index import Index
@@ -123,22 +130,20 @@ def capture(
     batch: Batch,
     names: Sequence[str],
     sample: torch.Generator | None = None,
-    weights: torch.Tensor | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """One forward and one backward pass: per module ``(a, delta)``, each (B, T, dim), zero at padding.
 
-    ``a`` is the module's input and ``delta = dL_w/ds`` the gradient of ``L_w = sum_b w_b L(x_b)``
-    (``w = 1`` by default) with respect to its output ``s``. Rows do not interact, so row ``b``'s
-    ``delta`` is ``w_b dL(x_b)/ds`` and ``sum_t delta_t a_t^T`` is ``w_b`` times its weight gradient.
+    ``a`` is the module's input and ``delta = dL/ds`` the gradient of ``L = sum_b L(x_b)`` with
+    respect to its output ``s``. Rows do not interact, so row ``b``'s ``delta`` is ``dL(x_b)/ds``
+    and ``sum_t delta_t a_t^T`` is its weight gradient.
     ``sample`` draws the labels from the model (true Fisher), see :func:`~actindex.vectors.sequence_losses`.
     """
     linears = LinearCapture(model, names)
     with torch.enable_grad():
         with InputGradLeaf(model), linears:
             losses = sequence_losses(model, batch, sample)
-        total = losses.sum() if weights is None else (losses * weights.to(losses)).sum()
         outs = [linears.saved[f"s.{name}"] for name in names]
-        grads = torch.autograd.grad(total, outs, allow_unused=True)
+        grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True)
     out = {}
     for name, s, g in zip(names, outs, grads):
         mask = batch.attention_mask[..., None].to(s.dtype)
@@ -350,61 +355,12 @@ def fit_factors(
 # --------------------------------------------------------------------------------------------
 
 
-def weighted_gradients(
-    model: nn.Module,
-    encoded: Sequence[Encoded],
-    weights: Sequence[float],
-    names: Sequence[str],
-    pad_id: int,
-    batch_size: int = 8,
-) -> dict[str, torch.Tensor]:
-    """``sum_b w_b grad_W L(x_b) = sum_b w_b sum_t delta_{b,t} a_{b,t}^T`` per module, float64 (O x I)."""
-    device = next(model.parameters()).device
-    w = torch.tensor(list(weights), dtype=torch.float64)
-    total: dict[str, torch.Tensor] = {}
-    for idx, batch in batches(encoded, batch_size, pad_id, device):
-        captured = capture(model, batch, names, weights=w[idx].to(device))
-        for name, (a, delta) in captured.items():
-            # the batch's sum over rows and tokens in one (O x BT) @ (BT x I) product; no (B, O, I) tensor
-            g = delta.flatten(0, 1).double().T @ a.flatten(0, 1).double()
-            total[name] = total[name] + g if name in total else g
-    return total
-
-
-def encode_conversations(lm: LoadedModel, conversations: Sequence[list[dict[str, str]]], max_length: int) -> list:
-    rows = [Row(id=str(i), index=i, messages=c, text=None, record={}, line=0) for i, c in enumerate(conversations)]
-    return [encode_row(lm.tokenizer, row, max_length) for row in rows]
-
-
-def behavior_gradient(
-    lm: LoadedModel,
-    behavior: Behavior,
-    names: Sequence[str],
-    max_length: int = 512,
-    batch_size: int = 8,
-    pairs: Sequence[int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """``q = -grad phi = mean_j (grad L(treatment_j) - grad L(control_j))`` per module (full, unprojected).
-
-    ``phi = mean_j [log p(treatment_j) - log p(control_j)]`` over the behaviour's pairs (or the
-    given subset ``pairs``: a cluster's batch query averages its members' gradients).
-    """
-    chosen = [behavior.pairs[j] for j in (range(len(behavior.pairs)) if pairs is None else pairs)]
-    if not chosen:
-        raise ActindexError(f"behaviour {behavior.name!r} has no contrastive pairs")
-    convs = [_chat(p.prompt, p.treatment) for p in chosen] + [_chat(p.prompt, p.control or "") for p in chosen]
-    encoded = encode_conversations(lm, convs, max_length)
-    if any(e.n_response == 0 for e in encoded):
-        raise ActindexError("a behaviour row has no response tokens (truncated by max_length?)")
-    n = len(chosen)
-    weights = [1.0 / n] * n + [-1.0 / n] * n
-    return weighted_gradients(lm.model, encoded, weights, names, lm.tokenizer.pad_token_id, batch_size)
-
-
 def token_influence(a: torch.Tensor, delta: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``delta_t^T P a_t`` for every token, (B, T), float64: summed over ``t`` it is ``<P, G>``."""
-    p = p.to(device=a.device, dtype=torch.float64)
-    return ((delta.double() @ p) * a.double()).sum(-1)
+    """``delta_t^T P a_t`` for every token, (B, T), float64: summed over ``t`` it is ``<P, G>``.
+
+    The products run in the model's precision (float32, or float64 for a float64 model)."""
+    dtype = compute_dtype(a)
+    return ((delta.to(dtype) @ p.to(device=a.device, dtype=dtype)) * a.to(dtype)).sum(-1).double()
 
 
 @dataclass
@@ -432,8 +388,10 @@ def influence_scores(
     ``delta`` comes from the row's own training loss (data labels), so ``sum_t delta_t a_t^T`` is
     ``grad L(x_m)`` and the score is ``<precond(-grad phi), grad L(x_m)>``; ``G_m`` is never formed.
     """
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
+    device = parameter.device
     names = list(preconditioned)
+    preconditioned = {name: p.to(device=device, dtype=compute_dtype(parameter)) for name, p in preconditioned.items()}
     n = len(encoded)
     per_module = np.zeros((n, len(names)))
     tokens: list[np.ndarray | None] = [None] * n
@@ -614,7 +572,7 @@ class EkfacGradientMethod(QueryMethod):
             raise IndexFileError(
                 f"the EK-FAC factors do not cover the projected module {missing[0]!r}; refit with the default modules"
             )
-        q = behavior_gradient(ctx.lm, behavior, ctx.grad_modules, ctx.max_length, ctx.batch_size)
+        (q,) = ctx.behavior_gradients(behavior, ctx.grad_modules)
         projector = RademacherProjector(ctx.seed, ctx.grad_k)
         return unit(project_blocks(curv.precondition(q), ctx.grad_modules, projector))
 

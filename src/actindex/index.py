@@ -112,6 +112,7 @@ class Index:
         self._faiss: dict[str, Any] = {}
         self._model: LoadedModel | None = None
         self._query_cache: dict[tuple[str, str], np.ndarray] = {}  # (family, conversation) -> vector
+        self._gradient_cache: dict[str, list[dict[str, Any]]] = {}  # the last behaviour gradient
         self._curvature: dict[str, Any] = {}  # kind -> fitted curvature.Curvature
 
     @classmethod
@@ -205,6 +206,7 @@ class Index:
         self.check_model(lm)
         if lm is not self._model:
             self._query_cache.clear()
+            self._gradient_cache.clear()
         self._model = lm
         return self
 
@@ -266,6 +268,8 @@ class Index:
             layers=self.layers,
             cache=self._query_cache,
             curvature=self.curvature,
+            families=tuple(self.families),
+            gradients=self._gradient_cache,
         )
 
     def query(
@@ -317,6 +321,9 @@ class Index:
         if vector is None:
             if behavior is None:
                 raise ActindexError("query needs a behaviour or a query vector")
+            behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior,
+                                         self.model())
+            self._prefetch_gradient(behavior, exact)
             vector, family, completed = self.query_vector(behavior, method, layer)
             name, notes = completed.name, list(completed.notes)
         else:
@@ -361,6 +368,7 @@ class Index:
         # loaded and completed once: the members then share its pair vectors through the query cache
         behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, self.model())
         notes = list(behavior.notes)
+        self._prefetch_gradient(behavior, exact)
         if exact["kind"] is None:
             top, bottom, family = self._fused_ranking(behavior, strategy, layer, k, bottom_k)
             top_hits, bottom_hits = self._hits(*top), self._hits(*bottom)
@@ -375,6 +383,13 @@ class Index:
         method = strategy.name if exact["kind"] is None else f"{strategy.name}+{exact['kind']}"
         return QueryResult(behavior=behavior.name, method=method, family=family, top=top_hits, bottom=bottom_hits,
                            seconds=time.perf_counter() - started, notes=notes)
+
+    def _prefetch_gradient(self, behavior: Behavior, exact: dict[str, Any]) -> None:
+        """Before a reranked search, the rerank's query-gradient pass: it also gives the search its pair
+        vectors, so the behaviour costs one model pass instead of two (not with ``clusters``, whose
+        groups are only known after a pass of their own)."""
+        if exact["kind"] is not None and exact["clusters"] <= 1 and behavior.pairs:
+            self.query_context().behavior_gradients(behavior, self.curvature(exact["kind"]).names)
 
     def _fused_ranking(
         self, behavior: Behavior, strategy: EnsembleMethod, layer: int | None, k: int, bottom_k: int

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
-from .data import Row, encode_row
+from .data import Encoded, Row, encode_row
 from .errors import ActindexError, DataError
 from .models import LoadedModel, generate
 from .registry import Registered
@@ -29,6 +30,7 @@ from .vectors import (
     MEAN_ACTIVATION,
     RESIDUAL_CHANGE,
     RESIDUAL_CHANGE_POOLED,
+    GradientSums,
     RademacherProjector,
     VectorSpec,
     compute_many,
@@ -219,6 +221,8 @@ class QueryContext:
     layers: list[int] = field(default_factory=list)
     cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     curvature: Any = None  # kind -> fitted factors of the index (curvature.Curvature), for --method ekfac
+    families: tuple[str, ...] = ()  # the families the index holds (a behaviour's gradient pass fills them)
+    gradients: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the last behaviour gradient
 
     def family_vectors(self, kind: str, conversations: list[list[dict[str, str]]]) -> np.ndarray:
         """Vectors of one family kind for chat rows, computed exactly as the build does."""
@@ -226,24 +230,8 @@ class QueryContext:
         keys = [json.dumps(c, sort_keys=True) for c in conversations]
         missing = list(dict.fromkeys(k for k in keys if (family, k) not in self.cache))
         if missing:
-            layers = sorted(set(self.layers) | {self.layer}) if self.layer is not None else []
-            # the backward that gives residual changes gives both variants, and the forward under it
-            # gives the mean activations, so one pass fills all three families
-            backward = kind in (RESIDUAL_CHANGE, RESIDUAL_CHANGE_POOLED)
-            spec = VectorSpec(
-                layers=layers if kind != GRADIENT else [],
-                residual_change=backward,
-                pooled=backward,
-                mean_activation=backward or kind == MEAN_ACTIVATION,
-                grad_modules=self.grad_modules if kind == GRADIENT else [],
-                grad_k=self.grad_k,
-                seed=self.seed,
-            )
-            rows = [
-                Row(id=str(i), index=i, messages=json.loads(k), text=None, record={}, line=0)
-                for i, k in enumerate(missing)
-            ]
-            encoded = [encode_row(self.lm.tokenizer, r, self.max_length) for r in rows]
+            spec = self.vector_spec(kind)
+            encoded = encode_conversations(self.lm, [json.loads(k) for k in missing], self.max_length)
             projector = RademacherProjector(self.seed, self.grad_k)
             out = compute_many(self.lm.model, encoded, spec, self.lm.tokenizer.pad_token_id, projector, self.batch_size)
             if not out.valid.all():
@@ -252,6 +240,80 @@ class QueryContext:
                 for key, vector in zip(missing, vectors):
                     self.cache[(name, key)] = vector
         return np.stack([self.cache[(family, k)] for k in keys])
+
+    def vector_spec(self, kind: str) -> VectorSpec:
+        """What a pass for ``kind``'s vectors computes: one backward reaching every indexed layer gives the
+        residual changes in both variants, and the forward under it the mean activations, so a
+        residual pass fills all three families."""
+        backward = kind in (RESIDUAL_CHANGE, RESIDUAL_CHANGE_POOLED)
+        layers = sorted(set(self.layers) | {self.layer}) if self.layer is not None else []
+        return VectorSpec(
+            layers=layers if kind != GRADIENT else [],
+            residual_change=backward,
+            pooled=backward,
+            mean_activation=backward or kind == MEAN_ACTIVATION,
+            grad_modules=self.grad_modules if kind == GRADIENT else [],
+            grad_k=self.grad_k,
+            seed=self.seed,
+        )
+
+    def behavior_gradients(
+        self, behavior: Behavior, names: list[str], groups: list[list[int]] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """Query gradients ``q_c = -grad phi_c = mean_{j in c} (grad L(treatment_j) - grad L(control_j))``
+        per module (full, unprojected, float64), one per group ``c`` of pair numbers (default: one
+        group of every pair), with ``phi_c = mean_{j in c} [log p(treatment_j) - log p(control_j)]``.
+
+        One forward and backward pass over the pair conversations gives every group, and, since it
+        reaches the shallowest module, also the pairs' vectors of every family the index holds:
+        they go to the cache, so searching the same behaviour costs no further model pass. The
+        last result is kept (a rerank after the search that prefetched it reuses it).
+        """
+        pairs = behavior.pairs
+        groups = [list(range(len(pairs)))] if groups is None else [list(g) for g in groups]
+        if not pairs or not all(groups):
+            raise ActindexError(f"behaviour {behavior.name!r} has no contrastive pairs to form a query gradient from")
+        convs = pair_conversations(pairs)
+        keys = [json.dumps(c, sort_keys=True) for c in convs]
+        cache_key = json.dumps([names, groups, keys])
+        if cache_key in self.gradients:
+            return self.gradients[cache_key]
+        encoded = encode_conversations(self.lm, convs, self.max_length)
+        if any(e.n_response == 0 for e in encoded):
+            raise ActindexError("a behaviour row has no response tokens (truncated by max_length?)")
+        n = len(pairs)
+        weights = np.zeros((len(groups), 2 * n))
+        for c, members in enumerate(groups):
+            weights[c, members] += 1.0 / len(members)
+            weights[c, [n + j for j in members]] -= 1.0 / len(members)
+        sums = GradientSums(names, weights)
+        kinds = {family.split("/")[0] for family in self.families}
+        spec = self.vector_spec(RESIDUAL_CHANGE)
+        spec.layers = spec.layers if kinds - {GRADIENT} else []
+        spec.grad_modules = self.grad_modules if GRADIENT in kinds else []
+        projector = RademacherProjector(self.seed, self.grad_k)
+        out = compute_many(self.lm.model, encoded, spec, self.lm.tokenizer.pad_token_id, projector, self.batch_size,
+                           sums=sums)
+        if out.valid.all():
+            for name, vectors in out.vectors.items():
+                for key, vector in zip(keys, vectors):
+                    self.cache[(name, key)] = vector
+        self.gradients.clear()
+        self.gradients[cache_key] = sums.sums
+        return sums.sums
+
+
+def pair_conversations(pairs: list[Pair]) -> list[list[dict[str, str]]]:
+    """The chat rows of a behaviour's pairs: every ``(prompt, treatment)``, then every ``(prompt, control)``."""
+    return [_chat(p.prompt, p.treatment) for p in pairs] + [_chat(p.prompt, p.control or "") for p in pairs]
+
+
+def encode_conversations(
+    lm: LoadedModel, conversations: list[list[dict[str, str]]], max_length: int | None
+) -> list[Encoded]:
+    """Tokenise chat rows exactly as the build tokenises training rows (loss on the responses)."""
+    rows = [Row(id=str(i), index=i, messages=c, text=None, record={}, line=0) for i, c in enumerate(conversations)]
+    return [encode_row(lm.tokenizer, row, max_length) for row in rows]
 
 
 def _chat(prompt: str, response: str, system: str | None = None) -> list[dict[str, str]]:
@@ -276,8 +338,7 @@ class QueryMethod(Registered, noun="method"):
     def pair_difference(self, ctx: QueryContext, behavior: Behavior) -> np.ndarray:
         """``mean_j (v(treatment_j) - v(control_j))`` in this method's family."""
         pairs = behavior.pairs
-        convs = [_chat(p.prompt, p.treatment) for p in pairs] + [_chat(p.prompt, p.control or "") for p in pairs]
-        vectors = ctx.family_vectors(self.kind, convs)
+        vectors = ctx.family_vectors(self.kind, pair_conversations(pairs))
         n = len(pairs)
         return (vectors[:n] - vectors[n:]).mean(axis=0)
 

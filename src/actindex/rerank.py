@@ -28,13 +28,11 @@ import numpy as np
 from .curvature import (
     Curvature,
     Influence,
-    behavior_gradient,
-    encode_conversations,
     encode_index_rows,
     influence_scores,
 )
 from .errors import ActindexError
-from .queries import Behavior, _chat, complete_behavior, load_behavior
+from .queries import Behavior, complete_behavior, encode_conversations, load_behavior, pair_conversations
 from .vectors import RademacherProjector, VectorSpec, compute_many
 
 if TYPE_CHECKING:
@@ -65,8 +63,7 @@ def cluster_pairs(index: Index, behavior: Behavior, names: list[str], k: int, se
     k = min(k, len(pairs))
     if k <= 1:
         return np.zeros(len(pairs), np.int64)
-    convs = [_chat(p.prompt, p.treatment) for p in pairs] + [_chat(p.prompt, p.control or "") for p in pairs]
-    encoded = encode_conversations(lm, convs, index.manifest["build"].get("max_length", 512))
+    encoded = encode_conversations(lm, pair_conversations(pairs), index.manifest["build"].get("max_length", 512))
     spec = VectorSpec(layers=[], residual_change=False, mean_activation=False, grad_modules=names, grad_k=CLUSTER_K,
                       seed=seed)
     out = compute_many(lm.model, encoded, spec, lm.tokenizer.pad_token_id, RademacherProjector(seed, CLUSTER_K))
@@ -97,19 +94,18 @@ def row_influence(
         rows = np.flatnonzero(index._meta["valid"])
     rows = np.asarray(rows, dtype=np.int64)
     build = index.manifest["build"]
-    max_length, batch_size = build.get("max_length", 512), build.get("batch_size", 8)
+    batch_size = build.get("batch_size", 8)
     encoded = encode_index_rows(index, rows, lm)
     labels = (
         cluster_pairs(index, behavior, curv.names, clusters) if clusters > 1 else np.zeros(len(behavior.pairs), int)
     )
-    results = []
-    for c in range(int(labels.max()) + 1):
-        members = [int(j) for j in np.flatnonzero(labels == c)]
-        q = behavior_gradient(lm, behavior, curv.names, max_length, batch_size, pairs=members)
-        results.append(
-            influence_scores(lm.model, encoded, curv.precondition(q), lm.tokenizer.pad_token_id, batch_size,
-                             per_token, progress)
-        )
+    groups = [[int(j) for j in np.flatnonzero(labels == c)] for c in range(int(labels.max()) + 1)]
+    gradients = index.query_context().behavior_gradients(behavior, curv.names, groups)
+    results = [
+        influence_scores(lm.model, encoded, curv.precondition(q), lm.tokenizer.pad_token_id, batch_size, per_token,
+                         progress)
+        for q in gradients
+    ]
     merged, chosen = merge_clusters(results)
     tokens = None
     if per_token and merged.token_ids is not None:

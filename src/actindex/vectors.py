@@ -259,6 +259,37 @@ def projected_gradient(a: torch.Tensor, delta: torch.Tensor, p_in: torch.Tensor,
     return torch.einsum("bto,bti->boi", pd, pa).flatten(1)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for a float64 model (exact tests), else float32: products of activations run in it."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class GradientSums:
+    """Weighted sums of per-row weight gradients, accumulated batch by batch without forming any row's:
+
+        S_c = sum_b w_{c,b} G_b = sum_b w_{c,b} sum_t delta_{b,t} a_{b,t}^T      (per module, O x I)
+
+    for each weight set ``c`` (rows of ``weights``, shape (C, N) over the N rows of the pass). A
+    behaviour's query gradient is one: ``+1/n`` on its treatments, ``-1/n`` on its controls. Each
+    batch's term is one ``(O x BT) @ (BT x I)`` product in the model's precision (float32, or float64
+    for a float64 model); the running sums are float64.
+    """
+
+    def __init__(self, names: Sequence[str], weights: np.ndarray):
+        self.names = list(names)
+        self.weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        self.sums: list[dict[str, torch.Tensor]] = [{} for _ in range(len(self.weights))]
+
+    def add(self, rows: Sequence[int], name: str, a: torch.Tensor, delta: torch.Tensor) -> None:
+        """Add the batch holding rows ``rows`` of the pass: ``a`` (B, T, I) and ``delta`` (B, T, O), zero at padding."""
+        dtype = compute_dtype(a)
+        a2, d2 = a.to(dtype).flatten(0, 1), delta.to(dtype)
+        w = torch.as_tensor(self.weights[:, list(rows)], dtype=dtype, device=a.device)
+        for c, total in enumerate(self.sums):
+            g = ((d2 * w[c][:, None, None]).flatten(0, 1).T @ a2).double()
+            total[name] = total[name] + g if name in total else g
+
+
 @dataclass
 class BatchVectors:
     """Per-row outputs of :func:`compute_vectors` as float32 numpy arrays."""
@@ -276,18 +307,23 @@ def compute_vectors(
     spec: VectorSpec,
     pad_id: int,
     projector: RademacherProjector | None = None,
+    sums: GradientSums | None = None,
+    rows: Sequence[int] = (),
 ) -> BatchVectors:
     """Run one forward and one backward pass over a batch and return every requested vector.
 
-    Rows whose loss or any vector is not finite come back with ``valid = False`` and zero vectors.
+    With ``sums``, the same backward also adds the batch (rows ``rows`` of the pass) to those
+    weighted gradient sums. Rows whose loss or any vector is not finite come back with
+    ``valid = False`` and zero vectors.
     """
     device = next(model.parameters()).device
     batch = Batch.collate(encoded, pad_id, device)
     attn = batch.attention_mask.float()
     r_mask = batch.loss_mask
-    want_grad = bool(spec.grad_modules)
+    linear_names = list(dict.fromkeys([*spec.grad_modules, *(sums.names if sums is not None else [])]))
+    want_grad = bool(linear_names)
     blocks = BlockCapture(model, spec.layers, cut_graph=not want_grad)
-    linears = LinearCapture(model, spec.grad_modules) if want_grad else None
+    linears = LinearCapture(model, linear_names) if want_grad else None
     with torch.enable_grad():
         with ExitStack() as hooks:
             if want_grad:
@@ -299,9 +335,11 @@ def compute_vectors(
         if spec.needs_block_grads:
             targets += [blocks.z_out(layer) for layer in spec.layers]
         if linears is not None:
-            targets += [linears.saved[f"s.{name}"] for name in spec.grad_modules]
+            targets += [linears.saved[f"s.{name}"] for name in linear_names]
         grads = torch.autograd.grad(losses.sum(), targets, allow_unused=True) if targets else []
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+    offset = len(spec.layers) if spec.needs_block_grads else 0
+    deltas = dict(zip(linear_names, grads[offset:]))
 
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -315,17 +353,20 @@ def compute_vectors(
                 )
             if spec.mean_activation:
                 out[family_name(MEAN_ACTIVATION, layer)] = masked_mean(blocks.z_out(layer).float(), r_mask)
-        if linears is not None:
+        if spec.grad_modules:
             assert projector is not None, "projected gradients need a projector"
-            offset = len(spec.layers) if spec.needs_block_grads else 0
             blocks_out = []
-            for j, name in enumerate(spec.grad_modules):
+            for name in spec.grad_modules:
                 a = linears.saved[f"a.{name}"].float() * attn[..., None]
-                delta = grads[offset + j].float()
+                delta = deltas[name].float()
                 p_in = projector.matrix(f"{name}.in", a.shape[-1], device)
                 p_out = projector.matrix(f"{name}.out", delta.shape[-1], device)
                 blocks_out.append(projected_gradient(a, delta, p_in, p_out))
             out[GRADIENT] = torch.cat(blocks_out, dim=1)
+        if sums is not None:
+            for name in sums.names:
+                a = linears.saved[f"a.{name}"]
+                sums.add(rows, name, a * batch.attention_mask[..., None].to(a), deltas[name])
 
     vectors = {name: t.detach().cpu().numpy().astype(np.float32) for name, t in out.items()}
     loss = losses.detach().cpu().numpy().astype(np.float32)
@@ -352,11 +393,13 @@ def compute_many(
     batch_size: int = 8,
     include: Sequence[bool] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    sums: GradientSums | None = None,
 ) -> BatchVectors:
     """:func:`compute_vectors` over any number of rows, batched by length, returned in input order.
 
     Rows with no response token, or with ``include[i] = False``, are not run (``valid = False``).
-    ``on_batch(rows, tokens)`` is called after each batch (progress bars).
+    ``on_batch(rows, tokens)`` is called after each batch (progress bars); ``sums`` (weights over
+    the rows of ``encoded``) are accumulated by the same passes.
     """
     n = len(encoded)
     hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
@@ -372,7 +415,7 @@ def compute_many(
     order.sort(key=lambda i: -len(encoded[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        out = compute_vectors(model, [encoded[i] for i in idx], spec, pad_id, projector)
+        out = compute_vectors(model, [encoded[i] for i in idx], spec, pad_id, projector, sums, idx)
         result.loss[idx] = out.loss
         result.valid[idx] = out.valid
         for fam, arr in out.vectors.items():
