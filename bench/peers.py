@@ -210,6 +210,9 @@ def child_kronfluence(args: argparse.Namespace) -> None:
     print(json.dumps({"fit_s": fit_s, "scores": timings, "factor_bytes": factor_bytes, "modules": len(kron.modules)}))
 
 
+SCALE_REPEAT = 4  # kron-scores times a second pass over the rows repeated this many times
+
+
 def child_kron_scores(args: argparse.Namespace) -> None:
     """For bench/rerank.py: EK-FAC fitted on the rows ``--fit-rows`` names, then every row's pairwise
     score against the behaviour, saved to ``OUT/scores.npy`` (kronfluence's sign: positive = upweighting
@@ -220,11 +223,14 @@ def child_kron_scores(args: argparse.Namespace) -> None:
     train, query = kron.rows(args.data), kron.behaviour(args.behavior)
     fit_rows = [int(r) for r in args.fit_rows.split(",")]
     fit_s = kron.fit([train[r] for r in fit_rows])
-    half_s = kron.scores("half", query, train[: len(train) // 2])[1]  # a second size: fixed + per-row cost
     scores, score_s = kron.scores("all", query, train)
     np.save(Path(args.out) / "scores.npy", scores.float().numpy().reshape(-1, len(train)).sum(0))
-    per_row = (score_s - half_s) / (len(train) - len(train) // 2)
-    print(json.dumps({"fit_s": fit_s, "score_s": score_s, "per_row_s": per_row,
+    # a second, larger size (the rows repeated SCALE_REPEAT times) splits the pass into a fixed and a
+    # per-row cost; a far-apart pair of sizes keeps the per-row figure clear of timing noise
+    repeated = [train[i % len(train)] for i in range(SCALE_REPEAT * len(train))]
+    big_s = kron.scores("repeated", query, repeated)[1]
+    per_row = (big_s - score_s) / (len(repeated) - len(train))
+    print(json.dumps({"fit_s": fit_s, "score_s": score_s, "per_row_s": per_row, "sizes": [len(train), len(repeated)],
                       "fixed_s": score_s - per_row * len(train), "modules": len(kron.modules), "rows": len(train)}))
 
 
