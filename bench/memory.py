@@ -9,9 +9,10 @@ build runs ``actindex.build`` in a fresh child process; the child's peak residen
 ``ru_maxrss`` of its ``wait4`` rusage (children run with ``OMP_NUM_THREADS=1`` unless set: memory,
 not speed, is measured). The child also reports its resident size just before the
 build (imports and model loaded), so ``build peak - before`` is what the build itself adds: rows
-are read part by part, vectors are written part by part, and only the FAISS index of one family
-is held whole (by nature: ``Flat`` keeps every vector, ``--faiss-factory SQ8`` one byte per dimension),
-plus, for a factory that needs training, its training sample (at most ``--faiss-train-rows`` rows).
+are read part by part, vectors are written part by part, and a flat-coded FAISS index (``Flat``,
+``--faiss-factory SQ8``, ``PQ``) is written to disk block by block (``actindex.faiss_stream``), so
+what is held is one block plus, for a factory that needs training, its training sample (at most
+``--faiss-train-rows`` rows). An IVF or HNSW factory is still built in memory, one family at a time.
 
 A build that streams its output keeps ``build peak - before`` constant in the number of rows; a
 slope shows memory proportional to rows (the table gives it in bytes per row).

@@ -5,7 +5,9 @@ loss or vector are never added). ``auto`` (the default) is exact ``Flat`` search
 and an IVF index above (:func:`resolve_factory`); any FAISS factory string (``Flat``,
 ``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``...) can be given instead. A factory that
 needs training (IVF, PQ) is trained on a seeded uniform sample of at most ``train_rows`` valid rows;
-rows are then added in blocks, so a family never has to fit in memory at once.
+rows are then read and normalised in blocks. A build writes a flat-coded index (``Flat``, ``SQ8``,
+``PQ``...) to disk block by block (:func:`write_faiss_index_from_rows`, :mod:`actindex.faiss_stream`),
+so its memory does not grow with the rows; IVF and HNSW indexes are built in memory, then written.
 
 Approximate indexes trade recall for speed: ``nprobe`` (IVF: inverted lists visited per query) and
 ``efSearch`` (HNSW: candidate list size) are stored in the file with the defaults below and can
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from . import faiss_stream
 from .errors import ActindexError
 
 
@@ -102,31 +106,85 @@ def build_faiss_index(
     return index
 
 
-def faiss_index_from_rows(
+def trained_faiss_index(
     dataset: Any, valid: np.ndarray, factory: str = "Flat", train_rows: int | None = None
 ) -> faiss.Index:
-    """A FAISS index over the valid rows of a stored ``(rows, dim)`` dataset (HDF5 or array), with
-    ids = row numbers; trained on a sample, filled block by block."""
-    dim = dataset.shape[1]
-    inner = new_faiss_index(dim, resolve_factory(factory, int(valid.sum())))
+    """The empty inner index for the valid rows of a ``(rows, dim)`` dataset: ``factory`` resolved
+    for their number, trained (when it needs training) on a seeded sample of at most ``train_rows``."""
+    inner = new_faiss_index(dataset.shape[1], resolve_factory(factory, int(valid.sum())))
     if not inner.is_trained:
         sample = train_sample(np.flatnonzero(valid), train_rows)
         if len(sample) == 0:
             raise ActindexError(f"--faiss-factory {factory!r} needs training rows, but no row is valid")
         inner.train(normalise(dataset[sample]))
+    return inner
+
+
+def faiss_index_from_rows(
+    dataset: Any, valid: np.ndarray, factory: str = "Flat", train_rows: int | None = None
+) -> faiss.Index:
+    """A FAISS index over the valid rows of a stored ``(rows, dim)`` dataset (HDF5 or array), with
+    ids = row numbers; trained on a sample, filled block by block (held in memory whole)."""
+    inner = trained_faiss_index(dataset, valid, factory, train_rows)
     return extend_faiss_index(faiss.IndexIDMap2(inner), dataset, valid, 0)
+
+
+def write_faiss_index_from_rows(
+    dataset: Any,
+    valid: np.ndarray,
+    path: Path,
+    factory: str = "Flat",
+    train_rows: int | None = None,
+    block: int = ADD_BLOCK,
+) -> bool:
+    """Write the index :func:`faiss_index_from_rows` would build to ``path``, the same bytes; True if
+    it was streamed.
+
+    A flat-coded factory (``Flat``, ``SQ8``, ``SQfp16``, ``PQ16``... :func:`faiss_stream.supported`)
+    is streamed: trained on the sample as usual, then written ``block`` rows at a time (their codes,
+    then the ids), so memory does not grow with the number of rows. IVF, HNSW and pre-transformed
+    factories, or a faiss whose format fails :func:`faiss_stream.self_check`, are built in memory
+    and written whole (an on-disk IVF would need ``faiss.OnDiskInvertedLists``).
+    """
+    inner = trained_faiss_index(dataset, valid, factory, train_rows)
+    layout = faiss_stream.stream_layout(inner)
+    if layout is None:
+        write_faiss_index(extend_faiss_index(faiss.IndexIDMap2(inner), dataset, valid, 0), path)
+        return False
+    blocks = map(itemgetter(1), valid_blocks(dataset, valid, 0, block))  # holds no block between items
+    ids = ((np.flatnonzero(valid[a : a + block]) + a).astype(np.int64) for a in range(0, len(valid), block))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as out:
+            faiss_stream.write_stream(out, inner, layout, int(valid.sum()), blocks, ids)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave half a file behind
+        raise
+    tmp.replace(path)
+    return True
+
+
+def valid_blocks(
+    dataset: Any, valid: np.ndarray, start: int, block: int = ADD_BLOCK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(row numbers, normalised float32 rows)`` of the valid rows ``start, start+1, ...`` of
+    ``dataset``, ``block`` rows read at a time (blocks without a valid row are skipped)."""
+    for a in range(start, dataset.shape[0], block):
+        b = min(a + block, dataset.shape[0])
+        keep = np.flatnonzero(valid[a:b])
+        if len(keep):
+            rows = dataset[a:b]  # HDF5 reads into a fresh array, numpy gives a view
+            rows = rows if len(keep) == b - a else rows[keep]  # a copy, still in the stored dtype
+            view = isinstance(dataset, np.ndarray) and len(keep) == b - a
+            rows = np.array(rows, dtype=np.float32, copy=True if view else None)  # never normalise the input
+            yield (keep + a).astype(np.int64), normalise(rows, inplace=True)
 
 
 def extend_faiss_index(index: faiss.Index, dataset: Any, valid: np.ndarray, start: int) -> faiss.Index:
     """Add the valid rows ``start, start+1, ...`` of ``dataset`` to ``index`` (ids = row numbers)."""
     _reserve(index, int(valid[start:].sum()))
-    for a in range(start, dataset.shape[0], ADD_BLOCK):
-        b = min(a + ADD_BLOCK, dataset.shape[0])
-        keep = np.flatnonzero(valid[a:b])
-        if len(keep):
-            block = np.asarray(dataset[a:b], dtype=np.float32)  # read into a fresh array, then reused
-            block = block if len(keep) == b - a else block[keep]
-            index.add_with_ids(normalise(block, inplace=True), (keep + a).astype(np.int64))
+    for ids, rows in valid_blocks(dataset, valid, start):
+        index.add_with_ids(rows, ids)
     return index
 
 

@@ -308,11 +308,18 @@ def write_index(
     """Write a complete index in ``root`` from ``parts`` (contiguous, from row 0); manifest last.
 
     ``vectors.h5`` is written to a temporary name and renamed. FAISS: a new index per family
-    (``faiss_factory``, trained on at most ``faiss_train_rows`` sampled rows); or, with
+    (``faiss_factory``, trained on at most ``faiss_train_rows`` sampled rows; streamed to disk block
+    by block when flat-coded, :func:`~actindex.search.write_faiss_index_from_rows`); or, with
     ``extend_from`` = N, the existing ``faiss/`` files (first moved to ``base_faiss``) extended
     with the valid rows from N on. ``manifest`` gets rows, families, checksums and timestamps.
     """
-    from .search import extend_faiss_index, faiss_index_from_rows, read_faiss_index, resolve_factory, write_faiss_index
+    from .search import (
+        extend_faiss_index,
+        read_faiss_index,
+        resolve_factory,
+        write_faiss_index,
+        write_faiss_index_from_rows,
+    )
 
     total = parts[-1].end if parts else 0
     for before, after in zip([Part(0, 0, root)] + parts, parts):
@@ -347,7 +354,8 @@ def write_index(
             target = root / faiss_files[family]
             ds = f[f"vectors/{family}"]
             if extend_from is None:
-                index = faiss_index_from_rows(ds, valid, faiss_factory, faiss_train_rows)
+                # flat-coded factories are streamed to disk; IVF/HNSW are built in memory first
+                write_faiss_index_from_rows(ds, valid, target, faiss_factory, faiss_train_rows)
                 factories[family] = resolve_factory(faiss_factory, int(valid.sum()))
             else:
                 assert base_faiss is not None
@@ -357,8 +365,8 @@ def write_index(
                     os.replace(target, kept)  # the untouched base index survives a crash
                 index = extend_faiss_index(read_faiss_index(kept, mmap=False), ds, valid, extend_from)
                 factories[family] = manifest["families"][family]["faiss_factory"]
-            write_faiss_index(index, target)
-            del index  # one family's FAISS index in memory at a time
+                write_faiss_index(index, target)
+                del index  # one family's FAISS index in memory at a time
     manifest = dict(manifest)
     manifest["format_version"] = FORMAT_VERSION
     manifest["rows"] = int(total)
