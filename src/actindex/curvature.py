@@ -173,9 +173,11 @@ class KronEigen:
     damping: float
 
     def precondition(self, v: torch.Tensor) -> torch.Tensor:
-        """``Q_S [(Q_S^T V Q_A) / (Lambda + lambda)] Q_A^T`` = ``(F + lambda I)^-1 vec V``, as an O x I matrix."""
-        q_a, q_s, lam = (t.to(device=v.device, dtype=v.dtype) for t in (self.q_a, self.q_s, self.lam))
-        return q_s @ ((q_s.T @ v @ q_a) / (lam + self.damping)) @ q_a.T
+        """``Q_S [(Q_S^T V Q_A) / (Lambda + lambda)] Q_A^T`` = ``(F + lambda I)^-1 vec V``, as an O x I matrix.
+
+        Computed in the factors' precision: float64 as fitted, float32 as an index stores them."""
+        q_a, q_s, lam = (t.to(device=v.device) for t in (self.q_a, self.q_s, self.lam))
+        return q_s @ ((q_s.T @ v.to(q_a.dtype) @ q_a) / (lam + self.damping)) @ q_a.T
 
     def dense(self, damped: bool = True) -> torch.Tensor:
         """The explicit (OI x OI) matrix, column-stacking ``vec`` (for tests on small modules)."""
@@ -532,7 +534,7 @@ def load_curvature(index: Index, kind: str) -> Curvature:
                 values = f[path][()]
                 if dataset_checksum(values) != entry["checksums"].get(path):
                     raise IndexFileError(f"{index.root}: curvature dataset {path!r} checksum mismatch; refit it")
-                parts.append(torch.from_numpy(values.astype(np.float64)))
+                parts.append(torch.from_numpy(values))  # as stored (float32): half the memory of float64
             modules[name] = KronEigen(*parts, damping=float(damping))
     return Curvature(kind, modules, {k: v for k, v in entry.items() if k != "checksums"})
 
