@@ -62,11 +62,10 @@ def fresh(work: Path, name: str, lm) -> actindex.Index:
     return actindex.Index.open(work / f"{name}.idx").use_model(lm)
 
 
-def kronfluence_row(args: argparse.Namespace, name: str, idx: actindex.Index, behavior, labels: np.ndarray,
-                    ours: list, work: Path) -> list:
+def kronfluence_rows(args: argparse.Namespace, name: str, idx: actindex.Index, behavior, labels: np.ndarray,
+                     ours: list[list], work: Path) -> list[list]:
     """kronfluence EK-FAC fitted on the index's fitted rows, then every row scored; one row of the
-    comparison table against ``ours`` (the default search + rerank: its row of the main table)."""
-    ours = dict(zip(COLUMNS, ours))
+    comparison table against each of ``ours`` (the default search + rerank at each K: rows of the main table)."""
     out = work / f"{name}.kron"
     out.mkdir(exist_ok=True)
     pairs = out / "behavior.jsonl"
@@ -79,12 +78,17 @@ def kronfluence_row(args: argparse.Namespace, name: str, idx: actindex.Index, be
                                "--out", str(out), "--batch-size", "4"])
     # kronfluence's score is g_phi^T H^-1 g_L: upweighting a row changes phi by minus it
     m = metrics(-np.load(out / "scores.npy"), labels)
-    answer = float(ours["s search + rerank"])
     at_scale = max(info["fixed_s"], 0.0) + info["per_row_s"] * EXTRAPOLATE_ROWS
-    return [name, f"{len(idx)} ({labels.sum()})", info["modules"], f"{m['auroc']:.3f} / {m['ap']:.3f}",
-            f"{ours['AUROC +rerank']} / {ours['AP +rerank']}", f"{info['score_s']:.1f}", f"{info['per_row_s']:.2f}",
-            f"{answer:.1f}", f"{info['score_s'] / answer:.1f}x", f"{at_scale / answer:.0f}x",
-            f"{info['fit_s']:.0f} / {ours['s fit']}"]
+    rows = []
+    for row in ours:
+        row = dict(zip(COLUMNS, row))
+        answer = float(row["s search + rerank"])
+        rows.append([name, f"{len(idx)} ({labels.sum()})", info["modules"], f"{m['auroc']:.3f} / {m['ap']:.3f}",
+                     row["K"], f"{row['AUROC +rerank']} / {row['AP +rerank']}", f"{info['score_s']:.1f}",
+                     f"{info['fixed_s']:.0f}", f"{info['per_row_s']:.2f}", f"{answer:.1f}",
+                     f"{info['score_s'] / answer:.1f}x", f"{at_scale / answer:.0f}x",
+                     f"{info['fit_s']:.0f} / {row['s fit']}"])
+    return rows
 
 
 def main() -> None:
@@ -93,7 +97,7 @@ def main() -> None:
     ap.add_argument("--work", required=True, help="the --work directory of bench/retrieval.py")
     ap.add_argument("--clean", type=int, default=300)
     ap.add_argument("--planted", type=int, default=80)
-    ap.add_argument("--candidates", type=int, default=50, help="top-K and bottom-K rows reranked")
+    ap.add_argument("--candidates", default="50", help="top-K and bottom-K rows reranked (comma-separated Ks: each)")
     ap.add_argument("--samples", type=int, default=64, help="rows sampled to fit EK-FAC")
     ap.add_argument("--modules", default="*.mlp.*", help="EK-FAC modules (fnmatch patterns, comma-separated)")
     ap.add_argument("--searches", default=",".join(m for m, _ in SEARCHES),
@@ -113,41 +117,40 @@ def main() -> None:
             idx = actindex.Index.open(work / f"{name}.idx").use_model(lm)
         fit = idx.manifest["curvature"]["ekfac"]["seconds"]  # as recorded by the fit (also a reused one)
         labels = np.array([r.get("label", "clean") != "clean" for r in idx.records(range(len(idx)))])
-        k = min(args.candidates, len(idx))
         for method, layer in SEARCHES:
             if method not in args.searches.split(",") or (method == "gradient" and "gradient" not in idx.families):
                 continue
             search, searched = timed_scores(fresh(work, name, lm), behavior, method, layer)
-            top = np.argsort(-search, kind="stable")[:k]
-            t = time.perf_counter()
-            answer = fresh(work, name, lm).query(behavior, method=method, layer=layer, k=2 * k, rerank="ekfac",
-                                                 candidates=k)
-            reranked = time.perf_counter() - t
-            influence = {hit.row: hit.influence for hit in answer.top}
             a = metrics(search, labels)
-            b = metrics(reranked_scores(search, top, influence), labels)
-            table.append([name, f"{len(idx)} ({labels.sum()})", method, layer or "-", k,
-                          f"{a['auroc']:.3f}", f"{a['ap']:.3f}", f"{b['auroc']:.3f}", f"{b['ap']:.3f}",
-                          f"{searched:.1f}", f"{reranked:.1f}", f"{fit:.0f}"])
-            print(table[-1], flush=True)
+            for k in [min(int(c), len(idx)) for c in args.candidates.split(",")]:
+                t = time.perf_counter()
+                answer = fresh(work, name, lm).query(behavior, method=method, layer=layer, k=2 * k, rerank="ekfac",
+                                                     candidates=k)
+                reranked = time.perf_counter() - t
+                influence = {hit.row: hit.influence for hit in answer.top}
+                b = metrics(reranked_scores(search, np.argsort(-search, kind="stable")[:k], influence), labels)
+                table.append([name, f"{len(idx)} ({labels.sum()})", method, layer or "-", k,
+                              f"{a['auroc']:.3f}", f"{a['ap']:.3f}", f"{b['auroc']:.3f}", f"{b['ap']:.3f}",
+                              f"{searched:.1f}", f"{reranked:.1f}", f"{fit:.0f}"])
+                print(table[-1], flush=True)
         if args.kronfluence:  # against the default search (the ensemble) + rerank
-            ours = next(row for row in table if row[0] == name and row[2] == SEARCHES[0][0])
-            peers.append(kronfluence_row(args, name, idx, behavior, labels, ours, work))
-            print(peers[-1], flush=True)
+            ours = [row for row in table if row[0] == name and row[2] == SEARCHES[0][0]]
+            peers += kronfluence_rows(args, name, idx, behavior, labels, ours, work)
+            print(peers[-len(ours):], flush=True)
     text = markdown_table(COLUMNS, table)
     if peers:
         text += "\n\nkronfluence's EK-FAC (same modules, fitted on the same rows) scoring every row, against " \
-            f"actindex's default search ({SEARCHES[0][0]}) + EK-FAC rerank of the top and bottom {args.candidates}:\n\n"
+            f"actindex's default search ({SEARCHES[0][0]}) + EK-FAC rerank of the top and bottom K:\n\n"
         text += markdown_table(
-            ["set", "rows (planted)", "modules", "kronfluence AUROC / AP", "actindex search + rerank AUROC / AP",
-             "s kronfluence scores", "s per row", "s actindex search + rerank", "speed-up here",
+            ["set", "rows (planted)", "modules", "kronfluence AUROC / AP", "K", "actindex search + rerank AUROC / AP",
+             "s kronfluence scores", "s fixed", "s per row", "s actindex search + rerank", "speed-up here",
              f"speed-up at {EXTRAPOLATE_ROWS:,} rows", "s fit: kronfluence / actindex"], peers)
     print(text)
     if not args.no_record:
         append_section(
             "Search + EK-FAC rerank",
             f"EK-FAC on `{args.modules}` fitted on {args.samples} sampled rows (true Fisher, default damping); "
-            f"top and bottom {args.candidates} candidates of each search reranked by exact influence. s search "
+            f"top and bottom K ({args.candidates}) candidates of each search reranked by exact influence. s search "
             "is a search alone from a fresh index (its query vectors included); s search + rerank the whole "
             "`Index.query(..., rerank=\"ekfac\")` from another fresh index (one pass over the behaviour's pairs "
             "for its vectors and its gradient, then the candidates).\n\n" + text,
