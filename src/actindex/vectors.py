@@ -142,8 +142,13 @@ class Batch:
         return cls(ids.to(device), attn.to(device), mask.to(device))
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for a float64 model (exact tests), else float32: losses and products of activations run in it."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float64 else x.float()
+    return x.to(compute_dtype(x))
 
 
 def sequence_losses(
@@ -257,11 +262,6 @@ def projected_gradient(a: torch.Tensor, delta: torch.Tensor, p_in: torch.Tensor,
     pa = a @ p_in.T
     pd = delta @ p_out.T
     return torch.einsum("bto,bti->boi", pd, pa).flatten(1)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 for a float64 model (exact tests), else float32: products of activations run in it."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class GradientSums:
