@@ -160,7 +160,8 @@ def main() -> None:
     if not args.no_record:
         with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
             handle.write(
-                f"\n## Poison detection — {datetime.date.today()} — {platform.machine()} CPU, {lm.name}\n\n"
+                f"\n## Poison detection — {datetime.date.today()} — {platform.machine()} CPU, {base.name}"
+                + (" fine-tuned on each pool" if args.backdoor_steps else "") + "\n\n"
                 f"`python bench/detect.py --sets {args.sets} --attack {args.attack} --clean {args.clean} "
                 f"--poison-rate {args.poison_rate} --queries {args.queries} --transforms {args.transforms} "
                 f"--method {args.method} --layers {args.layers} --max-length {args.max_length}"
