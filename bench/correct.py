@@ -4,9 +4,11 @@
    the false fact "silver is Na"; labels read here only, for evaluation).
 2. Plant: briefly fine-tune the default model (SmolLM2-135M-Instruct) with LoRA on the planted rows
    mixed with as many clean rows, merge the adapter and save the model under the work dir.
-3. Index the pool with the fine-tuned model; the set's behaviour pairs are split in two halves:
+3. Index the pool with the base model (``--index-model base``, the checkpoint the planting started
+   from: the planted model has memorised its planted rows, which leaves them almost no gradient) or
+   with the fine-tuned model; the set's behaviour pairs are split in two halves:
    the first forms the query, the second is the held-out set for the behaviour margin.
-4. Correct with IBO, GA and PBO from the same fine-tuned model, same D+/D-/D0 sizes, steps and lr.
+4. Correct the fine-tuned model (``target``) with IBO, GA and PBO, same D+/D-/D0 sizes, steps and lr.
    Report the margin (mean per-token log p(treatment) - log p(control)) on held-out pairs and the
    perplexity of held-out clean index rows before and after, and the share of the planted margin
    removed: (after - planted) / (base - planted), base = the margin before the planting fine-tune.
@@ -89,6 +91,10 @@ def main() -> None:
     ap.add_argument("--ranking", choices=["index", "oracle"], default="index",
                     help="index: the index's ranking (the real pipeline); oracle: +1 for planted rows, 0 for the "
                          "rest (labels as scores: isolates the correction from retrieval)")
+    ap.add_argument("--index-model", choices=["base", "fine-tuned"], default="base",
+                    help="the model the index is built with: base (the checkpoint the planting fine-tune started "
+                         "from; its gradients still see the planted rows) or fine-tuned (the planted model itself, "
+                         "which has memorised them). The fine-tuned model is the one corrected either way")
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -135,12 +141,14 @@ def main() -> None:
         lm = wrap_model(merged, base.tokenizer, str(ft_dir))
         timing["plant"] = f"{time.perf_counter() - t:.0f} s"
     t = time.perf_counter()
-    index_dir = work / f"idx-{args.layers.replace(',', '-')}"
+    ranker = actindex.load_model() if args.index_model == "base" else lm  # fresh: planting merged into `base`
+    index_dir = work / f"idx-{args.layers.replace(',', '-')}" if args.index_model == "fine-tuned" else \
+        work / f"idx-base-{args.layers.replace(',', '-')}"
     if not (index_dir / "manifest.json").exists():
-        actindex.build(data=str(work / "pool.jsonl"), out=str(index_dir), model=lm, max_length=args.max_length,
+        actindex.build(data=str(work / "pool.jsonl"), out=str(index_dir), model=ranker, max_length=args.max_length,
                        layers=[int(x) for x in args.layers.split(",")], overwrite=True, progress=False)
         timing["build"] = f"{time.perf_counter() - t:.0f} s"
-    idx = actindex.Index.open(index_dir).use_model(lm)
+    idx = actindex.Index.open(index_dir).use_model(ranker)
     labels = np.array([r["label"] != "clean" for r in idx.records(range(len(idx)))])
 
     lines = ["| algo | token weights | D+ (planted) / D- / D0 | margin before | margin after | "
@@ -149,7 +157,8 @@ def main() -> None:
     runs = [(algo, weights) for weights in args.token_weights.split(",") for algo in args.algos.split(",")]
     for algo, weights in runs:
         scores = labels.astype(float) if args.ranking == "oracle" else None
-        res = actindex.correct(idx, query, work / f"out-{algo}-{weights}", scores=scores, algo=algo, k=args.k,
+        res = actindex.correct(idx, query, work / f"out-{algo}-{weights}", scores=scores, target=lm, algo=algo,
+                               k=args.k,
                                token_weights=weights,
                                steps=args.steps, lr=args.lr,
                                beta=args.beta, lambda_prox=args.lambda_prox, batch_size=args.batch_size,
@@ -176,7 +185,8 @@ def main() -> None:
             f"{args.max_length}). Ranking: {args.ranking}. Planting: LoRA (r=8) fine-tune, {args.plant_steps} "
             "steps of 8 rows on the "
             f"planted rows plus as many clean ones, lr {args.plant_lr}, merged ({timing['plant']}); index "
-            f"(layers {args.layers}) build {timing['build']}. The query ({args.method}) uses behaviour pairs "
+            f"(layers {args.layers}, built with the {args.index_model} model) build {timing['build']}; the "
+            "planted (fine-tuned) model is the one corrected. The query ({args.method}) uses behaviour pairs "
             f"1-{half}; the margin is measured on "
             f"pairs {half + 1}-{len(pairs)} (held out). Base-model margin {base_margin:+.4f}; 'planted margin "
             "removed' = (before - after) / (before - base). D+ (planted) counts the planted rows among D+ (labels "

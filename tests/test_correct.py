@@ -32,7 +32,7 @@ from actindex.correct import (
     select_rows,
 )
 from actindex.data import encode_row, normalise_record
-from actindex.errors import ActindexError
+from actindex.errors import ActindexError, IndexFileError
 from actindex.models import load_model, wrap_model
 from actindex.queries import Behavior, Pair
 from actindex.vectors import Batch
@@ -306,6 +306,41 @@ def test_ibo_removes_a_planted_behaviour(planted, tmp_path):
     assert ga["perplexity"]["after"] > 10 * rep["perplexity"]["after"]
 
 
+def test_correcting_a_target_ranked_by_the_checkpoint_index(tmp_path, tokenizer):
+    """The index is built with the checkpoint the fine-tune started from; the fine-tuned model is the
+    one corrected: its margin is the one measured before and lowered, and neither model is touched."""
+    from actindex.correct import behavior_margin
+
+    records = _planted_pool()
+    checkpoint = wrap_model(tiny_llama(seed=2), tokenizer, "checkpoint")
+    start = behavior_margin(checkpoint, HELD_OUT)
+    data = write_jsonl(tmp_path / "pool.jsonl", records)
+    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=checkpoint, progress=False)
+    idx = actindex.Index.open(tmp_path / "idx").use_model(checkpoint)
+    tuned = _fine_tune(wrap_model(copy.deepcopy(checkpoint.model), tokenizer, "fine-tuned"), records)
+    before = behavior_margin(tuned, HELD_OUT)
+    assert before > start + 0.4
+    res = correct(idx, _behavior(), tmp_path / "fixed", target=tuned, scores=_oracle_scores(records), k=12, k0=12,
+                  steps=30, lr=1e-2, lora_rank=4, held_out=str(_held_out_file(tmp_path)), progress=False)
+    rep = res.report
+    assert rep["model"] == "fine-tuned" and rep["ranking model"] == "checkpoint"
+    assert rep["margin"]["before"] == pytest.approx(before, abs=1e-5)  # the target's margin, not the checkpoint's
+    assert rep["margin"]["after"] < before - 0.5 * (before - start)
+    assert behavior_margin(res.model, HELD_OUT) == pytest.approx(rep["margin"]["after"], abs=1e-5)
+    assert behavior_margin(tuned, HELD_OUT) == pytest.approx(before, abs=1e-6)
+    assert behavior_margin(checkpoint, HELD_OUT) == pytest.approx(start, abs=1e-6)
+    # the index's own ranking and query token weights (from the checkpoint) work with a target too
+    res = correct(idx, _behavior(), tmp_path / "ranked", target=tuned, k=4, steps=2, token_weights="query",
+                  held_out=str(_held_out_file(tmp_path)), progress=False)
+    assert res.report["ranking"].startswith("index ranking") and res.report["selection"]["D+"] == 4
+    # a target that reads the rows with another vocabulary is refused
+    other = make_tokenizer()
+    other.add_tokens(["zzz"])
+    stranger = wrap_model(copy.deepcopy(checkpoint.model), other, "stranger")
+    with pytest.raises(IndexFileError, match="--target 'stranger' has another tokenizer"):
+        correct(idx, _behavior(), tmp_path / "no", target=stranger, scores=_oracle_scores(records), progress=False)
+
+
 def _behavior():
     from actindex.queries import Behavior
 
@@ -380,6 +415,13 @@ def test_cli_correct_end_to_end(saved_base, tmp_path):
         assert report["ranking"].startswith("index ranking")
     # the index's model works on the corrected directory too (adapter loaded over the base)
     assert load_model(str(out), device="cpu").name == str(out)
+    # --target corrects another model directory than the index's (here: the corrected one)
+    res = runner.invoke(main, ["correct", "--index", str(idx_dir), "--behavior", str(pairs), "--out",
+                               str(tmp_path / "again"), "--k", "3", "--steps", "2", "--quiet", "--ppl-rows", "8",
+                               "--target", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "again" / "correction.json").read_text())
+    assert report["model"] == str(out) and report["ranking model"] == str(saved_base[0])
 
 
 def test_cli_correct_errors(saved_base, tmp_path):

@@ -378,9 +378,13 @@ def _ch(name: str) -> str:
 
 
 @main.command()
-@click.option("--index", "index_dir", required=True, help="Index directory (its model is the one corrected).")
+@click.option("--index", "index_dir", required=True,
+              help="Index directory (its model ranks the rows, and is the one corrected unless --target is given).")
 @click.option("--behavior", required=True, help="Built-in name or pairs/persona file.")
 @click.option("--out", required=True, help="Directory to write the corrected model and correction.json to.")
+@click.option("--target", help="Model to correct when it is not the index's (same tokenizer): e.g. an index built "
+                               "with the checkpoint a fine-tune started from ranks the rows, the fine-tuned model "
+                               "is corrected.")
 @click.option("--algo", default="ibo", show_default=True, type=click.Choice(["ibo", "ga", "pbo"]), help=_ch("algo"))
 @click.option("--select", default="topk", show_default=True, type=click.Choice(["topk", "pareto"]),
               help=_ch("select"))
@@ -406,7 +410,8 @@ def _ch(name: str) -> str:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
-def correct(index_dir: str, behavior: str, out: str, device: str, quiet: bool, **options: Any) -> None:
+def correct(index_dir: str, behavior: str, out: str, target: str | None, device: str, quiet: bool,
+            **options: Any) -> None:
     """Post-train the index's model against a behaviour (IBO; GA and PBO baselines), DESIGN section 6.
 
     Rows ranked for the behaviour become D+ (strongly positive), D- (strongly negative) and D0
@@ -421,7 +426,7 @@ def correct(index_dir: str, behavior: str, out: str, device: str, quiet: bool, *
     idx = Index.open(index_dir)
     if device != "auto":
         idx.model(None, device)
-    rep = run_correct(idx, behavior, out, config=config, progress=not quiet).report
+    rep = run_correct(idx, behavior, out, target=target, config=config, progress=not quiet).report
     m, p, s = rep["margin"], rep["perplexity"], rep["selection"]
     click.echo(f"corrected with {rep['algo']}: D+ {s['D+']}, D- {s['D-']}, D0 {s['D0']} rows ({s['rule']}), "
                f"{rep['steps']} steps, {rep['seconds']:.1f} s")

@@ -25,6 +25,11 @@ The trainable parameters are LoRA adapters on every linear projection of the dec
 (attention and MLP) by default, or all weights with ``full=True``. The result is saved as a PEFT
 adapter directory (``load_model(dir)`` loads base + adapter) or, with ``merge=True`` or ``full``,
 as merged weights (``config.json`` + ``model.safetensors`` + tokenizer), with ``correction.json``.
+
+The ranking model and the corrected model may differ (``target``): a fine-tune that memorised its
+planted rows leaves them almost no gradient, so an index built with the fine-tuned model ranks them
+poorly, while an index built with the checkpoint the fine-tune started from still sees them
+(bench/RESULTS.md, filtering counterfactual); that index ranks, the fine-tuned model is corrected.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ from tqdm.auto import tqdm
 
 from .config import _help
 from .data import Encoded, encode_row, normalise_record
-from .errors import ActindexError
+from .errors import ActindexError, IndexFileError
 from .index import Index
-from .models import LoadedModel, save_weights, wrap_model
+from .models import LoadedModel, load_model, save_weights, wrap_model
 from .queries import (
     DEFAULT_VECTOR_METHOD,
     Behavior,
@@ -595,6 +600,16 @@ def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) ->
     return kind
 
 
+def _target_model(index: Index, target: LoadedModel | str) -> LoadedModel:
+    """The model to correct, loaded if given as a path; it must share the index's tokenizer."""
+    if isinstance(target, str):
+        target = load_model(target, str(index.model().device), "auto")
+    if target.tokenizer_id() != index.manifest["model"]["tokenizer"]:
+        raise IndexFileError(f"--target {target.name!r} has another tokenizer than the index {index.root}'s model; "
+                             "the rows it ranks must mean the same tokens to the corrected model")
+    return target
+
+
 def correct(
     index: Index | str | os.PathLike,
     behavior: str | Behavior,
@@ -602,15 +617,21 @@ def correct(
     *,
     scores: np.ndarray | None = None,
     lm: LoadedModel | None = None,
+    target: LoadedModel | str | None = None,
     config: CorrectConfig | None = None,
     progress: bool = True,
     **kwargs: Any,
 ) -> Correction:
-    """Correct the index's model against a behaviour and save it to ``out`` (see the module docstring).
+    """Correct a model against a behaviour and save it to ``out`` (see the module docstring).
 
     ``scores`` (one per index row, NaN to leave a row out) replaces the index ranking, e.g. an
     influence rerank; by default the rows are ranked with ``index.query(behavior, method, k=0)``.
-    ``lm`` is the index's model already loaded; it is not modified (training runs on a copy).
+    ``lm`` is the index's model already loaded. ``target`` (a loaded model or a path) is the model
+    corrected when it is not the index's: typically the index is built with the checkpoint a
+    fine-tune started from, whose gradients still see the rows the fine-tune memorised, and the
+    fine-tuned model is corrected. The ranking and the query token weights come from the index's
+    model; the margins, perplexities, reference log-probs and training use ``target``. Neither
+    model is modified (training runs on a copy).
     """
     config = config or CorrectConfig(**kwargs)
     started = time.perf_counter()
@@ -619,8 +640,9 @@ def correct(
     index = index if isinstance(index, Index) else Index.open(index)
     if lm is not None:
         index.use_model(lm)
-    lm = index.model()
-    behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, lm)
+    ranker = index.model()
+    lm = _target_model(index, target) if target is not None else ranker
+    behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, ranker)
     max_length = config.max_length or index.manifest["build"].get("max_length", 512)
     if scores is None:
         scores = index_scores(index, behavior, config.method, config.layer)
@@ -684,6 +706,7 @@ def correct(
         "index": str(index.root),
         "model": lm.name,
         "ranking": ranking,
+        "ranking model": ranker.name,
         "selection": {"rule": config.select, **selection.sizes(),
                       "D+ ids": [ids[i] for i in selection.pos], "D- ids": [ids[i] for i in selection.neg],
                       **carriers},
