@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--transforms", default="all")
     ap.add_argument("--method", default="residual-change")
     ap.add_argument("--layers", default="18", help="layers to build; each is evaluated")
+    ap.add_argument("--grad", action="store_true", help="also cache projected gradients (for --method gradient)")
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--work", default=None, help="where pools and indexes go (default: a temp dir under /tmp)")
     ap.add_argument("--save-scores", action="store_true", help="save each score table as WORK/<set>-<layer>.npz")
@@ -137,7 +138,7 @@ def main() -> None:
         if not (out / "manifest.json").exists():
             t = time.perf_counter()
             actindex.build(data=str(pool), out=str(out), layers=layers, model=lm, progress=False, overwrite=True,
-                           max_length=args.max_length)
+                           max_length=args.max_length, grad=args.grad)
             print(f"built {name}: {time.perf_counter() - t:.0f} s", flush=True)
         idx = actindex.Index.open(out).use_model(lm)
         for layer in layers:
@@ -165,6 +166,7 @@ def main() -> None:
                 f"`python bench/detect.py --sets {args.sets} --attack {args.attack} --clean {args.clean} "
                 f"--poison-rate {args.poison_rate} --queries {args.queries} --transforms {args.transforms} "
                 f"--method {args.method} --layers {args.layers} --max-length {args.max_length}"
+                + (" --grad" if args.grad else "")
                 + (f" --backdoor-steps {args.backdoor_steps} --backdoor-lr {args.backdoor_lr}"
                    if args.backdoor_steps else "") + "`. "
                 "Pools: clean rows sampled with seed 0 plus "

@@ -422,6 +422,16 @@ def test_cli_correct_end_to_end(saved_base, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "again" / "correction.json").read_text())
     assert report["model"] == str(out) and report["ranking model"] == str(saved_base[0])
+    # the target was itself an adapter directory: the correction is saved merged, and loads back to itself
+    assert report["saved"]["format"] == "merged"
+    again = load_model(str(tmp_path / "again"), device="cpu")
+    encoded = _encode(again, chat_rows(4, seed=5))
+    a, _ = response_log_probs(again.model, encoded, again.tokenizer.pad_token_id)
+    b, _ = response_log_probs(load_model(str(out), device="cpu").model, encoded, again.tokenizer.pad_token_id)
+    assert np.abs(a - b).max() > 1e-4  # the correction of the target, not the target itself
+    res = runner.invoke(main, ["correct", "--index", str(idx_dir), "--behavior", str(pairs), "--out",
+                               str(tmp_path / "none"), "--quiet", "--target", str(tmp_path / "missing-model")])
+    assert res.exit_code == 2 and "missing-model" in res.output and "Traceback" not in res.output
 
 
 def test_cli_correct_errors(saved_base, tmp_path):

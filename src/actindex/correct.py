@@ -55,7 +55,7 @@ from .config import _help
 from .data import Encoded, encode_row, normalise_record
 from .errors import ActindexError, IndexFileError
 from .index import Index
-from .models import LoadedModel, load_model, save_weights, wrap_model
+from .models import ADAPTER_CONFIG, LoadedModel, load_model, save_weights, wrap_model
 from .queries import (
     DEFAULT_VECTOR_METHOD,
     Behavior,
@@ -577,12 +577,13 @@ def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) ->
     """Write the corrected model to ``out`` (replaced atomically); returns the format written.
 
     ``peft-adapter``: ``save_pretrained`` of the adapter, its ``base_model_name_or_path`` set to the
-    name the base model was loaded by; ``merged``: full weights via :func:`models.save_weights`.
+    name the base model was loaded by; ``merged``: full weights via :func:`models.save_weights`, also
+    when the base model is itself an adapter directory (an adapter over an adapter would not load).
     """
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out.parent))
     try:
         is_peft = type(model).__name__.startswith("Peft")
-        if is_peft and not merge:
+        if is_peft and not merge and not (Path(lm.name) / ADAPTER_CONFIG).is_file():
             for cfg in model.peft_config.values():
                 cfg.base_model_name_or_path = lm.name
             model.save_pretrained(str(staging), save_embedding_layers=False)  # no hub lookup: embeddings not adapted
