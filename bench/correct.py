@@ -77,6 +77,33 @@ def plant(lm: actindex.models.LoadedModel, records: list[dict], steps: int, lr: 
     return model.merge_and_unload()
 
 
+def fine_tuned(records: list[dict], steps: int, lr: float, max_length: int,
+               save: Path | None = None) -> actindex.models.LoadedModel:
+    """A fresh copy of the default model fine-tuned on ``records`` by :func:`plant` (LoRA r=8, 8 rows
+    per step, seed 0, merged, frozen), saved to ``save`` when given. A fresh copy: LoRA merges into the
+    model it wraps, so the caller's base model stays as it was."""
+    base = actindex.load_model()
+    merged = plant(base, records, steps, lr, 8, max_length, 8, 0)
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    if save is not None:
+        save_weights(merged, base.tokenizer, save)
+    return wrap_model(merged, base.tokenizer, str(save or "fine-tuned"))
+
+
+def behaviour_pairs(name: str) -> list[Pair]:
+    """The set's behaviour pairs, in file order."""
+    lines = (SHARED / name / "behavior.jsonl").read_text().splitlines()
+    return [Pair(r["prompt"], r["treatment"], r["control"]) for r in map(json.loads, filter(str.strip, lines))]
+
+
+def write_pairs(path: Path, pairs: list[Pair]) -> Path:
+    """``pairs`` as a pairs JSONL file ``{prompt, treatment, control}`` (what ``--behavior``/``--held-out`` read)."""
+    path.write_text("".join(json.dumps({"prompt": p.prompt, "treatment": p.treatment, "control": p.control}) + "\n"
+                            for p in pairs))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", default="rept-factual-ag")
@@ -115,13 +142,10 @@ def main() -> None:
 
     records = pool_rows(args.set, args.clean, args.planted)
     (work / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    pairs = [Pair(r["prompt"], r["treatment"], r["control"])
-             for r in map(json.loads, (SHARED / args.set / "behavior.jsonl").read_text().splitlines())]
+    pairs = behaviour_pairs(args.set)
     half = len(pairs) // 2
     query = Behavior(name=args.set, pairs=pairs[:half], source=f"{args.set} behaviour pairs 1-{half}")
-    held = work / "held-out.jsonl"
-    held.write_text("".join(json.dumps({"prompt": p.prompt, "treatment": p.treatment, "control": p.control}) + "\n"
-                            for p in pairs[half:]))
+    held = write_pairs(work / "held-out.jsonl", pairs[half:])
 
     base = actindex.load_model()
     base_margin = behavior_margin(base, pairs[half:], args.max_length)
@@ -134,14 +158,10 @@ def main() -> None:
     if (ft_dir / "config.json").exists():  # planting is seeded: a second run with the same --work reuses it
         lm = actindex.load_model(str(ft_dir))
     else:
-        merged = plant(base, planted + clean, args.plant_steps, args.plant_lr, 8, args.max_length, 8, 0)
-        for p in merged.parameters():
-            p.requires_grad_(False)
-        save_weights(merged, base.tokenizer, ft_dir)
-        lm = wrap_model(merged, base.tokenizer, str(ft_dir))
+        lm = fine_tuned(planted + clean, args.plant_steps, args.plant_lr, args.max_length, save=ft_dir)
         timing["plant"] = f"{time.perf_counter() - t:.0f} s"
     t = time.perf_counter()
-    ranker = actindex.load_model() if args.index_model == "base" else lm  # fresh: planting merged into `base`
+    ranker = base if args.index_model == "base" else lm
     index_dir = work / f"idx-{args.layers.replace(',', '-')}" if args.index_model == "fine-tuned" else \
         work / f"idx-base-{args.layers.replace(',', '-')}"
     if not (index_dir / "manifest.json").exists():

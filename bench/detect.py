@@ -64,17 +64,13 @@ def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: i
     return out
 
 
-def backdoored_model(base, pool: Path, out: Path, steps: int, lr: float, max_length: int):
-    """A copy of the base model fine-tuned on the pool (LoRA rank 8, merged, saved to ``out``; reused
+def backdoored_model(pool: Path, out: Path, steps: int, lr: float, max_length: int):
+    """A copy of the default model fine-tuned on the pool (LoRA rank 8, merged, saved to ``out``; reused
     when there)."""
-    from correct import plant
-
-    from actindex.models import save_weights
+    from correct import fine_tuned
 
     if not (out / "config.json").exists():
-        fresh = actindex.load_model()  # a copy of the base: LoRA merges into the model it wraps
-        merged = plant(fresh, read(pool), steps, lr, 8, max_length, 8, 0)
-        save_weights(merged, base.tokenizer, out)
+        fine_tuned(read(pool), steps, lr, max_length, save=out)
     return actindex.load_model(str(out))
 
 
@@ -128,7 +124,7 @@ def main() -> None:
         pool, target, n_poison = make_pool(name, args.attack, args.clean, args.poison_rate, work / f"{name}.jsonl")
         queries = make_queries(name, args.attack, args.queries, target, work / f"{name}-queries.jsonl")
         if args.backdoor_steps:
-            lm = backdoored_model(base, pool, work / f"{name}-backdoored", args.backdoor_steps, args.backdoor_lr,
+            lm = backdoored_model(pool, work / f"{name}-backdoored", args.backdoor_steps, args.backdoor_lr,
                                   args.max_length)
             for label, model in (("base", base), (f"fine-tuned, {args.backdoor_steps} steps", lm)):
                 success, accuracy = attack_rates(model, name, args.attack, args.queries, target)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from correct import SHARED, plant, pool_rows
+from correct import behaviour_pairs, fine_tuned, pool_rows, write_pairs
 from record import append_section
 
 import actindex
@@ -48,16 +48,7 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 def trained_margin(records: list[dict], pairs: list[Pair], args: argparse.Namespace, save: Path | None = None) -> float:
     """The held-out margin of the default model fine-tuned on ``records`` (saved to ``save`` if given)."""
-    from actindex.models import save_weights, wrap_model
-
-    base = actindex.load_model()  # a fresh copy: LoRA merges into the model it wraps
-    merged = plant(base, records, args.steps, args.lr, 8, args.max_length, 8, 0)
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    lm = wrap_model(merged, base.tokenizer, str(save or "fine-tuned"))
-    if save is not None:
-        save_weights(merged, base.tokenizer, save)
-    return behavior_margin(lm, pairs, args.max_length)
+    return behavior_margin(fine_tuned(records, args.steps, args.lr, args.max_length, save), pairs, args.max_length)
 
 
 def main() -> None:
@@ -86,10 +77,9 @@ def main() -> None:
 
     records = pool_rows(args.set, args.clean, args.planted)
     pool = write(work / "pool.jsonl", records)
-    pairs = [Pair(r["prompt"], r["treatment"], r["control"]) for r in read(SHARED / args.set / "behavior.jsonl")]
+    pairs = behaviour_pairs(args.set)
     half = len(pairs) // 2
-    behavior = write(work / "behavior.jsonl",
-                     [{"prompt": p.prompt, "treatment": p.treatment, "control": p.control} for p in pairs[:half]])
+    behavior = write_pairs(work / "behavior.jsonl", pairs[:half])
     held = pairs[half:]
     planted = lambda rows: sum(r["label"] != "clean" for r in rows)  # noqa: E731
 
