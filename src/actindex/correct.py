@@ -55,7 +55,7 @@ from .config import _help
 from .data import Encoded, encode_row, normalise_record
 from .errors import ActindexError, IndexFileError
 from .index import Index
-from .models import ADAPTER_CONFIG, LoadedModel, load_model, save_weights, wrap_model
+from .models import LoadedModel, is_adapter_dir, load_model, save_weights, wrap_model
 from .queries import (
     DEFAULT_VECTOR_METHOD,
     Behavior,
@@ -583,7 +583,7 @@ def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) ->
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out.parent))
     try:
         is_peft = type(model).__name__.startswith("Peft")
-        if is_peft and not merge and not (Path(lm.name) / ADAPTER_CONFIG).is_file():
+        if is_peft and not merge and not is_adapter_dir(lm.name):
             for cfg in model.peft_config.values():
                 cfg.base_model_name_or_path = lm.name
             model.save_pretrained(str(staging), save_embedding_layers=False)  # no hub lookup: embeddings not adapted

@@ -130,6 +130,11 @@ def save_weights(model: nn.Module, tokenizer: Any, directory: str | os.PathLike)
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def is_adapter_dir(name: str) -> bool:
+    """Whether ``name`` is a directory holding a PEFT adapter (loaded as its base model plus the adapter)."""
+    return name != DEFAULT_MODEL and (Path(name) / ADAPTER_CONFIG).is_file()
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | None = None,
@@ -143,7 +148,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name != DEFAULT_MODEL and (Path(name) / ADAPTER_CONFIG).is_file():
+    if is_adapter_dir(name):
         return _load_adapter(Path(name), device, dtype, trust_remote_code)
     from transformers.utils import logging as hf_logging
 
