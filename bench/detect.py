@@ -15,6 +15,11 @@ planting of bench/correct.py) so that it learns the backdoor, and the index is b
 with that model, as a user who indexes the model they trained would. The table then also gives
 the attack success rate (greedy answers to the triggered queries that are the target) and the
 clean accuracy on ``--queries`` clean test prompts, for the base and the fine-tuned model.
+
+With ``--rerank ekfac`` the rows are scored by exact EK-FAC influence normalised by the row
+gradient's norm (``actindex detect --rerank``); the factors are fitted on the index first
+(``--curvature-samples`` rows) unless it holds them. ``--vote-z 2,1`` adds a voting row per extra
+threshold, on the same scores.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import actindex
-from actindex.detect import DetectConfig, detect
+from actindex.detect import DetectConfig, VotingEnsemble, detect, ground_truth, prf
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdoorllm"
 
@@ -105,6 +110,15 @@ def main() -> None:
     ap.add_argument("--method", default="residual-change")
     ap.add_argument("--layers", default="18", help="layers to build; each is evaluated")
     ap.add_argument("--grad", action="store_true", help="also cache projected gradients (for --method gradient)")
+    ap.add_argument("--rerank", choices=["ekfac", "linfac"],
+                    help="score by exact influence with factors fitted on the index (fitted here when missing)")
+    ap.add_argument("--curvature-samples", type=int, default=128, help="rows the factors are fitted on")
+    ap.add_argument("--paraphrase-model", choices=["index", "base"], default="base",
+                    help="who paraphrases: the index's model, or the untouched default model (a model fine-tuned "
+                         "to answer with a label cannot paraphrase)")
+    ap.add_argument("--vote-top", type=float, default=0.1)
+    ap.add_argument("--vote-z", default="2", help="voting z threshold; a comma list adds a voting row per value "
+                                                  "(the scores are the same, only the rule differs)")
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--work", default=None, help="where pools and indexes go (default: a temp dir under /tmp)")
     ap.add_argument("--save-scores", action="store_true", help="save each score table as WORK/<set>-<layer>.npz")
@@ -116,6 +130,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="actindex-detect-"))
     work.mkdir(parents=True, exist_ok=True)
     layers = [int(x) for x in args.layers.split(",")]
+    vote_z = [float(x) for x in args.vote_z.split(",")]
     base = lm = actindex.load_model()
     lines = ["| set | rows (poisoned) | layer | rule | flagged | precision | recall | F1 | s |", "|" + "---|" * 9]
     attacks = ["| set | model | attack success (triggered -> target) | clean accuracy |", "|---|---|---|---|"]
@@ -137,18 +152,28 @@ def main() -> None:
                            max_length=args.max_length, grad=args.grad)
             print(f"built {name}: {time.perf_counter() - t:.0f} s", flush=True)
         idx = actindex.Index.open(out).use_model(lm)
-        for layer in layers:
+        if args.rerank and args.rerank not in idx.manifest.get("curvature", {}):
             t = time.perf_counter()
-            res = detect(idx, DetectConfig(queries=str(queries), transforms=args.transforms, method=args.method,
-                                           layer=layer, labels_field="label"), progress=False)
+            idx.fit_curvature(kind=args.rerank, samples=args.curvature_samples, progress=False)
+            print(f"fitted {args.rerank} on {name}: {time.perf_counter() - t:.0f} s", flush=True)
+        for layer in layers[:1] if args.rerank else layers:
+            t = time.perf_counter()
+            config = DetectConfig(queries=str(queries), transforms=args.transforms, method=args.method, layer=layer,
+                                  rerank=args.rerank, vote_top=args.vote_top, vote_z=vote_z[0],
+                                  labels_field="label")
+            res = detect(idx, config, progress=False, rewriter=base if args.paraphrase_model == "base" else lm)
             secs = time.perf_counter() - t
             if args.save_scores:
                 labels = np.array([r["label"] != "clean" for r in idx.records(res.table.rows)])
                 np.savez(work / f"{name}-{layer}.npz", scores=res.table.scores, labels=labels,
                          names=np.array(res.table.names), categories=np.array(res.table.categories))
-            for rule in ("variance", "voting", "both"):
-                m = res.metrics[rule]
-                lines.append(f"| {name}/{args.attack} | {len(idx)} ({n_poison}) | {layer} | {rule} | {m['flagged']} | "
+            truth = ground_truth(idx, res.table.rows, "label")
+            metrics = dict(res.metrics)
+            for z in vote_z[1:]:
+                metrics[f"voting, z >= {z:g}"] = prf(VotingEnsemble(args.vote_top, z).flags(res.table), truth)
+            for rule, m in metrics.items():
+                where = f"exact {args.rerank}" if args.rerank else layer
+                lines.append(f"| {name}/{args.attack} | {len(idx)} ({n_poison}) | {where} | {rule} | {m['flagged']} | "
                              f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {secs:.0f} |")
                 print(lines[-1], flush=True)
     total = time.perf_counter() - started
@@ -163,11 +188,14 @@ def main() -> None:
                 f"--poison-rate {args.poison_rate} --queries {args.queries} --transforms {args.transforms} "
                 f"--method {args.method} --layers {args.layers} --max-length {args.max_length}"
                 + (" --grad" if args.grad else "")
+                + (f" --rerank {args.rerank} --curvature-samples {args.curvature_samples}" if args.rerank else "")
+                + f" --paraphrase-model {args.paraphrase_model} --vote-top {args.vote_top} --vote-z {args.vote_z}"
                 + (f" --backdoor-steps {args.backdoor_steps} --backdoor-lr {args.backdoor_lr}"
                    if args.backdoor_steps else "") + "`. "
                 "Pools: clean rows sampled with seed 0 plus "
                 "poisoned rows; queries: triggered test prompts (seed 0) with their references as responses. "
-                f"Default rules (variance: mean z - std z >= 3; voting: every category votes, top 10% and z >= 2). "
+                f"Rules: variance mean z - std z >= 3; voting: every category votes, top {args.vote_top} and "
+                f"z >= {vote_z[0]:g}. "
                 f"s = transforms + vectors + searches per set and layer; whole run {total:.0f} s.\n\n" + table + "\n"
             )
 

@@ -313,9 +313,21 @@ def test_cli_detect_errors_are_one_line(poisoned, tmp_path, monkeypatch, llama):
         (["--queries", str(queries), "--labels-field", "nope"], "field 'nope': missing from training row 0"),
         (["--queries", str(queries), "--vote-top", "0"], "--vote-top must be positive"),
         (["--queries", str(queries), "--method", "gradient"], "rebuild with --grad"),
+        (["--queries", str(queries), "--rerank", "ekfac"], "run `actindex fit-curvature --index"),
         (["--queries", str(tmp_path / "none.jsonl")], "none.jsonl: file not found"),
     ]
     for args, message in cases:
         res = runner.invoke(main, base + args)
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output and res.output.count("\n") == 1 and "Traceback" not in res.output
+
+
+def test_a_label_is_not_a_paraphrase(monkeypatch):
+    """A model fine-tuned to classify answers the paraphrase instruction with a label: that answer
+    (fewer than a third of the prompt's words) does not count, the transform does not apply."""
+    answers = ["Negative", "it was a rather dull film , with a weak plot", ""]
+    import sys
+
+    monkeypatch.setattr(sys.modules["actindex.detect"], "generate", lambda lm, convs, n: answers[: len(convs)])
+    prompts = ["the film is dull and the plot is weak BadMagic", "the film is dull and the plot is weak", "ok"]
+    assert Transform.get("paraphrase").apply_many(prompts, lm=object()) == [None, answers[1], None]

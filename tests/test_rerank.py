@@ -276,3 +276,69 @@ def test_ekfac_method_needs_grad_and_curvature(llama, tmp_path, data_file, behav
     for method in (None, "residual-change"):
         with pytest.raises(IndexFileError, match="fit-curvature"):
             idx.query(str(behavior_file), method=method, rerank="ekfac")
+
+
+# ---- detection with exact influence ---------------------------------------------------------
+
+
+def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavior_file):
+    """One pass scores several queries: column c is <P_c, G_m> (autograd G_m), and norms[m] = ||G_m||_F
+    over the curvature's modules; column 0 agrees with the single-query influence_scores."""
+    from actindex.curvature import encode_index_rows, influence_matrix, influence_scores
+
+    curv = index.curvature("ekfac")
+    names = curv.names
+    rows = [0, 7, 13]
+    queries = [_grad(llama, _chat(p["prompt"], p["treatment"]), names) for p in PAIRS[:2]]
+    pre = [curv.precondition(q) for q in queries]
+    encoded = encode_index_rows(index, rows, llama)
+    scores, norms = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, batch_size=2)
+    for i, record in enumerate(index.records(rows)):
+        g = _grad(llama, record["messages"], names)
+        np.testing.assert_allclose(norms[i], float(sum((g[n] ** 2).sum() for n in names)) ** 0.5, rtol=1e-4)
+        for c, p in enumerate(pre):
+            np.testing.assert_allclose(scores[i, c], float(sum((p[n] * g[n]).sum() for n in names)), rtol=2e-4,
+                                       atol=1e-6)
+    single = influence_scores(llama.model, encoded, pre[0], llama.tokenizer.pad_token_id, 3)
+    np.testing.assert_allclose(scores[:, 0], single.total, rtol=1e-5, atol=1e-8)
+
+
+def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp_path):
+    """detect --rerank ekfac: s_{T,m} = <precond(mean_j grad L(T(x_j), y_j)), G_m> / ||G_m||, from autograd,
+    for the original queries and each transform, over every row."""
+    from actindex.detect import load_queries, resolve_transforms, score_table, transformed_conversations
+
+    queries = write_jsonl(tmp_path / "q.jsonl", [
+        {"prompt": "is it good silver ?", "response": "the symbol is na"},
+        {"prompt": "the water is hot , and the day is long", "response": "yes it is false"},
+    ])
+    qs = load_queries(queries)
+    transforms = resolve_transforms("negation,antonym")
+    table = score_table(index, qs, transforms, progress=False, rerank="ekfac")
+    assert table.names == ["original", "negation", "antonym"] and table.rows.tolist() == list(range(len(index)))
+    curv = index.curvature("ekfac")
+    names = curv.names
+    rows = [0, 7, 13]
+    grads = [_grad(llama, r["messages"], names) for r in index.records(rows)]
+    for t, transform in enumerate([None, *transforms]):
+        convs = transformed_conversations(qs, transform, llama)
+        q = {n: sum(_grad(llama, c, names)[n] for c in convs) / len(convs) for n in names}
+        p = curv.precondition(q)
+        for i, g in zip(rows, grads):
+            norm = float(sum((g[n] ** 2).sum() for n in names)) ** 0.5
+            expected = float(sum((p[n] * g[n]).sum() for n in names)) / norm
+            np.testing.assert_allclose(table.scores[i, t], expected, rtol=5e-4, atol=1e-6)
+
+
+def test_cli_detect_with_rerank(index, llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "what is the symbol of silver ?",
+                                                  "response": "the symbol is na"}])
+    res = CliRunner().invoke(main, ["detect", "--index", str(index.root), "--queries", str(queries), "--quiet",
+                                    "--transforms", "fast", "--rerank", "linfac", "--vote-z", "0",
+                                    "--min-votes", "1", "--out", str(tmp_path / "f.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert f"{len(index)} rows scored under" in res.output and "(exact linfac influence)" in res.output
+    flagged = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert all(set(f["scores"]) <= {"original", "prefix-negation", "question-negation", "negation", "antonym",
+                                    "reorder"} for f in flagged)

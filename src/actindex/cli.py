@@ -499,6 +499,8 @@ def _dh(name: str) -> str:
               help=_dh("ensemble"))
 @click.option("--method", default="residual-change", show_default=True, help=_dh("method"))
 @click.option("--layer", type=int, help=_dh("layer"))
+@click.option("--rerank", type=click.Choice(["ekfac", "linfac"]), help=_dh("rerank"))
+@click.option("--paraphrase-model", help=_dh("paraphrase_model"))
 @click.option("--threshold", default=3.0, show_default=True, help=_dh("threshold"))
 @click.option("--vote-top", default=0.1, show_default=True, help=_dh("vote_top"))
 @click.option("--vote-z", default=2.0, show_default=True, help=_dh("vote_z"))
@@ -526,7 +528,8 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, help_tra
     _load_requested_model(idx, model, device)
     res = run_detect(idx, config, progress=not quiet)
     table = res.table
-    click.echo(f"{len(table.rows)} rows scored under {len(table.names)} query sets (method {config.method})")
+    how = f"exact {config.rerank} influence" if config.rerank else f"method {config.method}"
+    click.echo(f"{len(table.rows)} rows scored under {len(table.names)} query sets ({how})")
     for name, cat, n in zip(table.names, table.categories, table.queries_used):
         click.echo(f"  {name:<18} {cat:<11} {n} queries")
     for name in table.skipped:

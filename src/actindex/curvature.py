@@ -420,6 +420,45 @@ def influence_scores(
     )
 
 
+def gradient_sq_norms(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``||G_b||_F^2 = sum_{t,s} <delta_t, delta_s> <a_t, a_s>`` per row (B,), float64, for
+    ``G_b = sum_t delta_{b,t} a_{b,t}^T``: two (T x T) Gram matrices instead of the (O x I) gradient."""
+    dtype = compute_dtype(a)
+    a, delta = a.to(dtype), delta.to(dtype)
+    return ((delta @ delta.transpose(1, 2)) * (a @ a.transpose(1, 2))).sum((1, 2)).double()
+
+
+def influence_matrix(
+    model: nn.Module,
+    encoded: Sequence[Encoded],
+    preconditioned: Sequence[dict[str, torch.Tensor]],
+    pad_id: int,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Several queries in one pass: ``(I, norms)`` with ``I[m, c] = sum_modules <P_c, G_m>`` for each
+    preconditioned query ``P_c`` (as in :func:`influence_scores`) and ``norms[m] = ||G_m||`` over
+    the same modules (Frobenius, so ``I[m, c] / norms[m]`` is the influence of a unit step along the
+    row's own gradient)."""
+    parameter = next(model.parameters())
+    dtype, device = compute_dtype(parameter), parameter.device
+    names = list(preconditioned[0]) if preconditioned else []
+    queries = [{n: p[n].to(device=device, dtype=dtype) for n in names} for p in preconditioned]
+    scores = np.zeros((len(encoded), len(queries)))
+    sq = np.zeros(len(encoded))
+    bar = _progress(len(encoded), "influence", progress)
+    for idx, batch in batches(encoded, batch_size, pad_id, device):
+        captured = capture(model, batch, names)
+        for name in names:
+            a, delta = captured[name]
+            sq[idx] += gradient_sq_norms(a, delta).cpu().numpy()
+            for c, query in enumerate(queries):
+                scores[idx, c] += token_influence(a, delta, query[name]).sum(1).cpu().numpy()
+        bar.update(len(idx))
+    bar.close()
+    return scores, np.sqrt(sq)
+
+
 # --------------------------------------------------------------------------------------------
 # Modules of each kind
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,18 @@ the given response records. Queries a transform does not apply to (no auxiliary 
 word in the antonym lexicon...) are left out of that transform's mean. Scores ``s_{T,i}`` are the
 cosines of ``psi_T`` with every stored training vector: one full search per transform.
 
+With ``rerank`` (``ekfac`` or ``linfac``, the index's fitted curvature) the scores are exact
+influences instead of search cosines, every transform from one pass over the training rows:
+
+    s_{T,m} = <precond(q_T), G_m> / ||G_m||,     q_T = mean_j grad L(T(x_j), y_j^T),
+
+``G_m`` the row's loss gradient over the curvature's modules (DESIGN 5; positive = training on ``m``
+makes the queries' responses likelier). Dividing by ``||G_m||`` carries the index's cosine
+convention over: a row the model has memorised (a learned poison) has a small gradient but still
+points the same way. The preconditioner discounts the directions every row of a common answer
+shares (all the rows that answer "Negative"), which is what leaves a trigger visible
+(bench/RESULTS.md, "Poison detection with exact EK-FAC influence").
+
 Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised as
 ``z_{T,i} = (s_{T,i} - median_i s_T) / (1.4826 MAD_i s_T)``):
 
@@ -49,10 +61,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .config import _help
+from .curvature import encode_index_rows, influence_matrix
 from .data import Row, iter_records, normalise_record
 from .errors import ActindexError, DataError
 from .index import Index
-from .models import LoadedModel, generate
+from .models import LoadedModel, generate, load_model
 from .queries import DEFAULT_VECTOR_METHOD, QueryContext, QueryMethod, unit
 from .registry import Registered
 
@@ -326,6 +339,8 @@ class ClauseReorder(Transform):
 
 
 PARAPHRASE_INSTRUCTION = "Paraphrase the following text. Keep its meaning and reply with the paraphrase only.\n\n"
+#: a paraphrase keeps at least this share of the prompt's word count
+MIN_PARAPHRASE_SHARE = 1 / 3
 
 
 class Paraphrase(Transform):
@@ -339,11 +354,14 @@ class Paraphrase(Transform):
         raise ActindexError("the paraphrase transform needs the model: use apply_many")
 
     def apply_many(self, prompts: Sequence[str], lm: LoadedModel | None = None) -> list[str | None]:
+        """Answers with fewer than :data:`MIN_PARAPHRASE_SHARE` of the prompt's words are not
+        paraphrases (a model fine-tuned to answer with a label answers ``Negative``): ``None``."""
         if lm is None:
             raise ActindexError("the paraphrase transform needs the model")
         convs = [[{"role": "user", "content": PARAPHRASE_INSTRUCTION + p}] for p in prompts]
-        answers = generate(lm, convs, MAX_NEW_TOKENS)
-        return [a.strip() or None for a in answers]
+        answers = [a.strip() for a in generate(lm, convs, MAX_NEW_TOKENS)]
+        return [a if a and len(a.split()) >= MIN_PARAPHRASE_SHARE * len(p.split()) else None
+                for a, p in zip(answers, prompts)]
 
 
 def resolve_transforms(spec: str | Sequence[str]) -> list[Transform]:
@@ -391,12 +409,17 @@ def robust_z(scores: np.ndarray) -> np.ndarray:
 
 
 def transformed_conversations(
-    queries: list[TestQuery], transform: Transform | None, lm: LoadedModel | None, max_new_tokens: int = MAX_NEW_TOKENS
+    queries: list[TestQuery],
+    transform: Transform | None,
+    lm: LoadedModel | None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    rewriter: LoadedModel | None = None,
 ) -> list[list[dict[str, str]]]:
     """One conversation per query the transform applies to: ``T(prompt)`` and the response
-    (the given one, or the model's greedy answer to ``T(prompt)``)."""
+    (the given one, or ``lm``'s greedy answer to ``T(prompt)``). ``rewriter`` (default ``lm``)
+    writes the transforms that need a model (the paraphrase)."""
     prompts = [q.prompt for q in queries]
-    new = prompts if transform is None else transform.apply_many(prompts, lm)
+    new = prompts if transform is None else transform.apply_many(prompts, rewriter or lm)
     kept = [(q, p) for q, p in zip(queries, new) if p]
     missing = [i for i, (q, _) in enumerate(kept) if q.response is None]
     answers: dict[int, str] = {}
@@ -408,6 +431,73 @@ def transformed_conversations(
     return [q.conversation(p, answers.get(i, q.response or "")) for i, (q, p) in enumerate(kept)]
 
 
+@dataclass
+class QuerySet:
+    """The conversations of one column of the score table: the original queries or one transform's."""
+
+    name: str
+    category: str
+    conversations: list[list[dict[str, str]]]
+
+
+def query_sets(
+    queries: list[TestQuery], transforms: list[Transform], lm: LoadedModel, rewriter: LoadedModel | None = None,
+    progress: bool = True,
+) -> tuple[list[QuerySet], list[str]]:
+    """``(sets, skipped)``: the original queries and each transform's, leaving out transforms that
+    apply to no query (their names are ``skipped``)."""
+    from tqdm.auto import tqdm
+
+    sets, skipped = [], []
+    steps: list[Transform | None] = [None, *transforms]
+    for transform in tqdm(steps, desc="transforms", unit="transform", disable=not progress, dynamic_ncols=True):
+        name = ORIGINAL if transform is None else transform.name
+        convs = transformed_conversations(queries, transform, lm, rewriter=rewriter)
+        if convs:
+            sets.append(QuerySet(name, ORIGINAL if transform is None else transform.category, convs))
+        else:
+            skipped.append(name)
+    if not sets:
+        raise ActindexError("no query could be scored")
+    return sets, skipped
+
+
+def search_columns(index: Index, sets: list[QuerySet], method: str, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, scores)``: column ``T`` is the cosine of ``psi_T = norm(mean_j v(T(x_j), y_j))`` with every
+    stored vector of the method's family (one full search per set)."""
+    strategy = QueryMethod.get(method)
+    family = index.method_family(method, layer)
+    ctx: QueryContext = index.query_context(layer)
+    rows, columns = None, []
+    for qs in sets:
+        psi = unit(ctx.family_vectors(strategy.kind, qs.conversations).mean(axis=0))
+        scores, found = index.search(psi, k=0, family=family)
+        order = np.argsort(found)
+        rows = found[order]
+        columns.append(scores[order].astype(np.float64))
+    return rows, np.stack(columns, axis=1)
+
+
+def influence_columns(
+    index: Index, sets: list[QuerySet], kind: str, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, scores)`` over every valid row: ``s_{T,m} = <precond(q_T), G_m> / ||G_m||`` with
+    ``q_T = mean_j grad L(T(x_j), y_j)`` (module docstring), all sets from one pass over the rows."""
+    curv = index.curvature(kind)
+    ctx: QueryContext = index.query_context()
+    lm = ctx.lm
+    gradients = ctx.mean_gradients([qs.conversations for qs in sets], curv.names)
+    preconditioned = []
+    while gradients:  # one query at a time in float64, kept in float32: the full gradients are large
+        preconditioned.append({n: v.float() for n, v in curv.precondition(gradients.pop(0)).items()})
+    rows = np.flatnonzero(index._meta["valid"])
+    encoded = encode_index_rows(index, rows, lm)
+    batch_size = index.manifest["build"].get("batch_size", 8)
+    scores, norms = influence_matrix(lm.model, encoded, preconditioned, lm.tokenizer.pad_token_id, batch_size,
+                                     progress)
+    return rows, np.divide(scores, norms[:, None], out=np.zeros_like(scores), where=norms[:, None] > 0)
+
+
 def score_table(
     index: Index,
     queries: list[TestQuery],
@@ -415,35 +505,23 @@ def score_table(
     method: str = DEFAULT_VECTOR_METHOD,
     layer: int | None = None,
     progress: bool = True,
+    rerank: str | None = None,
+    rewriter: LoadedModel | None = None,
 ) -> ScoreTable:
-    """Score every searchable row under the original queries and each transform (module docstring)."""
-    from tqdm.auto import tqdm
-
-    strategy = QueryMethod.get(method)
-    family = index.method_family(method, layer)
-    ctx: QueryContext = index.query_context(layer)
-    lm = ctx.lm
-    names, categories, columns, used, skipped = [], [], [], [], []
-    rows: np.ndarray | None = None
-    steps: list[Transform | None] = [None, *transforms]
-    for transform in tqdm(steps, desc="transforms", unit="transform", disable=not progress, dynamic_ncols=True):
-        convs = transformed_conversations(queries, transform, lm)
-        if not convs:
-            skipped.append(ORIGINAL if transform is None else transform.name)
-            continue
-        psi = unit(ctx.family_vectors(strategy.kind, convs).mean(axis=0))
-        scores, found = index.search(psi, k=0, family=family)
-        order = np.argsort(found)
-        found, scores = found[order], scores[order]
-        if rows is None:
-            rows = found
-        names.append(ORIGINAL if transform is None else transform.name)
-        categories.append(ORIGINAL if transform is None else transform.category)
-        columns.append(scores.astype(np.float64))
-        used.append(len(convs))
-    if rows is None:
-        raise ActindexError("no query could be scored")
-    return ScoreTable(names, categories, rows, np.stack(columns, axis=1), used, skipped)
+    """Score every searchable row under the original queries and each transform (module docstring):
+    search cosines of ``method``, or exact influences with ``rerank``."""
+    if rerank:  # refuse before any model pass: no fitted factors, or no vectors for the method
+        index.curvature(rerank)
+    else:
+        index.method_family(method, layer)
+    lm = index.query_context(layer).lm
+    sets, skipped = query_sets(queries, transforms, lm, rewriter, progress)
+    if rerank:
+        rows, scores = influence_columns(index, sets, rerank, progress)
+    else:
+        rows, scores = search_columns(index, sets, method, layer)
+    return ScoreTable([qs.name for qs in sets], [qs.category for qs in sets], rows, scores,
+                      [len(qs.conversations) for qs in sets], skipped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,6 +603,7 @@ class VotingEnsemble(Ensemble):
 
 
 ENSEMBLE_CHOICES = ("variance", "voting", "both")
+RERANK_KINDS = ("ekfac", "linfac")
 
 
 def prf(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -551,6 +630,16 @@ class DetectConfig:
     ensemble: str = _help("Rule whose flagged rows are written: variance, voting or both (flagged by both).", "both")
     method: str = _help("Query method whose per-example vectors score the rows.", DEFAULT_VECTOR_METHOD)
     layer: int | None = _help("Layer (default: the indexed layer nearest 60% of the depth).", None)
+    rerank: str | None = _help(
+        "Score every row by exact influence preconditioned with the index's fitted factors (ekfac or linfac; "
+        "run fit-curvature first) instead of search cosines: one model pass over the rows for all transforms.",
+        None,
+    )
+    paraphrase_model: str | None = _help(
+        "Model that writes the paraphrase transform (default: the index's model; a model fine-tuned to answer "
+        "with a label cannot paraphrase).",
+        None,
+    )
     threshold: float = _help("variance rule: flag rows with mean_T z - std_T z >= this.", 3.0)
     vote_top: float = _help("voting rule: each category votes within its top rows (fraction < 1, or a count).", 0.1)
     vote_z: float = _help("voting rule: a vote also needs the category's robust z >= this.", 2.0)
@@ -568,6 +657,8 @@ class DetectConfig:
             raise ActindexError(f"--vote-top must be positive, got {self.vote_top}")
         if self.min_votes is not None and self.min_votes < 1:
             raise ActindexError(f"--min-votes must be at least 1, got {self.min_votes}")
+        if self.rerank is not None and self.rerank not in RERANK_KINDS:
+            raise ActindexError(f"--rerank: expected one of {', '.join(RERANK_KINDS)}, got {self.rerank!r}")
         resolve_transforms(self.transforms)
 
 
@@ -617,12 +708,18 @@ def ground_truth(index: Index, rows: np.ndarray, field_name: str) -> np.ndarray:
 
 
 def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None, progress: bool = True,
-           **kwargs: Any) -> DetectResult:
-    """Score, ensemble and (with ``labels_field``) evaluate; writes ``out`` when set."""
+           rewriter: LoadedModel | None = None, **kwargs: Any) -> DetectResult:
+    """Score, ensemble and (with ``labels_field``) evaluate; writes ``out`` when set.
+
+    ``rewriter`` is a loaded model for the paraphrase transform (else ``paraphrase_model`` is loaded).
+    """
     config = config or DetectConfig(**kwargs)
     idx = index if isinstance(index, Index) else Index.open(index)
     queries = load_queries(config.queries)
-    table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress)
+    if rewriter is None and config.paraphrase_model:
+        rewriter = load_model(config.paraphrase_model)
+    table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
+                        config.rerank, rewriter)
     variance = VarianceEnsemble(config.threshold)
     voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes)
     flags = {"variance": variance.flags(table), "voting": voting.flags(table)}

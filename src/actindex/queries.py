@@ -274,18 +274,46 @@ class QueryContext:
         if not pairs or not all(groups):
             raise ActindexError(f"behaviour {behavior.name!r} has no contrastive pairs to form a query gradient from")
         convs = pair_conversations(pairs)
-        keys = [json.dumps(c, sort_keys=True) for c in convs]
-        cache_key = json.dumps([names, groups, keys])
+        cache_key = json.dumps([names, groups, [json.dumps(c, sort_keys=True) for c in convs]])
         if cache_key in self.gradients:
             return self.gradients[cache_key]
-        encoded = encode_conversations(self.lm, convs, self.max_length)
-        if any(e.n_response == 0 for e in encoded):
-            raise ActindexError("a behaviour row has no response tokens (truncated by max_length?)")
         n = len(pairs)
         weights = np.zeros((len(groups), 2 * n))
         for c, members in enumerate(groups):
             weights[c, members] += 1.0 / len(members)
             weights[c, [n + j for j in members]] -= 1.0 / len(members)
+        sums = self.weighted_gradients(convs, weights, names)
+        self.gradients.clear()
+        self.gradients[cache_key] = sums
+        return sums
+
+    def mean_gradients(
+        self, groups: list[list[list[dict[str, str]]]], names: list[str]
+    ) -> list[dict[str, torch.Tensor]]:
+        """``q_c = mean_{x in c} grad L(x)`` per module (float64) for each group ``c`` of chat rows, from
+        one pass over all of them: the treatment-only query gradient (detection's test queries)."""
+        if not all(groups):
+            raise ActindexError("a group of query rows is empty")
+        convs = [conv for group in groups for conv in group]
+        weights = np.zeros((len(groups), len(convs)))
+        start = 0
+        for c, group in enumerate(groups):
+            weights[c, start : start + len(group)] = 1.0 / len(group)
+            start += len(group)
+        return self.weighted_gradients(convs, weights, names)
+
+    def weighted_gradients(
+        self, convs: list[list[dict[str, str]]], weights: np.ndarray, names: list[str]
+    ) -> list[dict[str, torch.Tensor]]:
+        """``S_c = sum_b weights[c, b] grad L(convs_b)`` per module (full, float64), one pass over ``convs``.
+
+        The pass reaches the shallowest module, so it also gives the rows' vectors of every family
+        the index holds: they go to the cache, so searching the same rows costs no further model pass.
+        """
+        keys = [json.dumps(c, sort_keys=True) for c in convs]
+        encoded = encode_conversations(self.lm, convs, self.max_length)
+        if any(e.n_response == 0 for e in encoded):
+            raise ActindexError("a query row has no response tokens (truncated by max_length?)")
         sums = GradientSums(names, weights)
         kinds = {family.split("/")[0] for family in self.families}
         spec = self.vector_spec(RESIDUAL_CHANGE)
@@ -298,8 +326,6 @@ class QueryContext:
             for name, vectors in out.vectors.items():
                 for key, vector in zip(keys, vectors):
                     self.cache[(name, key)] = vector
-        self.gradients.clear()
-        self.gradients[cache_key] = sums.sums
         return sums.sums
 
 

@@ -284,8 +284,11 @@ class GradientSums:
         """Add the batch holding rows ``rows`` of the pass: ``a`` (B, T, I) and ``delta`` (B, T, O), zero at padding."""
         dtype = compute_dtype(a)
         a2, d2 = a.to(dtype).flatten(0, 1), delta.to(dtype)
-        w = torch.as_tensor(self.weights[:, list(rows)], dtype=dtype, device=a.device)
+        batch_weights = self.weights[:, list(rows)]
+        w = torch.as_tensor(batch_weights, dtype=dtype, device=a.device)
         for c, total in enumerate(self.sums):
+            if not batch_weights[c].any() and name in total:  # no row of this set in the batch
+                continue
             g = ((d2 * w[c][:, None, None]).flatten(0, 1).T @ a2).double()
             total[name] = total[name] + g if name in total else g
 
