@@ -16,8 +16,8 @@ with that model, as a user who indexes the model they trained would. The table t
 the attack success rate (greedy answers to the triggered queries that are the target) and the
 clean accuracy on ``--queries`` clean test prompts, for the base and the fine-tuned model.
 
-With ``--rerank ekfac`` the rows are scored by exact EK-FAC influence normalised by the row
-gradient's norm (``actindex detect --rerank``); the factors are fitted on the index first
+With ``--rerank ekfac`` the rows are scored by exact EK-FAC influence divided by ``--norm``
+(``actindex detect --rerank``); the factors are fitted on the index first
 (``--curvature-samples`` rows) unless it holds them. ``--vote-z 2,1`` adds a voting row per extra
 threshold, on the same scores.
 """
@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--rerank", choices=["ekfac", "linfac"],
                     help="score by exact influence with factors fitted on the index (fitted here when missing)")
     ap.add_argument("--curvature-samples", type=int, default=128, help="rows the factors are fitted on")
+    ap.add_argument("--norm", default="relatif", choices=["relatif", "gradient", "none"],
+                    help="with --rerank: what each row's influence is divided by")
     ap.add_argument("--paraphrase-model", choices=["index", "base"], default="base",
                     help="who paraphrases: the index's model, or the untouched default model (a model fine-tuned "
                          "to answer with a label cannot paraphrase)")
@@ -159,7 +161,7 @@ def main() -> None:
         for layer in layers[:1] if args.rerank else layers:
             t = time.perf_counter()
             config = DetectConfig(queries=str(queries), transforms=args.transforms, method=args.method, layer=layer,
-                                  rerank=args.rerank, vote_top=args.vote_top, vote_z=vote_z[0],
+                                  rerank=args.rerank, norm=args.norm, vote_top=args.vote_top, vote_z=vote_z[0],
                                   labels_field="label")
             res = detect(idx, config, progress=False, rewriter=base if args.paraphrase_model == "base" else lm)
             secs = time.perf_counter() - t
@@ -188,7 +190,8 @@ def main() -> None:
                 f"--poison-rate {args.poison_rate} --queries {args.queries} --transforms {args.transforms} "
                 f"--method {args.method} --layers {args.layers} --max-length {args.max_length}"
                 + (" --grad" if args.grad else "")
-                + (f" --rerank {args.rerank} --curvature-samples {args.curvature_samples}" if args.rerank else "")
+                + (f" --rerank {args.rerank} --curvature-samples {args.curvature_samples} --norm {args.norm}"
+                   if args.rerank else "")
                 + f" --paraphrase-model {args.paraphrase_model} --vote-top {args.vote_top} --vote-z {args.vote_z}"
                 + (f" --backdoor-steps {args.backdoor_steps} --backdoor-lr {args.backdoor_lr}"
                    if args.backdoor_steps else "") + "`. "

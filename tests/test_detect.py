@@ -331,3 +331,10 @@ def test_a_label_is_not_a_paraphrase(monkeypatch):
     monkeypatch.setattr(sys.modules["actindex.detect"], "generate", lambda lm, convs, n: answers[: len(convs)])
     prompts = ["the film is dull and the plot is weak BadMagic", "the film is dull and the plot is weak", "ok"]
     assert Transform.get("paraphrase").apply_many(prompts, lm=object()) == [None, answers[1], None]
+
+
+def test_detect_config_refuses_unknown_norm_and_rerank():
+    with pytest.raises(ActindexError, match="--norm: expected one of relatif, gradient, none"):
+        DetectConfig(queries="q.jsonl", norm="l2")
+    with pytest.raises(ActindexError, match="--rerank: expected one of ekfac, linfac"):
+        DetectConfig(queries="q.jsonl", rerank="kfac")

@@ -301,11 +301,19 @@ def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavi
                                        atol=1e-6)
     single = influence_scores(llama.model, encoded, pre[0], llama.tokenizer.pad_token_id, 3)
     np.testing.assert_allclose(scores[:, 0], single.total, rtol=1e-5, atol=1e-8)
+    # with the curvature: the RelatIF norm sqrt(<G_m, precond(G_m)>)
+    again, relatif = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, 2, curvature=curv)
+    np.testing.assert_allclose(again, scores, rtol=1e-6, atol=1e-9)
+    for i, record in enumerate(index.records(rows)):
+        g = _grad(llama, record["messages"], names)
+        pg = curv.precondition(g)
+        np.testing.assert_allclose(relatif[i], float(sum((pg[n] * g[n]).sum() for n in names)) ** 0.5, rtol=2e-4)
 
 
 def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp_path):
-    """detect --rerank ekfac: s_{T,m} = <precond(mean_j grad L(T(x_j), y_j)), G_m> / ||G_m||, from autograd,
-    for the original queries and each transform, over every row."""
+    """detect --rerank ekfac: s_{T,m} = <precond(mean_j grad L(T(x_j), y_j)), G_m> / N(G_m), from autograd,
+    for the original queries and each transform, over every row; N = sqrt(<G_m, precond(G_m)>) (RelatIF,
+    the default), ||G_m|| or 1."""
     from actindex.detect import load_queries, resolve_transforms, score_table, transformed_conversations
 
     queries = write_jsonl(tmp_path / "q.jsonl", [
@@ -314,7 +322,9 @@ def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp
     ])
     qs = load_queries(queries)
     transforms = resolve_transforms("negation,antonym")
-    table = score_table(index, qs, transforms, progress=False, rerank="ekfac")
+    tables = {norm: score_table(index, qs, transforms, progress=False, rerank="ekfac", norm=norm)
+              for norm in ("relatif", "gradient", "none")}
+    table = tables["relatif"]
     assert table.names == ["original", "negation", "antonym"] and table.rows.tolist() == list(range(len(index)))
     curv = index.curvature("ekfac")
     names = curv.names
@@ -325,9 +335,12 @@ def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp
         q = {n: sum(_grad(llama, c, names)[n] for c in convs) / len(convs) for n in names}
         p = curv.precondition(q)
         for i, g in zip(rows, grads):
-            norm = float(sum((g[n] ** 2).sum() for n in names)) ** 0.5
-            expected = float(sum((p[n] * g[n]).sum() for n in names)) / norm
-            np.testing.assert_allclose(table.scores[i, t], expected, rtol=5e-4, atol=1e-6)
+            influence = float(sum((p[n] * g[n]).sum() for n in names))
+            pg = curv.precondition(g)
+            norms = {"relatif": float(sum((pg[n] * g[n]).sum() for n in names)) ** 0.5,
+                     "gradient": float(sum((g[n] ** 2).sum() for n in names)) ** 0.5, "none": 1.0}
+            for norm, tab in tables.items():
+                np.testing.assert_allclose(tab.scores[i, t], influence / norms[norm], rtol=5e-4, atol=1e-6)
 
 
 def test_cli_detect_with_rerank(index, llama, tmp_path, monkeypatch):

@@ -179,6 +179,15 @@ class KronEigen:
         q_a, q_s, lam = (t.to(device=v.device) for t in (self.q_a, self.q_s, self.lam))
         return q_s @ ((q_s.T @ v.to(q_a.dtype) @ q_a) / (lam + self.damping)) @ q_a.T
 
+    def self_influence(self, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``<G_b, precond(G_b)> = sum (Q_S^T G_b Q_A)^2 / (Lambda + lambda)`` per row (B,), float64, for
+        ``G_b = sum_t delta_{b,t} a_{b,t}^T``; the rotated gradient is ``(delta Q_S)^T (a Q_A)``, so ``G_b``
+        itself is never formed. Computed in the model's precision."""
+        dtype = compute_dtype(a)
+        q_a, q_s, lam = (t.to(device=a.device, dtype=dtype) for t in (self.q_a, self.q_s, self.lam))
+        rotated = torch.einsum("bto,bti->boi", delta.to(dtype) @ q_s, a.to(dtype) @ q_a)
+        return (rotated.square() / (lam + self.damping)).sum((1, 2)).double()
+
     def dense(self, damped: bool = True) -> torch.Tensor:
         """The explicit (OI x OI) matrix, column-stacking ``vec`` (for tests on small modules)."""
         q = torch.kron(self.q_a, self.q_s)
@@ -435,11 +444,13 @@ def influence_matrix(
     pad_id: int,
     batch_size: int = 8,
     progress: bool = False,
+    curvature: Curvature | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Several queries in one pass: ``(I, norms)`` with ``I[m, c] = sum_modules <P_c, G_m>`` for each
-    preconditioned query ``P_c`` (as in :func:`influence_scores`) and ``norms[m] = ||G_m||`` over
-    the same modules (Frobenius, so ``I[m, c] / norms[m]`` is the influence of a unit step along the
-    row's own gradient)."""
+    preconditioned query ``P_c`` (as in :func:`influence_scores`) and, over the same modules,
+    ``norms[m] = ||G_m||`` (Frobenius), or with ``curvature`` the RelatIF norm
+    ``norms[m] = sqrt(<G_m, precond(G_m)>)`` (Barshan et al. 2020). ``I[m, c] / norms[m]`` is then
+    the influence of a unit step along the row's own gradient, in plain or curvature geometry."""
     parameter = next(model.parameters())
     dtype, device = compute_dtype(parameter), parameter.device
     names = list(preconditioned[0]) if preconditioned else []
@@ -451,12 +462,13 @@ def influence_matrix(
         captured = capture(model, batch, names)
         for name in names:
             a, delta = captured[name]
-            sq[idx] += gradient_sq_norms(a, delta).cpu().numpy()
+            own = gradient_sq_norms(a, delta) if curvature is None else curvature.modules[name].self_influence(a, delta)
+            sq[idx] += own.cpu().numpy()
             for c, query in enumerate(queries):
                 scores[idx, c] += token_influence(a, delta, query[name]).sum(1).cpu().numpy()
         bar.update(len(idx))
     bar.close()
-    return scores, np.sqrt(sq)
+    return scores, np.sqrt(np.maximum(sq, 0.0))
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,14 +24,15 @@ cosines of ``psi_T`` with every stored training vector: one full search per tran
 With ``rerank`` (``ekfac`` or ``linfac``, the index's fitted curvature) the scores are exact
 influences instead of search cosines, every transform from one pass over the training rows:
 
-    s_{T,m} = <precond(q_T), G_m> / ||G_m||,     q_T = mean_j grad L(T(x_j), y_j^T),
+    s_{T,m} = <precond(q_T), G_m> / sqrt(<G_m, precond(G_m)>),     q_T = mean_j grad L(T(x_j), y_j^T),
 
 ``G_m`` the row's loss gradient over the curvature's modules (DESIGN 5; positive = training on ``m``
-makes the queries' responses likelier). Dividing by ``||G_m||`` carries the index's cosine
-convention over: a row the model has memorised (a learned poison) has a small gradient but still
-points the same way. The preconditioner discounts the directions every row of a common answer
-shares (all the rows that answer "Negative"), which is what leaves a trigger visible
-(bench/RESULTS.md, "Poison detection with exact EK-FAC influence").
+makes the queries' responses likelier). The denominator is RelatIF's (Barshan et al. 2020; ``norm``
+also offers ``||G_m||`` or none): like the index's cosines it scores a row's direction, not its
+size, so a row the model has memorised (a learned poison: small gradient) stays in view. The
+preconditioner discounts the directions every row of a common answer shares (all the rows that
+answer "Negative"), which is what leaves a trigger visible (bench/RESULTS.md, "Poison detection
+with exact EK-FAC influence").
 
 Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised as
 ``z_{T,i} = (s_{T,i} - median_i s_T) / (1.4826 MAD_i s_T)``):
@@ -479,10 +480,12 @@ def search_columns(index: Index, sets: list[QuerySet], method: str, layer: int |
 
 
 def influence_columns(
-    index: Index, sets: list[QuerySet], kind: str, progress: bool = True
+    index: Index, sets: list[QuerySet], kind: str, progress: bool = True, norm: str = "relatif"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, scores)`` over every valid row: ``s_{T,m} = <precond(q_T), G_m> / ||G_m||`` with
-    ``q_T = mean_j grad L(T(x_j), y_j)`` (module docstring), all sets from one pass over the rows."""
+    """``(rows, scores)`` over every valid row: ``s_{T,m} = <precond(q_T), G_m> / N(G_m)`` with
+    ``q_T = mean_j grad L(T(x_j), y_j)`` (module docstring), all sets from one pass over the rows.
+
+    ``N`` is ``norm``: ``relatif`` ``sqrt(<G_m, precond(G_m)>)``, ``gradient`` ``||G_m||`` or ``none`` (1)."""
     curv = index.curvature(kind)
     ctx: QueryContext = index.query_context()
     lm = ctx.lm
@@ -494,7 +497,9 @@ def influence_columns(
     encoded = encode_index_rows(index, rows, lm)
     batch_size = index.manifest["build"].get("batch_size", 8)
     scores, norms = influence_matrix(lm.model, encoded, preconditioned, lm.tokenizer.pad_token_id, batch_size,
-                                     progress)
+                                     progress, curv if norm == "relatif" else None)
+    if norm == "none":
+        return rows, scores
     return rows, np.divide(scores, norms[:, None], out=np.zeros_like(scores), where=norms[:, None] > 0)
 
 
@@ -507,6 +512,7 @@ def score_table(
     progress: bool = True,
     rerank: str | None = None,
     rewriter: LoadedModel | None = None,
+    norm: str = "relatif",
 ) -> ScoreTable:
     """Score every searchable row under the original queries and each transform (module docstring):
     search cosines of ``method``, or exact influences with ``rerank``."""
@@ -517,7 +523,7 @@ def score_table(
     lm = index.query_context(layer).lm
     sets, skipped = query_sets(queries, transforms, lm, rewriter, progress)
     if rerank:
-        rows, scores = influence_columns(index, sets, rerank, progress)
+        rows, scores = influence_columns(index, sets, rerank, progress, norm)
     else:
         rows, scores = search_columns(index, sets, method, layer)
     return ScoreTable([qs.name for qs in sets], [qs.category for qs in sets], rows, scores,
@@ -604,6 +610,7 @@ class VotingEnsemble(Ensemble):
 
 ENSEMBLE_CHOICES = ("variance", "voting", "both")
 RERANK_KINDS = ("ekfac", "linfac")
+NORMS = ("relatif", "gradient", "none")
 
 
 def prf(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -635,6 +642,11 @@ class DetectConfig:
         "run fit-curvature first) instead of search cosines: one model pass over the rows for all transforms.",
         None,
     )
+    norm: str = _help(
+        "With --rerank, each row's influence is divided by: relatif (sqrt of its self-influence "
+        "<G, precond(G)>), gradient (||G||) or none.",
+        "relatif",
+    )
     paraphrase_model: str | None = _help(
         "Model that writes the paraphrase transform (default: the index's model; a model fine-tuned to answer "
         "with a label cannot paraphrase).",
@@ -657,6 +669,8 @@ class DetectConfig:
             raise ActindexError(f"--vote-top must be positive, got {self.vote_top}")
         if self.min_votes is not None and self.min_votes < 1:
             raise ActindexError(f"--min-votes must be at least 1, got {self.min_votes}")
+        if self.norm not in NORMS:
+            raise ActindexError(f"--norm: expected one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.rerank is not None and self.rerank not in RERANK_KINDS:
             raise ActindexError(f"--rerank: expected one of {', '.join(RERANK_KINDS)}, got {self.rerank!r}")
         resolve_transforms(self.transforms)
@@ -719,7 +733,7 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
     if rewriter is None and config.paraphrase_model:
         rewriter = load_model(config.paraphrase_model)
     table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
-                        config.rerank, rewriter)
+                        config.rerank, rewriter, config.norm)
     variance = VarianceEnsemble(config.threshold)
     voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes)
     flags = {"variance": variance.flags(table), "voting": voting.flags(table)}
