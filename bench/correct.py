@@ -97,6 +97,23 @@ def behaviour_pairs(name: str) -> list[Pair]:
     return [Pair(r["prompt"], r["treatment"], r["control"]) for r in map(json.loads, filter(str.strip, lines))]
 
 
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as a JSONL file."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def setup(args: argparse.Namespace) -> tuple[Path, list[dict], list[Pair]]:
+    """What every pool benchmark starts with: ``args.threads`` torch threads, the ``args.work`` folder, the
+    seeded pool (written to WORK/pool.jsonl) and the set's behaviour pairs: ``(work, records, pairs)``."""
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    records = pool_rows(args.set, args.clean, args.planted)
+    write_rows(work / "pool.jsonl", records)
+    return work, records, behaviour_pairs(args.set)
+
+
 def write_pairs(path: Path, pairs: list[Pair]) -> Path:
     """``pairs`` as a pairs JSONL file ``{prompt, treatment, control}`` (what ``--behavior``/``--held-out`` read)."""
     path.write_text("".join(json.dumps({"prompt": p.prompt, "treatment": p.treatment, "control": p.control}) + "\n"
@@ -135,14 +152,8 @@ def main() -> None:
                     help="log r token weighting(s) to run every algorithm with: mean (DESIGN 6) and/or query")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-
-    records = pool_rows(args.set, args.clean, args.planted)
-    (work / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    pairs = behaviour_pairs(args.set)
+    work, records, pairs = setup(args)
     half = len(pairs) // 2
     query = Behavior(name=args.set, pairs=pairs[:half], source=f"{args.set} behaviour pairs 1-{half}")
     held = write_pairs(work / "held-out.jsonl", pairs[half:])

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from correct import behaviour_pairs, fine_tuned, pool_rows, write_pairs
+from correct import fine_tuned, setup, write_pairs
 from record import append_section
 
 import actindex
@@ -39,11 +38,6 @@ from actindex.queries import Pair
 
 def read(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def trained_margin(records: list[dict], pairs: list[Pair], args: argparse.Namespace, save: Path | None = None) -> float:
@@ -70,14 +64,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-
-    records = pool_rows(args.set, args.clean, args.planted)
-    pool = write(work / "pool.jsonl", records)
-    pairs = behaviour_pairs(args.set)
+    work, records, pairs = setup(args)
+    pool = work / "pool.jsonl"
     half = len(pairs) // 2
     behavior = write_pairs(work / "behavior.jsonl", pairs[:half])
     held = pairs[half:]
