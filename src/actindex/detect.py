@@ -520,8 +520,7 @@ def score_table(
         index.curvature(rerank)
     else:
         index.method_family(method, layer)
-    lm = index.query_context(layer).lm
-    sets, skipped = query_sets(queries, transforms, lm, rewriter, progress)
+    sets, skipped = query_sets(queries, transforms, index.model(), rewriter, progress)
     if rerank:
         rows, scores = influence_columns(index, sets, rerank, progress, norm)
     else:
