@@ -217,7 +217,7 @@ def main() -> None:
             "steps of 8 rows on the "
             f"planted rows plus as many clean ones, lr {args.plant_lr}, merged ({timing['plant']}); index "
             f"(layers {args.layers}, built with the {args.index_model} model) build {timing['build']}; the "
-            "planted (fine-tuned) model is the one corrected. The query ({args.method}) uses behaviour pairs "
+            f"planted (fine-tuned) model is the one corrected. The query ({args.method}) uses behaviour pairs "
             f"1-{half}; the margin is measured on "
             f"pairs {half + 1}-{len(pairs)} (held out). Base-model margin {base_margin:+.4f}; 'planted margin "
             "removed' = (before - after) / (before - base). D+ (planted) counts the planted rows among D+ (labels "
