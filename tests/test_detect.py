@@ -15,6 +15,7 @@ from actindex.detect import (
     ORIGINAL,
     DetectConfig,
     ScoreTable,
+    SoftVotingEnsemble,
     TestQuery,
     Transform,
     VarianceEnsemble,
@@ -25,6 +26,7 @@ from actindex.detect import (
     resolve_transforms,
     robust_z,
     score_table,
+    support_z,
     transformed_conversations,
 )
 from actindex.errors import ActindexError, DataError
@@ -187,6 +189,36 @@ def test_voting_rule_counts_category_votes():
     assert np.flatnonzero(VotingEnsemble(top=0.05, z=2.0, min_votes=1).flags(table)).tolist() == [40, 41, 42]
 
 
+def test_support_z_standardises_against_the_supporting_rows():
+    col = np.array([-9.0, -8.0, -7.0, 1.0, 2.0, 3.0, 4.0, 100.0])
+    # supporters (s > 0): 1, 2, 3, 4, 100 -> median 3, MAD 1 (as in the robust_z case above)
+    np.testing.assert_allclose(support_z(col[:, None])[:, 0], (col - 3) / 1.4826, rtol=1e-12)
+    few = np.array([-3.0, -2.0, -1.0, -1.5, -2.5, -0.5, -4.0, 5.0])  # 1 of 8 < MIN_SUPPORT_SHARE: whole column
+    np.testing.assert_allclose(support_z(few[:, None]), robust_z(few[:, None]), rtol=1e-12)
+
+
+def _two_humps():
+    """100 rows in two humps, as when half the rows teach the queries' answer: 50 opposing rows near
+    -1, 45 supporting rows near +1 and 5 poisons at +1.4 (0.4 above the supporters, 20 times their
+    spread), under 3 transforms."""
+    rng = np.random.default_rng(1)
+    scores = np.concatenate([rng.normal(-1, 0.02, (50, 3)), rng.normal(1, 0.02, (45, 3)),
+                             rng.normal(1.4, 0.02, (5, 3))])
+    return scores
+
+
+def test_soft_voting_finds_poisons_a_two_hump_column_hides():
+    scores = _two_humps()
+    cats = ["original", "negation", "negation"]
+    table = _table(scores, cats)
+    u = support_z(scores)
+    expected = np.stack([u[:, 0], u[:, 1:].mean(axis=1)], axis=1).mean(axis=1)
+    np.testing.assert_allclose(SoftVotingEnsemble().statistic(table), expected, rtol=1e-12)
+    assert np.flatnonzero(SoftVotingEnsemble(threshold=2.5).flags(table)).tolist() == [95, 96, 97, 98, 99]
+    # the whole-column z puts the gap between the humps in its MAD: the poisons sit near z = 1
+    assert robust_z(scores)[95:].max() < 2 and not VotingEnsemble(top=0.1, z=2.0).flags(table).any()
+
+
 def test_precision_recall_f1_by_hand():
     flagged = np.array([1, 1, 1, 0, 0, 1], bool)
     truth = np.array([1, 1, 0, 1, 0, 0], bool)
@@ -293,12 +325,13 @@ def test_cli_detect_end_to_end(poisoned, tmp_path, monkeypatch, llama):
     flagged = [json.loads(x) for x in out.read_text().splitlines()]
     assert flagged and all("voting" in f["flagged_by"] for f in flagged)
     assert set(flagged[0]["scores"]) | {"paraphrase"} == set(names) and "original" in flagged[0]["scores"]
-    assert flagged[0]["record"]["id"] == flagged[0]["id"]
+    assert flagged[0]["record"]["id"] == flagged[0]["id"] and "soft_voting_statistic" in flagged[0]
     # the Python API gives the same flags
     py = detect(idx, DetectConfig(queries=str(queries), layer=2, ensemble="voting", min_votes=1, vote_z=0.0,
                                   labels_field="label"), progress=False)
     assert sorted(f["row"] for f in flagged) == sorted(py.flagged_rows().tolist())
     assert 0.0 <= py.metrics["voting"]["f1"] <= 1.0 and py.metrics["voting"]["true"] == 4
+    assert "soft-voting" in res.output and set(py.metrics) == {"variance", "voting", "both", "soft-voting"}
 
 
 def test_cli_detect_errors_are_one_line(poisoned, tmp_path, monkeypatch, llama):

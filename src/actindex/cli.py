@@ -495,7 +495,8 @@ def _dh(name: str) -> str:
 @click.option("--index", "index_dir", required=True, help="Index directory.")
 @click.option("--queries", required=True, help=_dh("queries"))
 @click.option("--transforms", default="all", show_default=True, help=_dh("transforms"))
-@click.option("--ensemble", type=click.Choice(["variance", "voting", "both"]), default="both", show_default=True,
+@click.option("--ensemble", type=click.Choice(["variance", "voting", "both", "soft-voting"]), default="both",
+              show_default=True,
               help=_dh("ensemble"))
 @click.option("--method", default="residual-change", show_default=True, help=_dh("method"))
 @click.option("--layer", type=int, help=_dh("layer"))
@@ -507,6 +508,7 @@ def _dh(name: str) -> str:
 @click.option("--vote-top", default=0.1, show_default=True, help=_dh("vote_top"))
 @click.option("--vote-z", default=2.0, show_default=True, help=_dh("vote_z"))
 @click.option("--min-votes", type=int, help=_dh("min_votes"))
+@click.option("--soft-threshold", default=2.5, show_default=True, help=_dh("soft_threshold"))
 @click.option("--labels-field", help=_dh("labels_field"))
 @click.option("--out", help=_dh("out"))
 @click.option("--model", help="Model to answer and embed the queries (default: the one the index names).")
@@ -536,9 +538,9 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, help_tra
         click.echo(f"  {name:<18} {cat:<11} {n} queries")
     for name in table.skipped:
         click.echo(f"  {name:<18} applies to none of the queries: left out")
-    click.echo(f"\n{'rule':<9} {'flagged':>7}" + ("  precision  recall     F1" if res.metrics else ""))
-    for rule in ("variance", "voting", "both"):
-        line = f"{rule:<9} {int(res.flags[rule].sum()):>7}"
+    click.echo(f"\n{'rule':<11} {'flagged':>7}" + ("  precision  recall     F1" if res.metrics else ""))
+    for rule in ("variance", "voting", "both", "soft-voting"):
+        line = f"{rule:<11} {int(res.flags[rule].sum()):>7}"
         if res.metrics:
             m = res.metrics[rule]
             line += f"  {m['precision']:>9.3f}  {m['recall']:>6.3f}  {m['f1']:>5.3f}"

@@ -46,6 +46,16 @@ Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised
   fraction of the rows, or a count); flag rows with at least ``min_votes`` votes (default: every
   category present).
 * ``both``: rows flagged by both rules.
+* ``soft-voting``: the categories average instead of voting, on a scale fitted to the rows that
+  support the queries. Influence has a meaningful zero (``s > 0``: training on the row makes the
+  queries' responses likelier), and when half the rows give the queries' answer (every clean row
+  answering "Negative" in a sentiment set) a column is two humps, whose MAD measures the gap between
+  them rather than the spread a poison must stand out from. So each column is standardised against
+  its supporters, ``u_{T,i} = (s_{T,i} - median_{s_T > 0}) / (1.4826 MAD_{s_T > 0})`` (the whole
+  column when fewer than ``MIN_SUPPORT_SHARE`` of the rows support it: with poisons at most 10% of
+  the rows they are then at most 40% of the supporters, below the MAD's 50% breakdown point), a
+  category scores a row by the mean ``u`` of its transforms, and a row is flagged when the mean of
+  its category scores is at least ``soft_threshold`` (bench/RESULTS.md, "soft voting").
 """
 
 from __future__ import annotations
@@ -399,14 +409,36 @@ class ScoreTable:
         return robust_z(self.scores)
 
 
+def robust_location_scale(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise ``(median, 1.4826 MAD)`` of ``reference``; its standard deviation stands in for a zero
+    MAD (and 1 for a constant column)."""
+    med = np.median(reference, axis=0)
+    scale = 1.4826 * np.median(np.abs(reference - med), axis=0)
+    std = reference.std(axis=0)
+    return med, np.where(scale > 0, scale, np.where(std > 0, std, 1.0))
+
+
 def robust_z(scores: np.ndarray) -> np.ndarray:
     """Column-wise ``(s - median) / (1.4826 MAD)``; the standard deviation stands in for a zero MAD."""
     s = np.asarray(scores, dtype=np.float64)
-    med = np.median(s, axis=0)
-    scale = 1.4826 * np.median(np.abs(s - med), axis=0)
-    std = s.std(axis=0)
-    scale = np.where(scale > 0, scale, np.where(std > 0, std, 1.0))
+    med, scale = robust_location_scale(s)
     return (s - med) / scale
+
+
+MIN_SUPPORT_SHARE = 0.25
+
+
+def support_z(scores: np.ndarray) -> np.ndarray:
+    """Column-wise ``(s - median_{s>0}) / (1.4826 MAD_{s>0})``: each row against the rows that support the
+    queries; :func:`robust_z` for a column with fewer than ``MIN_SUPPORT_SHARE`` of its rows above zero."""
+    s = np.asarray(scores, dtype=np.float64)
+    out = robust_z(s)
+    for j in range(s.shape[1]):
+        support = s[s[:, j] > 0, j]
+        if len(support) >= MIN_SUPPORT_SHARE * len(s):
+            med, scale = robust_location_scale(support)
+            out[:, j] = (s[:, j] - med) / scale
+    return out
 
 
 def transformed_conversations(
@@ -562,6 +594,13 @@ class VarianceEnsemble(Ensemble):
         return self.statistic(table) >= self.threshold
 
 
+def category_means(z: np.ndarray, categories: list[str]) -> tuple[list[str], np.ndarray]:
+    """``(cats, cz)``: ``cz[:, c]`` is the mean of ``z`` over the columns of category ``cats[c]``."""
+    cats = list(dict.fromkeys(categories))
+    cols = [z[:, [i for i, c in enumerate(categories) if c == cat]].mean(axis=1) for cat in cats]
+    return cats, np.stack(cols, axis=1)
+
+
 def top_count(top: float, n: int) -> int:
     """Rows in a top-``q`` set: ``ceil(q n)`` for a fraction ``0 < q < 1``, else ``q`` rows."""
     if top <= 0:
@@ -582,10 +621,7 @@ class VotingEnsemble(Ensemble):
     min_votes: int | None = None
 
     def category_z(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
-        z = table.z()
-        cats = list(dict.fromkeys(table.categories))
-        cols = [z[:, [i for i, c in enumerate(table.categories) if c == cat]].mean(axis=1) for cat in cats]
-        return cats, np.stack(cols, axis=1)
+        return category_means(table.z(), table.categories)
 
     def votes(self, table: ScoreTable) -> np.ndarray:
         _, cz = self.category_z(table)
@@ -607,7 +643,22 @@ class VotingEnsemble(Ensemble):
         return self.votes(table) >= needed
 
 
-ENSEMBLE_CHOICES = ("variance", "voting", "both")
+@dataclass
+class SoftVotingEnsemble(Ensemble):
+    """Flag ``mean_c mean_{T in c} u_{T,i} >= threshold``, ``u`` the scores standardised against their
+    supporters (:func:`support_z`; module docstring)."""
+
+    name: ClassVar[str] = "soft-voting"
+    threshold: float = 2.5
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        return category_means(support_z(table.scores), table.categories)[1].mean(axis=1)
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        return self.statistic(table) >= self.threshold
+
+
+ENSEMBLE_CHOICES = ("variance", "voting", "both", "soft-voting")
 RERANK_KINDS = ("ekfac", "linfac")
 NORMS = ("relatif", "gradient", "none")
 
@@ -633,7 +684,8 @@ class DetectConfig:
 
     queries: str = _help("JSONL/parquet of test prompts: {prompt, response|reference?} or training-row shapes.", "")
     transforms: str = _help("all, fast (no model generation) or a comma list of transform names.", "all")
-    ensemble: str = _help("Rule whose flagged rows are written: variance, voting or both (flagged by both).", "both")
+    ensemble: str = _help("Rule whose flagged rows are written: variance, voting, both (flagged by both) or "
+                          "soft-voting.", "both")
     method: str = _help("Query method whose per-example vectors score the rows.", DEFAULT_VECTOR_METHOD)
     layer: int | None = _help("Layer (default: the indexed layer nearest 60% of the depth).", None)
     rerank: str | None = _help(
@@ -655,6 +707,8 @@ class DetectConfig:
     vote_top: float = _help("voting rule: each category votes within its top rows (fraction < 1, or a count).", 0.1)
     vote_z: float = _help("voting rule: a vote also needs the category's robust z >= this.", 2.0)
     min_votes: int | None = _help("voting rule: votes needed (default: every category).", None)
+    soft_threshold: float = _help("soft-voting rule: flag rows whose category-mean score, standardised against "
+                                  "the rows that support the queries, is >= this.", 2.5)
     labels_field: str | None = _help("Record field with ground-truth labels (non-'clean' = poisoned): prints P/R/F1.",
                                      None)
     out: str | None = _help("JSONL file for the flagged rows with their per-transform scores.", None)
@@ -703,6 +757,7 @@ class DetectResult:
                 "flagged_by": [r for r in ENSEMBLE_CHOICES if self.flags[r][p]],
                 "variance_statistic": float(self.statistics["variance"][p]),
                 "votes": int(self.statistics["voting"][p]),
+                "soft_voting_statistic": float(self.statistics["soft-voting"][p]),
                 "scores": {n: float(s) for n, s in zip(self.table.names, self.table.scores[p])},
                 "record": record,
             })
@@ -735,12 +790,15 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
                         config.rerank, rewriter, config.norm)
     variance = VarianceEnsemble(config.threshold)
     voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes)
+    soft = SoftVotingEnsemble(config.soft_threshold)
     flags = {"variance": variance.flags(table), "voting": voting.flags(table)}
     flags["both"] = flags["variance"] & flags["voting"]
+    flags["soft-voting"] = soft.flags(table)
     all_ids = idx.ids()
     result = DetectResult(
         table=table, flags=flags,
-        statistics={"variance": variance.statistic(table), "voting": voting.statistic(table)},
+        statistics={"variance": variance.statistic(table), "voting": voting.statistic(table),
+                    "soft-voting": soft.statistic(table)},
         ids=[all_ids[r] for r in table.rows], ensemble=config.ensemble,
     )
     if config.labels_field:
