@@ -326,6 +326,8 @@ def test_cli_detect_end_to_end(poisoned, tmp_path, monkeypatch, llama):
     assert flagged and all("voting" in f["flagged_by"] for f in flagged)
     assert set(flagged[0]["scores"]) | {"paraphrase"} == set(names) and "original" in flagged[0]["scores"]
     assert flagged[0]["record"]["id"] == flagged[0]["id"] and "soft_voting_statistic" in flagged[0]
+    order = [(-f["votes"], -f["variance_statistic"]) for f in flagged]  # the written rule's statistic first
+    assert order == sorted(order)
     # the Python API gives the same flags
     py = detect(idx, DetectConfig(queries=str(queries), layer=2, ensemble="voting", min_votes=1, vote_z=0.0,
                                   labels_field="label"), progress=False)

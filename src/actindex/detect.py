@@ -744,10 +744,12 @@ class DetectResult:
         return self.table.rows[self.flags[rule or self.ensemble]]
 
     def records(self, index: Index, rule: str | None = None) -> list[dict[str, Any]]:
-        """One dict per flagged row (by ``rule``), highest variance statistic first."""
-        mask = self.flags[rule or self.ensemble]
-        pos = np.flatnonzero(mask)
-        pos = pos[np.argsort(-self.statistics["variance"][pos], kind="stable")]
+        """One dict per flagged row (by ``rule``), highest statistic of the rule first (``both``: the
+        variance statistic; ties broken by it too)."""
+        rule = rule or self.ensemble
+        pos = np.flatnonzero(self.flags[rule])
+        own = self.statistics["variance" if rule == "both" else rule][pos]
+        pos = pos[np.lexsort((-self.statistics["variance"][pos], -own))]
         records = index.records(self.table.rows[pos])
         out = []
         for p, record in zip(pos, records):
