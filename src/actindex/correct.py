@@ -53,9 +53,9 @@ from tqdm.auto import tqdm
 
 from .config import _help
 from .data import Encoded, encode_row, normalise_record
-from .errors import ActindexError, IndexFileError
+from .errors import ActindexError
 from .index import Index
-from .models import LoadedModel, is_adapter_dir, load_model, save_weights, wrap_model
+from .models import LoadedModel, is_adapter_dir, save_weights, wrap_model
 from .queries import (
     DEFAULT_VECTOR_METHOD,
     Behavior,
@@ -601,16 +601,6 @@ def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) ->
     return kind
 
 
-def _target_model(index: Index, target: LoadedModel | str) -> LoadedModel:
-    """The model to correct, loaded if given as a path; it must share the index's tokenizer."""
-    if isinstance(target, str):
-        target = load_model(target, str(index.model().device), "auto")
-    if target.tokenizer_id() != index.manifest["model"]["tokenizer"]:
-        raise IndexFileError(f"--target {target.name!r} has another tokenizer than the index {index.root}'s model; "
-                             "the rows it ranks must mean the same tokens to the corrected model")
-    return target
-
-
 def correct(
     index: Index | str | os.PathLike,
     behavior: str | Behavior,
@@ -642,7 +632,7 @@ def correct(
     if lm is not None:
         index.use_model(lm)
     ranker = index.model()
-    lm = _target_model(index, target) if target is not None else ranker
+    lm = index.companion_model(target, "--target") if target is not None else ranker
     behavior = complete_behavior(load_behavior(behavior) if isinstance(behavior, str) else behavior, ranker)
     max_length = config.max_length or index.manifest["build"].get("max_length", 512)
     if scores is None:

@@ -15,9 +15,9 @@ where ``v_l`` is the method's per-example vector (the treatment side of :mod:`ac
 the residual change ``t_l`` for ``residual-change``, the mean activation for ``residual-difference``,
 the projected gradient for ``gradient``), computed exactly as the build computes training vectors,
 and ``y_j^T`` is the query's given response (``response`` or ``reference``) or, when it has none,
-the model's own greedy answer to ``T(x_j)``. A given response is kept under every transform: a
-backdoored model answers a triggered prompt the same way whatever the rest of it says, which is what
-the given response records. Queries a transform does not apply to (no auxiliary verb to negate, no
+the greedy answer to ``T(x_j)`` of the model audited (``target``, by default the index's model). A
+given response is kept under every transform: a backdoored model answers a triggered prompt the
+same way whatever the rest of it says, which is what the given response records. Queries a transform does not apply to (no auxiliary verb to negate, no
 word in the antonym lexicon...) are left out of that transform's mean. Scores ``s_{T,i}`` are the
 cosines of ``psi_T`` with every stored training vector: one full search per transform.
 
@@ -475,17 +475,18 @@ class QuerySet:
 
 def query_sets(
     queries: list[TestQuery], transforms: list[Transform], lm: LoadedModel, rewriter: LoadedModel | None = None,
-    progress: bool = True,
+    progress: bool = True, answerer: LoadedModel | None = None,
 ) -> tuple[list[QuerySet], list[str]]:
     """``(sets, skipped)``: the original queries and each transform's, leaving out transforms that
-    apply to no query (their names are ``skipped``)."""
+    apply to no query (their names are ``skipped``). ``answerer`` (default ``lm``) answers the queries
+    that have no response; ``rewriter`` (default ``lm``) writes the paraphrases."""
     from tqdm.auto import tqdm
 
     sets, skipped = [], []
     steps: list[Transform | None] = [None, *transforms]
     for transform in tqdm(steps, desc="transforms", unit="transform", disable=not progress, dynamic_ncols=True):
         name = ORIGINAL if transform is None else transform.name
-        convs = transformed_conversations(queries, transform, lm, rewriter=rewriter)
+        convs = transformed_conversations(queries, transform, answerer or lm, rewriter=rewriter or lm)
         if convs:
             sets.append(QuerySet(name, ORIGINAL if transform is None else transform.category, convs))
         else:
@@ -545,14 +546,16 @@ def score_table(
     rerank: str | None = None,
     rewriter: LoadedModel | None = None,
     norm: str = "relatif",
+    answerer: LoadedModel | None = None,
 ) -> ScoreTable:
     """Score every searchable row under the original queries and each transform (module docstring):
-    search cosines of ``method``, or exact influences with ``rerank``."""
+    search cosines of ``method``, or exact influences with ``rerank``. ``answerer`` (default: the index's
+    model) answers the queries that have no response."""
     if rerank:  # refuse before any model pass: no fitted factors, or no vectors for the method
         index.curvature(rerank)
     else:
         index.method_family(method, layer)
-    sets, skipped = query_sets(queries, transforms, index.model(), rewriter, progress)
+    sets, skipped = query_sets(queries, transforms, index.model(), rewriter, progress, answerer)
     if rerank:
         rows, scores = influence_columns(index, sets, rerank, progress, norm)
     else:
@@ -698,6 +701,12 @@ class DetectConfig:
         "<G, precond(G)>), gradient (||G||) or none.",
         "relatif",
     )
+    target: str | None = _help(
+        "Model whose behaviour is audited, when it is not the index's (same tokenizer): it answers the queries "
+        "that have no response, and the index's model scores the rows. E.g. an index built with a checkpoint "
+        "from before the fine-tune memorised its poisons audits the fine-tuned model.",
+        None,
+    )
     paraphrase_model: str | None = _help(
         "Model that writes the paraphrase transform (default: the index's model; a model fine-tuned to answer "
         "with a label cannot paraphrase).",
@@ -778,18 +787,21 @@ def ground_truth(index: Index, rows: np.ndarray, field_name: str) -> np.ndarray:
 
 
 def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None, progress: bool = True,
-           rewriter: LoadedModel | None = None, **kwargs: Any) -> DetectResult:
+           rewriter: LoadedModel | None = None, target: LoadedModel | None = None, **kwargs: Any) -> DetectResult:
     """Score, ensemble and (with ``labels_field``) evaluate; writes ``out`` when set.
 
-    ``rewriter`` is a loaded model for the paraphrase transform (else ``paraphrase_model`` is loaded).
+    ``rewriter`` is a loaded model for the paraphrase transform (else ``paraphrase_model`` is loaded);
+    ``target`` a loaded model that answers the queries without a response (else ``config.target``).
     """
     config = config or DetectConfig(**kwargs)
     idx = index if isinstance(index, Index) else Index.open(index)
     queries = load_queries(config.queries)
     if rewriter is None and config.paraphrase_model:
         rewriter = load_model(config.paraphrase_model)
+    if target is not None or config.target:
+        target = idx.companion_model(target if target is not None else config.target, "--target")
     table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
-                        config.rerank, rewriter, config.norm)
+                        config.rerank, rewriter, config.norm, target)
     variance = VarianceEnsemble(config.threshold)
     voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes)
     soft = SoftVotingEnsemble(config.soft_threshold)

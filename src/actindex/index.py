@@ -201,6 +201,17 @@ class Index:
         self.check_model(self._model)
         return self._model
 
+    def companion_model(self, model: LoadedModel | str, option: str) -> LoadedModel:
+        """Another model that works on the index's rows (``option`` names it in errors): loaded like the
+        index's model when given as a path, and refused unless its tokenizer is the index's (the rows'
+        tokens must mean the same to both)."""
+        if isinstance(model, str):
+            model = load_model(model, str(self.model().device), "auto")
+        if model.tokenizer_id() != self.manifest["model"]["tokenizer"]:
+            raise IndexFileError(f"{option} {model.name!r} has another tokenizer than the index {self.root}'s model; "
+                                 "the same text would be other tokens to it")
+        return model
+
     def use_model(self, lm: LoadedModel) -> Index:
         """Use an already loaded model for queries (notebooks, tests); checked against the manifest."""
         self.check_model(lm)
