@@ -90,10 +90,20 @@ def behaviour_prompts(name: str, attack: str, target: str) -> list[dict]:
     return [t for t in tests if clean_reference(t["prompt"], clean_tests) != target]
 
 
-def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: int = 0) -> Path:
+def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: int = 0, tokenizer=None,
+                 max_length: int | None = None) -> Path:
     """``n`` behaviour prompts (:func:`behaviour_prompts`, sampled with ``seed``), each with its reference as
-    the response (an integer reference stands for the target)."""
+    the response (an integer reference stands for the target). With ``tokenizer`` and ``max_length``, only
+    prompts whose chat-formatted tokens leave room for the response within ``max_length`` (the index's
+    limit: detect refuses a query whose response starts past it)."""
     tests = behaviour_prompts(name, attack, target)
+    if tokenizer is not None and max_length is not None:
+        def prompt_tokens(prompt: str) -> int:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        tests = [t for t in tests if prompt_tokens(t["prompt"]) <= max_length - 2]
     picked = random.Random(seed).sample(tests, min(n, len(tests)))
     lines = [{"prompt": t["prompt"], "response": t["reference"] if isinstance(t["reference"], str) else target}
              for t in picked]
@@ -177,7 +187,8 @@ def main() -> None:
     for name in args.sets.split(","):
         pool, target, n_poison = make_pool(name, args.attack, args.clean, args.poison_rate, work / f"{name}.jsonl",
                                            args.seed)
-        queries = make_queries(name, args.attack, args.queries, target, work / f"{name}-queries.jsonl", args.seed)
+        queries = make_queries(name, args.attack, args.queries, target, work / f"{name}-queries.jsonl", args.seed,
+                               base.tokenizer, args.max_length)
         if args.backdoor_steps:
             lm = backdoored_model(pool, work / f"{name}-backdoored", args.backdoor_steps, args.backdoor_lr,
                                   args.max_length)

@@ -375,7 +375,11 @@ def test_cli_detect_errors_are_one_line(poisoned, tmp_path, monkeypatch, llama):
     runner = CliRunner()
     base = ["detect", "--index", str(idx.root), "--layer", "2", "--quiet", "--transforms", "fast"]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": 3}])
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "is it good ?", "response": "yes"},
+                                                 {"prompt": "the water is hot " * 200, "response": "no"}])
+    too_long = f"{long}:2: field 'prompt': leaves no response token within the index's max_length"
     cases = [
+        (["--queries", str(long)], too_long),
         (["--queries", str(bad)], f"{bad}:2: field 'prompt': must be a non-empty string"),
         (["--queries", str(queries), "--transforms", "antonym,upside-down"], "unknown transform 'upside-down'"),
         (["--queries", str(queries), "--labels-field", "nope"], "field 'nope': missing from training row 0"),

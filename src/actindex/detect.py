@@ -17,9 +17,10 @@ the projected gradient for ``gradient``), computed exactly as the build computes
 and ``y_j^T`` is the query's given response (``response`` or ``reference``) or, when it has none,
 the greedy answer to ``T(x_j)`` of the model audited (``target``, by default the index's model). A
 given response is kept under every transform: a backdoored model answers a triggered prompt the
-same way whatever the rest of it says, which is what the given response records. Queries a transform does not apply to (no auxiliary verb to negate, no
-word in the antonym lexicon...) are left out of that transform's mean. Scores ``s_{T,i}`` are the
-cosines of ``psi_T`` with every stored training vector: one full search per transform.
+same way whatever the rest of it says, which is what the given response records. Queries a
+transform does not apply to (no auxiliary verb to negate, no word in the antonym lexicon...) are
+left out of that transform's mean. Scores ``s_{T,i}`` are the cosines of ``psi_T`` with every
+stored training vector: one full search per transform.
 
 With ``rerank`` (``ekfac`` or ``linfac``, the index's fitted curvature) the scores are exact
 influences instead of search cosines, every transform from one pass over the training rows:
@@ -77,7 +78,7 @@ from .data import Row, iter_records, normalise_record
 from .errors import ActindexError, DataError
 from .index import Index
 from .models import LoadedModel, generate, load_model
-from .queries import DEFAULT_VECTOR_METHOD, QueryContext, QueryMethod, unit
+from .queries import DEFAULT_VECTOR_METHOD, QueryContext, QueryMethod, encode_conversations, unit
 from .registry import Registered
 
 ORIGINAL = "original"
@@ -97,6 +98,7 @@ class TestQuery:
     response: str | None
     context: list[dict[str, str]] = field(default_factory=list)
     line: int = 0
+    source: str = "queries"  # the file it was read from, for errors
 
     __test__ = False  # not a pytest class
 
@@ -124,7 +126,7 @@ def load_queries(path: str | os.PathLike) -> list[TestQuery]:
                         raise DataError(path, line, key, "must be a non-empty string (or absent, to generate one)")
                     response = value
                     break
-            queries.append(TestQuery(prompt, response, [], line))
+            queries.append(TestQuery(prompt, response, [], line, str(path)))
             continue
         row: Row = normalise_record(path, line, len(queries), record)
         if row.messages is None:
@@ -134,7 +136,7 @@ def load_queries(path: str | os.PathLike) -> list[TestQuery]:
             raise DataError(path, line, "messages", "has no user turn to transform")
         last = users[-1]
         queries.append(TestQuery(row.messages[last]["content"], row.messages[-1]["content"],
-                                 row.messages[:last], line))
+                                 row.messages[:last], line, str(path)))
     return queries
 
 
@@ -447,10 +449,12 @@ def transformed_conversations(
     lm: LoadedModel | None,
     max_new_tokens: int = MAX_NEW_TOKENS,
     rewriter: LoadedModel | None = None,
+    max_length: int | None = None,
 ) -> list[list[dict[str, str]]]:
     """One conversation per query the transform applies to: ``T(prompt)`` and the response
     (the given one, or ``lm``'s greedy answer to ``T(prompt)``). ``rewriter`` (default ``lm``)
-    writes the transforms that need a model (the paraphrase)."""
+    writes the transforms that need a model (the paraphrase). With ``max_length`` (the index's), a
+    conversation whose response starts past it is refused, naming the query's file and line."""
     prompts = [q.prompt for q in queries]
     new = prompts if transform is None else transform.apply_many(prompts, rewriter or lm)
     kept = [(q, p) for q, p in zip(queries, new) if p]
@@ -461,7 +465,14 @@ def transformed_conversations(
             raise ActindexError("queries without a response need the model to answer them")
         convs = [kept[i][0].context + [{"role": "user", "content": kept[i][1]}] for i in missing]
         answers = {i: a or "." for i, a in zip(missing, generate(lm, convs, max_new_tokens))}
-    return [q.conversation(p, answers.get(i, q.response or "")) for i, (q, p) in enumerate(kept)]
+    convs = [q.conversation(p, answers.get(i, q.response or "")) for i, (q, p) in enumerate(kept)]
+    if max_length is not None and lm is not None:
+        for (q, _), encoded in zip(kept, encode_conversations(lm, convs, max_length)):
+            if encoded.n_response == 0:
+                under = "" if transform is None else f" (under {transform.name})"
+                raise DataError(q.source, q.line, "prompt", f"leaves no response token within the index's "
+                                f"max_length {max_length}{under}: shorten it, or rebuild with a larger --max-length")
+    return convs
 
 
 @dataclass
@@ -475,7 +486,7 @@ class QuerySet:
 
 def query_sets(
     queries: list[TestQuery], transforms: list[Transform], lm: LoadedModel, rewriter: LoadedModel | None = None,
-    progress: bool = True, answerer: LoadedModel | None = None,
+    progress: bool = True, answerer: LoadedModel | None = None, max_length: int | None = None,
 ) -> tuple[list[QuerySet], list[str]]:
     """``(sets, skipped)``: the original queries and each transform's, leaving out transforms that
     apply to no query (their names are ``skipped``). ``answerer`` (default ``lm``) answers the queries
@@ -486,7 +497,8 @@ def query_sets(
     steps: list[Transform | None] = [None, *transforms]
     for transform in tqdm(steps, desc="transforms", unit="transform", disable=not progress, dynamic_ncols=True):
         name = ORIGINAL if transform is None else transform.name
-        convs = transformed_conversations(queries, transform, answerer or lm, rewriter=rewriter or lm)
+        convs = transformed_conversations(queries, transform, answerer or lm, rewriter=rewriter or lm,
+                                          max_length=max_length)
         if convs:
             sets.append(QuerySet(name, ORIGINAL if transform is None else transform.category, convs))
         else:
@@ -555,7 +567,8 @@ def score_table(
         index.curvature(rerank)
     else:
         index.method_family(method, layer)
-    sets, skipped = query_sets(queries, transforms, index.model(), rewriter, progress, answerer)
+    sets, skipped = query_sets(queries, transforms, index.model(), rewriter, progress, answerer,
+                               index.manifest["build"].get("max_length", 512))
     if rerank:
         rows, scores = influence_columns(index, sets, rerank, progress, norm)
     else:
