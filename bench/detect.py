@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 import actindex
-from actindex.detect import DetectConfig, VotingEnsemble, detect, ground_truth, prf
+from actindex.detect import DetectConfig, Transform, VotingEnsemble, detect, ground_truth, prf
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdoorllm"
 
@@ -94,16 +94,19 @@ def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: i
                  max_length: int | None = None) -> Path:
     """``n`` behaviour prompts (:func:`behaviour_prompts`, sampled with ``seed``), each with its reference as
     the response (an integer reference stands for the target). With ``tokenizer`` and ``max_length``, only
-    prompts whose chat-formatted tokens leave room for the response within ``max_length`` (the index's
-    limit: detect refuses a query whose response starts past it)."""
+    prompts that leave room for the response within ``max_length`` (the index's limit: detect refuses a
+    query whose response starts past it) as they are and under every rule-based transform."""
     tests = behaviour_prompts(name, attack, target)
     if tokenizer is not None and max_length is not None:
-        def prompt_tokens(prompt: str) -> int:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        rules = [t for t in Transform.registry.values() if t.name != "paraphrase"]
 
-        tests = [t for t in tests if prompt_tokens(t["prompt"]) <= max_length - 2]
+        def longest(prompt: str) -> int:
+            variants = [prompt] + [v for v in (t().apply(prompt) for t in rules) if v]
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": v}], tokenize=False,
+                                                   add_generation_prompt=True) for v in variants]
+            return max(len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in texts)
+
+        tests = [t for t in tests if longest(t["prompt"]) <= max_length - 2]
     picked = random.Random(seed).sample(tests, min(n, len(tests)))
     lines = [{"prompt": t["prompt"], "response": t["reference"] if isinstance(t["reference"], str) else target}
              for t in picked]
