@@ -520,7 +520,7 @@ def _dh(name: str) -> str:
 def detect(index_dir: str, model: str | None, device: str, quiet: bool, help_transforms: bool,
            **options: Any) -> None:
     """Flag training rows (poisons) whose influence survives semantic transforms of the test queries."""
-    from .detect import DetectConfig, Transform
+    from .detect import ENSEMBLE_CHOICES, DetectConfig, Transform
     from .detect import detect as run_detect
     from .index import Index
 
@@ -540,7 +540,7 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, help_tra
     for name in table.skipped:
         click.echo(f"  {name:<18} applies to none of the queries: left out")
     click.echo(f"\n{'rule':<11} {'flagged':>7}" + ("  precision  recall     F1" if res.metrics else ""))
-    for rule in ("variance", "voting", "both", "soft-voting"):
+    for rule in ENSEMBLE_CHOICES:
         line = f"{rule:<11} {int(res.flags[rule].sum()):>7}"
         if res.metrics:
             m = res.metrics[rule]

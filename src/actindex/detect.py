@@ -434,12 +434,11 @@ def support_z(scores: np.ndarray) -> np.ndarray:
     """Column-wise ``(s - median_{s>0}) / (1.4826 MAD_{s>0})``: each row against the rows that support the
     queries; :func:`robust_z` for a column with fewer than ``MIN_SUPPORT_SHARE`` of its rows above zero."""
     s = np.asarray(scores, dtype=np.float64)
-    out = robust_z(s)
-    for j in range(s.shape[1]):
-        support = s[s[:, j] > 0, j]
-        if len(support) >= MIN_SUPPORT_SHARE * len(s):
-            med, scale = robust_location_scale(support)
-            out[:, j] = (s[:, j] - med) / scale
+    out = np.empty_like(s)
+    for j, column in enumerate(s.T):
+        support = column[column > 0]
+        med, scale = robust_location_scale(support if len(support) >= MIN_SUPPORT_SHARE * len(s) else column)
+        out[:, j] = (column - med) / scale
     return out
 
 
@@ -540,8 +539,7 @@ def influence_columns(
         preconditioned.append({n: v.float() for n, v in curv.precondition(gradients.pop(0)).items()})
     rows = np.flatnonzero(index._meta["valid"])
     encoded = encode_index_rows(index, rows, lm)
-    batch_size = index.manifest["build"].get("batch_size", 8)
-    scores, norms = influence_matrix(lm.model, encoded, preconditioned, lm.tokenizer.pad_token_id, batch_size,
+    scores, norms = influence_matrix(lm.model, encoded, preconditioned, lm.tokenizer.pad_token_id, ctx.batch_size,
                                      progress, curv if norm == "relatif" else None)
     if norm == "none":
         return rows, scores
@@ -567,8 +565,8 @@ def score_table(
         index.curvature(rerank)
     else:
         index.method_family(method, layer)
-    sets, skipped = query_sets(queries, transforms, index.model(), rewriter, progress, answerer,
-                               index.manifest["build"].get("max_length", 512))
+    ctx: QueryContext = index.query_context(layer)
+    sets, skipped = query_sets(queries, transforms, ctx.lm, rewriter, progress, answerer, ctx.max_length)
     if rerank:
         rows, scores = influence_columns(index, sets, rerank, progress, norm)
     else:
