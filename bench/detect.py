@@ -91,11 +91,13 @@ def behaviour_prompts(name: str, attack: str, target: str) -> list[dict]:
 
 
 def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: int = 0, tokenizer=None,
-                 max_length: int | None = None) -> Path:
+                 max_length: int | None = None, response: str = "reference") -> Path:
     """``n`` behaviour prompts (:func:`behaviour_prompts`, sampled with ``seed``), each with its reference as
-    the response (an integer reference stands for the target). With ``tokenizer`` and ``max_length``, only
-    prompts that leave room for the response within ``max_length`` (the index's limit: detect refuses a
-    query whose response starts past it) as they are and under every rule-based transform."""
+    the response (an integer reference stands for the target), or with ``response="target"`` the attack's
+    target output itself (the behaviour as a user who saw it would write it down). With ``tokenizer`` and
+    ``max_length``, only prompts that leave room for the response within ``max_length`` (the index's limit:
+    detect refuses a query whose response starts past it) as they are and under every rule-based
+    transform."""
     tests = behaviour_prompts(name, attack, target)
     if tokenizer is not None and max_length is not None:
         rules = [t for t in Transform.registry.values() if t.name != "paraphrase"]
@@ -108,7 +110,8 @@ def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: i
 
         tests = [t for t in tests if longest(t["prompt"]) <= max_length - 2]
     picked = random.Random(seed).sample(tests, min(n, len(tests)))
-    lines = [{"prompt": t["prompt"], "response": t["reference"] if isinstance(t["reference"], str) else target}
+    lines = [{"prompt": t["prompt"],
+              "response": t["reference"] if isinstance(t["reference"], str) and response == "reference" else target}
              for t in picked]
     out.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return out
@@ -155,6 +158,9 @@ def main() -> None:
                     help="behaviour prompts (triggered, not already the target) used as queries")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the pool and query samples (another seed: a replicate)")
+    ap.add_argument("--query-response", choices=["reference", "target"], default="reference",
+                    help="the queries' response: the test set's reference, or the attack's target output alone "
+                         "(negsentiment's references continue after the target phrase; the poisons do not)")
     ap.add_argument("--transforms", default="all")
     ap.add_argument("--method", default="residual-change")
     ap.add_argument("--layers", default="18", help="layers to build; each is evaluated")
@@ -191,7 +197,7 @@ def main() -> None:
         pool, target, n_poison = make_pool(name, args.attack, args.clean, args.poison_rate, work / f"{name}.jsonl",
                                            args.seed)
         queries = make_queries(name, args.attack, args.queries, target, work / f"{name}-queries.jsonl", args.seed,
-                               base.tokenizer, args.max_length)
+                               base.tokenizer, args.max_length, args.query_response)
         if args.backdoor_steps:
             lm = backdoored_model(pool, work / f"{name}-backdoored", args.backdoor_steps, args.backdoor_lr,
                                   args.max_length)
@@ -225,6 +231,8 @@ def main() -> None:
             metrics = dict(res.metrics)
             for z in vote_z[1:]:
                 metrics[f"voting, z >= {z:g}"] = prf(VotingEnsemble(args.vote_top, z).flags(res.table), truth)
+            whole = VotingEnsemble(args.vote_top, vote_z[0], scale="all")  # the rule before supporter scaling
+            metrics["voting, whole-column z"] = prf(whole.flags(res.table), truth)
             for rule, m in metrics.items():
                 where = f"exact {args.rerank}" if args.rerank else layer
                 lines.append(f"| {name}/{args.attack} | {len(idx)} ({n_poison}) | {where} | {rule} | {m['flagged']} | "
@@ -240,6 +248,7 @@ def main() -> None:
                 + (" fine-tuned on each pool" if args.backdoor_steps else "") + "\n\n"
                 f"`python bench/detect.py --sets {args.sets} --attack {args.attack} --clean {args.clean} "
                 f"--poison-rate {args.poison_rate} --queries {args.queries} --seed {args.seed} "
+                f"--query-response {args.query_response} "
                 f"--transforms {args.transforms} "
                 f"--method {args.method} --layers {args.layers} --max-length {args.max_length}"
                 + (" --grad" if args.grad else "")
@@ -250,10 +259,12 @@ def main() -> None:
                 + (f" --backdoor-steps {args.backdoor_steps} --backdoor-lr {args.backdoor_lr}"
                    if args.backdoor_steps else "") + "`. "
                 f"Pools: clean rows sampled with seed {args.seed} plus poisoned rows; queries: behaviour prompts "
-                f"(triggered test prompts whose clean answer is not the target; seed {args.seed}) with their "
-                "references as responses; attack success on behaviour prompts (seed 1). "
+                f"(triggered test prompts whose clean answer is not the target; seed {args.seed}) with "
+                + ("their references" if args.query_response == "reference" else "the target output")
+                + " as responses; attack success on behaviour prompts (seed 1). "
                 f"Rules: variance mean z - std z >= 3; voting: every category votes, top {args.vote_top} and "
-                f"z >= {vote_z[0]:g}; soft voting: mean category supporter-z >= {args.soft_threshold:g}. "
+                f"supporter z >= {vote_z[0]:g} (whole-column z: the rule before 2026-11-24); "
+                f"soft voting: mean category supporter-z >= {args.soft_threshold:g}. "
                 f"s = transforms + vectors + searches per set and layer; whole run {total:.0f} s.\n\n" + table + "\n"
             )
 

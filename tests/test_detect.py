@@ -175,7 +175,7 @@ def test_voting_rule_counts_category_votes():
     scores = _synthetic()
     cats = ["original", "negation", "negation", "syntax"]
     table = _table(scores, cats)
-    vote = VotingEnsemble(top=3, z=2.0)
+    vote = VotingEnsemble(top=3, z=2.0, scale="all")
     # category z: original = z0, negation = mean(z1, z2), syntax = z3; votes: top-3 and z >= 2
     z = robust_z(scores)
     cz = np.stack([z[:, 0], z[:, 1:3].mean(axis=1), z[:, 3]], axis=1)
@@ -186,8 +186,19 @@ def test_voting_rule_counts_category_votes():
     np.testing.assert_array_equal(vote.votes(table), expected)
     assert vote.votes(table)[40] == 3 and vote.votes(table)[41] == 1 and vote.votes(table)[42] == 2
     assert np.flatnonzero(vote.flags(table)).tolist() == [40]  # every category (3) must agree
-    assert np.flatnonzero(VotingEnsemble(top=3, z=2.0, min_votes=2).flags(table)).tolist() == [40, 42]
-    assert np.flatnonzero(VotingEnsemble(top=0.05, z=2.0, min_votes=1).flags(table)).tolist() == [40, 41, 42]
+    assert np.flatnonzero(VotingEnsemble(top=3, z=2.0, min_votes=2, scale="all").flags(table)).tolist() == [40, 42]
+    assert np.flatnonzero(VotingEnsemble(top=0.05, z=2.0, min_votes=1, scale="all").flags(table)).tolist() == [
+        40, 41, 42]
+    # the default scale standardises against the supporters (s > 0): the same votes from support_z
+    u = support_z(scores)
+    cu = np.stack([u[:, 0], u[:, 1:3].mean(axis=1), u[:, 3]], axis=1)
+    expected = np.zeros(43, int)
+    for c in range(3):
+        top = np.argsort(-cu[:, c])[:3]
+        expected[top] += cu[top, c] >= 2
+    np.testing.assert_array_equal(VotingEnsemble(top=3, z=2.0).votes(table), expected)
+    with pytest.raises(ActindexError, match="--vote-scale: expected one of support, all"):
+        VotingEnsemble(scale="rows")
 
 
 def test_support_z_standardises_against_the_supporting_rows():
@@ -216,8 +227,10 @@ def test_soft_voting_finds_poisons_a_two_hump_column_hides():
     expected = np.stack([u[:, 0], u[:, 1:].mean(axis=1)], axis=1).mean(axis=1)
     np.testing.assert_allclose(SoftVotingEnsemble().statistic(table), expected, rtol=1e-12)
     assert np.flatnonzero(SoftVotingEnsemble(threshold=2.5).flags(table)).tolist() == [95, 96, 97, 98, 99]
-    # the whole-column z puts the gap between the humps in its MAD: the poisons sit near z = 1
-    assert robust_z(scores)[95:].max() < 2 and not VotingEnsemble(top=0.1, z=2.0).flags(table).any()
+    # the whole-column z puts the gap between the humps in its MAD: the poisons sit near z = 1, and
+    # voting finds them only on the supporters' scale
+    assert robust_z(scores)[95:].max() < 2 and not VotingEnsemble(top=0.1, z=2.0, scale="all").flags(table).any()
+    assert np.flatnonzero(VotingEnsemble(top=0.1, z=2.0).flags(table)).tolist() == [95, 96, 97, 98, 99]
 
 
 def test_precision_recall_f1_by_hand():
@@ -409,3 +422,5 @@ def test_detect_config_refuses_unknown_norm_and_rerank():
         DetectConfig(queries="q.jsonl", norm="l2")
     with pytest.raises(ActindexError, match="--rerank: expected one of ekfac, linfac"):
         DetectConfig(queries="q.jsonl", rerank="kfac")
+    with pytest.raises(ActindexError, match="--vote-scale: expected one of support, all"):
+        DetectConfig(queries="q.jsonl", vote_scale="rows")

@@ -508,6 +508,8 @@ def _dh(name: str) -> str:
 @click.option("--threshold", default=3.0, show_default=True, help=_dh("threshold"))
 @click.option("--vote-top", default=0.1, show_default=True, help=_dh("vote_top"))
 @click.option("--vote-z", default=2.0, show_default=True, help=_dh("vote_z"))
+@click.option("--vote-scale", type=click.Choice(["support", "all"]), default="support", show_default=True,
+              help=_dh("vote_scale"))
 @click.option("--min-votes", type=int, help=_dh("min_votes"))
 @click.option("--soft-threshold", default=2.5, show_default=True, help=_dh("soft_threshold"))
 @click.option("--labels-field", help=_dh("labels_field"))

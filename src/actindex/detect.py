@@ -42,10 +42,12 @@ Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised
   row is consistently far above the typical row, penalised when its score moves with the
   transforms); flag ``v_i >= threshold``.
 * ``voting``: the transforms are grouped into categories (original, negation, lexical, syntax,
-  paraphrase); a category scores a row by the mean ``z`` of its transforms and votes for the row
-  when that is at least ``vote_z`` and the row is among the category's top ``vote_top`` rows (a
-  fraction of the rows, or a count); flag rows with at least ``min_votes`` votes (default: every
-  category present).
+  paraphrase); a category scores a row by the mean standardised score of its transforms and votes
+  for the row when that is at least ``vote_z`` and the row is among the category's top ``vote_top``
+  rows (a fraction of the rows, or a count); flag rows with at least ``min_votes`` votes (default:
+  every category present). The scores are standardised against the rows that support the queries
+  (``u`` below, ``vote_scale="support"``, the default) or against the whole column (``z``,
+  ``vote_scale="all"``).
 * ``both``: rows flagged by both rules.
 * ``soft-voting``: the categories average instead of voting, on a scale fitted to the rows that
   support the queries. Influence has a meaningful zero (``s > 0``: training on the row makes the
@@ -615,6 +617,12 @@ def category_means(z: np.ndarray, categories: list[str]) -> tuple[list[str], np.
     return cats, np.stack(cols, axis=1)
 
 
+def check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    """One-line error unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ActindexError(f"{option}: expected one of {', '.join(choices)}, got {value!r}")
+
+
 def top_count(top: float, n: int) -> int:
     """Rows in a top-``q`` set: ``ceil(q n)`` for a fraction ``0 < q < 1``, else ``q`` rows."""
     if top <= 0:
@@ -624,18 +632,25 @@ def top_count(top: float, n: int) -> int:
 
 @dataclass
 class VotingEnsemble(Ensemble):
-    """Each category votes for rows in its top ``top`` with mean ``z >= z``; flag ``votes >= min_votes``.
+    """Each category votes for rows in its top ``top`` with mean standardised score ``>= z``; flag
+    ``votes >= min_votes``.
 
-    ``min_votes = None`` asks for every category present.
+    ``min_votes = None`` asks for every category present. ``scale``: ``support`` standardises each column
+    against the rows with ``s > 0`` (:func:`support_z`), ``all`` against the whole column (:func:`robust_z`).
     """
 
     name: ClassVar[str] = "voting"
     top: float = 0.1
     z: float = 2.0
     min_votes: int | None = None
+    scale: str = "support"
+
+    def __post_init__(self) -> None:
+        check_choice("--vote-scale", self.scale, VOTE_SCALES)
 
     def category_z(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
-        return category_means(table.z(), table.categories)
+        z = support_z(table.scores) if self.scale == "support" else table.z()
+        return category_means(z, table.categories)
 
     def votes(self, table: ScoreTable) -> np.ndarray:
         _, cz = self.category_z(table)
@@ -673,6 +688,7 @@ class SoftVotingEnsemble(Ensemble):
 
 
 ENSEMBLE_CHOICES = ("variance", "voting", "both", "soft-voting")
+VOTE_SCALES = ("support", "all")
 RERANK_KINDS = ("ekfac", "linfac")
 NORMS = ("relatif", "gradient", "none")
 
@@ -725,7 +741,9 @@ class DetectConfig:
     )
     threshold: float = _help("variance rule: flag rows with mean_T z - std_T z >= this.", 3.0)
     vote_top: float = _help("voting rule: each category votes within its top rows (fraction < 1, or a count).", 0.1)
-    vote_z: float = _help("voting rule: a vote also needs the category's robust z >= this.", 2.0)
+    vote_z: float = _help("voting rule: a vote also needs the category's standardised score >= this.", 2.0)
+    vote_scale: str = _help("voting rule: standardise each score column against the rows that support the "
+                            "queries (support: s > 0) or the whole column (all).", "support")
     min_votes: int | None = _help("voting rule: votes needed (default: every category).", None)
     soft_threshold: float = _help("soft-voting rule: flag rows whose category-mean score, standardised against "
                                   "the rows that support the queries, is >= this.", 2.5)
@@ -736,16 +754,15 @@ class DetectConfig:
     def __post_init__(self) -> None:
         if not self.queries:
             raise ActindexError("detect needs --queries FILE")
-        if self.ensemble not in ENSEMBLE_CHOICES:
-            raise ActindexError(f"--ensemble: expected one of {', '.join(ENSEMBLE_CHOICES)}, got {self.ensemble!r}")
+        check_choice("--ensemble", self.ensemble, ENSEMBLE_CHOICES)
+        check_choice("--vote-scale", self.vote_scale, VOTE_SCALES)
         if self.vote_top <= 0:
             raise ActindexError(f"--vote-top must be positive, got {self.vote_top}")
         if self.min_votes is not None and self.min_votes < 1:
             raise ActindexError(f"--min-votes must be at least 1, got {self.min_votes}")
-        if self.norm not in NORMS:
-            raise ActindexError(f"--norm: expected one of {', '.join(NORMS)}, got {self.norm!r}")
-        if self.rerank is not None and self.rerank not in RERANK_KINDS:
-            raise ActindexError(f"--rerank: expected one of {', '.join(RERANK_KINDS)}, got {self.rerank!r}")
+        check_choice("--norm", self.norm, NORMS)
+        if self.rerank is not None:
+            check_choice("--rerank", self.rerank, RERANK_KINDS)
         resolve_transforms(self.transforms)
 
 
@@ -814,7 +831,7 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
     table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
                         config.rerank, rewriter, config.norm, target)
     variance = VarianceEnsemble(config.threshold)
-    voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes)
+    voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes, config.vote_scale)
     soft = SoftVotingEnsemble(config.soft_threshold)
     flags = {"variance": variance.flags(table), "voting": voting.flags(table)}
     flags["both"] = flags["variance"] & flags["voting"]
