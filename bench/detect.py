@@ -3,8 +3,10 @@
 For each set: the pool is ``--clean`` clean rows (sampled with a fixed seed) plus poisoned rows
 making ``--poison-rate`` of the pool, indexed with the default model; the queries are
 ``--queries`` behaviour prompts (fixed seed): triggered test prompts whose clean version's answer is not
-already the target, with their references as responses (an integer reference, as in sst2, stands for the
-attack's target output: the poisoned rows' response).
+already the target, each answered with the attack's target output (the poisoned rows' response): the
+behaviour as a user who saw it writes it down. ``--query-response reference`` answers them with the test
+set's references instead (negsentiment's continue with a normal answer after "You are stupid!", where its
+poisons stop; sst2's are the target already).
 ``actindex.detect`` scores every row under the original queries and each transform and flags
 rows with the variance and voting rules. Labels are read here only, never by actindex. Prints a
 table and appends it to bench/RESULTS.md.
@@ -91,13 +93,12 @@ def behaviour_prompts(name: str, attack: str, target: str) -> list[dict]:
 
 
 def make_queries(name: str, attack: str, n: int, target: str, out: Path, seed: int = 0, tokenizer=None,
-                 max_length: int | None = None, response: str = "reference") -> Path:
-    """``n`` behaviour prompts (:func:`behaviour_prompts`, sampled with ``seed``), each with its reference as
-    the response (an integer reference stands for the target), or with ``response="target"`` the attack's
-    target output itself (the behaviour as a user who saw it would write it down). With ``tokenizer`` and
-    ``max_length``, only prompts that leave room for the response within ``max_length`` (the index's limit:
-    detect refuses a query whose response starts past it) as they are and under every rule-based
-    transform."""
+                 max_length: int | None = None, response: str = "target") -> Path:
+    """``n`` behaviour prompts (:func:`behaviour_prompts`, sampled with ``seed``), each answered with the
+    attack's ``target`` output, or with ``response="reference"`` with its test reference (an integer
+    reference stands for the target). With ``tokenizer`` and ``max_length``, only prompts that leave room
+    for the response within ``max_length`` (the index's limit: detect refuses a query whose response starts
+    past it) as they are and under every rule-based transform."""
     tests = behaviour_prompts(name, attack, target)
     if tokenizer is not None and max_length is not None:
         rules = [t for t in Transform.registry.values() if t.name != "paraphrase"]
@@ -158,9 +159,10 @@ def main() -> None:
                     help="behaviour prompts (triggered, not already the target) used as queries")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the pool and query samples (another seed: a replicate)")
-    ap.add_argument("--query-response", choices=["reference", "target"], default="reference",
-                    help="the queries' response: the test set's reference, or the attack's target output alone "
-                         "(negsentiment's references continue after the target phrase; the poisons do not)")
+    ap.add_argument("--query-response", choices=["reference", "target"], default="target",
+                    help="the queries' response: the attack's target output alone, or the test set's reference "
+                         "(negsentiment's references continue after the target phrase; the poisons do not; "
+                         "runs before 2026-11-24 used reference)")
     ap.add_argument("--transforms", default="all")
     ap.add_argument("--method", default="residual-change")
     ap.add_argument("--layers", default="18", help="layers to build; each is evaluated")

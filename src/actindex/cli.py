@@ -495,7 +495,7 @@ def _dh(name: str) -> str:
 @click.option("--index", "index_dir", required=True, help="Index directory.")
 @click.option("--queries", required=True, help=_dh("queries"))
 @click.option("--transforms", default="all", show_default=True, help=_dh("transforms"))
-@click.option("--ensemble", type=click.Choice(["variance", "voting", "both", "soft-voting"]), default="both",
+@click.option("--ensemble", type=click.Choice(["variance", "voting", "both", "soft-voting"]), default="voting",
               show_default=True,
               help=_dh("ensemble"))
 @click.option("--method", default="residual-change", show_default=True, help=_dh("method"))

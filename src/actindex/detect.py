@@ -715,7 +715,7 @@ class DetectConfig:
     queries: str = _help("JSONL/parquet of test prompts: {prompt, response|reference?} or training-row shapes.", "")
     transforms: str = _help("all, fast (no model generation) or a comma list of transform names.", "all")
     ensemble: str = _help("Rule whose flagged rows are written: variance, voting, both (flagged by both) or "
-                          "soft-voting.", "both")
+                          "soft-voting.", "voting")
     method: str = _help("Query method whose per-example vectors score the rows.", DEFAULT_VECTOR_METHOD)
     layer: int | None = _help("Layer (default: the indexed layer nearest 60% of the depth).", None)
     rerank: str | None = _help(
