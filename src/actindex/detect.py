@@ -624,9 +624,7 @@ def check_choice(option: str, value: str, choices: Sequence[str]) -> None:
 
 
 def top_count(top: float, n: int) -> int:
-    """Rows in a top-``q`` set: ``ceil(q n)`` for a fraction ``0 < q < 1``, else ``q`` rows."""
-    if top <= 0:
-        raise ActindexError(f"--vote-top must be positive, got {top}")
+    """Rows in a top-``q`` set: ``ceil(q n)`` for a fraction ``0 < q < 1``, else ``q`` rows (``q > 0``)."""
     return min(n, math.ceil(top * n) if top < 1 else int(top))
 
 
@@ -646,6 +644,10 @@ class VotingEnsemble(Ensemble):
     scale: str = "support"
 
     def __post_init__(self) -> None:
+        if self.top <= 0:
+            raise ActindexError(f"--vote-top must be positive, got {self.top}")
+        if self.min_votes is not None and self.min_votes < 1:
+            raise ActindexError(f"--min-votes must be at least 1, got {self.min_votes}")
         check_choice("--vote-scale", self.scale, VOTE_SCALES)
 
     def category_z(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
@@ -755,15 +757,17 @@ class DetectConfig:
         if not self.queries:
             raise ActindexError("detect needs --queries FILE")
         check_choice("--ensemble", self.ensemble, ENSEMBLE_CHOICES)
-        check_choice("--vote-scale", self.vote_scale, VOTE_SCALES)
-        if self.vote_top <= 0:
-            raise ActindexError(f"--vote-top must be positive, got {self.vote_top}")
-        if self.min_votes is not None and self.min_votes < 1:
-            raise ActindexError(f"--min-votes must be at least 1, got {self.min_votes}")
+        self.rules()  # each rule checks its own settings
         check_choice("--norm", self.norm, NORMS)
         if self.rerank is not None:
             check_choice("--rerank", self.rerank, RERANK_KINDS)
         resolve_transforms(self.transforms)
+
+    def rules(self) -> tuple[VarianceEnsemble, VotingEnsemble, SoftVotingEnsemble]:
+        """The variance, voting and soft-voting rules with these settings."""
+        return (VarianceEnsemble(self.threshold),
+                VotingEnsemble(self.vote_top, self.vote_z, self.min_votes, self.vote_scale),
+                SoftVotingEnsemble(self.soft_threshold))
 
 
 @dataclass
@@ -830,9 +834,7 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
         target = idx.companion_model(target if target is not None else config.target, "--target")
     table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
                         config.rerank, rewriter, config.norm, target)
-    variance = VarianceEnsemble(config.threshold)
-    voting = VotingEnsemble(config.vote_top, config.vote_z, config.min_votes, config.vote_scale)
-    soft = SoftVotingEnsemble(config.soft_threshold)
+    variance, voting, soft = config.rules()
     flags = {"variance": variance.flags(table), "voting": voting.flags(table)}
     flags["both"] = flags["variance"] & flags["voting"]
     flags["soft-voting"] = soft.flags(table)
