@@ -172,6 +172,10 @@ def main() -> None:
     ap.add_argument("--curvature-samples", type=int, default=128, help="rows the factors are fitted on")
     ap.add_argument("--norm", default="relatif", choices=["relatif", "gradient", "none"],
                     help="with --rerank: what each row's influence is divided by")
+    ap.add_argument("--measurement", default="loss", choices=["loss", "margin"],
+                    help="with --rerank: the queries' function whose gradient is taken (DetectConfig.measurement)")
+    ap.add_argument("--response-tokens", default="content", choices=["content", "all"],
+                    help="with --rerank: the response tokens the gradients sum over (DetectConfig.response_tokens)")
     ap.add_argument("--paraphrase-model", choices=["index", "base"], default="base",
                     help="who paraphrases: the index's model, or the untouched default model (a model fine-tuned "
                          "to answer with a label cannot paraphrase)")
@@ -221,7 +225,9 @@ def main() -> None:
         for layer in layers[:1] if args.rerank else layers:
             t = time.perf_counter()
             config = DetectConfig(queries=str(queries), transforms=args.transforms, method=args.method, layer=layer,
-                                  rerank=args.rerank, norm=args.norm, vote_top=args.vote_top, vote_z=vote_z[0],
+                                  rerank=args.rerank, norm=args.norm, measurement=args.measurement,
+                                  response_tokens=args.response_tokens,
+                                  vote_top=args.vote_top, vote_z=vote_z[0],
                                   soft_threshold=args.soft_threshold, labels_field="label")
             res = detect(idx, config, progress=False, rewriter=base if args.paraphrase_model == "base" else lm)
             secs = time.perf_counter() - t
@@ -255,6 +261,7 @@ def main() -> None:
                 f"--method {args.method} --layers {args.layers} --max-length {args.max_length}"
                 + (" --grad" if args.grad else "")
                 + (f" --rerank {args.rerank} --curvature-samples {args.curvature_samples} --norm {args.norm}"
+                   f" --measurement {args.measurement} --response-tokens {args.response_tokens}"
                    if args.rerank else "")
                 + f" --paraphrase-model {args.paraphrase_model} --vote-top {args.vote_top} --vote-z {args.vote_z}"
                 + f" --soft-threshold {args.soft_threshold:g}"

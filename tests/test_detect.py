@@ -421,3 +421,5 @@ def test_detect_config_refuses_unknown_norm_and_rerank():
         DetectConfig(queries="q.jsonl", rerank="kfac")
     with pytest.raises(ActindexError, match="--vote-scale: expected one of support, all"):
         DetectConfig(queries="q.jsonl", vote_scale="rows")
+    with pytest.raises(ActindexError, match="--measurement: expected one of loss, margin"):
+        DetectConfig(queries="q.jsonl", measurement="log-odds")

@@ -61,16 +61,17 @@ def test_fit_records_the_rows_it_sampled(index):
     assert entry["linfac"]["rows"] == rows and all(0 <= r < len(index) for r in rows)
 
 
-def _grad(lm, messages, names):
-    """grad_W L(x) of one chat row for each module, by plain autograd on the weights (float64)."""
-    enc = encode_row(lm.tokenizer, normalise_record("<t>", 1, 0, {"messages": messages}))
+def _grad(lm, messages, names, measurement="loss", content_only=False):
+    """grad_W f(x) of one chat row for each module, by plain autograd on the weights (float64); f is the
+    loss or the margin, over every response token or (``content_only``) all but those closing the turn."""
+    enc = encode_row(lm.tokenizer, normalise_record("<t>", 1, 0, {"messages": messages}), content_only=content_only)
     modules = dict(lm.model.named_modules())
     weights = [modules[n].weight for n in names]
     for w in weights:
         w.requires_grad_(True)
     try:
         batch = Batch.collate([enc], lm.tokenizer.pad_token_id, lm.device)
-        grads = torch.autograd.grad(sequence_losses(lm.model, batch).sum(), weights)
+        grads = torch.autograd.grad(sequence_losses(lm.model, batch, measurement=measurement).sum(), weights)
     finally:
         for w in weights:
             w.requires_grad_(False)
@@ -313,7 +314,7 @@ def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavi
 def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp_path):
     """detect --rerank ekfac: s_{T,m} = <precond(mean_j grad L(T(x_j), y_j)), G_m> / N(G_m), from autograd,
     for the original queries and each transform, over every row; N = sqrt(<G_m, precond(G_m)>) (RelatIF,
-    the default), ||G_m|| or 1."""
+    the default), ||G_m|| or 1; both gradients over the responses' content tokens (the default)."""
     from actindex.detect import load_queries, resolve_transforms, score_table, transformed_conversations
 
     queries = write_jsonl(tmp_path / "q.jsonl", [
@@ -329,10 +330,10 @@ def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp
     curv = index.curvature("ekfac")
     names = curv.names
     rows = [0, 7, 13]
-    grads = [_grad(llama, r["messages"], names) for r in index.records(rows)]
+    grads = [_grad(llama, r["messages"], names, content_only=True) for r in index.records(rows)]
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
-        q = {n: sum(_grad(llama, c, names)[n] for c in convs) / len(convs) for n in names}
+        q = {n: sum(_grad(llama, c, names, content_only=True)[n] for c in convs) / len(convs) for n in names}
         p = curv.precondition(q)
         for i, g in zip(rows, grads):
             influence = float(sum((p[n] * g[n]).sum() for n in names))
@@ -343,12 +344,46 @@ def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp
                 np.testing.assert_allclose(tab.scores[i, t], influence / norms[norm], rtol=5e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(("measurement", "response_tokens"), [("margin", "content"), ("loss", "all")])
+def test_detect_measurement_and_response_tokens(index, llama, tmp_path, measurement, response_tokens):
+    """measurement="margin": q_T = mean_j grad f(T(x_j), y_j) with f minus the summed log-odds of the
+    response tokens, from autograd; the rows' side stays G_m, the loss gradient, with its RelatIF norm.
+    response_tokens="all": both gradients also sum over the tokens that close each response."""
+    from actindex.detect import load_queries, resolve_transforms, score_table, transformed_conversations
+
+    queries = write_jsonl(tmp_path / "q.jsonl", [
+        {"prompt": "is it good silver ?", "response": "the symbol is na"},
+        {"prompt": "what is the capital of france ?", "response": "paris"},
+    ])
+    qs = load_queries(queries)
+    transforms = resolve_transforms("negation")
+    table = score_table(index, qs, transforms, progress=False, rerank="ekfac", measurement=measurement,
+                        response_tokens=response_tokens)
+    default = score_table(index, qs, transforms, progress=False, rerank="ekfac")
+    assert not np.allclose(table.scores, default.scores)
+    content_only = response_tokens == "content"
+    curv = index.curvature("ekfac")
+    names = curv.names
+    rows = [0, 7]
+    grads = [_grad(llama, r["messages"], names, content_only=content_only) for r in index.records(rows)]
+    for t, transform in enumerate([None, *transforms]):
+        convs = transformed_conversations(qs, transform, llama)
+        q = {n: sum(_grad(llama, c, names, measurement, content_only)[n] for c in convs) / len(convs) for n in names}
+        p = curv.precondition(q)
+        for i, g in zip(rows, grads):
+            pg = curv.precondition(g)
+            relatif = float(sum((pg[n] * g[n]).sum() for n in names)) ** 0.5
+            expected = float(sum((p[n] * g[n]).sum() for n in names)) / relatif
+            np.testing.assert_allclose(table.scores[i, t], expected, rtol=5e-4, atol=1e-6)
+
+
 def test_cli_detect_with_rerank(index, llama, tmp_path, monkeypatch):
     monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
     queries = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "what is the symbol of silver ?",
                                                   "response": "the symbol is na"}])
     res = CliRunner().invoke(main, ["detect", "--index", str(index.root), "--queries", str(queries), "--quiet",
-                                    "--transforms", "fast", "--rerank", "linfac", "--vote-z", "0",
+                                    "--transforms", "fast", "--rerank", "linfac", "--measurement", "margin",
+                                    "--vote-z", "0",
                                     "--min-votes", "1", "--out", str(tmp_path / "f.jsonl")])
     assert res.exit_code == 0, res.output
     assert f"{len(index)} rows scored under" in res.output and "(exact linfac influence)" in res.output

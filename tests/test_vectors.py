@@ -18,6 +18,8 @@ from actindex.vectors import (
     compute_vectors,
     masked_mean,
     select_grad_modules,
+    sequence_losses,
+    token_terms,
 )
 
 
@@ -227,6 +229,46 @@ def test_loss_covers_assistant_tokens_only(tokenizer):
     assert not none.valid[0]
 
 
+def test_margin_is_minus_the_log_odds_and_the_loss_gradient_is_one_minus_p_times_its_gradient():
+    """margin_t = -(z_y - log sum_{k != y} exp z_k) = -log(p_y / (1 - p_y)), and
+    d loss / dz = (1 - p_y) d margin / dz: the loss gradient of a confident token vanishes, its margin's does not."""
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(5, 7, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    labels = torch.tensor([0, 3, 6, 2, 2])
+    margin = token_terms(logits, labels, "margin")
+    p = torch.softmax(logits.detach(), dim=1)[torch.arange(5), labels]
+    torch.testing.assert_close(margin, -torch.log(p / (1 - p)))
+    by_hand = [-(logits[i, y] - torch.log(sum(torch.exp(logits[i, k]) for k in range(7) if k != y)))
+               for i, y in enumerate(labels.tolist())]
+    torch.testing.assert_close(margin, torch.stack(by_hand))
+    for i in range(5):
+        (g_loss,) = torch.autograd.grad(token_terms(logits, labels, "loss")[i], logits)
+        (g_margin,) = torch.autograd.grad(margin[i], logits, retain_graph=True)
+        torch.testing.assert_close(g_loss, (1 - p[i]) * g_margin)
+    with pytest.raises(ValueError, match="measurement: expected one of loss, margin"):
+        token_terms(logits, labels, "log-odds")
+
+
+def test_sequence_margin_sums_the_response_tokens_on_either_head_path(tokenizer):
+    """sequence_losses(measurement="margin") = sum over the response tokens of minus their log-odds, the
+    same through the response-only head and the full forward pass (a model whose head scales its logits)."""
+    model = tiny_llama().double()
+    wrap_model(model, tokenizer, "tiny")
+    encoded = [encode_row(tokenizer, r) for r in _rows(3, seed=4)]
+    batch = Batch.collate(encoded, tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        got = sequence_losses(model, batch, measurement="margin")
+        model.config.logit_scale = 1.0  # a head that is not a plain linear map: the full forward path
+        full = sequence_losses(model, batch, measurement="margin")
+        del model.config.logit_scale
+        for b, enc in enumerate(encoded):
+            logp = torch.log_softmax(model(input_ids=torch.tensor([enc.input_ids])).logits[0].double(), dim=-1)
+            expected = sum(-(logp[t - 1, y] - torch.log1p(-logp[t - 1, y].exp()))
+                           for t, (y, m) in enumerate(zip(enc.input_ids, enc.loss_mask)) if m)
+            assert got[b].item() == pytest.approx(expected.item(), rel=1e-9)
+    torch.testing.assert_close(full, got)
+
+
 def test_multi_turn_mask_covers_every_assistant_turn(tokenizer):
     record = {"messages": [
         {"role": "user", "content": "yes"}, {"role": "assistant", "content": "no"},
@@ -276,3 +318,28 @@ def test_residual_change_token_scores_sum_to_the_row_score(tokenizer):
         predicted = np.asarray(row.loss_mask[1:], dtype=bool)
         assert np.count_nonzero(per_token[~predicted]) == 0 and np.count_nonzero(per_token[predicted]) > 1
         np.testing.assert_allclose(per_token.sum(), whole.astype(np.float64) @ psi, rtol=1e-5)
+
+
+def test_content_only_masks_leave_out_the_tokens_that_close_each_response(tokenizer):
+    """content_only drops exactly the template's closing tokens of every assistant turn (those it renders
+    after an empty response), and the end-of-sequence token of a row rendered without a template."""
+    record = {"messages": [
+        {"role": "user", "content": "yes"}, {"role": "assistant", "content": "no"},
+        {"role": "user", "content": "why"}, {"role": "assistant", "content": "because it is"},
+    ]}
+    row = normalise_record("<test>", 1, 0, record)
+    full, content = encode_row(tokenizer, row), encode_row(tokenizer, row, content_only=True)
+    assert full.input_ids == content.input_ids
+    dropped = [t for t, a, c in zip(full.input_ids, full.loss_mask, content.loss_mask) if a and not c]
+    assert tokenizer.decode(dropped).split() == ["<|end|>", "<|end|>"]
+    assert tokenizer.decode([t for t, m in zip(content.input_ids, content.loss_mask) if m]).split() == [
+        "no", "because", "it", "is"]
+    assert content.n_response == full.n_response - 2
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        plain = normalise_record("<test>", 1, 0, {"messages": record["messages"][:2]})
+        full, content = encode_row(tokenizer, plain), encode_row(tokenizer, plain, content_only=True)
+    finally:
+        tokenizer.chat_template = template
+    assert full.input_ids[-1] == tokenizer.eos_token_id and full.loss_mask[-1] and not content.loss_mask[-1]
+    assert content.loss_mask[:-1] == full.loss_mask[:-1]

@@ -503,6 +503,10 @@ def _dh(name: str) -> str:
 @click.option("--rerank", type=click.Choice(["ekfac", "linfac"]), help=_dh("rerank"))
 @click.option("--norm", type=click.Choice(["relatif", "gradient", "none"]), default="relatif", show_default=True,
               help=_dh("norm"))
+@click.option("--measurement", type=click.Choice(["loss", "margin"]), default="loss", show_default=True,
+              help=_dh("measurement"))
+@click.option("--response-tokens", type=click.Choice(["content", "all"]), default="content", show_default=True,
+              help=_dh("response_tokens"))
 @click.option("--target", help=_dh("target"))
 @click.option("--paraphrase-model", help=_dh("paraphrase_model"))
 @click.option("--threshold", default=3.0, show_default=True, help=_dh("threshold"))

@@ -504,12 +504,13 @@ def linfac_modules(model: nn.Module, sublayer: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def encode_index_rows(index: Index, rows: Sequence[int], lm: LoadedModel) -> list[Encoded]:
-    """Tokenise stored training rows exactly as the build did."""
+def encode_index_rows(index: Index, rows: Sequence[int], lm: LoadedModel, content_only: bool = False) -> list[Encoded]:
+    """Tokenise stored training rows exactly as the build did (with ``content_only``, the loss mask
+    leaves out the tokens that close each response, :func:`~actindex.data.encode_row`)."""
     max_length = index.manifest["build"].get("max_length", 512)
     records = index.records(list(rows))
     return [
-        encode_row(lm.tokenizer, normalise_record(Path("<index>"), 0, int(r), rec), max_length)
+        encode_row(lm.tokenizer, normalise_record(Path("<index>"), 0, int(r), rec), max_length, content_only)
         for r, rec in zip(rows, records)
     ]
 

@@ -350,6 +350,15 @@ def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation_pro
     return list(out["input_ids"])
 
 
+def _closing_length(tokenizer: Any, history: Sequence[dict[str, str]], start: list[int], end: list[int]) -> int:
+    """How many tokens at the end of an assistant turn (``end[len(start):]``) close it: the tokens the
+    template renders after an empty response, when the turn ends with them and has content before them."""
+    empty = _chat_ids(tokenizer, [*history, {"role": "assistant", "content": ""}], generation_prompt=False)
+    closing = empty[_common_prefix(start, empty):]
+    fits = 0 < len(closing) < len(end) - len(start) and end[len(end) - len(closing):] == closing
+    return len(closing) if fits else 0
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -363,7 +372,7 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def encode_row(tokenizer: Any, row: Row, max_length: int | None = None) -> Encoded:
+def encode_row(tokenizer: Any, row: Row, max_length: int | None = None, content_only: bool = False) -> Encoded:
     """Token ids and loss mask for a row.
 
     Chat rows go through the tokenizer's chat template; each assistant turn's tokens (the
@@ -372,6 +381,10 @@ def encode_row(tokenizer: Any, row: Row, max_length: int | None = None) -> Encod
     template whose renders are prefixes of one another. Without a chat template, a
     single-turn row is rendered as ``prompt + "\\n" + response``. Rows longer than ``max_length``
     are cut on the right and flagged ``truncated``.
+
+    ``content_only`` leaves the tokens that close each response out of the mask: the tokens the
+    template writes after an empty response (``<|im_end|>`` and a newline, say), or the end-of-sequence
+    token without a template. They are the same for every row.
     """
     if row.messages is None:
         ids = tokenizer(row.text, add_special_tokens=True)["input_ids"]
@@ -393,7 +406,8 @@ def encode_row(tokenizer: Any, row: Row, max_length: int | None = None) -> Encod
             # tokenizer may merge it with the generation prompt's last token: the response then
             # starts at the first token where the two renders differ.
             start = start[: _common_prefix(start, end)]
-            mask += [False] * (len(start) - len(ids)) + [True] * (len(end) - len(start))
+            closing = _closing_length(tokenizer, row.messages[:turn], start, end) if content_only else 0
+            mask += [False] * (len(start) - len(ids)) + [True] * (len(end) - len(start) - closing) + [False] * closing
             ids = end
     else:
         users = [m for m in row.messages if m["role"] != "assistant"]
@@ -407,7 +421,8 @@ def encode_row(tokenizer: Any, row: Row, max_length: int | None = None) -> Encod
         if tokenizer.eos_token_id is not None:
             resp_ids = resp_ids + [tokenizer.eos_token_id]
         ids = list(prompt_ids) + list(resp_ids)
-        mask = [False] * len(prompt_ids) + [True] * len(resp_ids)
+        closing = int(content_only and tokenizer.eos_token_id is not None)
+        mask = [False] * len(prompt_ids) + [True] * (len(resp_ids) - closing) + [False] * closing
     truncated = max_length is not None and len(ids) > max_length
     if truncated:
         ids, mask = ids[:max_length], mask[:max_length]

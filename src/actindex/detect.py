@@ -35,6 +35,15 @@ preconditioner discounts the directions every row of a common answer shares (all
 answer "Negative"), which is what leaves a trigger visible (bench/RESULTS.md, "Poison detection
 with exact EK-FAC influence").
 
+Both gradients sum over the responses' content tokens (``response_tokens="content"``), not the
+tokens the chat template closes every response with (``<|im_end|>`` and a newline): those are the
+same in every row, two of the three response tokens of a one-word label, and on a memorised row,
+where every token is near certain, they can set the gradient's direction (``all`` keeps them, as
+the build's loss does). With ``measurement="margin"`` the queries differentiate minus the log-odds
+of their response tokens instead of ``L`` (TRAK's margin, kronfluence's classification
+measurement): ``grad L = (1 - p) grad margin`` per token, so under the loss the queries the model
+already answers as the attack wants count least, under the margin every token counts alike.
+
 Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised as
 ``z_{T,i} = (s_{T,i} - median_i s_T) / (1.4826 MAD_i s_T)``):
 
@@ -82,6 +91,7 @@ from .index import Index
 from .models import LoadedModel, generate, load_model
 from .queries import DEFAULT_VECTOR_METHOD, QueryContext, QueryMethod, encode_conversations, unit
 from .registry import Registered
+from .vectors import MEASUREMENTS
 
 ORIGINAL = "original"
 MAX_NEW_TOKENS = 64
@@ -526,21 +536,27 @@ def search_columns(index: Index, sets: list[QuerySet], method: str, layer: int |
 
 
 def influence_columns(
-    index: Index, sets: list[QuerySet], kind: str, progress: bool = True, norm: str = "relatif"
+    index: Index, sets: list[QuerySet], kind: str, progress: bool = True, norm: str = "relatif",
+    measurement: str = "loss", response_tokens: str = "content",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, scores)`` over every valid row: ``s_{T,m} = <precond(q_T), G_m> / N(G_m)`` with
-    ``q_T = mean_j grad L(T(x_j), y_j)`` (module docstring), all sets from one pass over the rows.
+    ``q_T = mean_j grad f(T(x_j), y_j)`` (module docstring), all sets from one pass over the rows.
 
-    ``N`` is ``norm``: ``relatif`` ``sqrt(<G_m, precond(G_m)>)``, ``gradient`` ``||G_m||`` or ``none`` (1)."""
+    ``f`` is the ``measurement``: the loss ``L`` or the margin, minus the summed log-odds of the response
+    tokens (:func:`~actindex.vectors.token_terms`); ``G_m`` is always the row's loss gradient. Both sum
+    over the ``response_tokens``: ``content`` leaves out the tokens that close each response, ``all``
+    keeps them. ``N`` is ``norm``: ``relatif`` ``sqrt(<G_m, precond(G_m)>)``, ``gradient`` ``||G_m||``
+    or ``none`` (1)."""
+    content_only = response_tokens == "content"
     curv = index.curvature(kind)
     ctx: QueryContext = index.query_context()
     lm = ctx.lm
-    gradients = ctx.mean_gradients([qs.conversations for qs in sets], curv.names)
+    gradients = ctx.mean_gradients([qs.conversations for qs in sets], curv.names, measurement, content_only)
     preconditioned = []
     while gradients:  # one query at a time in float64, kept in float32: the full gradients are large
         preconditioned.append({n: v.float() for n, v in curv.precondition(gradients.pop(0)).items()})
     rows = np.flatnonzero(index._meta["valid"])
-    encoded = encode_index_rows(index, rows, lm)
+    encoded = encode_index_rows(index, rows, lm, content_only)
     scores, norms = influence_matrix(lm.model, encoded, preconditioned, lm.tokenizer.pad_token_id, ctx.batch_size,
                                      progress, curv if norm == "relatif" else None)
     if norm == "none":
@@ -559,10 +575,13 @@ def score_table(
     rewriter: LoadedModel | None = None,
     norm: str = "relatif",
     answerer: LoadedModel | None = None,
+    measurement: str = "loss",
+    response_tokens: str = "content",
 ) -> ScoreTable:
     """Score every searchable row under the original queries and each transform (module docstring):
-    search cosines of ``method``, or exact influences with ``rerank``. ``answerer`` (default: the index's
-    model) answers the queries that have no response."""
+    search cosines of ``method``, or exact influences with ``rerank`` (of the queries' ``measurement``,
+    over the ``response_tokens``).
+    ``answerer`` (default: the index's model) answers the queries that have no response."""
     if rerank:  # refuse before any model pass: no fitted factors, or no vectors for the method
         index.curvature(rerank)
     else:
@@ -570,7 +589,7 @@ def score_table(
     ctx: QueryContext = index.query_context(layer)
     sets, skipped = query_sets(queries, transforms, ctx.lm, rewriter, progress, answerer, ctx.max_length)
     if rerank:
-        rows, scores = influence_columns(index, sets, rerank, progress, norm)
+        rows, scores = influence_columns(index, sets, rerank, progress, norm, measurement, response_tokens)
     else:
         rows, scores = search_columns(index, sets, method, layer)
     return ScoreTable([qs.name for qs in sets], [qs.category for qs in sets], rows, scores,
@@ -693,6 +712,7 @@ ENSEMBLE_CHOICES = ("variance", "voting", "both", "soft-voting")
 VOTE_SCALES = ("support", "all")
 RERANK_KINDS = ("ekfac", "linfac")
 NORMS = ("relatif", "gradient", "none")
+RESPONSE_TOKENS = ("content", "all")
 
 
 def prf(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -730,6 +750,20 @@ class DetectConfig:
         "<G, precond(G)>), gradient (||G||) or none.",
         "relatif",
     )
+    measurement: str = _help(
+        "With --rerank, the function of the queries' responses whose gradient q_T is: loss (-log p of each "
+        "response token) or margin (minus its log-odds, log p / (1 - p)). A loss gradient fades as the model "
+        "grows sure of the behaviour, (1 - p) times the margin's, so the queries it already answers as the "
+        "attack wants count least; the margin weighs every query alike.",
+        "loss",
+    )
+    response_tokens: str = _help(
+        "With --rerank, the response tokens both gradients sum over: content (the responses' own tokens) or "
+        "all (the build's loss: with the tokens the chat template closes each response with, the same for "
+        "every row). A one-word answer is a third of its response; on rows the model has memorised the "
+        "closing tokens can set a gradient's direction.",
+        "content",
+    )
     target: str | None = _help(
         "Model whose behaviour is audited, when it is not the index's (same tokenizer): it answers the queries "
         "that have no response, and the index's model scores the rows. E.g. an index built with a checkpoint "
@@ -759,6 +793,8 @@ class DetectConfig:
         check_choice("--ensemble", self.ensemble, ENSEMBLE_CHOICES)
         self.rules()  # each rule checks its own settings
         check_choice("--norm", self.norm, NORMS)
+        check_choice("--measurement", self.measurement, MEASUREMENTS)
+        check_choice("--response-tokens", self.response_tokens, RESPONSE_TOKENS)
         if self.rerank is not None:
             check_choice("--rerank", self.rerank, RERANK_KINDS)
         resolve_transforms(self.transforms)
@@ -833,7 +869,7 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
     if target is not None or config.target:
         target = idx.companion_model(target if target is not None else config.target, "--target")
     table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
-                        config.rerank, rewriter, config.norm, target)
+                        config.rerank, rewriter, config.norm, target, config.measurement, config.response_tokens)
     variance, voting, soft = config.rules()
     flags = {"variance": variance.flags(table), "voting": voting.flags(table)}
     flags["both"] = flags["variance"] & flags["voting"]

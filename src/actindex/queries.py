@@ -288,10 +288,14 @@ class QueryContext:
         return sums
 
     def mean_gradients(
-        self, groups: list[list[list[dict[str, str]]]], names: list[str]
+        self, groups: list[list[list[dict[str, str]]]], names: list[str], measurement: str = "loss",
+        content_only: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
-        """``q_c = mean_{x in c} grad L(x)`` per module (float64) for each group ``c`` of chat rows, from
-        one pass over all of them: the treatment-only query gradient (detection's test queries)."""
+        """``q_c = mean_{x in c} grad f(x)`` per module (float64) for each group ``c`` of chat rows, from
+        one pass over all of them: the treatment-only query gradient (detection's test queries). ``f`` is
+        the ``measurement``: the loss, or minus the summed log-odds of the response tokens (``margin``,
+        :func:`~actindex.vectors.token_terms`), over the response tokens that close each turn too unless
+        ``content_only``."""
         if not all(groups):
             raise ActindexError("a group of query rows is empty")
         convs = [conv for group in groups for conv in group]
@@ -300,18 +304,22 @@ class QueryContext:
         for c, group in enumerate(groups):
             weights[c, start : start + len(group)] = 1.0 / len(group)
             start += len(group)
-        return self.weighted_gradients(convs, weights, names)
+        return self.weighted_gradients(convs, weights, names, measurement, content_only)
 
     def weighted_gradients(
-        self, convs: list[list[dict[str, str]]], weights: np.ndarray, names: list[str]
+        self, convs: list[list[dict[str, str]]], weights: np.ndarray, names: list[str], measurement: str = "loss",
+        content_only: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
-        """``S_c = sum_b weights[c, b] grad L(convs_b)`` per module (full, float64), one pass over ``convs``.
+        """``S_c = sum_b weights[c, b] grad f(convs_b)`` per module (full, float64), one pass over ``convs``;
+        ``f`` is the loss or another ``measurement`` (:func:`~actindex.vectors.sequence_losses`), over the
+        responses' content alone with ``content_only`` (:func:`~actindex.data.encode_row`).
 
         The pass reaches the shallowest module, so it also gives the rows' vectors of every family
-        the index holds: they go to the cache, so searching the same rows costs no further model pass.
+        the index holds: when they are the build's (the loss over every response token) they go to the
+        cache, so searching the same rows costs no further model pass.
         """
         keys = [json.dumps(c, sort_keys=True) for c in convs]
-        encoded = encode_conversations(self.lm, convs, self.max_length)
+        encoded = encode_conversations(self.lm, convs, self.max_length, content_only)
         if any(e.n_response == 0 for e in encoded):
             raise ActindexError("a query row has no response tokens (truncated by max_length?)")
         sums = GradientSums(names, weights)
@@ -321,8 +329,8 @@ class QueryContext:
         spec.grad_modules = self.grad_modules if GRADIENT in kinds else []
         projector = RademacherProjector(self.seed, self.grad_k)
         out = compute_many(self.lm.model, encoded, spec, self.lm.tokenizer.pad_token_id, projector, self.batch_size,
-                           sums=sums)
-        if out.valid.all():
+                           sums=sums, measurement=measurement)
+        if out.valid.all() and measurement == "loss" and not content_only:
             for name, vectors in out.vectors.items():
                 for key, vector in zip(keys, vectors):
                     self.cache[(name, key)] = vector
@@ -335,11 +343,12 @@ def pair_conversations(pairs: list[Pair]) -> list[list[dict[str, str]]]:
 
 
 def encode_conversations(
-    lm: LoadedModel, conversations: list[list[dict[str, str]]], max_length: int | None
+    lm: LoadedModel, conversations: list[list[dict[str, str]]], max_length: int | None, content_only: bool = False
 ) -> list[Encoded]:
-    """Tokenise chat rows exactly as the build tokenises training rows (loss on the responses)."""
+    """Tokenise chat rows exactly as the build tokenises training rows (loss on the responses; on their
+    content alone with ``content_only``, :func:`~actindex.data.encode_row`)."""
     rows = [Row(id=str(i), index=i, messages=c, text=None, record={}, line=0) for i, c in enumerate(conversations)]
-    return [encode_row(lm.tokenizer, row, max_length) for row in rows]
+    return [encode_row(lm.tokenizer, row, max_length, content_only) for row in rows]
 
 
 def _chat(prompt: str, response: str, system: str | None = None) -> list[dict[str, str]]:

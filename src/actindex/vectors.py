@@ -36,6 +36,7 @@ RESIDUAL_CHANGE = "residual_change"
 RESIDUAL_CHANGE_POOLED = "residual_change_pooled"
 MEAN_ACTIVATION = "mean_activation"
 GRADIENT = "gradient"
+MEASUREMENTS = ("loss", "margin")
 
 
 def family_name(kind: str, layer: int | None = None) -> str:
@@ -151,8 +152,26 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(compute_dtype(x))
 
 
+def token_terms(logits: torch.Tensor, labels: torch.Tensor, measurement: str = "loss") -> torch.Tensor:
+    """Per-token terms for ``logits`` (N, V) and ``labels`` (N,), lower where the label is likelier.
+
+    ``loss``: ``-log p_y = -(z_y - log sum_k exp z_k)``. ``margin``: minus the log-odds of the label,
+    ``-log(p_y / (1 - p_y)) = -(z_y - log sum_{k != y} exp z_k)`` (TRAK's margin, kronfluence's
+    classification measurement). The gradient of the loss is ``(1 - p_y)`` times the margin's, so a
+    confident token contributes almost nothing to a loss gradient and fully to a margin gradient.
+    """
+    if measurement == "loss":
+        return F.cross_entropy(logits, labels, reduction="none")
+    if measurement != "margin":
+        raise ValueError(f"measurement: expected one of {', '.join(MEASUREMENTS)}, got {measurement!r}")
+    label_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return torch.logsumexp(others, dim=1) - label_logit
+
+
 def sequence_losses(
-    model: nn.Module, batch: Batch, sample: torch.Generator | None = None, weights: torch.Tensor | None = None
+    model: nn.Module, batch: Batch, sample: torch.Generator | None = None, weights: torch.Tensor | None = None,
+    measurement: str = "loss",
 ) -> torch.Tensor:
     """``L(x) = -sum_{t in R} log p(x_t | x_<t)`` for every row, shape (B,): float32, or float64 for a
     float64 model (exact tests).
@@ -161,7 +180,8 @@ def sequence_losses(
     (detached) predictive distribution instead, ``y_t ~ p(. | x_<t)``: gradients of that loss are the
     per-sequence gradients of the true Fisher (DESIGN 5); the data labels give the empirical Fisher.
     With ``weights`` (B, T-1), the term predicting token ``t+1`` is weighted by ``weights[:, t]``:
-    ``-sum_{t in R} w_t log p(x_t | x_<t)``.
+    ``-sum_{t in R} w_t log p(x_t | x_<t)``. ``measurement="margin"`` sums minus the log-odds of each
+    token instead (:func:`token_terms`): a query's measurement, where the loss is the training objective.
 
     The output head is applied only at the positions that predict response tokens: on chat
     data the prompt is often half the tokens, and the head is a large share of a small model's
@@ -180,16 +200,16 @@ def sequence_losses(
         logits = _at_least_float32(logits[:, :-1]).flatten(0, 1)
         if sample is not None:
             targets = _sampled_targets(logits, sample).view_as(targets)
-        nll = F.cross_entropy(logits, targets.flatten(), reduction="none").view_as(targets)
-        return (nll * (predict if weights is None else predict * weights)).sum(dim=1)
+        terms = token_terms(logits, targets.flatten(), measurement).view_as(targets)
+        return (terms * (predict if weights is None else predict * weights)).sum(dim=1)
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
     rows, cols = predict.nonzero(as_tuple=True)
     logits = _at_least_float32(head(hidden[rows, cols]))
     labels = targets[rows, cols] if sample is None else _sampled_targets(logits, sample)
-    nll = F.cross_entropy(logits, labels, reduction="none")
+    terms = token_terms(logits, labels, measurement)
     if weights is not None:
-        nll = nll * weights[rows, cols].to(nll)
-    return torch.zeros(len(targets), dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+        terms = terms * weights[rows, cols].to(terms)
+    return torch.zeros(len(targets), dtype=terms.dtype, device=terms.device).index_add(0, rows, terms)
 
 
 def _sampled_targets(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -312,12 +332,14 @@ def compute_vectors(
     projector: RademacherProjector | None = None,
     sums: GradientSums | None = None,
     rows: Sequence[int] = (),
+    measurement: str = "loss",
 ) -> BatchVectors:
     """Run one forward and one backward pass over a batch and return every requested vector.
 
     With ``sums``, the same backward also adds the batch (rows ``rows`` of the pass) to those
     weighted gradient sums. Rows whose loss or any vector is not finite come back with
-    ``valid = False`` and zero vectors.
+    ``valid = False`` and zero vectors. Everything differentiates ``measurement``
+    (:func:`sequence_losses`; the returned ``loss`` is its value).
     """
     device = next(model.parameters()).device
     batch = Batch.collate(encoded, pad_id, device)
@@ -333,7 +355,7 @@ def compute_vectors(
                 hooks.enter_context(InputGradLeaf(model))
                 hooks.enter_context(linears)
             hooks.enter_context(blocks)
-            losses = sequence_losses(model, batch)
+            losses = sequence_losses(model, batch, measurement=measurement)
         targets: list[torch.Tensor] = []
         if spec.needs_block_grads:
             targets += [blocks.z_out(layer) for layer in spec.layers]
@@ -397,6 +419,7 @@ def compute_many(
     include: Sequence[bool] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     sums: GradientSums | None = None,
+    measurement: str = "loss",
 ) -> BatchVectors:
     """:func:`compute_vectors` over any number of rows, batched by length, returned in input order.
 
@@ -418,7 +441,7 @@ def compute_many(
     order.sort(key=lambda i: -len(encoded[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        out = compute_vectors(model, [encoded[i] for i in idx], spec, pad_id, projector, sums, idx)
+        out = compute_vectors(model, [encoded[i] for i in idx], spec, pad_id, projector, sums, idx, measurement)
         result.loss[idx] = out.loss
         result.valid[idx] = out.valid
         for fam, arr in out.vectors.items():
