@@ -580,8 +580,8 @@ def score_table(
 ) -> ScoreTable:
     """Score every searchable row under the original queries and each transform (module docstring):
     search cosines of ``method``, or exact influences with ``rerank`` (of the queries' ``measurement``,
-    over the ``response_tokens``).
-    ``answerer`` (default: the index's model) answers the queries that have no response."""
+    over the ``response_tokens``). ``answerer`` (default: the index's model) answers the queries that
+    have no response."""
     if rerank:  # refuse before any model pass: no fitted factors, or no vectors for the method
         index.curvature(rerank)
     else:
