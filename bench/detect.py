@@ -40,7 +40,17 @@ from pathlib import Path
 import numpy as np
 
 import actindex
-from actindex.detect import DetectConfig, Transform, VotingEnsemble, detect, ground_truth, prf
+from actindex.detect import (
+    NORMS,
+    RESPONSE_TOKENS,
+    DetectConfig,
+    Transform,
+    VotingEnsemble,
+    detect,
+    ground_truth,
+    prf,
+)
+from actindex.vectors import MEASUREMENTS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdoorllm"
 
@@ -170,11 +180,11 @@ def main() -> None:
     ap.add_argument("--rerank", choices=["ekfac", "linfac"],
                     help="score by exact influence with factors fitted on the index (fitted here when missing)")
     ap.add_argument("--curvature-samples", type=int, default=128, help="rows the factors are fitted on")
-    ap.add_argument("--norm", default="relatif", choices=["relatif", "gradient", "none"],
+    ap.add_argument("--norm", default="relatif", choices=NORMS,
                     help="with --rerank: what each row's influence is divided by")
-    ap.add_argument("--measurement", default="loss", choices=["loss", "margin"],
+    ap.add_argument("--measurement", default="loss", choices=MEASUREMENTS,
                     help="with --rerank: the queries' function whose gradient is taken (DetectConfig.measurement)")
-    ap.add_argument("--response-tokens", default="content", choices=["content", "all"],
+    ap.add_argument("--response-tokens", default="content", choices=RESPONSE_TOKENS,
                     help="with --rerank: the response tokens the gradients sum over (DetectConfig.response_tokens)")
     ap.add_argument("--paraphrase-model", choices=["index", "base"], default="base",
                     help="who paraphrases: the index's model, or the untouched default model (a model fine-tuned "

@@ -423,3 +423,5 @@ def test_detect_config_refuses_unknown_norm_and_rerank():
         DetectConfig(queries="q.jsonl", vote_scale="rows")
     with pytest.raises(ActindexError, match="--measurement: expected one of loss, margin"):
         DetectConfig(queries="q.jsonl", measurement="log-odds")
+    with pytest.raises(ActindexError, match="--response-tokens: expected one of content, all"):
+        DetectConfig(queries="q.jsonl", response_tokens="every")
