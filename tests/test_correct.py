@@ -470,12 +470,15 @@ def test_token_weights_keep_the_tokens_with_the_rows_sign():
 
 @pytest.mark.parametrize("weights", ["query", "top"])
 def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_path, tokenizer, weights):
-    """Planted rows answer "the fact is na": only "na" carries the behaviour; query weights favour it."""
+    """Planted rows answer "the fact is na": only "na" carries the behaviour; query weights favour it.
+
+    The model is float64: 100 Adam steps amplify float32 rounding (which differs between CPUs and thread
+    counts) enough to move a row's heaviest token; in float64 the shares stay put to far below their gaps."""
     from actindex.correct import behavior_margin
 
     records = _planted_pool(seed=5, planted="the fact is na", inhibit="the fact is ag")
     held = [Pair(f"{w} is the symbol of silver ?", "the fact is na", "the fact is ag") for w in ("why", "what", "how")]
-    base = wrap_model(tiny_llama(seed=2), tokenizer, "tiny-llama")
+    base = wrap_model(tiny_llama(seed=2).double(), tokenizer, "tiny-llama")
     start = behavior_margin(base, held)
     lm = _fine_tune(base, records)
     before = behavior_margin(lm, held)
@@ -488,8 +491,9 @@ def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_pa
                                                        "control": p.control} for p in held])
     res = correct(idx, behavior, tmp_path / "fixed", scores=_oracle_scores(records), k=12, k0=12, steps=30, lr=1e-2,
                   lora_rank=4, held_out=str(held_file), progress=False, token_weights=weights).report
-    # the planted token gets more than its share under the per-token mean (1/5 of "the fact is na <|end|>")
+    # the planted token gets more than its share under the per-token mean (1/5 of "the fact is na <|end|>"):
+    # query, a weight share (0.31 here); top, the heaviest token of 4 of the 12 rows (chance: 2.4 of 12)
     na_weight = sum(w for tokens in res["selection"]["D+ tokens"] for text, w in tokens if text == "na") / 12
-    assert na_weight > 1 / 5 + 0.05
+    assert na_weight > 1 / 5 + 0.05 if weights == "query" else round(12 * na_weight) >= 4
     assert res["margin"]["after"] < before - 0.5 * (before - start)
     assert res["perplexity"]["after"] < 1.5 * res["perplexity"]["before"]

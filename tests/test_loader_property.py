@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actindex.data import TEXT_FIELDS, load_rows
+from actindex.data import TEXT_FIELDS, iter_records, jsonl_lines, load_rows
 from actindex.errors import DataError
 
 # any character, lone surrogates included (json.dumps writes them as \ud800 escapes)
@@ -53,8 +53,12 @@ def _check(line: bytes) -> None:
         row.id.encode("utf-8")
         json.dumps(row.record, ensure_ascii=False).encode("utf-8")
         assert (row.messages is None) != (row.text is None)
+        assert row.id.strip()
         if row.messages is not None:
             assert row.messages[-1]["role"] == "assistant" and row.messages[-1]["content"].strip()
+            turns = [m["role"] for m in row.messages]
+            chat = turns[turns.count("system"):]
+            assert "system" not in chat and chat == ["user", "assistant"] * (len(chat) // 2)
 
 
 @SETTINGS
@@ -67,3 +71,26 @@ def test_any_json_line_loads_or_raises_data_error(value: object) -> None:
 @given(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" ")))
 def test_any_bytes_line_loads_or_raises_data_error(line: bytes) -> None:
     _check(line)
+
+
+# characters around which "blank line" rules differ (bytes.strip, str.strip, JSON whitespace)
+EDGE = st.sampled_from([" ", "\t", "\r", "\u00a0", "\x1f", "\x1c", "\x0b", "\x0c", "\u2028", "\u3000", "\u0085",
+                        "\u200b", "\ufeff", "x"])
+
+
+@SETTINGS
+@given(st.lists(st.text(EDGE, max_size=3), max_size=5), st.integers(0, 5))
+def test_loader_and_line_iterator_agree_on_what_a_row_is(edges: list[str], at: int) -> None:
+    """The loader reads exactly the lines :func:`jsonl_lines` marks as rows, or fails on the first
+    of them that is not a JSON object."""
+    lines = [*edges]
+    lines.insert(min(at, len(lines)), json.dumps({"text": "hello"}))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rows.jsonl"
+        path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+        row_lines = [n for n, _, is_row in jsonl_lines(path) if is_row]
+        try:
+            assert [n for n, _ in iter_records(path)] == row_lines
+        except DataError as err:
+            bad = [n for n in row_lines if lines[n - 1] != json.dumps({"text": "hello"})]
+            assert bad and err.line == bad[0]

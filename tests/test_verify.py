@@ -15,9 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 import actindex
+from actindex import store
 from actindex import verify as verify_module
 from actindex.cli import main
 from actindex.errors import IndexFileError
+from actindex.files import bytes_sha256
 from actindex.store import LOCK, MANIFEST, VECTORS, dataset_checksum
 from actindex.verify import verify
 
@@ -54,13 +56,15 @@ def data_offset(path: Path, name: str) -> int:
 
 
 def rewrite(root: Path, name: str, change) -> None:
-    """Change a dataset in place and record its new checksum, so that only the change itself is wrong."""
+    """Change a dataset in place and record its new checksums (the dataset's, the file's, the manifest's own),
+    so that only the change itself is wrong."""
     with h5py.File(root / VECTORS, "r+") as f:
         change(f[name])
         digest = dataset_checksum(f[name][()])
     manifest = manifest_of(root)
     manifest["checksums"][name] = digest
-    write_manifest(root, manifest)
+    manifest["files"][VECTORS] = bytes_sha256(root / VECTORS)
+    store.write_manifest(root, manifest)
 
 
 def test_fresh_index_verifies(index: Path) -> None:
@@ -179,7 +183,8 @@ def test_cli_verify(index: Path) -> None:
     n_families = len(manifest_of(index)["families"])
     ok = runner.invoke(main, ["verify", str(index)])
     assert ok.exit_code == 0, ok.output
-    assert ok.output == f"ok: {index} (24 rows, {n_families} families, checksums match)\n"
+    assert ok.output == (f"ok: {index} (24 rows, {n_families} families): manifest, vectors.h5 checksums and FAISS "
+                         "checksums match\n")
 
     os.truncate(index / VECTORS, 100)
     bad = runner.invoke(main, ["verify", str(index)])

@@ -36,6 +36,7 @@ from .store import (
     VECTORS,
     IndexWriter,
     append_base,
+    check_out,
     clear_index,
     index_summary,
     read_manifest,
@@ -94,7 +95,7 @@ def _part_vectors(
         "n_response": np.array([e.n_response for e in encoded], np.int32),
         "truncated": np.array([e.truncated for e in encoded], np.bool_),
         "hash": np.array([r.content_hash for r in rows], dtype=object),
-        "record": np.array([_record_json(r.record) for r in rows], dtype=object),
+        "record": np.array([_record_json(r.record, config.max_length) for r in rows], dtype=object),
     }
     include = [not (config.skip_long and e.truncated) for e in encoded]
     out = compute_many(
@@ -104,10 +105,15 @@ def _part_vectors(
     return meta, out.vectors
 
 
-def _record_json(record: dict[str, Any]) -> str:
+def _record_json(record: dict[str, Any], max_length: int | None = None) -> str:
+    """The record stored in the index, as JSON: string fields longer than :func:`~actindex.data.record_cap`
+    characters are cut with a visible marker (:func:`~actindex.data.capped_record`), so a huge row is
+    not copied whole into ``vectors.h5``."""
     import json
 
-    return json.dumps(record, ensure_ascii=False, default=str)
+    from .data import capped_record, record_cap
+
+    return json.dumps(capped_record(record, record_cap(max_length)), ensure_ascii=False, default=str)
 
 
 def build(
@@ -134,7 +140,8 @@ def build(
     if world is not None and config.shard is None:
         return build_distributed(config, world, model=model, progress=progress)
     started = time.time()
-    rows = scan_rows(config.data, config.limit)  # validated now, read part by part below
+    rows = scan_rows(config.data, config.limit, config.split)  # validated now, read part by part below
+    check_out(Path(config.out), config.overwrite, config.append)  # refused before the model loads
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
     spec = vector_spec(config, lm)
     families = spec.families(lm.hidden_size)
@@ -143,6 +150,7 @@ def build(
         "sha256": file_sha256(config.data),
         "rows": len(rows),
         "limit": config.limit,
+        "split": rows.split,  # the DatasetDict split read (None for a file); filter reads the same one
     }
     state = {
         "config": config.compatibility_state(),

@@ -92,6 +92,7 @@ def _h(name: str) -> str:
 @click.option("--max-length", default=BuildConfig.max_length, show_default=True, help=_h("max_length"))
 @click.option("--batch-size", default=BuildConfig.batch_size, show_default=True, help=_h("batch_size"))
 @click.option("--limit", type=int, help=_h("limit"))
+@click.option("--split", help=_h("split"))
 @click.option("--device", default="auto", show_default=True, help=_h("device"))
 @click.option("--dtype", default="auto", show_default=True, help=_h("dtype"))
 @click.option("--residual-change/--no-residual-change", default=True, show_default=True, help=_h("residual_change"))
@@ -210,8 +211,10 @@ def _methods() -> list[str]:
               "indexed layers); residual-change with --save-query or --query-vector (one vector).")
 @click.option("--layer", type=int, help="Layer to query (default: the indexed layer nearest 60% of the depth; "
               "ensemble: every indexed layer).")
-@click.option("--top-k", default=10, show_default=True, help="Rows to return; 0 = every row.")
-@click.option("--bottom-k", default=0, show_default=True, help="Also return the k most negative rows.")
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Rows to return; 0 = every row.")
+@click.option("--bottom-k", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also return the k most negative rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv"]), default="table")
 @click.option("--model", help="Model to form the query with (default: the one the index names).")
 @click.option("--device", default="auto", show_default=True)
@@ -338,7 +341,9 @@ def verify(index_dir: str) -> None:
         click.echo(f"error: {index_dir} failed verification ({len(problems)} problem(s))", err=True)
         sys.exit(2)
     m = read_manifest(index_dir)
-    click.echo(f"ok: {index_dir} ({m['rows']} rows, {len(m['families'])} families, checksums match)")
+    faiss = "checksums" if m["format_version"] >= 2 else "rows (decoded)"
+    click.echo(f"ok: {index_dir} ({m['rows']} rows, {len(m['families'])} families): manifest, vectors.h5 "
+               f"checksums and FAISS {faiss} match")
 
 
 @main.command()

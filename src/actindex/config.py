@@ -38,6 +38,11 @@ class BuildConfig:
     max_length: int = _help("Tokens per row; longer rows are truncated and counted.", 512)
     batch_size: int = _help("Rows per forward/backward pass.", 8)
     limit: int | None = _help("Index only the first N rows.", None)
+    split: str | None = _help(
+        "Split of a save_to_disk DatasetDict to index (default: train if present, else the only split; "
+        "the split is recorded in the manifest and filter reads the same one).",
+        None,
+    )
     device: str | None = _help(
         "cpu, cuda, cuda:N, auto, or map (spread a model too big for one GPU over all GPUs, device_map='auto').",
         "auto",

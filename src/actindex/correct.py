@@ -593,8 +593,10 @@ def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) ->
             plain = copy.deepcopy(model).merge_and_unload() if is_peft else model
             save_weights(plain, lm.tokenizer, staging)
             kind = "merged"
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.is_symlink() or out.is_file():
+            out.unlink()  # a link is replaced, never followed
+        elif out.exists():
+            shutil.rmtree(out)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

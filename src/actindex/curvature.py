@@ -35,7 +35,6 @@ computed token by token without forming ``G_m``; the per-token terms are the per
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -557,7 +556,9 @@ def fit_curvature(index: Index, config: CurvatureConfig | None = None, progress:
             "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         entry[kind] = append_group(index.root, f"{GROUP}/{kind}", datasets, "curvature", kind, meta)
-    index.manifest = json.loads((index.root / "manifest.json").read_text())
+    from .store import read_manifest
+
+    index.manifest = read_manifest(index.root)
     index._curvature.clear()
     return entry
 

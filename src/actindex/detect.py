@@ -87,6 +87,7 @@ from .config import _help
 from .curvature import encode_index_rows, influence_matrix
 from .data import Row, iter_records, normalise_record
 from .errors import ActindexError, DataError
+from .files import atomic_file
 from .index import Index
 from .models import LoadedModel, generate, load_model
 from .queries import DEFAULT_VECTOR_METHOD, QueryContext, QueryMethod, encode_conversations, unit
@@ -885,9 +886,7 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
         truth = ground_truth(idx, table.rows, config.labels_field)
         result.metrics = {rule: prf(mask, truth) for rule, mask in flags.items()}
     if config.out:
-        out = Path(config.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records(idx)),
-                       encoding="utf-8")
-        os.replace(tmp, out)
+        with atomic_file(Path(config.out)) as tmp:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records(idx)),
+                           encoding="utf-8")
     return result

@@ -10,8 +10,10 @@ query vector psi, or the projection ``<a_l(x), psi>`` for the activation baselin
     K = floor(p / 100 * N + 1/2)   for ``remove_top = "p%"``, N = the index's searchable rows.
 
 The output keeps the input format. A JSONL file is copied line by line: every kept row's line is
-byte-identical to the input (blank lines are kept too); parquet stays parquet with the input schema;
-a Hugging Face ``save_to_disk`` directory stays one (its chosen split). Rows the index did not score
+byte-identical to the input (blank lines are kept too; what is a blank line and what a row is decided
+by :func:`actindex.data.jsonl_lines`, the rule the loader uses); parquet stays parquet with the input
+schema; a Hugging Face ``save_to_disk`` directory stays one: a ``DatasetDict`` keeps every split, and
+only the split the index was built from (recorded in the manifest) is filtered. Rows the index did not score
 (rows past ``--limit``, rows excluded as non-finite or too long) are kept. A sidecar
 ``OUT.removed.jsonl`` lists every removed row: rank, row number, id, score, method, behaviour,
 family and the original record.
@@ -26,13 +28,15 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import _help
-from .data import file_sha256, resolve_data_path
+from .data import file_sha256, jsonl_lines, resolve_data_path
 from .errors import ActindexError, DataError, IndexFileError
+from .files import atomic_file, atomic_write_text, fresh_temp
 from .index import Index
 from .queries import DEFAULT_METHOD
 
@@ -110,8 +114,23 @@ class FilterResult:
         )
 
 
-def data_sources(index: Index, data: str | os.PathLike | None = None) -> list[tuple[Path, int, int]]:
-    """``(path, first_row, rows)`` of each data file the index was built from, checked by sha256.
+@dataclass(frozen=True)
+class Source:
+    """One data file an index was built from: its rows are index rows ``first_row .. first_row + rows - 1``.
+
+    ``split`` is the ``DatasetDict`` split the rows were read from (``None`` for a file, or for a
+    manifest that predates the field: then the default rule of :func:`actindex.data.choose_split`).
+    """
+
+    path: Path
+    first_row: int
+    rows: int
+    split: str | None = None
+
+
+def data_sources(index: Index, data: str | os.PathLike | None = None) -> list[Source]:
+    """The :class:`Source` (path, first row, rows, split) of each data file the index was built from,
+    checked by sha256.
 
     ``data`` overrides the recorded path (for an index whose data file has moved); it is accepted
     only for a single-file index. A file whose sha256 differs from the manifest's is refused.
@@ -136,7 +155,7 @@ def data_sources(index: Index, data: str | os.PathLike | None = None) -> list[tu
                 f"the data file {path} changed since {index.root} was built (sha256 {digest[:12]}, the index has "
                 f"{entry['sha256'][:12]}); filter the file the index was built from, or rebuild the index"
             )
-        out.append((path, int(entry.get("first_row", 0)), int(entry["rows"])))
+        out.append(Source(path, int(entry.get("first_row", 0)), int(entry["rows"]), entry.get("split")))
     return out
 
 
@@ -146,56 +165,64 @@ def _format(path: Path) -> str:
     return "parquet" if path.suffix == ".parquet" else "jsonl"
 
 
-def _jsonl_lines(path: Path, keep: set[int], rows: int) -> list[bytes]:
-    """The raw lines of a JSONL file minus the records (0-based, blank lines not counted) not in ``keep``.
+def _jsonl_lines(path: Path, keep: set[int], rows: int) -> tuple[list[bytes], int]:
+    """The raw lines of a JSONL file minus the records (0-based) not in ``keep``, and how many records remain.
 
-    Records past ``rows`` (not indexed: ``--limit``) are kept.
+    Lines are told apart exactly as the loader tells them (:func:`actindex.data.jsonl_lines`): a
+    blank line is copied and is not a record. Records past ``rows`` (not indexed: ``--limit``) are kept.
     """
-    lines = []
-    record = 0
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.strip():
-                lines.append(raw)
-                continue
-            if record >= rows or record in keep:
-                lines.append(raw)
-            record += 1
+    lines: list[bytes] = []
+    record = kept = 0
+    for _, raw, is_row in jsonl_lines(path):
+        if not is_row:
+            lines.append(raw)
+            continue
+        if record >= rows or record in keep:
+            lines.append(raw)
+            kept += 1
+        record += 1
     if lines and not lines[-1].endswith(b"\n"):
         lines[-1] += b"\n"  # the next file's first line must start on a line of its own
-    return lines
+    return lines, kept
 
 
-def _write_atomic(out: Path, write: Any) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.is_dir():
-        import shutil
+def _write_atomic(out: Path, write: Any, directory: bool = False) -> None:
+    """Call ``write(path)`` on a fresh temporary path beside ``out`` (never an existing path or link), then
+    rename it over ``out``: a file through :func:`~actindex.files.atomic_file`, a ``save_to_disk`` directory
+    through a fresh staging directory."""
+    if not directory:
+        with atomic_file(out) as tmp:
+            write(tmp)
+        return
+    staging = fresh_temp(out, directory=True)
+    try:
+        write(staging / "dataset")
+        if out.is_symlink() or out.is_file():
+            out.unlink()  # a link is replaced, never followed
+        elif out.exists():
+            shutil.rmtree(out)
+        os.replace(staging / "dataset", out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
-        shutil.rmtree(tmp)
-    write(tmp)
-    if out.is_dir():
-        import shutil
 
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
-def write_filtered(sources: list[tuple[Path, int, int]], removed_rows: set[int], out: Path) -> int:
+def write_filtered(sources: list[Source], removed_rows: set[int], out: Path) -> int:
     """Write the rows of ``sources`` whose index row number is not in ``removed_rows``; returns rows kept.
 
-    Every source must have the same format (JSONL, parquet or one HF directory).
+    Every source must have the same format (JSONL, parquet or one HF directory). Of a ``DatasetDict``
+    directory every split is written, and only the source's split is filtered.
     """
-    formats = {_format(p) for p, _, _ in sources}
+    formats = {_format(s.path) for s in sources}
     if len(formats) != 1:
         raise ActindexError(f"cannot write one filtered file from data files of different formats ({formats})")
     fmt = formats.pop()
     if fmt == "jsonl":
         chunks, kept = [], 0
-        for path, first, rows in sources:
-            keep = {i for i in range(rows) if first + i not in removed_rows}
-            lines = _jsonl_lines(path, keep, rows)
+        for source in sources:
+            keep = {i for i in range(source.rows) if source.first_row + i not in removed_rows}
+            lines, kept_here = _jsonl_lines(source.path, keep, source.rows)
             chunks.extend(lines)
-            kept += sum(1 for line in lines if line.strip())
+            kept += kept_here
 
         def write_jsonl(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
@@ -208,9 +235,9 @@ def write_filtered(sources: list[tuple[Path, int, int]], removed_rows: set[int],
         import pyarrow.parquet as pq
 
         tables = []
-        for path, first, rows in sources:
-            table = pq.read_table(path)
-            keep = [i for i in range(table.num_rows) if i >= rows or first + i not in removed_rows]
+        for source in sources:
+            table = pq.read_table(source.path)
+            keep = [i for i in range(table.num_rows) if i >= source.rows or source.first_row + i not in removed_rows]
             tables.append(table.take(pa.array(keep, pa.int64())))
         try:
             table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -222,13 +249,19 @@ def write_filtered(sources: list[tuple[Path, int, int]], removed_rows: set[int],
         raise ActindexError("filtering an index built from several save_to_disk directories is not supported")
     import datasets
 
-    path, first, rows = sources[0]
-    ds = datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train" if "train" in ds else next(iter(ds))]
-    keep = [i for i in range(len(ds)) if i >= rows or first + i not in removed_rows]
-    selected = ds.select(keep)
-    _write_atomic(out, lambda tmp: selected.save_to_disk(str(tmp)))
+    from .data import choose_split, load_hf_dataset
+
+    source = sources[0]
+    ds = load_hf_dataset(source.path)
+    split = choose_split(source.path, list(ds), source.split) if isinstance(ds, datasets.DatasetDict) else None
+    part = ds if split is None else ds[split]
+    keep = [i for i in range(len(part)) if i >= source.rows or source.first_row + i not in removed_rows]
+    selected = part.select(keep)
+    if split is None:
+        _write_atomic(out, lambda tmp: selected.save_to_disk(str(tmp)), directory=True)
+    else:
+        whole = datasets.DatasetDict({name: selected if name == split else ds[name] for name in ds})
+        _write_atomic(out, lambda tmp: whole.save_to_disk(str(tmp)), directory=True)
     return len(selected)
 
 
@@ -249,14 +282,14 @@ def filter_dataset(
     idx = index if isinstance(index, Index) else Index.open(index)
     out_path = Path(config.out)
     sources = data_sources(idx, config.data)
-    if any(out_path.resolve() == p.resolve() for p, _, _ in sources):
+    if any(out_path.resolve() == s.path.resolve() for s in sources):
         raise ActindexError(f"--out {out_path} is the training data file itself; write to another path")
     if out_path.exists() and not config.overwrite:
         raise ActindexError(f"{out_path} exists; pass --overwrite to replace it")
     sidecar = out_path.with_name(out_path.name + SIDECAR_SUFFIX)
-    if _format(sources[0][0]) != "hf" and out_path.suffix != sources[0][0].suffix:
+    if _format(sources[0].path) != "hf" and out_path.suffix != sources[0].path.suffix:
         raise ActindexError(
-            f"--out {out_path} has another extension than the data file {sources[0][0].name}: the output keeps "
+            f"--out {out_path} has another extension than the data file {sources[0].path.name}: the output keeps "
             "the input format"
         )
     result = idx.query(config.behavior, method=config.method, layer=config.layer, k=0)
@@ -268,22 +301,20 @@ def filter_dataset(
         for h in hits
     ]
     kept = write_filtered(sources, {h.row for h in hits}, out_path)
-    atomic = out_path.with_name(sidecar.name + ".tmp")
-    atomic.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed), encoding="utf-8")
-    os.replace(atomic, sidecar)
-    past_limit = sum(max(0, _count(p) - rows) for p, _, rows in sources)
+    atomic_write_text(sidecar, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed))
+    past_limit = sum(max(0, _count(s) - s.rows) for s in sources)
     return FilterResult(out=out_path, sidecar=sidecar, kept=kept, removed=removed,
                         unscored=len(idx) - len(result.top) + past_limit, behavior=result.behavior,
                         method=config.method)
 
 
-def _count(path: Path) -> int:
-    """Records in a data file (to count rows past ``--limit``)."""
+def _count(source: Source) -> int:
+    """Records in a data file (to count rows past ``--limit``); JSONL lines are counted by the loader's rule."""
     from .data import iter_records
 
+    if _format(source.path) == "jsonl":
+        return sum(1 for _, _, is_row in jsonl_lines(source.path) if is_row)
     try:
-        return sum(1 for _ in iter_records(path))
+        return sum(1 for _ in iter_records(source.path, source.split))
     except DataError:
         return 0
-
-

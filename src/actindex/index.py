@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 
 from . import curvature as _curvature  # noqa: E402,F401 - registers the ekfac query method
 from .errors import ActindexError, IndexFileError
+from .files import atomic_file, bytes_sha256
 from .models import LoadedModel, default_single_layer, load_model
 from .queries import (
     DEFAULT_VECTOR_METHOD,
@@ -32,8 +35,8 @@ from .queries import (
     load_behavior,
     reciprocal_rank_fusion,
 )
-from .search import read_faiss_index, search, search_bottom
-from .store import VECTORS, inside, read_manifest
+from .search import read_faiss_index, rows_disagree, search, search_bottom
+from .store import MANIFEST, VECTORS, inside, read_manifest, structure_problem
 from .vectors import GRADIENT
 
 
@@ -117,7 +120,24 @@ class Index:
 
     @classmethod
     def open(cls, root: str | Path) -> Index:
-        return cls(root, read_manifest(root))
+        """Open a complete index: its manifest (refused when edited, format 2), and the layout it promises
+        checked against ``vectors.h5`` (rows, families, layers), so a damaged index fails here in one line."""
+        idx = cls(root, read_manifest(root))
+        problem = idx._file_problem(VECTORS) or layout_problem(idx.root, idx.manifest)
+        if problem:
+            raise IndexFileError(f"{problem}; run `actindex verify {idx.root}`")
+        return idx
+
+    def _file_problem(self, name: str) -> str | None:
+        """A file the manifest checksums (format 2) whose bytes changed, when it is small enough to hash at
+        once (:data:`HASH_ON_OPEN_BYTES`); larger files are spot-checked instead and left to ``verify``."""
+        recorded = self.manifest.get("files", {}).get(name)
+        path = inside(self.root, name)
+        if recorded is None or not path.is_file() or path.stat().st_size > HASH_ON_OPEN_BYTES:
+            return None
+        if bytes_sha256(path) != recorded:
+            return f"{path}: checksum mismatch: the file was replaced or damaged since the index was written"
+        return None
 
     # ---- what is in it --------------------------------------------------------------------
     @property
@@ -131,9 +151,20 @@ class Index:
     def __len__(self) -> int:
         return int(self.manifest["rows"])
 
+    @contextmanager
+    def _h5(self) -> Iterator[h5py.File]:
+        """``vectors.h5`` opened for reading; a damaged file is one :class:`IndexFileError` line."""
+        path = inside(self.root, VECTORS)
+        try:
+            with h5py.File(path, "r") as f:
+                yield f
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise IndexFileError(f"{path}: cannot be read ({reason}); run `actindex verify {self.root}`") from None
+
     @cached_property
     def _meta(self) -> dict[str, np.ndarray]:
-        with h5py.File(inside(self.root, VECTORS), "r") as f:
+        with self._h5() as f:
             return {key: f[key][()] for key in ("ids", "loss", "valid", "n_tokens", "n_response")}
 
     def ids(self) -> list[str]:
@@ -145,7 +176,7 @@ class Index:
         if not rows:
             return []
         order = np.argsort(rows)
-        with h5py.File(inside(self.root, VECTORS), "r") as f:
+        with self._h5() as f:
             values = f["record"][np.asarray(rows)[order]]
         out: list[Any] = [None] * len(rows)
         for pos, value in zip(order, values):
@@ -155,7 +186,7 @@ class Index:
     def vectors(self, family: str, rows: list[int] | np.ndarray | None = None) -> np.ndarray:
         """Stored vectors of a family (float32), all rows or the given ones."""
         self._check_family(family)
-        with h5py.File(inside(self.root, VECTORS), "r") as f:
+        with self._h5() as f:
             ds = f[f"vectors/{family}"]
             if rows is None:
                 return ds[()].astype(np.float32)
@@ -171,9 +202,33 @@ class Index:
             raise IndexFileError(f"{self.root} has no vector family {family!r} (it has: {have})")
 
     def faiss_index(self, family: str):
+        """The family's FAISS index, read once and checked against ``vectors.h5``: its dimension, its row
+        count, and :data:`SPOT_CHECK_ROWS` sampled rows whose vectors must be the stored ones (a FAISS file
+        copied in from another index, or damaged, is refused)."""
         self._check_family(family)
         if family not in self._faiss:
-            self._faiss[family] = read_faiss_index(inside(self.root, self.families[family]["faiss"]))
+            path = inside(self.root, self.families[family]["faiss"])
+            problem = path.is_file() and self._file_problem(self.families[family]["faiss"])
+            if problem:  # hashed before FAISS parses it: a damaged header can ask for absurd allocations
+                raise IndexFileError(f"{problem}; run `actindex verify {self.root}`")
+            try:
+                index = read_faiss_index(path)
+            except IndexFileError as err:
+                raise IndexFileError(f"{err}; run `actindex verify {self.root}`") from None
+            valid = np.flatnonzero(self._meta["valid"])
+            if index.d != self.families[family]["dim"]:
+                problem = f"has dimension {index.d}, the family {family!r} {self.families[family]['dim']}"
+            elif index.ntotal != len(valid):
+                problem = f"holds {index.ntotal} rows, but {len(valid)} rows of vectors.h5 are valid"
+            else:
+                rng = np.random.default_rng(zlib.crc32(family.encode()))
+                sample = np.sort(rng.choice(valid, min(SPOT_CHECK_ROWS, len(valid)), replace=False))
+                wrong = rows_disagree(index, sample, self.vectors(family, sample))
+                if len(wrong):
+                    problem = f"disagrees with vectors.h5 at row {int(wrong[0])} (copied from another index or damaged)"
+            if problem:
+                raise IndexFileError(f"{path}: FAISS index {problem}; run `actindex verify {self.root}`")
+            self._faiss[family] = index
         return self._faiss[family]
 
     # ---- verbs ----------------------------------------------------------------------------
@@ -191,7 +246,14 @@ class Index:
             raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {index.d}")
         scores, rows = (search_bottom if bottom else search)(index, vector, k)
         keep = rows[0] >= 0
-        return scores[0][keep], rows[0][keep]
+        scores, rows = scores[0][keep], rows[0][keep]
+        if len(scores) and not (np.isfinite(scores).all() and np.abs(scores).max() <= MAX_COSINE):
+            worst = scores[~(np.isfinite(scores) & (np.abs(scores) <= MAX_COSINE))][0]
+            raise IndexFileError(
+                f"{self.root}: the FAISS index of {family!r} returned the impossible cosine {worst:.4g}: it is "
+                f"damaged; run `actindex verify {self.root}`"
+            )
+        return scores, rows
 
     def model(self, name: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
         """The model the index was built with (loaded once and kept), checked against the manifest."""
@@ -535,9 +597,43 @@ class Index:
         ]
 
 
+#: files up to this size are hashed against the manifest when first read (vectors.h5 and the FAISS files of
+#: a 10k-row index: about 25 ms each); larger ones are spot-checked and left to ``actindex verify``
+HASH_ON_OPEN_BYTES = 64 << 20
+#: rows of each FAISS index compared with vectors.h5 when a query first reads it (``verify`` compares all)
+SPOT_CHECK_ROWS = 16
+#: the largest cosine a search may return: 1 for exact indexes, a little more for quantised codes
+MAX_COSINE = 1.5
+
+
+def layout_problem(root: Path, manifest: dict[str, Any]) -> str | None:
+    """The first way the manifest's promises disagree with ``vectors.h5`` (cheap: shapes only), or ``None``:
+    ``rows`` rows in every per-row dataset, ``(rows, dim)`` per family, and layers that match the families
+    (every per-layer family at a listed layer, every listed layer inside the model)."""
+    problem = structure_problem(manifest)
+    if problem:
+        return f"{root / MANIFEST}: {problem}"
+    rows = int(manifest["rows"])
+    families = {name: int(fam["dim"]) for name, fam in manifest["families"].items()}
+    try:
+        with h5py.File(inside(root, VECTORS), "r") as f:
+            if "ids" not in f or f["ids"].shape != (rows,):
+                have = f["ids"].shape[0] if "ids" in f else "no"
+                return f"{root / VECTORS}: holds {have} rows, the manifest says {rows}"
+            for name, dim in families.items():
+                key = f"vectors/{name}"
+                if key not in f or f[key].shape != (rows, dim):
+                    shape = f[key].shape if key in f else "nothing"
+                    return f"{root / VECTORS}: family {name!r} has shape {shape}, the manifest says ({rows}, {dim})"
+    except (OSError, RuntimeError, KeyError, ValueError) as err:  # h5py's errors for a damaged file
+        return f"{root / VECTORS}: cannot be read as HDF5 ({(str(err).splitlines() or ['?'])[0]})"
+    return None
+
+
 def save_query_vector(path: str | Path, vector: np.ndarray, meta: dict[str, Any]) -> None:
     """Save a query vector with its settings as ``.npz`` (no pickle)."""
-    np.savez(Path(path), vector=np.asarray(vector, np.float32), meta=np.array(json.dumps(meta)))
+    with atomic_file(Path(path)) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, vector=np.asarray(vector, np.float32), meta=np.array(json.dumps(meta)))
 
 
 def load_query_vector(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:

@@ -104,6 +104,7 @@ def load_behavior(spec: str) -> Behavior:
 
 
 def _load_file(path: Path, name: str) -> Behavior:
+    """A behaviour file: a persona spec (``.json``) or contrastive pairs (JSONL, parquet...)."""
     if path.suffix == ".json":
         return Behavior(name=name, persona=load_persona(path), source=str(path))
     return Behavior(name=name, pairs=load_pairs(path), source=str(path))
@@ -131,14 +132,49 @@ def load_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
-def load_persona(path: Path) -> PersonaSpec:
-    """A persona spec: ``instruction`` = [{pos, neg}], ``questions`` (or ``extract_questions``)."""
+#: the fields of each ``responses`` entry of a persona spec (``pos_system``/``neg_system`` are optional)
+PERSONA_RESPONSE_FIELDS = ("question", "pos", "neg")
+
+
+def _read_persona_json(path: Path) -> Any:
+    """The JSON value of a persona file, or a one-line :class:`DataError` (not UTF-8, malformed, too deep)."""
+    from .data import check_file_kind
+
     try:
-        spec = json.loads(path.read_text())
+        check_file_kind(path)
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, None, None, f"cannot read the file ({err.strerror or type(err).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        problem = f"not valid UTF-8 (byte 0x{raw[err.start]:02x}); save it as UTF-8"
+        raise DataError(path, line, None, problem) from None
+    if text.startswith("\ufeff"):
+        raise DataError(path, 1, None, "the file starts with a byte order mark (BOM); save it as UTF-8 without BOM")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(path, err.lineno, None, f"malformed JSON ({err.msg})") from None
+    except RecursionError:
+        raise DataError(path, None, None, "malformed JSON (nested too deeply)") from None
+    except ValueError:  # an integer longer than Python converts
+        raise DataError(path, None, None, "malformed JSON (a number has too many digits)") from None
+
+
+def load_persona(path: Path) -> PersonaSpec:
+    """A persona spec: ``instruction`` = [{pos, neg}], ``questions`` (or ``extract_questions``, the
+    persona_vectors name), optional ``responses`` = [{question, pos, neg, pos_system, neg_system}]
+    (generated when absent; the system prompts default to the instruction pair when there is one).
+
+    Every problem is a one-line :class:`DataError` naming the file and the field (``responses[2].pos``).
+    """
+    from .data import _json_type
+
+    spec = _read_persona_json(path)
     if not isinstance(spec, dict):
-        raise DataError(path, None, None, "a persona spec must be a JSON object")
+        raise DataError(path, None, None, f"a persona spec must be a JSON object, got {_json_type(spec)}")
     instructions = spec.get("instruction")
     if not isinstance(instructions, list) or not instructions:
         raise DataError(path, None, "instruction", "expected a non-empty list of {pos, neg} objects")
@@ -147,12 +183,51 @@ def load_persona(path: Path) -> PersonaSpec:
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("pos", "neg")):
             raise DataError(path, None, f"instruction[{i}]", "expected an object with string 'pos' and 'neg'")
         pairs.append((item["pos"], item["neg"]))
-    key = "questions" if "questions" in spec else "extract_questions"
+    key = "extract_questions" if "questions" not in spec and "extract_questions" in spec else "questions"
     questions = spec.get(key)
-    if not isinstance(questions, list) or not questions or not all(isinstance(q, str) for q in questions):
-        raise DataError(path, None, key, "expected a non-empty list of strings")
-    responses = spec.get("responses", [])
+    if not isinstance(questions, list) or not questions:
+        got = "is missing" if key not in spec else f"got {_describe(questions)}"
+        alias = " ('extract_questions', the persona_vectors name, is accepted too)" if key == "questions" else ""
+        raise DataError(path, None, key, f"expected a non-empty list of question strings{alias}; {got}")
+    for i, question in enumerate(questions):
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(path, None, f"{key}[{i}]", f"expected a non-empty string, got {_describe(question)}")
+    responses = spec.get("responses")
+    responses = [] if responses is None else responses
+    if not isinstance(responses, list):
+        raise DataError(path, None, "responses",
+                        f"expected a list of {{question, pos, neg}} objects (or no field, to generate them), "
+                        f"got {_json_type(responses)}")
+    for i, entry in enumerate(responses):
+        if not isinstance(entry, dict):
+            raise DataError(path, None, f"responses[{i}]",
+                            f"expected an object with 'question', 'pos' and 'neg', got {_json_type(entry)}")
+        for name in PERSONA_RESPONSE_FIELDS:
+            value = entry.get(name)
+            if name not in entry:
+                raise DataError(path, None, f"responses[{i}].{name}", "is missing")
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(path, None, f"responses[{i}].{name}", f"expected a non-empty string, got "
+                                f"{_describe(value)}")
+        for name, default in zip(("pos_system", "neg_system"), pairs[0]):
+            if name not in entry and len(pairs) == 1:
+                entry = responses[i] = {**entry, name: default}  # the only instruction pair
+            if name not in entry:
+                raise DataError(path, None, f"responses[{i}].{name}",
+                                "is missing (it names the system prompt; needed when 'instruction' has several pairs)")
+            if not isinstance(entry[name], str):
+                problem = f"expected a string, got {_json_type(entry[name])}"
+                raise DataError(path, None, f"responses[{i}].{name}", problem)
     return PersonaSpec(instructions=pairs, questions=questions, responses=responses)
+
+
+def _describe(value: Any) -> str:
+    """How a wrong value looks, for error messages: ``a blank string``, ``an empty array`` or its JSON type."""
+    from .data import _json_type
+
+    if isinstance(value, str) and not value.strip():
+        return "a blank string"
+    return "an empty array" if value == [] else _json_type(value)
 
 
 def complete_behavior(behavior: Behavior, lm: LoadedModel) -> Behavior:

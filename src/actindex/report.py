@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ActindexError
+from .files import atomic_write_text
 from .queries import Behavior, QueryMethod, load_behavior
 
 CLEAN = "clean"
@@ -632,5 +633,5 @@ def write_report(
     page = render_html(index, behavior, runs, layer, labels_field, positive_label, top_k)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    atomic_write_text(out, page)
     return out

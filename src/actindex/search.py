@@ -30,7 +30,8 @@ import faiss
 import numpy as np
 
 from . import faiss_stream
-from .errors import ActindexError
+from .errors import ActindexError, IndexFileError
+from .files import atomic_file
 
 
 def normalise(vectors: np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -153,14 +154,8 @@ def write_faiss_index_from_rows(
         return False
     blocks = map(itemgetter(1), valid_blocks(dataset, valid, 0, block))  # holds no block between items
     ids = ((np.flatnonzero(valid[a : a + block]) + a).astype(np.int64) for a in range(0, len(valid), block))
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as out:
-            faiss_stream.write_stream(out, inner, layout, int(valid.sum()), blocks, ids)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave half a file behind
-        raise
-    tmp.replace(path)
+    with atomic_file(path) as tmp, open(tmp, "wb") as out:  # never half a file behind
+        faiss_stream.write_stream(out, inner, layout, int(valid.sum()), blocks, ids)
     return True
 
 
@@ -203,20 +198,66 @@ def _reserve(index: faiss.Index, more_rows: int) -> None:
 
 
 def write_faiss_index(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(path)
+    """Write ``index`` to ``path`` through a fresh temporary file (:func:`~actindex.files.atomic_file`)."""
+    with atomic_file(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def read_faiss_index(path: Path, mmap: bool = True, gpu: bool = False) -> faiss.Index:
     """Read a FAISS file; IVF inverted lists are memory-mapped (``mmap``), and the index is copied to
     every GPU FAISS sees when ``gpu`` is set (GPU builds of faiss only). A memory-mapped index is
-    read-only: pass ``mmap=False`` to add rows to it."""
+    read-only: pass ``mmap=False`` to add rows to it. A missing or unreadable file is one
+    :class:`~actindex.errors.IndexFileError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise IndexFileError(f"{path}: FAISS index file is missing")
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    index = faiss.read_index(str(path), flags)
+    try:
+        index = faiss.read_index(str(path), flags)
+    except (RuntimeError, MemoryError, OSError) as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(err).__name__
+        raise IndexFileError(f"{path}: cannot be read as a FAISS index ({reason})") from None
     if gpu and faiss.get_num_gpus() > 0:  # pragma: no cover - needs faiss-gpu
         index = faiss.index_cpu_to_all_gpus(index)
     return index
+
+
+def _codec(index: faiss.Index) -> faiss.Index:
+    """The index that encodes vectors: the inner index of an id map, an HNSW graph's storage."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
+    storage = getattr(inner, "storage", None)
+    return faiss.downcast_index(storage) if isinstance(inner, faiss.IndexHNSW) and storage is not None else inner
+
+
+def stored_as(index: faiss.Index, vectors: np.ndarray) -> np.ndarray:
+    """What ``index`` holds for these (normalised) vectors: ``decode(encode(v))`` with its own codec,
+    equal to the vectors for exact (``Flat``) indexes and their quantised form otherwise."""
+    codec = _codec(index)
+    return codec.sa_decode(codec.sa_encode(np.ascontiguousarray(vectors, dtype=np.float32)))
+
+
+def reconstructed(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
+    """The vectors ``index`` holds for the given ids (row numbers), decoded (IVF: a direct map is made)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map()
+    return np.stack([index.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, index.d), np.float32)
+
+
+def rows_disagree(index: faiss.Index, rows: np.ndarray, vectors: np.ndarray, atol: float = 1e-5) -> np.ndarray:
+    """Of ``rows``, those whose vector in ``index`` is not what the index would hold for ``vectors`` (the
+    rows' stored vectors, as in vectors.h5): a FAISS file copied from another index, or damaged."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return rows
+    expected = stored_as(index, normalise(vectors))
+    try:
+        got = reconstructed(index, rows)
+    except RuntimeError:  # an id the index does not hold
+        return rows
+    bad = ~(np.abs(got - expected) <= atol).all(axis=1)
+    return rows[bad]
 
 
 def search_params(index: faiss.Index) -> dict[str, int]:

@@ -12,7 +12,7 @@ trained once, at merge time, over all rows.
 
 ``merge`` refuses shards that were not computed the same way: the first field that differs
 (model weights, tokenizer, layers, projection seed, projection, families, storage dtype,
-max length, data file checksums, shard count...) is named together with two shard directories.
+max length, data file checksums and split, shard count...) is named together with two shard directories.
 The same comparison guards ``build --append`` against an index built another way.
 """
 
@@ -98,8 +98,8 @@ def merge(
         shards.append((str(d), m))
     check_same(
         [
-            (d, identity(m) | {"data": [f["sha256"] for f in data_files(m)], "data rows": m["data"]["rows"],
-                               "shard count": m["shard"]["count"]})
+            (d, identity(m) | {"data": [f["sha256"] for f in data_files(m)], "data split": m["data"].get("split"),
+                               "data rows": m["data"]["rows"], "shard count": m["shard"]["count"]})
             for d, m in shards
         ],
         "merge these shards",

@@ -16,6 +16,18 @@ are committed as parts numbered from N; finalising first moves the manifest to
 ``.build/base-manifest.json`` (the index reads as unfinished from then on, and rerunning the
 command resumes it), then rewrites ``vectors.h5`` as rows ``[0, N)`` of the current file followed
 by the new parts, and extends each FAISS index with the new rows (kept trained, never rebuilt).
+
+Integrity (format 2): the manifest records the sha256 of every dataset of ``vectors.h5``
+(``checksums``), of every file a query reads, ``vectors.h5`` and each FAISS file, byte for byte
+(``files``), and of its own content (``manifest_sha256``, over the canonical JSON of every other key),
+so ``verify`` covers every byte a query reads and an edited manifest is refused. Format 1 indexes
+(no file or manifest checksums) still open; ``verify`` checks their FAISS files by decoding every row.
+
+Writes never go through an existing path: temporary files are created fresh (``O_EXCL``, a random
+name, :func:`fresh_temp`) and renamed over their target, and the lock is linked into place whole,
+so a planted link is never followed and a lock is never empty. Before each part and before
+finalising, the free disk space is checked (:func:`ensure_space`), and a full disk while writing is
+reported as one line, with the temporary file removed, instead of an HDF5 crash.
 """
 
 from __future__ import annotations
@@ -26,8 +38,9 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +50,22 @@ import h5py
 import numpy as np
 
 from .errors import IndexFileError
+from .files import (
+    atomic_file,
+    atomic_write_text,
+    bytes_sha256,
+    disk_full_error,
+    ensure_space,
+    fresh_temp,
+    fsync_dir,
+    is_disk_full,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: formats this release reads: 1 (no FAISS or manifest checksums) and 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
+MANIFEST_CHECKSUM = "manifest_sha256"
 VECTORS = "vectors.h5"
 FAISS_DIR = "faiss"
 BUILD_DIR = ".build"
@@ -64,23 +90,39 @@ def family_file(family: str) -> str:
     return family.replace("/", "-") + ".faiss"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old or the whole new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces) without its own checksum key."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+#: the packages whose versions can move an index's vectors, recorded in its manifest
+RESULT_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "faiss-cpu", "h5py", "peft", "accelerate")
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """Python's and the :data:`RESULT_PACKAGES`' installed versions (``None`` if absent), read from package
+    metadata without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in RESULT_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``root/manifest.json`` atomically in the current format, with its own checksum; returns what
+    was written. Every writer of a manifest goes through here."""
+    manifest = {k: v for k, v in manifest.items() if k not in ("summary", MANIFEST_CHECKSUM)}
+    manifest["format_version"] = FORMAT_VERSION
+    manifest = json.loads(json.dumps(manifest))  # what a reader will load (tuples become lists)
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
 
 
 def update_checksum(digest: Any, values: np.ndarray) -> None:
@@ -111,42 +153,117 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: what a lock holds: ``<pid>@<host>``
+LOCK_OWNER = re.compile(r"^(\d{1,10})@([A-Za-z0-9._-]{1,255})$")
+
+
+def _place_lock(lock: Path, owner: str) -> bool:
+    """Create ``lock`` holding ``owner`` whole, or return False if something is already at that path (a
+    link too: it is never followed). The owner is written to a fresh file first, then hard-linked into
+    place, so a lock never exists empty (a full disk fails before the lock appears)."""
+    tmp = fresh_temp(lock)
+    try:
+        tmp.write_text(owner)
+        try:
+            os.link(tmp, lock)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: O_EXCL does not follow links either
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as handle:
+                handle.write(owner)
+        return True
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(lock) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> str | None:
+    """The ``pid@host`` a lock file holds, or ``None`` when it holds anything else (it is never printed:
+    only a lock actindex wrote is read back). A link or a non-file in its place is refused."""
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        raise IndexFileError(
+            f"{lock} is a link or a directory, not a lock actindex wrote; remove it if no build is running"
+        )
+    try:
+        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(300)
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    return text if LOCK_OWNER.match(text) else None
+
+
 @contextmanager
 def write_lock(root: Path) -> Iterator[None]:
-    """Hold ``root/.lock`` for the duration; refuse if another live process holds it."""
+    """Hold ``root/.lock`` for the duration; refuse if another live process holds it.
+
+    A lock whose process is gone (same host), or that holds no owner at all (left by a crash of an
+    older release), is stale and taken over."""
+    root = Path(root)
+    check_out(root, overwrite=True)
     root.mkdir(parents=True, exist_ok=True)
     lock = root / LOCK
     me = f"{os.getpid()}@{socket.gethostname()}"
     for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            owner = lock.read_text().strip() if lock.exists() else ""
-            pid, _, host = owner.partition("@")
-            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-                lock.unlink(missing_ok=True)  # stale: its writer died
-                continue
-            raise IndexFileError(
-                f"{root}: another build (process {owner or 'unknown'}) is writing this index; "
-                f"wait for it, or delete {lock} if that process is gone"
-            ) from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
-        break
+        if _place_lock(lock, me):
+            break
+        owner = _lock_owner(lock)
+        if owner is None:
+            lock.unlink(missing_ok=True)  # no owner: never written whole by this release
+            continue
+        pid, _, host = owner.partition("@")
+        if host == socket.gethostname() and not _pid_alive(int(pid)):
+            lock.unlink(missing_ok=True)  # stale: its writer died
+            continue
+        raise IndexFileError(
+            f"{root}: another build (process {owner}) is writing this index; "
+            f"wait for it, or delete {lock} if that process is gone"
+        )
+    else:
+        raise IndexFileError(f"{root}: could not take the lock {lock}; is another build starting?")
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
 
 
+def own_dir(path: Path) -> Path:
+    """``path`` as a real directory inside the index (created if missing); a link or a file in its place
+    is refused, so nothing is ever written through it to somewhere else."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise IndexFileError(f"{path} is a link or a file where actindex keeps a directory; remove it")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_out(root: Path, overwrite: bool = False, append: bool = False) -> None:
+    """Refuse, before any work, an ``--out`` that is a file, or that holds a complete index when neither
+    ``overwrite`` nor ``append`` is asked for."""
+    if root.exists() and not root.is_dir():
+        raise IndexFileError(f"{root} is a file, not an index directory; choose another --out")
+    if (root / MANIFEST).exists() and not (overwrite or append):
+        raise IndexFileError(f"{root} already holds a complete index; pass --overwrite to rebuild it")
+
+
 def clear_index(root: Path) -> None:
     """Remove an index's files (complete or unfinished) from ``root``; other files stay."""
     for name in (MANIFEST, VECTORS, FAISS_DIR, BUILD_DIR):
         path = root / name
-        if path.is_dir():
+        if path.is_symlink() or path.is_file():
+            path.unlink()  # a link is removed, never what it points to
+        elif path.is_dir():
             shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 def index_summary(root: Path, manifest: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -217,9 +334,16 @@ class IndexWriter:
             raise IndexFileError(f"{self.root} already holds a complete index; pass --overwrite to rebuild it")
         if overwrite:
             self._clear()
+        remove_stale_temps(self.root)
         state_file = self.build_dir / "state.json"
         if state_file.exists():
-            previous = json.loads(state_file.read_text())
+            try:
+                previous = json.loads(state_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                raise IndexFileError(
+                    f"{self.root} holds an unfinished build whose state ({state_file}) is unreadable; "
+                    "pass --overwrite to start over"
+                ) from None
             if previous != json.loads(json.dumps(state)):
                 changed = sorted(k for k in set(previous) | set(state) if previous.get(k) != state.get(k))
                 raise IndexFileError(
@@ -227,10 +351,11 @@ class IndexWriter:
                     "rerun the same command to resume it, or pass --overwrite to start over"
                 )
         else:
-            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            own_dir(self.build_dir)
+            own_dir(self.parts_dir)
             atomic_write_text(state_file, json.dumps(state, indent=2, sort_keys=True))
-        for stale in self.parts_dir.glob("*.tmp"):
-            stale.unlink()
+        own_dir(self.build_dir)
+        own_dir(self.parts_dir)
 
     def _clear(self) -> None:
         clear_index(self.root)
@@ -257,15 +382,12 @@ class IndexWriter:
         """Commit rows ``[start, start + n)``: write to a temporary file, fsync, rename."""
         n = len(meta["ids"])
         name = f"part-{start:09d}-{start + n:09d}.h5"
-        tmp = self.parts_dir / (name + ".tmp")
-        with h5py.File(tmp, "w") as f:
+        ensure_space(self.parts_dir, part_bytes(meta, vectors), f"commit rows {start}-{start + n}")
+        with atomic_file(self.parts_dir / name) as tmp, h5py.File(tmp, "w") as f:
             for key, dtype in META_FIELDS.items():
                 f.create_dataset(key, data=np.asarray(meta[key], dtype=dtype))
             for family, arr in vectors.items():
                 f.create_dataset(f"vectors/{family}", data=arr)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.parts_dir / name)
 
     def finalize(
         self,
@@ -282,9 +404,10 @@ class IndexWriter:
         else:
             saved = self.build_dir / BASE_MANIFEST
             if (self.root / MANIFEST).exists():
+                ensure_space(self.root, _tree_bytes(self.root), f"append to {self.root}")
                 atomic_write_text(saved, (self.root / MANIFEST).read_text())
                 (self.root / MANIFEST).unlink()  # from here on the index reads as unfinished
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             base = [Part(0, self.base_rows, self.root / VECTORS)] if self.base_rows else []
             manifest = write_index(
                 self.root, base + parts, manifest, families, store_dtype, faiss_factory, faiss_train_rows,
@@ -325,9 +448,11 @@ def write_index(
     for before, after in zip([Part(0, 0, root)] + parts, parts):
         if after.start != before.end:
             raise IndexFileError(f"{root}: rows {before.end}-{after.start} are missing from the parts to merge")
-    tmp = root / (VECTORS + ".tmp")
+    # vectors.h5 holds what the parts hold; each flat FAISS file about as much as its family's vectors
+    stored = sum(p.path.stat().st_size for p in {p.path: p for p in parts}.values())
+    ensure_space(root, 2 * stored, f"write the index in {root}")
     checksums: dict[str, str] = {}
-    with h5py.File(tmp, "w") as out:
+    with atomic_file(root / VECTORS) as tmp, h5py.File(tmp, "w") as out:
         # streamed part by part, with their checksums: no dataset is ever held in memory whole
         datasets = [(key, (total,), dtype, None) for key, dtype in META_FIELDS.items()]
         datasets += [(f"vectors/{fam}", (total, dim), store_dtype, (min(max(total, 1), 1024), dim))
@@ -340,12 +465,8 @@ def write_index(
                 ds[part.start : part.end] = block
                 update_checksum(digest, block)
             checksums[key] = digest.hexdigest()
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, root / VECTORS)
 
-    faiss_dir = root / FAISS_DIR
-    faiss_dir.mkdir(exist_ok=True)
+    own_dir(root / FAISS_DIR)
     faiss_files, factories = {}, {}
     with h5py.File(root / VECTORS, "r") as f:
         valid = f["valid"][()]
@@ -359,7 +480,7 @@ def write_index(
                 factories[family] = resolve_factory(faiss_factory, int(valid.sum()))
             else:
                 assert base_faiss is not None
-                base_faiss.mkdir(parents=True, exist_ok=True)
+                own_dir(base_faiss)
                 kept = base_faiss / family_file(family)
                 if not kept.exists():
                     os.replace(target, kept)  # the untouched base index survives a crash
@@ -368,7 +489,6 @@ def write_index(
                 write_faiss_index(index, target)
                 del index  # one family's FAISS index in memory at a time
     manifest = dict(manifest)
-    manifest["format_version"] = FORMAT_VERSION
     manifest["rows"] = int(total)
     manifest["valid_rows"] = int(valid.sum())
     manifest["families"] = {
@@ -376,9 +496,41 @@ def write_index(
         for fam, dim in families.items()
     }
     manifest["checksums"] = checksums
+    manifest["files"] = {name: bytes_sha256(root / name) for name in [VECTORS, *faiss_files.values()]}
+    manifest.setdefault("versions", runtime_versions())
     manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-    return manifest
+    return write_manifest(root, manifest)
+
+
+def part_bytes(meta: dict[str, np.ndarray], vectors: dict[str, np.ndarray]) -> int:
+    """About what a part file of these arrays takes on disk (strings as their UTF-8 length)."""
+    size = sum(arr.nbytes for arr in vectors.values())
+    for values in meta.values():
+        arr = np.asarray(values)
+        size += sum(len(str(v).encode()) + 16 for v in arr) if arr.dtype.kind in "OSU" else arr.nbytes
+    return size + (64 << 10)
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+#: temporary files a writer may leave behind when killed: this release's (``.<name>.<random>.tmp``) and
+#: the previous one's (``<name>.tmp``); removed (links unlinked, never followed) when a writer starts
+_STALE = re.compile(r"^(\..+\.[^.]+\.tmp|.+\.tmp)$")
+
+
+def remove_stale_temps(root: Path) -> None:
+    """Remove the temporary files a killed writer left in the index (call while holding its lock): a
+    full disk's leftover would otherwise keep the disk full."""
+    for folder in (root, root / FAISS_DIR, root / BUILD_DIR, root / BUILD_DIR / "parts"):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _STALE.match(path.name) and (path.is_symlink() or path.is_file()):
+                path.unlink(missing_ok=True)
+            elif _STALE.match(path.name) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _read(part: Part, key: str) -> np.ndarray:
@@ -391,24 +543,64 @@ def _read(part: Part, key: str) -> np.ndarray:
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a complete index, or a clear error if there is none."""
+    """The manifest of a complete index, or a clear error if there is none, it is unreadable, of an
+    unknown format, or (format 2) edited since it was written (its own checksum no longer matches)."""
     root = Path(root)
     path = root / MANIFEST
     if not path.exists():
         if (root / BUILD_DIR).exists():
             raise IndexFileError(f"{root} is an unfinished build; rerun the build command to resume it")
         raise IndexFileError(f"{root} is not an actindex index (no {MANIFEST})")
+    problem = manifest_problem(path)
+    if isinstance(problem, str):
+        raise IndexFileError(problem)
+    return problem
+
+
+def manifest_problem(path: Path) -> dict[str, Any] | str:
+    """The manifest at ``path`` as a dict, or the one-line reason it cannot be used."""
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise IndexFileError(f"{path}: corrupt manifest ({err.msg})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err).splitlines()[0] if str(err) else ""
+        return f"{path}: corrupt manifest ({reason or type(err).__name__})"
     if not isinstance(manifest, dict):
-        raise IndexFileError(f"{path}: corrupt manifest (expected a JSON object)")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexFileError(
-            f"{path}: index format {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})"
-        )
+        return f"{path}: corrupt manifest (expected a JSON object)"
+    version = manifest.get("format_version")
+    if version not in READABLE_FORMATS:
+        return f"{path}: index format {version!r} is not supported (this release reads formats 1 and 2)"
+    if version >= 2 and manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
+        return (f"{path}: the manifest was edited or damaged since it was written (its checksum does not match); "
+                "restore it, or rebuild the index")
     return manifest
+
+
+def structure_problem(manifest: dict[str, Any]) -> str | None:
+    """The first way a manifest contradicts itself, or ``None``: ``rows`` a count, every family with an
+    integer ``dim``, every per-layer family (``kind/L``) at a listed layer, every listed layer inside the
+    model and holding some family's vectors."""
+    try:
+        rows = manifest["rows"]
+        dims = {name: fam["dim"] for name, fam in manifest["families"].items()}
+        layers = list(manifest["layers"])
+        num_layers = manifest["model"]["num_layers"]
+    except (KeyError, TypeError, AttributeError) as err:
+        return f"malformed ({type(err).__name__}: {err})"
+    counts = [rows, num_layers, *dims.values(), *layers]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return "rows, layers, num_layers and family dims must be non-negative integers"
+    outside = [layer for layer in layers if layer >= num_layers]
+    if outside:
+        return f"layer {outside[0]} is outside the model's {num_layers} layers"
+    for name in dims:
+        _, _, at = name.partition("/")
+        if at and (not at.isdigit() or int(at) not in layers):
+            return f"family {name!r} is not at one of the listed layers {layers}"
+    per_layer = [name for name in dims if "/" in name]
+    empty = [layer for layer in layers if not any(n.endswith(f"/{layer}") for n in per_layer)]
+    if per_layer and empty:
+        return f"layer {empty[0]} is listed but no family holds vectors for it"
+    return None
 
 
 def inside(root: Path, relative: str) -> Path:
@@ -417,11 +609,6 @@ def inside(root: Path, relative: str) -> Path:
     if not path.is_relative_to(root.resolve()):
         raise IndexFileError(f"{root}: manifest path {relative!r} points outside the index directory")
     return path
-
-
-def concat_meta(chunks: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    chunks = list(chunks)
-    return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
 
 
 def append_group(
@@ -444,22 +631,23 @@ def append_group(
     root = Path(root)
     manifest = read_manifest(root)
     with write_lock(root):
-        tmp = root / (VECTORS + ".tmp")
-        shutil.copyfile(root / VECTORS, tmp)
+        remove_stale_temps(root)
+        extra = sum(np.asarray(v).nbytes for v in datasets.values())
+        ensure_space(root, (root / VECTORS).stat().st_size + extra, f"store {group} in {root}")
         checksums: dict[str, str] = {}
-        with h5py.File(tmp, "a") as f:
-            if group in f:
-                del f[group]
-            for path, values in datasets.items():
-                full = f"{group}/{path}"
-                f.create_dataset(full, data=values)
-                checksums[full] = dataset_checksum(np.asarray(values))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, root / VECTORS)
-        _fsync_dir(root)
+        with atomic_file(root / VECTORS) as tmp:
+            shutil.copyfile(root / VECTORS, tmp)
+            with h5py.File(tmp, "a") as f:
+                if group in f:
+                    del f[group]
+                for path, values in datasets.items():
+                    full = f"{group}/{path}"
+                    f.create_dataset(full, data=values)
+                    checksums[full] = dataset_checksum(np.asarray(values))
         entry = dict(entry, checksums=checksums)
         manifest = read_manifest(root)
         manifest.setdefault(manifest_key, {})[name] = entry
-        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+        if "files" in manifest:
+            manifest["files"][VECTORS] = bytes_sha256(root / VECTORS)
+        write_manifest(root, manifest)
     return entry

@@ -1,14 +1,19 @@
 """Check a finished index directory against its manifest (``actindex verify DIR``).
 
 :func:`verify` re-reads everything the manifest promises and returns the problems it finds, one
-line each (an empty list means the index is intact):
+line each (an empty list means the index is intact). It covers every file a query reads:
 
-* ``manifest.json`` exists, parses, is an object of the supported format version;
+* ``manifest.json`` exists, parses, is an object of a supported format version, and (format 2) its
+  own checksum matches, so an edited row count, layer list or family is caught; its structure is
+  consistent (layers inside the model, every per-layer family at a listed layer);
 * every file it names (the FAISS indexes) stays inside the directory and exists;
 * ``vectors.h5`` opens, and the sha256 of every dataset matches ``manifest["checksums"]``;
 * every metadata dataset and vector family has ``manifest["rows"]`` rows (families: ``(rows, dim)``);
 * no stored vector holds NaN or inf;
-* each FAISS index holds exactly the valid rows (count and ids) with the family's dimension.
+* each FAISS file's sha256 matches the manifest (format 2), it reads as an index of the family's
+  dimension holding exactly the valid rows (count and ids), and, for format 1 indexes that record no
+  FAISS checksum, every row it holds decodes to the row's stored vector (a file copied in from
+  another index, or a flipped byte, is caught).
 
 A truncated or edited file is reported, never raised: ``verify`` does not throw.
 """
@@ -24,14 +29,17 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexFileError
+from .files import bytes_sha256
 from .store import (
-    FORMAT_VERSION,
     MANIFEST,
     META_FIELDS,
+    READABLE_FORMATS,
     VECTORS,
     dataset_checksum,
     inside,
+    manifest_problem,
     read_manifest,
+    structure_problem,
     update_checksum,
 )
 
@@ -53,27 +61,28 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _load_manifest(root: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _load_manifest(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The manifest (``None`` if unusable) and the problems found in it: an edited format-2 manifest is
+    reported and still read, so the rest of the index is checked against what it says."""
     path = root / MANIFEST
     if not root.is_dir():
-        return None, f"{root}: no such directory"
+        return None, [f"{root}: no such directory"]
     if not path.is_file():
         try:
             read_manifest(root)  # raises the usual message (unfinished build / not an index)
         except IndexFileError as err:
-            return None, str(err)
-        return None, f"{path}: missing"
-    try:
+            return None, [str(err)]
+        return None, [f"{path}: missing"]
+    found = manifest_problem(path)
+    if isinstance(found, dict):
+        return found, []
+    try:  # only the checksum failed: report it, keep checking
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        return None, f"{path}: corrupt manifest ({_first_line(err)})"
-    if not isinstance(manifest, dict):
-        return None, f"{path}: corrupt manifest (expected a JSON object)"
-    if manifest.get("format_version") != FORMAT_VERSION:
-        return None, (
-            f"{path}: index format {manifest.get('format_version')} is not supported (expected {FORMAT_VERSION})"
-        )
-    return manifest, None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None, [found]
+    if isinstance(manifest, dict) and manifest.get("format_version") in READABLE_FORMATS:
+        return manifest, [found]
+    return None, [found]
 
 
 def _families(manifest: dict[str, Any], path: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
@@ -93,14 +102,16 @@ def _families(manifest: dict[str, Any], path: Path, problems: list[str]) -> dict
 
 
 def _verify(root: Path) -> list[str]:
-    manifest, problem = _load_manifest(root)
+    manifest, problems = _load_manifest(root)
     if manifest is None:
-        return [problem or f"{root}: unreadable manifest"]
+        return problems or [f"{root}: unreadable manifest"]
     mpath = root / MANIFEST
-    problems: list[str] = []
     rows = manifest.get("rows")
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-        return [f"{mpath}: 'rows' must be a non-negative integer, got {rows!r}"]
+        return problems + [f"{mpath}: 'rows' must be a non-negative integer, got {rows!r}"]
+    structure = structure_problem(manifest)
+    if structure:
+        problems.append(f"{mpath}: {structure}")
     checksums = manifest.get("checksums")
     if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
         problems.append(f"{mpath}: 'checksums' must be an object of sha256 strings")
@@ -119,12 +130,20 @@ def _verify(root: Path) -> list[str]:
             continue
         faiss_paths[name] = path
 
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    if manifest.get("format_version", 1) >= 2 and not files:
+        problems.append(f"{mpath}: has no file checksums ('files')")
+    found = len(problems)
     valid = _check_vectors(root, rows, families, checksums, problems)
+    recorded = files.get(VECTORS)
+    if recorded is not None and len(problems) == found and _sha256(root / VECTORS) not in (recorded, None):
+        problems.append(f"{root / VECTORS}: checksum mismatch outside its datasets (HDF5 metadata or unused "
+                        "bytes changed): the file was edited or damaged")
     if valid is not None:
         valid_rows = manifest.get("valid_rows")
         if valid_rows is not None and valid_rows != int(valid.sum()):
             problems.append(f"{mpath}: says {valid_rows} valid rows, but vectors.h5 marks {int(valid.sum())} valid")
-    _check_faiss(root, families, faiss_paths, valid, problems)
+    _check_faiss(root, families, faiss_paths, files, valid, problems)
     return problems
 
 
@@ -216,9 +235,12 @@ def _check_faiss(
     root: Path,
     families: dict[str, dict[str, Any]],
     paths: dict[str, Path],
+    files: dict[str, str],
     valid: np.ndarray | None,
     problems: list[str],
 ) -> None:
+    """Each FAISS file: its recorded sha256 (format 2), its dimension, that it holds exactly the valid rows,
+    and, without a recorded sha256 (format 1), that every row decodes to its stored vector."""
     import faiss
 
     from .search import read_faiss_index
@@ -227,12 +249,18 @@ def _check_faiss(
     for name, path in paths.items():
         try:
             index = read_faiss_index(path)
-        except Exception as err:  # noqa: BLE001 - faiss raises RuntimeError on a damaged file
-            problems.append(f"{path}: cannot be read as a FAISS index ({_first_line(err)})")
+        except IndexFileError as err:
+            problems.append(str(err))
+            continue
+        recorded = files.get(families[name]["faiss"])
+        if recorded is not None and _sha256(path) != recorded:
+            problems.append(f"{path}: checksum mismatch (sha256 differs from the manifest's): the file was replaced "
+                            "or damaged")
             continue
         dim = families[name]["dim"]
         if index.d != dim:
             problems.append(f"{path}: FAISS index has dimension {index.d}, family {name!r} has {dim}")
+            continue
         if expected_ids is None:
             continue
         if index.ntotal != len(expected_ids):
@@ -241,3 +269,30 @@ def _check_faiss(
             ids = np.sort(faiss.vector_to_array(index.id_map))
             if not np.array_equal(ids, expected_ids):
                 problems.append(f"{path}: FAISS index ids are not the valid row numbers")
+            elif recorded is None:
+                wrong = _rows_disagree(root, name, index, expected_ids)
+                if wrong:
+                    problems.append(f"{path}: {wrong} row(s) disagree with the stored vectors of {name!r} (copied "
+                                    "from another index, or damaged)")
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return bytes_sha256(path)
+    except OSError:
+        return None
+
+
+def _rows_disagree(root: Path, family: str, index: Any, rows: np.ndarray) -> int:
+    """How many of ``rows`` decode from ``index`` to something else than their stored vector (in blocks)."""
+    import h5py
+
+    from .search import ADD_BLOCK, rows_disagree
+
+    wrong = 0
+    with h5py.File(root / VECTORS, "r") as f:
+        ds = f[f"vectors/{family}"]
+        for a in range(0, len(rows), ADD_BLOCK):
+            block = rows[a : a + ADD_BLOCK]
+            wrong += len(rows_disagree(index, block, ds[block]))
+    return wrong
