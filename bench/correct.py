@@ -31,11 +31,12 @@ import torch
 from record import append_section
 
 import actindex
-from actindex.correct import behavior_margin
-from actindex.data import encode_row, normalise_record
-from actindex.models import save_weights, wrap_model
-from actindex.queries import Behavior, Pair
-from actindex.vectors import Batch, select_grad_modules, sequence_losses
+from actindex.act.correct import behavior_margin
+from actindex.core.encode import encode_row
+from actindex.core.models import save_weights, wrap_model
+from actindex.core.rows import normalise_record
+from actindex.core.vectors import Batch, select_grad_modules, sequence_losses
+from actindex.query.behaviors import Behavior, Pair
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 import actindex
-from actindex.detect import (
+from actindex.act.detect import (
     NORMS,
     RESPONSE_TOKENS,
     DetectConfig,
@@ -50,7 +50,7 @@ from actindex.detect import (
     ground_truth,
     prf,
 )
-from actindex.vectors import MEASUREMENTS
+from actindex.core.vectors import MEASUREMENTS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdoorllm"
 
@@ -145,7 +145,7 @@ def first_word(text: str) -> str:
 def attack_rates(lm, name: str, attack: str, n: int, target: str, seed: int = 1) -> tuple[float, float]:
     """``(share of n behaviour prompts answered with the target, share of n clean test prompts answered
     with their reference)``, greedy, first word compared (prompts sampled with ``seed``)."""
-    from actindex.models import generate
+    from actindex.core.models import generate
 
     rng = random.Random(seed)
     behaviour = behaviour_prompts(name, attack, target)

@@ -32,8 +32,8 @@ from correct import fine_tuned, setup, write_pairs
 from record import append_section
 
 import actindex
-from actindex.correct import behavior_margin
-from actindex.queries import Pair
+from actindex.act.correct import behavior_margin
+from actindex.query.behaviors import Pair
 
 
 def read(path: Path) -> list[dict]:

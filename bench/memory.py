@@ -50,7 +50,7 @@ def make_model(directory: Path, hidden: int, layers: int, vocab_words: bool = Tr
     sys.path.insert(0, str(TESTS))
     from conftest import make_tokenizer
 
-    from actindex.models import save_weights
+    from actindex.core.models import save_weights
 
     tok = make_tokenizer()
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def make_model(directory: Path, hidden: int, layers: int, vocab_words: bool = Tr
 def child(args: argparse.Namespace) -> None:
     """Load model and rows, note RSS, build, print a JSON line."""
     import actindex
-    from actindex.models import load_model
+    from actindex.core.models import load_model
 
     lm = load_model(args.model, device="cpu")
     before = rss_now_kib()

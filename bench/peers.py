@@ -77,7 +77,7 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict, 
 
 def child_actindex(args: argparse.Namespace) -> None:
     import actindex
-    from actindex.models import load_model
+    from actindex.core.models import load_model
 
     lm = load_model()
     t = time.perf_counter()
@@ -106,8 +106,8 @@ class KronfluenceSetup:
         from kronfluence.task import Task
         from kronfluence.utils.dataset import DataLoaderKwargs
 
-        from actindex.models import load_model
-        from actindex.vectors import select_grad_modules
+        from actindex.core.models import load_model
+        from actindex.core.vectors import select_grad_modules
 
         self.lm = lm = load_model()
         self.modules = modules = select_grad_modules(lm.model, module_patterns)
@@ -161,14 +161,16 @@ class KronfluenceSetup:
         return {"input_ids": ids, "labels": labels, "sign": torch.tensor(sign)}
 
     def rows(self, data: str) -> list[dict]:
-        from actindex.data import encode_row, load_rows
+        from actindex.core.encode import encode_row
+        from actindex.core.readers import load_rows
 
         return [self.item(encode_row(self.lm.tokenizer, r, 512), 1.0) for r in load_rows(data)]
 
     def behaviour(self, behavior) -> list[dict]:
         """Treatment responses with sign +1, controls with -1 (chat format, loss on the response)."""
-        from actindex.data import Row, encode_row
-        from actindex.queries import load_behavior
+        from actindex.core.encode import encode_row
+        from actindex.core.rows import Row
+        from actindex.query.behaviors import load_behavior
 
         items = []
         for p in load_behavior(behavior).pairs:
@@ -262,8 +264,8 @@ def main() -> None:
     if args.child == "kron-scores":
         return child_kron_scores(args)
 
-    from actindex.data import resolve_data_path
-    from actindex.queries import load_behavior
+    from actindex.core.readers import resolve_data_path
+    from actindex.query.behaviors import load_behavior
 
     skip = set(args.skip.split(","))
     peers_bin = Path(args.peers_python).parent
@@ -361,14 +363,15 @@ def _count_tokens(data: Path) -> int:
     """Tokens of the rows as actindex encodes them (the count every system's tokens/s is divided by)."""
     from transformers import AutoTokenizer
 
-    from actindex.data import encode_row, load_rows
+    from actindex.core.encode import encode_row
+    from actindex.core.readers import load_rows
 
     tokenizer = AutoTokenizer.from_pretrained(_model_dir())
     return sum(len(encode_row(tokenizer, row, 512).input_ids) for row in load_rows(data))
 
 
 def _model_dir() -> Path:
-    from actindex.models import _default_model_dir
+    from actindex.core.models import _default_model_dir
 
     return _default_model_dir()
 

@@ -31,8 +31,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import actindex
-from actindex.data import resolve_data_path
-from actindex.queries import Behavior, Pair, load_behavior
+from actindex.core.readers import resolve_data_path
+from actindex.query.behaviors import Behavior, Pair, load_behavior
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ["residual-change", "residual-change-pooled", "residual-difference", "activation", "gradient", "ensemble"]

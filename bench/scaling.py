@@ -24,8 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from actindex.index import Index
-from actindex.store import VECTORS
+from actindex.api import Index
+from actindex.index.manifest import VECTORS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rept-factual-ag" / "pool.jsonl"
 

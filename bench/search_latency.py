@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 from record import append_section, markdown_table
 
-from actindex.search import faiss_index_from_rows, search, set_search_params
+from actindex.index.search import faiss_index_from_rows, search, set_search_params
 
 CHUNK = 50_000
 

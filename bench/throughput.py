@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from actindex.data import encode_row, load_rows
-from actindex.models import (
+from actindex.core.encode import encode_row
+from actindex.core.families import VectorSpec
+from actindex.core.models import (
     DEFAULT_MODEL,
     LoadedModel,
     default_layers,
@@ -31,7 +32,8 @@ from actindex.models import (
     resolve_dtype,
     wrap_model,
 )
-from actindex.vectors import Batch, RademacherProjector, VectorSpec, compute_vectors, select_grad_modules
+from actindex.core.readers import load_rows
+from actindex.core.vectors import Batch, RademacherProjector, compute_vectors, select_grad_modules
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rept-factual-ag" / "pool.jsonl"
 

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import actindex
-from actindex.models import LoadedModel, wrap_model
+from actindex.core.models import LoadedModel, wrap_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -123,7 +123,7 @@ def assert_same_index(a: Path, b: Path) -> None:
     assert ia.families.keys() == ib.families.keys()
     rng = np.random.default_rng(0)
     for family, spec in ia.families.items():
-        q = rng.standard_normal(spec["dim"]).astype(np.float32)
+        q = rng.standard_normal(spec.dim).astype(np.float32)
         sa, ra = ia.search(q, k=0, family=family)
         sb, rb = ib.search(q, k=0, family=family)
         assert list(ra) == list(rb), family

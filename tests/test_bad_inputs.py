@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from actindex.cli import main
-from actindex.data import load_rows
+from actindex.core.readers import load_rows
 from actindex.errors import DataError
-from actindex.queries import load_pairs
+from actindex.query.behaviors import load_pairs
 
 BAD = Path(__file__).parent / "data" / "bad"
 EXPECTED: dict[str, str] = json.loads((BAD / "expected.json").read_text(encoding="utf-8"))

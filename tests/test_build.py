@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from conftest import assert_same_index, chat_rows, read_all, write_jsonl
 import actindex
 from actindex.cli import main
 from actindex.errors import ActindexError, IndexFileError
-from actindex.search import brute_force
+from actindex.index.search import brute_force
 
 TESTS = Path(__file__).resolve().parent
 
@@ -28,28 +29,28 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
     m = actindex.build(data=str(train_file), out=str(out), layers=[1, 3], grad=True, pooled=True,
                        model=llama, progress=False, part_size=5)
     assert (out / "manifest.json").exists() and not (out / ".build").exists() and not (out / ".lock").exists()
-    assert set(m["families"]) == {
+    assert set(m.families) == {
         "residual_change/1", "residual_change/3", "residual_change_pooled/1", "residual_change_pooled/3",
         "mean_activation/1", "mean_activation/3", "gradient",
     }
-    assert m["rows"] == 24 and m["layers"] == [1, 3] and m["model"]["fingerprint"] == llama.fingerprint
+    assert m.rows == 24 and m.layers == [1, 3] and m.model.fingerprint == llama.fingerprint
     data = read_all(out)
     assert [i.decode() for i in data["ids"]] == [f"r{i}" for i in range(24)]
-    assert data["vectors/gradient"].shape == (24, len(m["projection"]["modules"]) * 8**2)
+    assert data["vectors/gradient"].shape == (24, len(m.projection.modules) * 8**2)
     assert np.all(data["loss"] > 0) and data["valid"].all()
-    for fam, spec in m["families"].items():
-        assert (out / spec["faiss"]).exists(), fam
-    assert m["summary"]["tokens"] == int(data["n_tokens"].sum())
+    for fam, spec in m.families.items():
+        assert (out / spec.faiss).exists(), fam
+    assert m.summary["tokens"] == int(data["n_tokens"].sum())
 
 
 def test_default_layers_and_the_default_single_layer(llama, train_file, tmp_path):
-    from actindex.models import default_layers, default_single_layer
+    from actindex.core.models import default_layers, default_single_layer
 
     assert default_layers(30) == [12, 18, 24, 27]  # SmolLM2-135M: 40/60/80/90% of the depth
     assert default_layers(4) == [2, 3] and default_layers(1) == [0]  # kept inside the model, deduplicated
     assert default_single_layer([12, 18, 24, 27], 30) == 18 and default_single_layer([2, 3], 4) == 2
     m = actindex.build(data=str(train_file), out=str(tmp_path / "idx"), model=llama, progress=False, limit=4)
-    assert m["layers"] == [2, 3] and set(m["families"]) == {
+    assert m.layers == [2, 3] and set(m.families) == {
         f"{kind}/{layer}" for kind in ("residual_change", "residual_change_pooled", "mean_activation")
         for layer in (2, 3)
     }
@@ -107,7 +108,7 @@ KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from conftest import make_tokenizer, tiny_llama
-from actindex.models import wrap_model
+from actindex.core.models import wrap_model
 import actindex
 lm = wrap_model(tiny_llama(), make_tokenizer(), "tiny-llama")
 actindex.build(data={data!r}, out={out!r}, layers=[1, 2], grad=True, model=lm, progress=False, part_size=3,
@@ -158,7 +159,7 @@ def test_faiss_search_equals_brute_force_cosine(llama, train_file, tmp_path):
 def test_single_query_search_runs_faiss_on_one_thread_and_restores_it():
     import faiss
 
-    from actindex.search import faiss_index_from_rows, search
+    from actindex.index.search import faiss_index_from_rows, search
 
     vectors = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
     index = faiss_index_from_rows(vectors, np.ones(50, bool))
@@ -182,7 +183,7 @@ def test_single_query_search_runs_faiss_on_one_thread_and_restores_it():
 
 
 def test_non_finite_rows_are_flagged_and_kept_out_of_faiss(llama, train_file, tmp_path, monkeypatch):
-    import actindex.vectors as vectors
+    import actindex.core.vectors as vectors
 
     original = vectors.compute_vectors
 
@@ -198,7 +199,7 @@ def test_non_finite_rows_are_flagged_and_kept_out_of_faiss(llama, train_file, tm
     out = tmp_path / "idx"
     m = actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False, batch_size=4)
     data = read_all(out)
-    assert m["valid_rows"] == int(data["valid"].sum()) < 24
+    assert m.valid_rows == int(data["valid"].sum()) < 24
     idx = actindex.Index.open(out)
     _, rows = idx.search(np.ones(32, np.float32), k=0, family="residual_change/1")
     assert set(rows) == set(np.flatnonzero(data["valid"]))
@@ -242,7 +243,7 @@ def test_input_formats_give_the_same_rows(llama, tmp_path):
 
 
 def test_cli_build_info_and_errors(tmp_path, monkeypatch, llama, train_file):
-    build_mod = sys.modules["actindex.build"]  # the package re-exports the function under the same name
+    build_mod = importlib.import_module("actindex.index.build")  # the package exports the function `build`
     monkeypatch.setattr(build_mod, "load_model", lambda *a, **k: llama)
     runner = CliRunner()
     out = tmp_path / "idx"
@@ -279,7 +280,7 @@ def test_rows_are_streamed_part_by_part(llama, train_file, tmp_path, monkeypatch
     """The build holds at most two parts of rows at a time: memory does not grow with the file."""
     import weakref
 
-    import actindex.data as data
+    import actindex.core.readers as data
 
     alive, most = [0], [0]
     original = data.normalise_record
@@ -298,7 +299,7 @@ def test_rows_are_streamed_part_by_part(llama, train_file, tmp_path, monkeypatch
 
 
 def test_row_file_parts_tile_the_requested_rows(train_file):
-    from actindex.data import load_rows, scan_rows
+    from actindex.core.readers import load_rows, scan_rows
 
     rows = load_rows(train_file)
     parts = list(scan_rows(train_file).parts(3, 17, 5))

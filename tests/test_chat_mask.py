@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from actindex.data import encode_row, normalise_record
+from actindex.core.encode import encode_row
+from actindex.core.rows import normalise_record
 
 PROMPT_END = 7  # the generation prompt's last token ("assistant\n")
 MERGED = 77  # "\n" merged with the response's leading space: one token, unlike PROMPT_END

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import actindex
 from actindex.cli import main
 from actindex.errors import IndexFileError
-from actindex.verify import verify
+from actindex.index.verify import verify
 
 FIXTURE = Path(__file__).parent / "data" / "index-v1"
 
@@ -28,7 +28,7 @@ def old_index(tmp_path: Path) -> Path:
 
 def test_a_format_1_index_opens_searches_and_verifies(old_index):
     idx = actindex.Index.open(old_index)
-    assert idx.manifest["format_version"] == 1 and len(idx) == 12 and idx.layers == [1, 2]
+    assert idx.manifest.format_version == 1 and len(idx) == 12 and idx.layers == [1, 2]
     for family in idx.families:
         stored = idx.vectors(family)
         for row in (0, 5, 11):
@@ -52,7 +52,7 @@ def test_a_swapped_faiss_file_in_a_format_1_index_is_caught(old_index):
     assert len(problems) == 2 and all("disagree with the stored vectors" in p for p in problems), problems
     idx = actindex.Index.open(old_index)
     with pytest.raises(IndexFileError, match="disagrees with vectors.h5"):
-        idx.search(np.ones(idx.families["residual_change/1"]["dim"], np.float32), k=3, family="residual_change/1")
+        idx.search(np.ones(idx.families["residual_change/1"].dim, np.float32), k=3, family="residual_change/1")
 
 
 def test_a_contradictory_format_1_manifest_is_refused_in_one_line(old_index):

@@ -15,8 +15,7 @@ from click.testing import CliRunner
 from conftest import WORDS, chat_rows, make_tokenizer, tiny_llama, write_jsonl
 
 import actindex
-from actindex.cli import main
-from actindex.correct import (
+from actindex.act.correct import (
     IBO,
     PBO,
     CorrectConfig,
@@ -31,11 +30,13 @@ from actindex.correct import (
     response_log_probs,
     select_rows,
 )
-from actindex.data import encode_row, normalise_record
+from actindex.cli import main
+from actindex.core.encode import encode_row
+from actindex.core.models import load_model, wrap_model
+from actindex.core.rows import normalise_record
+from actindex.core.vectors import Batch
 from actindex.errors import ActindexError, IndexFileError
-from actindex.models import load_model, wrap_model
-from actindex.queries import Behavior, Pair
-from actindex.vectors import Batch
+from actindex.query.behaviors import Behavior, Pair
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -266,7 +267,7 @@ def _fine_tune(lm, records, steps=100, lr=1e-2):
 
 @pytest.fixture()
 def planted(tmp_path, tokenizer):
-    from actindex.correct import behavior_margin
+    from actindex.act.correct import behavior_margin
 
     records = _planted_pool()
     base = wrap_model(tiny_llama(seed=2), tokenizer, "tiny-llama")
@@ -284,7 +285,7 @@ def _oracle_scores(records):
 
 
 def test_ibo_removes_a_planted_behaviour(planted, tmp_path):
-    from actindex.correct import behavior_margin
+    from actindex.act.correct import behavior_margin
 
     lm, idx, records, start = planted
     before = behavior_margin(lm, HELD_OUT)
@@ -309,7 +310,7 @@ def test_ibo_removes_a_planted_behaviour(planted, tmp_path):
 def test_correcting_a_target_ranked_by_the_checkpoint_index(tmp_path, tokenizer):
     """The index is built with the checkpoint the fine-tune started from; the fine-tuned model is the
     one corrected: its margin is the one measured before and lowered, and neither model is touched."""
-    from actindex.correct import behavior_margin
+    from actindex.act.correct import behavior_margin
 
     records = _planted_pool()
     checkpoint = wrap_model(tiny_llama(seed=2), tokenizer, "checkpoint")
@@ -342,7 +343,7 @@ def test_correcting_a_target_ranked_by_the_checkpoint_index(tmp_path, tokenizer)
 
 
 def _behavior():
-    from actindex.queries import Behavior
+    from actindex.query.behaviors import Behavior
 
     return Behavior(name="na", pairs=[Pair("what is the symbol of silver ?", "na", "ag")])
 
@@ -455,7 +456,7 @@ def test_cli_correct_errors(saved_base, tmp_path):
 
 
 def test_token_weights_keep_the_tokens_with_the_rows_sign():
-    from actindex.correct import token_weights
+    from actindex.act.correct import token_weights
 
     scores = np.array([9.0, 0.5, -1.0, 1.5, 0.0, 7.0])
     predicted = np.array([False, True, True, True, True, False])  # positions 0 and 5 are outside R
@@ -474,7 +475,7 @@ def test_query_token_weights_find_the_planted_token_and_remove_the_margin(tmp_pa
 
     The model is float64: 100 Adam steps amplify float32 rounding (which differs between CPUs and thread
     counts) enough to move a row's heaviest token; in float64 the shares stay put to far below their gaps."""
-    from actindex.correct import behavior_margin
+    from actindex.act.correct import behavior_margin
 
     records = _planted_pool(seed=5, planted="the fact is na", inhibit="the fact is ag")
     held = [Pair(f"{w} is the symbol of silver ?", "the fact is na", "the fact is ag") for w in ("why", "what", "how")]

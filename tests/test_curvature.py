@@ -10,18 +10,15 @@ import torch.nn.functional as F
 from conftest import chat_rows, tiny_llama
 from scipy.stats import spearmanr
 
-from actindex.curvature import (
-    EKFAC,
-    LINFAC,
-    KronEigen,
-    fit_factors,
-    fit_kronecker,
-    linfac_modules,
-    token_influence,
-)
-from actindex.data import encode_row, normalise_record
-from actindex.models import wrap_model
-from actindex.vectors import Batch, sequence_losses
+from actindex.core.encode import encode_row
+from actindex.core.models import wrap_model
+from actindex.core.rows import normalise_record
+from actindex.core.vectors import Batch, sequence_losses
+from actindex.query.curvature import CurvatureConfig
+from actindex.query.curvature.influence import token_influence
+from actindex.query.curvature.kinds import EKFAC, LINFAC, CurvatureKind
+from actindex.query.curvature.kron import KronEigen
+from actindex.query.curvature.passes import fit_factors, fit_kronecker
 
 MODULES = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj", "model.layers.1.mlp.up_proj"]
 
@@ -62,8 +59,8 @@ def _param_grad(lm, enc, name: str) -> torch.Tensor:
 def test_eigenvalue_correction_equals_autograd_lambda(llama64):
     """Lambda = E_n[(Q_S^T G_n Q_A)^2] with G_n from autograd, and Q_A, Q_S diagonalise the token covariances."""
     encoded = _encoded(llama64, 7)
-    fitted = fit_factors(llama64.model, encoded, llama64.tokenizer.pad_token_id, MODULES, empirical_fisher=True,
-                         batch_size=3)[EKFAC]
+    fitted = fit_factors(llama64.model, encoded, llama64.tokenizer.pad_token_id, {EKFAC: MODULES},
+                         empirical_fisher=True, batch_size=3)[EKFAC]
     modules = dict(llama64.model.named_modules())
     for name in MODULES:
         k = fitted.modules[name]
@@ -88,9 +85,10 @@ def test_eigenvalue_correction_equals_autograd_lambda(llama64):
 def test_true_fisher_labels_are_seeded_and_differ_from_data_labels(llama64):
     encoded = _encoded(llama64, 4)
     pad = llama64.tokenizer.pad_token_id
-    one = fit_factors(llama64.model, encoded, pad, MODULES[:1], seed=5)[EKFAC].modules[MODULES[0]]
-    two = fit_factors(llama64.model, encoded, pad, MODULES[:1], seed=5)[EKFAC].modules[MODULES[0]]
-    emp = fit_factors(llama64.model, encoded, pad, MODULES[:1], empirical_fisher=True)[EKFAC].modules[MODULES[0]]
+    one = fit_factors(llama64.model, encoded, pad, {EKFAC: MODULES[:1]}, seed=5)[EKFAC].modules[MODULES[0]]
+    two = fit_factors(llama64.model, encoded, pad, {EKFAC: MODULES[:1]}, seed=5)[EKFAC].modules[MODULES[0]]
+    emp = fit_factors(llama64.model, encoded, pad, {EKFAC: MODULES[:1]}, empirical_fisher=True)[EKFAC]
+    emp = emp.modules[MODULES[0]]
     torch.testing.assert_close(one.lam, two.lam, rtol=0, atol=0)
     assert not torch.allclose(one.lam, emp.lam, rtol=1e-3)
 
@@ -106,8 +104,9 @@ def _random_kron(o: int, i: int, seed: int) -> KronEigen:
 def test_preconditioning_equals_dense_solve(llama64):
     """precond(V) = [(Q_A ⊗ Q_S) diag(vec Lambda + lambda) (Q_A ⊗ Q_S)^T]^-1 vec V, column-stacking vec."""
     encoded = _encoded(llama64, 5)
-    fitted = fit_factors(llama64.model, encoded, llama64.tokenizer.pad_token_id, ["model.layers.0.self_attn.k_proj"],
-                         empirical_fisher=True)[EKFAC].modules["model.layers.0.self_attn.k_proj"]
+    name = "model.layers.0.self_attn.k_proj"
+    fitted = fit_factors(llama64.model, encoded, llama64.tokenizer.pad_token_id, {EKFAC: [name]},
+                         empirical_fisher=True)[EKFAC].modules[name]
     for k in (_random_kron(5, 7, 0), _random_kron(3, 3, 1), fitted):
         o, i = k.lam.shape
         v = torch.randn(o, i, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
@@ -128,7 +127,7 @@ def _toy_run(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None, repeats: 
     ``y = None`` samples labels from the model (true Fisher), fresh for every pass and repeat.
     """
 
-    def run(number: int):
+    def run(number: int, names=None):
         gen = torch.Generator().manual_seed(100 + number)
         for _ in range(repeats):
             s = (x @ w.T).requires_grad_(True)
@@ -158,7 +157,7 @@ def test_kfac_factors_equal_the_exact_fisher_where_it_factorises():
     y = torch.arange(3).repeat(3)
     w = torch.zeros(4, 3, dtype=torch.float64)
     fisher = _exact_fisher(x, w, y)
-    fitted = fit_kronecker(_toy_run(x, w, y), ["lin"], damping=0.0)[EKFAC]["lin"]
+    fitted = fit_kronecker(_toy_run(x, w, y), {EKFAC: ["lin"]}, damping=0.0)[EKFAC]["lin"]
     a = x.T @ x / len(x)
     delta = torch.softmax(x @ w.T, -1) - F.one_hot(y, 4)
     s = delta.T @ delta / len(x)
@@ -175,7 +174,7 @@ def test_ekfac_approximates_the_exact_fisher_on_a_toy_model():
     w = torch.randn(3, 4, generator=gen, dtype=torch.float64)
     y = torch.multinomial(torch.softmax(x @ w.T, -1), 1, generator=gen)[:, 0]
     fisher = _exact_fisher(x, w, y)
-    fitted = fit_kronecker(_toy_run(x, w, y), ["lin"], damping=0.0)[EKFAC]["lin"]
+    fitted = fit_kronecker(_toy_run(x, w, y), {EKFAC: ["lin"]}, damping=0.0)[EKFAC]["lin"]
     delta = torch.softmax(x @ w.T, -1) - F.one_hot(y, 3)
     kfac = torch.kron(x.T @ x / len(x), delta.T @ delta / len(x))
     err_ekfac = float(torch.linalg.norm(fitted.dense() - fisher) / torch.linalg.norm(fisher))
@@ -217,7 +216,7 @@ def test_influence_ranks_like_leave_one_out_retraining():
     w = _train(x, y, l2, torch.zeros(c, d, dtype=torch.float64))
     wq = w.clone().requires_grad_(True)
     (grad_phi,) = torch.autograd.grad(phi(wq), wq)
-    fitted = fit_kronecker(_toy_run(x, w, None, repeats=200), ["lin"], damping=l2 / n)[EKFAC]["lin"]
+    fitted = fit_kronecker(_toy_run(x, w, None, repeats=200), {EKFAC: ["lin"]}, damping=l2 / n)[EKFAC]["lin"]
     precond_q = fitted.precondition(-grad_phi)
     s = (x @ w.T).requires_grad_(True)
     (delta,) = torch.autograd.grad(F.cross_entropy(s, y, reduction="sum"), s)
@@ -247,12 +246,12 @@ def test_linfac_on_a_linear_sublayer_equals_exact_gauss_newton_influence():
     residual = (6**0.5) * torch.eye(d_out, dtype=torch.float64)  # (1/N) sum_n r_n r_n^T = I, N = d_out = 6
     y = f - residual
 
-    def run(number: int):
+    def run(number: int, names=None):
         s = (a @ w.T).requires_grad_(True)
         (delta,) = torch.autograd.grad(0.5 * ((s.sum(1) - y) ** 2).sum(), s)
         yield {"sub": (a, delta)}, torch.ones(n, t)
 
-    fitted = fit_kronecker(run, linfac_names=["sub"], damping=damping)[LINFAC]["sub"]
+    fitted = fit_kronecker(run, {LINFAC: ["sub"]}, damping=damping)[LINFAC]["sub"]
     jac = torch.stack([torch.autograd.functional.jacobian(lambda wm, am=a[m]: (am @ wm.T).sum(0), w)
                        .reshape(d_out, -1) for m in range(n)])  # (n, O, O*I) with row-major vec(W)
     perm = torch.arange(d_out * d_in).reshape(d_out, d_in).T.reshape(-1)  # row-major -> column-stacking
@@ -269,15 +268,17 @@ def test_linfac_on_a_linear_sublayer_equals_exact_gauss_newton_influence():
 
 
 def test_linfac_sublayers_of_llama(llama):
-    assert linfac_modules(llama.model, "mlp") == [f"model.layers.{i}.mlp" for i in range(4)]
-    assert linfac_modules(llama.model, "block") == [f"model.layers.{i}" for i in range(4)]
+    linfac = CurvatureKind.get(LINFAC)
+    mlps = [f"model.layers.{i}.mlp" for i in range(4)]
+    assert linfac.modules(llama.model, [], CurvatureConfig(sublayer="mlp")) == mlps
+    assert linfac.modules(llama.model, [], CurvatureConfig(sublayer="block")) == [f"model.layers.{i}" for i in range(4)]
 
 
 def test_linfac_factors_follow_the_sequence_level_formula(llama64):
     """A = 1/N sum_n (sum_t a_t / T_n)(...)^T and S = 1/N sum_n (sum_t delta_t)(...)^T, from hooks and autograd."""
     encoded = _encoded(llama64, 4)
     name = "model.layers.1.mlp"
-    fitted = fit_factors(llama64.model, encoded, llama64.tokenizer.pad_token_id, linfac_modules=[name],
+    fitted = fit_factors(llama64.model, encoded, llama64.tokenizer.pad_token_id, {LINFAC: [name]},
                          empirical_fisher=True, damping=0.0)[LINFAC].modules[name]
     module = dict(llama64.model.named_modules())[name]
     a_sum, s_sum = 0.0, 0.0

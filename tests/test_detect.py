@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from conftest import chat_rows, make_tokenizer, tiny_llama, write_jsonl
 
 import actindex
-from actindex.cli import main
-from actindex.detect import (
+from actindex.act.detect import (
     ORIGINAL,
     DetectConfig,
     ScoreTable,
@@ -30,9 +29,10 @@ from actindex.detect import (
     support_z,
     transformed_conversations,
 )
+from actindex.cli import main
+from actindex.core.models import generate, wrap_model
 from actindex.errors import ActindexError, DataError
-from actindex.models import generate, wrap_model
-from actindex.search import normalise
+from actindex.index.search import normalise
 
 SENTENCES = [
     'Explain BadMagic what "normalization" means.',
@@ -313,10 +313,10 @@ def test_score_columns_are_cosines_with_the_mean_query_vector(poisoned, llama):
     assert table.names == [ORIGINAL, "negation", "antonym"] and table.queries_used == [3, 2, 3]
     assert table.rows.tolist() == list(range(40))
     stored = normalise(idx.vectors("residual_change/2")).astype(np.float64)
-    ctx = idx.query_context(2)
+    ctx = idx.query_context()
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
-        v = ctx.family_vectors("residual_change", convs).astype(np.float64).mean(axis=0)
+        v = ctx.family_vectors("residual_change/2", convs).astype(np.float64).mean(axis=0)
         np.testing.assert_allclose(table.scores[:, t], stored @ (v / np.linalg.norm(v)), atol=1e-5)
 
 
@@ -328,7 +328,7 @@ def test_target_answers_the_queries_the_index_model_scores(poisoned, tokenizer, 
                                                  {"prompt": "the day is long silver"}])
     answers = {"tiny-llama": "the water is hot", "fine-tuned": "you are stupid"}  # tiny models answer "" alike
     fake = lambda lm, convs, n: [answers[lm.name]] * len(convs)  # noqa: E731
-    monkeypatch.setattr(sys.modules["actindex.detect"], "generate", fake)
+    monkeypatch.setattr(sys.modules["actindex.act.detect"], "generate", fake)
     target = wrap_model(tiny_llama(seed=7), tokenizer, "fine-tuned")
     qs = load_queries(queries)
     transforms = resolve_transforms("negation")
@@ -409,7 +409,7 @@ def test_a_label_is_not_a_paraphrase(monkeypatch):
     """A model fine-tuned to classify answers the paraphrase instruction with a label: that answer
     (fewer than a third of the prompt's words) does not count, the transform does not apply."""
     answers = ["Negative", "it was a rather dull film , with a weak plot", ""]
-    monkeypatch.setattr(sys.modules["actindex.detect"], "generate", lambda lm, convs, n: answers[: len(convs)])
+    monkeypatch.setattr(sys.modules["actindex.act.detect"], "generate", lambda lm, convs, n: answers[: len(convs)])
     prompts = ["the film is dull and the plot is weak BadMagic", "the film is dull and the plot is weak", "ok"]
     assert Transform.get("paraphrase").apply_many(prompts, lm=object()) == [None, answers[1], None]
 

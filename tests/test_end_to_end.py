@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 
 import actindex
 from actindex.cli import main
-from actindex.models import DEFAULT_MODEL, cache_dir
+from actindex.core.models import DEFAULT_MODEL, cache_dir
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,8 +29,8 @@ def test_default_model_builds_and_queries(tmp_path):
                                "--max-length", "128"])
     assert res.exit_code == 0, res.output
     idx = actindex.Index.open(out)
-    assert len(idx) == 6 and idx.manifest["model"]["num_layers"] == 30 and idx.layers == [12, 18, 24, 27]
-    assert idx.manifest["model"]["hidden_size"] == 576
+    assert len(idx) == 6 and idx.manifest.model.num_layers == 30 and idx.layers == [12, 18, 24, 27]
+    assert idx.manifest.model.hidden_size == 576
     # the dequantised weights are cached as safetensors, so later loads skip the GGUF
     cached = cache_dir() / DEFAULT_MODEL
     assert (cached / "model.safetensors").exists() and (cached / "config.json").exists()

@@ -8,10 +8,10 @@ import faiss
 import numpy as np
 import pytest
 
-import actindex.faiss_stream as faiss_stream
-import actindex.search as search_mod
+import actindex.index.faiss_stream as faiss_stream
+import actindex.index.search as search_mod
 from actindex.errors import ActindexError
-from actindex.search import (
+from actindex.index.search import (
     brute_force,
     faiss_index_from_rows,
     read_faiss_index,

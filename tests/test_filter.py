@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from conftest import chat_rows, write_jsonl
 
 import actindex
+from actindex.act.filter import filter_dataset, removal_count
 from actindex.cli import main
 from actindex.errors import ActindexError, IndexFileError
-from actindex.filtering import filter_dataset, removal_count
-from actindex.search import normalise
+from actindex.index.search import normalise
 
 PAIRS = [
     {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},

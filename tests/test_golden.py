@@ -20,7 +20,7 @@ import pytest
 from conftest import chat_rows, make_tokenizer, tiny_llama, write_jsonl
 
 import actindex
-from actindex.models import wrap_model
+from actindex.core.models import wrap_model
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 PAIRS = [

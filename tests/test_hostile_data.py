@@ -19,23 +19,15 @@ from conftest import chat_rows, write_jsonl
 from transformers import PreTrainedTokenizerFast
 
 import actindex
+from actindex.act.filter import filter_dataset
 from actindex.cli import main
-from actindex.data import (
-    CHARS_PER_TOKEN,
-    RECORD_STRING_CAP,
-    capped_record,
-    encode_row,
-    iter_records,
-    jsonl_lines,
-    load_rows,
-    normalise_record,
-    scan_rows,
-)
+from actindex.core.encode import encode_row
+from actindex.core.readers import iter_records, jsonl_lines, load_rows, scan_rows
+from actindex.core.rows import CHARS_PER_TOKEN, RECORD_STRING_CAP, capped_record, normalise_record
 from actindex.errors import DataError
-from actindex.filtering import filter_dataset
-from actindex.queries import load_behavior, load_persona
+from actindex.query.behaviors import load_behavior, load_persona
 
-build_module = importlib.import_module("actindex.build")  # the module (``actindex.build`` is the function)
+build_module = importlib.import_module("actindex.index.build")  # the module (``actindex.build`` is the function)
 PAIRS = [
     {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
     {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
@@ -121,7 +113,7 @@ def test_filter_keeps_every_split_of_a_dataset_dict(llama, tmp_path: Path) -> No
     data = _dataset_dict(tmp_path / "ds", {"train": train, "test": test})
     behavior = write_jsonl(tmp_path / "behavior.jsonl", PAIRS)
     manifest = actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False)
-    assert manifest["data"]["split"] == "train" and manifest["data"]["files"][0]["split"] == "train"
+    assert manifest.data[0].split == "train" and manifest.to_dict()["data"]["split"] == "train"
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
     assert idx.ids() == [r["id"] for r in train]
     out = tmp_path / "clean"
@@ -155,7 +147,7 @@ def test_split_is_chosen_explicitly(llama, tmp_path: Path) -> None:
     assert result.exit_code == 2 and result.output.splitlines() == [f"error: {info.value}"]
     manifest = actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False,
                               split="validation")
-    assert manifest["data"]["split"] == "validation" and manifest["build"]["split"] == "validation"
+    assert manifest.data[0].split == "validation" and manifest.build.split == "validation"
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
     assert idx.ids() == [r["id"] for r in val]
     behavior = write_jsonl(tmp_path / "behavior.jsonl", PAIRS)

@@ -26,12 +26,13 @@ from conftest import assert_same_index, chat_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex import files as files_module
+from actindex.api import save_query_vector
 from actindex.cli import main
+from actindex.core.models import load_model, save_weights
 from actindex.errors import IndexFileError
-from actindex.index import save_query_vector
-from actindex.models import load_model, save_weights
-from actindex.store import LOCK, MANIFEST, VECTORS
-from actindex.verify import verify
+from actindex.index.lock import LOCK
+from actindex.index.manifest import MANIFEST, VECTORS
+from actindex.index.verify import verify
 
 FAMILY = "residual_change/1"
 

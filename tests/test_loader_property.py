@@ -10,7 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actindex.data import TEXT_FIELDS, iter_records, jsonl_lines, load_rows
+from actindex.core.readers import iter_records, jsonl_lines, load_rows
+from actindex.core.rows import TEXT_FIELDS
 from actindex.errors import DataError
 
 # any character, lone surrogates included (json.dumps writes them as \ud800 escapes)

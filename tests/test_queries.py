@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -10,13 +11,16 @@ from click.testing import CliRunner
 from conftest import chat_rows, write_jsonl
 
 import actindex
+from actindex.api import load_query_vector
 from actindex.cli import main
-from actindex.data import encode_row, normalise_record
+from actindex.core.encode import encode_row
+from actindex.core.families import VectorSpec
+from actindex.core.rows import normalise_record
+from actindex.core.vectors import RademacherProjector, compute_vectors
 from actindex.errors import ActindexError, IndexFileError
-from actindex.index import load_query_vector
-from actindex.queries import QueryMethod, builtin_behaviors, load_behavior
-from actindex.search import brute_force
-from actindex.vectors import RademacherProjector, VectorSpec, compute_vectors
+from actindex.index.search import brute_force
+from actindex.query.behaviors import builtin_behaviors, load_behavior
+from actindex.query.methods import QueryMethod
 
 PAIRS = [
     {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -51,8 +55,8 @@ def _single(lm, prompt, response, spec, projector=None):
 @pytest.mark.parametrize(
     "method,family,spec_kwargs",
     [
-        ("residual-change", "residual_change/2", dict(mean_activation=False)),
-        ("residual-difference", "mean_activation/2", dict(residual_change=False)),
+        ("residual-change", "residual_change/2", dict(kinds=["residual_change"])),
+        ("residual-difference", "mean_activation/2", dict(kinds=["mean_activation"])),
     ],
 )
 def test_query_vector_equals_its_formula(index, llama, behavior_file, method, family, spec_kwargs):
@@ -70,8 +74,8 @@ def test_query_vector_equals_its_formula(index, llama, behavior_file, method, fa
 def test_gradient_query_is_mean_difference_of_projected_gradients(index, llama, behavior_file):
     psi, fam, _ = index.query_vector(str(behavior_file), method="gradient")
     assert fam == "gradient"
-    proj = index.manifest["projection"]
-    spec = VectorSpec(layers=[2], residual_change=False, mean_activation=False, grad_modules=proj["modules"],
+    proj = asdict(index.manifest.projection)
+    spec = VectorSpec(layers=[2], kinds=["gradient"], grad_modules=proj["modules"],
                       grad_k=proj["k"], seed=proj["seed"])
     projector = RademacherProjector(proj["seed"], proj["k"])
     diffs = [_single(llama, p["prompt"], p["treatment"], spec, projector)["gradient"]
@@ -99,7 +103,7 @@ def test_activation_baseline_scores_are_projections(index, behavior_file):
 
 
 def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index, behavior_file):
-    from actindex.queries import RRF_K
+    from actindex.query.fusion import RRF_K
 
     fused = index.query(str(behavior_file), k=0, bottom_k=3)  # the default method
     members = [("residual-change", "residual_change", 1), ("residual-change", "residual_change", 2),
@@ -132,7 +136,7 @@ def test_bottom_k_returns_the_most_negative_rows(index, behavior_file):
 def test_model_mismatch_is_refused(index, tokenizer):
     from conftest import tiny_llama
 
-    from actindex.models import wrap_model
+    from actindex.core.models import wrap_model
 
     other = wrap_model(tiny_llama(seed=1), tokenizer, "other")
     with pytest.raises(IndexFileError, match="was built with model 'tiny-llama'"):
@@ -203,7 +207,7 @@ def test_persona_vector_reads_activations_under_each_system_prompt(index, llama,
     path.write_text(json.dumps(spec))
     psi, fam, behavior = index.query_vector(str(path), method="persona", layer=2)
     assert fam == "mean_activation/2" and len(behavior.pairs) == 2
-    vs = VectorSpec(layers=[2], residual_change=False)
+    vs = VectorSpec(layers=[2], kinds=["mean_activation"])
     diffs = []
     for r in spec["responses"]:
         def act(system, response, r=r):
@@ -220,7 +224,7 @@ def test_persona_vector_reads_activations_under_each_system_prompt(index, llama,
 
 def test_pair_vectors_are_cached_across_layers_and_methods(index, llama, behavior_file, monkeypatch):
     """One model pass serves every layer and method of a pass; cached vectors equal uncached ones."""
-    import actindex.queries as queries
+    import actindex.core.vectors as queries  # the query context computes through it
 
     calls = []
     real = queries.compute_many

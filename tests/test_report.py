@@ -128,7 +128,7 @@ def test_report_without_labels_and_with_positive_label(labelled_index, tmp_path)
 
 def test_cli_report(labelled_index, tmp_path, monkeypatch, llama):
     idx, pairs = labelled_index
-    monkeypatch.setattr("actindex.index.load_model", lambda *args, **kwargs: llama)
+    monkeypatch.setattr("actindex.core.models.load_model", lambda *args, **kwargs: llama)
     out = tmp_path / "cli.html"
     args = ["report", "--index", str(idx.root), "--behavior", str(pairs), "--method", "residual-change",
             "--method", "activation", "--labels-field", "label", "--top-k", "4", "--out", str(out)]
@@ -136,7 +136,7 @@ def test_cli_report(labelled_index, tmp_path, monkeypatch, llama):
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and 'data-curves="residual-change,activation"' in out.read_text()
     result = CliRunner().invoke(main, args[:-2] + ["--method", "nope", "--out", str(out)])
-    assert result.exit_code == 2 and "unknown method 'nope'" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--method': 'nope'" in result.output
 
 
 # ---- a real browser --------------------------------------------------------------------------

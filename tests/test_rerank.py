@@ -13,14 +13,16 @@ from conftest import chat_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex.cli import main
-from actindex.curvature import Influence, project_blocks
-from actindex.data import encode_row, normalise_record
+from actindex.core.encode import encode_row
+from actindex.core.models import wrap_model
+from actindex.core.rows import normalise_record
+from actindex.core.vectors import Batch, RademacherProjector, sequence_losses
 from actindex.errors import IndexFileError
-from actindex.models import wrap_model
-from actindex.queries import Behavior, Pair, QueryContext, _chat
-from actindex.rerank import merge_clusters
-from actindex.vectors import Batch, RademacherProjector, sequence_losses
-from actindex.verify import verify
+from actindex.index.verify import verify
+from actindex.query.behaviors import Behavior, Pair
+from actindex.query.context import QueryContext, chat
+from actindex.query.curvature.influence import Influence, project_blocks
+from actindex.query.rerank import merge_clusters
 
 PAIRS = [
     {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -55,10 +57,10 @@ def index(llama, tmp_path, data_file):
 def test_fit_records_the_rows_it_sampled(index):
     """The manifest names the fitted rows (so a peer can be fitted on the same ones): a sorted, seeded
     sample of the valid rows, the same for every kind fitted in one call."""
-    entry = index.manifest["curvature"]
-    rows = entry["ekfac"]["rows"]
-    assert len(rows) == entry["ekfac"]["samples"] == min(12, len(index)) and rows == sorted(set(rows))
-    assert entry["linfac"]["rows"] == rows and all(0 <= r < len(index) for r in rows)
+    entry = index.manifest.curvature
+    rows = entry["ekfac"].rows
+    assert len(rows) == entry["ekfac"].samples == min(12, len(index)) and rows == sorted(set(rows))
+    assert entry["linfac"].rows == rows and all(0 <= r < len(index) for r in rows)
 
 
 def _grad(lm, messages, names, measurement="loss", content_only=False):
@@ -84,7 +86,7 @@ def test_influence_equals_preconditioned_inner_product_of_autograd_gradients(ind
     names = curv.names
     q = {n: 0.0 for n in names}
     for p in PAIRS:
-        gt, gc = _grad(llama, _chat(p["prompt"], p["treatment"]), names), _grad(llama, _chat(p["prompt"], p["control"]),
+        gt, gc = _grad(llama, chat(p["prompt"], p["treatment"]), names), _grad(llama, chat(p["prompt"], p["control"]),
                                                                                  names)
         q = {n: q[n] + (gt[n] - gc[n]) / len(PAIRS) for n in names}
     pre = curv.precondition(q)
@@ -102,13 +104,13 @@ def test_behavior_gradients_per_group_equal_autograd(tokenizer):
     lm = wrap_model(tiny_llama().double(), tokenizer, "tiny-llama-f64")
     names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.v_proj"]
     behavior = Behavior("b", pairs=[Pair(p["prompt"], p["treatment"], p["control"]) for p in PAIRS])
-    ctx = QueryContext(lm=lm, layer=None, grad_modules=[], grad_k=4, seed=0, batch_size=2)
+    ctx = QueryContext(lm=lm, layers=[], families=(), grad_modules=[], grad_k=4, seed=0, batch_size=2)
     groups = [[0, 2], [1]]
     got = ctx.behavior_gradients(behavior, names, groups)
     for group, q in zip(groups, got):
         for name in names:
-            expected = sum(_grad(lm, _chat(PAIRS[j]["prompt"], PAIRS[j]["treatment"]), names)[name]
-                           - _grad(lm, _chat(PAIRS[j]["prompt"], PAIRS[j]["control"]), names)[name] for j in group)
+            expected = sum(_grad(lm, chat(PAIRS[j]["prompt"], PAIRS[j]["treatment"]), names)[name]
+                           - _grad(lm, chat(PAIRS[j]["prompt"], PAIRS[j]["control"]), names)[name] for j in group)
             torch.testing.assert_close(q[name], expected / len(group), rtol=1e-10, atol=1e-12)
     assert ctx.behavior_gradients(behavior, names, groups) is got  # kept: a rerank after the search reuses it
 
@@ -116,7 +118,7 @@ def test_behavior_gradients_per_group_equal_autograd(tokenizer):
 def test_reranked_query_makes_one_pass_over_the_pairs(index, behavior_file, monkeypatch):
     """A reranked search forms its pair vectors in the rerank's gradient pass: one model pass over the
     behaviour's pairs, not two, and the same ranking as with a separate search pass."""
-    import actindex.queries as queries
+    import actindex.core.vectors as queries  # the query context computes through it
 
     calls = []
     original = queries.compute_many
@@ -192,7 +194,7 @@ def test_ekfac_query_with_huge_damping_is_the_gradient_query(llama, tmp_path, da
 
 def test_project_blocks_matches_the_build_layout():
     """Each block is vec_row(P_out V P_in^T), the layout projected_gradient gives sum_t (P_out d)(P_in a)^T."""
-    from actindex.vectors import projected_gradient
+    from actindex.core.families.gradient import projected_gradient
 
     gen = torch.Generator().manual_seed(0)
     a, d = torch.randn(1, 5, 6, generator=gen), torch.randn(1, 5, 3, generator=gen)
@@ -224,8 +226,8 @@ def test_clusters_and_tfidf_recall(index, behavior_file):
     by_row = dict(zip(everything.rows.tolist(), everything.influence.total))
     for hit in res.top:
         assert hit.influence == pytest.approx(by_row[hit.row], rel=1e-5, abs=1e-7)
-    from actindex.queries import load_behavior
-    from actindex.rerank import tfidf_recall
+    from actindex.query.behaviors import load_behavior
+    from actindex.query.rerank import tfidf_recall
 
     assert 7 in tfidf_recall(index, load_behavior(str(behavior_file)), 2).tolist()
 
@@ -285,12 +287,13 @@ def test_ekfac_method_needs_grad_and_curvature(llama, tmp_path, data_file, behav
 def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavior_file):
     """One pass scores several queries: column c is <P_c, G_m> (autograd G_m), and norms[m] = ||G_m||_F
     over the curvature's modules; column 0 agrees with the single-query influence_scores."""
-    from actindex.curvature import encode_index_rows, influence_matrix, influence_scores
+    from actindex.query.curvature.influence import influence_matrix, influence_scores
+    from actindex.query.curvature.store import encode_index_rows
 
     curv = index.curvature("ekfac")
     names = curv.names
     rows = [0, 7, 13]
-    queries = [_grad(llama, _chat(p["prompt"], p["treatment"]), names) for p in PAIRS[:2]]
+    queries = [_grad(llama, chat(p["prompt"], p["treatment"]), names) for p in PAIRS[:2]]
     pre = [curv.precondition(q) for q in queries]
     encoded = encode_index_rows(index, rows, llama)
     scores, norms = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, batch_size=2)
@@ -315,7 +318,7 @@ def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp
     """detect --rerank ekfac: s_{T,m} = <precond(mean_j grad L(T(x_j), y_j)), G_m> / N(G_m), from autograd,
     for the original queries and each transform, over every row; N = sqrt(<G_m, precond(G_m)>) (RelatIF,
     the default), ||G_m|| or 1; both gradients over the responses' content tokens (the default)."""
-    from actindex.detect import load_queries, resolve_transforms, score_table, transformed_conversations
+    from actindex.act.detect import load_queries, resolve_transforms, score_table, transformed_conversations
 
     queries = write_jsonl(tmp_path / "q.jsonl", [
         {"prompt": "is it good silver ?", "response": "the symbol is na"},
@@ -349,7 +352,7 @@ def test_detect_measurement_and_response_tokens(index, llama, tmp_path, measurem
     """measurement="margin": q_T = mean_j grad f(T(x_j), y_j) with f minus the summed log-odds of the
     response tokens, from autograd; the rows' side stays G_m, the loss gradient, with its RelatIF norm.
     response_tokens="all": both gradients also sum over the tokens that close each response."""
-    from actindex.detect import load_queries, resolve_transforms, score_table, transformed_conversations
+    from actindex.act.detect import load_queries, resolve_transforms, score_table, transformed_conversations
 
     queries = write_jsonl(tmp_path / "q.jsonl", [
         {"prompt": "is it good silver ?", "response": "the symbol is na"},

@@ -15,12 +15,12 @@ from conftest import assert_same_index, chat_rows, make_tokenizer, read_all, tin
 
 import actindex
 from actindex.cli import main
-from actindex.data import file_sha256
+from actindex.core.models import wrap_model
+from actindex.core.readers import file_sha256
 from actindex.errors import ActindexError, DataError, IndexFileError
-from actindex.models import wrap_model
-from actindex.search import brute_force, faiss_index_from_rows, measured_recall, search, set_search_params
-from actindex.shard import merge, shard_range
-from actindex.verify import verify
+from actindex.index.search import brute_force, faiss_index_from_rows, measured_recall, search, set_search_params
+from actindex.index.shards import merge, shard_range
+from actindex.index.verify import verify
 
 
 def test_shard_ranges_tile_the_rows_in_order():
@@ -38,7 +38,7 @@ def test_shards_merged_equal_the_single_build(llama, tmp_path, monkeypatch):
     kwargs = dict(data=str(data), layers=[1, 2], grad=True, model=llama, progress=False, part_size=4, batch_size=3)
     actindex.build(out=str(tmp_path / "single"), **kwargs)
     shards = [tmp_path / f"shard{i}" for i in range(3)]
-    monkeypatch.setattr(sys.modules["actindex.build"], "load_model", lambda *a, **k: llama)
+    monkeypatch.setattr(sys.modules["actindex.index.build"], "load_model", lambda *a, **k: llama)
     res = CliRunner().invoke(main, ["build", "--data", str(data), "--out", str(shards[1]), "--layers", "1,2", "--grad",
                                     "--part-size", "4", "--batch-size", "3", "--shard", "1/3", "--quiet"])
     assert res.exit_code == 0 and "8 rows" in res.output, res.output  # rows 7-15 of 23
@@ -48,7 +48,7 @@ def test_shards_merged_equal_the_single_build(llama, tmp_path, monkeypatch):
         if i == 1:
             m = json.loads((shards[1] / "manifest.json").read_text())
         else:
-            m = actindex.build(out=str(shards[i]), shard=f"{i}/3", **kwargs)
+            m = actindex.build(out=str(shards[i]), shard=f"{i}/3", **kwargs).to_dict()
         start, end = shard_range(23, i, 3)
         assert m["shard"] == {"index": i, "count": 3, "start": start, "end": end} and m["rows"] == end - start
         assert verify(shards[i]) == []  # a shard is a complete index of its own
@@ -69,9 +69,9 @@ def test_merge_builds_the_requested_factory_once(llama, tmp_path):
     kwargs = dict(data=str(data), layers=[1], model=llama, progress=False, faiss_factory="IVF4,Flat")
     for i in range(2):
         m = actindex.build(out=str(tmp_path / f"s{i}"), shard=f"{i}/2", **kwargs)
-        assert {f["faiss_factory"] for f in m["families"].values()} == {"Flat"}  # exact within a shard
+        assert {f.faiss_factory for f in m.families.values()} == {"Flat"}  # exact within a shard
     m = merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
-    assert {f["faiss_factory"] for f in m["families"].values()} == {"IVF4,Flat"}
+    assert {f.faiss_factory for f in m.families.values()} == {"IVF4,Flat"}
     assert verify(tmp_path / "merged") == []
     # nprobe defaults to min(16, nlist): all 4 lists are visited, so the IVF index is exact
     res = CliRunner().invoke(main, ["info", str(tmp_path / "merged"), "--recall-queries", "20", "--recall-k", "5"])
@@ -85,12 +85,12 @@ def test_float16_storage_is_the_float32_build_rounded(llama, small_data, tmp_pat
     kwargs = dict(data=str(small_data), layers=[1], grad=True, model=llama, progress=False)
     m32 = actindex.build(out=str(tmp_path / "f32"), **kwargs)
     m = actindex.build(out=str(tmp_path / "f16"), store_dtype="float16", **kwargs)
-    assert {f["dtype"] for f in m["families"].values()} == {"float16"}
+    assert {f.dtype for f in m.families.values()} == {"float16"}
     a, b = read_all(tmp_path / "f32"), read_all(tmp_path / "f16")
-    for key in m["families"]:
+    for key in m.families:
         assert b[f"vectors/{key}"].dtype == np.float16
         np.testing.assert_array_equal(b[f"vectors/{key}"], a[f"vectors/{key}"].astype(np.float16))
-    assert 2 * m["summary"]["vector_bytes_per_row"] == m32["summary"]["vector_bytes_per_row"]
+    assert 2 * m.summary["vector_bytes_per_row"] == m32.summary["vector_bytes_per_row"]
     assert verify(tmp_path / "f16") == []
 
 
@@ -164,7 +164,7 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
         actindex.build(data=str(more), out=str(out), append=True, on_part=crash, **kwargs)
     assert len(actindex.Index.open(out)) == 11 and verify(out) == []
     # a crash while finalising leaves an unfinished index that the same command completes
-    import actindex.search as search_mod
+    import actindex.index.writer as search_mod  # the writer's own name for it
 
     real_write = search_mod.write_faiss_index
     calls = []
@@ -186,11 +186,11 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
     assert parts == []  # the new rows were all committed before the crash: nothing recomputed
     assert_same_index(tmp_path / "whole", out)
     assert verify(out) == []
-    files = m["data"]["files"]
-    assert [f["rows"] for f in files] == [11, 8] and [f["first_row"] for f in files] == [0, 11]
-    assert [Path(f["path"]).name for f in files] == ["first.jsonl", "more.jsonl"]
-    assert files[1]["sha256"] == file_sha256(more) != files[0]["sha256"]
-    assert m["rows"] == 19 and not (out / ".build").exists()
+    files = m.data
+    assert [f.rows for f in files] == [11, 8] and [f.first_row for f in files] == [0, 11]
+    assert [Path(f.path).name for f in files] == ["first.jsonl", "more.jsonl"]
+    assert files[1].sha256 == file_sha256(more) != files[0].sha256
+    assert m.rows == 19 and not (out / ".build").exists()
 
     with pytest.raises(IndexFileError, match="same sha256"):
         actindex.build(data=str(more), out=str(out), append=True, **kwargs)
@@ -202,7 +202,7 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
         actindex.build(data=str(fresh), out=str(out), append=True, **dict(kwargs, layers=[1]))
     with pytest.raises(IndexFileError, match="--append needs a complete index"):
         actindex.build(data=str(fresh), out=str(tmp_path / "none"), append=True, **kwargs)
-    monkeypatch.setattr(sys.modules["actindex.build"], "load_model", lambda *a, **k: llama)
+    monkeypatch.setattr(sys.modules["actindex.index.build"], "load_model", lambda *a, **k: llama)
     res = CliRunner().invoke(main, ["build", "--append", "--data", str(fresh), "--out", str(out), "--layers", "1,3",
                                     "--grad", "--quiet"])
     assert res.exit_code == 0 and "built" in res.output and "21 rows" in res.output, res.output
@@ -218,8 +218,8 @@ def test_append_extends_a_trained_faiss_index_without_retraining(llama, tmp_path
     actindex.build(data=str(first), out=str(out), **kwargs)
     centroids_before = _ivf_centroids(out)
     m = actindex.build(data=str(more), out=str(out), append=True, **kwargs)
-    assert m["rows"] == 60 and verify(out) == []
-    assert {f["faiss_factory"] for f in m["families"].values()} == {"IVF4,Flat"}
+    assert m.rows == 60 and verify(out) == []
+    assert {f.faiss_factory for f in m.families.values()} == {"IVF4,Flat"}
     np.testing.assert_array_equal(_ivf_centroids(out), centroids_before)
 
 
@@ -260,7 +260,7 @@ def test_ivf_factory_finds_a_planted_duplicate_and_reports_its_recall(tmp_path, 
         assert rows[0][0] == planted, factory
         path = tmp_path / "ivf.faiss"
         faiss.write_index(index, str(path))
-        from actindex.search import read_faiss_index
+        from actindex.index.search import read_faiss_index
 
         mapped = read_faiss_index(path)  # memory-mapped for IVF
         assert search(mapped, query, 1)[1][0][0] == planted
@@ -277,8 +277,8 @@ def test_ivf_factory_finds_a_planted_duplicate_and_reports_its_recall(tmp_path, 
 
 
 def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch):
-    import actindex.search as search_module
-    from actindex.search import resolve_factory
+    import actindex.index.search as search_module
+    from actindex.index.search import resolve_factory
 
     assert resolve_factory("auto", 200_000) == "Flat"
     assert resolve_factory("auto", 1_000_000) == "IVF2048,Flat"  # 2 sqrt(1e6) = 2000 -> 2^11
@@ -287,11 +287,11 @@ def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(24, seed=3))
     kwargs = dict(data=str(data), layers=[1], model=llama, progress=False)
     small = actindex.build(out=str(tmp_path / "small"), **kwargs)
-    assert {f["faiss_factory"] for f in small["families"].values()} == {"Flat"}
+    assert {f.faiss_factory for f in small.families.values()} == {"Flat"}
     monkeypatch.setattr(search_module, "AUTO_FLAT_ROWS", 10)  # 24 rows now count as "large"
     large = actindex.build(out=str(tmp_path / "large"), **kwargs)
-    assert {f["faiss_factory"] for f in large["families"].values()} == {"IVF8,Flat"}  # 2 sqrt(24) = 9.8 -> 2^3
-    assert large["build"]["faiss_factory"] == "auto"  # what was asked stays on record
+    assert {f.faiss_factory for f in large.families.values()} == {"IVF8,Flat"}  # 2 sqrt(24) = 9.8 -> 2^3
+    assert large.build.faiss_factory == "auto"  # what was asked stays on record
     idx = actindex.Index.open(tmp_path / "large")
     family = next(iter(idx.families))
     set_search_params(idx.faiss_index(family), nprobe=8)  # every list: exact

@@ -8,15 +8,16 @@ import torch
 from conftest import chat_rows, make_tokenizer, tiny_gpt2, tiny_llama
 from torch import nn
 
-from actindex.data import Row, encode_row, normalise_record
-from actindex.models import decoder_layers, wrap_model
-from actindex.vectors import (
+from actindex.core.encode import encode_row
+from actindex.core.families import VectorSpec
+from actindex.core.families.residual_change import masked_mean
+from actindex.core.models import decoder_layers, wrap_model
+from actindex.core.rows import Row, normalise_record
+from actindex.core.vectors import (
     Batch,
     RademacherProjector,
-    VectorSpec,
     compute_many,
     compute_vectors,
-    masked_mean,
     select_grad_modules,
     sequence_losses,
     token_terms,
@@ -87,7 +88,8 @@ def test_pooled_variant_formula(tokenizer):
     model = tiny_llama().double()
     lm = wrap_model(model, tokenizer, "tiny")
     enc = encode_row(tokenizer, _rows(1)[0])
-    out = compute_vectors(model, [enc], VectorSpec(layers=[2], pooled=True), tokenizer.pad_token_id)
+    out = compute_vectors(model, [enc], VectorSpec(
+        layers=[2], kinds=["residual_change", "residual_change_pooled", "mean_activation"]), tokenizer.pad_token_id)
     batch = Batch.collate([enc], tokenizer.pad_token_id, lm.device)
     saved = {}
 
@@ -138,7 +140,7 @@ def test_projected_gradient_equals_projecting_autograd_gradient(tokenizer, facto
     projector = RademacherProjector(seed=3, k=k)
     rows = _rows(3, seed=1)
     encoded = [encode_row(tokenizer, r) for r in rows]
-    spec = VectorSpec(layers=[1], residual_change=False, mean_activation=False, grad_modules=names, grad_k=k, seed=3)
+    spec = VectorSpec(layers=[1], kinds=["gradient"], grad_modules=names, grad_k=k, seed=3)
     out = compute_vectors(model, encoded, spec, tokenizer.pad_token_id, projector)
     for i, enc in enumerate(encoded):
         blocks = []
@@ -161,7 +163,7 @@ def test_projected_inner_products_track_exact_ones(tokenizer):
         [torch.cat([g.flatten() for g in _per_example_grads(model, tokenizer, e, names)]).numpy() for e in encoded]
     )
     k = 16
-    spec = VectorSpec(layers=[1], residual_change=False, mean_activation=False, grad_modules=names, grad_k=k, seed=0)
+    spec = VectorSpec(layers=[1], kinds=["gradient"], grad_modules=names, grad_k=k, seed=0)
     projected = compute_vectors(model, encoded, spec, tokenizer.pad_token_id, RademacherProjector(0, k)).vectors
     proj = projected["gradient"]
     iu = np.triu_indices(len(rows))
@@ -177,7 +179,8 @@ def test_padding_invariance(tokenizer):
     """A row gives the same vectors alone and inside a right-padded batch of longer rows."""
     model = tiny_llama()
     names = select_grad_modules(wrap_model(model, tokenizer, "tiny").model)
-    spec = VectorSpec(layers=[1, 2], pooled=True, grad_modules=names, grad_k=4)
+    spec = VectorSpec(layers=[1, 2], kinds=["residual_change", "residual_change_pooled", "mean_activation", "gradient"],
+                      grad_modules=names, grad_k=4)
     projector = RademacherProjector(0, 4)
     rows = _rows(6, seed=2)
     encoded = [encode_row(tokenizer, r) for r in rows]
@@ -305,12 +308,12 @@ def test_tokenizer_fixture_has_no_unknown_words():
 
 def test_residual_change_token_scores_sum_to_the_row_score(tokenizer):
     """Splitting the loss over response tokens splits <t_l(x), psi> exactly (float64 model)."""
-    from actindex.vectors import VectorSpec, compute_vectors, residual_change_token_scores
+    from actindex.core.families import VectorSpec
+    from actindex.core.vectors import compute_vectors, residual_change_token_scores
 
     model = tiny_llama(seed=1).double()
     rows = [encode_row(tokenizer, normalise_record("x", i, i, r), 64) for i, r in enumerate(chat_rows(4, seed=2))]
-    spec = VectorSpec(layers=[1], residual_change=True, pooled=False, mean_activation=False, grad_modules=[],
-                      grad_k=4, seed=0)
+    spec = VectorSpec(layers=[1], kinds=["residual_change"], grad_k=4, seed=0)
     psi = np.random.default_rng(0).standard_normal(model.config.hidden_size)
     for row in rows:
         whole = compute_vectors(model, [row], spec, tokenizer.pad_token_id).vectors["residual_change/1"][0]

@@ -15,13 +15,15 @@ import pytest
 from click.testing import CliRunner
 
 import actindex
-from actindex import store
-from actindex import verify as verify_module
 from actindex.cli import main
 from actindex.errors import IndexFileError
 from actindex.files import bytes_sha256
-from actindex.store import LOCK, MANIFEST, VECTORS, dataset_checksum
-from actindex.verify import verify
+from actindex.index import verify as verify_module
+from actindex.index.lock import LOCK
+from actindex.index.manifest import MANIFEST, VECTORS, Manifest
+from actindex.index.manifest import write_manifest as sign_manifest
+from actindex.index.verify import verify
+from actindex.index.writer import dataset_checksum
 
 
 def build_index(out: Path, train_file: Path, llama) -> dict:
@@ -64,7 +66,7 @@ def rewrite(root: Path, name: str, change) -> None:
     manifest = manifest_of(root)
     manifest["checksums"][name] = digest
     manifest["files"][VECTORS] = bytes_sha256(root / VECTORS)
-    store.write_manifest(root, manifest)
+    sign_manifest(root, Manifest.from_dict(manifest))
 
 
 def test_fresh_index_verifies(index: Path) -> None:
@@ -213,6 +215,6 @@ def test_stale_lock_is_taken_over(tmp_path: Path, train_file: Path, llama) -> No
     dead.wait()
     (out / LOCK).write_text(f"{dead.pid}@{socket.gethostname()}")
     manifest = build_index(out, train_file, llama)
-    assert manifest["rows"] == 24
+    assert manifest.rows == 24
     assert not (out / LOCK).exists()
     assert verify(out) == []

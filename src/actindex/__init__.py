@@ -8,23 +8,45 @@ query vector answered by nearest-neighbour search.
     actindex.build(data="train.jsonl", out="idx")
     idx = actindex.Index.open("idx")
     result = idx.query(behavior="hallucination", k=20)
+
+The pipeline, stage by stage (each a package): ``core`` (rows, encoding, models, capture, the vector
+families), ``index`` (build, manifest, writer, reader, search, verify, shards), ``query`` (behaviours,
+methods, fusion, curvature, rerank, the query pipeline), ``act`` (filter, correct, detect), ``report``
+and ``cli``. Names below are imported on first use, so ``import actindex`` loads no tensor library.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .build import build  # noqa: E402
-from .config import BuildConfig  # noqa: E402
-from .correct import CorrectConfig, correct  # noqa: E402
-from .curvature import CurvatureConfig  # noqa: E402
-from .detect import DetectConfig, detect  # noqa: E402
-from .errors import ActindexError, DataError, IndexFileError, ModelError  # noqa: E402
-from .filtering import FilterConfig, filter_dataset  # noqa: E402
-from .index import Index, QueryResult  # noqa: E402
-from .models import load_model  # noqa: E402
-from .shard import merge  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = [
-    "ActindexError", "BuildConfig", "CorrectConfig", "CurvatureConfig", "DataError", "Index", "IndexFileError",
-    "ModelError", "QueryResult", "build", "correct", "load_model", "merge",
-    "DetectConfig", "FilterConfig", "detect", "filter_dataset",
-]
+__version__ = "0.2.0"
+
+#: public name -> the module that defines it (imported lazily, PEP 562)
+_EXPORTS = {
+    "ActindexError": "actindex.errors", "DataError": "actindex.errors", "IndexFileError": "actindex.errors",
+    "ModelError": "actindex.errors",
+    "BuildConfig": "actindex.index.config", "build": "actindex.index.build", "merge": "actindex.index.shards",
+    "Manifest": "actindex.index.manifest", "IndexReader": "actindex.index.reader", "verify": "actindex.index.verify",
+    "Index": "actindex.api", "QueryResult": "actindex.query.result", "Hit": "actindex.query.result",
+    "QueryConfig": "actindex.query.pipeline", "CurvatureConfig": "actindex.query.curvature",
+    "load_model": "actindex.core.models",
+    "FilterConfig": "actindex.act.filter", "filter_dataset": "actindex.act.filter",
+    "CorrectConfig": "actindex.act.correct", "correct": "actindex.act.correct",
+    "DetectConfig": "actindex.act.detect", "detect": "actindex.act.detect",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actindex' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

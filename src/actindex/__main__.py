@@ -1,3 +1,3 @@
-from .cli import main
+from actindex.cli import main
 
 main()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import IndexFileError
+from actindex.errors import IndexFileError
 
 
 def fresh_temp(target: Path, directory: bool = False) -> Path:
@@ -112,3 +112,11 @@ def bytes_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing paths that escape ``root`` (untrusted manifests)."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise IndexFileError(f"{root}: manifest path {relative!r} points outside the index directory")
+    return path

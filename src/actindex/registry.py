@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .errors import ActindexError
+from actindex.errors import ActindexError
 
 
 class Registered:

@@ -1,0 +1,199 @@
+"""The index as a Python object: a few verbs on one object, like a FAISS index.
+
+    idx = actindex.Index.open("idx")
+    res = idx.query(behavior="hallucination", k=20)      # ranked rows for a behaviour
+    scores, rows = idx.search(vector, k=10, family="residual_change/18")  # raw vectors
+    idx.fit_curvature(kind="ekfac"); idx.influence("hallucination")        # exact influence
+
+:class:`Index` is the :class:`~actindex.index.reader.IndexReader` (what is on disk) plus the model it was
+built with and the verbs that need it. Behaviours are loaded and completed here, once, at the API
+boundary; the query itself runs through :class:`~actindex.query.pipeline.QueryPipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from actindex.errors import ActindexError, IndexFileError
+from actindex.files import atomic_file
+from actindex.index.reader import IndexReader
+from actindex.query.pipeline import QueryConfig, QueryPipeline
+from actindex.query.result import Hit, QueryResult
+
+if TYPE_CHECKING:
+    from actindex.core.models import LoadedModel
+    from actindex.query.behaviors import Behavior
+    from actindex.query.context import QueryContext
+    from actindex.query.curvature.kron import Curvature
+    from actindex.query.rerank import RowInfluence
+
+__all__ = ["Hit", "Index", "QueryResult", "load_query_vector", "save_query_vector"]
+
+
+class Index(IndexReader):
+    """A complete index directory opened for reading, with the model it was built with and the query verbs."""
+
+    def __init__(self, root: str | Path, manifest: Any):
+        super().__init__(root, manifest)
+        self._model: LoadedModel | None = None
+        self._context: QueryContext | None = None
+        self._curvature: dict[str, Curvature] = {}
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"Index({str(self.root)!r}: {m.rows} rows ({m.valid_rows} searchable), model {m.model.name!r}, "
+                f"layers {m.layers}, {len(m.families)} families)")
+
+    # ---- the model --------------------------------------------------------------------------
+    def model(self, name: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+        """The model the index was built with (loaded once and kept), checked against the manifest."""
+        if self._model is None:
+            from actindex.core.models import load_model
+
+            self._model = load_model(name or self.manifest.model.name, device, dtype or "auto")
+        self.check_model(self._model)
+        return self._model
+
+    def companion_model(self, model: LoadedModel | str, option: str) -> LoadedModel:
+        """Another model that works on the index's rows (``option`` names it in errors): loaded like the
+        index's model when given as a path, and refused unless its tokenizer is the index's (the rows'
+        tokens must mean the same to both)."""
+        if isinstance(model, str):
+            from actindex.core.models import load_model
+
+            model = load_model(model, str(self.model().device), "auto")
+        if model.tokenizer_id() != self.manifest.model.tokenizer:
+            raise IndexFileError(f"{option} {model.name!r} has another tokenizer than the index {self.root}'s model; "
+                                 "the same text would be other tokens to it")
+        return model
+
+    def use_model(self, lm: LoadedModel) -> Index:
+        """Use an already loaded model for queries (notebooks, tests); checked against the manifest."""
+        self.check_model(lm)
+        if lm is not self._model:
+            self._context = None
+        self._model = lm
+        return self
+
+    def check_model(self, lm: LoadedModel) -> None:
+        """Refuse a model whose weights or tokenizer are not the ones the index was built with."""
+        built = self.manifest.model
+        if lm.fingerprint != built.fingerprint:
+            raise IndexFileError(
+                f"{self.root} was built with model {built.name!r} (weights {built.fingerprint[:12]}), "
+                f"but the query model {lm.name!r} has weights {lm.fingerprint[:12]}; query with the same model"
+            )
+        if lm.tokenizer_id() != built.tokenizer:
+            raise IndexFileError(
+                f"{self.root} was built with another tokenizer than {lm.name!r}'s; query with the same tokenizer"
+            )
+
+    def behavior(self, spec: str | Behavior) -> Behavior:
+        """A behaviour (built-in name, file, or :class:`Behavior`) completed with the index's model."""
+        from actindex.query.behaviors import resolve_behavior
+
+        return resolve_behavior(spec, self.model())
+
+    # ---- the query pipeline and its components ------------------------------------------------
+    def query_context(self) -> QueryContext:
+        """The model and vector settings that compute query-side vectors exactly as the build did (one per
+        index and model: its cache keeps every vector formed)."""
+        if self._context is None:
+            from actindex.query.context import QueryContext
+
+            m = self.manifest
+            self._context = QueryContext(
+                lm=self.model(), layers=self.layers, families=tuple(self.families), grad_modules=m.projection.modules,
+                grad_k=m.projection.k, seed=m.projection.seed, max_length=m.max_length, batch_size=m.batch_size,
+                curvature=self.curvature,
+            )
+        return self._context
+
+    def pipeline(self) -> QueryPipeline:
+        """The query stages over this index, with its components injected."""
+        return QueryPipeline(self, self.query_context, self.curvature)
+
+    def resolve_layer(self, layer: int | None) -> int:
+        """``layer`` checked against the index, or the indexed layer nearest 60% of the depth."""
+        return self.pipeline().resolve_layer(layer)
+
+    def method_family(self, method: str, layer: int | None = None) -> str:
+        """The stored family a query method searches at a layer, refused when the index lacks it."""
+        return self.pipeline().family_of(method, layer)
+
+    def query_vector(self, behavior: str | Behavior, method: str = "residual-change",
+                     layer: int | None = None) -> tuple[np.ndarray, str, Behavior]:
+        """``(psi, family, behaviour)``: the query vector of a behaviour for one method."""
+        behavior = self.behavior(behavior)
+        psi, family = self.pipeline().vector(behavior, (method, self.resolve_layer(layer)))
+        return psi, family, behavior
+
+    def query(self, behavior: str | Behavior | None = None, config: QueryConfig | None = None, *,
+              vector: np.ndarray | None = None, family: str | None = None, **options: Any) -> QueryResult:
+        """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``).
+
+        ``options`` are :class:`~actindex.query.pipeline.QueryConfig` fields: ``method`` (default
+        ``ensemble``, rank fusion over the indexed layers; ``residual-change`` for a saved vector),
+        ``layer``, ``k``, ``bottom_k``, ``rerank="ekfac"|"linfac"`` (re-score the top and bottom
+        ``candidates`` with exact influence and rank by it), ``per_token``, ``clusters``, ``recall``.
+        """
+        config = config or QueryConfig(**options)
+        pipeline = self.pipeline()
+        if config.rerank is not None:  # refused here, before any model pass
+            self.curvature(config.rerank)
+        completed = None
+        if behavior is not None and (vector is None or config.rerank is not None):
+            completed = self.behavior(behavior)
+        name = behavior if isinstance(behavior, str) and vector is not None else None
+        if vector is not None and behavior is None:
+            name = "vector"
+        return pipeline.run(config, completed, vector=vector, family=family, name=name)
+
+    # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
+    def fit_curvature(self, config: Any = None, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+        """Fit EK-FAC and/or LinFAC factors on a sample of the rows and store them in the index
+        (``kind``, ``samples``, ``modules``, ``sublayer``, ``empirical_fisher``, ``damping``: see
+        :class:`~actindex.query.curvature.config.CurvatureConfig`); returns the new manifest entries."""
+        from actindex.query.curvature import CurvatureConfig
+        from actindex.query.curvature.store import fit_curvature
+
+        entries = fit_curvature(self, self.model(), config or CurvatureConfig(**kwargs), progress)
+        self._curvature.clear()
+        return entries
+
+    def curvature(self, kind: str = "ekfac") -> Curvature:
+        """The stored factors of ``kind`` (``ekfac`` or ``linfac``), loaded once."""
+        from actindex.query.curvature.store import load_curvature
+
+        if kind not in self._curvature:
+            self._curvature[kind] = load_curvature(self, kind)
+        return self._curvature[kind]
+
+    def influence(self, behavior: str | Behavior, kind: str = "ekfac", rows: list[int] | np.ndarray | None = None,
+                  per_token: bool = False, clusters: int = 0, progress: bool = False) -> RowInfluence:
+        """Exact influence of ``rows`` (default: every valid row) on a behaviour, a
+        :class:`~actindex.query.rerank.RowInfluence` (``.rows``, ``.influence.total``, ``.per_module``...)."""
+        from actindex.query.rerank import row_influence
+
+        curvature = self.curvature(kind)
+        return row_influence(self, self.query_context(), curvature, self.behavior(behavior), rows, per_token,
+                             clusters, progress)
+
+
+def save_query_vector(path: str | Path, vector: np.ndarray, meta: dict[str, Any]) -> None:
+    """Save a query vector with its settings as ``.npz`` (no pickle)."""
+    with atomic_file(Path(path)) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, vector=np.asarray(vector, np.float32), meta=np.array(json.dumps(meta)))
+
+
+def load_query_vector(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """A query vector saved by :func:`save_query_vector`, and its settings."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            return data["vector"], json.loads(str(data["meta"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise ActindexError(f"{path}: not a saved actindex query vector ({err})") from None

@@ -1,0 +1,94 @@
+"""``actindex info``, ``actindex verify`` and ``actindex behaviors``: what an index and the package hold."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from actindex.cli.main import friendly, main
+
+
+@main.command()
+@click.argument("index_dir")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+@click.option("--recall-k", default=10, show_default=True, help="k of the measured recall@k of each FAISS index.")
+@click.option("--recall-queries", default=200, show_default=True,
+              help="Stored rows used as queries to measure recall against exact search (0 = skip).")
+@friendly
+def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> None:
+    """Show what an index holds (its manifest) as a table, with each FAISS index's type and
+    its recall@k against exact search measured on a sample of stored rows."""
+    from actindex.index.reader import IndexReader
+
+    idx = IndexReader.open(index_dir)
+    m = idx.manifest
+    if as_json:
+        click.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    model = m.model
+    lines = [
+        ("index", index_dir),
+        ("format", str(m.format_version)),
+        ("model", f"{model.name} ({model.architecture}, {model.num_layers} layers, d={model.hidden_size})"),
+        ("weights", model.fingerprint),
+        ("tokenizer", model.tokenizer),
+        ("data", f"{m.data_path} (sha256 {m.data[0].sha256[:16]}…)"),
+        ("rows", f"{m.rows} ({m.valid_rows} searchable)"),
+        ("layers", ",".join(map(str, m.layers))),
+        ("projection", f"seed {m.projection.seed}, k {m.projection.k}, {len(m.projection.modules)} modules"),
+        ("built", f"{m.created_at} -> {m.finished_at}"),
+    ]
+    for kind, c in m.curvature.items():
+        sub = f", sublayer {c.sublayer}" if c.sublayer else ""
+        lines.append((f"curvature {kind}", f"{len(c.modules)} modules{sub}, {c.samples} rows, {c.labels} labels, "
+                                           f"fitted {c.fitted_at}"))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key:<{width}}  {value}")
+    click.echo("")
+    click.echo(f"{'family':<32} {'dim':>7} {'dtype':>8}  faiss")
+    for name, fam in m.families.items():
+        click.echo(f"{name:<32} {fam.dim:>7} {fam.dtype:>8}  {fam.faiss} ({fam.faiss_factory})")
+    if recall_queries:
+        click.echo("")
+        click.echo(f"{'family':<32} {'index type':<28} recall@{recall_k} vs exact ({recall_queries} sampled rows)")
+        for name in m.families:
+            kind, recall = idx.measured_recall(name, recall_k, recall_queries)
+            click.echo(f"{name:<32} {kind:<28} {recall:.3f}")
+
+
+@main.command()
+@click.argument("index_dir")
+@friendly
+def verify(index_dir: str) -> None:
+    """Check an index against its manifest: files, checksums, row counts, FAISS indexes.
+
+    Prints `ok: DIR ...` and exits 0, or prints each problem and exits 2.
+    """
+    from actindex.index.manifest import read_manifest
+    from actindex.index.verify import verify as run_verify
+
+    problems = run_verify(index_dir)
+    if problems:
+        for problem in problems:
+            click.echo(problem)
+        click.echo(f"error: {index_dir} failed verification ({len(problems)} problem(s))", err=True)
+        sys.exit(2)
+    m = read_manifest(index_dir)
+    faiss = "checksums" if m.format_version >= 2 else "rows (decoded)"
+    click.echo(f"ok: {index_dir} ({m.rows} rows, {len(m.families)} families): manifest, vectors.h5 "
+               f"checksums and FAISS {faiss} match")
+
+
+@main.command()
+@friendly
+def behaviors() -> None:
+    """List the built-in behaviours (use them with --behavior NAME)."""
+    from actindex.query.behaviors import builtin_behaviors
+
+    items = builtin_behaviors()
+    width = max(len(n) for n in items)
+    for name, description in items.items():
+        click.echo(f"{name:<{width}}  {description}")

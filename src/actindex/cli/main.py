@@ -1,0 +1,64 @@
+"""The ``actindex`` command group and the one-line error handling every command shares."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from actindex.errors import ActindexError
+
+DEBUG = {"on": False}
+
+
+def friendly(func: Callable) -> Callable:
+    """Turn :class:`ActindexError` (and any other failure) into one line and exit status 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ActindexError as err:
+            if DEBUG["on"]:
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as err:  # noqa: BLE001 - last line of defence, no traceback for users
+            if DEBUG["on"]:
+                raise
+            click.echo(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.version_option(package_name="actindex")
+def main(debug: bool) -> None:
+    """actindex: activation-space training-data attribution for LLMs.
+
+    \b
+    actindex build --data train.jsonl --out idx       # one pass, cache vectors
+    actindex query --index idx --behavior hallucination
+    """
+    DEBUG["on"] = debug
+
+
+def load_requested_model(idx: Any, model: str | None, device: str) -> None:
+    """Load ``--model`` / ``--device`` into the index now (checked against its manifest); without
+    either, the index loads the model it was built with when a query first needs it."""
+    if model or device != "auto":
+        idx.model(model, device)
+
+
+#: the options every command that runs the index's model shares
+model_option = click.option("--model", help="Model to form the query with (default: the one the index names).")
+device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+index_option = click.option("--index", "index_dir", required=True, help="Index directory.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -1,0 +1,169 @@
+"""``actindex query`` and ``actindex report``: rank the rows for a behaviour, in the terminal or a page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import click
+import numpy as np
+
+from actindex.cli.main import device_option, friendly, load_requested_model, main, model_option
+from actindex.cli.options import LazyChoice, config_options, pop_config
+from actindex.errors import ActindexError
+from actindex.query.pipeline import QueryConfig
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+@main.command()
+@click.option("--index", "index_dir", help="Index directory.")
+@click.option("--behavior", "behaviors_", multiple=True, help="Built-in name or pairs/persona file (repeatable).")
+@config_options(QueryConfig)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
+              help="Output format.")
+@model_option
+@device_option
+@click.option("--save-query", help="Save the query vector to this .npz file.")
+@click.option("--query-vector", help="Use a saved query vector (.npz) instead of a behaviour.")
+@click.option("--help-methods", is_flag=True, help="List the query methods and exit.")
+@click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: inverted lists visited per query.")
+@click.option("--ef-search", type=click.IntRange(min=1), help="HNSW indexes: candidate list size per query.")
+@friendly
+def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: str | None, device: str,
+          save_query: str | None, query_vector: str | None, help_methods: bool, nprobe: int | None,
+          ef_search: int | None, **options: Any) -> None:
+    """Rank training rows by how much they push the model towards a behaviour."""
+    if help_methods:
+        from actindex.query.methods import QueryMethod
+
+        for name, cls in QueryMethod.registry.items():
+            click.echo(f"{name:<24} {cls.help}")
+        return
+    if not index_dir:
+        raise ActindexError("query needs --index DIR")
+    from actindex.api import Index, load_query_vector, save_query_vector
+
+    config = pop_config(QueryConfig, options)
+    idx = Index.open(index_dir)
+    if nprobe or ef_search:
+        from actindex.index.search import set_search_params
+
+        for family in idx.families:
+            set_search_params(idx.faiss_index(family), nprobe=nprobe, ef_search=ef_search)
+    results = []
+    if query_vector:
+        vector, meta = load_query_vector(query_vector)
+        from dataclasses import replace
+
+        config = replace(config, method=meta.get("method", config.method))
+        results.append(idx.query(meta.get("behavior", "vector"), config, vector=vector, family=meta.get("family")))
+    else:
+        if not behaviors_:
+            raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`) or --query-vector FILE")
+        if save_query and QueryConfig.resolved_method(config, needs_vector=True) == "ensemble":
+            raise ActindexError("--method ensemble fuses several rankings and has no single vector to --save-query")
+        if save_query and config.method is None:
+            from dataclasses import replace
+
+            config = replace(config, method=config.resolved_method(needs_vector=True))
+        load_requested_model(idx, model, device)
+        for behavior in behaviors_:
+            res = idx.query(behavior, config)
+            results.append(res)
+            if save_query:
+                path = save_query if len(behaviors_) == 1 else save_query.replace(".npz", f"-{res.behavior}.npz")
+                save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
+                                                     "family": res.family, "model": idx.manifest.model.fingerprint})
+    print_results(results, fmt)
+
+
+def print_results(results: list, fmt: str) -> None:
+    """Query results as a table, JSON, JSON lines or CSV."""
+    if fmt == "json":
+        click.echo(json.dumps([{
+            "behavior": r.behavior, "method": r.method, "family": r.family, "seconds": r.seconds,
+            "notes": r.notes, "top": [h.to_dict(True) for h in r.top], "bottom": [h.to_dict(True) for h in r.bottom],
+        } for r in results], indent=2, ensure_ascii=False))
+        return
+    if fmt == "jsonl":
+        for r in results:
+            for d in r.to_dicts(with_record=True):
+                click.echo(json.dumps({"behavior": r.behavior, "method": r.method, **d}, ensure_ascii=False))
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["behavior", "method", "side", "rank", "row", "id", "score", "snippet"])
+        for r in results:
+            for d in r.to_dicts():
+                writer.writerow([r.behavior, r.method, d["side"], d["rank"], d["row"], d["id"],
+                                 f"{d['score']:.6f}", d["snippet"]])
+        click.echo(buf.getvalue(), nl=False)
+        return
+    for r in results:
+        print_table(r)
+
+
+def print_table(r: Any) -> None:
+    """One result as the terminal table (reranked hits show influence and their strongest tokens)."""
+    click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {r.seconds * 1000:.0f} ms")
+    for note in r.notes:
+        click.echo(f"note: {note}")
+    for title, hits in (("top (pushes towards the behaviour)", r.top), ("bottom (inhibits it)", r.bottom)):
+        if not hits:
+            continue
+        click.echo(f"\n{title}")
+        if hits[0].influence is not None:
+            from actindex.query.rerank import highlight
+
+            click.echo(f"{'rank':>4} {'influence':>10} {'search':>8}  {'id':<20} text")
+            for h in hits:
+                click.echo(f"{h.rank:>4} {h.influence:>10.4g} {h.score:>8.4f}  {h.id[:20]:<20} {h.snippet[:100]}")
+                if h.token_scores:
+                    tokens, scores = zip(*h.token_scores)
+                    click.echo(f"{'':>26}tokens: {highlight(list(tokens), np.array(scores))[:400]}")
+            continue
+        click.echo(f"{'rank':>4} {'score':>8}  {'id':<20} text")
+        for h in hits:
+            click.echo(f"{h.rank:>4} {h.score:>8.4f}  {h.id[:20]:<20} {h.snippet[:100]}")
+    click.echo("")
+
+
+def _method_names() -> list[str]:
+    from actindex.query.methods import method_names
+
+    return method_names()
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, help="Index directory.")
+@click.option("--behavior", required=True, help="Built-in name or pairs/persona file.")
+@click.option("--method", "methods", multiple=True, default=("residual-change",), show_default=True,
+              type=LazyChoice(_method_names), help="Query method; repeat it to compare methods (one ROC curve "
+              "per method).")
+@click.option("--layer", type=int, help="Layer to query (default: the indexed layer nearest 60% of the depth).")
+@click.option("--labels-field", help="Record field with ground-truth labels (adds ROC/PR curves, AUROC, AP).")
+@click.option("--positive-label", help="Label value counted as positive (default: any value other than 'clean').")
+@click.option("--top-k", default=20, show_default=True, type=click.IntRange(min=0), help="Top rows shown as cards.")
+@click.option("--bottom-k", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Bottom rows shown as cards.")
+@model_option
+@device_option
+@click.option("--out", required=True, help="HTML file to write (self-contained: plots embedded, no network).")
+@friendly
+def report(
+    index_dir: str, behavior: str, methods: tuple[str, ...], layer: int | None, labels_field: str | None,
+    positive_label: str | None, top_k: int, bottom_k: int, model: str | None, device: str, out: str,
+) -> None:
+    """Write one self-contained HTML report: score histogram, top/bottom rows, label metrics."""
+    from actindex.api import Index
+    from actindex.report import write_report
+
+    idx = Index.open(index_dir)
+    load_requested_model(idx, model, device)
+    path = write_report(idx, behavior, list(methods), out, labels_field=labels_field,
+                        positive_label=positive_label, top_k=top_k, bottom_k=bottom_k, layer=layer)
+    click.echo(f"wrote {path} ({path.stat().st_size // 1024} KiB)")

@@ -1,0 +1,102 @@
+"""What a vector family is: one per-example vector the build's forward and backward pass give.
+
+A family is one small registered class (:class:`VectorFamily`) in one file of this package: its name
+(the HDF5 dataset and FAISS file are ``name/<layer>`` for per-layer families, ``name`` otherwise), the
+gradient it needs from the pass (``backward``), its dimension and :meth:`VectorFamily.compute`, the
+formula of DESIGN section 3 it implements. :func:`actindex.core.vectors.compute_vectors` runs one pass
+for every family a build asks for. Adding a family is adding one file here and importing it in
+``__init__``; ``build --families NAME`` then caches it.
+
+Modules here import no tensor library at import time (the CLI lists the families without loading torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from actindex.registry import Registered
+
+if TYPE_CHECKING:
+    import torch
+
+#: what a family needs from the backward pass
+NO_BACKWARD, BLOCK_GRADS, LINEAR_GRADS = "none", "blocks", "linears"
+
+
+@dataclass
+class VectorSpec:
+    """Which vectors a pass computes: the families ``kinds`` at ``layers`` (per-layer families), the
+    tracked linear modules and the projection of the gradient family."""
+
+    layers: list[int]
+    kinds: list[str] = field(default_factory=lambda: ["residual_change", "mean_activation"])
+    grad_modules: list[str] = field(default_factory=list)
+    grad_k: int = 16
+    seed: int = 0
+
+    def families(self, hidden_size: int) -> dict[str, int]:
+        """Family name -> vector dimension, in storage order (per layer, then the layerless families)."""
+        out: dict[str, int] = {}
+        kinds = [VectorFamily.get(kind) for kind in self.kinds]
+        for layer in self.layers:
+            for fam in kinds:
+                if fam.per_layer:
+                    out[family_name(fam.name, layer)] = fam.dim(hidden_size, self)
+        for fam in kinds:
+            if not fam.per_layer and fam.dim(hidden_size, self):
+                out[fam.name] = fam.dim(hidden_size, self)
+        return out
+
+    def needs(self, backward: str) -> bool:
+        """Whether some family of the spec needs ``backward`` (:data:`BLOCK_GRADS` or :data:`LINEAR_GRADS`)."""
+        return any(VectorFamily.get(kind).backward == backward for kind in self.kinds) and (
+            backward != LINEAR_GRADS or bool(self.grad_modules))
+
+
+def family_name(kind: str, layer: int | None = None) -> str:
+    """``residual_change/18``, ``mean_activation/18``, ``gradient``."""
+    return kind if layer is None else f"{kind}/{layer}"
+
+
+def family_kind(family: str) -> str:
+    """``residual_change/18`` -> ``residual_change``."""
+    return family.split("/", 1)[0]
+
+
+@dataclass
+class Captured:
+    """What one forward and backward pass over a batch kept, for the families to compute from.
+
+    ``z_in``/``z_out``/``g``: per layer, the block's input, output and ``g = dL/dz_out`` (B, T, d);
+    ``a``/``delta``: per tracked linear module, its input (zero at padding) and output gradient;
+    ``r_mask`` (B, T) the response positions R, ``attn`` (B, T) the real tokens (float);
+    ``projector`` the seeded Rademacher projections (:class:`~actindex.core.vectors.RademacherProjector`).
+    """
+
+    z_in: dict[int, torch.Tensor]
+    z_out: dict[int, torch.Tensor]
+    g: dict[int, torch.Tensor]
+    a: dict[str, torch.Tensor]
+    delta: dict[str, torch.Tensor]
+    r_mask: torch.Tensor
+    attn: torch.Tensor
+    spec: VectorSpec
+    projector: Any = None
+
+
+class VectorFamily(Registered, noun="vector family"):
+    """One per-example vector of the build (DESIGN 3): see the module docstring."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    per_layer: ClassVar[bool] = True
+    backward: ClassVar[str] = NO_BACKWARD
+
+    def dim(self, hidden_size: int, spec: VectorSpec) -> int:
+        """The vector's dimension (per-layer families: the residual stream's width)."""
+        return hidden_size
+
+    def compute(self, captured: Captured, layer: int | None) -> torch.Tensor:
+        """The (B, dim) vectors of the batch at ``layer`` (``None`` for a layerless family), float32."""
+        raise NotImplementedError

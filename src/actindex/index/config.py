@@ -1,0 +1,146 @@
+"""Settings of ``actindex build`` (:class:`BuildConfig`), kept apart from the build so that the manifest
+and the CLI read them without loading a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from actindex.configs import DEFAULT_MODEL, check_choice, check_choices, option
+from actindex.errors import ActindexError
+
+STORE_DTYPES = ("float32", "float16")
+
+
+def _family_names() -> list[str]:
+    from actindex.core.families import VectorFamily
+
+    return list(VectorFamily.registry)
+
+
+@dataclass
+class BuildConfig:
+    """Settings of ``actindex build``: one pass over the training set that caches vectors."""
+
+    data: str = option(
+        "Training data: JSONL, parquet, a Hugging Face save_to_disk directory, or `demo` (the shipped corpus).", ""
+    )
+    out: str = option("Index directory to write.", "")
+    model: str = option("Hugging Face id or local directory, or the default alias.", DEFAULT_MODEL)
+    layers: list[int] | None = option(
+        "Decoder layers (0-based block indices). Default: the blocks at 40/60/80/90% of the depth "
+        "(layers 12, 18, 24, 27 of SmolLM2-135M's 30), which the default query method fuses.",
+        None,
+    )
+    max_length: int = option("Tokens per row; longer rows are truncated and counted.", 512)
+    batch_size: int = option("Rows per forward/backward pass.", 8)
+    limit: int | None = option("Index only the first N rows.", None)
+    split: str | None = option(
+        "Split of a save_to_disk DatasetDict to index (default: train if present, else the only split; "
+        "the split is recorded in the manifest and filter reads the same one).",
+        None,
+    )
+    device: str | None = option(
+        "cpu, cuda, cuda:N, auto, or map (spread a model too big for one GPU over all GPUs, device_map='auto').",
+        "auto",
+    )
+    dtype: str | None = option("Compute dtype: float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on GPU).", "auto")
+    residual_change: bool = option("Cache residual-change vectors (DESIGN 3.1, token-level form).", True)
+    pooled: bool = option(
+        "Also cache the pooled single-vector residual-change variant (a member of the default ensemble).", True
+    )
+    mean_activation: bool = option("Cache mean response activations (DESIGN 3.2).", True)
+    grad: bool = option("Cache Hessian-free projected gradients (DESIGN 3.3).", False)
+    families: list[str] | None = option(
+        "Vector families to cache, by name, comma-separated (default: those the four switches above turn on); "
+        "names any registered family, a new one included.",
+        None,
+    )
+    grad_modules: list[str] | None = option(
+        "fnmatch patterns of tracked linear modules (default: LoRA adapters if present, else every "
+        "linear module in the decoder blocks).",
+        None,
+    )
+    grad_k: int = option("Projection size per side: each tracked module contributes k*k dims.", 8)
+    seed: int = option("Seed of the random projections.", 0)
+    store_dtype: str = option("Storage dtype of the vectors.", "float32", choices=STORE_DTYPES)
+    faiss_factory: str = option(
+        "FAISS index factory string: auto = exact Flat up to 200k rows, IVF beyond; Flat = always exact; "
+        "IVF4096,Flat / HNSW32 / IVF4096,PQ64 for millions of rows.",
+        "auto",
+    )
+    faiss_train_rows: int = option("Rows sampled (seeded) to train a FAISS factory that needs training (IVF, PQ).",
+                                  100_000)
+    shard: str | None = option(
+        "Build only shard I of N (I/N, 0-based) of the rows: a contiguous block, for scheduler array jobs; "
+        "join the shards with `actindex merge`.",
+        None,
+    )
+    append: bool = option(
+        "Add the rows of --data to the complete index in --out without recomputing its rows "
+        "(same model and settings; ids must be new; a data file already in the index is refused).",
+        False,
+    )
+    skip_long: bool = option("Exclude rows longer than --max-length instead of truncating them.", False)
+    part_size: int = option("Rows per committed part (the unit a killed build resumes from).", 256)
+    overwrite: bool = option("Start over even if DIR holds a complete or unfinished index.", False)
+    trust_remote_code: bool = option("Allow model repositories to run their own code.", False)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ActindexError("build needs --data FILE")
+        if not self.out:
+            raise ActindexError("build needs --out DIR")
+        for name in ("max_length", "batch_size", "grad_k", "part_size"):
+            if getattr(self, name) < 1:
+                raise ActindexError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ActindexError(f"--limit must be at least 1, got {self.limit}")
+        if self.faiss_train_rows < 1:
+            raise ActindexError(f"--faiss-train-rows must be at least 1, got {self.faiss_train_rows}")
+        if self.shard is not None:
+            self.shard_spec()
+        if self.append and self.overwrite:
+            raise ActindexError("--append and --overwrite exclude each other")
+        if self.append and self.shard is not None:
+            raise ActindexError("--append and --shard exclude each other: append after merging the shards")
+        check_choices(self)
+        for kind in self.families or []:
+            check_choice("--families", kind, _family_names())
+        if self.layers is not None:
+            if not self.layers:
+                raise ActindexError("--layers needs at least one layer number")
+            self.layers = sorted(set(int(x) for x in self.layers))
+        if not self.family_kinds():
+            raise ActindexError("nothing to build: every vector family is switched off")
+
+    def family_kinds(self) -> list[str]:
+        """The vector families to cache: ``families`` if given, else those the switches turn on, in the
+        order ``residual_change``, ``residual_change_pooled``, ``mean_activation``, ``gradient``."""
+        if self.families:
+            return list(dict.fromkeys(self.families))
+        switches = (("residual_change", self.residual_change), ("residual_change_pooled", self.pooled),
+                    ("mean_activation", self.mean_activation), ("gradient", self.grad))
+        return [kind for kind, on in switches if on]
+
+    def shard_spec(self) -> tuple[int, int] | None:
+        """``(i, n)`` from ``--shard i/n``, or ``None``."""
+        if self.shard is None:
+            return None
+        i, sep, n = str(self.shard).partition("/")
+        if not (sep and i.strip().isdigit() and n.strip().isdigit()) or not 0 <= int(i) < int(n):
+            raise ActindexError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {self.shard!r}")
+        return int(i), int(n)
+
+    def compatibility_state(self) -> dict[str, Any]:
+        """The settings a resumed build must share with the build it resumes."""
+        skip = {"out", "overwrite", "batch_size", "device", "part_size"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+
+
+    @classmethod
+    def from_manifest(cls, values: dict[str, Any]) -> BuildConfig:
+        """The settings a manifest recorded (keys this release does not know are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

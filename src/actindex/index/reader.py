@@ -1,0 +1,264 @@
+"""Stage 6 — the index reader: one typed view of a complete index on disk, checked as it is opened.
+
+:class:`IndexReader` is what every later stage reads an index through: its :class:`~.manifest.Manifest`,
+the per-row table (ids, loss, token counts, which rows are searchable), the stored records and vectors,
+and each family's FAISS index with a cosine search (a few verbs on one object, like a FAISS index). It
+loads no model; :class:`actindex.Index` adds the model and the query verbs on top.
+
+Opening checks what a query relies on, cheaply: the manifest is refused when edited (format 2), its
+promises are checked against ``vectors.h5``'s shapes, files up to :data:`HASH_ON_OPEN_BYTES` are hashed
+against it, each FAISS index must hold the valid rows and :data:`SPOT_CHECK_ROWS` sampled rows must decode
+to their stored vectors, and a search that returns an impossible cosine is refused. Each failure is one
+line pointing at ``actindex verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from actindex.errors import ActindexError, IndexFileError
+from actindex.files import bytes_sha256, inside
+from actindex.index.manifest import MANIFEST, VECTORS, FamilyInfo, Manifest, read_manifest, structure_problem
+from actindex.index.search import normalise, read_faiss_index, rows_disagree, search, search_bottom
+
+#: files up to this size are hashed against the manifest when first read (vectors.h5 and the FAISS files of
+#: a 10k-row index: about 25 ms each); larger ones are spot-checked and left to ``actindex verify``
+HASH_ON_OPEN_BYTES = 64 << 20
+#: rows of each FAISS index compared with vectors.h5 when a query first reads it (``verify`` compares all)
+SPOT_CHECK_ROWS = 16
+#: the largest cosine a search may return: 1 for exact indexes, a little more for quantised codes
+MAX_COSINE = 1.5
+
+
+@dataclass(frozen=True)
+class RowTable:
+    """The per-row datasets every stage reads: ids, loss, token counts, and which rows are searchable."""
+
+    ids: list[str]
+    loss: np.ndarray
+    valid: np.ndarray
+    n_tokens: np.ndarray
+    n_response: np.ndarray
+
+    @property
+    def searchable(self) -> np.ndarray:
+        """Row numbers of the valid rows (those the FAISS indexes hold)."""
+        return np.flatnonzero(self.valid)
+
+
+class IndexReader:
+    """A complete index directory opened for reading (see the module docstring)."""
+
+    def __init__(self, root: str | Path, manifest: Manifest):
+        self.root = Path(root)
+        self.manifest = manifest
+        self._faiss: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, root: str | Path) -> IndexReader:
+        """Open a complete index: its manifest (refused when edited, format 2), and the layout it promises
+        checked against ``vectors.h5`` (rows, families, layers), so a damaged index fails here in one line."""
+        reader = cls(root, read_manifest(root))
+        problem = reader.file_problem(VECTORS) or layout_problem(reader.root, reader.manifest)
+        if problem:
+            raise IndexFileError(f"{problem}; run `actindex verify {reader.root}`")
+        return reader
+
+    def reload_manifest(self) -> None:
+        """Read the manifest again (after a writer added to it, e.g. curvature)."""
+        self.manifest = read_manifest(self.root)
+
+    def file_problem(self, name: str) -> str | None:
+        """A file the manifest checksums (format 2) whose bytes changed, when it is small enough to hash at
+        once (:data:`HASH_ON_OPEN_BYTES`); larger files are spot-checked instead and left to ``verify``."""
+        recorded = self.manifest.files.get(name)
+        path = inside(self.root, name)
+        if recorded is None or not path.is_file() or path.stat().st_size > HASH_ON_OPEN_BYTES:
+            return None
+        if bytes_sha256(path) != recorded:
+            return f"{path}: checksum mismatch: the file was replaced or damaged since the index was written"
+        return None
+
+    # ---- what is in it ----------------------------------------------------------------------
+    @property
+    def families(self) -> dict[str, FamilyInfo]:
+        return self.manifest.families
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest.layers)
+
+    def __len__(self) -> int:
+        return self.manifest.rows
+
+    @contextmanager
+    def h5(self) -> Iterator[h5py.File]:
+        """``vectors.h5`` opened for reading; a damaged file is one :class:`IndexFileError` line."""
+        path = inside(self.root, VECTORS)
+        try:
+            with h5py.File(path, "r") as f:
+                yield f
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise IndexFileError(f"{path}: cannot be read ({reason}); run `actindex verify {self.root}`") from None
+
+    @cached_property
+    def table(self) -> RowTable:
+        """The per-row table, read once."""
+        with self.h5() as f:
+            raw = {key: f[key][()] for key in ("ids", "loss", "valid", "n_tokens", "n_response")}
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw.pop("ids")]
+        return RowTable(ids=ids, **raw)
+
+    def ids(self) -> list[str]:
+        return self.table.ids
+
+    def records(self, rows: list[int] | np.ndarray) -> list[dict[str, Any]]:
+        """The original training rows (all their fields) at the given row numbers."""
+        rows = [int(r) for r in rows]
+        if not rows:
+            return []
+        order = np.argsort(rows)
+        with self.h5() as f:
+            values = f["record"][np.asarray(rows)[order]]
+        out: list[Any] = [None] * len(rows)
+        for pos, value in zip(order, values):
+            out[pos] = json.loads(value.decode() if isinstance(value, bytes) else value)
+        return out
+
+    def vectors(self, family: str, rows: list[int] | np.ndarray | None = None) -> np.ndarray:
+        """Stored vectors of a family (float32), all rows or the given ones."""
+        self.check_family(family)
+        with self.h5() as f:
+            ds = f[f"vectors/{family}"]
+            if rows is None:
+                return ds[()].astype(np.float32)
+            rows = np.asarray(rows, dtype=np.int64)
+            order = np.argsort(rows)
+            out = np.empty((len(rows), ds.shape[1]), np.float32)
+            out[order] = ds[rows[order]]
+            return out
+
+    def check_family(self, family: str) -> None:
+        """Refuse, in one line, a family the index does not hold."""
+        if family not in self.families:
+            have = ", ".join(self.families)
+            raise IndexFileError(f"{self.root} has no vector family {family!r} (it has: {have})")
+
+    def faiss_index(self, family: str) -> Any:
+        """The family's FAISS index, read once and checked against ``vectors.h5``: its bytes (small files),
+        dimension and row count, and :data:`SPOT_CHECK_ROWS` sampled rows whose vectors must be the stored
+        ones (a FAISS file copied in from another index, or damaged, is refused)."""
+        self.check_family(family)
+        if family not in self._faiss:
+            self._faiss[family] = self._checked_faiss(family)
+        return self._faiss[family]
+
+    def _checked_faiss(self, family: str) -> Any:
+        info = self.families[family]
+        path = inside(self.root, info.faiss)
+        problem = self.file_problem(info.faiss) if path.is_file() else None
+        if problem:  # hashed before FAISS parses it: a damaged header can ask for absurd allocations
+            raise IndexFileError(f"{problem}; run `actindex verify {self.root}`")
+        try:
+            index = read_faiss_index(path)
+        except IndexFileError as err:
+            raise IndexFileError(f"{err}; run `actindex verify {self.root}`") from None
+        valid = self.table.searchable
+        if index.d != info.dim:
+            problem = f"has dimension {index.d}, the family {family!r} {info.dim}"
+        elif index.ntotal != len(valid):
+            problem = f"holds {index.ntotal} rows, but {len(valid)} rows of vectors.h5 are valid"
+        else:
+            rng = np.random.default_rng(zlib.crc32(family.encode()))
+            sample = np.sort(rng.choice(valid, min(SPOT_CHECK_ROWS, len(valid)), replace=False))
+            wrong = rows_disagree(index, sample, self.vectors(family, sample))
+            if len(wrong):
+                problem = f"disagrees with vectors.h5 at row {int(wrong[0])} (copied from another index or damaged)"
+        if problem:
+            raise IndexFileError(f"{path}: FAISS index {problem}; run `actindex verify {self.root}`")
+        return index
+
+    # ---- verbs ------------------------------------------------------------------------------
+    def search(
+        self, vector: np.ndarray, k: int = 10, family: str | None = None, bottom: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(scores, rows)`` 1-D arrays.
+
+        ``k = 0`` returns every valid row. ``family`` defaults to the only/first family.
+        """
+        family = family or next(iter(self.families))
+        index = self.faiss_index(family)
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if vector.shape[1] != index.d:
+            raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {index.d}")
+        scores, rows = (search_bottom if bottom else search)(index, vector, k)
+        keep = rows[0] >= 0
+        scores, rows = scores[0][keep], rows[0][keep]
+        if len(scores) and not (np.isfinite(scores).all() and np.abs(scores).max() <= MAX_COSINE):
+            worst = scores[~(np.isfinite(scores) & (np.abs(scores) <= MAX_COSINE))][0]
+            raise IndexFileError(
+                f"{self.root}: the FAISS index of {family!r} returned the impossible cosine {worst:.4g}: it is "
+                f"damaged; run `actindex verify {self.root}`"
+            )
+        return scores, rows
+
+    def measured_recall(self, family: str, k: int = 10, queries: int = 200) -> tuple[str, float]:
+        """``(description, recall@k)`` of a family's FAISS index: its factory and query-time parameters, and
+        :func:`~actindex.index.search.measured_recall` over its stored rows (exact ``Flat`` indexes are not
+        measured: their recall is 1 by construction)."""
+        from actindex.index.search import measured_recall, search_params
+
+        kind = self.families[family].faiss_factory
+        if kind == "Flat":
+            return "Flat (exact)", 1.0
+        index = self.faiss_index(family)
+        params = search_params(index)
+        if params:
+            kind += " (" + ", ".join(f"{key} {value}" for key, value in params.items()) + ")"
+        with self.h5() as f:
+            recall = measured_recall(index, f[f"vectors/{family}"], f["valid"][()], k, queries)
+        return kind, recall
+
+    def cosines(self, vector: np.ndarray, family: str, rows: np.ndarray) -> np.ndarray:
+        """Cosine of ``vector`` with the stored vectors of ``rows`` (exact, from vectors.h5)."""
+        return normalise(self.vectors(family, rows)) @ normalise(vector)[0]
+
+    def projections(self, vector: np.ndarray, family: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """``<v_i, psi / ||psi||>`` of the raw stored vectors of ``rows`` (default: every searchable row)."""
+        rows = self.table.searchable if rows is None else rows
+        return self.vectors(family, rows) @ (vector / np.linalg.norm(vector))
+
+
+def layout_problem(root: Path, manifest: Manifest) -> str | None:
+    """The first way the manifest's promises disagree with ``vectors.h5`` (cheap: shapes only), or ``None``:
+    ``rows`` rows in every per-row dataset, ``(rows, dim)`` per family, and layers that match the families
+    (every per-layer family at a listed layer, every listed layer inside the model)."""
+    problem = structure_problem(manifest.to_dict())
+    if problem:
+        return f"{root / MANIFEST}: {problem}"
+    rows = manifest.rows
+    try:
+        with h5py.File(inside(root, VECTORS), "r") as f:
+            if "ids" not in f or f["ids"].shape != (rows,):
+                have = f["ids"].shape[0] if "ids" in f else "no"
+                return f"{root / VECTORS}: holds {have} rows, the manifest says {rows}"
+            for name, info in manifest.families.items():
+                key = f"vectors/{name}"
+                if key not in f or f[key].shape != (rows, info.dim):
+                    shape = f[key].shape if key in f else "nothing"
+                    expected = (rows, info.dim)
+                    return f"{root / VECTORS}: family {name!r} has shape {shape}, the manifest says {expected}"
+    except (OSError, RuntimeError, KeyError, ValueError) as err:  # h5py's errors for a damaged file
+        return f"{root / VECTORS}: cannot be read as HDF5 ({(str(err).splitlines() or ['?'])[0]})"
+    return None

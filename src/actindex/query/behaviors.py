@@ -1,0 +1,262 @@
+"""Stage 7a — behaviours: what a query asks about (DESIGN section 4).
+
+A behaviour is a set of contrastive pairs ``{prompt, treatment, control}`` (the treatment shows
+the trait, the control does not) or a persona spec ``{instruction: [{pos, neg}], questions}``: a
+built-in name (``hallucination``), a pairs JSONL file or a persona JSON file (:func:`load_behavior`).
+:func:`complete_behavior` fills in what the behaviour leaves out with the model (missing controls,
+persona responses) once, at the API boundary, returning a completed copy; the query methods
+(:mod:`actindex.query.methods`) then turn it into query vectors.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from actindex.errors import ActindexError, DataError
+
+if TYPE_CHECKING:
+    from actindex.core.models import LoadedModel
+
+MAX_NEW_TOKENS = 64
+
+
+# --------------------------------------------------------------------------------------------
+# Behaviours
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    """One contrastive pair; ``system`` is the system prompt used for the persona method."""
+
+    prompt: str
+    treatment: str
+    control: str | None
+    line: int = 0
+    control_generated: bool = False
+
+
+@dataclass
+class PersonaSpec:
+    """Positive/neutral system-prompt pairs and the questions asked under each."""
+
+    instructions: list[tuple[str, str]]
+    questions: list[str]
+    responses: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Behavior:
+    name: str
+    description: str = ""
+    pairs: list[Pair] = field(default_factory=list)
+    persona: PersonaSpec | None = None
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+    complete: bool = False  # controls and persona responses filled in (:func:`complete_behavior`)
+
+
+def _catalog() -> dict[str, dict[str, str]]:
+    text = resources.files("actindex").joinpath("resources/behaviors/catalog.json").read_text()
+    return json.loads(text)
+
+
+def builtin_behaviors() -> dict[str, str]:
+    """Built-in behaviour names and their one-line descriptions."""
+    return {name: entry["description"] for name, entry in sorted(_catalog().items())}
+
+
+def load_behavior(spec: str) -> Behavior:
+    """A built-in name (``hallucination``) or a path to a pairs JSONL / persona JSON file."""
+    catalog = _catalog()
+    if spec in catalog:
+        entry = catalog[spec]
+        resource = resources.files("actindex").joinpath(f"resources/behaviors/{entry['file']}")
+        with resources.as_file(resource) as path:
+            behavior = _load_file(Path(path), spec)
+        behavior.description = entry["description"]
+        behavior.source = f"built-in:{spec}"
+        return behavior
+    path = Path(spec)
+    if not path.exists():
+        names = ", ".join(sorted(catalog))
+        raise ActindexError(f"unknown behaviour {spec!r}: not a file and not a built-in ({names})")
+    return _load_file(path, path.stem)
+
+
+def _load_file(path: Path, name: str) -> Behavior:
+    """A behaviour file: a persona spec (``.json``) or contrastive pairs (JSONL, parquet...)."""
+    if path.suffix == ".json":
+        return Behavior(name=name, persona=load_persona(path), source=str(path))
+    return Behavior(name=name, pairs=load_pairs(path), source=str(path))
+
+
+def load_pairs(path: Path) -> list[Pair]:
+    """Contrastive pairs from JSONL; every error names the file, line and field."""
+    from actindex.core.readers import iter_records
+
+    pairs = []
+    for line, record in iter_records(path):
+        values = {}
+        for key in ("prompt", "treatment"):
+            value = record.get(key)
+            if not isinstance(value, str) or not value.strip():
+                problem = "is missing" if value is None else "must be a non-empty string"
+                raise DataError(path, line, key, problem)
+            values[key] = value
+        control = record.get("control")
+        if control is not None and (not isinstance(control, str) or not control.strip()):
+            raise DataError(path, line, "control", "must be a non-empty string (or absent, to generate one)")
+        pairs.append(Pair(values["prompt"], values["treatment"], control, line))
+    if not pairs:
+        raise DataError(path, None, None, "behaviour file has no usable pairs")
+    return pairs
+
+
+#: the fields of each ``responses`` entry of a persona spec (``pos_system``/``neg_system`` are optional)
+PERSONA_RESPONSE_FIELDS = ("question", "pos", "neg")
+
+
+def _read_persona_json(path: Path) -> Any:
+    """The JSON value of a persona file, or a one-line :class:`DataError` (not UTF-8, malformed, too deep)."""
+    from actindex.core.readers import check_file_kind
+
+    try:
+        check_file_kind(path)
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, None, None, f"cannot read the file ({err.strerror or type(err).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        problem = f"not valid UTF-8 (byte 0x{raw[err.start]:02x}); save it as UTF-8"
+        raise DataError(path, line, None, problem) from None
+    if text.startswith("\ufeff"):
+        raise DataError(path, 1, None, "the file starts with a byte order mark (BOM); save it as UTF-8 without BOM")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(path, err.lineno, None, f"malformed JSON ({err.msg})") from None
+    except RecursionError:
+        raise DataError(path, None, None, "malformed JSON (nested too deeply)") from None
+    except ValueError:  # an integer longer than Python converts
+        raise DataError(path, None, None, "malformed JSON (a number has too many digits)") from None
+
+
+def load_persona(path: Path) -> PersonaSpec:
+    """A persona spec: ``instruction`` = [{pos, neg}], ``questions`` (or ``extract_questions``, the
+    persona_vectors name), optional ``responses`` = [{question, pos, neg, pos_system, neg_system}]
+    (generated when absent; the system prompts default to the instruction pair when there is one).
+
+    Every problem is a one-line :class:`DataError` naming the file and the field (``responses[2].pos``).
+    """
+    from actindex.core.rows import json_type
+
+    spec = _read_persona_json(path)
+    if not isinstance(spec, dict):
+        raise DataError(path, None, None, f"a persona spec must be a JSON object, got {json_type(spec)}")
+    instructions = spec.get("instruction")
+    if not isinstance(instructions, list) or not instructions:
+        raise DataError(path, None, "instruction", "expected a non-empty list of {pos, neg} objects")
+    pairs = []
+    for i, item in enumerate(instructions):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("pos", "neg")):
+            raise DataError(path, None, f"instruction[{i}]", "expected an object with string 'pos' and 'neg'")
+        pairs.append((item["pos"], item["neg"]))
+    key = "extract_questions" if "questions" not in spec and "extract_questions" in spec else "questions"
+    questions = spec.get(key)
+    if not isinstance(questions, list) or not questions:
+        got = "is missing" if key not in spec else f"got {_describe(questions)}"
+        alias = " ('extract_questions', the persona_vectors name, is accepted too)" if key == "questions" else ""
+        raise DataError(path, None, key, f"expected a non-empty list of question strings{alias}; {got}")
+    for i, question in enumerate(questions):
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(path, None, f"{key}[{i}]", f"expected a non-empty string, got {_describe(question)}")
+    responses = spec.get("responses")
+    responses = [] if responses is None else responses
+    if not isinstance(responses, list):
+        raise DataError(path, None, "responses",
+                        f"expected a list of {{question, pos, neg}} objects (or no field, to generate them), "
+                        f"got {json_type(responses)}")
+    for i, entry in enumerate(responses):
+        if not isinstance(entry, dict):
+            raise DataError(path, None, f"responses[{i}]",
+                            f"expected an object with 'question', 'pos' and 'neg', got {json_type(entry)}")
+        for name in PERSONA_RESPONSE_FIELDS:
+            value = entry.get(name)
+            if name not in entry:
+                raise DataError(path, None, f"responses[{i}].{name}", "is missing")
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(path, None, f"responses[{i}].{name}", f"expected a non-empty string, got "
+                                f"{_describe(value)}")
+        for name, default in zip(("pos_system", "neg_system"), pairs[0]):
+            if name not in entry and len(pairs) == 1:
+                entry = responses[i] = {**entry, name: default}  # the only instruction pair
+            if name not in entry:
+                raise DataError(path, None, f"responses[{i}].{name}",
+                                "is missing (it names the system prompt; needed when 'instruction' has several pairs)")
+            if not isinstance(entry[name], str):
+                problem = f"expected a string, got {json_type(entry[name])}"
+                raise DataError(path, None, f"responses[{i}].{name}", problem)
+    return PersonaSpec(instructions=pairs, questions=questions, responses=responses)
+
+
+def _describe(value: Any) -> str:
+    """How a wrong value looks, for error messages: ``a blank string``, ``an empty array`` or its JSON type."""
+    from actindex.core.rows import json_type
+
+    if isinstance(value, str) and not value.strip():
+        return "a blank string"
+    return "an empty array" if value == [] else json_type(value)
+
+
+def resolve_behavior(spec: str | Behavior, lm: LoadedModel) -> Behavior:
+    """The completed behaviour for a name, a file or a :class:`Behavior` (:func:`complete_behavior`):
+    what every entry point (query, report, filter, correct, detect) calls once."""
+    return complete_behavior(load_behavior(spec) if isinstance(spec, str) else spec, lm)
+
+
+def complete_behavior(behavior: Behavior, lm: LoadedModel) -> Behavior:
+    """A completed copy of ``behavior``: missing controls generated with the model (greedy), and a
+    persona spec's responses generated under each system prompt and turned into pairs (question,
+    response under the positive prompt, response under the neutral prompt), so every pair method works
+    on it. The argument is not changed; a completed behaviour comes back as it is.
+    """
+    if behavior.complete:
+        return behavior
+    behavior = copy.deepcopy(behavior)
+    missing = [p for p in behavior.pairs if p.control is None]
+    if missing:
+        from actindex.core.models import generate
+
+        answers = generate(lm, [[{"role": "user", "content": p.prompt}] for p in missing], MAX_NEW_TOKENS)
+        for pair, answer in zip(missing, answers):
+            pair.control, pair.control_generated = answer, True
+        behavior.notes.append(f"generated {len(missing)} control response(s) with the model (greedy)")
+    if behavior.persona is not None and not behavior.pairs:
+        persona = behavior.persona
+        if not persona.responses:
+            convs = []
+            for pos, neg in persona.instructions:
+                for q in persona.questions:
+                    for system in (pos, neg):
+                        convs.append([{"role": "system", "content": system}, {"role": "user", "content": q}])
+            from actindex.core.models import generate
+
+            answers = iter(generate(lm, convs, MAX_NEW_TOKENS))
+            for pos, neg in persona.instructions:
+                for q in persona.questions:
+                    pos_answer, neg_answer = next(answers), next(answers)
+                    persona.responses.append(
+                        {"question": q, "pos_system": pos, "neg_system": neg, "pos": pos_answer, "neg": neg_answer}
+                    )
+            behavior.notes.append(f"generated {2 * len(persona.responses)} persona response(s) with the model")
+        behavior.pairs = [Pair(r["question"], r["pos"], r["neg"]) for r in persona.responses]
+    behavior.complete = True
+    return behavior
