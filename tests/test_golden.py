@@ -108,11 +108,12 @@ def test_golden_figures(tmp_path):
     assert_matches(json.loads(json.dumps(golden_results(tmp_path))), json.loads(GOLDEN.read_text()))
 
 
-if __name__ == "__main__":  # python tests/test_golden.py --write
+if __name__ == "__main__":  # python tests/test_golden.py --write [PATH]
     import tempfile
 
-    if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python tests/test_golden.py --write")
+    if sys.argv[1:2] != ["--write"] or len(sys.argv) > 3:
+        sys.exit("usage: python tests/test_golden.py --write [PATH]   (default PATH: tests/data/golden.json)")
+    target = Path(sys.argv[2]) if len(sys.argv) == 3 else GOLDEN
     with tempfile.TemporaryDirectory() as work:
-        GOLDEN.write_text(json.dumps(golden_results(Path(work)), indent=1) + "\n")
-    print(f"wrote {GOLDEN}")
+        target.write_text(json.dumps(golden_results(Path(work)), indent=1) + "\n")
+    print(f"wrote {target}")
