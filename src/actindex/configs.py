@@ -12,7 +12,7 @@ This module imports nothing heavy: the CLI reads the configs without loading tor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, Field, field, fields
+from dataclasses import Field, field, fields
 from typing import Any
 
 from actindex.errors import ActindexError
@@ -72,30 +72,6 @@ def check_choices(config: Any) -> None:
             raise ActindexError(f"{name} must be at least {minimum:g}, got {value}")
 
 
-def check_positive(config: Any, *names: str, minimum: float = 1) -> None:
-    """One-line error for the first named field below ``minimum`` (``None`` passes)."""
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and value < minimum:
-            raise ActindexError(f"{flag(name)} must be at least {minimum:g}, got {value}")
-
-
 def flag(name: str) -> str:
     """``max_length`` -> ``--max-length``."""
     return "--" + name.replace("_", "-")
-
-
-def default_of(cls: type, name: str) -> Any:
-    """The default value of a config field."""
-    for f in fields(cls):
-        if f.name == name:
-            return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
-    raise KeyError(name)
-
-
-def help_of(cls: type, name: str) -> str:
-    """The help text of a config field (used by the CLI so both stay in one place)."""
-    for f in fields(cls):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(name)

@@ -11,7 +11,7 @@ query vector psi, or the projection ``<a_l(x), psi>`` for the activation baselin
 
 The output keeps the input format. A JSONL file is copied line by line: every kept row's line is
 byte-identical to the input (blank lines are kept too; what is a blank line and what a row is decided
-by :func:`actindex.data.jsonl_lines`, the rule the loader uses); parquet stays parquet with the input
+by :func:`actindex.core.readers.jsonl_lines`, the rule the loader uses); parquet stays parquet with the input
 schema; a Hugging Face ``save_to_disk`` directory stays one: a ``DatasetDict`` keeps every split, and
 only the split the index was built from (recorded in the manifest) is filtered. Rows the index did not score
 (rows past ``--limit``, rows excluded as non-finite or too long) are kept. A sidecar
@@ -31,14 +31,16 @@ import re
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actindex.api import Index
 from actindex.configs import option
 from actindex.core.readers import file_sha256, jsonl_lines, resolve_data_path
 from actindex.errors import ActindexError, DataError, IndexFileError
 from actindex.files import atomic_file, atomic_write_text, fresh_temp
 from actindex.query.methods import DEFAULT_METHOD
+
+if TYPE_CHECKING:
+    from actindex.api import Index
 
 SIDECAR_SUFFIX = ".removed.jsonl"
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
@@ -119,7 +121,7 @@ class Source:
     """One data file an index was built from: its rows are index rows ``first_row .. first_row + rows - 1``.
 
     ``split`` is the ``DatasetDict`` split the rows were read from (``None`` for a file, or for a
-    manifest that predates the field: then the default rule of :func:`actindex.data.choose_split`).
+    manifest that predates the field: then the default rule of :func:`actindex.core.readers.choose_split`).
     """
 
     path: Path
@@ -166,7 +168,7 @@ def _format(path: Path) -> str:
 def _jsonl_lines(path: Path, keep: set[int], rows: int) -> tuple[list[bytes], int]:
     """The raw lines of a JSONL file minus the records (0-based) not in ``keep``, and how many records remain.
 
-    Lines are told apart exactly as the loader tells them (:func:`actindex.data.jsonl_lines`): a
+    Lines are told apart exactly as the loader tells them (:func:`actindex.core.readers.jsonl_lines`): a
     blank line is copied and is not a record. Records past ``rows`` (not indexed: ``--limit``) are kept.
     """
     lines: list[bytes] = []
@@ -277,6 +279,8 @@ def filter_dataset(
     manifest names is loaded) or an index directory. Other settings are :class:`FilterConfig` fields.
     """
     config = config or FilterConfig(behavior=behavior or "", remove_top=remove_top, out=str(out), **kwargs)
+    from actindex.api import Index
+
     idx = index if isinstance(index, Index) else Index.open(index)
     out_path = Path(config.out)
     sources = data_sources(idx, config.data)

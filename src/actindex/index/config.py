@@ -32,9 +32,9 @@ class BuildConfig:
         "(layers 12, 18, 24, 27 of SmolLM2-135M's 30), which the default query method fuses.",
         None,
     )
-    max_length: int = option("Tokens per row; longer rows are truncated and counted.", 512)
-    batch_size: int = option("Rows per forward/backward pass.", 8)
-    limit: int | None = option("Index only the first N rows.", None)
+    max_length: int = option("Tokens per row; longer rows are truncated and counted.", 512, minimum=1)
+    batch_size: int = option("Rows per forward/backward pass.", 8, minimum=1)
+    limit: int | None = option("Index only the first N rows.", None, minimum=1)
     split: str | None = option(
         "Split of a save_to_disk DatasetDict to index (default: train if present, else the only split; "
         "the split is recorded in the manifest and filter reads the same one).",
@@ -61,7 +61,7 @@ class BuildConfig:
         "linear module in the decoder blocks).",
         None,
     )
-    grad_k: int = option("Projection size per side: each tracked module contributes k*k dims.", 8)
+    grad_k: int = option("Projection size per side: each tracked module contributes k*k dims.", 8, minimum=1)
     seed: int = option("Seed of the random projections.", 0)
     store_dtype: str = option("Storage dtype of the vectors.", "float32", choices=STORE_DTYPES)
     faiss_factory: str = option(
@@ -70,7 +70,7 @@ class BuildConfig:
         "auto",
     )
     faiss_train_rows: int = option("Rows sampled (seeded) to train a FAISS factory that needs training (IVF, PQ).",
-                                  100_000)
+                                  100_000, minimum=1)
     shard: str | None = option(
         "Build only shard I of N (I/N, 0-based) of the rows: a contiguous block, for scheduler array jobs; "
         "join the shards with `actindex merge`.",
@@ -82,7 +82,7 @@ class BuildConfig:
         False,
     )
     skip_long: bool = option("Exclude rows longer than --max-length instead of truncating them.", False)
-    part_size: int = option("Rows per committed part (the unit a killed build resumes from).", 256)
+    part_size: int = option("Rows per committed part (the unit a killed build resumes from).", 256, minimum=1)
     overwrite: bool = option("Start over even if DIR holds a complete or unfinished index.", False)
     trust_remote_code: bool = option("Allow model repositories to run their own code.", False)
 
@@ -91,13 +91,6 @@ class BuildConfig:
             raise ActindexError("build needs --data FILE")
         if not self.out:
             raise ActindexError("build needs --out DIR")
-        for name in ("max_length", "batch_size", "grad_k", "part_size"):
-            if getattr(self, name) < 1:
-                raise ActindexError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise ActindexError(f"--limit must be at least 1, got {self.limit}")
-        if self.faiss_train_rows < 1:
-            raise ActindexError(f"--faiss-train-rows must be at least 1, got {self.faiss_train_rows}")
         if self.shard is not None:
             self.shard_spec()
         if self.append and self.overwrite:

@@ -6,7 +6,7 @@ and an IVF index above (:func:`resolve_factory`); any FAISS factory string (``Fl
 ``IVF1024,Flat``, ``HNSW32``, ``IVF4096,PQ64``...) can be given instead. A factory that
 needs training (IVF, PQ) is trained on a seeded uniform sample of at most ``train_rows`` valid rows;
 rows are then read and normalised in blocks. A build writes a flat-coded index (``Flat``, ``SQ8``,
-``PQ``...) to disk block by block (:func:`write_faiss_index_from_rows`, :mod:`actindex.faiss_stream`),
+``PQ``...) to disk block by block (:func:`write_faiss_index_from_rows`, :mod:`actindex.index.faiss_stream`),
 so its memory does not grow with the rows; IVF and HNSW indexes are built in memory, then written.
 
 Approximate indexes trade recall for speed: ``nprobe`` (IVF: inverted lists visited per query) and
@@ -89,22 +89,6 @@ def train_sample(candidates: np.ndarray, train_rows: int | None) -> np.ndarray:
     if len(candidates) <= limit:
         return candidates
     return np.sort(np.random.default_rng(0).choice(candidates, limit, replace=False))
-
-
-def build_faiss_index(
-    vectors: np.ndarray, row_ids: np.ndarray, factory: str = "Flat", train_rows: int | None = None
-) -> faiss.Index:
-    """An inner-product FAISS index over the normalised in-memory ``vectors``, with ids ``row_ids``."""
-    dim = vectors.shape[1]
-    data = normalise(vectors) if len(vectors) else np.zeros((0, dim), np.float32)
-    inner = new_faiss_index(dim, factory)
-    if not inner.is_trained:
-        if len(data) == 0:
-            raise ActindexError(f"--faiss-factory {factory!r} needs training rows, but no row is valid")
-        inner.train(data[train_sample(np.arange(len(data)), train_rows)])
-    index = faiss.IndexIDMap2(inner)
-    index.add_with_ids(data, np.asarray(row_ids, dtype=np.int64))
-    return index
 
 
 def trained_faiss_index(

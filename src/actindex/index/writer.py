@@ -289,7 +289,7 @@ def write_index(
 
     ``vectors.h5`` is written to a temporary name and renamed. FAISS: a new index per family
     (``faiss_factory``, trained on at most ``faiss_train_rows`` sampled rows; streamed to disk block
-    by block when flat-coded, :func:`~actindex.search.write_faiss_index_from_rows`); or, with
+    by block when flat-coded, :func:`~actindex.index.search.write_faiss_index_from_rows`); or, with
     ``extend_from`` = N, the existing ``faiss/`` files (first moved to ``base_faiss``) extended
     with the valid rows from N on. ``manifest`` gets rows, families, checksums and timestamps.
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from actindex.configs import check_choices, check_positive, option
+from actindex.configs import check_choices, option
 from actindex.errors import ActindexError
 from actindex.query.curvature.kinds import kind_names
 
@@ -22,7 +22,7 @@ class CurvatureConfig:
     """Settings of ``actindex fit-curvature``."""
 
     kind: str = option("Which factors to fit (both = every kind).", "ekfac", choices=_kinds_or_both)
-    samples: int = option("Training rows sampled (seeded, without replacement) to fit the factors.", 256)
+    samples: int = option("Training rows sampled (seeded, without replacement) to fit the factors.", 256, minimum=1)
     modules: list[str] | None = option(
         "EK-FAC modules as fnmatch patterns (default: the modules of the index's projected-gradient family, "
         "else the LoRA adapters, else every linear module of the decoder blocks).",
@@ -32,12 +32,11 @@ class CurvatureConfig:
                            choices=SUBLAYERS)
     empirical_fisher: bool = option("Use the data's own labels (empirical Fisher) instead of sampled labels.", False)
     damping: float | None = option("Damping lambda added to every eigenvalue (default 0.1 x mean(Lambda)).", None)
-    batch_size: int = option("Rows per forward/backward pass.", 8)
+    batch_size: int = option("Rows per forward/backward pass.", 8, minimum=1)
     seed: int = option("Seed of the row sample and the sampled labels.", 0)
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_positive(self, "samples", "batch_size")
         if self.damping is not None and not (math.isfinite(self.damping) and self.damping >= 0):
             raise ActindexError(f"--damping must be a non-negative number, got {self.damping}")
 

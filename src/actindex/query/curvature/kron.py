@@ -49,6 +49,11 @@ class KronEigen:
         return q @ torch.diag(diag) @ q.T
 
 
+def row_gradients(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-row weight gradients ``G_b = sum_t delta_{b,t} a_{b,t}^T`` (B, O, I), float64."""
+    return torch.einsum("bto,bti->boi", delta.double(), a.double())
+
+
 def eigh64(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (clipped at 0) and eigenvectors of a symmetric PSD matrix, in float64."""
     m = m.double()

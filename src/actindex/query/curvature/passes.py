@@ -40,7 +40,7 @@ def capture(
     ``a`` is the module's input and ``delta = dL/ds`` the gradient of ``L = sum_b L(x_b)`` with
     respect to its output ``s``. Rows do not interact, so row ``b``'s ``delta`` is ``dL(x_b)/ds``
     and ``sum_t delta_t a_t^T`` is its weight gradient.
-    ``sample`` draws the labels from the model (true Fisher), see :func:`~actindex.vectors.sequence_losses`.
+    ``sample`` draws the labels from the model (true Fisher), see :func:`~actindex.core.vectors.sequence_losses`.
     """
     linears = LinearCapture(model, names)
     with torch.enable_grad():
@@ -55,11 +55,6 @@ def capture(
         delta = torch.zeros_like(s) if g is None else g.detach() * mask
         out[name] = (a, delta)
     return out
-
-
-def row_gradients(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Per-row weight gradients ``G_b = sum_t delta_{b,t} a_{b,t}^T`` (B, O, I), float64."""
-    return torch.einsum("bto,bti->boi", delta.double(), a.double())
 
 
 def progress_bar(total: int, desc: str, progress: bool) -> tqdm:

@@ -32,7 +32,7 @@ class EkfacFit(CurvatureFit):
         self.sequences = 0
 
     def add(self, number: int, captured: dict[str, tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
-        from actindex.query.curvature.passes import row_gradients
+        from actindex.query.curvature.kron import row_gradients
 
         if number == 0:
             for name in self.names:

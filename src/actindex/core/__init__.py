@@ -1,0 +1,11 @@
+"""Core: from a training row to its cached vectors (DESIGN sections 2-3).
+
+    rows.py       what a training row is (shapes, turn order, ids), checked before any model loads
+    readers.py    rows from JSONL, parquet or a save_to_disk directory, streamed part by part
+    encode.py     token ids and the loss mask, exactly as the model was trained on the row
+    models.py     loading a causal LM, its decoder layers, its weights fingerprint
+    capture.py    forward hooks (context managers) that keep the tensors the vectors are made of
+    families/     the vector families, one registered class per file (residual change, pooled, mean
+                  activation, projected gradient): their formulas
+    vectors.py    one forward and backward pass over a batch gives every family's vectors
+"""
