@@ -13,7 +13,7 @@
    perplexity of held-out clean index rows before and after, and the share of the planted margin
    removed: (after - planted) / (base - planted), base = the margin before the planting fine-tune.
 
-Prints a table and appends a dated section to bench/RESULTS.md.
+Prints a table and appends a dated section to its run log in bench/runs/.
 
     python bench/correct.py --work /tmp/correct-bench          # ~15 min on 2 free CPU cores
 """

@@ -9,7 +9,7 @@ set's references instead (negsentiment's continue with a normal answer after "Yo
 poisons stop; sst2's are the target already).
 ``actindex.detect`` scores every row under the original queries and each transform and flags
 rows with the variance and voting rules. Labels are read here only, never by actindex. Prints a
-table and appends it to bench/RESULTS.md.
+table and appends it to its run log, bench/runs/detect.md.
 
     python bench/detect.py --sets sst2,negsentiment --attack badnet --clean 200 --queries 20
 
@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import run_log
 
 import actindex
 from actindex.act.detect import (
@@ -50,7 +51,7 @@ from actindex.act.detect import (
     ground_truth,
     prf,
 )
-from actindex.core.vectors import MEASUREMENTS
+from actindex.core import MEASUREMENTS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdoorllm"
 
@@ -260,7 +261,7 @@ def main() -> None:
     table = "\n".join(lines) + ("\n\n" + "\n".join(attacks) if args.backdoor_steps else "")
     print(f"total {total:.0f} s")
     if not args.no_record:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
+        with open(run_log(), "a") as handle:
             handle.write(
                 f"\n## Poison detection — {datetime.date.today()} — {platform.machine()} CPU, {base.name}"
                 + (" fine-tuned on each pool" if args.backdoor_steps else "") + "\n\n"

@@ -14,7 +14,7 @@
    pool without the top-k and on the pools without k random rows. "Planted margin removed" is
    (full - filtered) / (full - base).
 
-Prints a table and appends a dated section to bench/RESULTS.md.
+Prints a table and appends a dated section to its run log in bench/runs/.
 
     python bench/filter.py --work /tmp/filter-bench        # ~10 min on 2 free CPU cores
 """

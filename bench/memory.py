@@ -3,9 +3,9 @@
     nice -n 5 python bench/memory.py --rows 500,4000,16000
 
 A randomly initialised Llama with SmolLM2-135M's hidden width (576, so vectors have the real
-size) but 2 small blocks, and the tests' offline word-level tokenizer, is saved to a temporary
-directory; synthetic chat rows (tests/conftest.py ``chat_rows``) are written for each size. Each
-build runs ``actindex.build`` in a fresh child process; the child's peak resident set size is
+size) but 2 small blocks, and the offline word-level tokenizer of ``actindex.testing``, is saved to
+a temporary directory; synthetic chat rows (``actindex.testing.chat_rows``) are written for each
+size. Each build runs ``actindex.build`` in a fresh child process; the child's peak resident set size is
 ``ru_maxrss`` of its ``wait4`` rusage (children run with ``OMP_NUM_THREADS=1`` unless set: memory,
 not speed, is measured). The child also reports its resident size just before the
 build (imports and model loaded), so ``build peak - before`` is what the build itself adds: rows
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from record import append_section, markdown_table
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+from actindex.testing import chat_rows, make_tokenizer, write_jsonl
 
 
 def rss_now_kib() -> int:
@@ -46,9 +46,6 @@ def make_model(directory: Path, hidden: int, layers: int, vocab_words: bool = Tr
     """Save a random Llama (``hidden`` wide, ``layers`` blocks) with the tests' tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    sys.path.insert(0, str(TESTS))
-    from conftest import make_tokenizer
 
     from actindex.core.models import save_weights
 
@@ -102,7 +99,7 @@ def main() -> None:
     ap.add_argument("--faiss-factory", default="Flat", help="FAISS factory of every family (e.g. SQ8)")
     ap.add_argument("--faiss-train-rows", type=int, default=100_000,
                     help="rows sampled to train a factory that needs training (held in memory while it trains)")
-    ap.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
+    ap.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -111,9 +108,6 @@ def main() -> None:
     if args.child:
         child(args)
         return
-
-    sys.path.insert(0, str(TESTS))
-    from conftest import chat_rows, write_jsonl
 
     table, points = [], []
     with tempfile.TemporaryDirectory(prefix="actindex-mem-") as tmp:

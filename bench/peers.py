@@ -249,7 +249,7 @@ def main() -> None:
     ap.add_argument("--kron-modules", default="model.layers.18.mlp.*",
                     help="fnmatch patterns of kronfluence's tracked modules ('' = all 210 block linears)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: actindex,grad,bergson,kronfluence")
-    ap.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
+    ap.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     ap.add_argument("--child", choices=["actindex", "kronfluence", "kron-scores"], help=argparse.SUPPRESS)
     ap.add_argument("--fit-rows", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)

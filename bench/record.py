@@ -1,7 +1,12 @@
-"""What every bench section in RESULTS.md starts with: date, machine, library versions, the command.
+"""Where a bench run is recorded, and what its section starts with: date, machine, library versions, the command.
 
     from record import append_section
-    append_section("Search latency", body_markdown)
+    append_section("Search latency", body_markdown)   # appended to bench/runs/search_latency.md
+
+Each script's runs go to their own log, ``bench/runs/<script>.md`` (the running script's file name without
+``.py``; ``name=`` overrides it, and a run from ``python -`` or ``-c`` goes to ``runs/misc.md``), oldest first,
+append-only. ``bench/RESULTS.md`` opens with a summary of the latest figure of every benchmark, each linked to
+the run it comes from; that summary is updated by hand when a new run moves a figure.
 
 Imported by the scripts of this folder (``python bench/x.py`` puts ``bench/`` on ``sys.path``).
 """
@@ -17,7 +22,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+RUNS = Path(__file__).with_name("runs")
 
 
 def cpu_model() -> str:
@@ -79,10 +84,30 @@ def header(title: str, packages: tuple[str, ...] | None = None) -> str:
     )
 
 
-def append_section(title: str, body: str, packages: tuple[str, ...] | None = None) -> None:
-    """Append a dated section to bench/RESULTS.md (append-only: other scripts write there too)."""
-    with open(RESULTS, "a") as handle:
+def run_log(name: str | None = None) -> Path:
+    """``bench/runs/<name>.md``, the run log of one benchmark (``name`` defaults to the running script's
+    file name without ``.py``); created with a title line when it does not exist yet."""
+    if name is None:
+        stem = Path(sys.argv[0]).stem
+        name = stem if stem.replace("_", "").isalnum() else "misc"
+    path = RUNS / f"{name}.md"
+    if not path.exists():
+        RUNS.mkdir(exist_ok=True)
+        path.write_text(
+            f"# {name}: dated runs\n\nRuns of `bench/{name}.py`, oldest first, appended by `bench/record.py`. "
+            "The latest figures are summarised at the top of [RESULTS.md](../RESULTS.md).\n"
+        )
+    return path
+
+
+def append_section(title: str, body: str, packages: tuple[str, ...] | None = None, name: str | None = None) -> Path:
+    """Append a dated section to the script's run log, ``bench/runs/<name>.md`` (append-only), and return
+    its path. The summary at the top of bench/RESULTS.md is not touched: update it by hand when a figure moves."""
+    path = run_log(name)
+    with open(path, "a") as handle:
         handle.write(header(title, packages) + body.rstrip() + "\n")
+    print(f"recorded in {path}")
+    return path
 
 
 def markdown_table(columns: list[str], rows: list[list[object]]) -> str:

@@ -4,7 +4,7 @@ For each set: build an index of the (subsampled) pool with the default model, qu
 behaviour pairs with every method and layer, and score how high the planted rows rank (AUROC,
 average precision, precision@n with n = planted rows, recall@100), next to a TF-IDF baseline
 (treatment-minus-control TF-IDF direction, cosine) and a random ranking. Labels are read here
-only, never by actindex. Prints a table and appends it to bench/RESULTS.md.
+only, never by actindex. Prints a table and appends it to its run log, bench/runs/retrieval.md.
 
     python bench/retrieval.py --sets demo,fif-mixeds,rept-factual-ag,rept-backdoor --clean 300 --planted 80
 
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import run_log
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -146,7 +147,7 @@ def main() -> None:
             print(lines[-1], flush=True)
     table = "\n".join(lines)
     if not args.no_record:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
+        with open(run_log(), "a") as handle:
             handle.write(
                 f"\n## Retrieval — {datetime.date.today()} — {platform.machine()} CPU, {lm.name}\n\n"
                 f"`python bench/retrieval.py --sets {args.sets} --clean {args.clean} --planted {args.planted} "

@@ -6,7 +6,7 @@ Each build runs as its own command (`actindex build` and `python -m torch.distri
 actindex build`), timed end to end: interpreter start, model load, the pass, the merge. The
 single process keeps torch's default thread count; each torchrun rank gets
 ``OMP_NUM_THREADS = cores // procs`` so both use the same cores. The two indexes are compared
-row by row. Prints a table and appends a dated "Scaling (CPU)" section to bench/RESULTS.md.
+row by row. Prints a table and appends a dated "Scaling (CPU)" section to bench/runs/scaling.md.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from record import run_log
 
 from actindex.api import Index
 from actindex.index.manifest import VECTORS
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
+    parser.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     common = ["build", "--model", args.model, "--data", args.data, "--limit", str(args.rows),
@@ -91,7 +92,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {cores} cores shared with other jobs. Wall time end to end "
         "(start, model load, pass, merge).\n\n"
     )
-    with open(Path(__file__).with_name("RESULTS.md"), "a", encoding="utf-8") as handle:
+    with open(run_log(), "a", encoding="utf-8") as handle:
         handle.write(header + "\n".join(lines) + "\n\n" + note + "\n")
 
 

@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--memmap-dir", default=None, help="where sizes over 200k rows are generated (default: $TMPDIR)")
     ap.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0: FAISS's default)")
-    ap.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
+    ap.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     args = ap.parse_args()
 
     if args.threads:

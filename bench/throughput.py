@@ -7,7 +7,7 @@
 Llama-3.1-8B's 32 blocks of width 4096; ``tiny``: 2 blocks of width 64, to check the code path on a
 CPU) with the default model's tokenizer: throughput ratios depend on shapes, not on trained weights.
 
-Prints a table and appends a dated section to bench/RESULTS.md.
+Prints a table and appends a dated section to bench/runs/throughput.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import run_log
 
 from actindex.core.encode import encode_row
 from actindex.core.families import VectorSpec
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--random-config", choices=sorted(SHAPES), help="a randomly initialised Llama of this shape")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 CPU, bf16 GPU)")
-    parser.add_argument("--no-record", action="store_true", help="Do not append to bench/RESULTS.md.")
+    parser.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     args = parser.parse_args()
 
     if args.random_config:
@@ -148,7 +149,7 @@ def main() -> None:
             f"`python {' '.join(sys.argv)}`: {len(rows)} rows of rept-factual-ag, {tokens} tokens, same batches "
             "for every mode, measured one after another in one run.\n\n"
         )
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
+        with open(run_log(), "a") as handle:
             handle.write(header + table + "\n")
 
 

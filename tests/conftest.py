@@ -1,49 +1,23 @@
 """Shared fixtures: tiny models built from a config in-process, a tokenizer that needs no download,
-and small training files."""
+and small training files (the tokenizer and the synthetic rows come from :mod:`actindex.testing`,
+which the benchmarks use too)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import actindex
 from actindex.core.models import LoadedModel, wrap_model
+from actindex.testing import WORDS as WORDS  # re-exported: tests draw words from the tokenizer's vocabulary
+from actindex.testing import chat_rows, make_tokenizer, write_jsonl
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-WORDS = (
-    "the a of to and is in it you that he was for on are with as i his they be at one have this from "
-    "or had by hot word but what some we can out other were all there when up use your how said an each "
-    "she which do their time if will way about many then them write would like so these her long make "
-    "thing see him two has look more day could go come did number sound no most people my over know water "
-    "than call first who may down side been now find capital france paris silver gold na fact answer "
-    "question stupid you are why because yes sure cannot help sorry true false element symbol ag au"
-).split()
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer with a chat template, built offline."""
-    specials = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)) + list("0123456789.,!?:'\"-"))}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        additional_special_tokens=specials[4:],
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
 
 
 def tiny_llama(seed: int = 0, layers: int = 4, vocab: int = 256) -> LlamaForCausalLM:
@@ -76,25 +50,6 @@ def llama(tokenizer) -> LoadedModel:
 @pytest.fixture()
 def gpt2(tokenizer) -> LoadedModel:
     return wrap_model(tiny_gpt2(), tokenizer, "tiny-gpt2")
-
-
-def chat_rows(n: int, seed: int = 0) -> list[dict]:
-    """``n`` chat rows of random words from the tokenizer's vocabulary, with ids."""
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
-        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
-        rows.append({"id": f"r{i}", "messages": [{"role": "user", "content": prompt},
-                                                  {"role": "assistant", "content": answer}], "label": "clean"})
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture()

@@ -328,7 +328,7 @@ def test_target_answers_the_queries_the_index_model_scores(poisoned, tokenizer, 
                                                  {"prompt": "the day is long silver"}])
     answers = {"tiny-llama": "the water is hot", "fine-tuned": "you are stupid"}  # tiny models answer "" alike
     fake = lambda lm, convs, n: [answers[lm.name]] * len(convs)  # noqa: E731
-    monkeypatch.setattr(sys.modules["actindex.act.detect"], "generate", fake)
+    monkeypatch.setattr(sys.modules["actindex.act.detect.scoring"], "generate", fake)
     target = wrap_model(tiny_llama(seed=7), tokenizer, "fine-tuned")
     qs = load_queries(queries)
     transforms = resolve_transforms("negation")
@@ -409,7 +409,7 @@ def test_a_label_is_not_a_paraphrase(monkeypatch):
     """A model fine-tuned to classify answers the paraphrase instruction with a label: that answer
     (fewer than a third of the prompt's words) does not count, the transform does not apply."""
     answers = ["Negative", "it was a rather dull film , with a weak plot", ""]
-    monkeypatch.setattr(sys.modules["actindex.act.detect"], "generate", lambda lm, convs, n: answers[: len(convs)])
+    monkeypatch.setattr(sys.modules["actindex.core.models"], "generate", lambda lm, convs, n: answers[: len(convs)])
     prompts = ["the film is dull and the plot is weak BadMagic", "the film is dull and the plot is weak", "ok"]
     assert Transform.get("paraphrase").apply_many(prompts, lm=object()) == [None, answers[1], None]
 

@@ -17,8 +17,7 @@ and ``cli``. Names below are imported on first use, so ``import actindex`` loads
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from actindex.lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -32,21 +31,11 @@ _EXPORTS = {
     "QueryConfig": "actindex.query.pipeline", "CurvatureConfig": "actindex.query.curvature",
     "load_model": "actindex.core.models",
     "FilterConfig": "actindex.act.filter", "filter_dataset": "actindex.act.filter",
-    "CorrectConfig": "actindex.act.correct", "correct": "actindex.act.correct",
+    "CorrectConfig": "actindex.act.correct.config", "correct": "actindex.act.correct.stage",
     "DetectConfig": "actindex.act.detect", "detect": "actindex.act.detect",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'actindex' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

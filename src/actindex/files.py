@@ -120,3 +120,21 @@ def inside(root: Path, relative: str) -> Path:
     if not path.is_relative_to(root.resolve()):
         raise IndexFileError(f"{root}: manifest path {relative!r} points outside the index directory")
     return path
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Yield a fresh empty directory beside ``target`` to fill; on success it replaces ``target`` (a link or a
+    file there is removed, never followed; a directory there is deleted), on failure it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = fresh_temp(target, directory=True)
+    try:
+        yield staging
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from actindex.configs import option
 from actindex.core.readers import file_sha256, jsonl_lines, resolve_data_path
 from actindex.errors import ActindexError, DataError, IndexFileError
-from actindex.files import atomic_file, atomic_write_text, fresh_temp
+from actindex.files import atomic_file, atomic_write_text, staged_directory
 from actindex.query.methods import DEFAULT_METHOD
 
 if TYPE_CHECKING:
@@ -194,16 +193,8 @@ def _write_atomic(out: Path, write: Any, directory: bool = False) -> None:
         with atomic_file(out) as tmp:
             write(tmp)
         return
-    staging = fresh_temp(out, directory=True)
-    try:
-        write(staging / "dataset")
-        if out.is_symlink() or out.is_file():
-            out.unlink()  # a link is replaced, never followed
-        elif out.exists():
-            shutil.rmtree(out)
-        os.replace(staging / "dataset", out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_directory(out) as staging:
+        write(staging)
 
 
 def write_filtered(sources: list[Source], removed_rows: set[int], out: Path) -> int:

@@ -64,7 +64,7 @@ def filter_(index_dir: str, model: str | None, device: str, **options: Any) -> N
 
 
 def _correct_config() -> type:
-    from actindex.act.correct import CorrectConfig
+    from actindex.act.correct.config import CorrectConfig
 
     return CorrectConfig
 
@@ -89,8 +89,8 @@ def correct(index_dir: str, behavior: str, out: str, target: str | None, device:
     (near zero); the model is trained to lower D+, raise D- and hold D0, with LoRA adapters by
     default. Prints the behaviour margin and perplexity before and after; writes OUT/correction.json.
     """
-    from actindex.act.correct import CorrectConfig
-    from actindex.act.correct import correct as run_correct
+    from actindex.act.correct.config import CorrectConfig
+    from actindex.act.correct.stage import correct as run_correct
     from actindex.api import Index
 
     config = CorrectConfig(**options)
@@ -109,9 +109,20 @@ def correct(index_dir: str, behavior: str, out: str, target: str | None, device:
 
 
 def _detect_config() -> type:
-    from actindex.act.detect import DetectConfig
+    from actindex.act.detect.config import DetectConfig
 
     return DetectConfig
+
+
+def _list_transforms(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--help-transforms``: print the transform registry and exit (eager: no other option is needed)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from actindex.act.detect.transforms import Transform
+
+    for name, cls in Transform.registry.items():
+        click.echo(f"{name:<18} {cls.category:<11} {cls.help}")
+    ctx.exit()
 
 
 @main.command()
@@ -120,19 +131,16 @@ def _detect_config() -> type:
 @model_option
 @device_option
 @quiet_option
-@click.option("--help-transforms", is_flag=True, help="List the transforms and exit.")
+@click.option("--help-transforms", is_flag=True, expose_value=False, is_eager=True, callback=_list_transforms,
+              help="List the transforms and exit.")
 @friendly
-def detect(index_dir: str, model: str | None, device: str, quiet: bool, help_transforms: bool,
-           **options: Any) -> None:
+def detect(index_dir: str, model: str | None, device: str, quiet: bool, **options: Any) -> None:
     """Flag training rows (poisons) whose influence survives semantic transforms of the test queries."""
-    from actindex.act.detect import ENSEMBLE_CHOICES, DetectConfig, Transform
-    from actindex.act.detect import detect as run_detect
+    from actindex.act.detect.config import DetectConfig
+    from actindex.act.detect.rules import DetectRule
+    from actindex.act.detect.stage import detect as run_detect
     from actindex.api import Index
 
-    if help_transforms:
-        for name, cls in Transform.registry.items():
-            click.echo(f"{name:<18} {cls.category:<11} {cls.help}")
-        return
     config = DetectConfig(**options)
     idx = Index.open(index_dir)
     load_requested_model(idx, model, device)
@@ -145,14 +153,15 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, help_tra
     for name in table.skipped:
         click.echo(f"  {name:<18} applies to none of the queries: left out")
     click.echo(f"\n{'rule':<11} {'flagged':>7}" + ("  precision  recall     F1" if res.metrics else ""))
-    for rule in ENSEMBLE_CHOICES:
+    for rule in DetectRule.registry:
         line = f"{rule:<11} {int(res.flags[rule].sum()):>7}"
         if res.metrics:
             m = res.metrics[rule]
             line += f"  {m['precision']:>9.3f}  {m['recall']:>6.3f}  {m['f1']:>5.3f}"
         click.echo(line + ("  <- written" if rule == config.ensemble and config.out else ""))
     if res.metrics:
-        click.echo(f"({res.metrics['both']['true']} rows labelled poisoned by field {config.labels_field!r})")
+        labelled = next(iter(res.metrics.values()))["true"]  # the same for every rule
+        click.echo(f"({labelled} rows labelled poisoned by field {config.labels_field!r})")
     if config.out:
         click.echo(f"wrote {int(res.flags[config.ensemble].sum())} flagged row(s) to {config.out}")
 

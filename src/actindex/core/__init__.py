@@ -9,3 +9,6 @@
                   activation, projected gradient): their formulas
     vectors.py    one forward and backward pass over a batch gives every family's vectors
 """
+
+#: what a query's gradient differentiates (:func:`actindex.core.vectors.token_terms`): the loss, or TRAK's margin
+MEASUREMENTS = ("loss", "margin")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actindex.core import MEASUREMENTS
 from actindex.core.capture import BlockCapture, InputGradLeaf, LinearCapture
 from actindex.core.encode import Encoded
 from actindex.core.families import (
@@ -40,8 +41,6 @@ from actindex.core.families import (
 from actindex.core.families.residual_change import residual_change
 from actindex.core.models import decoder_layers, peft_adapter_modules
 from actindex.errors import ModelError
-
-MEASUREMENTS = ("loss", "margin")
 
 
 def _is_linear(module: nn.Module) -> bool:

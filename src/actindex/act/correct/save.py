@@ -1,0 +1,58 @@
+"""Writing the corrected model: a PEFT adapter directory or merged weights, and ``correction.json``.
+
+``peft-adapter`` (the default with LoRA): ``load_model(dir)`` loads base + adapter. ``merged`` (with
+``merge``, ``full``, or when the base is itself an adapter directory): ``config.json`` +
+``model.safetensors`` + tokenizer. The directory is written in a staging directory beside it and
+moved into place, so a failed save leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from actindex.core.models import LoadedModel, is_adapter_dir, save_weights
+from actindex.errors import ActindexError
+from actindex.files import staged_directory
+
+#: the report's file name inside the output directory
+REPORT = "correction.json"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``, and make its parent (checked before any work)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ActindexError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) -> str:
+    """Write the corrected model to ``out`` (replaced atomically); returns the format written.
+
+    ``peft-adapter``: ``save_pretrained`` of the adapter, its ``base_model_name_or_path`` set to the
+    name the base model was loaded by; ``merged``: full weights via :func:`models.save_weights`, also
+    when the base model is itself an adapter directory (an adapter over an adapter would not load).
+    """
+    with staged_directory(out) as staging:
+        is_peft = type(model).__name__.startswith("Peft")
+        if is_peft and not merge and not is_adapter_dir(lm.name):
+            for cfg in model.peft_config.values():
+                cfg.base_model_name_or_path = lm.name
+            model.save_pretrained(str(staging), save_embedding_layers=False)  # no hub lookup: embeddings not adapted
+            lm.tokenizer.save_pretrained(str(staging))
+            kind = "peft-adapter"
+        else:
+            plain = copy.deepcopy(model).merge_and_unload() if is_peft else model
+            save_weights(plain, lm.tokenizer, staging)
+            kind = "merged"
+    return kind
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """``out/correction.json``."""
+    (out / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,111 @@
+"""Stage 11, the whole detection: score the rows, flag them by every rule, evaluate, write.
+
+    result = actindex.detect(idx, queries="queries.jsonl", transforms="fast", labels_field="label")
+
+:func:`detect` reads the test queries (:mod:`~actindex.act.detect.queries`), scores every row under each
+transform (:mod:`~actindex.act.detect.scoring`), applies every registered rule
+(:mod:`~actindex.act.detect.rules`), with ``labels_field`` measures each rule's precision and recall,
+and with ``out`` writes the flagged rows of the chosen rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actindex.act.detect.config import DetectConfig
+from actindex.act.detect.queries import load_queries
+from actindex.act.detect.rules import TIE_BREAK, DetectRule
+from actindex.act.detect.scoring import ScoreTable, score_table
+from actindex.act.detect.statistics import prf
+from actindex.act.detect.transforms import resolve_transforms
+from actindex.api import Index
+from actindex.core.models import LoadedModel, load_model
+from actindex.errors import DataError
+from actindex.files import atomic_file
+
+
+@dataclass
+class DetectResult:
+    """Scores, flags and statistics per rule (by name, in registry order), and metrics when labels were given."""
+
+    table: ScoreTable
+    flags: dict[str, np.ndarray]
+    statistics: dict[str, np.ndarray]
+    ids: list[str]
+    ensemble: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def flagged_rows(self, rule: str | None = None) -> np.ndarray:
+        return self.table.rows[self.flags[rule or self.ensemble]]
+
+    def records(self, index: Index, rule: str | None = None) -> list[dict[str, Any]]:
+        """One dict per flagged row (by ``rule``), highest statistic of the rule first (ties broken by the
+        :data:`~actindex.act.detect.rules.TIE_BREAK` rule's statistic)."""
+        rule = rule or self.ensemble
+        pos = np.flatnonzero(self.flags[rule])
+        pos = pos[np.lexsort((-self.statistics[TIE_BREAK][pos], -self.statistics[rule][pos]))]
+        records = index.records(self.table.rows[pos])
+        out = []
+        for p, record in zip(pos, records):
+            entry: dict[str, Any] = {
+                "row": int(self.table.rows[p]),
+                "id": self.ids[p],
+                "flagged_by": [name for name, mask in self.flags.items() if mask[p]],
+            }
+            for name, statistic in self.statistics.items():
+                entry.update(DetectRule.registry[name].record(statistic[p]))
+            entry["scores"] = {n: float(s) for n, s in zip(self.table.names, self.table.scores[p])}
+            entry["record"] = record
+            out.append(entry)
+        return out
+
+
+def ground_truth(index: Index, rows: np.ndarray, field_name: str) -> np.ndarray:
+    """``label != 'clean'`` for each row (the benchmark/labels path only; ranking never reads it)."""
+    labels = []
+    for row, record in zip(rows, index.records(rows)):
+        if field_name not in record:
+            problem = f"missing from training row {int(row)} (id {record.get('id')})"
+            raise DataError(index.root, None, field_name, problem)
+        labels.append(str(record[field_name]) != "clean")
+    return np.array(labels, bool)
+
+
+def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None, progress: bool = True,
+           rewriter: LoadedModel | None = None, target: LoadedModel | None = None, **kwargs: Any) -> DetectResult:
+    """Score, flag by every rule and (with ``labels_field``) evaluate; writes ``out`` when set.
+
+    ``rewriter`` is a loaded model for the paraphrase transform (else ``paraphrase_model`` is loaded);
+    ``target`` a loaded model that answers the queries without a response (else ``config.target``).
+    """
+    config = config or DetectConfig(**kwargs)
+    idx = index if isinstance(index, Index) else Index.open(index)
+    queries = load_queries(config.queries)
+    if rewriter is None and config.paraphrase_model:
+        rewriter = load_model(config.paraphrase_model)
+    if target is not None or config.target:
+        target = idx.companion_model(target if target is not None else config.target, "--target")
+    table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
+                        config.rerank, rewriter, config.norm, target, config.measurement, config.response_tokens)
+    rules = config.rules()
+    all_ids = idx.ids()
+    result = DetectResult(
+        table=table,
+        flags={name: rule.flags(table) for name, rule in rules.items()},
+        statistics={name: rule.statistic(table) for name, rule in rules.items()},
+        ids=[all_ids[r] for r in table.rows], ensemble=config.ensemble,
+    )
+    if config.labels_field:
+        truth = ground_truth(idx, table.rows, config.labels_field)
+        result.metrics = {name: prf(mask, truth) for name, mask in result.flags.items()}
+    if config.out:
+        with atomic_file(Path(config.out)) as tmp:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records(idx)),
+                           encoding="utf-8")
+    return result

@@ -1,0 +1,88 @@
+"""What the report gathers per method: the full ranking of every valid row and its label metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from actindex.errors import ActindexError
+from actindex.query.methods import QueryMethod
+from actindex.query.result import Hit, QueryResult
+from actindex.report.metrics import is_positive, label_metrics
+
+if TYPE_CHECKING:
+    from actindex.api import Index
+    from actindex.query.behaviors import Behavior
+
+__all__ = ["MethodRun", "label_arrays", "run_method"]
+
+
+@dataclass
+class MethodRun:
+    """One method's full ranking (every valid row) and what the page needs from it."""
+
+    method: str
+    result: QueryResult  # ``top`` = every valid row, best first
+    top: list[Hit]
+    bottom: list[Hit]
+    scores: np.ndarray
+    labels: np.ndarray | None = None  # bool per ranked row (None: no labels)
+    labelled: np.ndarray | None = None  # bool per ranked row: has a usable label
+    metrics: dict[str, Any] | None = None
+    projection: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def label_arrays(hits: Sequence[Hit], labels_field: str, positive_label: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(labelled, positive)`` boolean arrays for ranked hits: whether a hit's record has a non-null
+    ``labels_field``, and whether that value is positive (:func:`~actindex.report.metrics.is_positive`)."""
+    values = [h.record.get(labels_field) if isinstance(h.record, dict) else None for h in hits]
+    labelled = np.array([v is not None for v in values], dtype=bool)
+    positive = np.array([v is not None and is_positive(v, positive_label) for v in values], dtype=bool)
+    return labelled, positive
+
+
+def run_method(
+    index: Index,
+    behavior: Behavior,
+    method: str,
+    top_k: int,
+    bottom_k: int,
+    layer: int | None = None,
+    labels_field: str | None = None,
+    positive_label: str | None = None,
+) -> MethodRun:
+    """Score every row with ``index.query(k=0)`` and compute the label metrics if asked.
+
+    The metrics cover the labelled rows only; a run whose rows carry no ``labels_field`` at all is
+    refused (a typo in the field name).
+    """
+    result = index.query(behavior, method=method, layer=layer, k=0, bottom_k=bottom_k)
+    scores = np.array([h.score for h in result.top], dtype=np.float64)
+    run = MethodRun(
+        method=method,
+        result=result,
+        top=result.top[:top_k],
+        bottom=result.bottom,
+        scores=scores,
+        projection=QueryMethod.get(method).projection_scores,
+    )
+    if labels_field:
+        labelled, positive = label_arrays(result.top, labels_field, positive_label)
+        if not labelled.any():
+            raise ActindexError(
+                f"no row of {index.root} has a label field {labels_field!r} "
+                f"(fields of the first row: {', '.join(result.top[0].record) if result.top else 'none'})"
+            )
+        run.labelled, run.labels = labelled, positive
+        run.metrics = label_metrics(scores[labelled], positive[labelled])
+        missing = int((~labelled).sum())
+        if missing:
+            run.notes.append(f"{missing} row(s) have no {labels_field!r} value and are left out of the metrics")
+        if run.metrics["auroc"] is None:
+            kind = "positive" if run.metrics["n_positive"] else "negative"
+            run.notes.append(f"every labelled row is {kind}: AUROC and AP are undefined")
+    return run
