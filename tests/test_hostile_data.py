@@ -77,9 +77,10 @@ def test_filter_with_blank_looking_lines_removes_the_ranked_rows(llama, tmp_path
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
     out = tmp_path / "clean.jsonl"
     sidecar = tmp_path / "clean.jsonl.removed.jsonl"
-    before = snapshot(tmp_path, (out, sidecar))
+    kept_out = (out, sidecar, tmp_path / "idx" / "cache")  # the outputs, and the index's own behaviour cache
+    before = snapshot(tmp_path, kept_out)
     res = filter_dataset(idx, behavior=str(behavior), remove_top=5, out=out, method="residual-change", layer=2)
-    assert snapshot(tmp_path, (out, sidecar)) == before
+    assert snapshot(tmp_path, kept_out) == before
     removed = [json.loads(x)["id"] for x in sidecar.read_text(encoding="utf-8").splitlines()]
     kept_ids = [json.loads(line)["id"] for line in out.read_bytes().splitlines() if line.decode().strip()]
     assert len(removed) == 5 and res.kept == 15 and len(kept_ids) == 15

@@ -113,14 +113,24 @@ def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index
     assert fused.family == "rrf(" + ", ".join(f"{kind}/{layer}" for _, kind, layer in members) + ")"
     expected = np.zeros(len(index))
     lowest = np.zeros(len(index))
+    calibrated = np.zeros(len(index))
     for method, kind, layer in members:
         psi = index.query_vector(str(behavior_file), method, layer)[0]
-        cosine = brute_force(index.vectors(f"{kind}/{layer}"), psi)
+        cosine = brute_force(index.vectors(f"{kind}/{layer}"), psi).astype(np.float64)
         expected[np.argsort(-cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
         lowest[np.argsort(cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
+        median = np.median(cosine)  # every row calibrates a small index
+        calibrated += (cosine - median) / (1.4826 * np.median(np.abs(cosine - median))) / len(members)
     assert [h.row for h in fused.top] == list(np.argsort(-expected, kind="stable"))
-    np.testing.assert_allclose([h.score for h in fused.top], np.sort(expected)[::-1])
+    np.testing.assert_allclose([h.fused for h in fused.top], np.sort(expected)[::-1])
     assert [h.row for h in fused.bottom] == list(np.argsort(-lowest, kind="stable")[:3])
+    # the score shown is calibrated: the mean over members of the robustly standardised cosines, signed
+    np.testing.assert_allclose([h.score for h in fused.top], calibrated[[h.row for h in fused.top]], rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose([h.score for h in fused.bottom], calibrated[[h.row for h in fused.bottom]],
+                               rtol=1e-4, atol=1e-5)
+    assert fused.top[0].score > 0 > max(h.score for h in fused.bottom)
+    assert [m["family"] for m in fused.members] == [f"{kind}/{layer}" for _, kind, layer in members]
     # --layer restricts the fusion to that layer's members
     assert index.query(str(behavior_file), layer=2, k=3).family == "rrf(residual_change/2, residual_change_pooled/2)"
     with pytest.raises(ActindexError, match="ensemble fuses rankings: it cannot search a saved vector"):

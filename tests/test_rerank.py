@@ -104,7 +104,7 @@ def test_behavior_gradients_per_group_equal_autograd(tokenizer):
     lm = wrap_model(tiny_llama().double(), tokenizer, "tiny-llama-f64")
     names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.v_proj"]
     behavior = Behavior("b", pairs=[Pair(p["prompt"], p["treatment"], p["control"]) for p in PAIRS])
-    ctx = QueryContext(lm=lm, layers=[], families=(), grad_modules=[], grad_k=4, seed=0, batch_size=2)
+    ctx = QueryContext(model=lambda: lm, layers=[], families=(), grad_modules=[], grad_k=4, seed=0, batch_size=2)
     groups = [[0, 2], [1]]
     got = ctx.behavior_gradients(behavior, names, groups)
     for group, q in zip(groups, got):

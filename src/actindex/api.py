@@ -13,6 +13,8 @@ boundary; the query itself runs through :class:`~actindex.query.pipeline.QueryPi
 from __future__ import annotations
 
 import json
+import time
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ import numpy as np
 from actindex.errors import ActindexError, IndexFileError
 from actindex.files import atomic_file
 from actindex.index.reader import IndexReader
+from actindex.query.cache import BehaviorCache
 from actindex.query.pipeline import QueryConfig, QueryPipeline
 from actindex.query.result import Hit, QueryResult
 
@@ -35,13 +38,31 @@ __all__ = ["Hit", "Index", "QueryResult", "load_query_vector", "save_query_vecto
 
 
 class Index(IndexReader):
-    """A complete index directory opened for reading, with the model it was built with and the query verbs."""
+    """A complete index directory opened for reading, with the model it was built with and the query verbs.
 
-    def __init__(self, root: str | Path, manifest: Any):
+    ``cache`` (default on) keeps each behaviour's model-made vectors in the index's behaviour cache
+    (:mod:`actindex.query.cache`), so a behaviour is formed once per index, not once per process;
+    ``progress`` shows a progress bar while a behaviour is formed with the model.
+    """
+
+    def __init__(self, root: str | Path, manifest: Any, cache: bool = True, progress: bool = False):
         super().__init__(root, manifest)
+        self.use_cache, self.progress = cache, progress
         self._model: LoadedModel | None = None
         self._context: QueryContext | None = None
         self._curvature: dict[str, Curvature] = {}
+
+    @classmethod
+    def open(cls, root: str | Path, cache: bool = True, progress: bool = False) -> Index:
+        """Open and check a complete index (:meth:`IndexReader.open`); see the class docstring for the options."""
+        idx = super().open(root)
+        idx.use_cache, idx.progress = cache, progress
+        return idx
+
+    @cached_property
+    def behavior_cache(self) -> BehaviorCache:
+        """The index's behaviour cache (``actindex cache list|clear``)."""
+        return BehaviorCache(self.root, self.manifest)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -93,10 +114,31 @@ class Index(IndexReader):
             )
 
     def behavior(self, spec: str | Behavior) -> Behavior:
-        """A behaviour (built-in name, file, or :class:`Behavior`) completed with the index's model."""
-        from actindex.query.behaviors import resolve_behavior
+        """A behaviour (built-in name, file, or :class:`Behavior`) completed with the index's model, or taken
+        from the behaviour cache (then its vectors are in the query context too and no model is loaded)."""
+        return self.prepare_behavior(spec)[1]
 
-        return resolve_behavior(spec, self.model())
+    def prepare_behavior(self, spec: str | Behavior) -> tuple[Behavior, Behavior, bool]:
+        """``(as asked, completed, from the cache)``: the behaviour loaded once, at the API boundary."""
+        from actindex.query.behaviors import complete_behavior, load_behavior
+
+        raw = load_behavior(spec) if isinstance(spec, str) else spec
+        if raw.complete:
+            return raw, raw, False
+        hit = self.behavior_cache.load(raw) if self.use_cache else None
+        if hit is not None:
+            ctx = self.query_context()
+            ctx.cache.update(hit.vectors)
+            ctx.gradients.update(hit.gradients)
+            hit.behavior.notes.append("formed from the index's behaviour cache (no model pass)")
+            return raw, hit.behavior, True
+        return raw, complete_behavior(raw, self.model()), False
+
+    def remember(self, raw: Behavior, completed: Behavior) -> None:
+        """Store what the last query formed for a behaviour in the behaviour cache (when it used the model)."""
+        ctx = self.query_context()
+        if self.use_cache and ctx.model_seconds > 0:
+            self.behavior_cache.save(raw, completed, ctx)
 
     # ---- the query pipeline and its components ------------------------------------------------
     def query_context(self) -> QueryContext:
@@ -107,9 +149,9 @@ class Index(IndexReader):
 
             m = self.manifest
             self._context = QueryContext(
-                lm=self.model(), layers=self.layers, families=tuple(self.families), grad_modules=m.projection.modules,
-                grad_k=m.projection.k, seed=m.projection.seed, max_length=m.max_length, batch_size=m.batch_size,
-                curvature=self.curvature,
+                model=self.model, layers=self.layers, families=tuple(self.families),
+                grad_modules=m.projection.modules, grad_k=m.projection.k, seed=m.projection.seed,
+                max_length=m.max_length, batch_size=m.batch_size, curvature=self.curvature, progress=self.progress,
             )
         return self._context
 
@@ -145,23 +187,34 @@ class Index(IndexReader):
         pipeline = self.pipeline()
         if config.rerank is not None:  # refused here, before any model pass
             self.curvature(config.rerank)
-        completed = None
+        started = time.perf_counter()
+        raw = completed = None
+        cached = False
         if behavior is not None and (vector is None or config.rerank is not None):
-            completed = self.behavior(behavior)
+            raw, completed, cached = self.prepare_behavior(behavior)
+        prepared = time.perf_counter() - started
         name = behavior if isinstance(behavior, str) and vector is not None else None
         if vector is not None and behavior is None:
             name = "vector"
-        return pipeline.run(config, completed, vector=vector, family=family, name=name)
+        result = pipeline.run(config, completed, vector=vector, family=family, name=name)
+        if raw is not None:
+            self.remember(raw, completed)
+        result.cached = cached
+        result.timings = {"behaviour": round(prepared, 4), **result.timings}
+        result.seconds += prepared
+        return result
 
     # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
-    def fit_curvature(self, config: Any = None, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+    def fit_curvature(self, config: Any = None, progress: bool = True, say: Any = None,
+                      **kwargs: Any) -> dict[str, Any]:
         """Fit EK-FAC and/or LinFAC factors on a sample of the rows and store them in the index
         (``kind``, ``samples``, ``modules``, ``sublayer``, ``empirical_fisher``, ``damping``: see
-        :class:`~actindex.query.curvature.config.CurvatureConfig`); returns the new manifest entries."""
+        :class:`~actindex.query.curvature.config.CurvatureConfig`); returns the new manifest entries.
+        ``say(text)`` is told the fit's cost before it starts."""
         from actindex.query.curvature import CurvatureConfig
         from actindex.query.curvature.store import fit_curvature
 
-        entries = fit_curvature(self, self.model(), config or CurvatureConfig(**kwargs), progress)
+        entries = fit_curvature(self, self.model(), config or CurvatureConfig(**kwargs), progress, say)
         self._curvature.clear()
         return entries
 

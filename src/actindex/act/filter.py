@@ -32,9 +32,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from actindex.configs import option
-from actindex.core.readers import file_sha256, jsonl_lines, resolve_data_path
-from actindex.errors import ActindexError, DataError, IndexFileError
+from actindex.core.readers import count_records, file_sha256, jsonl_lines, resolve_data_path
+from actindex.errors import ActindexError, IndexFileError
 from actindex.files import atomic_file, atomic_write_text, staged_directory
 from actindex.query.methods import DEFAULT_METHOD
 
@@ -77,6 +79,9 @@ class FilterConfig:
 
     behavior: str = option("Built-in behaviour name or a pairs/persona file.", "")
     remove_top: int | str = option("Rows to remove: a count (50) or a percentage of the searchable rows (5%).", "")
+    min_score: float | None = option(
+        "Remove only rows whose score is at least this (the default ensemble's calibrated score: robust standard "
+        "deviations above the typical row; 3 is far out). With --remove-top, both must hold.", None)
     out: str = option("Output file (same format as the training data); OUT.removed.jsonl lists the removals.", "")
     method: str = option("Query method that ranks the rows.", DEFAULT_METHOD)
     layer: int | None = option(
@@ -90,9 +95,10 @@ class FilterConfig:
             raise ActindexError("filter needs --behavior NAME|FILE")
         if not self.out:
             raise ActindexError("filter needs --out FILE")
-        if self.remove_top in ("", None):
-            raise ActindexError("filter needs --remove-top K or --remove-top P%")
-        removal_count(self.remove_top, 0)  # validates the syntax
+        if self.remove_top in ("", None) and self.min_score is None:
+            raise ActindexError("filter needs --remove-top K, --remove-top P% or --min-score S")
+        if self.remove_top not in ("", None):
+            removal_count(self.remove_top, 0)  # validates the syntax
 
 
 @dataclass
@@ -164,11 +170,11 @@ def _format(path: Path) -> str:
     return "parquet" if path.suffix == ".parquet" else "jsonl"
 
 
-def _jsonl_lines(path: Path, keep: set[int], rows: int) -> tuple[list[bytes], int]:
-    """The raw lines of a JSONL file minus the records (0-based) not in ``keep``, and how many records remain.
+def _jsonl_lines(path: Path, removed: set[int]) -> tuple[list[bytes], int]:
+    """The raw lines of a JSONL file minus the records (0-based) in ``removed``, and how many records remain.
 
     Lines are told apart exactly as the loader tells them (:func:`actindex.core.readers.jsonl_lines`): a
-    blank line is copied and is not a record. Records past ``rows`` (not indexed: ``--limit``) are kept.
+    blank line is copied and is not a record. Records the index did not score are kept.
     """
     lines: list[bytes] = []
     record = kept = 0
@@ -176,7 +182,7 @@ def _jsonl_lines(path: Path, keep: set[int], rows: int) -> tuple[list[bytes], in
         if not is_row:
             lines.append(raw)
             continue
-        if record >= rows or record in keep:
+        if record not in removed:
             lines.append(raw)
             kept += 1
         record += 1
@@ -197,8 +203,20 @@ def _write_atomic(out: Path, write: Any, directory: bool = False) -> None:
         write(staging)
 
 
-def write_filtered(sources: list[Source], removed_rows: set[int], out: Path) -> int:
-    """Write the rows of ``sources`` whose index row number is not in ``removed_rows``; returns rows kept.
+def file_rows(sources: list[Source], rows: list[int], source_row: np.ndarray) -> list[set[int]]:
+    """For each source, the numbers (0-based, in its file) of the given index rows that come from it: the row's
+    recorded ``source_row``, or for an index that did not record it (-1) its position among the source's rows."""
+    out: list[set[int]] = [set() for _ in sources]
+    for row in rows:
+        i = next(j for j, s in enumerate(sources) if s.first_row <= row < s.first_row + s.rows)
+        recorded = int(source_row[row])
+        out[i].add(recorded if recorded >= 0 else row - sources[i].first_row)
+    return out
+
+
+def write_filtered(sources: list[Source], removed: list[set[int]], out: Path) -> int:
+    """Write the rows of ``sources`` but those in ``removed`` (per source, numbers in its file, as
+    :func:`file_rows` gives them); returns the rows kept.
 
     Every source must have the same format (JSONL, parquet or one HF directory). Of a ``DatasetDict``
     directory every split is written, and only the source's split is filtered.
@@ -209,9 +227,8 @@ def write_filtered(sources: list[Source], removed_rows: set[int], out: Path) -> 
     fmt = formats.pop()
     if fmt == "jsonl":
         chunks, kept = [], 0
-        for source in sources:
-            keep = {i for i in range(source.rows) if source.first_row + i not in removed_rows}
-            lines, kept_here = _jsonl_lines(source.path, keep, source.rows)
+        for source, gone in zip(sources, removed):
+            lines, kept_here = _jsonl_lines(source.path, gone)
             chunks.extend(lines)
             kept += kept_here
 
@@ -226,9 +243,9 @@ def write_filtered(sources: list[Source], removed_rows: set[int], out: Path) -> 
         import pyarrow.parquet as pq
 
         tables = []
-        for source in sources:
+        for source, gone in zip(sources, removed):
             table = pq.read_table(source.path)
-            keep = [i for i in range(table.num_rows) if i >= source.rows or source.first_row + i not in removed_rows]
+            keep = [i for i in range(table.num_rows) if i not in gone]
             tables.append(table.take(pa.array(keep, pa.int64())))
         try:
             table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -246,7 +263,7 @@ def write_filtered(sources: list[Source], removed_rows: set[int], out: Path) -> 
     ds = load_hf_dataset(source.path)
     split = choose_split(source.path, list(ds), source.split) if isinstance(ds, datasets.DatasetDict) else None
     part = ds if split is None else ds[split]
-    keep = [i for i in range(len(part)) if i >= source.rows or source.first_row + i not in removed_rows]
+    keep = [i for i in range(len(part)) if i not in removed[0]]
     selected = part.select(keep)
     if split is None:
         _write_atomic(out, lambda tmp: selected.save_to_disk(str(tmp)), directory=True)
@@ -286,28 +303,20 @@ def filter_dataset(
             "the input format"
         )
     result = idx.query(config.behavior, method=config.method, layer=config.layer, k=0)
-    count = removal_count(config.remove_top, len(result.top))
-    hits = result.top[:count]
+    hits = result.top
+    if config.remove_top not in ("", None):
+        hits = hits[: removal_count(config.remove_top, len(result.top))]
+    if config.min_score is not None:
+        hits = [h for h in hits if h.score >= config.min_score]
+    table = idx.table
     removed = [
-        {"rank": h.rank, "row": h.row, "id": h.id, "score": h.score, "method": config.method,
-         "behavior": result.behavior, "family": result.family, "record": h.record}
+        {"rank": h.rank, "row": h.row, "id": h.id, "score": h.score, "method": result.method,
+         "behavior": result.behavior, "family": result.family, "line": int(table.line[h.row]) or None,
+         "record": h.record}
         for h in hits
     ]
-    kept = write_filtered(sources, {h.row for h in hits}, out_path)
+    kept = write_filtered(sources, file_rows(sources, [h.row for h in hits], table.source_row), out_path)
     atomic_write_text(sidecar, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed))
-    past_limit = sum(max(0, _count(s) - s.rows) for s in sources)
-    return FilterResult(out=out_path, sidecar=sidecar, kept=kept, removed=removed,
-                        unscored=len(idx) - len(result.top) + past_limit, behavior=result.behavior,
-                        method=config.method)
-
-
-def _count(source: Source) -> int:
-    """Records in a data file (to count rows past ``--limit``); JSONL lines are counted by the loader's rule."""
-    from actindex.core.readers import iter_records
-
-    if _format(source.path) == "jsonl":
-        return sum(1 for _, _, is_row in jsonl_lines(source.path) if is_row)
-    try:
-        return sum(1 for _ in iter_records(source.path, source.split))
-    except DataError:
-        return 0
+    unscored = sum(count_records(s.path, s.split) for s in sources) - len(result.top)
+    return FilterResult(out=out_path, sidecar=sidecar, kept=kept, removed=removed, unscored=unscored,
+                        behavior=result.behavior, method=result.method)

@@ -34,7 +34,7 @@ def fit_curvature(index_dir: str, device: str, quiet: bool, **options: Any) -> N
     idx = Index.open(index_dir)
     if device != "auto":
         idx.model(None, device)
-    entries = idx.fit_curvature(config, progress=not quiet)
+    entries = idx.fit_curvature(config, progress=not quiet, say=click.echo)
     for kind, e in entries.items():
         click.echo(f"fitted {kind}: {len(e.modules)} modules on {e.samples} rows ({e.labels} labels), "
                    f"{e.seconds:.1f} s, stored in {index_dir}")
@@ -48,7 +48,7 @@ def _filter_config() -> type:
 
 @main.command(name="filter")
 @index_option
-@config_options(_filter_config(), required=("behavior", "remove_top", "out"))
+@config_options(_filter_config(), required=("behavior", "out"))
 @model_option
 @device_option
 @friendly

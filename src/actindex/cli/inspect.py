@@ -92,3 +92,42 @@ def behaviors() -> None:
     width = max(len(n) for n in items)
     for name, description in items.items():
         click.echo(f"{name:<{width}}  {description}")
+
+
+@main.group()
+def cache() -> None:
+    """The index's behaviour cache: each behaviour's model-made vectors, kept so that a later query of the
+    same behaviour (same pairs file, model and layers) pays only the search."""
+
+
+@cache.command(name="list")
+@click.argument("index_dir")
+@friendly
+def cache_list(index_dir: str) -> None:
+    """List the cached behaviours of an index."""
+    from actindex.index.reader import IndexReader
+    from actindex.query.cache import BehaviorCache
+
+    idx = IndexReader.open(index_dir)
+    entries = BehaviorCache(idx.root, idx.manifest).entries()
+    if not entries:
+        click.echo(f"{index_dir}: no cached behaviour")
+        return
+    click.echo(f"{'behaviour':<24} {'rows':>5} {'families':>8} {'gradient':>8} {'KiB':>7}  created  (key)")
+    for e in entries:
+        click.echo(f"{e.behavior[:24]:<24} {e.conversations:>5} {len(e.families):>8} {'yes' if e.gradient else '-':>8} "
+                   f"{e.bytes // 1024:>7}  {e.created_at}  ({e.key[:12]})")
+
+
+@cache.command(name="clear")
+@click.argument("index_dir")
+@click.option("--behavior", help="Only this behaviour (its name, or a key prefix); default: every entry.")
+@friendly
+def cache_clear(index_dir: str, behavior: str | None) -> None:
+    """Remove cached behaviours (they are formed again, with the model, by the next query)."""
+    from actindex.index.reader import IndexReader
+    from actindex.query.cache import BehaviorCache
+
+    idx = IndexReader.open(index_dir)
+    removed = BehaviorCache(idx.root, idx.manifest).clear(behavior)
+    click.echo(f"removed {removed} cached behaviour(s) from {index_dir}")

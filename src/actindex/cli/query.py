@@ -10,7 +10,7 @@ from typing import Any
 import click
 import numpy as np
 
-from actindex.cli.main import device_option, friendly, load_requested_model, main, model_option
+from actindex.cli.main import device_option, friendly, load_requested_model, main, model_option, quiet_option
 from actindex.cli.options import LazyChoice, config_options, pop_config
 from actindex.errors import ActindexError
 from actindex.query.pipeline import QueryConfig
@@ -31,10 +31,13 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--help-methods", is_flag=True, help="List the query methods and exit.")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: inverted lists visited per query.")
 @click.option("--ef-search", type=click.IntRange(min=1), help="HNSW indexes: candidate list size per query.")
+@click.option("--explain", is_flag=True, help="Also show the members of a fused method (weights, calibration).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
+@quiet_option
 @friendly
 def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: str | None, device: str,
           save_query: str | None, query_vector: str | None, help_methods: bool, nprobe: int | None,
-          ef_search: int | None, **options: Any) -> None:
+          ef_search: int | None, explain: bool, no_cache: bool, quiet: bool, **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour."""
     if help_methods:
         from actindex.query.methods import QueryMethod
@@ -47,7 +50,7 @@ def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: s
     from actindex.api import Index, load_query_vector, save_query_vector
 
     config = pop_config(QueryConfig, options)
-    idx = Index.open(index_dir)
+    idx = Index.open(index_dir, cache=not no_cache, progress=not quiet)
     if nprobe or ef_search:
         from actindex.index.search import set_search_params
 
@@ -77,16 +80,13 @@ def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: s
                 path = save_query if len(behaviors_) == 1 else save_query.replace(".npz", f"-{res.behavior}.npz")
                 save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
                                                      "family": res.family, "model": idx.manifest.model.fingerprint})
-    print_results(results, fmt)
+    print_results(results, fmt, explain)
 
 
-def print_results(results: list, fmt: str) -> None:
+def print_results(results: list, fmt: str, explain: bool = False) -> None:
     """Query results as a table, JSON, JSON lines or CSV."""
     if fmt == "json":
-        click.echo(json.dumps([{
-            "behavior": r.behavior, "method": r.method, "family": r.family, "seconds": r.seconds,
-            "notes": r.notes, "top": [h.to_dict(True) for h in r.top], "bottom": [h.to_dict(True) for h in r.bottom],
-        } for r in results], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
         return
     if fmt == "jsonl":
         for r in results:
@@ -104,14 +104,31 @@ def print_results(results: list, fmt: str) -> None:
         click.echo(buf.getvalue(), nl=False)
         return
     for r in results:
-        print_table(r)
+        print_table(r, explain)
 
 
-def print_table(r: Any) -> None:
-    """One result as the terminal table (reranked hits show influence and their strongest tokens)."""
-    click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {r.seconds * 1000:.0f} ms")
+def timing_line(r: Any) -> str:
+    """Where the time went: ``1.2 s (model pass 0.9 s, search 12 ms, ...)``."""
+    parts = [f"{name} {seconds * 1000:.0f} ms" if seconds < 1 else f"{name} {seconds:.1f} s"
+             for name, seconds in r.timings.items() if seconds >= 0.0005]
+    total = f"{r.seconds * 1000:.0f} ms" if r.seconds < 1 else f"{r.seconds:.1f} s"
+    return total + (f" ({', '.join(parts)})" if parts else "") + (" · from the behaviour cache" if r.cached else "")
+
+
+def print_table(r: Any, explain: bool = False) -> None:
+    """One result as the terminal table (reranked hits show influence and their strongest tokens; a fused
+    method's score is calibrated, its fused rank the order)."""
+    click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {timing_line(r)}")
     for note in r.notes:
         click.echo(f"note: {note}")
+    if r.members:
+        click.echo("score: mean over members of (cosine - median) / (1.4826 MAD), positive = pushes towards the "
+                   "behaviour; rows ordered by the fused rank")
+        if explain:
+            click.echo(f"{'member':<28} {'weight':>6} {'median':>8} {'scale':>8}")
+            for m in r.members:
+                click.echo(f"{m['method'] + ' @ ' + str(m['layer']):<28} {m['weight']:>6.2f} {m['median']:>8.4f} "
+                           f"{m['scale']:>8.4f}")
     for title, hits in (("top (pushes towards the behaviour)", r.top), ("bottom (inhibits it)", r.bottom)):
         if not hits:
             continue

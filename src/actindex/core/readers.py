@@ -257,15 +257,19 @@ def load_rows(path: str | os.PathLike, limit: int | None = None, split: str | No
 
 @dataclass(frozen=True)
 class RowFile:
-    """A validated training file of ``len(self)`` rows, read in parts and never held whole.
+    """A validated training file, of which ``len(self)`` rows are indexed, read in parts and never held whole.
 
-    :func:`scan_rows` checks every row once (so a bad row fails before any work starts); the build
-    then streams the rows it needs with :meth:`parts`, so memory does not grow with the file.
+    :func:`scan_rows` checks every row once (so a bad row fails before any work starts); the build then
+    streams the rows it needs with :meth:`parts`, so memory does not grow with the file. The indexed rows
+    are the file's first ``count`` rows, or, with a ``selection`` (a seeded sample), the file rows it lists,
+    in file order; ``total`` is the number of rows in the file.
     """
 
     path: Path
     count: int
     split: str | None = None  # the split of a DatasetDict directory the rows are read from
+    total: int = 0
+    selection: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -274,34 +278,65 @@ class RowFile:
         return self.rows(0, self.count)
 
     def rows(self, start: int, end: int) -> Iterator[Row]:
-        """Rows ``[start, end)`` in file order (earlier rows are read past, not normalised)."""
+        """Indexed rows ``[start, end)``, in file order; each row's ``index`` is its row number in the file
+        (rows before and between them are read past, not normalised)."""
+        end = min(end, self.count)
+        wanted = range(start, end) if self.selection is None else self.selection[start:end]
+        if not len(wanted):
+            return
+        position = 0
         for index, (line, record) in enumerate(iter_records(self.path, self.split)):
-            if index >= min(end, self.count):
-                return
-            if index >= start:
+            if index == wanted[position]:
                 yield normalise_record(self.path, line, index, record)
+                position += 1
+                if position == len(wanted):
+                    return
 
     def parts(self, start: int, end: int, size: int) -> Iterator[tuple[int, list[Row]]]:
-        """``(first_row, rows)`` for consecutive parts of at most ``size`` rows covering ``[start, end)``."""
+        """``(position, rows)`` for consecutive parts of at most ``size`` indexed rows covering ``[start, end)``;
+        ``position`` is the part's first row among the indexed rows."""
         part: list[Row] = []
+        position = start
         for row in self.rows(start, end):
             part.append(row)
             if len(part) == size:
-                yield part[0].index, part
+                yield position, part
+                position += len(part)
                 part = []
         if part:
-            yield part[0].index, part
+            yield position, part
 
 
-def scan_rows(path: str | os.PathLike, limit: int | None = None, split: str | None = None) -> RowFile:
-    """Validate every row of a training file (as :func:`load_rows`) keeping only their count.
+def count_records(path: Path, split: str | None = None) -> int:
+    """Rows in a data file, counted without validating them (JSONL: its non-blank lines)."""
+    if path.is_dir():
+        return len(open_hf_split(path, split)[0])
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return sum(1 for _, _, is_row in jsonl_lines(path) if is_row)
+
+
+def scan_rows(path: str | os.PathLike, limit: int | None = None, split: str | None = None,
+              sample: int | None = None, seed: int = 0) -> RowFile:
+    """Validate the rows of a training file (as :func:`load_rows`) keeping only their count: every row, or
+    the first ``limit``; with ``sample``, every row is validated and ``sample`` of them are drawn without
+    replacement (``numpy.random.default_rng(seed)``) and kept in file order.
 
     The returned :class:`RowFile` records the split actually read (``split``, or the one
     :func:`choose_split` picks), ``None`` for a file.
     """
+    import numpy as np
+
     path = resolve_data_path(path)
     chosen = resolve_split(path, split) if path.is_dir() else split
-    return RowFile(path, sum(1 for _ in _validated_rows(path, limit, chosen)), chosen)
+    count = sum(1 for _ in _validated_rows(path, limit, chosen))
+    if sample is not None and sample < count:
+        drawn = np.sort(np.random.default_rng(seed).choice(count, size=sample, replace=False))
+        return RowFile(path, len(drawn), chosen, total=count, selection=tuple(int(i) for i in drawn))
+    total = count_records(path, chosen) if limit is not None else count
+    return RowFile(path, count, chosen, total=total)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

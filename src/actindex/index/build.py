@@ -85,6 +85,8 @@ def _part_vectors(
         "n_response": np.array([e.n_response for e in encoded], np.int32),
         "truncated": np.array([e.truncated for e in encoded], np.bool_),
         "hash": np.array([r.content_hash for r in rows], dtype=object),
+        "source_row": np.array([r.index for r in rows], np.int64),
+        "line": np.array([r.line for r in rows], np.int64),
         "record": np.array([_record_json(r.record, config.max_length) for r in rows], dtype=object),
     }
     include = [not (config.skip_long and e.truncated) for e in encoded]
@@ -130,13 +132,14 @@ def build(
     if world is not None and config.shard is None:
         return build_distributed(config, world, model=model, progress=progress)
     started = time.time()
-    rows = scan_rows(config.data, config.limit, config.split)  # validated now, read part by part below
+    rows = scan_rows(config.data, config.limit, config.split, config.sample, config.seed)  # read part by part below
     check_out(Path(config.out), config.overwrite, config.append)  # refused before the model loads
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
     spec = vector_spec(config, lm)
     families = spec.families(lm.hidden_size)
     data_file = DataFile(path=str(resolve_data_path(config.data).resolve()), sha256=file_sha256(config.data),
-                         rows=len(rows), limit=config.limit, split=rows.split)  # filter reads the same split
+                         rows=len(rows), limit=config.limit, split=rows.split,  # filter reads the same split
+                         file_rows=rows.total, sample=config.sample)
     manifest = Manifest(
         model=model_info(lm), layers=spec.layers,
         projection=ProjectionInfo(seed=spec.seed, k=spec.grad_k, modules=spec.grad_modules),
@@ -178,8 +181,8 @@ def build(
             bar.set_postfix(tok_s=f"{tokens_seen / max(time.time() - t0, 1e-9):.0f}")
 
         with torch.no_grad():
-            for file_row, part_rows in rows.parts(start + done, end, config.part_size):
-                part_start = file_row - start  # the part's first row within this build
+            for position, part_rows in rows.parts(start + done, end, config.part_size):
+                part_start = position - start  # the part's first row within this build
                 meta, vectors = _part_vectors(lm, part_rows, spec, config, projector, on_batch)
                 writer.write_part(writer.first_row + part_start, meta, vectors)
                 if on_part is not None:

@@ -35,6 +35,9 @@ class BuildConfig:
     max_length: int = option("Tokens per row; longer rows are truncated and counted.", 512, minimum=1)
     batch_size: int = option("Rows per forward/backward pass.", 8, minimum=1)
     limit: int | None = option("Index only the first N rows.", None, minimum=1)
+    sample: int | None = option(
+        "Index a seeded sample of N rows of the file instead (drawn with --seed, kept in file order; filter keeps "
+        "the rows outside it).", None, minimum=1)
     split: str | None = option(
         "Split of a save_to_disk DatasetDict to index (default: train if present, else the only split; "
         "the split is recorded in the manifest and filter reads the same one).",
@@ -62,7 +65,7 @@ class BuildConfig:
         None,
     )
     grad_k: int = option("Projection size per side: each tracked module contributes k*k dims.", 8, minimum=1)
-    seed: int = option("Seed of the random projections.", 0)
+    seed: int = option("Seed of the random projections (and of --sample).", 0)
     store_dtype: str = option("Storage dtype of the vectors.", "float32", choices=STORE_DTYPES)
     faiss_factory: str = option(
         "FAISS index factory string: auto = exact Flat up to 200k rows, IVF beyond; Flat = always exact; "
@@ -93,6 +96,8 @@ class BuildConfig:
             raise ActindexError("build needs --out DIR")
         if self.shard is not None:
             self.shard_spec()
+        if self.sample is not None and self.limit is not None:
+            raise ActindexError("--sample and --limit exclude each other: --limit takes the first N rows")
         if self.append and self.overwrite:
             raise ActindexError("--append and --overwrite exclude each other")
         if self.append and self.shard is not None:

@@ -66,6 +66,8 @@ class DataFile:
     limit: int | None = None
     first_row: int = 0
     split: str | None = None
+    file_rows: int | None = None  # rows in the file (more than ``rows`` with --limit or --sample)
+    sample: int | None = None  # --sample N: the rows are a seeded sample (their file rows in ``source_row``)
 
 
 @dataclass

@@ -38,17 +38,23 @@ HASH_ON_OPEN_BYTES = 64 << 20
 SPOT_CHECK_ROWS = 16
 #: the largest cosine a search may return: 1 for exact indexes, a little more for quantised codes
 MAX_COSINE = 1.5
+#: rows (a seeded sample of the searchable ones) whose cosines calibrate a query vector's scores
+CALIBRATION_ROWS = 8192
 
 
 @dataclass(frozen=True)
 class RowTable:
-    """The per-row datasets every stage reads: ids, loss, token counts, and which rows are searchable."""
+    """The per-row datasets every stage reads: ids, loss, token counts, which rows are searchable, and where
+    each row comes from (``source_row``: its row number in its data file, -1 where an older index did not
+    record it; ``line``: its line, 0 where unknown)."""
 
     ids: list[str]
     loss: np.ndarray
     valid: np.ndarray
     n_tokens: np.ndarray
     n_response: np.ndarray
+    source_row: np.ndarray
+    line: np.ndarray
 
     @property
     def searchable(self) -> np.ndarray:
@@ -63,6 +69,7 @@ class IndexReader:
         self.root = Path(root)
         self.manifest = manifest
         self._faiss: dict[str, Any] = {}
+        self._calibration: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(cls, root: str | Path) -> IndexReader:
@@ -117,6 +124,9 @@ class IndexReader:
         """The per-row table, read once."""
         with self.h5() as f:
             raw = {key: f[key][()] for key in ("ids", "loss", "valid", "n_tokens", "n_response")}
+            n = len(raw["ids"])
+            raw["source_row"] = f["source_row"][()] if "source_row" in f else np.full(n, -1, np.int64)
+            raw["line"] = f["line"][()] if "line" in f else np.zeros(n, np.int64)
         ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw.pop("ids")]
         return RowTable(ids=ids, **raw)
 
@@ -229,6 +239,17 @@ class IndexReader:
         with self.h5() as f:
             recall = measured_recall(index, f[f"vectors/{family}"], f["valid"][()], k, queries)
         return kind, recall
+
+    def calibration_cosines(self, vector: np.ndarray, family: str) -> np.ndarray:
+        """Cosines of ``vector`` with a fixed seeded sample of at most :data:`CALIBRATION_ROWS` searchable rows
+        (all of them in a smaller index): the distribution a score is calibrated against. The sample's
+        normalised vectors are read once per family and kept."""
+        if family not in self._calibration:
+            valid = self.table.searchable
+            rng = np.random.default_rng(zlib.crc32(family.encode()) + 1)
+            rows = valid if len(valid) <= CALIBRATION_ROWS else np.sort(rng.choice(valid, CALIBRATION_ROWS, False))
+            self._calibration[family] = normalise(self.vectors(family, rows))
+        return self._calibration[family] @ normalise(vector)[0]
 
     def cosines(self, vector: np.ndarray, family: str, rows: np.ndarray) -> np.ndarray:
         """Cosine of ``vector`` with the stored vectors of ``rows`` (exact, from vectors.h5)."""

@@ -38,7 +38,7 @@ from actindex.index.manifest import (
     read_manifest,
     structure_problem,
 )
-from actindex.index.writer import META_FIELDS, dataset_checksum, update_checksum
+from actindex.index.writer import META_FIELDS, OPTIONAL_FIELDS, dataset_checksum, update_checksum
 
 #: bytes read at a time while hashing a large dataset (its checksum equals ``dataset_checksum``)
 BLOCK_BYTES = 64 << 20
@@ -161,7 +161,8 @@ def _check_vectors(
         return None
     valid = None
     with handle as f:
-        expected = list(META_FIELDS) + [f"vectors/{fam}" for fam in families]
+        legacy = [key for key in OPTIONAL_FIELDS if key not in checksums and key not in f]  # format 1
+        expected = [key for key in META_FIELDS if key not in legacy] + [f"vectors/{fam}" for fam in families]
         names = expected + [name for name in checksums if name not in expected]
         for name in names:
             if name not in checksums:

@@ -80,7 +80,11 @@ META_FIELDS: dict[str, Any] = {
     "valid": np.bool_,
     "hash": h5py.string_dtype(),
     "record": h5py.string_dtype(),
+    "source_row": np.int64,  # the row's number in its data file (0-based; rows, not lines)
+    "line": np.int64,  # its line in a JSONL file (1-based), or its row number + 1 in parquet/save_to_disk data
 }
+#: per-row datasets an index of format 1 may lack (its rows are then the first rows of each file)
+OPTIONAL_FIELDS = ("source_row", "line")
 
 
 def family_file(family: str) -> str:
@@ -382,8 +386,11 @@ def remove_stale_temps(root: Path) -> None:
 
 
 def _read(part: Part, key: str) -> np.ndarray:
-    """Dataset ``key`` of a part: the first ``end - start`` rows of its file."""
+    """Dataset ``key`` of a part: the first ``end - start`` rows of its file (an optional field an older
+    part lacks reads as -1: "the row's position in its file")."""
     with h5py.File(part.path, "r") as f:
+        if key in OPTIONAL_FIELDS and key not in f:
+            return np.full(part.end - part.start, -1, np.int64)
         ds = f[key]
         if ds.shape[0] < part.end - part.start:
             raise IndexFileError(f"{part.path}: {key!r} has {ds.shape[0]} rows, expected {part.end - part.start}")

@@ -68,12 +68,15 @@ def conversation_key(conversation: list[dict[str, str]]) -> str:
 class QueryContext:
     """What a query method needs to form vectors: the model and the index's vector settings.
 
-    ``families`` are the families the index holds; ``layers`` its layers. ``curvature(kind)`` loads the
-    index's fitted factors (for methods that precondition). ``cache`` maps ``(family, conversation key)``
-    to a vector; ``gradients`` keeps the last behaviour gradient (a rerank after the search reuses it).
+    ``model()`` returns the index's model, loaded on first use: a query whose vectors are all cached
+    never loads it. ``families`` are the families the index holds; ``layers`` its layers.
+    ``curvature(kind)`` loads the index's fitted factors (for methods that precondition). ``cache`` maps
+    ``(family, conversation key)`` to a vector; ``gradients`` keeps the last behaviour gradient (a rerank
+    after the search reuses it); ``touched`` the conversation keys asked for since :meth:`start`, and
+    ``model_seconds`` the time spent in model passes (both for the behaviour cache and the timings).
     """
 
-    lm: LoadedModel
+    model: Callable[[], LoadedModel]
     layers: list[int]
     families: tuple[str, ...]
     grad_modules: list[str]
@@ -84,11 +87,25 @@ class QueryContext:
     curvature: Callable[[str], Any] | None = None
     cache: MutableMapping[tuple[str, str], np.ndarray] = field(default_factory=dict)
     gradients: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    progress: bool = False
+    touched: set[str] = field(default_factory=set)
+    model_seconds: float = 0.0
+
+    @property
+    def lm(self) -> LoadedModel:
+        """The model (loaded on first use)."""
+        return self.model()
+
+    def start(self) -> None:
+        """Forget what the last query touched and how long its model passes took."""
+        self.touched.clear()
+        self.model_seconds = 0.0
 
     def family_vectors(self, family: str, conversations: list[list[dict[str, str]]]) -> np.ndarray:
         """Vectors of one stored family (``residual_change/18``, ``gradient``) for chat rows, computed
         exactly as the build does, through the cache."""
         keys = [conversation_key(c) for c in conversations]
+        self.touched.update(keys)
         missing = list(dict.fromkeys(k for k in keys if (family, k) not in self.cache))
         if missing:
             out = self._compute([json.loads(k) for k in missing], self.vector_spec(family_kind(family)))
@@ -111,14 +128,27 @@ class QueryContext:
 
     def _compute(self, conversations: list[list[dict[str, str]]], spec: VectorSpec, sums: Any = None,
                  measurement: str = "loss", content_only: bool = False) -> Any:
+        """One pass of the build's own computation over chat rows, with a progress bar (rows/s, ETA)."""
+        import time
+
+        from tqdm.auto import tqdm
+
         from actindex.core.vectors import RademacherProjector, compute_many
 
-        encoded = encode_conversations(self.lm, conversations, self.max_length, content_only)
+        lm = self.lm
+        started = time.perf_counter()
+        encoded = encode_conversations(lm, conversations, self.max_length, content_only)
         if sums is not None and any(e.n_response == 0 for e in encoded):
             raise ActindexError("a query row has no response tokens (truncated by max_length?)")
         projector = RademacherProjector(self.seed, self.grad_k)
-        return compute_many(self.lm.model, encoded, spec, self.lm.tokenizer.pad_token_id, projector,
-                            self.batch_size, sums=sums, measurement=measurement)
+        bar = tqdm(total=len(encoded), unit="row", desc="behaviour", disable=not self.progress, dynamic_ncols=True,
+                   leave=False)
+        try:
+            return compute_many(lm.model, encoded, spec, lm.tokenizer.pad_token_id, projector, self.batch_size,
+                                on_batch=lambda rows, _tokens: bar.update(rows), sums=sums, measurement=measurement)
+        finally:
+            bar.close()
+            self.model_seconds += time.perf_counter() - started
 
     def _remember(self, keys: list[str], vectors: dict[str, np.ndarray]) -> None:
         for name, rows in vectors.items():
@@ -142,6 +172,7 @@ class QueryContext:
         if not pairs or not all(groups):
             raise ActindexError(f"behaviour {behavior.name!r} has no contrastive pairs to form a query gradient from")
         convs = pair_conversations(pairs)
+        self.touched.update(conversation_key(c) for c in convs)
         cache_key = json.dumps([names, groups, [conversation_key(c) for c in convs]])
         if cache_key in self.gradients:
             return self.gradients[cache_key]

@@ -23,7 +23,7 @@ import numpy as np
 
 from actindex.configs import check_choices, option
 from actindex.errors import ActindexError, IndexFileError
-from actindex.query.fusion import FusionRule
+from actindex.query.fusion import BOTTOM, TOP, FusionRule, MemberRanking, calibrated, fusion_names, robust_center_scale
 from actindex.query.methods import Member, QueryMethod, default_method, method_names
 from actindex.query.rerank import RECALLS, row_influence, tfidf_recall
 from actindex.query.result import Hit, QueryResult, snippet_of
@@ -40,10 +40,6 @@ def _kinds() -> list[str]:
     return kind_names()
 
 
-def _fusions() -> list[str]:
-    return list(FusionRule.registry)
-
-
 @dataclass
 class QueryConfig:
     """Settings of one query: how a behaviour's rows are ranked, how many are returned, how they are reranked."""
@@ -55,7 +51,7 @@ class QueryConfig:
                                "every indexed layer).", None)
     k: int = option("Rows to return; 0 = every row.", 10, minimum=0, flag="--top-k")
     bottom_k: int = option("Also return the k most negative rows.", 0, minimum=0)
-    fusion: str = option("How a fused method (ensemble) combines its members' rankings.", "rrf", choices=_fusions)
+    fusion: str = option("How a fused method (ensemble) combines its members' rankings.", "rrf", choices=fusion_names)
     rerank: str | None = option("Re-score the candidates with exact influence (needs `actindex fit-curvature`) and "
                                 "rank by it.", None, choices=_kinds)
     candidates: int = option("With --rerank: top-K and bottom-K search results re-scored.", 100, minimum=1)
@@ -76,10 +72,12 @@ class QueryConfig:
 
 @dataclass
 class Ranking:
-    """Ranked rows of one side: row numbers best first and the score the ranking ordered them by."""
+    """Ranked rows of one side, best first, with the score shown (``scores``) and, for a fused ranking, the
+    fusion rule's own score that ordered them (``fused``)."""
 
     scores: np.ndarray
     rows: np.ndarray
+    fused: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Ranking:
@@ -94,6 +92,7 @@ class QueryPipeline:
     context: Callable[[], QueryContext]
     curvature: Callable[[str], Any]
     notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     # ---- members and their vectors ----------------------------------------------------------
     def resolve_layer(self, layer: int | None) -> int:
@@ -148,32 +147,42 @@ class QueryPipeline:
         bottom = Ranking(*self.reader.search(psi, bottom_k, family, bottom=True)) if bottom_k else Ranking.empty()
         return top, bottom
 
-    def fused(self, behavior: Behavior, members: list[Member], fusion: str, k: int,
-              bottom_k: int) -> tuple[Ranking, Ranking, str]:
-        """Fuse the members' rankings: each member searches deep enough (``max(1000, 10 k)`` rows, every row
-        for ``k = 0``) for the fused top ``k`` to be stable; bottom rows fuse the members' bottom rankings and
-        carry minus their fused score. Returns ``(top, bottom, family description)``."""
-        rule = FusionRule.get(fusion)
+    def member_rankings(self, behavior: Behavior, members: list[Member], k: int,
+                        bottom_k: int) -> list[MemberRanking]:
+        """Each member's vector, its searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for
+        ``k = 0``, for the fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its
+        cosines over a seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
         depth = 0 if k <= 0 else max(1000, 10 * k)
-        tops, bottoms, families = [], [], []
+        bottom_depth = max(1000, 10 * bottom_k) if bottom_k else 0
+        out = []
         for member in members:
             psi, family = self.vector(behavior, member)
-            families.append(family)
-            top, bottom = self.search(member[0], psi, family, depth, max(1000, 10 * bottom_k) if bottom_k else 0)
-            tops.append(top.rows)
-            bottoms.append(bottom.rows)
-        n = len(self.reader)
-        top_score = rule.fuse(tops, n)
-        ranked = np.flatnonzero(top_score > 0)
-        ranked = ranked[np.argsort(-top_score[ranked], kind="stable")]
-        ranked = ranked if k <= 0 else ranked[:k]
-        low, bottom_score = np.zeros(0, dtype=np.int64), np.zeros(n)
-        if bottom_k:
-            bottom_score = rule.fuse(bottoms, n)
-            low = np.flatnonzero(bottom_score > 0)
-            low = low[np.argsort(-bottom_score[low], kind="stable")][:bottom_k]
-        description = f"{fusion}(" + ", ".join(families) + ")"
-        return Ranking(top_score[ranked], ranked), Ranking(-bottom_score[low], low), description
+            started = time.perf_counter()
+            top, bottom = self.search(member[0], psi, family, depth, bottom_depth)
+            center, scale = robust_center_scale(self.reader.calibration_cosines(psi, family))
+            self.timings["search"] = self.timings.get("search", 0.0) + time.perf_counter() - started
+            out.append(MemberRanking(
+                method=member[0], layer=member[1], family=family, psi=psi, top=top.rows,
+                bottom=bottom.rows,
+                cosines=lambda rows, psi=psi, family=family: self.reader.cosines(psi, family, rows),
+                center=center, scale=scale,
+            ))
+        return out
+
+    def fused(self, members: list[MemberRanking], fusion: str, k: int, bottom_k: int) -> tuple[Ranking, Ranking]:
+        """The fusion rule's ranking of each side, cut at ``k`` (0: every ranked row) and ``bottom_k``; each
+        ranking carries the rule's score (:attr:`Ranking.fused`) and the calibrated score
+        (:func:`~actindex.query.fusion.calibrated`, the score shown)."""
+        rule = FusionRule.get(fusion)
+        sides = []
+        for side, n in ((TOP, k), (BOTTOM, bottom_k)):
+            if side == BOTTOM and not bottom_k:
+                sides.append(Ranking.empty())
+                continue
+            rows, scores = rule.fuse(members, side)
+            rows, scores = (rows, scores) if n <= 0 else (rows[:n], scores[:n])
+            sides.append(Ranking(calibrated(members, rows), rows, fused=scores))
+        return sides[0], sides[1]
 
     # ---- rerank -----------------------------------------------------------------------------------
     def rerank(self, behavior: Behavior, top: np.ndarray, bottom: np.ndarray,
@@ -212,12 +221,13 @@ class QueryPipeline:
             self.context().behavior_gradients(behavior, self.curvature(config.rerank).names)
 
     def hits(self, ranking: Ranking) -> list[Hit]:
-        """Hits (rank, row, id, score, snippet, record) of a ranking."""
+        """Hits (rank, row, id, score, fused score, snippet, record) of a ranking."""
         ids = self.reader.ids()
         records = self.reader.records(ranking.rows)
+        fused = ranking.fused if ranking.fused is not None else [None] * len(ranking.rows)
         return [Hit(rank=i + 1, row=int(row), id=ids[row], score=float(score), snippet=snippet_of(record),
-                    record=record)
-                for i, (score, row, record) in enumerate(zip(ranking.scores, ranking.rows, records))]
+                    record=record, fused=None if f is None else float(f))
+                for i, (score, row, record, f) in enumerate(zip(ranking.scores, ranking.rows, records, fused))]
 
     # ---- the whole query ----------------------------------------------------------------------------
     def run(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
@@ -236,31 +246,48 @@ class QueryPipeline:
             raise ActindexError("--method ensemble fuses rankings: it cannot search a saved vector; pick one of its "
                                 "member methods for that")
         self.notes = list(behavior.notes) if behavior is not None and vector is None else []
-        if behavior is not None and vector is None:
+        self.timings = {}
+        ctx = self.context() if vector is None else None
+        if ctx is not None:
+            ctx.start()
             self.prefetch_gradient(behavior, config)
         n = config.candidates if config.rerank else None
+        members: list[MemberRanking] = []
         if strategy.fused:
-            top, bottom, described = self.fused(behavior, self.members(method, config.layer), config.fusion,
-                                                n or config.k, n or config.bottom_k)
-            fused = dict(zip(bottom.rows.tolist(), bottom.scores.tolist())) | dict(zip(top.rows.tolist(),
-                                                                                       top.scores.tolist()))
-            search_scores = lambda rows: np.array([fused.get(int(r), 0.0) for r in rows])  # noqa: E731
+            members = self.member_rankings(behavior, self.members(method, config.layer), n or config.k,
+                                           n or config.bottom_k)
+            top, bottom = self.fused(members, config.fusion, n or config.k, n or config.bottom_k)
+            described = f"{config.fusion}(" + ", ".join(m.family for m in members) + ")"
+            search_scores = lambda rows: calibrated(members, rows)  # noqa: E731
         else:
             if vector is None:
                 vector, described = self.vector(behavior, self.members(method, config.layer)[0])
             else:
                 described = family or strategy.family(self.resolve_layer(config.layer))
+            searching = time.perf_counter()
             top, bottom = self.search(method, vector, described, n or config.k, n or config.bottom_k)
+            self.timings["search"] = time.perf_counter() - searching
             psi, searched_family = vector, described
             search_scores = lambda rows: (  # noqa: E731
                 self.reader.projections(psi, searched_family, rows) if strategy.projection_scores
                 else self.reader.cosines(psi, searched_family, rows))
         if config.rerank is not None:
+            reranking = time.perf_counter()
             top_hits, bottom_hits = self.rerank(behavior, top.rows, bottom.rows, search_scores, config)
+            self.timings["rerank"] = time.perf_counter() - reranking - (ctx.model_seconds if ctx else 0.0)
         else:
             top_hits, bottom_hits = self.hits(top), self.hits(bottom)
+        if ctx is not None:
+            self.timings["model pass"] = ctx.model_seconds
         label = name or (behavior.name if behavior is not None else "vector")
         return QueryResult(behavior=label, method=method if config.rerank is None else f"{method}+{config.rerank}",
                            family=described, top=top_hits, bottom=bottom_hits,
                            vector=None if strategy.fused else vector, seconds=time.perf_counter() - started,
-                           notes=self.notes)
+                           notes=self.notes, members=[describe(m) for m in members],
+                           timings={k: round(v, 4) for k, v in self.timings.items()})
+
+
+def describe(member: MemberRanking) -> dict[str, Any]:
+    """A member as ``--explain`` and the JSON output show it."""
+    return {"method": member.method, "layer": member.layer, "family": member.family, "weight": member.weight,
+            "median": member.center, "scale": member.scale, **member.notes}

@@ -96,12 +96,14 @@ def model_passes(
 
 
 def fit_kronecker(
-    run: CapturePass, plan: dict[str, Sequence[str]], damping: float | None = None
+    run: CapturePass, plan: dict[str, Sequence[str]], damping: float | None = None, progress: bool = False
 ) -> dict[str, dict[str, KronEigen]]:
     """Fit each kind of ``plan`` (``{kind: modules}``) from any source of ``(a, delta)``: the model
     (:func:`fit_factors`) or a toy model in the tests. Kinds share their passes: pass ``p`` captures the
     modules of every kind that needs it. Returns ``{kind: {module: KronEigen}}``."""
     fits = {kind: CurvatureKind.get(kind).fit(names, damping) for kind, names in plan.items() if names}
+    for fit in fits.values():
+        fit.progress = progress
     for number in range(max((f.passes for f in fits.values()), default=0)):
         active = [f for f in fits.values() if number < f.passes]
         names = list(dict.fromkeys(name for f in active for name in f.names))
@@ -127,6 +129,6 @@ def fit_factors(
     """:func:`fit_kronecker` on the model's own ``(a, delta)`` for ``encoded`` training rows."""
     names = list(dict.fromkeys(name for modules in plan.values() for name in modules))
     run = model_passes(model, encoded, pad_id, names, empirical_fisher, batch_size, seed, progress)
-    fitted = fit_kronecker(run, plan, damping)
+    fitted = fit_kronecker(run, plan, damping, progress)
     info = {"rows": len(encoded), "labels": "data" if empirical_fisher else "sampled"}
     return {kind: Curvature(kind, modules, dict(info)) for kind, modules in fitted.items()}

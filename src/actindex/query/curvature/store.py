@@ -8,7 +8,7 @@ The factors of each kind are HDF5 groups ``curvature/<kind>/NNNN/{q_a,q_s,lam}``
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from actindex.core.rows import normalise_record
 from actindex.errors import ActindexError, IndexFileError
 from actindex.index.manifest import CurvatureInfo, Manifest
 from actindex.query.curvature.config import CurvatureConfig
+from actindex.query.curvature.cost import estimate
 from actindex.query.curvature.kinds import LINFAC, CurvatureKind
 from actindex.query.curvature.kron import Curvature, KronEigen
 from actindex.query.curvature.passes import fit_factors
@@ -46,10 +47,12 @@ def encode_index_rows(
 
 
 def fit_curvature(
-    reader: IndexReader, lm: LoadedModel, config: CurvatureConfig, progress: bool = True
+    reader: IndexReader, lm: LoadedModel, config: CurvatureConfig, progress: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, CurvatureInfo]:
     """Fit the requested kinds on a seeded sample of the index's rows (``config.samples``, without
-    replacement) and store them in it; returns the manifest's new ``curvature`` entries."""
+    replacement) and store them in it; returns the manifest's new ``curvature`` entries. Before the
+    first pass, ``say`` is told the fit's cost (:func:`~actindex.query.curvature.cost.estimate`)."""
     from actindex.index.writer import append_group
 
     table = reader.table
@@ -60,7 +63,10 @@ def fit_curvature(
     rows = np.sort(rng.choice(valid, size=min(config.samples, len(valid)), replace=False))
     encoded = encode_index_rows(reader, rows, lm)
     projection = reader.manifest.projection.modules
-    plan = {kind: CurvatureKind.get(kind).modules(lm.model, projection, config) for kind in config.kinds}
+    plan = {kind: CurvatureKind.get(kind).modules(lm.model, projection, config, reader.layers)
+            for kind in config.kinds}
+    if say is not None:
+        say(estimate(lm.model, plan, encoded, lm.tokenizer.pad_token_id, config.batch_size).describe())
     started = time.time()
     fitted = fit_factors(lm.model, encoded, lm.tokenizer.pad_token_id, plan, config.empirical_fisher,
                          config.damping, config.batch_size, config.seed, progress)

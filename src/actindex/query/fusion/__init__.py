@@ -1,6 +1,27 @@
 """Fusion rules for ensemble rankings, one registered class per file; ``FusionRule.get(name)``."""
 
-from actindex.query.fusion.base import FusionRule
-from actindex.query.fusion.rrf import RRF_K, ReciprocalRankFusion, reciprocal_rank_fusion
+from actindex.query.fusion.base import (
+    BOTTOM,
+    TOP,
+    FusionRule,
+    MemberRanking,
+    calibrated,
+    robust_center_scale,
+)
 
-__all__ = ["RRF_K", "FusionRule", "ReciprocalRankFusion", "reciprocal_rank_fusion"]
+# the registry lists the rules in this order
+# isort: off
+from actindex.query.fusion.rrf import RRF_K, ReciprocalRankFusion, reciprocal_rank_fusion
+from actindex.query.fusion.zmean import CalibratedMean
+# isort: on
+
+
+def fusion_names() -> list[str]:
+    """Every registered fusion rule, for the CLI's choices."""
+    return list(FusionRule.registry)
+
+
+__all__ = [
+    "BOTTOM", "RRF_K", "TOP", "CalibratedMean", "FusionRule", "MemberRanking", "ReciprocalRankFusion", "calibrated",
+    "fusion_names", "reciprocal_rank_fusion", "robust_center_scale",
+]

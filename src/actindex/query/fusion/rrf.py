@@ -1,10 +1,10 @@
-"""Reciprocal rank fusion (Cormack et al. 2009), the default ensemble's rule."""
+"""Reciprocal rank fusion (Cormack et al. 2009): rows ordered by their ranks in the members' lists."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from actindex.query.fusion.base import FusionRule
+from actindex.query.fusion.base import TOP, FusionRule, MemberRanking
 
 #: the constant of reciprocal rank fusion (Cormack et al. 2009)
 RRF_K = 60
@@ -20,11 +20,17 @@ def reciprocal_rank_fusion(rankings: list[np.ndarray], rows: int) -> np.ndarray:
 
 
 class ReciprocalRankFusion(FusionRule):
-    """``score[row] = sum_m 1 / (60 + rank_m(row))``: orders rows by agreement between members, robust to
-    their scales; says nothing about the size or sign of a row's effect."""
+    """``score(x) = sum_m 1 / (60 + rank_m(x))`` over the members' lists of the side: orders rows by the
+    members' agreement, whatever their scales (the bottom side's score is negated, so it reads like a
+    score of that side)."""
 
     name = "rrf"
     help = "reciprocal rank fusion: sum over members of 1 / (60 + rank)"
 
-    def fuse(self, rankings: list[np.ndarray], rows: int) -> np.ndarray:
-        return reciprocal_rank_fusion(rankings, rows)
+    def fuse(self, members: list[MemberRanking], side: str) -> tuple[np.ndarray, np.ndarray]:
+        lists = [m.ranked(side) for m in members]
+        n = 1 + max((int(r.max()) for r in lists if len(r)), default=-1)
+        score = reciprocal_rank_fusion(lists, n)
+        rows = np.flatnonzero(score > 0)
+        rows = rows[np.argsort(-score[rows], kind="stable")]
+        return rows, score[rows] if side == TOP else -score[rows]

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
 
 class CurvatureFit:
-    """The sums one kind accumulates over its passes, for the modules ``names``."""
+    """The sums one kind accumulates over its passes, for the modules ``names``; ``progress`` shows a bar
+    over the modules in the steps between passes (eigendecompositions)."""
 
     passes: int = 1
+    progress: bool = False
 
     def __init__(self, names: Sequence[str], damping: float | None):
         self.names, self.damping = list(names), damping
@@ -46,10 +48,17 @@ class CurvatureKind(Registered, noun="curvature kind"):
     name: ClassVar[str]
     help: ClassVar[str]
 
-    def modules(self, model: nn.Module, projection_modules: Sequence[str], config: Any) -> list[str]:
-        """The modules this kind fits for ``model``, given the index's projected modules and the
-        :class:`~actindex.query.curvature.config.CurvatureConfig`."""
+    def modules(self, model: nn.Module, projection_modules: Sequence[str], config: Any,
+                layers: Sequence[int] | None = None) -> list[str]:
+        """The modules this kind fits for ``model``, given the index's projected modules, its ``layers`` (the
+        default scope) and the :class:`~actindex.query.curvature.config.CurvatureConfig`."""
         raise NotImplementedError
+
+    def factor_floats(self, shape: tuple[int, int]) -> int:
+        """Numbers stored for one module of weight shape ``(O, I)``: ``Q_A`` (I x I), ``Q_S`` (O x O) and
+        ``Lambda`` (O x I)."""
+        out_dim, in_dim = shape
+        return in_dim * in_dim + out_dim * out_dim + out_dim * in_dim
 
     def fit(self, names: Sequence[str], damping: float | None) -> CurvatureFit:
         """A fresh accumulator for ``names``."""

@@ -45,10 +45,13 @@ class EkfacFit(CurvatureFit):
             self.lam_sum[name] = self.lam_sum[name] + (rotated**2).sum(0).cpu()
 
     def end_pass(self, number: int) -> None:
+        from tqdm.auto import tqdm
+
         from actindex.query.curvature.kron import eigh64
 
         if number == 0:
-            for name in self.names:
+            for name in tqdm(self.names, desc="curvature: eigenbases", unit="module", disable=not self.progress,
+                             dynamic_ncols=True):
                 a, s = self.sums[name].factors()
                 self.bases[name] = (eigh64(a)[1], eigh64(s)[1])
 
@@ -70,12 +73,30 @@ class Ekfac(CurvatureKind):
     name = "ekfac"
     help = "EK-FAC per linear module (eigenbasis from token covariances, exact eigenvalue correction)"
 
-    def modules(self, model: nn.Module, projection_modules: Sequence[str], config: Any) -> list[str]:
+    def modules(self, model: nn.Module, projection_modules: Sequence[str], config: Any,
+                layers: Sequence[int] | None = None) -> list[str]:
+        from actindex.core.models import peft_adapter_modules
         from actindex.core.vectors import select_grad_modules
 
+        if config.every_module:
+            return select_grad_modules(model)
         if config.modules:
             return select_grad_modules(model, config.modules)
-        return list(projection_modules) or select_grad_modules(model)
+        if projection_modules:
+            return list(projection_modules)
+        return peft_adapter_modules(model) or mlp_modules(model, layers)
 
     def fit(self, names: Sequence[str], damping: float | None) -> CurvatureFit:
         return EkfacFit(names, damping)
+
+
+def mlp_modules(model: nn.Module, layers: Sequence[int] | None) -> list[str]:
+    """The linear modules inside the MLP (``mlp`` child) of the given decoder blocks (every block: ``None``)."""
+    from actindex.core.models import decoder_layers
+    from actindex.core.vectors import select_grad_modules
+
+    blocks = decoder_layers(model)
+    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    wanted = range(len(blocks)) if layers is None else layers
+    patterns = [f"{prefix}.{layer}.mlp.*" for layer in wanted]
+    return select_grad_modules(model, patterns)

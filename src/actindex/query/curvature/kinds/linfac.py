@@ -41,12 +41,14 @@ class Linfac(CurvatureKind):
     name = "linfac"
     help = "LinFAC per sublayer (MLP or whole block), sequence-level factors"
 
-    def modules(self, model: nn.Module, projection_modules: Sequence[str], config: Any) -> list[str]:
+    def modules(self, model: nn.Module, projection_modules: Sequence[str], config: Any,
+                layers: Sequence[int] | None = None) -> list[str]:
         from actindex.core.models import decoder_layers
 
         blocks = decoder_layers(model)
         prefix = next(name for name, m in model.named_modules() if m is blocks)
-        names = [f"{prefix}.{i}" for i in range(len(blocks))]
+        wanted = range(len(blocks)) if layers is None or config.every_module else layers
+        names = [f"{prefix}.{i}" for i in wanted]
         if config.sublayer == "block":
             return names
         found = []
@@ -59,3 +61,7 @@ class Linfac(CurvatureKind):
 
     def fit(self, names: Sequence[str], damping: float | None) -> CurvatureFit:
         return LinfacFit(names, damping)
+
+    def factor_floats(self, shape: tuple[int, int]) -> int:
+        """A sublayer's ``A`` (d x d), ``S`` (d x d) eigenbases and ``Lambda`` (d x d), ``d`` its width."""
+        return 3 * shape[0] * shape[0]
