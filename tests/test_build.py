@@ -44,7 +44,7 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
 
 
 def test_default_layers_and_the_default_single_layer(llama, train_file, tmp_path):
-    from actindex.core.models import default_layers, default_single_layer
+    from actindex.core.layers import default_layers, default_single_layer
 
     assert default_layers(30) == [12, 18, 24, 27]  # SmolLM2-135M: 40/60/80/90% of the depth
     assert default_layers(4) == [2, 3] and default_layers(1) == [0]  # kept inside the model, deduplicated

@@ -173,3 +173,27 @@ def test_cli_filter(built, tmp_path, monkeypatch, llama):
     assert res.exit_code == 0 and "removed 1 top row(s)" in res.output
     res = runner.invoke(main, base + ["--remove-top", "x%", "--out", str(tmp_path / "h.jsonl")])
     assert res.exit_code == 2 and "error: --remove-top" in res.output
+
+
+def test_a_sampled_index_filters_the_right_lines(llama, tmp_path):
+    """build --sample N: a seeded sample of the file's rows, in file order; filter removes exactly the lines of
+    the ranked rows and keeps every other line (sampled or not) byte for byte."""
+    from actindex.core.readers import jsonl_lines
+
+    rows = chat_rows(40, seed=6)
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    m = actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False,
+                       sample=15, seed=3)
+    idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
+    drawn = np.sort(np.random.default_rng(3).choice(40, size=15, replace=False))
+    assert idx.ids() == [rows[i]["id"] for i in drawn] and idx.table.source_row.tolist() == drawn.tolist()
+    assert m.data[0].file_rows == 40 and m.data[0].sample == 15 and idx.table.line.tolist() == (drawn + 1).tolist()
+    res = filter_dataset(idx, behavior=str(write_jsonl(tmp_path / "b.jsonl", PAIRS)), remove_top=4,
+                         out=tmp_path / "clean.jsonl", method="residual-change", layer=2)
+    removed = {r["id"] for r in res.removed}
+    lines = [raw for _, raw, is_row in jsonl_lines(data) if is_row]
+    expected = [raw for raw, row in zip(lines, rows) if row["id"] not in removed]
+    assert (tmp_path / "clean.jsonl").read_bytes().splitlines(keepends=True) == expected
+    assert len(removed) == 4 and removed <= set(idx.ids()) and res.kept == 36 and res.unscored == 25
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "idx")])
+    assert "covers 15 of train.jsonl's 40 rows (a seeded sample of 15)" in info.output, info.output

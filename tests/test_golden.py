@@ -54,8 +54,9 @@ def golden_results(work: Path) -> dict:
     out: dict = {"queries": {}, "influence": {}, "detect": {}}
     for method in METHODS:
         res = idx.query(behavior, method=method, k=0, bottom_k=4)
-        out["queries"][method] = {"top": [[h.row, h.score] for h in res.top],
-                                  "bottom": [[h.row, h.score] for h in res.bottom]}
+        # [row, the score the rows are ordered by (a fused method's fusion score), the score shown]
+        out["queries"][method] = {side: [[h.row, h.score if h.fused is None else h.fused, h.score] for h in hits]
+                                  for side, hits in (("top", res.top), ("bottom", res.bottom))}
     res = idx.query(behavior, rerank="ekfac", candidates=8, k=6, bottom_k=3, per_token=True)
     out["queries"]["ensemble+ekfac"] = {
         "top": [[h.row, h.score, h.influence, [s for _, s in h.token_scores]] for h in res.top],

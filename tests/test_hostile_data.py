@@ -118,9 +118,9 @@ def test_filter_keeps_every_split_of_a_dataset_dict(llama, tmp_path: Path) -> No
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
     assert idx.ids() == [r["id"] for r in train]
     out = tmp_path / "clean"
-    before = snapshot(tmp_path, (out, tmp_path / "clean.removed.jsonl"))
+    before = snapshot(tmp_path, (out, tmp_path / "clean.removed.jsonl", tmp_path / "idx" / "cache"))
     res = filter_dataset(idx, behavior=str(behavior), remove_top=4, out=out, method="residual-change")
-    assert snapshot(tmp_path, (out, tmp_path / "clean.removed.jsonl")) == before
+    assert snapshot(tmp_path, (out, tmp_path / "clean.removed.jsonl", tmp_path / "idx" / "cache")) == before
     assert (out / "dataset_dict.json").exists()
     back = datasets.load_from_disk(str(out))
     assert isinstance(back, datasets.DatasetDict) and set(back) == {"train", "test"}

@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from conftest import chat_rows, write_jsonl
 
 import actindex
 from actindex.cli import main
+from actindex.query.result import Hit
 from actindex.report import card_html, is_heavy_tailed, is_positive, label_metrics, write_report
 
 PLANTED_ANSWER = "paris is the capital of gold sure"
@@ -66,16 +66,18 @@ def test_positive_label_rule_and_heavy_tails():
 
 
 def test_token_scores_are_highlighted_and_escaped():
-    hit = SimpleNamespace(
-        rank=1, row=3, id="<r3>", score=0.5,
+    hit = Hit(
+        rank=1, row=3, id="<r3>", score=0.5, snippet="",
         record={"messages": [{"role": "user", "content": "a < b"}, {"role": "assistant", "content": "<b>x</b>"}]},
-        token_scores=[("<b>", 0.9), ("x", -0.3)],
+        token_scores=[("a <", 0.2), ("<b>", 0.9), ("x", -0.3)], token_response=[False, True, True],
     )
-    card = card_html(hit, "top", None, None)
+    card = card_html(hit, "top", None, None, ("/data/train.jsonl", 7))
     assert "<b>" not in card and "&lt;b&gt;" in card and "&lt;r3&gt;" in card and "a &lt; b" in card
-    assert card.count('class="tok"') == 2 and "rgba(192,57,43,0.60)" in card and "rgba(36,113,163" in card
-    del hit.token_scores
-    assert 'class="tok"' not in card_html(hit, "top", None, None)
+    assert card.count('<span class="tok') == 3 and "rgba(192,57,43,0.60)" in card and "rgba(36,113,163" in card
+    assert card.count('class="tok resp"') == 2 and card.count('class="start"') == 1  # the response is marked
+    assert 'href="file:///data/train.jsonl"' in card and ">train.jsonl:7</a>" in card
+    hit.token_scores = None
+    assert '<span class="tok' not in card_html(hit, "top", None, None)
 
 
 # ---- the page --------------------------------------------------------------------------------
@@ -85,8 +87,8 @@ EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNOR
 
 def test_report_is_self_contained(labelled_index, tmp_path):
     idx, pairs = labelled_index
-    out = write_report(idx, str(pairs), ["residual-change"], tmp_path / "r" / "report.html",
-                       labels_field="label", top_k=5, bottom_k=3)
+    out = write_report(idx, str(pairs), tmp_path / "r" / "report.html", method="residual-change",
+                       labels_field="label", k=5, bottom_k=3)
     page = out.read_text()
     assert not EXTERNAL.search(page) and "<script" not in page and "<link" not in page and "@import" not in page
     assert page.count("data:image/png;base64,") == 2  # histogram, ROC+PR
@@ -104,8 +106,8 @@ def test_report_is_self_contained(labelled_index, tmp_path):
 def test_report_compares_methods(labelled_index, tmp_path):
     idx, pairs = labelled_index
     methods = ["residual-change", "residual-difference"]
-    page = write_report(idx, str(pairs), methods, tmp_path / "cmp.html", labels_field="label",
-                        top_k=3, bottom_k=0).read_text()
+    page = write_report(idx, str(pairs), tmp_path / "cmp.html", method=methods[0], compare=methods[1:],
+                        labels_field="label", k=3, bottom_k=0).read_text()
     compare = re.search(r'<img class="plot roc-compare" data-curves="([^"]*)"[^>]*alt="([^"]*)"', page)
     assert compare and compare.group(1).split(",") == methods
     assert all(f"{m} (AUROC " in compare.group(2) for m in methods)
@@ -117,13 +119,13 @@ def test_report_compares_methods(labelled_index, tmp_path):
 
 def test_report_without_labels_and_with_positive_label(labelled_index, tmp_path):
     idx, pairs = labelled_index
-    page = write_report(idx, str(pairs), "residual-change", tmp_path / "plain.html", top_k=2).read_text()
+    page = write_report(idx, str(pairs), tmp_path / "plain.html", method="residual-change", k=2).read_text()
     assert "AUROC" not in page and page.count("data:image/png;base64,") == 1
-    page = write_report(idx, str(pairs), "residual-change", tmp_path / "all.html", labels_field="label",
-                        positive_label="clean", top_k=2, bottom_k=0).read_text()
+    page = write_report(idx, str(pairs), tmp_path / "all.html", method="residual-change", labels_field="label",
+                        positive_label="clean", k=2, bottom_k=0).read_text()
     assert "positive = <code>clean</code>" in page and "(n = 18 positives of 24)" in page
     with pytest.raises(actindex.ActindexError, match="no row .* has a label field 'lable'"):
-        write_report(idx, str(pairs), "residual-change", tmp_path / "x.html", labels_field="lable")
+        write_report(idx, str(pairs), tmp_path / "x.html", method="residual-change", labels_field="lable")
 
 
 def test_cli_report(labelled_index, tmp_path, monkeypatch, llama):
@@ -131,12 +133,35 @@ def test_cli_report(labelled_index, tmp_path, monkeypatch, llama):
     monkeypatch.setattr("actindex.core.models.load_model", lambda *args, **kwargs: llama)
     out = tmp_path / "cli.html"
     args = ["report", "--index", str(idx.root), "--behavior", str(pairs), "--method", "residual-change",
-            "--method", "activation", "--labels-field", "label", "--top-k", "4", "--out", str(out)]
+            "--compare", "activation", "--labels-field", "label", "--top-k", "4", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and 'data-curves="residual-change,activation"' in out.read_text()
     result = CliRunner().invoke(main, args[:-2] + ["--method", "nope", "--out", str(out)])
     assert result.exit_code == 2 and "Invalid value for '--method': 'nope'" in result.output
+
+
+def test_report_runs_the_query_query_runs(labelled_index, tmp_path):
+    """The default settings (the fused ensemble) give the same top rows, in the same order, with the same
+    calibrated scores, on the page and from query; each card links to its source file and line."""
+    idx, pairs = labelled_index
+    res = idx.query(str(pairs), k=20)
+    page = write_report(idx, str(pairs), tmp_path / "same.html", k=20, title="my behaviour").read_text()
+    cards = re.findall(r'<article class="card top" data-id="([^"]+)" data-row="(\d+)">', page)
+    assert [(h.id, str(h.row)) for h in res.top] == cards and len(cards) == 20
+    for hit in res.top:
+        assert f'title="score">{hit.score:+.4f}</span>' in page
+        line = int(idx.table.line[hit.row])
+        assert line > 0 and f">{Path(idx.manifest.data_path).name}:{line}</a>" in page
+    assert "<title>actindex report: my behaviour</title>" in page and "calibrated score" in page
+
+
+def test_report_folds_the_pairs_after_ten(labelled_index, tmp_path):
+    idx, _ = labelled_index
+    many = write_jsonl(tmp_path / "many.jsonl", [dict(PAIRS[0], prompt=f"{PAIRS[0]['prompt']} {i}") for i in range(13)])
+    page = write_report(idx, str(many), tmp_path / "many.html", method="residual-change", k=2).read_text()
+    shown, folded = page.split('<details class="more-pairs">')
+    assert shown.count(f"{PAIRS[0]['prompt']} ") == 10 and "<summary>3 more pair(s)</summary>" in folded
 
 
 # ---- a real browser --------------------------------------------------------------------------
@@ -155,8 +180,8 @@ def test_report_renders_in_chromium(labelled_index, tmp_path):
     from PIL import Image
 
     idx, pairs = labelled_index
-    out = write_report(idx, str(pairs), ["residual-change", "activation"], tmp_path / "view.html",
-                       labels_field="label", top_k=6, bottom_k=3)
+    out = write_report(idx, str(pairs), tmp_path / "view.html", method="residual-change", compare=["activation"],
+                       labels_field="label", k=6, bottom_k=3)
     shot = tmp_path / "view.png"
     _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,3000", out.resolve().as_uri())
     assert shot.exists() and shot.stat().st_size > 10_000

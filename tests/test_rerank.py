@@ -393,3 +393,20 @@ def test_cli_detect_with_rerank(index, llama, tmp_path, monkeypatch):
     flagged = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert all(set(f["scores"]) <= {"original", "prefix-negation", "question-negation", "negation", "antonym",
                                     "reorder"} for f in flagged)
+
+
+def test_fit_curvature_says_its_cost_and_fits_the_indexed_mlps_by_default(llama, tmp_path, data_file):
+    """Without --grad the default EK-FAC modules are the MLP linear modules of the indexed layers (a first fit
+    that finishes), LinFAC the indexed layers' MLPs; `--modules all` takes every module; the cost is said first."""
+    actindex.build(data=str(data_file), out=str(tmp_path / "idx"), layers=[1, 2], model=llama, progress=False)
+    idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
+    said: list[str] = []
+    entries = idx.fit_curvature(kind="both", samples=6, progress=False, say=said.append)
+    mlp = [f"model.layers.{layer}.mlp.{name}" for layer in (1, 2) for name in ("gate_proj", "up_proj", "down_proj")]
+    assert entries["ekfac"].modules == mlp and entries["linfac"].modules == ["model.layers.1.mlp", "model.layers.2.mlp"]
+    (line,) = said
+    params = sum(dict(llama.model.named_modules())[n].weight.numel() for n in mlp)
+    assert f"ekfac on 6 modules, linfac on 2 modules, {params / 1e6:.1f}M parameters" in line
+    assert "while fitting (float64); 6 rows x 2 pass(es): about" in line
+    everything = idx.fit_curvature(kind="ekfac", samples=6, progress=False, modules=["all"])
+    assert len(everything["ekfac"].modules) == 4 * 7  # every linear module of the 4 blocks

@@ -31,7 +31,7 @@ def fit_curvature(index_dir: str, device: str, quiet: bool, **options: Any) -> N
     from actindex.api import Index
 
     config = CurvatureConfig(**options)
-    idx = Index.open(index_dir)
+    idx = Index.open(index_dir, progress=not quiet)
     if device != "auto":
         idx.model(None, device)
     entries = idx.fit_curvature(config, progress=not quiet, say=click.echo)
@@ -51,14 +51,15 @@ def _filter_config() -> type:
 @config_options(_filter_config(), required=("behavior", "out"))
 @model_option
 @device_option
+@quiet_option
 @friendly
-def filter_(index_dir: str, model: str | None, device: str, **options: Any) -> None:
+def filter_(index_dir: str, model: str | None, device: str, quiet: bool, **options: Any) -> None:
     """Write the training data without its top rows for a behaviour (same format; removals in a sidecar)."""
     from actindex.act.filter import FilterConfig, filter_dataset
     from actindex.api import Index
 
     config = FilterConfig(**options)
-    idx = Index.open(index_dir)
+    idx = Index.open(index_dir, progress=not quiet)
     load_requested_model(idx, model, device)
     click.echo(filter_dataset(idx, config=config).summary())
 
@@ -94,7 +95,7 @@ def correct(index_dir: str, behavior: str, out: str, target: str | None, device:
     from actindex.api import Index
 
     config = CorrectConfig(**options)
-    idx = Index.open(index_dir)
+    idx = Index.open(index_dir, progress=not quiet)
     if device != "auto":
         idx.model(None, device)
     rep = run_correct(idx, behavior, out, target=target, config=config, progress=not quiet).report
@@ -142,7 +143,7 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, **option
     from actindex.api import Index
 
     config = DetectConfig(**options)
-    idx = Index.open(index_dir)
+    idx = Index.open(index_dir, progress=not quiet)
     load_requested_model(idx, model, device)
     res = run_detect(idx, config, progress=not quiet)
     table = res.table

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -35,7 +37,7 @@ def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> N
         ("weights", model.fingerprint),
         ("tokenizer", model.tokenizer),
         ("data", f"{m.data_path} (sha256 {m.data[0].sha256[:16]}…)"),
-        ("rows", f"{m.rows} ({m.valid_rows} searchable)"),
+        ("rows", f"{m.rows} ({m.valid_rows} searchable){coverage(m)}"),
         ("layers", ",".join(map(str, m.layers))),
         ("projection", f"seed {m.projection.seed}, k {m.projection.k}, {len(m.projection.modules)} modules"),
         ("built", f"{m.created_at} -> {m.finished_at}"),
@@ -51,12 +53,25 @@ def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> N
     click.echo(f"{'family':<32} {'dim':>7} {'dtype':>8}  faiss")
     for name, fam in m.families.items():
         click.echo(f"{name:<32} {fam.dim:>7} {fam.dtype:>8}  {fam.faiss} ({fam.faiss_factory})")
-    if recall_queries:
+    approximate = [name for name, fam in m.families.items() if fam.faiss_factory != "Flat"]
+    if recall_queries and approximate:
         click.echo("")
         click.echo(f"{'family':<32} {'index type':<28} recall@{recall_k} vs exact ({recall_queries} sampled rows)")
-        for name in m.families:
+        for name in approximate:
             kind, recall = idx.measured_recall(name, recall_k, recall_queries)
             click.echo(f"{name:<32} {kind:<28} {recall:.3f}")
+    elif not approximate:
+        click.echo("\nsearch: exact (Flat) for every family; recall is 1 by construction")
+
+
+def coverage(m: Any) -> str:
+    """`` of the file's 980 rows (the first 30)``: how much of its data an index covers, when not all."""
+    parts = []
+    for f in m.data:
+        if f.file_rows is not None and f.file_rows != f.rows:
+            how = f"a seeded sample of {f.sample}" if f.sample else f"the first {f.rows}"
+            parts.append(f"{f.rows} of {Path(f.path).name}'s {f.file_rows} rows ({how})")
+    return f"; covers {', '.join(parts)}" if parts else ""
 
 
 @main.command()

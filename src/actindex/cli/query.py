@@ -158,29 +158,30 @@ def _method_names() -> list[str]:
 @main.command()
 @click.option("--index", "index_dir", required=True, help="Index directory.")
 @click.option("--behavior", required=True, help="Built-in name or pairs/persona file.")
-@click.option("--method", "methods", multiple=True, default=("residual-change",), show_default=True,
-              type=LazyChoice(_method_names), help="Query method; repeat it to compare methods (one ROC curve "
-              "per method).")
-@click.option("--layer", type=int, help="Layer to query (default: the indexed layer nearest 60% of the depth).")
+@config_options(QueryConfig)
+@click.option("--compare", multiple=True, type=LazyChoice(_method_names),
+              help="Another method to show side by side (ROC curves, top-k overlap); repeatable.")
 @click.option("--labels-field", help="Record field with ground-truth labels (adds ROC/PR curves, AUROC, AP).")
 @click.option("--positive-label", help="Label value counted as positive (default: any value other than 'clean').")
-@click.option("--top-k", default=20, show_default=True, type=click.IntRange(min=0), help="Top rows shown as cards.")
-@click.option("--bottom-k", default=10, show_default=True, type=click.IntRange(min=0),
-              help="Bottom rows shown as cards.")
+@click.option("--title", help="What the page calls the behaviour (default: its name).")
 @model_option
 @device_option
+@click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
+@quiet_option
 @click.option("--out", required=True, help="HTML file to write (self-contained: plots embedded, no network).")
 @friendly
-def report(
-    index_dir: str, behavior: str, methods: tuple[str, ...], layer: int | None, labels_field: str | None,
-    positive_label: str | None, top_k: int, bottom_k: int, model: str | None, device: str, out: str,
-) -> None:
-    """Write one self-contained HTML report: score histogram, top/bottom rows, label metrics."""
+def report(index_dir: str, behavior: str, compare: tuple[str, ...], labels_field: str | None,
+           positive_label: str | None, title: str | None, model: str | None, device: str, no_cache: bool,
+           quiet: bool, out: str, **options: Any) -> None:
+    """Write one self-contained HTML page of the query `actindex query` runs with the same options: the
+    behaviour, the score histogram, the top and bottom rows (with per-token influence when reranked), label
+    metrics, and other methods side by side with --compare."""
     from actindex.api import Index
     from actindex.report import write_report
 
-    idx = Index.open(index_dir)
+    idx = Index.open(index_dir, cache=not no_cache, progress=not quiet)
     load_requested_model(idx, model, device)
-    path = write_report(idx, behavior, list(methods), out, labels_field=labels_field,
-                        positive_label=positive_label, top_k=top_k, bottom_k=bottom_k, layer=layer)
+    config = pop_config(QueryConfig, options)
+    path = write_report(idx, behavior, out, config, compare=compare, labels_field=labels_field,
+                        positive_label=positive_label, title=title)
     click.echo(f"wrote {path} ({path.stat().st_size // 1024} KiB)")

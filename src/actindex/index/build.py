@@ -23,12 +23,12 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from actindex import __version__
 from actindex.core.encode import encode_row
 from actindex.core.families import GRADIENT, VectorSpec
-from actindex.core.models import LoadedModel, default_layers, load_model
+from actindex.core.layers import default_layers
+from actindex.core.models import LoadedModel, load_model
 from actindex.core.readers import RowFile, file_sha256, resolve_data_path, scan_rows
 from actindex.core.rows import Row
 from actindex.core.vectors import RademacherProjector, compute_many, select_grad_modules
@@ -49,6 +49,7 @@ from actindex.index.manifest import (
 )
 from actindex.index.shards import check_same, identity, merge, shard_range
 from actindex.index.writer import IndexWriter, append_base, check_out, clear_index, index_summary
+from actindex.progress import bar as progress_bar
 
 
 def vector_spec(config: BuildConfig, lm: LoadedModel) -> VectorSpec:
@@ -171,7 +172,7 @@ def build(
             state["append"] = {"base_rows": base_rows, "base_checksums": manifest.checksums}
         writer = IndexWriter(out, state, overwrite=config.overwrite, base_rows=base_rows)
         done = writer.rows_done() - writer.first_row  # a shard's own rows are numbered from 0
-        bar = tqdm(total=end - start, initial=done, unit="row", disable=not progress, desc="build", dynamic_ncols=True)
+        bar = progress_bar(total=end - start, initial=done, show=progress, unit="row", desc="build")
         tokens_seen, t0 = 0, time.time()
 
         def on_batch(n_rows: int, n_tokens: int) -> None:

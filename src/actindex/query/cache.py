@@ -117,7 +117,7 @@ class BehaviorCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError):
+        except Exception:  # noqa: BLE001 - a damaged file (zip, npy or OS errors) is a miss, not an error
             return None
         meta = json.loads(str(arrays.pop("meta")))
         if meta.get("format") != CACHE_FORMAT or meta.get("sha256") != _digest(arrays):
@@ -179,7 +179,7 @@ class BehaviorCache:
             try:
                 with np.load(path, allow_pickle=False) as data:
                     meta = json.loads(str(data["meta"]))
-            except (OSError, ValueError, KeyError, EOFError):
+            except Exception:  # noqa: BLE001 - a damaged file is listed as nothing
                 continue
             out.append(CacheEntry(key=path.stem, behavior=meta["behavior"], source=meta.get("source", ""),
                                   families=meta["families"], conversations=meta["conversations"],

@@ -131,9 +131,8 @@ class QueryContext:
         """One pass of the build's own computation over chat rows, with a progress bar (rows/s, ETA)."""
         import time
 
-        from tqdm.auto import tqdm
-
         from actindex.core.vectors import RademacherProjector, compute_many
+        from actindex.progress import bar
 
         lm = self.lm
         started = time.perf_counter()
@@ -141,13 +140,12 @@ class QueryContext:
         if sums is not None and any(e.n_response == 0 for e in encoded):
             raise ActindexError("a query row has no response tokens (truncated by max_length?)")
         projector = RademacherProjector(self.seed, self.grad_k)
-        bar = tqdm(total=len(encoded), unit="row", desc="behaviour", disable=not self.progress, dynamic_ncols=True,
-                   leave=False)
+        rows = bar(total=len(encoded), show=self.progress, unit="row", desc="behaviour", leave=False)
         try:
             return compute_many(lm.model, encoded, spec, lm.tokenizer.pad_token_id, projector, self.batch_size,
-                                on_batch=lambda rows, _tokens: bar.update(rows), sums=sums, measurement=measurement)
+                                on_batch=lambda done, _tokens: rows.update(done), sums=sums, measurement=measurement)
         finally:
-            bar.close()
+            rows.close()
             self.model_seconds += time.perf_counter() - started
 
     def _remember(self, keys: list[str], vectors: dict[str, np.ndarray]) -> None:

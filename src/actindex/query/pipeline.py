@@ -97,7 +97,7 @@ class QueryPipeline:
     # ---- members and their vectors ----------------------------------------------------------
     def resolve_layer(self, layer: int | None) -> int:
         """``layer``, checked against the index, or the indexed layer nearest 60% of the depth."""
-        from actindex.core.models import default_single_layer
+        from actindex.core.layers import default_single_layer
 
         if layer is None:
             return default_single_layer(self.reader.layers, self.reader.manifest.model.num_layers)
@@ -210,6 +210,7 @@ class QueryPipeline:
                 hit.module_scores = dict(zip(result.influence.modules, map(float, result.influence.per_module[pos])))
                 if result.tokens is not None:
                     hit.token_scores = list(zip(result.tokens[pos], map(float, result.influence.per_token[pos])))
+                    hit.token_response = result.response[pos]
             hits.append(side_hits)
         return hits[0], hits[1]
 

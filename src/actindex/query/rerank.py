@@ -49,7 +49,8 @@ class RowInfluence:
 
     rows: np.ndarray
     influence: Influence
-    tokens: list[list[str]] | None = None
+    tokens: list[list[str]] | None = None  # each token decoded to its text
+    response: list[list[bool]] | None = None  # per token: it is a response token (in the loss)
     cluster: np.ndarray | None = None  # the cluster each row's merged score comes from
     cluster_sizes: list[int] | None = None
 
@@ -107,11 +108,12 @@ def row_influence(
         for q in gradients
     ]
     merged, chosen = merge_clusters(results)
-    tokens = None
+    tokens = response = None
     if per_token and merged.token_ids is not None:
-        tokens = [lm.tokenizer.convert_ids_to_tokens(ids) for ids in merged.token_ids]
+        tokens = [[lm.tokenizer.decode([t]) for t in ids] for ids in merged.token_ids]
+        response = [list(map(bool, e.loss_mask)) for e in encoded]
     sizes = [int((labels == c).sum()) for c in range(len(results))]
-    return RowInfluence(rows, merged, tokens, chosen if len(results) > 1 else None, sizes)
+    return RowInfluence(rows, merged, tokens, response, chosen if len(results) > 1 else None, sizes)
 
 
 def merge_clusters(results: list[Influence]) -> tuple[Influence, np.ndarray]:
@@ -171,7 +173,7 @@ def highlight(tokens: list[str], scores: np.ndarray, share: float = 0.5) -> str:
     peak = float(np.abs(scores).max()) if len(scores) else 0.0
     out = []
     for token, score in zip(tokens, scores):
-        text = token.replace("Ġ", " ").replace("▁", " ").strip() or token
+        text = token.strip() or token
         if peak > 0 and abs(score) >= share * peak:
             text = f"[[{'+' if score >= 0 else '-'}{text}]]"
         out.append(text)

@@ -33,7 +33,8 @@ class Hit:
     fused: float | None = None  # the fusion rule's score for fused methods (the order); ``score`` is calibrated
     influence: float | None = None  # exact influence when reranked (``score`` keeps the search score)
     module_scores: dict[str, float] | None = None  # per-module terms of ``influence`` (sum to it)
-    token_scores: list[tuple[str, float]] | None = None  # per-token terms of ``influence`` (sum to it)
+    token_scores: list[tuple[str, float]] | None = None  # per-token terms of ``influence`` (sum to it), decoded
+    token_response: list[bool] | None = None  # per token: a response token (in the loss), else prompt
 
     def to_dict(self, with_record: bool = False) -> dict[str, Any]:
         out = {"rank": self.rank, "row": self.row, "id": self.id, "score": self.score, "snippet": self.snippet}
@@ -46,6 +47,8 @@ class Hit:
         if self.token_scores is not None:
             out["tokens"] = [t for t, _ in self.token_scores]
             out["token_scores"] = [s for _, s in self.token_scores]
+            if self.token_response is not None:
+                out["token_response"] = self.token_response
         if with_record:
             out["record"] = self.record
         return out

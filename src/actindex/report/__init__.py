@@ -26,10 +26,10 @@ metrics), ``html`` (escaping, cards, sections and :func:`render_html`); this mod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from actindex.errors import ActindexError
 from actindex.files import atomic_write_text
 from actindex.query.methods import QueryMethod
 from actindex.report.gather import MethodRun, run_method
@@ -40,6 +40,7 @@ from actindex.report.plots import curves_png, histogram_png, png_data_uri
 if TYPE_CHECKING:
     from actindex.api import Index
     from actindex.query.behaviors import Behavior
+    from actindex.query.pipeline import QueryConfig
 
 __all__ = [
     "CLEAN", "MethodRun", "card_html", "curves_png", "histogram_png", "is_heavy_tailed", "is_positive",
@@ -50,32 +51,35 @@ __all__ = [
 def write_report(
     index: Index,
     behavior: str | Behavior,
-    methods: Sequence[str] | str,
     out: str | Path,
+    config: QueryConfig | None = None,
+    compare: Sequence[str] = (),
     labels_field: str | None = None,
     positive_label: str | None = None,
-    top_k: int = 20,
-    bottom_k: int = 10,
-    layer: int | None = None,
+    title: str | None = None,
+    **options: Any,
 ) -> Path:
-    """Query ``index`` (an :class:`actindex.Index`) with each method and write one HTML report.
+    """Run the query ``actindex query`` runs with ``config`` (or ``options``, its fields: the same method
+    defaults, layers, fusion, rerank and candidates) and write one self-contained HTML page of it: the
+    behaviour, the settings, the calibrated score's histogram over every row, the label metrics and the
+    top and bottom rows as cards. ``compare`` adds other methods side by side (ROC curves, overlap).
 
-    ``behavior`` is a built-in name, a pairs/persona file or a :class:`Behavior`. Every valid row
-    is scored (``Index.query(k=0)``) so the histogram and the label metrics cover the whole
-    index. ``labels_field`` names a record field; a row is positive when its value is not
-    ``"clean"``, or equals ``positive_label`` when that is given. Returns the written path.
+    ``behavior`` is a built-in name, a pairs/persona file or a :class:`Behavior`. ``labels_field`` names a
+    record field; a row is positive when its value is not ``"clean"``, or equals ``positive_label`` when
+    that is given. ``title`` names the behaviour on the page. Returns the written path.
     """
-    methods = [methods] if isinstance(methods, str) else list(methods) or ["residual-change"]
-    if top_k < 0 or bottom_k < 0:
-        raise ActindexError("top_k and bottom_k must be >= 0")
-    for method in methods:
+    from actindex.query.pipeline import QueryConfig
+
+    config = config or QueryConfig(**options)
+    for method in compare:
         QueryMethod.get(method)  # fail fast on a typo, before any model work
-    # One Behavior object for every method: completion (generated controls) happens once and the
-    # page shows exactly the pairs the queries used.
+    # one completed behaviour for every run: the page shows exactly the pairs the queries used
     behavior = index.behavior(behavior)
-    layer = index.resolve_layer(layer)
-    runs = [run_method(index, behavior, m, top_k, bottom_k, layer, labels_field, positive_label) for m in methods]
-    page = render_html(index, behavior, runs, layer, labels_field, positive_label, top_k)
+    runs = [run_method(index, behavior, config, labels_field, positive_label)]
+    runs += [run_method(index, behavior, replace(config, method=m, fusion="rrf" if m != config.method else
+                                                 config.fusion), labels_field, positive_label)
+             for m in compare if m != runs[0].method]
+    page = render_html(index, behavior, runs, config, labels_field, positive_label, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from actindex.report.metrics import is_positive, label_metrics
 if TYPE_CHECKING:
     from actindex.api import Index
     from actindex.query.behaviors import Behavior
+    from actindex.query.pipeline import QueryConfig
 
 __all__ = ["MethodRun", "label_arrays", "run_method"]
 
@@ -33,6 +34,7 @@ class MethodRun:
     labelled: np.ndarray | None = None  # bool per ranked row: has a usable label
     metrics: dict[str, Any] | None = None
     projection: bool = False
+    fused: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -48,34 +50,29 @@ def label_arrays(hits: Sequence[Hit], labels_field: str, positive_label: str | N
 def run_method(
     index: Index,
     behavior: Behavior,
-    method: str,
-    top_k: int,
-    bottom_k: int,
-    layer: int | None = None,
+    config: QueryConfig,
     labels_field: str | None = None,
     positive_label: str | None = None,
 ) -> MethodRun:
-    """Score every row with ``index.query(k=0)`` and compute the label metrics if asked.
+    """Run the query exactly as ``actindex query`` runs it with ``config`` (its cards), then score every row
+    with the same method and fusion (``k = 0``, no rerank) for the histogram and the label metrics.
 
     The metrics cover the labelled rows only; a run whose rows carry no ``labels_field`` at all is
     refused (a typo in the field name).
     """
-    result = index.query(behavior, method=method, layer=layer, k=0, bottom_k=bottom_k)
-    scores = np.array([h.score for h in result.top], dtype=np.float64)
-    run = MethodRun(
-        method=method,
-        result=result,
-        top=result.top[:top_k],
-        bottom=result.bottom,
-        scores=scores,
-        projection=QueryMethod.get(method).projection_scores,
-    )
+    result = index.query(behavior, config)
+    everything = index.query(behavior, replace(config, k=0, bottom_k=0, rerank=None, per_token=False, clusters=0,
+                                               recall=None))
+    scores = np.array([h.score for h in everything.top], dtype=np.float64)
+    method = config.resolved_method()
+    run = MethodRun(method=result.method, result=result, top=result.top, bottom=result.bottom, scores=scores,
+                    projection=QueryMethod.get(method).projection_scores, fused=QueryMethod.get(method).fused)
     if labels_field:
-        labelled, positive = label_arrays(result.top, labels_field, positive_label)
+        labelled, positive = label_arrays(everything.top, labels_field, positive_label)
         if not labelled.any():
             raise ActindexError(
                 f"no row of {index.root} has a label field {labels_field!r} "
-                f"(fields of the first row: {', '.join(result.top[0].record) if result.top else 'none'})"
+                f"(fields of the first row: {', '.join(everything.top[0].record) if everything.top else 'none'})"
             )
         run.labelled, run.labels = labelled, positive
         run.metrics = label_metrics(scores[labelled], positive[labelled])

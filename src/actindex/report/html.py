@@ -24,6 +24,7 @@ from actindex.report.plots import curves_png, histogram_png
 if TYPE_CHECKING:
     from actindex.api import Index
     from actindex.query.behaviors import Behavior
+    from actindex.query.pipeline import QueryConfig
     from actindex.report.gather import MethodRun
 
 __all__ = [
@@ -68,24 +69,33 @@ def record_turns(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in row.messages]
 
 
-def token_html(token_scores: Sequence[tuple[str, float]]) -> str:
-    """Per-token highlighting: red for positive scores, blue for negative, opacity
-    ``0.6 * |s| / max |s|`` over the row's tokens (0 for a non-finite score)."""
+def token_html(token_scores: Sequence[tuple[str, float]], response: Sequence[bool] | None = None) -> str:
+    """Per-token highlighting of decoded tokens: red for positive scores, blue for negative, opacity
+    ``0.6 * |s| / max |s|`` over the row's tokens (0 for a non-finite score); with ``response`` (per token:
+    in the loss), the prompt's tokens are set apart from the response's (class ``resp``, a marker where
+    the response starts)."""
     scores = np.array([float(s) for _, s in token_scores], dtype=np.float64)
     peak = float(np.nanmax(np.abs(scores))) if len(scores) else 0.0
     spans = []
-    for (token, score), value in zip(token_scores, scores):
+    previous = False
+    for i, ((token, score), value) in enumerate(zip(token_scores, scores)):
         alpha = 0.0 if peak == 0 or not np.isfinite(value) else min(abs(value) / peak, 1.0) * 0.6
         rgb = "192,57,43" if value >= 0 else "36,113,163"
+        in_response = bool(response[i]) if response is not None and i < len(response) else False
+        if in_response and not previous:
+            spans.append('<span class="start" title="the response starts here">▸</span>')
+        previous = in_response
         spans.append(
-            f'<span class="tok" style="background:rgba({rgb},{alpha:.2f})" '
+            f'<span class="tok{" resp" if in_response else ""}" style="background:rgba({rgb},{alpha:.2f})" '
             f'title="{esc(f"{float(score):+.4f}")}">{esc(token)}</span>'
         )
     return '<div class="tokens" aria-label="per-token scores">' + "".join(spans) + "</div>"
 
 
-def card_html(hit: Hit, side: str, labels_field: str | None, positive_label: str | None) -> str:
-    """One ranked row as a card: rank, id, score, label badge, prompt and response (escaped)."""
+def card_html(hit: Hit, side: str, labels_field: str | None, positive_label: str | None,
+              source: tuple[str, int] | None = None) -> str:
+    """One ranked row as a card: rank, id, score (and exact influence when reranked), label badge, its source
+    file and line as a link, prompt and response (escaped), and the per-token influence when computed."""
     badge = ""
     if labels_field and isinstance(hit.record, dict) and hit.record.get(labels_field) is not None:
         value = hit.record[labels_field]
@@ -99,15 +109,22 @@ def card_html(hit: Hit, side: str, labels_field: str | None, positive_label: str
             f'<div class="turn {cls}"><div class="role">{esc(role)}</div>'
             f'<div class="text">{esc(_clip(text))}</div></div>'
         )
-    token_scores = getattr(hit, "token_scores", None)
-    if token_scores:
-        body.append('<div class="role">per-token scores</div>' + token_html(token_scores))
+    if hit.token_scores:
+        body.append('<div class="role">per-token influence (prompt, then ▸ the response)</div>'
+                    + token_html(hit.token_scores, hit.token_response))
+    influence = ("" if hit.influence is None else
+                 f'<span class="influence" title="exact influence">I {hit.influence:+.4g}</span>')
+    where = ""
+    if source is not None:
+        path, line = source
+        label = f"{Path(path).name}:{line}" if line else Path(path).name
+        where = f'<a class="source" href="{esc(Path(path).as_uri())}" title="{esc(path)}">{esc(label)}</a>'
     return (
         f'<article class="card {side}" data-id="{esc(hit.id)}" data-row="{hit.row}">'
         f'<header><span class="rank">{"#" if side == "top" else "bottom #"}{hit.rank}</span>'
         f'<span class="id" title="id">{esc(hit.id)}</span>'
-        f'<span class="score" title="score">{hit.score:+.4f}</span>{badge}'
-        f'<span class="rowno">row {hit.row}</span></header>' + "".join(body) + "</article>"
+        f'<span class="score" title="score">{hit.score:+.4f}</span>{influence}{badge}'
+        f'<span class="rowno">row {hit.row}</span>{where}</header>' + "".join(body) + "</article>"
     )
 
 
@@ -132,20 +149,22 @@ def behavior_html(behavior: Behavior) -> str:
         if more > 0:
             parts.append(f'<p class="muted">… and {more} more</p>')
     if behavior.pairs:
-        rows = "".join(
-            f"<tr><td>{_cell(p.prompt)}</td><td>{_cell(p.treatment)}</td><td>{_cell(p.control)}"
-            + (' <span class="badge gen">generated</span>' if p.control_generated else "")
-            + "</td></tr>"
-            for p in behavior.pairs[:MAX_PAIRS_SHOWN]
-        )
+        def table(pairs: Sequence[Any]) -> str:
+            rows = "".join(
+                f"<tr><td>{_cell(p.prompt)}</td><td>{_cell(p.treatment)}</td><td>{_cell(p.control)}"
+                + (' <span class="badge gen">generated</span>' if p.control_generated else "")
+                + "</td></tr>"
+                for p in pairs
+            )
+            return (f'<table class="pairs"><thead><tr><th>prompt</th><th>treatment (shows the behaviour)</th>'
+                    f"<th>control</th></tr></thead><tbody>{rows}</tbody></table>")
+
         title = "Pairs" if persona is None else "Pairs formed from the persona responses"
-        parts.append(
-            f'<h3>{title} ({len(behavior.pairs)})</h3><table class="pairs"><thead><tr><th>prompt</th>'
-            f"<th>treatment (shows the behaviour)</th><th>control</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
-        more = len(behavior.pairs) - MAX_PAIRS_SHOWN
-        if more > 0:
-            parts.append(f'<p class="muted">… and {more} more pair(s) not shown</p>')
+        parts.append(f"<h3>{title} ({len(behavior.pairs)})</h3>" + table(behavior.pairs[:MAX_PAIRS_SHOWN]))
+        more = behavior.pairs[MAX_PAIRS_SHOWN:]
+        if more:
+            parts.append(f'<details class="more-pairs"><summary>{len(more)} more pair(s)</summary>{table(more)}'
+                         "</details>")
     return '<section id="behaviour">' + "".join(parts) + "</section>"
 
 
@@ -169,13 +188,18 @@ def method_html(
     labels_field: str | None,
     positive_label: str | None,
     shared_notes: Sequence[str] = (),
+    sources: dict[int, tuple[str, int]] | None = None,
 ) -> str:
     """One method's section: score histogram, label curves and the top/bottom cards.
 
-    ``shared_notes`` (the behaviour's own notes, shown once above) are not repeated here.
+    ``shared_notes`` (the behaviour's own notes, shown once above) are not repeated here; ``sources`` maps a
+    row to its data file and line (the cards link to them).
     """
+    sources = sources or {}
     res = run.result
-    xlabel = "score (projection on the behaviour direction)" if run.projection else "score (cosine)"
+    xlabel = ("score (projection on the behaviour direction)" if run.projection else
+              "calibrated score (mean over members of (cosine - median) / 1.4826 MAD; > 0 pushes towards)"
+              if run.fused else "score (cosine)")
     pos_scores = run.scores[run.labels & run.labelled] if run.labels is not None else None
     hist, log_y = "", False
     if len(run.scores):
@@ -188,8 +212,10 @@ def method_html(
         )
     summary = "no rows scored"
     if len(run.scores):
+        meaning = ("calibrated score: the mean over the members of (cosine - median) / (1.4826 MAD), > 0 pushes "
+                   "towards the behaviour; " if run.fused else "")
         summary = (
-            f"{len(run.scores)} rows scored in {res.seconds:.2f} s; "
+            f"{len(run.scores)} rows scored in {res.seconds:.2f} s; {meaning}"
             f"score range {run.scores.min():+.4f} … {run.scores.max():+.4f}"
         )
         if log_y:
@@ -224,7 +250,7 @@ def method_html(
         ("bottom", run.bottom, f"Bottom {len(run.bottom)} rows (push it away)"),
     ):
         if hits:
-            cards = "".join(card_html(h, side, labels_field, positive_label) for h in hits)
+            cards = "".join(card_html(h, side, labels_field, positive_label, sources.get(h.row)) for h in hits)
             parts.append(f'<h3>{esc(title)}</h3><div class="cards">{cards}</div>')
     parts.append("</section>")
     return "".join(parts)
@@ -312,21 +338,34 @@ img.plot { display:block; max-width:100%; height:auto; margin:6px auto; }
 .turn.response .text { background:#f3f7f3; }
 .tokens { font-size:13px; line-height:1.9; white-space:pre-wrap; }
 .tok { border-radius:3px; padding:1px 1px; margin-right:1px; }
+.tok.resp { border-bottom:2px solid #5b8c5a; } .start { color:#5b8c5a; font-weight:700; margin:0 2px; }
+.influence { font-variant-numeric:tabular-nums; font-size:12px; color:var(--muted); }
+a.source { font-size:12px; color:var(--muted); } details.more-pairs summary { cursor:pointer; color:var(--muted); }
 footer { color:var(--muted); font-size:12px; text-align:center; }
 """
+
+
+def row_sources(index: Index, rows: Sequence[int]) -> dict[int, tuple[str, int]]:
+    """``row -> (data file, line)`` for the given rows (line 0 where the index did not record it)."""
+    table, files = index.table, index.manifest.data
+    out = {}
+    for row in rows:
+        source = next((f for f in files if f.first_row <= row < f.first_row + f.rows), files[0])
+        out[int(row)] = (source.path, int(table.line[row]))
+    return out
 
 
 def render_html(
     index: Index,
     behavior: Behavior,
     runs: list[MethodRun],
-    layer: int | None,
+    config: QueryConfig,
     labels_field: str | None,
     positive_label: str | None,
-    top_k: int,
+    title: str | None = None,
 ) -> str:
     """The whole page as one string (no external resources): title, the behaviour, the query settings
-    (read from ``index.manifest``), the comparison when there are several runs, then one section per run."""
+    (``config`` and ``index.manifest``), the comparison when there are several runs, then one section per run."""
     from actindex import __version__
 
     model = index.manifest.model
@@ -336,6 +375,8 @@ def render_html(
         if positive_label is not None
         else f"positive = any value other than <code>{esc(CLEAN)}</code>"
     )
+    first = runs[0].result
+    layers = ", ".join(str(m["layer"]) for m in first.members) if first.members else esc(config.layer or "default")
     settings = [
         ("index", f"<code>{esc(index.root)}</code>"),
         (
@@ -345,9 +386,11 @@ def render_html(
         ),
         ("method(s)", ", ".join(f"<code>{esc(r.method)}</code>" for r in runs)),
         ("family", ", ".join(f"<code>{esc(r.result.family)}</code>" for r in runs)),
-        ("layer", esc(layer if layer is not None else "–")),
+        ("layer(s)", esc(layers)),
+        ("rerank", esc(f"{config.rerank}, {config.candidates} candidates" if config.rerank else "none")),
         ("rows", f"{len(index)} ({valid} searchable)"),
-        ("shown", f"top {top_k}, bottom {max((len(r.bottom) for r in runs), default=0)}"),
+        ("shown", f"top {len(runs[0].top)}, bottom {len(runs[0].bottom)}"),
+        ("time", esc(", ".join(f"{k} {v:.2f} s" for k, v in first.timings.items()) or f"{first.seconds:.2f} s")),
     ]
     if labels_field:
         settings.append(("labels", f"field <code>{esc(labels_field)}</code>; {rule}"))
@@ -356,9 +399,10 @@ def render_html(
         f'<section id="settings"><h2>Query settings</h2>{_kv_table(settings)}</section>',
     ]
     if len(runs) > 1:
-        sections.append(comparison_html(runs, top_k))
-    sections += [method_html(r, i, labels_field, positive_label, behavior.notes) for i, r in enumerate(runs)]
-    title = f"actindex report: {behavior.name}"
+        sections.append(comparison_html(runs, len(runs[0].top)))
+    sources = row_sources(index, sorted({h.row for r in runs for h in [*r.top, *r.bottom]}))
+    sections += [method_html(r, i, labels_field, positive_label, behavior.notes, sources) for i, r in enumerate(runs)]
+    title = f"actindex report: {title or behavior.name}"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -369,3 +413,4 @@ def render_html(
         f"generated {esc(stamp)}</p>" + "".join(sections) + f"<footer>actindex {esc(__version__)}</footer>"
         "</main></body></html>\n"
     )
+

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from actindex.core.encode import Encoded
 from actindex.core.vectors import Batch, sequence_losses
+from actindex.progress import bar
 
 
 def predicted_tokens(batch: Batch) -> torch.Tensor:
@@ -50,7 +50,7 @@ def response_log_probs(
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
     starts = range(0, len(order), batch_size)
     with torch.no_grad():
-        for start in tqdm(starts, desc=desc, disable=desc is None, leave=False, dynamic_ncols=True):
+        for start in bar(starts, show=desc is not None, desc=desc, leave=False):
             idx = order[start : start + batch_size]
             batch = Batch.collate([encoded[i] for i in idx], pad_id, device)
             total[idx] = (-sequence_losses(model, batch)).double().cpu().numpy()

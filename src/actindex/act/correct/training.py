@@ -14,7 +14,6 @@ import copy
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from actindex.act.correct.config import CorrectConfig
 from actindex.act.correct.logprobs import mean_log_probs, stack_weights
@@ -23,6 +22,7 @@ from actindex.act.correct.weighting import mean_weights
 from actindex.core.encode import Encoded
 from actindex.core.vectors import Batch, select_grad_modules
 from actindex.errors import ActindexError
+from actindex.progress import bar
 
 
 def lora_targets(model: nn.Module) -> list[str]:
@@ -97,8 +97,8 @@ def train(
     gen = torch.Generator().manual_seed(config.seed)
     samplers = {name: _Sampler(len(sets[name]), config.batch_size, gen) for name in objective.sets}
     history: list[dict[str, float]] = []
-    bar = tqdm(range(config.steps), desc=f"correct ({objective.name})", disable=not progress, dynamic_ncols=True)
-    for step in bar:
+    steps = bar(range(config.steps), show=progress, desc=f"correct ({objective.name})")
+    for step in steps:
         chosen = {name: samplers[name].next() if name in samplers else [] for name in ("pos", "neg", "zero")}
         encoded = [sets[name][i] for name in ("pos", "neg", "zero") for i in chosen[name]]
         with torch.enable_grad():
@@ -123,6 +123,6 @@ def train(
             loss.backward()
             optimizer.step()
         history.append({name: float(value.detach()) for name, value in terms.items()})
-        bar.set_postfix({name: f"{value:.4f}" for name, value in history[-1].items()})
-    bar.close()
+        steps.set_postfix({name: f"{value:.4f}" for name, value in history[-1].items()})
+    steps.close()
     return history

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from actindex.progress import bar
 from actindex.registry import Registered
 
 if TYPE_CHECKING:
@@ -61,8 +62,6 @@ def query_token_weights(
     and :func:`token_weights` keeps the tokens with the row's sign (positive for D+, negative for D-),
     or with ``top`` the one token with the largest share.
     """
-    from tqdm.auto import tqdm
-
     from actindex.core.vectors import residual_change_token_scores
 
     psi, _, _ = index.query_vector(behavior, "residual-change", layer)
@@ -70,7 +69,7 @@ def query_token_weights(
     lm = index.model()
     out = {}
     for name, sign in (("pos", 1.0), ("neg", -1.0)):
-        rows = tqdm(sets[name], desc=f"token weights ({name})", disable=not progress, leave=False, dynamic_ncols=True)
+        rows = bar(sets[name], show=progress, desc=f"token weights ({name})", leave=False)
         out[name] = [token_weights(residual_change_token_scores(lm.model, row, at, psi, lm.tokenizer.pad_token_id),
                                    np.asarray(row.loss_mask[1:], dtype=bool), sign, top) for row in rows]
     return out

@@ -20,6 +20,7 @@ from actindex.act.detect.statistics import robust_z
 from actindex.act.detect.transforms import MAX_NEW_TOKENS, ORIGINAL, Transform
 from actindex.core.models import LoadedModel, generate
 from actindex.errors import ActindexError, DataError
+from actindex.progress import bar
 from actindex.query.context import QueryContext, encode_conversations, unit
 from actindex.query.curvature.influence import influence_matrix
 from actindex.query.curvature.store import encode_index_rows
@@ -93,11 +94,9 @@ def query_sets(
     """``(sets, skipped)``: the original queries and each transform's, leaving out transforms that
     apply to no query (their names are ``skipped``). ``answerer`` (default ``lm``) answers the queries
     that have no response; ``rewriter`` (default ``lm``) writes the paraphrases."""
-    from tqdm.auto import tqdm
-
     sets, skipped = [], []
     steps: list[Transform | None] = [None, *transforms]
-    for transform in tqdm(steps, desc="transforms", unit="transform", disable=not progress, dynamic_ncols=True):
+    for transform in bar(steps, show=progress, desc="transforms", unit="transform"):
         name = ORIGINAL if transform is None else transform.name
         convs = transformed_conversations(queries, transform, answerer or lm, rewriter=rewriter or lm,
                                           max_length=max_length)

@@ -7,14 +7,15 @@ output ``s``; a row's weight gradient is ``G = sum_t delta_t a_t^T`` (never form
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from actindex.core.capture import InputGradLeaf, LinearCapture
 from actindex.core.encode import Encoded
 from actindex.core.vectors import Batch, sequence_losses
+from actindex.progress import bar
 from actindex.query.curvature.kinds import CurvatureKind
 from actindex.query.curvature.kron import Curvature, KronEigen
 
@@ -57,9 +58,9 @@ def capture(
     return out
 
 
-def progress_bar(total: int, desc: str, progress: bool) -> tqdm:
+def progress_bar(total: int, desc: str, progress: bool) -> Any:
     """A row-counting progress bar (hidden unless ``progress``)."""
-    return tqdm(total=total, unit="row", desc=desc, disable=not progress, dynamic_ncols=True)
+    return bar(total=total, show=progress, unit="row", desc=desc)
 
 
 Captured = dict[str, tuple[torch.Tensor, torch.Tensor]]

@@ -45,13 +45,11 @@ class EkfacFit(CurvatureFit):
             self.lam_sum[name] = self.lam_sum[name] + (rotated**2).sum(0).cpu()
 
     def end_pass(self, number: int) -> None:
-        from tqdm.auto import tqdm
-
+        from actindex.progress import bar
         from actindex.query.curvature.kron import eigh64
 
         if number == 0:
-            for name in tqdm(self.names, desc="curvature: eigenbases", unit="module", disable=not self.progress,
-                             dynamic_ncols=True):
+            for name in bar(self.names, show=self.progress, desc="curvature: eigenbases", unit="module"):
                 a, s = self.sums[name].factors()
                 self.bases[name] = (eigh64(a)[1], eigh64(s)[1])
 
