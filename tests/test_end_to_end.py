@@ -36,8 +36,9 @@ def test_default_model_builds_and_queries(tmp_path):
     assert (cached / "model.safetensors").exists() and (cached / "config.json").exists()
     lm = actindex.load_model()
     idx.use_model(lm)
-    res = idx.query("hallucination", k=0)  # the default: rank fusion over the four default layers
-    assert res.method == "ensemble" and res.family.count("residual_change") == 8
+    res = idx.query("hallucination", k=0)  # the default: the members the held-out pairs rank best, fused
+    assert res.method == "adaptive" and res.family.startswith("zmean(")
+    assert {m["layer"] for m in res.members} == {12, 18, 24, 27} and any(m["weight"] > 0 for m in res.members)
     assert len(res.top) == 6 and np.isfinite([h.score for h in res.top]).all()
     res = idx.query("hallucination", method="residual-change", k=0)  # one layer: the one at 60% depth
     assert res.family == "residual_change/18" and len(res.top) == 6

@@ -92,12 +92,12 @@ def test_jsonl_keeps_every_other_line_byte_identical(built, tmp_path):
 
 
 def test_default_ranking_is_the_query_default(built, tmp_path):
-    """Without --method, filter removes the rows `query` ranks first by default (the ensemble)."""
+    """Without --method, filter removes the rows `query` ranks first by default (the adaptive default)."""
     idx, data, behavior = built
     res = filter_dataset(idx, behavior=str(behavior), remove_top=4, out=tmp_path / "clean.jsonl")
     ranked = idx.query(str(behavior), k=4)
-    assert ranked.method == "ensemble" and [r["row"] for r in res.removed] == [h.row for h in ranked.top]
-    assert {r["method"] for r in res.removed} == {"ensemble"}
+    assert ranked.method == "adaptive" and [r["row"] for r in res.removed] == [h.row for h in ranked.top]
+    assert {r["method"] for r in res.removed} == {"adaptive"}
 
 
 def test_parquet_round_trips(llama, tmp_path):

@@ -33,8 +33,8 @@ QUERIES = [
     {"prompt": "the water is hot , and the day is long", "response": "yes it is false"},
     {"prompt": "why is the capital of france paris ?", "response": "the capital is gold"},
 ]
-METHODS = ["ensemble", "residual-change", "residual-change-pooled", "residual-difference", "activation", "gradient",
-           "ekfac"]
+METHODS = ["adaptive", "ensemble", "residual-change", "residual-change-pooled", "residual-difference", "activation",
+           "gradient", "ekfac"]
 
 
 def golden_results(work: Path) -> dict:
@@ -58,7 +58,7 @@ def golden_results(work: Path) -> dict:
         out["queries"][method] = {side: [[h.row, h.score if h.fused is None else h.fused, h.score] for h in hits]
                                   for side, hits in (("top", res.top), ("bottom", res.bottom))}
     res = idx.query(behavior, rerank="ekfac", candidates=8, k=6, bottom_k=3, per_token=True)
-    out["queries"]["ensemble+ekfac"] = {
+    out["queries"]["adaptive+ekfac"] = {
         "top": [[h.row, h.score, h.influence, [s for _, s in h.token_scores]] for h in res.top],
         "bottom": [[h.row, h.score, h.influence] for h in res.bottom]}
     for kind in ("ekfac", "linfac"):

@@ -105,7 +105,7 @@ def test_activation_baseline_scores_are_projections(index, behavior_file):
 def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index, behavior_file):
     from actindex.query.fusion import RRF_K
 
-    fused = index.query(str(behavior_file), k=0, bottom_k=3)  # the default method
+    fused = index.query(str(behavior_file), method="ensemble", k=0, bottom_k=3)
     members = [("residual-change", "residual_change", 1), ("residual-change", "residual_change", 2),
                ("residual-change-pooled", "residual_change_pooled", 1),
                ("residual-change-pooled", "residual_change_pooled", 2)]
@@ -132,7 +132,8 @@ def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index
     assert fused.top[0].score > 0 > max(h.score for h in fused.bottom)
     assert [m["family"] for m in fused.members] == [f"{kind}/{layer}" for _, kind, layer in members]
     # --layer restricts the fusion to that layer's members
-    assert index.query(str(behavior_file), layer=2, k=3).family == "rrf(residual_change/2, residual_change_pooled/2)"
+    assert index.query(str(behavior_file), method="ensemble", layer=2, k=3).family == \
+        "rrf(residual_change/2, residual_change_pooled/2)"
     with pytest.raises(ActindexError, match="ensemble fuses rankings: it cannot search a saved vector"):
         index.query(str(behavior_file), method="ensemble", vector=np.ones(4))
 

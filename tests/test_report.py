@@ -142,7 +142,7 @@ def test_cli_report(labelled_index, tmp_path, monkeypatch, llama):
 
 
 def test_report_runs_the_query_query_runs(labelled_index, tmp_path):
-    """The default settings (the fused ensemble) give the same top rows, in the same order, with the same
+    """The default settings (the adaptive fused default) give the same top rows, in the same order, with the same
     calibrated scores, on the page and from query; each card links to its source file and line."""
     idx, pairs = labelled_index
     res = idx.query(str(pairs), k=20)

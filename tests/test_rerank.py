@@ -159,14 +159,14 @@ def test_reranked_candidates_equal_all_rows_influence_restricted(index, behavior
     assert res.method == f"gradient+{kind}"
 
 
-def test_default_ensemble_reranks_its_fused_candidates(index, behavior_file):
-    """Without --method, --rerank reranks the ensemble's top and bottom fused candidates by influence,
+def test_default_fused_query_reranks_its_fused_candidates(index, behavior_file):
+    """Without --method, --rerank reranks the adaptive default's top and bottom fused candidates by influence,
     and each hit keeps its fused search score."""
     everything = index.influence(str(behavior_file), "ekfac")
     by_row = dict(zip(everything.rows.tolist(), everything.influence.total))
     fused = index.query(str(behavior_file), k=4, bottom_k=4)
     res = index.query(str(behavior_file), k=3, bottom_k=2, rerank="ekfac", candidates=4)
-    assert res.method == "ensemble+ekfac" and res.family == fused.family
+    assert res.method == "adaptive+ekfac" and res.family == fused.family
     pool = sorted({h.row for h in fused.top} | {h.row for h in fused.bottom})
     expected = sorted(pool, key=lambda r: -by_row[r])
     assert [h.row for h in res.top] == expected[:3] and [h.row for h in res.bottom] == expected[::-1][:2]

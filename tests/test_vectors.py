@@ -346,3 +346,39 @@ def test_content_only_masks_leave_out_the_tokens_that_close_each_response(tokeni
         tokenizer.chat_template = template
     assert full.input_ids[-1] == tokenizer.eos_token_id and full.loss_mask[-1] and not content.loss_mask[-1]
     assert content.loss_mask[:-1] == full.loss_mask[:-1]
+
+
+def test_opening_families_equal_their_whole_families_over_the_cut_row(tokenizer):
+    """``*_opening`` vectors of a long row are the whole-response vectors of the row cut after its first W
+    response tokens (each computed alone); a row no longer than W has the same vector in both families."""
+    from actindex.core.encode import response_opening
+    from actindex.core.families import OPENING_TOKENS
+    from actindex.testing import WORDS
+
+    model = tiny_llama().double()
+    rng = np.random.default_rng(0)
+    records = [{"messages": [{"role": "user", "content": " ".join(rng.choice(WORDS, 6))},
+                             {"role": "assistant", "content": " ".join(rng.choice(WORDS, n))}]}
+               for n in (OPENING_TOKENS * 2, 5, OPENING_TOKENS + 7, 12)]
+    encoded = [encode_row(tokenizer, normalise_record("<t>", i + 1, i, r)) for i, r in enumerate(records)]
+    assert [e.n_response > OPENING_TOKENS for e in encoded] == [True, False, True, False]
+    spec = VectorSpec(layers=[1, 3], kinds=["residual_change", "mean_activation", "residual_change_opening",
+                                            "mean_activation_opening"])
+    out = compute_many(model, encoded, spec, tokenizer.pad_token_id, batch_size=3)
+    assert out.valid.all()
+    whole = VectorSpec(layers=[1, 3], kinds=["residual_change", "mean_activation"])
+    for i, row in enumerate(encoded):
+        cut = compute_vectors(model, [response_opening(row, OPENING_TOKENS)], whole, tokenizer.pad_token_id)
+        assert cut.n_response[0] == min(row.n_response, OPENING_TOKENS)
+        for layer in (1, 3):
+            for kind in ("residual_change", "mean_activation"):
+                opening = out.vectors[f"{kind}_opening/{layer}"][i]  # float32 families: rounding of other batches
+                np.testing.assert_allclose(opening, cut.vectors[f"{kind}/{layer}"][0], rtol=1e-4, atol=1e-6)
+                same = np.allclose(opening, out.vectors[f"{kind}/{layer}"][i], rtol=1e-4, atol=1e-6)
+                assert same == (row.n_response <= OPENING_TOKENS)
+    # openings alone (no whole family in the pass) give the same vectors, and the whole pass still gives the loss
+    alone = compute_many(model, encoded, VectorSpec(layers=[1, 3], kinds=["residual_change_opening"]),
+                         tokenizer.pad_token_id, batch_size=2)
+    np.testing.assert_allclose(alone.vectors["residual_change_opening/3"], out.vectors["residual_change_opening/3"],
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(alone.loss, out.loss, rtol=1e-5)

@@ -115,6 +115,22 @@ def timing_line(r: Any) -> str:
     return total + (f" ({', '.join(parts)})" if parts else "") + (" · from the behaviour cache" if r.cached else "")
 
 
+def members_table(members: list[dict[str, Any]]) -> str:
+    """The members of a fused query and, for the adaptive default, every candidate with its held-out pair
+    checks (pair AUROC: treatments above their controls; index AUROC: above the index's typical rows)."""
+    checked = any("pair AUROC" in m for m in members)
+    head = f"{'member':<40} {'weight':>6} {'median':>8} {'scale':>8}"
+    lines = [head + (f" {'pair AUROC':>10} {'index AUROC':>11}" if checked else "")]
+    for m in sorted(members, key=lambda m: -m["weight"]):
+        name = f"{m['method']} {m['family']}" if m["method"] not in m["family"].replace("_", "-") else m["family"]
+        calibration = (f"{m['median']:>8.4f} {m['scale']:>8.4f}" if "median" in m else f"{'-':>8} {'-':>8}")
+        line = f"{name:<40} {m['weight']:>6.2f} {calibration}"
+        if checked:
+            line += f" {m.get('pair AUROC', float('nan')):>10.3f} {m.get('index AUROC', float('nan')):>11.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def print_table(r: Any, explain: bool = False) -> None:
     """One result as the terminal table (reranked hits show influence and their strongest tokens; a fused
     method's score is calibrated, its fused rank the order)."""
@@ -122,13 +138,14 @@ def print_table(r: Any, explain: bool = False) -> None:
     for note in r.notes:
         click.echo(f"note: {note}")
     if r.members:
-        click.echo("score: mean over members of (cosine - median) / (1.4826 MAD), positive = pushes towards the "
-                   "behaviour; rows ordered by the fused rank")
+        click.echo("score: weighted mean over members of (cosine - median) / (1.4826 MAD), positive = pushes towards "
+                   "the behaviour; rows ordered by the fused rank")
+        kept = [m for m in r.members if m["weight"] > 0]
         if explain:
-            click.echo(f"{'member':<28} {'weight':>6} {'median':>8} {'scale':>8}")
-            for m in r.members:
-                click.echo(f"{m['method'] + ' @ ' + str(m['layer']):<28} {m['weight']:>6.2f} {m['median']:>8.4f} "
-                           f"{m['scale']:>8.4f}")
+            click.echo(members_table(r.members))
+        elif "pair AUROC" in kept[0]:
+            click.echo("members (chosen by the held-out pairs): " + ", ".join(
+                f"{m['method']} {m['family']} ({m['weight']:.2f})" for m in kept) + " · --explain for all candidates")
     for title, hits in (("top (pushes towards the behaviour)", r.top), ("bottom (inhibits it)", r.bottom)):
         if not hits:
             continue

@@ -33,6 +33,18 @@ class Encoded:
         self.n_response = int(sum(self.loss_mask))
 
 
+def response_opening(row: Encoded, window: int) -> Encoded:
+    """The row cut after its first ``window`` response tokens (itself when its response is no longer).
+
+    For a causal model every activation, per-token loss and gradient over the cut row equals the one of the
+    same position in the row whose loss counts only those tokens: the vectors of the response's opening.
+    """
+    positions = [i for i, counted in enumerate(row.loss_mask) if counted]
+    if len(positions) <= window:
+        return row
+    cut = positions[window - 1] + 1
+    return Encoded(input_ids=row.input_ids[:cut], loss_mask=row.loss_mask[:cut], truncated=row.truncated)
+
 
 def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> list[int]:
     out = tokenizer.apply_chat_template(

@@ -20,7 +20,7 @@ import fnmatch
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 
 from actindex.core import MEASUREMENTS
 from actindex.core.capture import BlockCapture, InputGradLeaf, LinearCapture
-from actindex.core.encode import Encoded
+from actindex.core.encode import Encoded, response_opening
 from actindex.core.families import (
     BLOCK_GRADS,
     LINEAR_GRADS,
@@ -357,6 +357,11 @@ def compute_many(
     Rows with no response token, or with ``include[i] = False``, are not run (``valid = False``).
     ``on_batch(rows, tokens)`` is called after each batch (progress bars); ``sums`` (weights over
     the rows of ``encoded``) are accumulated by the same passes.
+
+    Families over the response's opening (:attr:`~actindex.core.families.VectorFamily.window`) come from a
+    second pass over the rows whose response is longer than the window, cut after it
+    (:func:`~actindex.core.encode.response_opening`); a shorter row's opening is the row itself, so its
+    vectors are those of the whole-response family when the pass computed it (else it joins that pass).
     """
     n = len(encoded)
     hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
@@ -369,7 +374,42 @@ def compute_many(
         valid=np.zeros(n, np.bool_),
     )
     order = [i for i, e in enumerate(encoded) if e.n_response > 0 and (include is None or include[i])]
-    order.sort(key=lambda i: -len(encoded[i].input_ids))
+    windows: dict[int, list[str]] = {}
+    for kind in spec.kinds:
+        window = VectorFamily.get(kind).window
+        if window is not None:
+            windows.setdefault(window, []).append(kind)
+    whole = replace(spec, kinds=[k for k in spec.kinds if VectorFamily.get(k).window is None])
+    # the whole rows' pass (a forward alone when every family is an opening: the loss and validity)
+    _run_batches(model, encoded, order, whole, pad_id, projector, batch_size, result, on_batch, sums, measurement)
+    for window, kinds in windows.items():
+        bases = {kind: str(VectorFamily.get(kind).whole) for kind in kinds}
+        shared = all(base in whole.kinds for base in bases.values())
+        run = [i for i in order if encoded[i].n_response > window or not shared]
+        if shared:  # a short row's opening is the whole row: its vectors are the whole-response family's
+            short = [i for i in order if encoded[i].n_response <= window]
+            for kind, base in bases.items():
+                for layer in spec.layers if VectorFamily.get(kind).per_layer else [None]:
+                    result.vectors[family_name(kind, layer)][short] = result.vectors[family_name(base, layer)][short]
+        cut = [response_opening(e, window) for e in encoded]
+        opening = replace(spec, kinds=kinds, grad_modules=[])
+        part = BatchVectors(vectors={f: result.vectors[f] for f in opening.families(hidden)}, loss=result.loss.copy(),
+                            n_tokens=result.n_tokens, n_response=result.n_response, valid=np.ones(n, np.bool_))
+        _run_batches(model, cut, run, opening, pad_id, projector, batch_size, part,
+                     None if on_batch is None else lambda _rows, tokens: on_batch(0, tokens), None, measurement)
+        result.valid[run] &= part.valid[run]
+    for arr in result.vectors.values():
+        arr[~result.valid] = 0.0
+    return result
+
+
+def _run_batches(
+    model: nn.Module, encoded: Sequence[Encoded], order: list[int], spec: VectorSpec, pad_id: int,
+    projector: RademacherProjector | None, batch_size: int, result: BatchVectors,
+    on_batch: Callable[[int, int], None] | None, sums: GradientSums | None, measurement: str,
+) -> None:
+    """Run ``order``'s rows in batches of similar length, longest first, filling ``result`` in place."""
+    order = sorted(order, key=lambda i: -len(encoded[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         out = compute_vectors(model, [encoded[i] for i in idx], spec, pad_id, projector, sums, idx, measurement)
@@ -378,5 +418,4 @@ def compute_many(
         for fam, arr in out.vectors.items():
             result.vectors[fam][idx] = arr
         if on_batch is not None:
-            on_batch(len(idx), int(result.n_tokens[idx].sum()))
-    return result
+            on_batch(len(idx), int(sum(len(encoded[i].input_ids) for i in idx)))

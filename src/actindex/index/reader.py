@@ -240,16 +240,25 @@ class IndexReader:
             recall = measured_recall(index, f[f"vectors/{family}"], f["valid"][()], k, queries)
         return kind, recall
 
-    def calibration_cosines(self, vector: np.ndarray, family: str) -> np.ndarray:
-        """Cosines of ``vector`` with a fixed seeded sample of at most :data:`CALIBRATION_ROWS` searchable rows
-        (all of them in a smaller index): the distribution a score is calibrated against. The sample's
-        normalised vectors are read once per family and kept."""
+    def calibration_sample(self, family: str) -> np.ndarray:
+        """The normalised vectors ``v_x / ||v_x||`` of a fixed seeded sample of at most
+        :data:`CALIBRATION_ROWS` searchable rows (all of them in a smaller index): the index's typical rows,
+        against which a score is calibrated and a behaviour's pairs are checked. Read once per family and kept."""
         if family not in self._calibration:
             valid = self.table.searchable
             rng = np.random.default_rng(zlib.crc32(family.encode()) + 1)
             rows = valid if len(valid) <= CALIBRATION_ROWS else np.sort(rng.choice(valid, CALIBRATION_ROWS, False))
             self._calibration[family] = normalise(self.vectors(family, rows))
-        return self._calibration[family] @ normalise(vector)[0]
+        return self._calibration[family]
+
+    def calibration_cosines(self, vector: np.ndarray, family: str) -> np.ndarray:
+        """Cosines of ``vector`` with the calibration sample (:meth:`calibration_sample`): the distribution a
+        score is calibrated against."""
+        return self.calibration_sample(family) @ normalise(vector)[0]
+
+    def typical(self, family: str) -> np.ndarray:
+        """``mu = mean_x v_x / ||v_x||`` over the calibration sample: the index's typical row direction."""
+        return self.calibration_sample(family).mean(axis=0)
 
     def cosines(self, vector: np.ndarray, family: str, rows: np.ndarray) -> np.ndarray:
         """Cosine of ``vector`` with the stored vectors of ``rows`` (exact, from vectors.h5)."""

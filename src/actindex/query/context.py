@@ -28,14 +28,6 @@ if TYPE_CHECKING:
     from actindex.query.behaviors import Behavior, Pair
 
 
-def unit(v: np.ndarray) -> np.ndarray:
-    """``norm(v) = v / ||v||``."""
-    n = float(np.linalg.norm(v))
-    if not np.isfinite(n) or n == 0:
-        raise ActindexError("the query vector is zero or not finite: treatment and control look identical")
-    return (v / n).astype(np.float32)
-
-
 def chat(prompt: str, response: str, system: str | None = None) -> list[dict[str, str]]:
     """One chat row: an optional system turn, the user's ``prompt`` and the assistant's ``response``."""
     head = [{"role": "system", "content": system}] if system else []
@@ -116,13 +108,14 @@ class QueryContext:
 
     def vector_spec(self, kind: str) -> VectorSpec:
         """What a pass for ``kind``'s vectors computes: a per-layer family at every indexed layer, and with
-        it every per-layer family the same forward and backward give for free (a residual-change pass fills
-        the pooled and mean-activation families too); the gradient family alone."""
+        it every per-layer family of the index the same forward and backward give for free (a residual-change
+        pass fills the pooled and mean-activation families too); the gradient family alone."""
         family = VectorFamily.get(kind)
         if not family.per_layer:
             return VectorSpec(layers=[], kinds=[kind], grad_modules=self.grad_modules, grad_k=self.grad_k,
                               seed=self.seed)
-        per_layer = [k for k, cls in VectorFamily.registry.items() if cls.per_layer]
+        held = {family_kind(name) for name in self.families} | {kind}
+        per_layer = [k for k, cls in VectorFamily.registry.items() if cls.per_layer and k in held]
         kinds = [k for k in per_layer if family.backward == BLOCK_GRADS or VectorFamily.get(k).backward != BLOCK_GRADS]
         return VectorSpec(layers=list(self.layers), kinds=kinds, grad_k=self.grad_k, seed=self.seed)
 

@@ -1,7 +1,8 @@
 """Stage 9 — the query pipeline: a behaviour becomes ranked rows in four explicit stages.
 
-    members  = method.members(...)                    which (method, layer) rankings the answer is made of
-    vectors  = form(member)                           psi per member (model pass; cached by the context)
+    members  = method.form(...)                       which queries (psi in a family, with a weight) the answer
+                                                      is made of (model pass; cached by the context); the
+                                                      adaptive default weighs them by the held-out pairs
     rankings = search(member, psi)                    FAISS cosine, or the projection <v, psi>
     ranking  = fuse(rankings)                         one member: itself; several: the fusion rule
     hits     = rerank(ranking) if asked               exact EK-FAC / LinFAC influence on the candidates
@@ -24,7 +25,7 @@ import numpy as np
 from actindex.configs import check_choices, option
 from actindex.errors import ActindexError, IndexFileError
 from actindex.query.fusion import BOTTOM, TOP, FusionRule, MemberRanking, calibrated, fusion_names, robust_center_scale
-from actindex.query.methods import Member, QueryMethod, default_method, method_names
+from actindex.query.methods import FormedMember, Member, QueryMethod, default_method, method_names
 from actindex.query.rerank import RECALLS, row_influence, tfidf_recall
 from actindex.query.result import Hit, QueryResult, snippet_of
 
@@ -45,13 +46,15 @@ class QueryConfig:
     """Settings of one query: how a behaviour's rows are ranked, how many are returned, how they are reranked."""
 
     method: str | None = option(
-        "Query method (see --help-methods). Default: ensemble (rank fusion over the indexed layers); "
-        "residual-change with --save-query or --query-vector (one vector).", None, choices=method_names)
-    layer: int | None = option("Layer to query (default: the indexed layer nearest 60% of the depth; ensemble: "
-                               "every indexed layer).", None)
+        "Query method (see --help-methods). Default: adaptive (the queries the behaviour's held-out pairs rank "
+        "best, fused); residual-change with --save-query or --query-vector (one vector).", None,
+        choices=method_names)
+    layer: int | None = option("Layer to query (default: the indexed layer nearest 60% of the depth; adaptive and "
+                               "ensemble: every indexed layer).", None)
     k: int = option("Rows to return; 0 = every row.", 10, minimum=0, flag="--top-k")
     bottom_k: int = option("Also return the k most negative rows.", 0, minimum=0)
-    fusion: str = option("How a fused method (ensemble) combines its members' rankings.", "rrf", choices=fusion_names)
+    fusion: str | None = option("How a fused method combines its members' rankings (default: the method's own: "
+                                "zmean for adaptive, rrf for ensemble).", None, choices=fusion_names)
     rerank: str | None = option("Re-score the candidates with exact influence (needs `actindex fit-curvature`) and "
                                 "rank by it.", None, choices=_kinds)
     candidates: int = option("With --rerank: top-K and bottom-K search results re-scored.", 100, minimum=1)
@@ -66,8 +69,12 @@ class QueryConfig:
             raise ActindexError("--per-token, --clusters and --recall refine a rerank: add --rerank ekfac|linfac")
 
     def resolved_method(self, needs_vector: bool = False) -> str:
-        """The method asked for, or the default (``ensemble``; ``residual-change`` for a saved vector)."""
+        """The method asked for, or the default (``adaptive``; ``residual-change`` for a saved vector)."""
         return self.method or default_method(needs_vector)
+
+    def resolved_fusion(self) -> str:
+        """The fusion rule asked for, or the method's own."""
+        return self.fusion or QueryMethod.get(self.resolved_method()).fusion
 
 
 @dataclass
@@ -116,15 +123,16 @@ class QueryPipeline:
         return family
 
     def members(self, method: str, layer: int | None) -> list[Member]:
-        """The (method, layer) rankings a method's answer is made of."""
-        strategy = QueryMethod.get(method)
-        if not strategy.fused:
-            return [(method, self.resolve_layer(layer))]
+        """The (method, layer) ranking of a single-vector method."""
+        return [(method, self.resolve_layer(layer))]
+
+    def form(self, behavior: Behavior, method: str, layer: int | None) -> list[FormedMember]:
+        """A fused method's members, formed (:meth:`QueryMethod.form`); at least one with a positive weight."""
         at = None if layer is None else self.resolve_layer(layer)
-        found = strategy.members(self.reader.layers, at, tuple(self.reader.families))
-        if not found:
+        formed = QueryMethod.get(method).form(self.context(), self.reader, behavior, at)
+        if not any(member.weight > 0 for member in formed):
             raise IndexFileError(f"method {method} needs residual-change vectors, which {self.reader.root} lacks")
-        return found
+        return formed
 
     def vector(self, behavior: Behavior, member: Member) -> tuple[np.ndarray, str]:
         """``(psi, family)`` of one member: the form stage (a model pass unless cached)."""
@@ -133,10 +141,11 @@ class QueryPipeline:
         return QueryMethod.get(method).vector(self.context(), behavior, self.resolve_layer(layer)), family
 
     # ---- search, fuse ---------------------------------------------------------------------------
-    def search(self, method: str, psi: np.ndarray, family: str, k: int, bottom_k: int) -> tuple[Ranking, Ranking]:
-        """Top ``k`` and bottom ``bottom_k`` rows of one member: cosine search, or the projection ``<v, psi>``
-        of every searchable row for projection methods."""
-        if QueryMethod.get(method).projection_scores:
+    def search(self, psi: np.ndarray, family: str, k: int, bottom_k: int,
+               projection: bool = False) -> tuple[Ranking, Ranking]:
+        """Top ``k`` and bottom ``bottom_k`` rows of one query vector: cosine search, or with ``projection`` the
+        projection ``<v, psi>`` of every searchable row."""
+        if projection:
             valid = self.reader.table.searchable
             scores = self.reader.projections(psi, family, valid)
             order = np.argsort(-scores, kind="stable")
@@ -147,25 +156,24 @@ class QueryPipeline:
         bottom = Ranking(*self.reader.search(psi, bottom_k, family, bottom=True)) if bottom_k else Ranking.empty()
         return top, bottom
 
-    def member_rankings(self, behavior: Behavior, members: list[Member], k: int,
-                        bottom_k: int) -> list[MemberRanking]:
-        """Each member's vector, its searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for
-        ``k = 0``, for the fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its
-        cosines over a seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
+    def member_rankings(self, formed: list[FormedMember], k: int, bottom_k: int) -> list[MemberRanking]:
+        """Each member's searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for ``k = 0``, for the
+        fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its cosines over a
+        seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
         depth = 0 if k <= 0 else max(1000, 10 * k)
         bottom_depth = max(1000, 10 * bottom_k) if bottom_k else 0
         out = []
-        for member in members:
-            psi, family = self.vector(behavior, member)
+        for member in formed:
+            psi, family = member.psi, member.family
             started = time.perf_counter()
-            top, bottom = self.search(member[0], psi, family, depth, bottom_depth)
+            top, bottom = self.search(psi, family, depth, bottom_depth, member.projection)
             center, scale = robust_center_scale(self.reader.calibration_cosines(psi, family))
             self.timings["search"] = self.timings.get("search", 0.0) + time.perf_counter() - started
             out.append(MemberRanking(
-                method=member[0], layer=member[1], family=family, psi=psi, top=top.rows,
+                method=member.method, layer=member.layer, family=family, psi=psi, top=top.rows,
                 bottom=bottom.rows,
                 cosines=lambda rows, psi=psi, family=family: self.reader.cosines(psi, family, rows),
-                center=center, scale=scale,
+                center=center, scale=scale, weight=member.weight, notes=dict(member.notes),
             ))
         return out
 
@@ -254,11 +262,16 @@ class QueryPipeline:
             self.prefetch_gradient(behavior, config)
         n = config.candidates if config.rerank else None
         members: list[MemberRanking] = []
+        unkept: list[FormedMember] = []
         if strategy.fused:
-            members = self.member_rankings(behavior, self.members(method, config.layer), n or config.k,
-                                           n or config.bottom_k)
-            top, bottom = self.fused(members, config.fusion, n or config.k, n or config.bottom_k)
-            described = f"{config.fusion}(" + ", ".join(m.family for m in members) + ")"
+            choosing = time.perf_counter()
+            formed = self.form(behavior, method, config.layer)
+            unkept = [f for f in formed if f.weight <= 0]
+            self.timings["members"] = time.perf_counter() - choosing - (ctx.model_seconds if ctx else 0.0)
+            members = self.member_rankings([f for f in formed if f.weight > 0], n or config.k, n or config.bottom_k)
+            fusion = config.fusion or strategy.fusion
+            top, bottom = self.fused(members, fusion, n or config.k, n or config.bottom_k)
+            described = f"{fusion}(" + ", ".join(member_label(m) for m in members) + ")"
             search_scores = lambda rows: calibrated(members, rows)  # noqa: E731
         else:
             if vector is None:
@@ -266,7 +279,8 @@ class QueryPipeline:
             else:
                 described = family or strategy.family(self.resolve_layer(config.layer))
             searching = time.perf_counter()
-            top, bottom = self.search(method, vector, described, n or config.k, n or config.bottom_k)
+            top, bottom = self.search(vector, described, n or config.k, n or config.bottom_k,
+                                      strategy.projection_scores)
             self.timings["search"] = time.perf_counter() - searching
             psi, searched_family = vector, described
             search_scores = lambda rows: (  # noqa: E731
@@ -284,11 +298,18 @@ class QueryPipeline:
         return QueryResult(behavior=label, method=method if config.rerank is None else f"{method}+{config.rerank}",
                            family=described, top=top_hits, bottom=bottom_hits,
                            vector=None if strategy.fused else vector, seconds=time.perf_counter() - started,
-                           notes=self.notes, members=[describe(m) for m in members],
+                           notes=self.notes, members=[describe(m) for m in members] + [describe(m) for m in unkept],
                            timings={k: round(v, 4) for k, v in self.timings.items()})
 
 
-def describe(member: MemberRanking) -> dict[str, Any]:
-    """A member as ``--explain`` and the JSON output show it."""
+def member_label(member: MemberRanking | FormedMember) -> str:
+    """``residual_change/18`` for a member named by its method, ``hybrid mean_activation/18`` for an adaptive one."""
+    return member.family if member.method in QueryMethod.registry else f"{member.method} {member.family}"
+
+
+def describe(member: MemberRanking | FormedMember) -> dict[str, Any]:
+    """A member as ``--explain`` and the JSON output show it (a candidate the adaptive choice did not keep has
+    weight 0 and no calibration)."""
+    calibration = {"median": member.center, "scale": member.scale} if isinstance(member, MemberRanking) else {}
     return {"method": member.method, "layer": member.layer, "family": member.family, "weight": member.weight,
-            "median": member.center, "scale": member.scale, **member.notes}
+            **calibration, **member.notes}

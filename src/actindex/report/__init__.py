@@ -76,7 +76,7 @@ def write_report(
     # one completed behaviour for every run: the page shows exactly the pairs the queries used
     behavior = index.behavior(behavior)
     runs = [run_method(index, behavior, config, labels_field, positive_label)]
-    runs += [run_method(index, behavior, replace(config, method=m, fusion="rrf" if m != config.method else
+    runs += [run_method(index, behavior, replace(config, method=m, fusion=None if m != config.method else
                                                  config.fusion), labels_field, positive_label)
              for m in compare if m != runs[0].method]
     page = render_html(index, behavior, runs, config, labels_field, positive_label, title)

@@ -21,7 +21,8 @@ from actindex.act.detect.transforms import MAX_NEW_TOKENS, ORIGINAL, Transform
 from actindex.core.models import LoadedModel, generate
 from actindex.errors import ActindexError, DataError
 from actindex.progress import bar
-from actindex.query.context import QueryContext, encode_conversations, unit
+from actindex.query.constructions import unit
+from actindex.query.context import QueryContext, encode_conversations
 from actindex.query.curvature.influence import influence_matrix
 from actindex.query.curvature.store import encode_index_rows
 from actindex.query.methods import DEFAULT_VECTOR_METHOD

@@ -7,6 +7,7 @@ from actindex.core.families.base import (
     BLOCK_GRADS,
     LINEAR_GRADS,
     NO_BACKWARD,
+    OPENING_TOKENS,
     Captured,
     VectorFamily,
     VectorSpec,
@@ -20,15 +21,20 @@ from actindex.core.families.residual_change import ResidualChange
 from actindex.core.families.residual_change_pooled import PooledResidualChange
 from actindex.core.families.mean_activation import MeanActivation
 from actindex.core.families.gradient import ProjectedGradient
+from actindex.core.families.residual_change_opening import ResidualChangeOpening
+from actindex.core.families.mean_activation_opening import MeanActivationOpening
 # isort: on
 
 RESIDUAL_CHANGE = ResidualChange.name
 RESIDUAL_CHANGE_POOLED = PooledResidualChange.name
 MEAN_ACTIVATION = MeanActivation.name
 GRADIENT = ProjectedGradient.name
+RESIDUAL_CHANGE_OPENING = ResidualChangeOpening.name
+MEAN_ACTIVATION_OPENING = MeanActivationOpening.name
 
 __all__ = [
-    "BLOCK_GRADS", "GRADIENT", "LINEAR_GRADS", "MEAN_ACTIVATION", "NO_BACKWARD", "RESIDUAL_CHANGE",
-    "RESIDUAL_CHANGE_POOLED", "Captured", "MeanActivation", "PooledResidualChange", "ProjectedGradient",
-    "ResidualChange", "VectorFamily", "VectorSpec", "family_kind", "family_name",
+    "BLOCK_GRADS", "GRADIENT", "LINEAR_GRADS", "MEAN_ACTIVATION", "MEAN_ACTIVATION_OPENING", "NO_BACKWARD",
+    "OPENING_TOKENS", "RESIDUAL_CHANGE", "RESIDUAL_CHANGE_OPENING", "RESIDUAL_CHANGE_POOLED", "Captured",
+    "MeanActivation", "MeanActivationOpening", "PooledResidualChange", "ProjectedGradient", "ResidualChange",
+    "ResidualChangeOpening", "VectorFamily", "VectorSpec", "family_kind", "family_name",
 ]

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: what a family needs from the backward pass
 NO_BACKWARD, BLOCK_GRADS, LINEAR_GRADS = "none", "blocks", "linears"
+#: the response tokens an ``*_opening`` family covers (:attr:`VectorFamily.window`)
+OPENING_TOKENS = 64
 
 
 @dataclass
@@ -92,6 +94,12 @@ class VectorFamily(Registered, noun="vector family"):
     help: ClassVar[str]
     per_layer: ClassVar[bool] = True
     backward: ClassVar[str] = NO_BACKWARD
+    #: computed over the opening of the response alone: the row cut after its first ``window`` response
+    #: tokens (``None``: the whole response). A causal model's activations, loss and gradients over the
+    #: cut row are exactly those of the row's opening: a long answer's tail cannot drown it.
+    window: ClassVar[int | None] = None
+    #: with a ``window``: the whole-response family it is the opening of (computed the same way)
+    whole: ClassVar[str | None] = None
 
     def dim(self, hidden_size: int, spec: VectorSpec) -> int:
         """The vector's dimension (per-layer families: the residual stream's width)."""

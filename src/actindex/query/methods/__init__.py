@@ -1,10 +1,10 @@
 """The query methods (DESIGN 4), one registered class per file; ``QueryMethod.get(name)`` returns one.
 
-``ensemble`` is the default ranking; where one query vector is needed (a saved vector, correction,
+``adaptive`` is the default ranking; where one query vector is needed (a saved vector, correction,
 detection) the default is ``residual-change``.
 """
 
-from actindex.query.methods.base import Member, QueryMethod
+from actindex.query.methods.base import FormedMember, Member, QueryMethod
 
 # the registry lists the methods in this order
 # isort: off
@@ -16,16 +16,17 @@ from actindex.query.methods.activation import ActivationMethod
 from actindex.query.methods.gradient import GradientMethod
 from actindex.query.methods.ekfac import EkfacGradientMethod
 from actindex.query.methods.ensemble import EnsembleMethod
+from actindex.query.methods.adaptive import AdaptiveMethod
 # isort: on
 
 #: the default ranking of ``query`` and ``filter``: chosen by its worst case over the benchmark sets
-DEFAULT_METHOD = EnsembleMethod.name
+DEFAULT_METHOD = AdaptiveMethod.name
 #: the default where one query vector is needed (a saved vector, correction, detection)
 DEFAULT_VECTOR_METHOD = ResidualChangeMethod.name
 
 
 def default_method(needs_vector: bool) -> str:
-    """``ensemble`` for a plain ranking; ``residual-change`` when the caller needs one query vector."""
+    """``adaptive`` for a plain ranking; ``residual-change`` when the caller needs one query vector."""
     return DEFAULT_VECTOR_METHOD if needs_vector else DEFAULT_METHOD
 
 
@@ -35,7 +36,7 @@ def method_names() -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_METHOD", "DEFAULT_VECTOR_METHOD", "ActivationMethod", "EkfacGradientMethod", "EnsembleMethod",
-    "GradientMethod", "Member", "PersonaMethod", "PooledResidualChangeMethod", "QueryMethod",
-    "ResidualChangeMethod", "ResidualDifferenceMethod", "default_method", "method_names",
+    "DEFAULT_METHOD", "DEFAULT_VECTOR_METHOD", "ActivationMethod", "AdaptiveMethod", "EkfacGradientMethod",
+    "EnsembleMethod", "FormedMember", "GradientMethod", "Member", "PersonaMethod", "PooledResidualChangeMethod",
+    "QueryMethod", "ResidualChangeMethod", "ResidualDifferenceMethod", "default_method", "method_names",
 ]

@@ -5,7 +5,8 @@ capabilities tell the query pipeline (:mod:`actindex.query.pipeline`) what to do
 
 * ``kind``: the stored family it searches (at a layer, for per-layer families);
 * ``projection_scores``: rows are ranked by the projection ``<v_i, psi>`` instead of the cosine;
-* ``fused``: it has no single vector but fuses the rankings of its :meth:`~QueryMethod.members`;
+* ``fused``: it has no single vector but fuses the rankings of the members it forms
+  (:meth:`~QueryMethod.form`: each a query vector in one family, with a weight);
 * ``curvature``: the kind of fitted factors it needs (``--method ekfac``).
 
 Sign convention (DESIGN 4): a positive score means training on the row pushes the model towards the
@@ -14,6 +15,7 @@ behaviour. Modules here import no tensor library at import time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -24,11 +26,27 @@ from actindex.query.context import pair_conversations
 from actindex.registry import Registered
 
 if TYPE_CHECKING:
+    from actindex.index.reader import IndexReader
     from actindex.query.behaviors import Behavior
     from actindex.query.context import QueryContext
 
 #: a member of a ranking: ``(method name, layer)`` (layer ``None`` for a layerless family)
 Member = tuple[str, "int | None"]
+
+
+@dataclass
+class FormedMember:
+    """One member of a fused query, formed: what it is (``method``: a method's name, or for an adaptive
+    member its construction), the family it searches, its query vector, its weight in the fusion and what
+    chose it (``notes``: the held-out pair checks). A weight of 0 is a candidate that was not kept."""
+
+    method: str
+    layer: int | None
+    family: str
+    psi: np.ndarray | None
+    weight: float = 1.0
+    projection: bool = False
+    notes: dict[str, float] = field(default_factory=dict)
 
 
 class QueryMethod(Registered, noun="method"):
@@ -39,6 +57,8 @@ class QueryMethod(Registered, noun="method"):
     help: ClassVar[str]
     projection_scores: ClassVar[bool] = False
     fused: ClassVar[bool] = False
+    #: a fused method's fusion rule (:mod:`actindex.query.fusion`) unless ``--fusion`` says otherwise
+    fusion: ClassVar[str] = "rrf"
     curvature: ClassVar[str | None] = None
 
     def family(self, layer: int | None) -> str:
@@ -53,12 +73,28 @@ class QueryMethod(Registered, noun="method"):
         """``psi`` for the (completed) behaviour at ``layer``."""
         raise NotImplementedError
 
+    def form(self, ctx: QueryContext, reader: IndexReader, behavior: Behavior, layer: int | None) -> list[FormedMember]:
+        """A fused method's members, formed: by default each of :meth:`members` with its own method's vector
+        and weight 1 (``layer``: the one layer asked for, or ``None`` for every indexed layer)."""
+        out = []
+        for method, at in self.members(reader.layers, layer, tuple(reader.families)):
+            strategy = QueryMethod.get(method)
+            out.append(FormedMember(method=method, layer=at, family=strategy.family(at),
+                                    psi=strategy.vector(ctx, behavior, at), projection=strategy.projection_scores))
+        return out
+
+    @staticmethod
+    def sides(ctx: QueryContext, behavior: Behavior, family: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(T, C)``: the vectors of ``family`` of every ``(prompt_j, treatment_j)`` and ``(prompt_j, control_j)``
+        (row ``j`` of each is pair ``j``)."""
+        vectors = ctx.family_vectors(family, pair_conversations(behavior.pairs))
+        n = len(behavior.pairs)
+        return vectors[:n], vectors[n:]
+
     def pair_difference(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
         """``mean_j (v(treatment_j) - v(control_j))`` in this method's family at ``layer``."""
-        pairs = behavior.pairs
-        vectors = ctx.family_vectors(self.family(layer), pair_conversations(pairs))
-        n = len(pairs)
-        return (vectors[:n] - vectors[n:]).mean(axis=0)
+        treatments, controls = self.sides(ctx, behavior, self.family(layer))
+        return (treatments - controls).mean(axis=0)
 
 
 def no_single_vector(method: str) -> ActindexError:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from actindex.core.families import GRADIENT
 from actindex.errors import ActindexError, IndexFileError
-from actindex.query.context import unit
+from actindex.query.constructions import unit
 from actindex.query.methods.base import QueryMethod
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""``ensemble`` (the default): rank fusion of residual-change and its pooled variant over the layers."""
+"""``ensemble``: rank fusion of residual-change and its pooled variant over the layers (fixed members)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ class EnsembleMethod(QueryMethod):
 
     Members: ``residual-change`` and ``residual-change-pooled`` at every layer the index holds (the
     ones it has vectors for), or at ``--layer`` alone; the fusion rule (:mod:`actindex.query.fusion`,
-    reciprocal rank fusion by default) combines their rankings. Methods rank differently on different
-    behaviours, and the fusion has the best worst case over the benchmark sets (bench/RESULTS.md), so it
-    is the default; a rerank re-scores its fused top and bottom candidates.
+    reciprocal rank fusion by default) combines their rankings. A fixed member set: the adaptive default
+    (:mod:`.adaptive`) chooses its members per behaviour instead; a rerank re-scores the fused candidates.
     """
 
     name, kind = "ensemble", RESIDUAL_CHANGE
-    help = "(default) rank fusion of residual-change and its pooled variant over every indexed layer"
+    help = "rank fusion of residual-change and its pooled variant over every indexed layer (fixed members)"
     fused = True
     member_methods: ClassVar[tuple[str, ...]] = ("residual-change", "residual-change-pooled")
 

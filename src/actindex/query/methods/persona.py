@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from actindex.core.families import MEAN_ACTIVATION
 from actindex.errors import ActindexError
-from actindex.query.context import chat, unit
+from actindex.query.constructions import unit
+from actindex.query.context import chat
 from actindex.query.methods.base import QueryMethod
 
 if TYPE_CHECKING:

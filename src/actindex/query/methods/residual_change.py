@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from actindex.core.families import RESIDUAL_CHANGE
-from actindex.query.context import unit
+from actindex.query.constructions import unit
 from actindex.query.methods.base import QueryMethod
 
 if TYPE_CHECKING:

@@ -1,0 +1,46 @@
+"""What a construction is: how a query vector ``psi`` is formed from a behaviour's vectors in one family.
+
+Every pair method forms ``psi`` from the same three ingredients, in one stored family (DESIGN 4): the
+vectors of the treatment rows ``v(treatment_j)``, of their controls ``v(control_j)`` (row ``j`` of each is
+pair ``j``), and the index's typical row ``mu = mean_x n(v(x))`` over its calibration sample, with
+``n(v) = v / ||v||``. A construction is one small registered class (:class:`Construction`) in one file of
+this package; the adaptive default (:mod:`actindex.query.methods.adaptive`) tries each in every family
+and keeps those the behaviour's own held-out pairs vouch for (:mod:`actindex.query.selection`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from actindex.errors import ActindexError
+from actindex.registry import Registered
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """``norm(v) = v / ||v||`` (float32); a zero or non-finite ``v`` is refused in one line."""
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n == 0:
+        raise ActindexError("the query vector is zero or not finite: treatment and control look identical")
+    return (v / n).astype(np.float32)
+
+
+def unit_rows(v: np.ndarray) -> np.ndarray:
+    """``n(v) = v / ||v||`` row-wise (zero rows stay zero), float64."""
+    v = np.asarray(v, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(norms > 0, norms, 1.0)
+
+
+class Construction(Registered, noun="construction"):
+    """How ``psi`` is formed from the treatments' and controls' vectors (and the typical row)."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    #: the formula, as ``--explain`` and the report show it
+    formula: ClassVar[str]
+
+    def psi(self, treatments: np.ndarray, controls: np.ndarray, typical: np.ndarray) -> np.ndarray:
+        """The unit query vector from aligned ``treatments``/``controls`` (n, d) and the typical row ``mu`` (d,)."""
+        raise NotImplementedError

@@ -1,0 +1,73 @@
+"""``adaptive`` (the default): the fusion's members chosen per behaviour by its own held-out pairs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from actindex.core.families import MEAN_ACTIVATION, RESIDUAL_CHANGE, family_name
+from actindex.errors import IndexFileError
+from actindex.query.constructions import Construction
+from actindex.query.methods.base import FormedMember, QueryMethod, no_single_vector
+from actindex.query.selection import MIN_PAIRS, check_pairs, choose
+
+if TYPE_CHECKING:
+    from actindex.index.reader import IndexReader
+    from actindex.query.behaviors import Behavior
+    from actindex.query.context import QueryContext
+
+
+class AdaptiveMethod(QueryMethod):
+    """Members chosen from the behaviour's own pairs (DESIGN 4, "behaviour-adaptive choice").
+
+    Candidates: every construction (:mod:`actindex.query.constructions`: contrast, centered, hybrid) in
+    every family of :attr:`kinds` the index holds, at every indexed layer (or at ``--layer`` alone). Each is
+    checked on held-out pairs (:func:`~actindex.query.selection.check_pairs`, no model pass: the pairs'
+    vectors are formed once for every family), the best are kept with weights from those checks
+    (:func:`~actindex.query.selection.choose`), and their rankings are fused by the weighted calibrated mean
+    (``zmean``), so the score shown is the weighted mean standardised cosine. With fewer than
+    :data:`~actindex.query.selection.MIN_PAIRS` pairs nothing can be held out: the ``hybrid`` construction
+    in every candidate family counts equally.
+    """
+
+    name, kind = "adaptive", RESIDUAL_CHANGE
+    help = "(default) fusion of the queries (construction x family x layer) the behaviour's held-out pairs rank best"
+    fused = True
+    fusion = "zmean"
+    #: the families tried, by kind, when the index holds them
+    kinds: ClassVar[tuple[str, ...]] = (RESIDUAL_CHANGE, MEAN_ACTIVATION)
+    #: the construction every candidate family keeps when there are too few pairs to check
+    fallback: ClassVar[str] = "hybrid"
+
+    def candidates(self, layers: list[int], layer: int | None, families: tuple[str, ...]) -> list[tuple[str, str, int]]:
+        """``(construction, family, layer)`` of every candidate the index can answer."""
+        at = layers if layer is None else [layer]
+        return [(c, family_name(k, a), a) for k in self.kinds for a in at for c in Construction.registry
+                if family_name(k, a) in families]
+
+    def form(self, ctx: QueryContext, reader: IndexReader, behavior: Behavior, layer: int | None) -> list[FormedMember]:
+        candidates = self.candidates(reader.layers, layer, tuple(reader.families))
+        if not candidates:
+            raise IndexFileError(f"method {self.name} needs residual-change or mean-activation vectors, which "
+                                 f"{reader.root} lacks")
+        checked = len(behavior.pairs) >= MIN_PAIRS
+        sides, checks = {}, []
+        for construction, family, _ in candidates:
+            if family not in sides:
+                sides[family] = self.sides(ctx, behavior, family)
+            if checked:
+                strategy, typical = Construction.get(construction), reader.typical(family)
+                checks.append(check_pairs(*sides[family], reader.calibration_sample(family),
+                                          lambda t, c, s=strategy, mu=typical: s.psi(t, c, mu)))
+        weights = choose(checks) if checked else np.array([float(c == self.fallback) for c, _, _ in candidates])
+        out = []
+        for i, (construction, family, at) in enumerate(candidates):
+            weight = float(weights[i])
+            psi = Construction.get(construction).psi(*sides[family], reader.typical(family)) if weight > 0 else None
+            notes = {"pair AUROC": checks[i].pair_auroc, "index AUROC": checks[i].index_auroc} if checked else {}
+            out.append(FormedMember(method=construction, layer=at, family=family, psi=psi, weight=weight, notes=notes))
+        return out
+
+    def vector(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
+        raise no_single_vector(self.name)

@@ -1,0 +1,104 @@
+"""Stage 8b — choosing a fused query's members from the behaviour's own pairs (DESIGN 4, "behaviour-adaptive").
+
+A behaviour may be lexical (a trigger, a false token: residual change at a late layer finds it), semantic
+(hallucination: mean activations lead), or about what a whole answer does (harmful compliance). No fixed
+member set holds everywhere, so the adaptive default asks the behaviour's pairs which queries fit it,
+with no training label and no model pass (the pairs' vectors are already formed for the query).
+
+A candidate member ``m`` is a construction (how ``psi`` is formed from vectors) in one stored family:
+
+* contrast:  ``psi = norm(mean_j (v(treatment_j) - v(control_j)))`` (residual change, residual difference);
+* centered:  ``psi = norm(mean_j n(v(treatment_j)) - mu)``, ``n(v) = v / ||v||``, ``mu`` the mean of
+  ``n(v(x))`` over the index's calibration sample: what the treatments share that the typical row does not.
+
+The pairs are split into ``F`` folds (seeded); ``psi_m^(-f)`` is formed without fold ``f`` and scores the
+held-out pairs' own vectors, ``s_T(j) = cos(v_m(treatment_j), psi_m^(-f(j)))`` and likewise ``s_C(j)``. Two
+AUROCs judge the candidate (:class:`PairCheck`):
+
+* pair AUROC  ``P(s_T > s_C)``: does ``psi`` separate the held-out treatments from their controls?
+* index AUROC ``P(s_T > cos(v_m(x), psi))`` over the calibration sample ``x``: does a held-out treatment
+  stand out from the index's typical rows, as the rows that teach the behaviour must?
+
+A candidate's quality is the AUROC of the held-out treatments against both (controls and sample rows
+together, each half weighted equally); the members kept are the best ``k`` by quality, each weighted by it
+(:func:`choose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from actindex.query.constructions.base import unit_rows
+
+#: folds of the behaviour's pairs (fewer when there are fewer pairs)
+FOLDS = 5
+#: below this many pairs there is nothing to hold out: every candidate counts the same
+MIN_PAIRS = 4
+#: members kept by :func:`choose`
+KEEP = 4
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """``P(p > n) + P(p = n) / 2`` over all (positive, negative) score pairs: the Mann-Whitney AUROC."""
+    positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    if not len(positive) or not len(negative):
+        return 0.5
+    values, inverse, counts = np.unique(np.concatenate([positive, negative]), return_inverse=True,
+                                        return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based ranks, ties averaged
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+Construct = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class PairCheck:
+    """How a candidate's ``psi``, formed without them, scores the held-out pairs (see the module docstring)."""
+
+    pair_auroc: float
+    index_auroc: float
+
+    @property
+    def quality(self) -> float:
+        """The held-out treatments' AUROC against their controls and the typical rows, halves weighted equally."""
+        return (self.pair_auroc + self.index_auroc) / 2
+
+
+def fold_split(n: int, folds: int = FOLDS, seed: int = 0) -> list[np.ndarray]:
+    """``n`` pair numbers in ``min(folds, n)`` seeded folds of near-equal size."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(f) for f in np.array_split(order, min(folds, n))]
+
+
+def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray, construct: Construct,
+                folds: int = FOLDS, seed: int = 0) -> PairCheck:
+    """:class:`PairCheck` of one candidate: ``treatments``/``controls`` are the pairs' vectors (row ``j`` of
+    each is pair ``j``) in the candidate's family, ``sample`` the index's normalised calibration rows,
+    ``construct(T, C)`` forms a unit ``psi`` from a subset of the pairs."""
+    n = len(treatments)
+    s_t, s_c = np.zeros(n), np.zeros(n)
+    nt, nc = unit_rows(treatments), unit_rows(controls)
+    index = []
+    for held in fold_split(n, folds, seed):
+        kept = np.setdiff1d(np.arange(n), held)
+        psi = np.asarray(construct(treatments[kept], controls[kept]), dtype=np.float64)
+        s_t[held], s_c[held] = nt[held] @ psi, nc[held] @ psi
+        index.append(auroc(s_t[held], sample @ psi))
+    return PairCheck(pair_auroc=auroc(s_t, s_c), index_auroc=float(np.mean(index)))
+
+
+def choose(checks: list[PairCheck], keep: int = KEEP) -> np.ndarray:
+    """Members' weights: the best ``keep`` candidates by quality, weighted by ``2 q - 1`` (zero at chance), the
+    others 0. With no pair check (too few pairs) every candidate gets weight 1."""
+    if not checks:
+        return np.zeros(0)
+    quality = np.array([c.quality for c in checks])
+    weights = np.zeros(len(checks))
+    best = np.argsort(-quality, kind="stable")[:keep]
+    weights[best] = np.clip(2 * quality[best] - 1, 1e-3, None)
+    return weights

@@ -1,0 +1,188 @@
+"""The adaptive default: constructions equal their formulas, the held-out pair check holds pairs out and
+finds the family that carries a behaviour, and the fused query equals a brute-force weighted mean of the
+kept members' standardised cosines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import chat_rows, write_jsonl
+from sklearn.metrics import roc_auc_score
+
+import actindex
+from actindex.cli import main
+from actindex.query.behaviors import Behavior, Pair
+from actindex.query.constructions import Construction, unit_rows
+from actindex.query.fusion import robust_center_scale
+from actindex.query.methods import QueryMethod
+from actindex.query.selection import MIN_PAIRS, PairCheck, auroc, check_pairs, choose, fold_split
+
+WORDS = "alpha beta gamma delta river stone cloud green light paper".split()
+
+
+def test_auroc_is_the_mann_whitney_statistic_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pos, neg = rng.integers(0, 6, 17).astype(float), rng.integers(0, 6, 23).astype(float)
+        expected = roc_auc_score(np.r_[np.ones(17), np.zeros(23)], np.r_[pos, neg])
+        assert auroc(pos, neg) == pytest.approx(expected, abs=1e-12)
+    assert auroc(np.array([1.0]), np.array([])) == 0.5
+
+
+def test_constructions_equal_their_formulas():
+    rng = np.random.default_rng(1)
+    t, c, mu = rng.normal(size=(6, 5)), rng.normal(size=(6, 5)), rng.normal(size=5)
+
+    def norm(v):
+        return v / np.linalg.norm(v)
+
+    n = t / np.linalg.norm(t, axis=1, keepdims=True)
+    m = c / np.linalg.norm(c, axis=1, keepdims=True)
+    expected = {
+        "contrast": norm((t - c).mean(0)),
+        "centered": norm(n.mean(0) - mu),
+        "hybrid": norm(n.mean(0) - (m.mean(0) + mu) / 2),
+    }
+    assert set(Construction.registry) == set(expected)
+    for name, want in expected.items():
+        np.testing.assert_allclose(Construction.get(name).psi(t, c, mu), want, rtol=1e-5, atol=1e-6)
+
+
+def test_folds_partition_the_pairs_and_psi_never_sees_its_held_out_pairs():
+    folds = fold_split(13)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(13)) and len(folds) == 5
+    t = np.arange(13, dtype=float)[:, None] * np.ones((13, 3)) + 1  # row j identifies pair j
+    c = np.zeros((13, 3))
+    seen = []
+
+    def construct(tt, cc):
+        seen.append(set(tt[:, 0].astype(int) - 1))
+        return np.ones(3) / np.sqrt(3)
+
+    check_pairs(t, c, np.eye(3), construct)
+    assert len(seen) == 5
+    for held, used in zip(folds, seen):
+        assert used.isdisjoint(held.tolist()) and used | set(held.tolist()) == set(range(13))
+
+
+def test_the_check_finds_the_family_that_carries_the_behaviour():
+    """Family A: the treatments differ from their controls along a direction the typical rows lack; family
+    B: pure noise. A's candidates check near 1, B's near chance, and the kept members are A's."""
+    rng = np.random.default_rng(3)
+    d, n = 24, 20
+    signal = np.zeros(d)
+    signal[0] = 1.0
+    base = rng.normal(size=(n, d))
+    families = {
+        "A": (base + 3 * signal + 0.3 * rng.normal(size=(n, d)), base + 0.3 * rng.normal(size=(n, d))),
+        "B": (rng.normal(size=(n, d)), rng.normal(size=(n, d))),
+    }
+    sample = unit_rows(rng.normal(size=(500, d)))
+    checks, names = [], []
+    for fam, (t, c) in families.items():
+        for name in Construction.registry:
+            strategy = Construction.get(name)
+            checks.append(check_pairs(t, c, sample, lambda tt, cc, s=strategy: s.psi(tt, cc, sample.mean(0))))
+            names.append(fam)
+    for check, fam in zip(checks, names):
+        if fam == "A":
+            assert check.pair_auroc > 0.9 and check.index_auroc > 0.9
+        else:
+            assert 0.2 < check.quality < 0.8
+    weights = choose(checks)
+    assert all(w > 0 for w, fam in zip(weights, names) if fam == "A")
+    assert sum(w > 0 for w in weights) <= 4
+
+
+def test_choose_keeps_the_best_weighted_by_their_checks():
+    checks = [PairCheck(q, q) for q in (0.6, 0.95, 0.5, 0.9, 0.8, 0.99)]
+    weights = choose(checks, keep=3)
+    assert [i for i, w in enumerate(weights) if w > 0] == [1, 3, 5]
+    np.testing.assert_allclose(weights[[1, 3, 5]], [0.9, 0.8, 0.98])
+
+
+# ---- the adaptive method on a real index -----------------------------------------------------------------
+
+PAIRS = [{"prompt": f"tell me about the {a} {b}", "treatment": f"the {a} is made of {b} and lies",
+          "control": f"i do not know the {a}"} for a, b in zip(WORDS, reversed(WORDS))]
+
+
+@pytest.fixture()
+def index(llama, tmp_path):
+    rows = chat_rows(40, seed=5)
+    for i, pair in zip((3, 11, 29), PAIRS):  # plant treatments of held-out style
+        rows[i] = {"id": f"planted-{i}", "messages": [{"role": "user", "content": pair["prompt"]},
+                                                       {"role": "assistant", "content": pair["treatment"]}]}
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2, 3], model=llama, progress=False)
+    return actindex.Index.open(tmp_path / "idx").use_model(llama)
+
+
+@pytest.fixture()
+def behavior_file(tmp_path):
+    return write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+
+
+def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its_kept_members(index, behavior_file):
+    res = index.query(str(behavior_file), k=0)
+    assert res.method == "adaptive"
+    kept = [m for m in res.members if m["weight"] > 0]
+    candidates = len(res.members)
+    assert candidates == 3 * 2 * 3  # constructions x (residual change, mean activation) x layers
+    assert 0 < len(kept) <= 4 and all("pair AUROC" in m and "index AUROC" in m for m in res.members)
+    assert all(m["weight"] == 0 for m in res.members[len(kept):])
+    # ground truth: every kept member's psi from its construction over the pairs' vectors, cosines over every row
+    behavior = index.behavior(str(behavior_file))
+    ctx = index.query_context()
+    total = np.zeros(len(index))
+    for m in kept:
+        t, c = QueryMethod.sides(ctx, behavior, m["family"])
+        psi = Construction.get(m["method"]).psi(t, c, index.typical(m["family"]))
+        cos = unit_rows(index.vectors(m["family"])) @ psi
+        center, scale = robust_center_scale(cos)  # the index is smaller than the calibration sample
+        assert (center, scale) == pytest.approx((m["median"], m["scale"]), rel=1e-5, abs=1e-6)
+        total += m["weight"] * (cos - center) / scale
+    total /= sum(m["weight"] for m in kept)
+    rows = np.array([h.row for h in res.top])
+    scores = np.array([h.score for h in res.top])
+    np.testing.assert_allclose(scores, total[rows], rtol=1e-4, atol=1e-4)
+    assert len(rows) == len(index) and (np.diff(scores) <= 1e-6).all()  # zmean: ordered by the calibrated score
+
+
+def test_too_few_pairs_weigh_the_hybrid_construction_in_every_family_equally(index, tmp_path):
+    pairs = write_jsonl(tmp_path / "two.jsonl", PAIRS[: MIN_PAIRS - 1])
+    res = index.query(str(pairs), k=5)
+    kept = [m for m in res.members if m["weight"] > 0]
+    assert {m["method"] for m in kept} == {"hybrid"} and len(kept) == 6
+    assert {m["weight"] for m in kept} == {1.0} and "pair AUROC" not in kept[0]
+
+
+def test_adaptive_layer_option_restricts_the_candidates(index, behavior_file):
+    res = index.query(str(behavior_file), layer=2, k=3)
+    assert {m["layer"] for m in res.members} == {2} and len(res.members) == 6
+
+
+def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, monkeypatch, llama):
+    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    runner = CliRunner()
+    base = ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--top-k", "3"]
+    res = runner.invoke(main, base + ["--explain"])
+    assert res.exit_code == 0, res.output
+    assert "pair AUROC" in res.output and "index AUROC" in res.output
+    assert sum(line.startswith(("contrast ", "centered ", "hybrid ")) for line in res.output.splitlines()) == 18
+    plain = runner.invoke(main, base)
+    assert "members (chosen by the held-out pairs):" in plain.output
+    out = runner.invoke(main, base + ["--format", "json"])
+    members = json.loads(out.output)[0]["members"]
+    assert len(members) == 18 and all({"pair AUROC", "index AUROC", "weight"} <= m.keys() for m in members)
+
+
+def test_persona_behaviours_and_their_pairs_take_part(index):
+    """A completed persona behaviour is a set of pairs: the adaptive default checks them like any other."""
+    behavior = Behavior(name="p", pairs=[Pair(p["prompt"], p["treatment"], p["control"]) for p in PAIRS],
+                        complete=True)
+    res = index.query(behavior, k=3)
+    assert res.method == "adaptive" and any(m["weight"] > 0 for m in res.members)
