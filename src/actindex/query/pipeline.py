@@ -151,7 +151,8 @@ class QueryPipeline:
                         bottom_k: int) -> list[MemberRanking]:
         """Each member's vector, its searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for
         ``k = 0``, for the fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its
-        cosines over a seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
+        cosines over a seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`, kept per
+        vector by :meth:`IndexReader.calibration`)."""
         depth = 0 if k <= 0 else max(1000, 10 * k)
         bottom_depth = max(1000, 10 * bottom_k) if bottom_k else 0
         out = []
@@ -159,7 +160,7 @@ class QueryPipeline:
             psi, family = self.vector(behavior, member)
             started = time.perf_counter()
             top, bottom = self.search(member[0], psi, family, depth, bottom_depth)
-            center, scale = robust_center_scale(self.reader.calibration_cosines(psi, family))
+            center, scale = self.reader.calibration(psi, family, robust_center_scale)
             self.timings["search"] = self.timings.get("search", 0.0) + time.perf_counter() - started
             out.append(MemberRanking(
                 method=member[0], layer=member[1], family=family, psi=psi, top=top.rows,

@@ -20,7 +20,7 @@ import numpy as np
 
 from actindex.core.families import VectorFamily, family_name
 from actindex.errors import ActindexError
-from actindex.query.context import pair_conversations
+from actindex.query.context import per_pair, query_rows
 from actindex.registry import Registered
 
 if TYPE_CHECKING:
@@ -54,11 +54,10 @@ class QueryMethod(Registered, noun="method"):
         raise NotImplementedError
 
     def pair_difference(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
-        """``mean_j (v(treatment_j) - v(control_j))`` in this method's family at ``layer``."""
-        pairs = behavior.pairs
-        vectors = ctx.family_vectors(self.family(layer), pair_conversations(pairs))
-        n = len(pairs)
-        return (vectors[:n] - vectors[n:]).mean(axis=0)
+        """``mean_j (v(treatment_j) - v(control_j))`` in this method's family at ``layer``; for a query by
+        example (no controls) ``mean_j v(treatment_j)``, the examples' own vectors (DESIGN 4)."""
+        vectors = ctx.family_vectors(self.family(layer), query_rows(behavior))
+        return per_pair(behavior, vectors).mean(axis=0)
 
 
 def no_single_vector(method: str) -> ActindexError:
