@@ -105,6 +105,8 @@ def export(index: IndexReader | str | os.PathLike, out: str | os.PathLike = "", 
     if target.resolve().is_relative_to(reader.root.resolve()):
         raise ActindexError(f"--out {target} is inside the index {reader.root}; write the export elsewhere")
     target.parent.mkdir(parents=True, exist_ok=True)
+    import pyarrow.parquet  # noqa: F401 - imported before the clock starts (it takes seconds on a busy machine)
+
     started = time.perf_counter()
     schema = table_schema(reader, families)
     batches = 0
@@ -156,8 +158,10 @@ def batch_writer(fmt: str, path: Path, schema: Any) -> Iterator[Callable[[Any], 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if fmt == "parquet":
-        sink = pq.ParquetWriter(str(path), schema, compression="zstd")
+    if fmt == "parquet":  # no dictionary pages (vectors and records barely repeat: 5x faster, smaller files);
+        # statistics on the scalar columns only (filters on row, valid, loss... skip row groups)
+        scalars = [f.name for f in schema if not pa.types.is_fixed_size_list(f.type) and f.name != "record"]
+        sink = pq.ParquetWriter(str(path), schema, compression="zstd", use_dictionary=False, write_statistics=scalars)
         write = lambda batch: sink.write_batch(batch, row_group_size=max(batch.num_rows, 1))  # noqa: E731
     else:
         sink = pa.ipc.new_file(str(path), schema)
