@@ -33,6 +33,7 @@ _EXPORTS = {
     "FilterConfig": "actindex.act.filter", "filter_dataset": "actindex.act.filter",
     "CorrectConfig": "actindex.act.correct.config", "correct": "actindex.act.correct.stage",
     "DetectConfig": "actindex.act.detect", "detect": "actindex.act.detect",
+    "ExportConfig": "actindex.index.export", "export": "actindex.index.export",
 }
 
 __all__ = sorted(_EXPORTS)

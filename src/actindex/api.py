@@ -13,7 +13,10 @@ boundary; the query itself runs through :class:`~actindex.query.pipeline.QueryPi
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +37,12 @@ if TYPE_CHECKING:
     from actindex.query.curvature.kron import Curvature
     from actindex.query.rerank import RowInfluence
 
-__all__ = ["Hit", "Index", "QueryResult", "load_query_vector", "save_query_vector"]
+__all__ = ["Hit", "Index", "ModelNeeded", "QueryResult", "load_query_vector", "save_query_vector"]
+
+
+class ModelNeeded(Exception):
+    """Raised when work run in :meth:`Index.without_model` asks for the model (not a user error: the caller
+    runs the work again with the model)."""
 
 
 class Index(IndexReader):
@@ -49,6 +57,7 @@ class Index(IndexReader):
         super().__init__(root, manifest)
         self.use_cache, self.progress = cache, progress
         self._model: LoadedModel | None = None
+        self._no_model = threading.local()
         self._context: QueryContext | None = None
         self._curvature: dict[str, Curvature] = {}
 
@@ -71,13 +80,31 @@ class Index(IndexReader):
 
     # ---- the model --------------------------------------------------------------------------
     def model(self, name: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-        """The model the index was built with (loaded once and kept), checked against the manifest."""
+        """The model the index was built with (loaded once and kept), checked against the manifest; inside
+        :meth:`without_model` it raises :class:`ModelNeeded` instead."""
+        if getattr(self._no_model, "on", False):
+            raise ModelNeeded("this query needs a model pass")
         if self._model is None:
             from actindex.core.models import load_model
 
             self._model = load_model(name or self.manifest.model.name, device, dtype or "auto")
         self.check_model(self._model)
         return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the model is loaded (a query answered from the behaviour cache never loads it)."""
+        return self._model is not None
+
+    @contextmanager
+    def without_model(self) -> Iterator[None]:
+        """Work that must not touch the model, in this thread: asking for it raises :class:`ModelNeeded` (a
+        server answers queries from the behaviour cache in parallel and takes its model lock only for the rest)."""
+        self._no_model.on = True
+        try:
+            yield
+        finally:
+            self._no_model.on = False
 
     def companion_model(self, model: LoadedModel | str, option: str) -> LoadedModel:
         """Another model that works on the index's rows (``option`` names it in errors): loaded like the
@@ -175,14 +202,22 @@ class Index(IndexReader):
         return psi, family, behavior
 
     def query(self, behavior: str | Behavior | None = None, config: QueryConfig | None = None, *,
-              vector: np.ndarray | None = None, family: str | None = None, **options: Any) -> QueryResult:
+              vector: np.ndarray | None = None, family: str | None = None, example: Any = None,
+              generate: str | list[str] | None = None, **options: Any) -> QueryResult:
         """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``).
+
+        Query by example (:mod:`actindex.query.examples`): ``example`` (a file of training rows, a row, or
+        ``"prompt => response"``) ranks the rows by the example's own vectors; ``generate`` (a prompt, a list of
+        prompts or a file of them) lets the model answer first and attributes its answers.
 
         ``options`` are :class:`~actindex.query.pipeline.QueryConfig` fields: ``method`` (default
         ``ensemble``, rank fusion over the indexed layers; ``residual-change`` for a saved vector),
         ``layer``, ``k``, ``bottom_k``, ``rerank="ekfac"|"linfac"`` (re-score the top and bottom
         ``candidates`` with exact influence and rank by it), ``per_token``, ``clusters``, ``recall``.
         """
+        from actindex.query.examples import asked_behavior
+
+        behavior = asked_behavior(behavior, example, generate)
         config = config or QueryConfig(**options)
         pipeline = self.pipeline()
         if config.rerank is not None:  # refused here, before any model pass

@@ -1,5 +1,5 @@
 """Stage 13 — the command line: ``actindex build | info | verify | behaviors | query | report |
-fit-curvature | filter | correct | detect | merge``.
+fit-curvature | filter | correct | detect | merge | serve | export``.
 
 Every command's options are made from its stage's config dataclass (:mod:`actindex.cli.options`), so
 choices, defaults and help text live in one place. Every user-fixable problem prints one line
@@ -17,6 +17,7 @@ from actindex.cli import build as _build  # noqa: F401
 from actindex.cli import inspect as _inspect  # noqa: F401
 from actindex.cli import query as _query  # noqa: F401
 from actindex.cli import act as _act  # noqa: F401
+from actindex.cli import serve as _serve  # noqa: F401
 # isort: on
 
 __all__ = ["main"]

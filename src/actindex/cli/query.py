@@ -21,6 +21,12 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @main.command()
 @click.option("--index", "index_dir", help="Index directory.")
 @click.option("--behavior", "behaviors_", multiple=True, help="Built-in name or pairs/persona file (repeatable).")
+@click.option("--example", "examples", multiple=True, metavar="FILE|TEXT",
+              help="Query by example: attribute a model output by its own vectors; a file of training rows, a JSON "
+                   "row or 'prompt => response' (repeatable).")
+@click.option("--generate", "prompts", multiple=True, metavar="PROMPT|FILE",
+              help="Let the model answer a prompt (or a JSONL file of prompts; greedy) and attribute its answers "
+                   "(repeatable).")
 @config_options(QueryConfig)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
               help="Output format.")
@@ -35,10 +41,12 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
 @quiet_option
 @friendly
-def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: str | None, device: str,
-          save_query: str | None, query_vector: str | None, help_methods: bool, nprobe: int | None,
-          ef_search: int | None, explain: bool, no_cache: bool, quiet: bool, **options: Any) -> None:
-    """Rank training rows by how much they push the model towards a behaviour."""
+def query(index_dir: str | None, behaviors_: tuple[str, ...], examples: tuple[str, ...], prompts: tuple[str, ...],
+          fmt: str, model: str | None, device: str, save_query: str | None, query_vector: str | None,
+          help_methods: bool, nprobe: int | None, ef_search: int | None, explain: bool, no_cache: bool, quiet: bool,
+          **options: Any) -> None:
+    """Rank training rows by how much they push the model towards a behaviour, or by how much they explain a
+    model output (--example, --generate)."""
     if help_methods:
         from actindex.query.methods import QueryMethod
 
@@ -64,8 +72,12 @@ def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: s
         config = replace(config, method=meta.get("method", config.method))
         results.append(idx.query(meta.get("behavior", "vector"), config, vector=vector, family=meta.get("family")))
     else:
-        if not behaviors_:
-            raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`) or --query-vector FILE")
+        from actindex.query.examples import example_behavior, generate_behavior
+
+        asked = [*behaviors_, *map(example_behavior, examples), *map(generate_behavior, prompts)]
+        if not asked:
+            raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`), --example, --generate "
+                                "or --query-vector FILE")
         if save_query and QueryConfig.resolved_method(config, needs_vector=True) == "ensemble":
             raise ActindexError("--method ensemble fuses several rankings and has no single vector to --save-query")
         if save_query and config.method is None:
@@ -73,11 +85,11 @@ def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: s
 
             config = replace(config, method=config.resolved_method(needs_vector=True))
         load_requested_model(idx, model, device)
-        for behavior in behaviors_:
+        for behavior in asked:
             res = idx.query(behavior, config)
             results.append(res)
             if save_query:
-                path = save_query if len(behaviors_) == 1 else save_query.replace(".npz", f"-{res.behavior}.npz")
+                path = save_query if len(asked) == 1 else save_query.replace(".npz", f"-{res.behavior}.npz")
                 save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
                                                      "family": res.family, "model": idx.manifest.model.fingerprint})
     print_results(results, fmt, explain)

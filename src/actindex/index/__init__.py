@@ -10,4 +10,5 @@
     faiss_stream.py flat-coded FAISS files written block by block
     verify.py       every file against its checksum
     shards.py       shards of one build merged into one index
+    export.py       the index as one Parquet / Arrow table for other tools, streamed
 """

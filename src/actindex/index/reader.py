@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,6 +40,8 @@ SPOT_CHECK_ROWS = 16
 MAX_COSINE = 1.5
 #: rows (a seeded sample of the searchable ones) whose cosines calibrate a query vector's scores
 CALIBRATION_ROWS = 8192
+#: calibrations (a location and a scale per family and query vector) a reader keeps
+CALIBRATIONS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class IndexReader:
         self.manifest = manifest
         self._faiss: dict[str, Any] = {}
         self._calibration: dict[str, np.ndarray] = {}
+        self._calibrated: dict[tuple[str, str, bytes], tuple[float, float]] = {}
+        self._held: h5py.File | None = None
 
     @classmethod
     def open(cls, root: str | Path) -> IndexReader:
@@ -110,14 +114,34 @@ class IndexReader:
 
     @contextmanager
     def h5(self) -> Iterator[h5py.File]:
-        """``vectors.h5`` opened for reading; a damaged file is one :class:`IndexFileError` line."""
-        path = inside(self.root, VECTORS)
+        """``vectors.h5`` opened for reading (the held handle after :meth:`hold_open`); a damaged file is one
+        :class:`IndexFileError` line."""
+        path = self.root / VECTORS
         try:
+            if self._held is not None:
+                yield self._held
+                return
+            path = inside(self.root, VECTORS)
             with h5py.File(path, "r") as f:
                 yield f
         except (OSError, KeyError, ValueError, RuntimeError) as err:
             reason = (str(err).splitlines() or [type(err).__name__])[0]
             raise IndexFileError(f"{path}: cannot be read ({reason}); run `actindex verify {self.root}`") from None
+
+    def hold_open(self) -> None:
+        """Keep ``vectors.h5`` open for reading from now on instead of opening it for every read (a server: many
+        small reads from several threads, which h5py serialises). A writer replaces the file by a rename, so
+        the held handle keeps reading the file as it was opened; :meth:`close` lets it go."""
+        if self._held is None:
+            with self.h5():  # checked as every read is
+                pass
+            self._held = h5py.File(inside(self.root, VECTORS), "r")
+
+    def close(self) -> None:
+        """Close the handle :meth:`hold_open` keeps (reads open the file again each time)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     @cached_property
     def table(self) -> RowTable:
@@ -144,6 +168,15 @@ class IndexReader:
         out: list[Any] = [None] * len(rows)
         for pos, value in zip(order, values):
             out[pos] = json.loads(value.decode() if isinstance(value, bytes) else value)
+        return out
+
+    def row_sources(self, rows: list[int] | np.ndarray) -> dict[int, tuple[str, int]]:
+        """``row -> (data file, line)`` for the given rows (line 0 where the index did not record it)."""
+        table, files = self.table, self.manifest.data
+        out = {}
+        for row in rows:
+            source = next((f for f in files if f.first_row <= row < f.first_row + f.rows), files[0])
+            out[int(row)] = (source.path, int(table.line[row]))
         return out
 
     def vectors(self, family: str, rows: list[int] | np.ndarray | None = None) -> np.ndarray:
@@ -259,6 +292,18 @@ class IndexReader:
     def typical(self, family: str) -> np.ndarray:
         """``mu = mean_x v_x / ||v_x||`` over the calibration sample: the index's typical row direction."""
         return self.calibration_sample(family).mean(axis=0)
+
+    def calibration(self, vector: np.ndarray, family: str,
+                    summary: Callable[[np.ndarray], tuple[float, float]]) -> tuple[float, float]:
+        """``summary(calibration_cosines(vector, family))`` (a location and a scale), kept per family and vector:
+        a query vector asked again (a cached behaviour) is calibrated once per process."""
+        key = (family, getattr(summary, "__qualname__", repr(summary)), np.asarray(vector, np.float32).tobytes())
+        found = self._calibrated.get(key)
+        if found is None:
+            found = self._calibrated[key] = summary(self.calibration_cosines(vector, family))
+            if len(self._calibrated) > CALIBRATIONS_KEPT:
+                self._calibrated.pop(next(iter(self._calibrated)), None)
+        return found
 
     def cosines(self, vector: np.ndarray, family: str, rows: np.ndarray) -> np.ndarray:
         """Cosine of ``vector`` with the stored vectors of ``rows`` (exact, from vectors.h5)."""

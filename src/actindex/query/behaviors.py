@@ -11,8 +11,10 @@ persona responses) once, at the API boundary, returning a completed copy; the qu
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,13 +34,23 @@ MAX_NEW_TOKENS = 64
 
 @dataclass
 class Pair:
-    """One contrastive pair; ``system`` is the system prompt used for the persona method."""
+    """One contrastive pair (``control`` ``None`` until the model generates it), or one row of a query by
+    example (:attr:`Behavior.example`: no control; ``treatment`` is the output attributed, ``None`` until
+    the model answers ``prompt``). ``history`` holds the turns before ``prompt`` (system prompts, earlier
+    turns) of an example taken from a chat row."""
 
     prompt: str
-    treatment: str
+    treatment: str | None
     control: str | None
     line: int = 0
     control_generated: bool = False
+    history: list[dict[str, str]] = field(default_factory=list)
+    treatment_generated: bool = False
+
+    def conversation(self, response: str | None) -> list[dict[str, str]]:
+        """The chat row of ``response`` to this pair's prompt, after its history."""
+        turns = [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": response or ""}]
+        return [*self.history, *turns]
 
 
 @dataclass
@@ -59,8 +71,12 @@ class Behavior:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     complete: bool = False  # controls and persona responses filled in (:func:`complete_behavior`)
+    #: a query by example (:mod:`actindex.query.examples`): pairs without controls, each treatment attributed
+    #: by its own vectors (``psi = norm(mean_j v(treatment_j))``) instead of treatment minus control
+    example: bool = False
 
 
+@functools.cache
 def _catalog() -> dict[str, dict[str, str]]:
     text = resources.files("actindex").joinpath("resources/behaviors/catalog.json").read_text()
     return json.loads(text)
@@ -75,18 +91,27 @@ def load_behavior(spec: str) -> Behavior:
     """A built-in name (``hallucination``) or a path to a pairs JSONL / persona JSON file."""
     catalog = _catalog()
     if spec in catalog:
-        entry = catalog[spec]
-        resource = resources.files("actindex").joinpath(f"resources/behaviors/{entry['file']}")
-        with resources.as_file(resource) as path:
-            behavior = _load_file(Path(path), spec)
-        behavior.description = entry["description"]
-        behavior.source = f"built-in:{spec}"
-        return behavior
+        builtin = _builtin(spec)
+        return replace(builtin, pairs=[replace(p, history=list(p.history)) for p in builtin.pairs],
+                       notes=list(builtin.notes), persona=copy.deepcopy(builtin.persona))
     path = Path(spec)
     if not path.exists():
         names = ", ".join(sorted(catalog))
         raise ActindexError(f"unknown behaviour {spec!r}: not a file and not a built-in ({names})")
     return _load_file(path, path.stem)
+
+
+@functools.cache
+def _builtin(name: str) -> Behavior:
+    """A built-in behaviour, read once per process (:func:`load_behavior` hands out copies: its pairs, notes and
+    persona are the copy's own)."""
+    entry = _catalog()[name]
+    resource = resources.files("actindex").joinpath(f"resources/behaviors/{entry['file']}")
+    with resources.as_file(resource) as path:
+        behavior = _load_file(Path(path), name)
+    behavior.description = entry["description"]
+    behavior.source = f"built-in:{name}"
+    return behavior
 
 
 def _load_file(path: Path, name: str) -> Behavior:
@@ -100,8 +125,19 @@ def load_pairs(path: Path) -> list[Pair]:
     """Contrastive pairs from JSONL; every error names the file, line and field."""
     from actindex.core.readers import iter_records
 
+    return pairs_from_records(path, iter_records(path))
+
+
+def pairs_from_records(path: Path | str, records: Iterable[tuple[int, Any]]) -> list[Pair]:
+    """Contrastive pairs from ``(line, record)`` items (a file's, or a request's, ``path`` naming them in
+    errors): ``prompt`` and ``treatment`` non-empty strings, ``control`` one too or absent."""
+    from actindex.core.rows import json_type
+
     pairs = []
-    for line, record in iter_records(path):
+    for line, record in records:
+        if not isinstance(record, dict):
+            raise DataError(path, line, None, f"expected a {{prompt, treatment, control}} object, got "
+                            f"{json_type(record)}")
         values = {}
         for key in ("prompt", "treatment"):
             value = record.get(key)
@@ -114,7 +150,7 @@ def load_pairs(path: Path) -> list[Pair]:
             raise DataError(path, line, "control", "must be a non-empty string (or absent, to generate one)")
         pairs.append(Pair(values["prompt"], values["treatment"], control, line))
     if not pairs:
-        raise DataError(path, None, None, "behaviour file has no usable pairs")
+        raise DataError(path, None, None, "the behaviour has no usable pairs")
     return pairs
 
 
@@ -156,9 +192,14 @@ def load_persona(path: Path) -> PersonaSpec:
 
     Every problem is a one-line :class:`DataError` naming the file and the field (``responses[2].pos``).
     """
+    return persona_from_spec(_read_persona_json(path), path)
+
+
+def persona_from_spec(spec: Any, path: Path | str) -> PersonaSpec:
+    """A persona spec from its parsed JSON (a file's, or a request's, ``path`` naming it in errors); see
+    :func:`load_persona`."""
     from actindex.core.rows import json_type
 
-    spec = _read_persona_json(path)
     if not isinstance(spec, dict):
         raise DataError(path, None, None, f"a persona spec must be a JSON object, got {json_type(spec)}")
     instructions = spec.get("instruction")
@@ -231,14 +272,14 @@ def complete_behavior(behavior: Behavior, lm: LoadedModel) -> Behavior:
     if behavior.complete:
         return behavior
     behavior = copy.deepcopy(behavior)
-    missing = [p for p in behavior.pairs if p.control is None]
-    if missing:
-        from actindex.core.models import generate
-
-        answers = generate(lm, [[{"role": "user", "content": p.prompt}] for p in missing], MAX_NEW_TOKENS)
-        for pair, answer in zip(missing, answers):
-            pair.control, pair.control_generated = answer, True
-        behavior.notes.append(f"generated {len(missing)} control response(s) with the model (greedy)")
+    if behavior.example:
+        answered = answer_missing(lm, behavior.pairs, "treatment")
+        if answered:
+            behavior.notes.append(f"the model answered {answered} prompt(s) (greedy); its answers are attributed")
+    else:
+        generated = answer_missing(lm, behavior.pairs, "control")
+        if generated:
+            behavior.notes.append(f"generated {generated} control response(s) with the model (greedy)")
     if behavior.persona is not None and not behavior.pairs:
         persona = behavior.persona
         if not persona.responses:
@@ -260,3 +301,21 @@ def complete_behavior(behavior: Behavior, lm: LoadedModel) -> Behavior:
         behavior.pairs = [Pair(r["question"], r["pos"], r["neg"]) for r in persona.responses]
     behavior.complete = True
     return behavior
+
+
+def answer_missing(lm: LoadedModel, pairs: list[Pair], side: str) -> int:
+    """Fill each pair's missing ``side`` (``control``, or an example's ``treatment``) with the model's greedy
+    answer to its prompt (after its history), marking it generated; returns how many were filled. An example's
+    empty answer is refused: it has no response tokens to form a vector from."""
+    missing = [p for p in pairs if getattr(p, side) is None]
+    if not missing:
+        return 0
+    from actindex.core.models import generate
+
+    answers = generate(lm, [p.conversation(None)[:-1] for p in missing], MAX_NEW_TOKENS)
+    for pair, answer in zip(missing, answers):
+        if side == "treatment" and not answer.strip():
+            raise ActindexError(f"the model's answer to {pair.prompt[:80]!r} is empty: there is nothing to attribute")
+        setattr(pair, side, answer)
+        setattr(pair, f"{side}_generated", True)
+    return len(missing)

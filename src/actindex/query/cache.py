@@ -16,8 +16,10 @@ that does not match (damaged, or from another version) is ignored and replaced.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +38,8 @@ CACHE_DIR = "cache"
 CACHE_FORMAT = 1
 #: query gradients (float64, one entry per tracked module) are cached only up to this size
 MAX_GRADIENT_BYTES = 64 << 20
+#: cache files a process keeps once read (:meth:`BehaviorCache.load`)
+MEMO_ENTRIES = 64
 
 
 @dataclass
@@ -62,10 +66,13 @@ class Cached:
 
 
 def behavior_content(behavior: Behavior) -> dict[str, Any]:
-    """What a behaviour asks, before completion: its name, pairs and persona spec."""
+    """What a behaviour asks, before completion: its name, pairs (and their history) and persona spec, and
+    whether it is a query by example (then a pair without a treatment asks for the model's answer)."""
     persona = asdict(behavior.persona) if behavior.persona is not None else None
-    pairs = [[p.prompt, p.treatment, p.control] for p in behavior.pairs if not p.control_generated]
-    return {"name": behavior.name, "pairs": pairs, "persona": persona}
+    pairs = [[p.prompt, p.treatment, p.control, *([p.history] if p.history else [])]
+             for p in behavior.pairs if not p.control_generated]
+    content = {"name": behavior.name, "pairs": pairs, "persona": persona}
+    return {**content, "example": True} if behavior.example else content
 
 
 def behavior_to_json(behavior: Behavior) -> str:
@@ -95,6 +102,10 @@ class BehaviorCache:
 
     def __init__(self, root: str | Path, manifest: Manifest):
         self.folder = Path(root) / CACHE_DIR
+        #: key -> (the file's (mtime, size, inode), its completed behaviour as JSON, its Cached): a file read once
+        #: per process, read again when it changes
+        self._read: dict[str, tuple[tuple[int, int, int], str, Cached]] = {}
+        self._reading = threading.Lock()
         self.identity = {
             "format": CACHE_FORMAT, "model": manifest.model.fingerprint, "tokenizer": manifest.model.tokenizer,
             "layers": list(manifest.layers), "families": {name: f.dim for name, f in manifest.families.items()},
@@ -110,8 +121,30 @@ class BehaviorCache:
         return self.folder / f"{key}.npz"
 
     def load(self, behavior: Behavior) -> Cached | None:
-        """The cached behaviour, or ``None`` (not cached, or a file that does not check out)."""
-        path = self.path(self.key(behavior))
+        """The cached behaviour, or ``None`` (not cached, or a file that does not check out). A file already read
+        by this process and unchanged since (same mtime, size and inode) is not read again; the behaviour
+        returned is a fresh copy each time, the vectors are shared (read-only)."""
+        key = self.key(behavior)
+        path = self.path(key)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        seen = self._read.get(key)
+        if seen is not None and seen[0] == stamp:
+            return Cached(behavior_from_json(seen[1]), seen[2].vectors, seen[2].gradients)
+        found = self._read_file(path)
+        if found is not None:
+            with self._reading:
+                if len(self._read) >= MEMO_ENTRIES:
+                    self._read.pop(next(iter(self._read)))
+                self._read[key] = (stamp, behavior_to_json(found.behavior), found)
+            return Cached(copy.deepcopy(found.behavior), found.vectors, found.gradients)
+        return None
+
+    def _read_file(self, path: Path) -> Cached | None:
+        """One cache file read and checked against its digest (``None`` when it does not check out)."""
         if not path.is_file():
             return None
         try:
@@ -144,13 +177,15 @@ class BehaviorCache:
         keys = sorted(ctx.touched)
         if not keys:
             return None
-        families = sorted({family for family, key in ctx.cache if key in ctx.touched})
+        touched = set(keys)
+        # snapshots: a server's other threads may add cached vectors meanwhile
+        families = sorted({family for family, key in list(ctx.cache) if key in touched})
         arrays: dict[str, np.ndarray] = {}
         for family in families:
             if all((family, k) in ctx.cache for k in keys):
                 arrays[f"v:{family}"] = np.stack([ctx.cache[(family, k)] for k in keys]).astype(np.float32)
         gradient_key = None
-        for key, (gradient, *rest) in ctx.gradients.items():
+        for key, (gradient, *rest) in list(ctx.gradients.items()):
             size = sum(g.numel() * 8 for g in gradient.values())
             if not rest and size <= MAX_GRADIENT_BYTES:
                 gradient_key = key

@@ -11,6 +11,7 @@ for the same rows at another layer, or with another method of the same pass, cos
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,22 @@ def chat(prompt: str, response: str, system: str | None = None) -> list[dict[str
 
 def pair_conversations(pairs: list[Pair]) -> list[list[dict[str, str]]]:
     """The chat rows of a behaviour's pairs: every ``(prompt, treatment)``, then every ``(prompt, control)``."""
-    return [chat(p.prompt, p.treatment) for p in pairs] + [chat(p.prompt, p.control or "") for p in pairs]
+    return [p.conversation(p.treatment) for p in pairs] + [p.conversation(p.control) for p in pairs]
+
+
+def query_rows(behavior: Behavior) -> list[list[dict[str, str]]]:
+    """The chat rows a behaviour's query is formed from: its pairs' (:func:`pair_conversations`), or for a query
+    by example (:attr:`~actindex.query.behaviors.Behavior.example`) every ``(prompt, treatment)`` alone."""
+    if behavior.example:
+        return [p.conversation(p.treatment) for p in behavior.pairs]
+    return pair_conversations(behavior.pairs)
+
+
+def per_pair(behavior: Behavior, values: np.ndarray) -> np.ndarray:
+    """Each pair's query-side value from the values of its :func:`query_rows` (stacked): treatment minus
+    control, ``v(treatment_j) - v(control_j)``, or an example's own ``v(treatment_j)``."""
+    n = len(behavior.pairs)
+    return values[:n] if behavior.example else values[:n] - values[n:]
 
 
 def encode_conversations(
@@ -51,9 +67,25 @@ def encode_conversations(
     return [encode_row(lm.tokenizer, row, max_length, content_only) for row in rows]
 
 
+#: conversation keys already made, by the conversation's items (a query forms each member's vector from the
+#: same rows: their keys are made once per process); emptied when full
+_KEYS: dict[tuple, str] = {}
+_KEYS_MAX = 1 << 16
+
+
 def conversation_key(conversation: list[dict[str, str]]) -> str:
     """The cache key of a chat row: its canonical JSON."""
-    return json.dumps(conversation, sort_keys=True)
+    try:
+        items = tuple(tuple(message.items()) for message in conversation)
+        key = _KEYS.get(items)
+    except TypeError:  # a value that is not hashable: no shortcut
+        return json.dumps(conversation, sort_keys=True)
+    if key is None:
+        key = json.dumps(conversation, sort_keys=True)
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        _KEYS[items] = key
+    return key
 
 
 @dataclass
@@ -65,7 +97,8 @@ class QueryContext:
     ``curvature(kind)`` loads the index's fitted factors (for methods that precondition). ``cache`` maps
     ``(family, conversation key)`` to a vector; ``gradients`` keeps the last behaviour gradient (a rerank
     after the search reuses it); ``touched`` the conversation keys asked for since :meth:`start`, and
-    ``model_seconds`` the time spent in model passes (both for the behaviour cache and the timings).
+    ``model_seconds`` the time spent in model passes (both for the behaviour cache and the timings; kept
+    per thread). The context does not serialise model passes: whoever shares one between threads does.
     """
 
     model: Callable[[], LoadedModel]
@@ -80,16 +113,32 @@ class QueryContext:
     cache: MutableMapping[tuple[str, str], np.ndarray] = field(default_factory=dict)
     gradients: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     progress: bool = False
-    touched: set[str] = field(default_factory=set)
-    model_seconds: float = 0.0
+    _query: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def lm(self) -> LoadedModel:
         """The model (loaded on first use)."""
         return self.model()
 
+    @property
+    def touched(self) -> set[str]:
+        """The conversation keys asked for since :meth:`start`, in this thread: a server answers several
+        queries at once from one context, each in its own thread."""
+        if not hasattr(self._query, "touched"):
+            self._query.touched = set()
+        return self._query.touched
+
+    @property
+    def model_seconds(self) -> float:
+        """Seconds spent in model passes since :meth:`start`, in this thread."""
+        return getattr(self._query, "model_seconds", 0.0)
+
+    @model_seconds.setter
+    def model_seconds(self, seconds: float) -> None:
+        self._query.model_seconds = seconds
+
     def start(self) -> None:
-        """Forget what the last query touched and how long its model passes took."""
+        """Forget what this thread's last query touched and how long its model passes took."""
         self.touched.clear()
         self.model_seconds = 0.0
 
@@ -151,7 +200,8 @@ class QueryContext:
     ) -> list[dict[str, torch.Tensor]]:
         """Query gradients ``q_c = -grad phi_c = mean_{j in c} (grad L(treatment_j) - grad L(control_j))``
         per module (full, unprojected, float64), one per group ``c`` of pair numbers (default: one
-        group of every pair), with ``phi_c = mean_{j in c} [log p(treatment_j) - log p(control_j)]``.
+        group of every pair), with ``phi_c = mean_{j in c} [log p(treatment_j) - log p(control_j)]``; for a
+        query by example ``q_c = mean_{j in c} grad L(treatment_j)``, the examples' own loss gradient.
 
         One forward and backward pass over the pair conversations gives every group, and, since it
         reaches the shallowest module, also the pairs' vectors of every family the index holds:
@@ -162,16 +212,17 @@ class QueryContext:
         groups = [list(range(len(pairs)))] if groups is None else [list(g) for g in groups]
         if not pairs or not all(groups):
             raise ActindexError(f"behaviour {behavior.name!r} has no contrastive pairs to form a query gradient from")
-        convs = pair_conversations(pairs)
+        convs = query_rows(behavior)
         self.touched.update(conversation_key(c) for c in convs)
         cache_key = json.dumps([names, groups, [conversation_key(c) for c in convs]])
         if cache_key in self.gradients:
             return self.gradients[cache_key]
         n = len(pairs)
-        weights = np.zeros((len(groups), 2 * n))
+        weights = np.zeros((len(groups), len(convs)))
         for c, members in enumerate(groups):
             weights[c, members] += 1.0 / len(members)
-            weights[c, [n + j for j in members]] -= 1.0 / len(members)
+            if not behavior.example:
+                weights[c, [n + j for j in members]] -= 1.0 / len(members)
         sums = self.weighted_gradients(convs, weights, names)
         self.gradients.clear()
         self.gradients[cache_key] = sums

@@ -167,7 +167,7 @@ class QueryPipeline:
             psi, family = member.psi, member.family
             started = time.perf_counter()
             top, bottom = self.search(psi, family, depth, bottom_depth, member.projection)
-            center, scale = robust_center_scale(self.reader.calibration_cosines(psi, family))
+            center, scale = self.reader.calibration(psi, family, robust_center_scale)
             self.timings["search"] = self.timings.get("search", 0.0) + time.perf_counter() - started
             out.append(MemberRanking(
                 method=member.method, layer=member.layer, family=family, psi=psi, top=top.rows,

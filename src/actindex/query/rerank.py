@@ -62,19 +62,18 @@ def cluster_pairs(ctx: QueryContext, behavior: Behavior, names: list[str], k: in
 
     from actindex.core.families import GRADIENT, VectorSpec
     from actindex.core.vectors import RademacherProjector, compute_many
-    from actindex.query.context import encode_conversations, pair_conversations
+    from actindex.query.context import encode_conversations, per_pair, query_rows
 
     lm = ctx.lm
     pairs = behavior.pairs
     k = min(k, len(pairs))
     if k <= 1:
         return np.zeros(len(pairs), np.int64)
-    encoded = encode_conversations(lm, pair_conversations(pairs), ctx.max_length)
+    encoded = encode_conversations(lm, query_rows(behavior), ctx.max_length)
     spec = VectorSpec(layers=[], kinds=[GRADIENT], grad_modules=names, grad_k=CLUSTER_K, seed=seed)
     out = compute_many(lm.model, encoded, spec, lm.tokenizer.pad_token_id, RademacherProjector(seed, CLUSTER_K))
-    vectors = out.vectors[GRADIENT]
-    diffs = vectors[: len(pairs)] - vectors[len(pairs) :]
-    diffs /= np.maximum(np.linalg.norm(diffs, axis=1, keepdims=True), 1e-30)
+    diffs = per_pair(behavior, out.vectors[GRADIENT])
+    diffs = diffs / np.maximum(np.linalg.norm(diffs, axis=1, keepdims=True), 1e-30)
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(diffs)
 
 

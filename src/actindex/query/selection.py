@@ -60,12 +60,15 @@ Construct = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class PairCheck:
     """How a candidate's ``psi``, formed without them, scores the held-out pairs (see the module docstring)."""
 
-    pair_auroc: float
+    pair_auroc: float | None
     index_auroc: float
 
     @property
     def quality(self) -> float:
-        """The held-out treatments' AUROC against their controls and the typical rows, halves weighted equally."""
+        """The held-out treatments' AUROC against their controls and the typical rows, halves weighted equally
+        (a query by example has no controls: against the typical rows alone)."""
+        if self.pair_auroc is None:
+            return self.index_auroc
         return (self.pair_auroc + self.index_auroc) / 2
 
 
@@ -79,17 +82,20 @@ def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray
                 folds: int = FOLDS, seed: int = 0) -> PairCheck:
     """:class:`PairCheck` of one candidate: ``treatments``/``controls`` are the pairs' vectors (row ``j`` of
     each is pair ``j``) in the candidate's family, ``sample`` the index's normalised calibration rows,
-    ``construct(T, C)`` forms a unit ``psi`` from a subset of the pairs."""
+    ``construct(T, C)`` forms a unit ``psi`` from a subset of the pairs. With no controls (a query by example)
+    the pair AUROC is ``None``."""
     n = len(treatments)
     s_t, s_c = np.zeros(n), np.zeros(n)
-    nt, nc = unit_rows(treatments), unit_rows(controls)
+    paired = len(controls) == n
+    nt = unit_rows(treatments)
+    nc = unit_rows(controls) if paired else np.zeros_like(nt)
     index = []
     for held in fold_split(n, folds, seed):
         kept = np.setdiff1d(np.arange(n), held)
-        psi = np.asarray(construct(treatments[kept], controls[kept]), dtype=np.float64)
+        psi = np.asarray(construct(treatments[kept], controls[kept] if paired else controls), dtype=np.float64)
         s_t[held], s_c[held] = nt[held] @ psi, nc[held] @ psi
         index.append(auroc(s_t[held], sample @ psi))
-    return PairCheck(pair_auroc=auroc(s_t, s_c), index_auroc=float(np.mean(index)))
+    return PairCheck(pair_auroc=auroc(s_t, s_c) if paired else None, index_auroc=float(np.mean(index)))
 
 
 def choose(checks: list[PairCheck], keep: int = KEEP) -> np.ndarray:

@@ -345,16 +345,6 @@ footer { color:var(--muted); font-size:12px; text-align:center; }
 """
 
 
-def row_sources(index: Index, rows: Sequence[int]) -> dict[int, tuple[str, int]]:
-    """``row -> (data file, line)`` for the given rows (line 0 where the index did not record it)."""
-    table, files = index.table, index.manifest.data
-    out = {}
-    for row in rows:
-        source = next((f for f in files if f.first_row <= row < f.first_row + f.rows), files[0])
-        out[int(row)] = (source.path, int(table.line[row]))
-    return out
-
-
 def render_html(
     index: Index,
     behavior: Behavior,
@@ -400,7 +390,7 @@ def render_html(
     ]
     if len(runs) > 1:
         sections.append(comparison_html(runs, len(runs[0].top)))
-    sources = row_sources(index, sorted({h.row for r in runs for h in [*r.top, *r.bottom]}))
+    sources = index.row_sources(sorted({h.row for r in runs for h in [*r.top, *r.bottom]}))
     sections += [method_html(r, i, labels_field, positive_label, behavior.notes, sources) for i, r in enumerate(runs)]
     title = f"actindex report: {title or behavior.name}"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")

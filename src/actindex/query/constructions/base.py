@@ -40,6 +40,8 @@ class Construction(Registered, noun="construction"):
     help: ClassVar[str]
     #: the formula, as ``--explain`` and the report show it
     formula: ClassVar[str]
+    #: formed from the controls too (a query by example has none: only the others take part)
+    needs_controls: ClassVar[bool] = True
 
     def psi(self, treatments: np.ndarray, controls: np.ndarray, typical: np.ndarray) -> np.ndarray:
         """The unit query vector from aligned ``treatments``/``controls`` (n, d) and the typical row ``mu`` (d,)."""

@@ -15,6 +15,7 @@ class Centered(Construction):
     name = "centered"
     help = "the treatments' mean direction minus the index's typical row"
     formula = "norm(mean_j n(v(T_j)) - mu)"
+    needs_controls = False
 
     def psi(self, treatments: np.ndarray, controls: np.ndarray, typical: np.ndarray) -> np.ndarray:
         return unit(unit_rows(treatments).mean(axis=0) - typical)

@@ -29,6 +29,10 @@ class AdaptiveMethod(QueryMethod):
     (``zmean``), so the score shown is the weighted mean standardised cosine. With fewer than
     :data:`~actindex.query.selection.MIN_PAIRS` pairs nothing can be held out: the ``hybrid`` construction
     in every candidate family counts equally.
+
+    A query by example (no controls) takes part the same way with the constructions that need no controls
+    (``centered``: the examples' shared direction against the typical row), checked on held-out examples by
+    the index AUROC alone.
     """
 
     name, kind = "adaptive", RESIDUAL_CHANGE
@@ -37,17 +41,21 @@ class AdaptiveMethod(QueryMethod):
     fusion = "zmean"
     #: the families tried, by kind, when the index holds them
     kinds: ClassVar[tuple[str, ...]] = (RESIDUAL_CHANGE, MEAN_ACTIVATION)
-    #: the construction every candidate family keeps when there are too few pairs to check
+    #: the construction every candidate family keeps when there are too few pairs to check (examples: the
+    #: first that needs no controls)
     fallback: ClassVar[str] = "hybrid"
 
-    def candidates(self, layers: list[int], layer: int | None, families: tuple[str, ...]) -> list[tuple[str, str, int]]:
-        """``(construction, family, layer)`` of every candidate the index can answer."""
+    def candidates(self, layers: list[int], layer: int | None, families: tuple[str, ...],
+                   example: bool = False) -> list[tuple[str, str, int]]:
+        """``(construction, family, layer)`` of every candidate the index can answer (for a query by example,
+        the constructions that need no controls)."""
         at = layers if layer is None else [layer]
-        return [(c, family_name(k, a), a) for k in self.kinds for a in at for c in Construction.registry
+        constructions = [c for c, cls in Construction.registry.items() if not (example and cls.needs_controls)]
+        return [(c, family_name(k, a), a) for k in self.kinds for a in at for c in constructions
                 if family_name(k, a) in families]
 
     def form(self, ctx: QueryContext, reader: IndexReader, behavior: Behavior, layer: int | None) -> list[FormedMember]:
-        candidates = self.candidates(reader.layers, layer, tuple(reader.families))
+        candidates = self.candidates(reader.layers, layer, tuple(reader.families), behavior.example)
         if not candidates:
             raise IndexFileError(f"method {self.name} needs residual-change or mean-activation vectors, which "
                                  f"{reader.root} lacks")
@@ -60,12 +68,14 @@ class AdaptiveMethod(QueryMethod):
                 strategy, typical = Construction.get(construction), reader.typical(family)
                 checks.append(check_pairs(*sides[family], reader.calibration_sample(family),
                                           lambda t, c, s=strategy, mu=typical: s.psi(t, c, mu)))
-        weights = choose(checks) if checked else np.array([float(c == self.fallback) for c, _, _ in candidates])
+        fallback = candidates[0][0] if behavior.example else self.fallback
+        weights = choose(checks) if checked else np.array([float(c == fallback) for c, _, _ in candidates])
         out = []
         for i, (construction, family, at) in enumerate(candidates):
             weight = float(weights[i])
             psi = Construction.get(construction).psi(*sides[family], reader.typical(family)) if weight > 0 else None
             notes = {"pair AUROC": checks[i].pair_auroc, "index AUROC": checks[i].index_auroc} if checked else {}
+            notes = {key: value for key, value in notes.items() if value is not None}
             out.append(FormedMember(method=construction, layer=at, family=family, psi=psi, weight=weight, notes=notes))
         return out
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from actindex.core.families import VectorFamily, family_name
 from actindex.errors import ActindexError
-from actindex.query.context import pair_conversations
+from actindex.query.context import per_pair, query_rows
 from actindex.registry import Registered
 
 if TYPE_CHECKING:
@@ -86,15 +86,16 @@ class QueryMethod(Registered, noun="method"):
     @staticmethod
     def sides(ctx: QueryContext, behavior: Behavior, family: str) -> tuple[np.ndarray, np.ndarray]:
         """``(T, C)``: the vectors of ``family`` of every ``(prompt_j, treatment_j)`` and ``(prompt_j, control_j)``
-        (row ``j`` of each is pair ``j``)."""
-        vectors = ctx.family_vectors(family, pair_conversations(behavior.pairs))
+        (row ``j`` of each is pair ``j``; a query by example has no controls: ``C`` has no rows)."""
+        vectors = ctx.family_vectors(family, query_rows(behavior))
         n = len(behavior.pairs)
         return vectors[:n], vectors[n:]
 
     def pair_difference(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
-        """``mean_j (v(treatment_j) - v(control_j))`` in this method's family at ``layer``."""
-        treatments, controls = self.sides(ctx, behavior, self.family(layer))
-        return (treatments - controls).mean(axis=0)
+        """``mean_j (v(treatment_j) - v(control_j))`` in this method's family at ``layer``; for a query by
+        example (no controls) ``mean_j v(treatment_j)``, the examples' own vectors (DESIGN 4)."""
+        vectors = ctx.family_vectors(self.family(layer), query_rows(behavior))
+        return per_pair(behavior, vectors).mean(axis=0)
 
 
 def no_single_vector(method: str) -> ActindexError:
