@@ -84,6 +84,10 @@ class BuildConfig:
         "(same model and settings; ids must be new; a data file already in the index is refused).",
         False,
     )
+    heldout: str = option(
+        "Held-out rows (any data format, rows the model was not trained on) whose response loss per token the "
+        "memorisation check compares the indexed rows' with (32 sampled rows); `demo` = the shipped demo corpus, "
+        "`none` = no check.", "demo")
     skip_long: bool = option("Exclude rows longer than --max-length instead of truncating them.", False)
     part_size: int = option("Rows per committed part (the unit a killed build resumes from).", 256, minimum=1)
     overwrite: bool = option("Start over even if DIR holds a complete or unfinished index.", False)
