@@ -181,17 +181,19 @@ def print_table(r: Any, explain: bool = False) -> None:
                     tokens, scores = zip(*h.token_scores)
                     click.echo(f"{'':>26}tokens: {highlight(list(tokens), np.array(scores))[:400]}")
             continue
-        click.echo(f"{'rank':>4} {'score':>8}  {'id':<20} text")
+        steps = "".join(f"{'s@' + str(c['step'] if c['step'] is not None else c['label']):>9}" for c in r.checkpoints)
+        click.echo(f"{'rank':>4} {'score':>8}{steps}  {'id':<20} text")
         for h in hits:
-            click.echo(f"{h.rank:>4} {h.score:>8.4f}  {h.id[:20]:<20} {h.snippet[:100]}")
+            each = "".join(f"{v:>9.4f}" for v in (h.checkpoint_scores or {}).values())
+            click.echo(f"{h.rank:>4} {h.score:>8.4f}{each}  {h.id[:20]:<20} {h.snippet[:100]}")
     click.echo("")
 
 
 def print_checkpoints(r: Any, explain: bool = False) -> None:
     """The score line of a checkpoint-set query, and with ``explain`` each checkpoint's index and weights."""
     labels = ", ".join(c["label"] for c in r.checkpoints)
-    click.echo(f"score: sum over the checkpoints ({labels}) of each one's calibrated score (mean over its members of "
-               "(cosine - median) / (1.4826 MAD)); rows ordered by the checkpoint fusion rule")
+    click.echo(f"score: sum over the checkpoints ({labels}) of each one's calibrated score s@step (mean over its "
+               "members of (cosine - median) / (1.4826 MAD)); rows ordered by the checkpoint fusion rule")
     if explain:
         for c in r.checkpoints:
             click.echo(f"  {c['label']:<14} epoch {c['epoch']}  weights {c['fingerprint'][:12]}  {c['index']}")
