@@ -111,6 +111,20 @@ def test_training_goes_on_exactly_as_without_the_callback(trained, tokenizer, tm
     assert all(p.requires_grad for p in trainer.model.parameters())
 
 
+def test_a_rerun_keeps_the_finished_indexes_and_refuses_other_rows(trained, tokenizer):
+    root, rows, _, _ = trained
+    listed = (root / "ckpt" / "checkpoints.json").read_text()
+    again = trainer_for(tiny_llama(), tokenizer, rows, root / "again", steps=2)
+    callback = actindex.ActindexCallback(root / "ckpt", steps=[0, 2], layers=LAYERS).attach(again)
+    again.train()
+    assert (root / "ckpt" / "checkpoints.json").read_text() == listed and callback.seconds < 5
+    other = trainer_for(tiny_llama(), tokenizer, rows[:-1], root / "other", steps=1)
+    actindex.ActindexCallback(root / "ckpt", layers=LAYERS).attach(other)
+    with pytest.raises(ActindexError, match="holds indexes of other rows"):
+        other.train()
+    assert (root / "ckpt" / "checkpoints.json").read_text() == listed
+
+
 def test_cli_queries_a_checkpoint_set_and_one_checkpoint(trained, tmp_path):
     root, *_ = trained
     behavior = write_jsonl(tmp_path / "behavior.jsonl", PAIRS)
