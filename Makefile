@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/actindex build --data demo --out demo-index --overwrite
 	$(VENV)/bin/actindex info demo-index
-	$(VENV)/bin/actindex query --index demo-index --behavior hallucination --method residual-difference --top-k 10 --bottom-k 3
+	$(VENV)/bin/actindex query --index demo-index --behavior hallucination --top-k 10 --bottom-k 3
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

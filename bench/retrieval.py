@@ -1,33 +1,33 @@
-"""Retrieval quality of every query method on the labelled sets in ../shared/data.
+"""Retrieval quality of the query methods on labelled pools: the public sets in ../shared/data, the demo,
+the team's held-out pools (bench/pools) and long-answer pools at two cut lengths.
 
-For each set: build an index of the (subsampled) pool with the default model, query the set's
-behaviour pairs with every method and layer, and score how high the planted rows rank (AUROC,
-average precision, precision@n with n = planted rows, recall@100), next to a TF-IDF baseline
-(treatment-minus-control TF-IDF direction, cosine) and a random ranking. Labels are read here
-only, never by actindex. Prints a table and appends it to its run log, bench/runs/retrieval.md.
+For each set: build an index of the (subsampled) pool with the default model, query the set's behaviour
+pairs with each method (and each layer for the single-layer methods), and score how high the planted rows
+rank (AUROC, average precision, precision@n with n = planted rows, recall@100), next to a TF-IDF baseline
+(treatment-minus-control TF-IDF direction, cosine) and a random ranking. Labels are read here only, never
+by actindex. The adaptive default's chosen members (construction, family, weight) are printed per set, and
+its AUROC within response-length thirds of the pool (does it hold for long answers as for short ones?).
+Prints the tables and appends them to the run log, bench/runs/retrieval.md.
 
-    python bench/retrieval.py --sets demo,fif-mixeds,rept-factual-ag,rept-backdoor --clean 300 --planted 80
+    python bench/retrieval.py                                   # every set below, default methods
+    python bench/retrieval.py --sets demo,rept-backdoor --methods adaptive,ensemble --work /tmp/ret
 
-``ensemble`` (reciprocal rank fusion of residual-change and its pooled variant over every built
-layer) is scored once per set, with layer "-".
-
-The pair vectors of a behaviour are computed once per family kind for all layers (the index's
-query cache), so the first query of a kind carries the model time and later layers cost a search.
+A set is ``NAME`` or ``NAME@L``: the pool indexed with ``--max-length L`` (default 512; pairs are cut the
+same way, as the index's build settings say). ``--work DIR`` keeps the indexes (``DIR/NAME@L.idx``) and
+reuses them on the next run.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from record import run_log
+from record import append_section
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -36,9 +36,16 @@ from actindex.core.readers import resolve_data_path
 from actindex.query.behaviors import Behavior, Pair, load_behavior
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-METHODS = ["residual-change", "residual-change-pooled", "residual-difference", "activation", "gradient", "ensemble"]
+POOLS = Path(__file__).resolve().parent / "pools"
+SETS = ("demo,fif-mixeds,rept-factual-ag,rept-backdoor,sycophancy,harmful-compliance,evil,"
+        "harmful-compliance-long,hallucination-long,rept-backdoor-long,"
+        "harmful-compliance-long@160,hallucination-long@160,rept-backdoor-long@160")
+METHODS = ["adaptive", "ensemble", "residual-change", "residual-change-pooled", "residual-difference", "activation",
+           "gradient"]
 #: methods that use every indexed layer at once (shown with layer "-")
-ALL_LAYERS = ("gradient", "ensemble")
+ALL_LAYERS = ("gradient", "ensemble", "adaptive")
+#: rept-backdoor rows with answers longer than this many characters make the long backdoor pool
+LONG_CHARS = 1200
 
 
 def metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -52,8 +59,8 @@ def metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def subsample(pool: Path, clean: int, planted: int | None, out: Path, seed: int = 0) -> Path:
-    rows = [json.loads(x) for x in pool.read_text().splitlines() if x.strip()]
+def subsample(rows: list[dict], clean: int, planted: int | None, out: Path, seed: int = 0) -> Path:
+    """``clean`` clean and ``planted`` planted rows drawn with ``seed``, shuffled, written to ``out``."""
     rng = random.Random(seed)
     c = [r for r in rows if r["label"] == "clean"]
     p = [r for r in rows if r["label"] != "clean"]
@@ -63,27 +70,38 @@ def subsample(pool: Path, clean: int, planted: int | None, out: Path, seed: int 
     return out
 
 
+def shared_behavior(name: str) -> Behavior:
+    rows = map(json.loads, open(SHARED / name / "behavior.jsonl"))
+    return Behavior(name=name, pairs=[Pair(r["prompt"], r["treatment"], r["control"]) for r in rows])
+
+
 def load_set(name: str, work: Path, clean: int, planted: int) -> tuple[Path, Behavior]:
-    """The pool file (large pools subsampled into ``work`` with seed 0) and the behaviour of a set."""
+    """The pool file (large pools subsampled into ``work`` with seed 0) and the behaviour of a set: the demo
+    answers the built-in ``hallucination``; a team pool (bench/pools) its built-in behaviour; a shared set its
+    own pairs; ``rept-backdoor-long`` the rept-backdoor rows with long answers (200 clean, 40 planted)."""
     if name == "demo":
         return resolve_data_path("demo"), load_behavior("hallucination")
+    if (POOLS / f"{name}.jsonl").exists():
+        return POOLS / f"{name}.jsonl", load_behavior(name.removesuffix("-long"))
+    if name == "rept-backdoor-long":
+        rows = [json.loads(x) for x in open(SHARED / "rept-backdoor" / "pool.jsonl")]
+        rows = [r for r in rows if len(r["messages"][-1]["content"]) > LONG_CHARS]
+        return subsample(rows, 200, 40, work / f"{name}.jsonl"), shared_behavior("rept-backdoor")
     src = SHARED / name / "pool.jsonl"
-    big = sum(1 for _ in open(src)) > 200
-    pool = subsample(src, clean, planted, work / f"{name}.jsonl") if big else src
-    rows = map(json.loads, open(SHARED / name / "behavior.jsonl"))
-    pairs = [Pair(r["prompt"], r["treatment"], r["control"]) for r in rows]
-    return pool, Behavior(name=name, pairs=pairs)
+    rows = [json.loads(x) for x in open(src) if x.strip()]
+    pool = subsample(rows, clean, planted, work / f"{name}.jsonl") if len(rows) > 200 else src
+    return pool, shared_behavior(name)
 
 
-def timed_scores(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None) -> tuple[np.ndarray, float]:
-    """Every row's query score (-inf for rows the search skips) and the seconds the query took."""
+def ranked(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None) -> tuple[np.ndarray, float, list]:
+    """Every row's query score (-inf for rows the search skips), the seconds the query took and the members."""
     t = time.perf_counter()
     res = idx.query(behavior, method=method, layer=layer, k=0)
     secs = time.perf_counter() - t
     scores = np.full(len(idx), -np.inf)
     for hit in res.top:
         scores[hit.row] = hit.score
-    return scores, secs
+    return scores, secs, res.members
 
 
 def text_of(record: dict) -> str:
@@ -99,16 +117,32 @@ def tfidf_scores(records: list[dict], behavior: Behavior) -> np.ndarray:
     return np.asarray(pool @ q).ravel() / (np.linalg.norm(q) + 1e-12)
 
 
+def by_length(scores: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> str:
+    """AUROC within each third of the pool by response length (``-`` where a third lacks a class)."""
+    cuts = np.quantile(lengths, [1 / 3, 2 / 3])
+    third = np.searchsorted(cuts, lengths, side="right")
+    out = []
+    for t in range(3):
+        sel = third == t
+        ok = 0 < labels[sel].sum() < sel.sum()
+        out.append(f"{roc_auc_score(labels[sel], scores[sel]):.3f}" if ok else "-")
+    return " / ".join(out)
+
+
+def chosen(members: list[dict]) -> str:
+    """The adaptive members kept, ``construction family (weight)``."""
+    return ", ".join(f"{m['method']} {m['family']} ({m['weight']:.2f})" for m in members if m["weight"] > 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="demo,fif-mixeds,rept-factual-ag,rept-backdoor")
-    ap.add_argument("--clean", type=int, default=300, help="clean rows kept per large set (fixed seed)")
-    ap.add_argument("--planted", type=int, default=80, help="planted rows kept per large set")
+    ap.add_argument("--sets", default=SETS)
+    ap.add_argument("--clean", type=int, default=300, help="clean rows kept per large shared set (fixed seed)")
+    ap.add_argument("--planted", type=int, default=80, help="planted rows kept per large shared set")
     ap.add_argument("--layers", default="12,18,24,27")
     ap.add_argument("--methods", default=",".join(METHODS), help="query methods to score (comma-separated)")
-    ap.add_argument("--grad-sets", default="demo,fif-mixeds,rept-factual-ag,rept-backdoor",
-                    help="sets also built with --grad")
-    ap.add_argument("--work", default=None, help="where indexes go (default: a temp dir)")
+    ap.add_argument("--grad-sets", default="", help="sets also built with --grad (the gradient method)")
+    ap.add_argument("--work", default=None, help="where indexes go and are reused from (default: a temp dir)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="actindex-bench-"))
@@ -116,46 +150,50 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     lm = actindex.load_model()
     lines = ["| set | rows (planted) | method | layer | AUROC | AP | P@n | R@100 | s/query |", "|" + "---|" * 9]
-    for name in args.sets.split(","):
+    choices = ["| set | adaptive members kept (construction family (weight)) | AUROC by length third (short / mid / "
+               "long) |", "|---|---|---|"]
+    for spec in args.sets.split(","):
+        name, _, cut = spec.partition("@")
+        max_length = int(cut or 512)
         pool, behavior = load_set(name, work, args.clean, args.planted)
-        out = work / f"{name}.idx"
+        out = work / f"{name}@{max_length}.idx"
         grad = name in args.grad_sets.split(",")
         if not (out / "manifest.json").exists():
             t = time.perf_counter()
-            actindex.build(data=str(pool), out=str(out), layers=layers, grad=grad, pooled=True, model=lm,
-                           progress=False, overwrite=True)
-            print(f"built {name}: {time.perf_counter() - t:.0f} s", flush=True)
+            actindex.build(data=str(pool), out=str(out), layers=layers, grad=grad, model=lm, progress=False,
+                           overwrite=True, max_length=max_length)
+            print(f"built {spec}: {time.perf_counter() - t:.0f} s", flush=True)
         idx = actindex.Index.open(out).use_model(lm)
         records = idx.records(range(len(idx)))
         labels = np.array([r.get("label", "clean") != "clean" for r in records])
+        lengths = np.asarray(idx.table.n_response)
         size = f"{len(idx)} ({labels.sum()})"
         for method in args.methods.split(","):
-            if method == "gradient" and not grad:
+            if method == "gradient" and "gradient" not in idx.families:
                 continue
-            for layer in ([layers[0]] if method in ALL_LAYERS else layers):
-                scores, secs = timed_scores(idx, behavior, method, layer)
+            for layer in ([None] if method in ALL_LAYERS else layers):
+                scores, secs, members = ranked(idx, behavior, method, layer)
                 m = metrics(scores, labels)
-                shown = "-" if method in ALL_LAYERS else layer
-                lines.append(f"| {name} | {size} | {method} | {shown} | {m['auroc']:.3f} | {m['ap']:.3f} | "
+                lines.append(f"| {spec} | {size} | {method} | {layer or '-'} | {m['auroc']:.3f} | {m['ap']:.3f} | "
                              f"{m['p@n']:.3f} | {m['r@100']:.3f} | {secs:.2f} |")
                 print(lines[-1], flush=True)
+                if method == "adaptive":
+                    choices.append(f"| {spec} | {chosen(members)} | {by_length(scores, labels, lengths)} |")
+                    print(choices[-1], flush=True)
         for base, scores in (("tfidf", tfidf_scores(records, behavior)),
                              ("random", np.random.default_rng(0).random(len(idx)))):
             m = metrics(scores, labels)
-            lines.append(f"| {name} | {size} | {base} | - | {m['auroc']:.3f} | {m['ap']:.3f} | {m['p@n']:.3f} | "
+            lines.append(f"| {spec} | {size} | {base} | - | {m['auroc']:.3f} | {m['ap']:.3f} | {m['p@n']:.3f} | "
                          f"{m['r@100']:.3f} | - |")
             print(lines[-1], flush=True)
-    table = "\n".join(lines)
     if not args.no_record:
-        with open(run_log(), "a") as handle:
-            handle.write(
-                f"\n## Retrieval — {datetime.date.today()} — {platform.machine()} CPU, {lm.name}\n\n"
-                f"`python bench/retrieval.py --sets {args.sets} --clean {args.clean} --planted {args.planted} "
-                f"--layers {args.layers} --methods {args.methods}`. Large pools subsampled with seed 0 (clean "
-                "rows, planted rows kept as labelled). s/query includes forming the query vector with the model "
-                "(one forward+backward per pair row, once per family kind: later layers and methods of that kind "
-                "reuse the cached pair vectors) and the search.\n\n" + table + "\n"
-            )
+        append_section(
+            f"Retrieval — {lm.name}",
+            f"Sets {args.sets}; layers {args.layers}; methods {args.methods}. Large shared pools subsampled with "
+            f"seed 0 ({args.clean} clean + {args.planted} planted rows), rept-backdoor-long: rept-backdoor rows "
+            f"with answers over {LONG_CHARS} characters (200 + 40). `NAME@L`: indexed with --max-length L. "
+            "s/query includes forming the query vectors with the model (once per family kind; later layers and "
+            "methods reuse them) and the search.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(choices) + "\n")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,15 @@ def tiny_gpt2(seed: int = 0, layers: int = 3, vocab: int = 256) -> GPT2LMHeadMod
     return GPT2LMHeadModel(config).eval()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the machine is shared (a module's tests, then as before)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()

@@ -18,7 +18,7 @@ from actindex.query.behaviors import Behavior, Pair
 from actindex.query.constructions import Construction, unit_rows
 from actindex.query.fusion import robust_center_scale
 from actindex.query.methods import QueryMethod
-from actindex.query.selection import MIN_PAIRS, PairCheck, auroc, check_pairs, choose, fold_split
+from actindex.query.selection import MARGIN, MIN_PAIRS, PairCheck, auroc, check_pairs, choose, fold_split
 
 WORDS = "alpha beta gamma delta river stone cloud green light paper".split()
 
@@ -93,15 +93,14 @@ def test_the_check_finds_the_family_that_carries_the_behaviour():
         else:
             assert 0.2 < check.quality < 0.8
     weights = choose(checks)
-    assert all(w > 0 for w, fam in zip(weights, names) if fam == "A")
-    assert sum(w > 0 for w in weights) <= 4
+    assert any(w > 0 for w in weights) and all(fam == "A" for w, fam in zip(weights, names) if w > 0)
 
 
-def test_choose_keeps_the_best_weighted_by_their_checks():
-    checks = [PairCheck(q, q) for q in (0.6, 0.95, 0.5, 0.9, 0.8, 0.99)]
-    weights = choose(checks, keep=3)
-    assert [i for i, w in enumerate(weights) if w > 0] == [1, 3, 5]
-    np.testing.assert_allclose(weights[[1, 3, 5]], [0.9, 0.8, 0.98])
+def test_choose_keeps_every_candidate_near_the_best_with_equal_weights():
+    checks = [PairCheck(p, i) for p, i in ((0.6, 0.6), (0.9, 1.0), (0.5, 0.5), (0.9, 0.9), (0.8, 0.8), (1.0, 0.98))]
+    assert checks[1].quality == pytest.approx(0.95) and PairCheck(None, 0.7).quality == 0.7
+    np.testing.assert_array_equal(choose(checks, margin=0.1), [0, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(choose(checks), [0, 0, 0, 0, 0, 1])  # MARGIN = 0.03 of the best, 0.99
 
 
 # ---- the adaptive method on a real index -----------------------------------------------------------------
@@ -131,8 +130,11 @@ def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its
     assert res.method == "adaptive"
     kept = [m for m in res.members if m["weight"] > 0]
     candidates = len(res.members)
-    assert candidates == 3 * 2 * 3  # constructions x (residual change, mean activation) x layers
-    assert 0 < len(kept) <= 4 and all("pair AUROC" in m and "index AUROC" in m for m in res.members)
+    assert candidates == 3 * 4 * 3  # constructions x (residual change, mean activation, their openings) x layers
+    assert all("pair AUROC" in m and "index AUROC" in m for m in res.members)
+    quality = [(m["pair AUROC"] + m["index AUROC"]) / 2 for m in res.members]
+    assert 0 < len(kept) and all(m["weight"] == 1 for m in kept)
+    assert min(quality[: len(kept)]) >= max(quality) - MARGIN > max(quality[len(kept):], default=0)
     assert all(m["weight"] == 0 for m in res.members[len(kept):])
     # ground truth: every kept member's psi from its construction over the pairs' vectors, cosines over every row
     behavior = index.behavior(str(behavior_file))
@@ -156,13 +158,13 @@ def test_too_few_pairs_weigh_the_hybrid_construction_in_every_family_equally(ind
     pairs = write_jsonl(tmp_path / "two.jsonl", PAIRS[: MIN_PAIRS - 1])
     res = index.query(str(pairs), k=5)
     kept = [m for m in res.members if m["weight"] > 0]
-    assert {m["method"] for m in kept} == {"hybrid"} and len(kept) == 6
+    assert {m["method"] for m in kept} == {"hybrid"} and len(kept) == 4 * 3
     assert {m["weight"] for m in kept} == {1.0} and "pair AUROC" not in kept[0]
 
 
 def test_adaptive_layer_option_restricts_the_candidates(index, behavior_file):
     res = index.query(str(behavior_file), layer=2, k=3)
-    assert {m["layer"] for m in res.members} == {2} and len(res.members) == 6
+    assert {m["layer"] for m in res.members} == {2} and len(res.members) == 3 * 4
 
 
 def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, monkeypatch, llama):
@@ -172,12 +174,12 @@ def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, mon
     res = runner.invoke(main, base + ["--explain"])
     assert res.exit_code == 0, res.output
     assert "pair AUROC" in res.output and "index AUROC" in res.output
-    assert sum(line.startswith(("contrast ", "centered ", "hybrid ")) for line in res.output.splitlines()) == 18
+    assert sum(line.startswith(("contrast ", "centered ", "hybrid ")) for line in res.output.splitlines()) == 36
     plain = runner.invoke(main, base)
     assert "members (chosen by the held-out pairs):" in plain.output
     out = runner.invoke(main, base + ["--format", "json"])
     members = json.loads(out.output)[0]["members"]
-    assert len(members) == 18 and all({"pair AUROC", "index AUROC", "weight"} <= m.keys() for m in members)
+    assert len(members) == 36 and all({"pair AUROC", "index AUROC", "weight"} <= m.keys() for m in members)
 
 
 def test_persona_behaviours_and_their_pairs_take_part(index):
@@ -186,3 +188,33 @@ def test_persona_behaviours_and_their_pairs_take_part(index):
                         complete=True)
     res = index.query(behavior, k=3)
     assert res.method == "adaptive" and any(m["weight"] > 0 for m in res.members)
+
+
+def test_without_controls_the_check_is_the_index_auroc_alone():
+    rng = np.random.default_rng(4)
+    t, sample = rng.normal(size=(8, 6)) + 2.0, unit_rows(rng.normal(size=(300, 6)))
+    check = check_pairs(t, np.zeros((0, 6)), sample, lambda tt, cc: Construction.get("centered").psi(tt, cc, 0 * t[0]))
+    assert check.pair_auroc is None and check.quality == check.index_auroc > 0.9
+
+
+def test_several_examples_are_checked_on_held_out_examples(index):
+    """A query by example of several rows (no controls): only the centered construction, each candidate
+    checked by its index AUROC, the planted rows found."""
+    examples = [{"prompt": p["prompt"], "response": p["treatment"]} for p in PAIRS]
+    res = index.query(example=examples, k=5)
+    assert {m["method"] for m in res.members} == {"centered"} and len(res.members) == 4 * 3
+    assert all("index AUROC" in m and "pair AUROC" not in m for m in res.members)
+    assert {h.id for h in res.top[:3]} == {"planted-3", "planted-11", "planted-29"}
+
+
+def test_the_report_shows_the_chosen_members_and_their_checks(index, behavior_file, tmp_path):
+    from actindex.report import write_report
+
+    res = index.query(str(behavior_file), k=5)
+    page = write_report(index, str(behavior_file), tmp_path / "r.html", k=5).read_text()
+    assert "Members chosen by the held-out pairs" in page
+    kept = [m for m in res.members if m["weight"] > 0]
+    assert f"{len(kept)} of {len(res.members)} candidates kept" in page
+    for m in kept:
+        assert (f'<tr class="kept"><td><code>{m["method"]}</code></td><td><code>{m["family"]}</code></td>'
+                f'<td class="num">{m["weight"]:.2f}</td><td class="num">{m["pair AUROC"]:.3f}</td>') in page

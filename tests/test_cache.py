@@ -148,7 +148,7 @@ def test_the_result_says_where_the_time_went(index, tmp_path, model_dir):
     assert set(out["timings"]) >= {"behaviour", "model pass", "search"} and out["cached"] is False
     assert [m["family"] for m in out["members"]][:2] == ["residual_change/1", "residual_change/2"]
     table = CliRunner().invoke(main, [*args, "--explain"])
-    assert "from the behaviour cache" in table.output.splitlines()[0] and "residual-change @ 1" in table.output
+    assert "from the behaviour cache" in table.output.splitlines()[0] and "hybrid residual_change/1" in table.output
 
 
 def _imports(argv: list[str], cwd: Path) -> list[str]:

@@ -56,8 +56,8 @@ def index(tmp_path_factory, talker, rows):
     return actindex.Index.open(tmp_path / "idx").use_model(talker)
 
 
-@pytest.mark.parametrize("method", [None, "ensemble", "residual-change", "residual-change-pooled", "residual-difference",
-                                    "activation", "gradient"])
+@pytest.mark.parametrize("method", [None, "ensemble", "residual-change", "residual-change-pooled",
+                                    "residual-difference", "activation", "gradient"])
 def test_the_examples_own_row_ranks_first(index, rows, method):
     for example, expected in ((rows[11], "flat"), (CHAT, "chat"), (rows[4], rows[4]["id"])):
         res = index.query(example=example, method=method, k=3)
@@ -69,7 +69,7 @@ def test_the_examples_own_row_ranks_first(index, rows, method):
 
 def test_the_default_gives_its_calibrated_score_and_members(index, rows):
     res = index.query(example=rows[11], k=5)  # one example: the centered construction, each kind and layer
-    assert res.method == "adaptive" and len(res.members) == 4 and res.top[0].score > 2
+    assert res.method == "adaptive" and len(res.members) == 4 * 2 and res.top[0].score > 2
     assert {m["method"] for m in res.members} == {"centered"} and all(m["weight"] == 1 for m in res.members)
     assert res.top[0].score == max(h.score for h in res.top)
 

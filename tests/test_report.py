@@ -154,6 +154,12 @@ def test_report_runs_the_query_query_runs(labelled_index, tmp_path):
         line = int(idx.table.line[hit.row])
         assert line > 0 and f">{Path(idx.manifest.data_path).name}:{line}</a>" in page
     assert "<title>actindex report: my behaviour</title>" in page and "calibrated score" in page
+    # the fusion's members with their weights (and checks, with enough pairs), as --explain lists them
+    assert "Members of the fusion" in page or "Members chosen by the held-out pairs" in page
+    listed = re.findall(r'<tr class="(kept|muted)"><td><code>(\w+)</code></td><td><code>([\w/]+)</code></td>'
+                        r'<td class="num">([\d.]+)</td>', page)
+    assert [(m["method"], m["family"], f'{m["weight"]:.2f}') for m in res.members] == [x[1:] for x in listed]
+    assert sum(kind == "kept" for kind, *_ in listed) == sum(m["weight"] > 0 for m in res.members) > 0
 
 
 def test_report_folds_the_pairs_after_ten(labelled_index, tmp_path):

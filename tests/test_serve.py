@@ -266,13 +266,13 @@ def test_the_page_runs_a_query_from_its_url_and_shows_the_rows(client, server, t
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page)  # nothing from the network
     dom = chromium(tmp_path, f"{server[0]}?behavior={BEHAVIOR}&k=5&compare=residual-change")
     sections = re.findall(r'<section class="result" data-method="([^"]+)">(.*?)</section>', dom, re.S)
-    assert [m for m, _ in sections] == ["ensemble", "residual-change"], dom[-2000:]
+    assert [m for m, _ in sections] == ["adaptive", "residual-change"], dom[-2000:]
     for (_, html), result in zip(sections, (want, other)):
         rows = re.findall(r'<tr class="hit(?: shared)?" data-id="([^"]+)" data-rank="(\d+)">.*?'
                           r'<td class="num score (?:pos|neg)"[^>]*>([^<]+)</td>', html, re.S)
         assert [(i, int(r)) for i, r, _ in rows] == [(h["id"], h["rank"]) for h in result["top"]]
         assert [s for _, _, s in rows] == [f"{h['score']:+.4f}" for h in result["top"]]
-    assert 'id="status" class="muted" role="status">done: ensemble' in dom
+    assert 'id="status" class="muted" role="status">done: adaptive' in dom
 
 
 def test_serve_settings_are_checked():

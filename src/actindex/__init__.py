@@ -11,8 +11,9 @@ query vector answered by nearest-neighbour search.
 
 The pipeline, stage by stage (each a package): ``core`` (rows, encoding, models, capture, the vector
 families), ``index`` (build, manifest, writer, reader, search, verify, shards), ``query`` (behaviours,
-methods, fusion, curvature, rerank, the query pipeline), ``act`` (filter, correct, detect), ``report``
-and ``cli``. Names below are imported on first use, so ``import actindex`` loads no tensor library.
+methods, fusion, curvature, rerank, the query pipeline, checkpoint sets), ``act`` (filter, correct, detect),
+``report``, ``integrations`` (the training-loop callback) and ``cli``. Names below are imported on first use,
+so ``import actindex`` loads no tensor library.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _EXPORTS = {
     "CorrectConfig": "actindex.act.correct.config", "correct": "actindex.act.correct.stage",
     "DetectConfig": "actindex.act.detect", "detect": "actindex.act.detect",
     "ExportConfig": "actindex.index.export", "export": "actindex.index.export",
+    "CheckpointSet": "actindex.query.checkpoints.checkpoint_set", "ActindexCallback": "actindex.integrations.trainer",
+    "ActindexWarning": "actindex.errors", "MemorisationWarning": "actindex.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,6 +25,7 @@ import numpy as np
 
 from actindex.errors import ActindexError, IndexFileError
 from actindex.files import atomic_file
+from actindex.index.memorisation import Memorisation, memorisation, warn_if_memorised
 from actindex.index.reader import IndexReader
 from actindex.query.cache import BehaviorCache
 from actindex.query.pipeline import QueryConfig, QueryPipeline
@@ -72,6 +73,12 @@ class Index(IndexReader):
     def behavior_cache(self) -> BehaviorCache:
         """The index's behaviour cache (``actindex cache list|clear``)."""
         return BehaviorCache(self.root, self.manifest)
+
+    @cached_property
+    def memorisation(self) -> Memorisation | None:
+        """Whether the index's model has memorised its rows: the figures of :mod:`actindex.index.memorisation`
+        (``None`` for an index without a held-out loss)."""
+        return memorisation(self.table, self.manifest)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -214,6 +221,8 @@ class Index(IndexReader):
         ``ensemble``, rank fusion over the indexed layers; ``residual-change`` for a saved vector),
         ``layer``, ``k``, ``bottom_k``, ``rerank="ekfac"|"linfac"`` (re-score the top and bottom
         ``candidates`` with exact influence and rank by it), ``per_token``, ``clusters``, ``recall``.
+        When the index's model has memorised its rows it warns (:class:`~actindex.errors.MemorisationWarning`)
+        and says so in ``result.warnings``.
         """
         from actindex.query.examples import asked_behavior
 
@@ -237,6 +246,9 @@ class Index(IndexReader):
         result.cached = cached
         result.timings = {"behaviour": round(prepared, 4), **result.timings}
         result.seconds += prepared
+        warned = warn_if_memorised(self.memorisation, self.root)
+        if warned:
+            result.warnings.append(warned)
         return result
 
     # ---- curvature and exact influence (DESIGN 5) -------------------------------------------

@@ -28,3 +28,13 @@ class IndexFileError(ActindexError):
 
 class ModelError(ActindexError):
     """A model cannot be loaded or lacks something a command needs."""
+
+
+class ActindexWarning(UserWarning):
+    """Something the user should know about a result that is still returned (the CLI prints one
+    ``warning:`` line on stderr)."""
+
+
+class MemorisationWarning(ActindexWarning):
+    """The index's model has memorised its rows: rankings by their gradients are unreliable
+    (:mod:`actindex.index.memorisation`)."""

@@ -42,6 +42,9 @@ def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> N
         ("projection", f"seed {m.projection.seed}, k {m.projection.k}, {len(m.projection.modules)} modules"),
         ("built", f"{m.created_at} -> {m.finished_at}"),
     ]
+    if m.checkpoint is not None:
+        lines.append(("checkpoint", f"training step {m.checkpoint.step}, epoch {m.checkpoint.epoch}"))
+    lines.append(("memorisation", memorisation_line(idx)))
     for kind, c in m.curvature.items():
         sub = f", sublayer {c.sublayer}" if c.sublayer else ""
         lines.append((f"curvature {kind}", f"{len(c.modules)} modules{sub}, {c.samples} rows, {c.labels} labels, "
@@ -62,6 +65,18 @@ def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> N
             click.echo(f"{name:<32} {kind:<28} {recall:.3f}")
     elif not approximate:
         click.echo("\nsearch: exact (Flat) for every family; recall is 1 by construction")
+
+
+def memorisation_line(idx: Any) -> str:
+    """The memorisation check's figures (:mod:`actindex.index.memorisation`) in one line."""
+    from actindex.index.memorisation import MEMORISED_RATIO, memorisation
+
+    check = memorisation(idx.table, idx.manifest)
+    if check is None:
+        return "not measured (no held-out loss in the manifest)"
+    verdict = "MEMORISED: index an earlier checkpoint" if check.memorised else "not memorised"
+    return (f"median response loss {check.rows_loss:.3f} nats/token on the rows, {check.heldout.loss_per_token:.3f} "
+            f"held out: ratio {check.ratio:.2f} ({verdict}; threshold {MEMORISED_RATIO})")
 
 
 def coverage(m: Any) -> str:

@@ -3,24 +3,47 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any
 
 import click
 
-from actindex.errors import ActindexError
+from actindex.errors import ActindexError, ActindexWarning
 
 DEBUG = {"on": False}
 
 
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show each :class:`ActindexWarning` once, as one ``warning: ...`` line on stderr (other warnings as
+    Python shows them)."""
+    shown, seen = warnings.showwarning, set()
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, ActindexWarning):
+            shown(message, category, *args, **kwargs)
+        elif str(message) not in seen:
+            seen.add(str(message))
+            click.echo(f"warning: {message}", err=True)
+
+    with warnings.catch_warnings():  # restores the filters and warnings.showwarning on exit
+        warnings.simplefilter("always", ActindexWarning)
+        warnings.showwarning = show
+        yield
+
+
 def friendly(func: Callable) -> Callable:
-    """Turn :class:`ActindexError` (and any other failure) into one line and exit status 2."""
+    """Turn :class:`ActindexError` (and any other failure) into one line and exit status 2; warnings the user
+    should see become ``warning:`` lines (:func:`one_line_warnings`)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with one_line_warnings():
+                return func(*args, **kwargs)
         except ActindexError as err:
             if DEBUG["on"]:
                 raise

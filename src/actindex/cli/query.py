@@ -13,13 +13,16 @@ import numpy as np
 from actindex.cli.main import device_option, friendly, load_requested_model, main, model_option, quiet_option
 from actindex.cli.options import LazyChoice, config_options, pop_config
 from actindex.errors import ActindexError
+from actindex.query.checkpoints.config import CheckpointConfig
 from actindex.query.pipeline import QueryConfig
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
 
 @main.command()
-@click.option("--index", "index_dir", help="Index directory.")
+@click.option("--index", "index_dirs", multiple=True,
+              help="Index directory; repeat it, or name a checkpoint set (ActindexCallback's OUT), to query several "
+                   "checkpoints' indexes of the same rows together.")
 @click.option("--behavior", "behaviors_", multiple=True, help="Built-in name or pairs/persona file (repeatable).")
 @click.option("--example", "examples", multiple=True, metavar="FILE|TEXT",
               help="Query by example: attribute a model output by its own vectors; a file of training rows, a JSON "
@@ -28,6 +31,7 @@ FORMATS = ("table", "json", "jsonl", "csv")
               help="Let the model answer a prompt (or a JSONL file of prompts; greedy) and attribute its answers "
                    "(repeatable).")
 @config_options(QueryConfig)
+@config_options(CheckpointConfig)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
               help="Output format.")
 @model_option
@@ -41,58 +45,99 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
 @quiet_option
 @friendly
-def query(index_dir: str | None, behaviors_: tuple[str, ...], examples: tuple[str, ...], prompts: tuple[str, ...],
-          fmt: str, model: str | None, device: str, save_query: str | None, query_vector: str | None,
-          help_methods: bool, nprobe: int | None, ef_search: int | None, explain: bool, no_cache: bool, quiet: bool,
-          **options: Any) -> None:
+def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tuple[str, ...],
+          prompts: tuple[str, ...], fmt: str, model: str | None, device: str, save_query: str | None,
+          query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None, explain: bool,
+          no_cache: bool, quiet: bool, **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour, or by how much they explain a
-    model output (--example, --generate)."""
+    model output (--example, --generate).
+
+    Several --index (or a checkpoint set) are checkpoints of one training run: each ranks the rows with its own
+    model and the answers are fused (--checkpoint-fusion); --checkpoint STEP queries one of them."""
     if help_methods:
         from actindex.query.methods import QueryMethod
 
         for name, cls in QueryMethod.registry.items():
             click.echo(f"{name:<24} {cls.help}")
         return
-    if not index_dir:
+    if not index_dirs:
         raise ActindexError("query needs --index DIR")
-    from actindex.api import Index, load_query_vector, save_query_vector
+    from actindex.api import Index
+    from actindex.index.checkpoints import is_checkpoint_set
 
-    config = pop_config(QueryConfig, options)
-    idx = Index.open(index_dir, cache=not no_cache, progress=not quiet)
+    config, checkpoints = pop_config(QueryConfig, options), pop_config(CheckpointConfig, options)
+    if len(index_dirs) == 1 and not is_checkpoint_set(index_dirs[0]) and checkpoints.checkpoint is None:
+        idx = Index.open(index_dirs[0], cache=not no_cache, progress=not quiet)
+    else:
+        from actindex.query.checkpoints.checkpoint_set import CheckpointSet
+
+        cset = CheckpointSet.open(index_dirs, cache=not no_cache, progress=not quiet)
+        if checkpoints.checkpoint is None:
+            if query_vector or save_query or model:
+                raise ActindexError("--query-vector, --save-query and --model work on one index: each checkpoint "
+                                    "forms its own vectors with its own model; pick one with --checkpoint STEP")
+            asked = asked_behaviors(behaviors_, examples, prompts)
+            for member in cset:
+                search_settings(member, nprobe, ef_search)
+                load_requested_model(member, None, device)
+            results = [cset.query(b, config, checkpoints.checkpoint_fusion) for b in asked]
+            print_results(results, fmt, explain)
+            return
+        idx = cset.select(checkpoints.checkpoint)
+    search_settings(idx, nprobe, ef_search)
+    asked = [] if query_vector else asked_behaviors(behaviors_, examples, prompts)
+    print_results(query_index(idx, asked, config, model, device, save_query, query_vector), fmt, explain)
+
+
+def asked_behaviors(behaviors_: tuple[str, ...], examples: tuple[str, ...], prompts: tuple[str, ...]) -> list[Any]:
+    """The behaviours a query asks: names or files, examples (:func:`example_behavior`) and prompts to answer
+    (:func:`generate_behavior`); at least one."""
+    from actindex.query.examples import example_behavior, generate_behavior
+
+    asked = [*behaviors_, *map(example_behavior, examples), *map(generate_behavior, prompts)]
+    if not asked:
+        raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`), --example, --generate "
+                            "or --query-vector FILE")
+    return asked
+
+
+def search_settings(idx: Any, nprobe: int | None, ef_search: int | None) -> None:
+    """``--nprobe`` / ``--ef-search`` on every FAISS index of ``idx``."""
     if nprobe or ef_search:
         from actindex.index.search import set_search_params
 
         for family in idx.families:
             set_search_params(idx.faiss_index(family), nprobe=nprobe, ef_search=ef_search)
-    results = []
+
+
+def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | None, device: str,
+                save_query: str | None, query_vector: str | None) -> list[Any]:
+    """The results of one index's query: a saved vector's, or each behaviour's (saving its vector if asked)."""
+    from dataclasses import replace
+
+    from actindex.api import load_query_vector, save_query_vector
+
     if query_vector:
         vector, meta = load_query_vector(query_vector)
-        from dataclasses import replace
-
         config = replace(config, method=meta.get("method", config.method))
-        results.append(idx.query(meta.get("behavior", "vector"), config, vector=vector, family=meta.get("family")))
-    else:
-        from actindex.query.examples import example_behavior, generate_behavior
+        return [idx.query(meta.get("behavior", "vector"), config, vector=vector, family=meta.get("family"))]
+    from actindex.query.methods import QueryMethod
 
-        asked = [*behaviors_, *map(example_behavior, examples), *map(generate_behavior, prompts)]
-        if not asked:
-            raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`), --example, --generate "
-                                "or --query-vector FILE")
-        if save_query and QueryConfig.resolved_method(config, needs_vector=True) == "ensemble":
-            raise ActindexError("--method ensemble fuses several rankings and has no single vector to --save-query")
-        if save_query and config.method is None:
-            from dataclasses import replace
-
-            config = replace(config, method=config.resolved_method(needs_vector=True))
-        load_requested_model(idx, model, device)
-        for behavior in asked:
-            res = idx.query(behavior, config)
-            results.append(res)
-            if save_query:
-                path = save_query if len(asked) == 1 else save_query.replace(".npz", f"-{res.behavior}.npz")
-                save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
-                                                     "family": res.family, "model": idx.manifest.model.fingerprint})
-    print_results(results, fmt, explain)
+    if save_query and QueryMethod.get(config.resolved_method(needs_vector=True)).fused:
+        raise ActindexError(f"--method {config.method} fuses several rankings and has no single vector to "
+                            "--save-query; pick one of its member methods")
+    if save_query and config.method is None:
+        config = replace(config, method=config.resolved_method(needs_vector=True))
+    load_requested_model(idx, model, device)
+    results = []
+    for behavior in asked:
+        res = idx.query(behavior, config)
+        results.append(res)
+        if save_query:
+            path = save_query if len(asked) == 1 else save_query.replace(".npz", f"-{res.behavior}.npz")
+            save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
+                                                 "family": res.family, "model": idx.manifest.model.fingerprint})
+    return results
 
 
 def print_results(results: list, fmt: str, explain: bool = False) -> None:
@@ -149,7 +194,9 @@ def print_table(r: Any, explain: bool = False) -> None:
     click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {timing_line(r)}")
     for note in r.notes:
         click.echo(f"note: {note}")
-    if r.members:
+    if r.checkpoints:
+        print_checkpoints(r, explain)
+    elif r.members:
         click.echo("score: weighted mean over members of (cosine - median) / (1.4826 MAD), positive = pushes towards "
                    "the behaviour; rows ordered by the fused rank")
         kept = [m for m in r.members if m["weight"] > 0]
@@ -172,10 +219,22 @@ def print_table(r: Any, explain: bool = False) -> None:
                     tokens, scores = zip(*h.token_scores)
                     click.echo(f"{'':>26}tokens: {highlight(list(tokens), np.array(scores))[:400]}")
             continue
-        click.echo(f"{'rank':>4} {'score':>8}  {'id':<20} text")
+        steps = "".join(f"{'s@' + str(c['step'] if c['step'] is not None else c['label']):>9}" for c in r.checkpoints)
+        click.echo(f"{'rank':>4} {'score':>8}{steps}  {'id':<20} text")
         for h in hits:
-            click.echo(f"{h.rank:>4} {h.score:>8.4f}  {h.id[:20]:<20} {h.snippet[:100]}")
+            each = "".join(f"{v:>9.4f}" for v in (h.checkpoint_scores or {}).values())
+            click.echo(f"{h.rank:>4} {h.score:>8.4f}{each}  {h.id[:20]:<20} {h.snippet[:100]}")
     click.echo("")
+
+
+def print_checkpoints(r: Any, explain: bool = False) -> None:
+    """The score line of a checkpoint-set query, and with ``explain`` each checkpoint's index and weights."""
+    labels = ", ".join(c["label"] for c in r.checkpoints)
+    click.echo(f"score: sum over the checkpoints ({labels}) of each one's calibrated score s@step (mean over its "
+               "members of (cosine - median) / (1.4826 MAD)); rows ordered by the checkpoint fusion rule")
+    if explain:
+        for c in r.checkpoints:
+            click.echo(f"  {c['label']:<14} epoch {c['epoch']}  weights {c['fingerprint'][:12]}  {c['index']}")
 
 
 def _method_names() -> list[str]:

@@ -164,7 +164,19 @@ def load_model(
     if device != "map":
         model.to(torch_device)
     model.eval()
-    return wrap_model(model, tokenizer, name)
+    return wrap_model(dequantised(model), tokenizer, name)
+
+
+def dequantised(model: nn.Module) -> nn.Module:
+    """``model`` without the GGUF quantizer its config names: transformers dequantises GGUF weights as it loads
+    them (and the default model's cached config still names GGUF), so the model is a plain float one, which
+    a ``Trainer`` (``ActindexCallback``) refuses to fine-tune as long as it looks quantized."""
+    method = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    if str(getattr(method, "quant_method", "")).lower().endswith("gguf"):
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config.__dict__.pop("quantization_config", None)
+    return model
 
 
 def _load_adapter(path: Path, device: str | None, dtype: str | None, trust_remote_code: bool) -> LoadedModel:

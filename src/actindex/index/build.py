@@ -38,6 +38,7 @@ from actindex.index.lock import write_lock
 from actindex.index.manifest import (
     MANIFEST,
     VECTORS,
+    CheckpointInfo,
     DataFile,
     FamilyInfo,
     Manifest,
@@ -47,6 +48,8 @@ from actindex.index.manifest import (
     read_manifest,
     runtime_versions,
 )
+from actindex.index.memorisation import heldout_loss, memorisation, warn_if_memorised
+from actindex.index.reader import IndexReader
 from actindex.index.shards import check_same, identity, merge, shard_range
 from actindex.index.writer import IndexWriter, append_base, check_out, clear_index, index_summary
 from actindex.progress import bar as progress_bar
@@ -115,6 +118,7 @@ def build(
     model: LoadedModel | None = None,
     progress: bool = True,
     on_part: Callable[[int, int], None] | None = None,
+    checkpoint: CheckpointInfo | None = None,
     **kwargs: Any,
 ) -> Manifest:
     """Build (or resume) an index; returns its manifest (with ``summary``: rows, tokens, time, bytes per row).
@@ -127,11 +131,16 @@ def build(
     shard directory (see :mod:`actindex.index.shards`); ``append=True`` adds the rows of ``data`` after
     the rows of the complete index in ``out``; and under ``torchrun`` (``RANK``/``WORLD_SIZE`` set)
     every rank builds shard ``RANK/WORLD_SIZE`` and rank 0 merges them (:func:`build_distributed`).
+
+    ``checkpoint`` records the training step the model is at (``ActindexCallback``). The build also
+    measures the model's loss on held-out rows (``heldout``) and warns
+    (:class:`~actindex.errors.MemorisationWarning`) when the model has memorised the indexed rows
+    (:mod:`actindex.index.memorisation`); the figures are in ``summary["memorisation"]``.
     """
     config = config or BuildConfig(**kwargs)
     world = torchrun_world()
     if world is not None and config.shard is None:
-        return build_distributed(config, world, model=model, progress=progress)
+        return build_distributed(config, world, model=model, progress=progress, checkpoint=checkpoint)
     started = time.time()
     rows = scan_rows(config.data, config.limit, config.split, config.sample, config.seed)  # read part by part below
     check_out(Path(config.out), config.overwrite, config.append)  # refused before the model loads
@@ -146,6 +155,8 @@ def build(
         projection=ProjectionInfo(seed=spec.seed, k=spec.grad_k, modules=spec.grad_modules),
         data=[data_file], build=replace(config, overwrite=False), actindex_version=__version__,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)), versions=runtime_versions(),
+        checkpoint=checkpoint,
+        heldout=None if config.append else heldout_loss(lm, config.heldout, config.max_length, config.batch_size),
     )
     state = {  # what a resumed build must share with the build it resumes
         "config": config.compatibility_state(),
@@ -192,7 +203,18 @@ def build(
         if file_sha256(config.data) != data_file.sha256:  # rows are read lazily: they must be the ones checked
             raise DataError(rows.path, None, None, "the file changed during the build; rebuild with --overwrite")
         manifest = writer.finalize(manifest, families, config.store_dtype, faiss_factory, config.faiss_train_rows)
+    return _summarised(out, manifest, started, warn=shard is None)
+
+
+def _summarised(out: Path, manifest: Manifest, started: float, warn: bool = True) -> Manifest:
+    """``manifest`` with its ``summary`` (:func:`index_summary` and the memorisation figures); warns when the
+    model has memorised the rows (not for a shard: its merge is checked)."""
     manifest.summary = index_summary(out, manifest, time.time() - started)
+    check = memorisation(IndexReader(out, manifest).table, manifest)
+    if check is not None:
+        manifest.summary["memorisation"] = check.figures()
+        if warn:
+            warn_if_memorised(check, out, stacklevel=4)
     return manifest
 
 
@@ -254,7 +276,8 @@ def torchrun_world() -> World | None:
 
 
 def build_distributed(
-    config: BuildConfig, world: World, *, model: LoadedModel | None = None, progress: bool = True
+    config: BuildConfig, world: World, *, model: LoadedModel | None = None, progress: bool = True,
+    checkpoint: CheckpointInfo | None = None,
 ) -> Manifest:
     """Every rank builds shard ``rank/size`` of the rows; rank 0 merges them into ``config.out``.
 
@@ -294,7 +317,7 @@ def build_distributed(
         mine = replace(config, shard=f"{world.rank}/{world.size}", out=str(shard_dirs[world.rank]),
                        overwrite=False, device=device)
         if not (shard_dirs[world.rank] / MANIFEST).exists():  # a finished shard of a restarted job is kept
-            build(mine, model=model, progress=progress and world.rank == 0)
+            build(mine, model=model, progress=progress and world.rank == 0, checkpoint=checkpoint)
         barrier()
         if world.rank == 0:
             merge(shard_dirs, out, faiss_factory=config.faiss_factory, faiss_train_rows=config.faiss_train_rows)
@@ -303,6 +326,4 @@ def build_distributed(
     finally:
         if started_here:
             dist.destroy_process_group()
-    manifest = read_manifest(out)
-    manifest.summary = index_summary(out, manifest, time.time() - started)
-    return manifest
+    return _summarised(out, read_manifest(out), started, warn=world.rank == 0)

@@ -50,12 +50,16 @@ class BuildConfig:
     dtype: str | None = option("Compute dtype: float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on GPU).", "auto")
     residual_change: bool = option("Cache residual-change vectors (DESIGN 3.1, token-level form).", True)
     pooled: bool = option(
-        "Also cache the pooled single-vector residual-change variant (a member of the default ensemble).", True
+        "Also cache the pooled single-vector residual-change variant (a member of the ensemble method).", True
     )
     mean_activation: bool = option("Cache mean response activations (DESIGN 3.2).", True)
+    opening: bool = option(
+        "Also cache the response-opening variants of residual change and mean activation (the first 64 response "
+        "tokens alone: a long answer's tail cannot drown what its opening shows; candidates of the adaptive "
+        "default). Costs a second pass over the opening of rows whose response is longer.", True)
     grad: bool = option("Cache Hessian-free projected gradients (DESIGN 3.3).", False)
     families: list[str] | None = option(
-        "Vector families to cache, by name, comma-separated (default: those the four switches above turn on); "
+        "Vector families to cache, by name, comma-separated (default: those the switches above turn on); "
         "names any registered family, a new one included.",
         None,
     )
@@ -84,6 +88,10 @@ class BuildConfig:
         "(same model and settings; ids must be new; a data file already in the index is refused).",
         False,
     )
+    heldout: str = option(
+        "Held-out rows (any data format, rows the model was not trained on) whose response loss per token the "
+        "memorisation check compares the indexed rows' with (32 sampled rows); `demo` = the shipped demo corpus, "
+        "`none` = no check.", "demo")
     skip_long: bool = option("Exclude rows longer than --max-length instead of truncating them.", False)
     part_size: int = option("Rows per committed part (the unit a killed build resumes from).", 256, minimum=1)
     overwrite: bool = option("Start over even if DIR holds a complete or unfinished index.", False)
@@ -114,11 +122,13 @@ class BuildConfig:
 
     def family_kinds(self) -> list[str]:
         """The vector families to cache: ``families`` if given, else those the switches turn on, in the
-        order ``residual_change``, ``residual_change_pooled``, ``mean_activation``, ``gradient``."""
+        order ``residual_change``, ``residual_change_pooled``, ``mean_activation``, their openings, ``gradient``."""
         if self.families:
             return list(dict.fromkeys(self.families))
         switches = (("residual_change", self.residual_change), ("residual_change_pooled", self.pooled),
-                    ("mean_activation", self.mean_activation), ("gradient", self.grad))
+                    ("mean_activation", self.mean_activation),
+                    ("residual_change_opening", self.opening and self.residual_change),
+                    ("mean_activation_opening", self.opening and self.mean_activation), ("gradient", self.grad))
         return [kind for kind, on in switches if on]
 
     def shard_spec(self) -> tuple[int, int] | None:

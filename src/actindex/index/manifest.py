@@ -22,6 +22,7 @@ from typing import Any
 
 from actindex.errors import IndexFileError
 from actindex.files import atomic_write_text
+from actindex.index.checkpoints import is_checkpoint_set
 from actindex.index.config import BuildConfig
 
 FORMAT_VERSION = 2
@@ -107,6 +108,28 @@ class ShardInfo:
 
 
 @dataclass
+class CheckpointInfo:
+    """The training checkpoint an index was built with (``ActindexCallback``): the optimiser step (0 = the
+    starting weights, before the first update) and the epoch the trainer reported; the weights themselves
+    are identified by ``model.fingerprint``."""
+
+    step: int
+    epoch: float | None = None
+
+
+@dataclass
+class HeldoutInfo:
+    """The index's model on held-out rows: the median over ``rows`` rows of ``source`` (sha256 ``sha256``) of
+    the response loss per token, ``loss / n_response`` (the memorisation check compares the indexed rows
+    with it, :mod:`actindex.index.memorisation`)."""
+
+    source: str
+    sha256: str
+    rows: int
+    loss_per_token: float
+
+
+@dataclass
 class Manifest:
     """Everything an index records about itself (see the module docstring)."""
 
@@ -123,6 +146,8 @@ class Manifest:
     curvature: dict[str, CurvatureInfo] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
     shard: ShardInfo | None = None
+    checkpoint: CheckpointInfo | None = None
+    heldout: HeldoutInfo | None = None
     merged_from: list[str] = field(default_factory=list)
     actindex_version: str = ""
     created_at: str = ""
@@ -158,7 +183,7 @@ class Manifest:
         out["data"] = {k: first[k] for k in ("path", "sha256", "rows", "limit", "split")}
         out["data"]["files"] = [asdict(f) for f in self.data]
         out["build"] = asdict(self.build)
-        for key in ("shard", "curvature", "merged_from"):
+        for key in ("shard", "checkpoint", "heldout", "curvature", "merged_from"):
             if not out[key]:
                 out.pop(key)
         return {**self.extra, **out}
@@ -171,7 +196,7 @@ class Manifest:
         try:
             data = values["data"]
             files = data.get("files") or [{k: data.get(k) for k in ("path", "sha256", "rows", "limit")}]
-            shard = values.get("shard")
+            shard, checkpoint, heldout = values.get("shard"), values.get("checkpoint"), values.get("heldout")
             return cls(
                 model=ModelInfo(**values["model"]),
                 layers=[int(layer) for layer in values["layers"]],
@@ -186,6 +211,8 @@ class Manifest:
                 curvature={kind: CurvatureInfo(**c) for kind, c in values.get("curvature", {}).items()},
                 versions=dict(values.get("versions", {})),
                 shard=ShardInfo(**shard) if shard else None,
+                checkpoint=CheckpointInfo(**checkpoint) if checkpoint else None,
+                heldout=HeldoutInfo(**heldout) if heldout else None,
                 merged_from=list(values.get("merged_from", [])),
                 actindex_version=values.get("actindex_version", ""),
                 created_at=values.get("created_at", ""),
@@ -235,6 +262,9 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
     if not path.exists():
         if (root / BUILD_DIR).exists():
             raise IndexFileError(f"{root} is an unfinished build; rerun the build command to resume it")
+        if is_checkpoint_set(root):
+            raise IndexFileError(f"{root} is a checkpoint set, not one index: query it with `actindex query --index "
+                                 f"{root}` (--checkpoint STEP for one checkpoint), or name one of its step-* indexes")
         raise IndexFileError(f"{root} is not an actindex index (no {MANIFEST})")
     values = manifest_problem(path)
     if isinstance(values, str):

@@ -134,6 +134,17 @@ class QueryPipeline:
             raise IndexFileError(f"method {method} needs residual-change vectors, which {self.reader.root} lacks")
         return formed
 
+    def formed(self, behavior: Behavior, method: str, layer: int | None) -> list[FormedMember]:
+        """The members any method ranks with: a fused method's (:meth:`form`), or a single method's one vector
+        with weight 1; only the kept members (weight > 0)."""
+        strategy = QueryMethod.get(method)
+        if strategy.fused:
+            return [f for f in self.form(behavior, method, layer) if f.weight > 0]
+        member = self.members(method, layer)[0]
+        psi, family = self.vector(behavior, member)
+        return [FormedMember(method=method, layer=member[1], family=family, psi=psi,
+                             projection=strategy.projection_scores)]
+
     def vector(self, behavior: Behavior, member: Member) -> tuple[np.ndarray, str]:
         """``(psi, family)`` of one member: the form stage (a model pass unless cached)."""
         method, layer = member

@@ -35,6 +35,7 @@ class Hit:
     module_scores: dict[str, float] | None = None  # per-module terms of ``influence`` (sum to it)
     token_scores: list[tuple[str, float]] | None = None  # per-token terms of ``influence`` (sum to it), decoded
     token_response: list[bool] | None = None  # per token: a response token (in the loss), else prompt
+    checkpoint_scores: dict[str, float] | None = None  # a checkpoint set's query: each checkpoint's score s_c(x)
 
     def to_dict(self, with_record: bool = False) -> dict[str, Any]:
         out = {"rank": self.rank, "row": self.row, "id": self.id, "score": self.score, "snippet": self.snippet}
@@ -44,6 +45,8 @@ class Hit:
             out["influence"] = self.influence
         if self.module_scores is not None:
             out["module_scores"] = self.module_scores
+        if self.checkpoint_scores is not None:
+            out["checkpoint_scores"] = self.checkpoint_scores
         if self.token_scores is not None:
             out["tokens"] = [t for t, _ in self.token_scores]
             out["token_scores"] = [s for _, s in self.token_scores]
@@ -60,7 +63,10 @@ class QueryResult:
 
     ``members`` describes a fused method's members (method, layer, family, weight, calibration);
     ``timings`` says where the time went, in seconds (``behaviour``, ``model pass``, ``search``,
-    ``rerank``); ``cached`` whether the behaviour's vectors came from the index's behaviour cache.
+    ``rerank``); ``cached`` whether the behaviour's vectors came from the index's behaviour cache;
+    ``warnings`` what the user should know about the ranking (a model that has memorised its rows).
+    A query of several checkpoints' indexes (:mod:`actindex.query.checkpoints`) lists them in
+    ``checkpoints``, and each hit carries its per-checkpoint scores.
     """
 
     behavior: str
@@ -74,6 +80,8 @@ class QueryResult:
     members: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    warnings: list[str] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dicts(self, with_record: bool = False) -> list[dict[str, Any]]:
         rows = [dict(h.to_dict(with_record), side="top") for h in self.top]
@@ -81,10 +89,13 @@ class QueryResult:
 
     def to_json(self, with_record: bool = True) -> dict[str, Any]:
         """The result as ``query --format json`` prints it (and ``serve`` returns it)."""
-        return {"behavior": self.behavior, "method": self.method, "family": self.family, "seconds": self.seconds,
-                "timings": self.timings, "cached": self.cached, "notes": self.notes, "members": self.members,
-                "top": [h.to_dict(with_record) for h in self.top],
-                "bottom": [h.to_dict(with_record) for h in self.bottom]}
+        out = {"behavior": self.behavior, "method": self.method, "family": self.family, "seconds": self.seconds,
+               "timings": self.timings, "cached": self.cached, "notes": self.notes, "warnings": self.warnings,
+               "members": self.members, "top": [h.to_dict(with_record) for h in self.top],
+               "bottom": [h.to_dict(with_record) for h in self.bottom]}
+        if self.checkpoints:
+            out["checkpoints"] = self.checkpoints
+        return out
 
     def to_dataframe(self) -> Any:
         """The hits as a pandas DataFrame: one row per hit (``side``, rank, row, id, scores, snippet) with the

@@ -19,9 +19,14 @@ AUROCs judge the candidate (:class:`PairCheck`):
 * index AUROC ``P(s_T > cos(v_m(x), psi))`` over the calibration sample ``x``: does a held-out treatment
   stand out from the index's typical rows, as the rows that teach the behaviour must?
 
-A candidate's quality is the AUROC of the held-out treatments against both (controls and sample rows
-together, each half weighted equally); the members kept are the best ``k`` by quality, each weighted by it
-(:func:`choose`).
+A candidate's quality is the held-out treatments' AUROC against both, halves weighted equally
+(``(pair + index) / 2``; a query by example has no controls: its index AUROC). Neither half alone holds: a
+contrast direction separates a treatment from its own control almost always (pair AUROC near 1) while
+ranking the index near chance on semantic behaviours, and short pairs stand out from an index of long
+answers by their length alone (index AUROC near 1 for every whole-answer family). The members kept are every
+candidate within :data:`MARGIN` of the best, with equal weights (:func:`choose`): where several checks
+saturate, their fusion is kept rather than one of them picked by a tie. The rule was chosen by its worst case
+over the benchmark pools (bench/RESULTS.md, "The adaptive default").
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from actindex.query.constructions.base import unit_rows
 FOLDS = 5
 #: below this many pairs there is nothing to hold out: every candidate counts the same
 MIN_PAIRS = 4
-#: members kept by :func:`choose`
-KEEP = 4
+#: :func:`choose` keeps every candidate whose quality is within this of the best
+MARGIN = 0.03
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -98,13 +103,9 @@ def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray
     return PairCheck(pair_auroc=auroc(s_t, s_c) if paired else None, index_auroc=float(np.mean(index)))
 
 
-def choose(checks: list[PairCheck], keep: int = KEEP) -> np.ndarray:
-    """Members' weights: the best ``keep`` candidates by quality, weighted by ``2 q - 1`` (zero at chance), the
-    others 0. With no pair check (too few pairs) every candidate gets weight 1."""
+def choose(checks: list[PairCheck], margin: float = MARGIN) -> np.ndarray:
+    """Members' weights: 1 for every candidate whose quality is at least ``max_m q_m - margin``, else 0."""
     if not checks:
         return np.zeros(0)
     quality = np.array([c.quality for c in checks])
-    weights = np.zeros(len(checks))
-    best = np.argsort(-quality, kind="stable")[:keep]
-    weights[best] = np.clip(2 * quality[best] - 1, 1e-3, None)
-    return weights
+    return (quality >= quality.max() - margin).astype(np.float64)

@@ -227,6 +227,8 @@ def method_html(
     ]
     for note in [n for n in res.notes if n not in shared_notes] + run.notes:
         parts.append(f'<p class="note">note: {esc(note)}</p>')
+    if res.members:
+        parts.append(members_html(res.members))
     if len(run.scores):
         parts.append(
             "<h3>Score distribution</h3>"
@@ -254,6 +256,26 @@ def method_html(
             parts.append(f'<h3>{esc(title)}</h3><div class="cards">{cards}</div>')
     parts.append("</section>")
     return "".join(parts)
+
+
+def members_html(members: list[dict[str, Any]]) -> str:
+    """A fused query's members (as ``--explain`` lists them): for the adaptive default every candidate
+    (construction, family) with its held-out checks (pair AUROC: held-out treatments over their controls;
+    index AUROC: over the index's typical rows) and its weight in the fusion, the kept ones first."""
+    kept = sum(m["weight"] > 0 for m in members)
+    checked = any("index AUROC" in m for m in members)
+    rows = "".join(
+        f'<tr class="{"kept" if m["weight"] > 0 else "muted"}"><td><code>{esc(m["method"])}</code></td>'
+        f'<td><code>{esc(m["family"])}</code></td><td class="num">{m["weight"]:.2f}</td>'
+        f'<td class="num">{_fmt(m.get("pair AUROC"))}</td><td class="num">{_fmt(m.get("index AUROC"))}</td></tr>'
+        for m in members)
+    how = ("each candidate's query vector is formed without a fold of the pairs and scores the held-out ones "
+           "(no label, no extra model pass)" if checked else "not checked (fixed members, or too few pairs to "
+           "hold any out): equal weights")
+    title = "Members chosen by the held-out pairs" if checked else "Members of the fusion"
+    return (f'<h3>{title}</h3><p class="muted">{kept} of {len(members)} candidates kept; {how}</p>'
+            '<table class="members"><thead><tr><th>member</th><th>family</th><th>weight</th><th>pair AUROC</th>'
+            f"<th>index AUROC</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def comparison_html(runs: list[MethodRun], top_k: int) -> str:
@@ -366,7 +388,9 @@ def render_html(
         else f"positive = any value other than <code>{esc(CLEAN)}</code>"
     )
     first = runs[0].result
-    layers = ", ".join(str(m["layer"]) for m in first.members) if first.members else esc(config.layer or "default")
+    kept = [m for m in first.members if m.get("weight", 1) > 0]
+    layers = (", ".join(str(a) for a in sorted({m["layer"] for m in kept})) if kept
+              else esc(config.layer or "default"))
     settings = [
         ("index", f"<code>{esc(index.root)}</code>"),
         (

@@ -11,7 +11,7 @@ from actindex.query.fusion.base import (
 
 # the registry lists the rules in this order
 # isort: off
-from actindex.query.fusion.rrf import RRF_K, ReciprocalRankFusion, reciprocal_rank_fusion
+from actindex.query.fusion.rrf import RRF_K, ReciprocalRankFusion, rank_fused, reciprocal_rank_fusion
 from actindex.query.fusion.zmean import CalibratedMean
 # isort: on
 
@@ -23,5 +23,5 @@ def fusion_names() -> list[str]:
 
 __all__ = [
     "BOTTOM", "RRF_K", "TOP", "CalibratedMean", "FusionRule", "MemberRanking", "ReciprocalRankFusion", "calibrated",
-    "fusion_names", "reciprocal_rank_fusion", "robust_center_scale",
+    "fusion_names", "rank_fused", "reciprocal_rank_fusion", "robust_center_scale",
 ]

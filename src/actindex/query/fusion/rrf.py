@@ -28,9 +28,14 @@ class ReciprocalRankFusion(FusionRule):
     help = "reciprocal rank fusion: sum over members of 1 / (60 + rank)"
 
     def fuse(self, members: list[MemberRanking], side: str) -> tuple[np.ndarray, np.ndarray]:
-        lists = [m.ranked(side) for m in members]
-        n = 1 + max((int(r.max()) for r in lists if len(r)), default=-1)
-        score = reciprocal_rank_fusion(lists, n)
-        rows = np.flatnonzero(score > 0)
-        rows = rows[np.argsort(-score[rows], kind="stable")]
-        return rows, score[rows] if side == TOP else -score[rows]
+        return rank_fused([m.ranked(side) for m in members], side)
+
+
+def rank_fused(lists: list[np.ndarray], side: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, scores)`` of one side by :func:`reciprocal_rank_fusion` of ranked lists: the rows some list holds,
+    best first, with their score (negated for the bottom side, so it reads like a score of that side)."""
+    n = 1 + max((int(r.max()) for r in lists if len(r)), default=-1)
+    score = reciprocal_rank_fusion(lists, n)
+    rows = np.flatnonzero(score > 0)
+    rows = rows[np.argsort(-score[rows], kind="stable")]
+    return rows, score[rows] if side == TOP else -score[rows]

@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from actindex.core.families import MEAN_ACTIVATION, RESIDUAL_CHANGE, family_name
+from actindex.core.families import (
+    MEAN_ACTIVATION,
+    MEAN_ACTIVATION_OPENING,
+    RESIDUAL_CHANGE,
+    RESIDUAL_CHANGE_OPENING,
+    family_name,
+)
 from actindex.errors import IndexFileError
 from actindex.query.constructions import Construction
 from actindex.query.methods.base import FormedMember, QueryMethod, no_single_vector
@@ -39,8 +45,10 @@ class AdaptiveMethod(QueryMethod):
     help = "(default) fusion of the queries (construction x family x layer) the behaviour's held-out pairs rank best"
     fused = True
     fusion = "zmean"
-    #: the families tried, by kind, when the index holds them
-    kinds: ClassVar[tuple[str, ...]] = (RESIDUAL_CHANGE, MEAN_ACTIVATION)
+    #: the families tried, by kind, when the index holds them (the response-opening variants are built on
+    #: request: ``build --families ...,residual_change_opening,mean_activation_opening``)
+    kinds: ClassVar[tuple[str, ...]] = (RESIDUAL_CHANGE, MEAN_ACTIVATION, RESIDUAL_CHANGE_OPENING,
+                                        MEAN_ACTIVATION_OPENING)
     #: the construction every candidate family keeps when there are too few pairs to check (examples: the
     #: first that needs no controls)
     fallback: ClassVar[str] = "hybrid"
