@@ -31,13 +31,15 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--help-methods", is_flag=True, help="List the query methods and exit.")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: inverted lists visited per query.")
 @click.option("--ef-search", type=click.IntRange(min=1), help="HNSW indexes: candidate list size per query.")
+@click.option("--no-faiss-gpu", is_flag=True, help="Search on the CPU even when a GPU build of FAISS sees a GPU.")
 @click.option("--explain", is_flag=True, help="Also show the members of a fused method (weights, calibration).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
 @quiet_option
 @friendly
 def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: str | None, device: str,
           save_query: str | None, query_vector: str | None, help_methods: bool, nprobe: int | None,
-          ef_search: int | None, explain: bool, no_cache: bool, quiet: bool, **options: Any) -> None:
+          ef_search: int | None, no_faiss_gpu: bool, explain: bool, no_cache: bool, quiet: bool,
+          **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour."""
     if help_methods:
         from actindex.query.methods import QueryMethod
@@ -51,11 +53,7 @@ def query(index_dir: str | None, behaviors_: tuple[str, ...], fmt: str, model: s
 
     config = pop_config(QueryConfig, options)
     idx = Index.open(index_dir, cache=not no_cache, progress=not quiet)
-    if nprobe or ef_search:
-        from actindex.index.search import set_search_params
-
-        for family in idx.families:
-            set_search_params(idx.faiss_index(family), nprobe=nprobe, ef_search=ef_search)
+    idx.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
     results = []
     if query_vector:
         vector, meta = load_query_vector(query_vector)

@@ -351,7 +351,9 @@ def row_sources(index: Index, rows: Sequence[int]) -> dict[int, tuple[str, int]]
     out = {}
     for row in rows:
         source = next((f for f in files if f.first_row <= row < f.first_row + f.rows), files[0])
-        out[int(row)] = (source.path, int(table.line[row]))
+        recorded = int(table.source_row[row])  # a directory of shards: the shard holding the row
+        path = source.locate(recorded)[0] if source.sources and recorded >= 0 else source.path
+        out[int(row)] = (path, int(table.line[row]))
     return out
 
 
