@@ -149,8 +149,24 @@ def projection(p1: dict[str, dict[str, float]], ram: dict[str, float]) -> list[l
         ram_row = searched * faiss_row + table_row_ram
         for n in (10_000_000, 100_000_000):
             out.append([name, f"{n:,}", f"{disk_row * n / 1e12:.2f} TB" if disk_row * n > 1e12 else
-                        f"{disk_row * n / 1e9:.0f} GB", f"{ram_row * n / 1e9:.1f} GB", factory])
+                        f"{disk_row * n / 1e9:.0f} GB", f"{ram_row * n / 1e9:.1f} GB", factory,
+                        sharding(ram_row * n)])
     return out
+
+
+#: RAM one search host is assumed to give the FAISS indexes (the rest: the model, the OS, the page cache)
+HOST_RAM = 48e9
+
+
+def sharding(ram: float) -> str:
+    """How to lay out an index whose searched FAISS indexes take ``ram`` bytes: one index while they fit in
+    :data:`HOST_RAM`, else ``n = ceil(ram / HOST_RAM)`` shards (``build --shard i/n``), each searched on its own
+    host and the per-shard top k merged by score (or, on one host with n x that RAM, ``faiss.IndexShards``)."""
+    n = int(np.ceil(ram / HOST_RAM))
+    if n <= 1:
+        return "one index (fits one host)"
+    return (f"{n} shards (`build --shard i/{n}`): per-shard search, top k merged by score; or faiss.IndexShards "
+            f"on one host with {ram / 1e9:.0f} GB")
 
 
 def main() -> None:
@@ -180,7 +196,8 @@ def main() -> None:
                                "FAISS RAM bytes/row"], p2))
     body += ("\n\nPart 3: projected from the measured bytes per row (disk: metadata + families x (stored vector + "
              "FAISS); RAM: the searched families' FAISS indexes held in memory + the reader's 29-byte row table):\n\n"
-             + markdown_table(["configuration", "rows", "disk", "RAM to search", "factory"], projection(p1, ram)))
+             + markdown_table(["configuration", "rows", "disk", "RAM to search", "factory",
+                             f"sharding (hosts of {HOST_RAM / 1e9:.0f} GB for FAISS)"], projection(p1, ram)))
     print(body)
     if not args.no_record:
         append_section("Storage for internet scale", body)
