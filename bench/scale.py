@@ -187,7 +187,7 @@ def stage_output(stage: str, args: argparse.Namespace) -> tuple[Path | None, int
 
 def run_stage(stage: str, args: argparse.Namespace) -> dict[str, object]:
     command = stage_command(stage, args)
-    if stage == "export" and subprocess.run([*command[:3], "--help"], capture_output=True).returncode != 0:
+    if stage == "export" and subprocess.run([*command[:4], "--help"], capture_output=True).returncode != 0:
         return {"skipped": "no `actindex export` command in this tree (it is being built on another branch)"}
     if command is None:
         command = [sys.executable, __file__, "--child", stage, *sys.argv[1:]]
