@@ -289,7 +289,13 @@ def main() -> None:
     from actindex.query.behaviors import load_behavior
 
     skip = set(args.skip.split(","))
-    sizes = sorted(int(n) for n in args.sizes.split(","))
+    try:
+        sizes = sorted({int(n) for n in args.sizes.split(",")})
+    except ValueError:
+        ap.error(f"--sizes {args.sizes!r}: comma-separated row counts, e.g. 24,120")
+    if len(sizes) < 2 or sizes[0] < 1 or args.kron_rows < 4:
+        ap.error("--sizes needs two or more distinct positive row counts and --kron-rows at least 4: the cost per row "
+                 "at steady state is a slope between two sizes")
     threads = os.environ.get("PEERS_THREADS", "1")
     peers_bin = Path(args.peers_python).parent
     table: list[list[object]] = []

@@ -240,9 +240,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     store = work / "results.json"
     results = json.loads(store.read_text()) if store.exists() else {}
-    for stage in [s for s in args.stages.split(",") if s]:
-        if stage not in STAGES:
-            raise SystemExit(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:  # one line, exit 2, before any stage runs
+        ap.error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    for stage in stages:
         print(f"[{time.strftime('%H:%M:%S')}] {stage} ...", flush=True)
         results[stage] = run_stage(stage, args) | {"rows": args.rows, "date": time.strftime("%Y-%m-%d %H:%M")}
         store.write_text(json.dumps(results, indent=2))
