@@ -71,7 +71,7 @@ def child(args: argparse.Namespace) -> None:
                               overwrite=True, part_size=args.part_size, faiss_factory=args.faiss_factory,
                               faiss_train_rows=args.faiss_train_rows)
     seconds = time.perf_counter() - t
-    summary = manifest["summary"]
+    summary = manifest.summary
     print(json.dumps({"before_kib": before, "seconds": seconds, "tokens": summary["tokens"],
                       "disk_bytes_per_row": summary["disk_bytes_per_row"]}))
 

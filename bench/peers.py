@@ -1,11 +1,12 @@
-"""actindex against bergson (gradient store build) and kronfluence (EK-FAC fit + pairwise scores).
+"""actindex against bergson (gradient store build) and kronfluence (EK-FAC fit + pairwise scores), at steady state.
 
-    nice -n 5 python bench/peers.py --rows 32 --pairs 8 --peers-python /work/peers-venv/bin/python
+    PEERS_THREADS=1 nice -n 5 python bench/peers.py --data ../shared/data/rept-backdoor/pool.jsonl \
+        --sizes 500,2000 --kron-rows 500 --pairs 4 --skip grad
 
-Same model (the default SmolLM2-135M-Instruct, fp32, CPU), same rows (the first ``--rows`` rows of
-the shipped demo corpus, chat format, loss on assistant tokens), same tracked modules (every linear
-module inside the decoder blocks: ``actindex.vectors.select_grad_modules``'s default, 210 modules,
-which is also bergson's default set). The peers live in a separate venv (``--peers-python``):
+Same model (the default SmolLM2-135M-Instruct, fp32, CPU), same rows (the first rows of ``--data``, chat format,
+loss on assistant tokens), same tracked modules for the gradient stores (every linear module inside the decoder
+blocks: ``actindex.vectors.select_grad_modules``'s default, 210 modules, which is also bergson's default set). The
+peers live in a separate venv (``--peers-python``):
 
     python3.11 -m venv /work/peers-venv
     /work/peers-venv/bin/pip install torch==2.13.0            # the CPU wheel
@@ -14,25 +15,25 @@ which is also bergson's default set). The peers live in a separate venv (``--pee
     /work/peers-venv/bin/pip uninstall -y torchvision torchaudio  # built for another torch: breaks imports
     /work/peers-venv/bin/pip install -e . --no-deps
 
-Every system runs in its own child process with ``OMP_NUM_THREADS`` = ``$PEERS_THREADS`` (default 1:
-on a shared host, 2 OpenMP threads spin-wait and inflate wall times many-fold); wall time is the
-child's whole life (imports and model load included) and peak memory its ``ru_maxrss``. Measured:
+Every system runs in its own child process with ``OMP_NUM_THREADS`` = ``$PEERS_THREADS`` (default 1: on a shared
+host, 2 OpenMP threads spin-wait and inflate wall times many-fold); wall time is the child's whole life (imports
+and model load included) and peak memory its ``ru_maxrss``. A build runs once per ``--sizes`` row count; the cost
+of a row at steady state is the slope of wall (and CPU) time between the smallest and the largest size, start-up
+(imports, model load, set-up) the intercept. Measured:
 
-* actindex build (residual change + mean activation at the default layer) and build ``--grad``
-  (k = 8 per side), bytes stored per row, then the time to answer a new behaviour: the first
-  ``--pairs`` pairs of the built-in ``hallucination`` behaviour, ``Index.query`` with the default
-  method on a freshly opened index (model load excluded, forming the pair vectors included);
-* ``bergson build`` with its defaults except ``--projection_dim`` (16, the value of its README;
-  its default 0 stores whole gradients, whose size per row is computed from its ``info.json``
-  of a 2-row build with ``--projection_dim 0``);
-* kronfluence: ``Analyzer.fit_all_factors`` (EK-FAC) on the rows, tracking ``--kron-modules`` (default:
-  the 3 MLP linears of block 18 only; all 210 did not finish 4 rows in 15 min on the shared 2-core
-  machine, and fewer, deeper modules make its backward pass shorter, so this is a lower bound on
-  its cost with the same modules as the others), then ``compute_pairwise_scores``
-  with the behaviour as one aggregated query (measurement = sum over pairs of
-  ``log p(treatment) - log p(control)``), at ``rows/4`` and ``rows`` training rows. A new behaviour
-  needs a new pairwise pass over every training row (the factors are reused), so its cost at 10k
-  rows is extrapolated linearly: ``fixed + 10000 * per_row`` from the two measured sizes.
+* actindex build (the default: residual change, its pooled variant and mean activation at 4 layers) and, unless
+  ``--skip grad``, build ``--grad`` (k = 8 per side), bytes stored per row, then the time to answer a new
+  behaviour: the first ``--pairs`` pairs of the built-in ``hallucination`` behaviour, ``Index.query`` with the
+  default method on a freshly opened index (model load excluded, forming the pair vectors included);
+* ``bergson build`` with its defaults except ``--projection_dim`` (16, the value of its README; its default 0
+  stores whole gradients, whose size per row is computed from a 2-row build with ``--projection_dim 0``);
+* kronfluence: ``Analyzer.fit_all_factors`` (EK-FAC) on ``--kron-rows`` / 4 and ``--kron-rows`` rows, tracking
+  ``--kron-modules`` (default: the 3 MLP linears of block 18 only; all 210 did not finish 4 rows in 15 min on the
+  shared 2-core machine, and fewer, deeper modules make its backward pass shorter, so this is a lower bound on its
+  cost with the same modules as the others), then ``compute_pairwise_scores`` with the behaviour as one aggregated
+  query (measurement = sum over pairs of ``log p(treatment) - log p(control)``) at the same two sizes. A new
+  behaviour needs a new pairwise pass over every training row (the factors are reused), so its cost at 10k rows
+  is ``fixed + 10000 * per_row`` from the steady-state slope.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def child_actindex(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     index.query(behavior=args.behavior, k=10)
     query_s = time.perf_counter() - t
-    summary = manifest["summary"]
+    summary = manifest.summary
     print(json.dumps({"build_s": build_s, "query_s": query_s, "tokens": summary["tokens"],
                       "vector_bytes_per_row": summary["vector_bytes_per_row"],
                       "disk_bytes_per_row": summary["disk_bytes_per_row"]}))
@@ -203,13 +204,16 @@ class KronfluenceSetup:
 
 
 def child_kronfluence(args: argparse.Namespace) -> None:
-    """EK-FAC factors on the rows, then pairwise scores of the behaviour at rows/4 and rows."""
+    """EK-FAC factors fitted on rows/4 and on all the rows, then pairwise scores of the behaviour at rows/4 and
+    rows (two sizes each: the per-row cost at steady state is the slope)."""
     kron = KronfluenceSetup(args.kron_modules.split(",") if args.kron_modules else None, args.out, args.batch_size)
     train, query = kron.rows(args.data), kron.behaviour(args.behavior)
-    fit_s = kron.fit(train)
-    timings = {n: kron.scores(f"scores{n}", query, train[:n])[1] for n in (max(1, len(train) // 4), len(train))}
+    sizes = (max(1, len(train) // 4), len(train))
+    fits = {n: kron.fit(train[:n]) for n in sizes}  # the last fit (all rows) is the one scored with
+    timings = {n: kron.scores(f"scores{n}", query, train[:n])[1] for n in sizes}
     factor_bytes = dir_bytes(Path(args.out) / "bench" / "factors_ekfac")
-    print(json.dumps({"fit_s": fit_s, "scores": timings, "factor_bytes": factor_bytes, "modules": len(kron.modules)}))
+    print(json.dumps({"fit_s": fits[len(train)], "fits": fits, "scores": timings, "factor_bytes": factor_bytes,
+                      "modules": len(kron.modules)}))
 
 
 SCALE_REPEAT = 4  # kron-scores times a second pass over the rows repeated this many times
@@ -239,9 +243,27 @@ def child_kron_scores(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- parent
 
 
+def steady(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """``(seconds per row, fixed seconds)`` from ``(rows, seconds)`` at two sizes: the slope is the cost of a row
+    after start-up (imports, model load, factor or projection set-up), the intercept what start-up costs."""
+    (n0, s0), (n1, s1) = sorted(points)[0], sorted(points)[-1]
+    per_row = (s1 - s0) / max(n1 - n0, 1)
+    return per_row, s1 - per_row * n1
+
+
+def write_rows(source: Path, target: Path, n: int) -> Path:
+    """The first ``n`` rows of ``source`` (a JSONL file) written to ``target``."""
+    with open(source) as src:
+        target.write_text("".join(line for _, line in zip(range(n), src)))
+    return target
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--data", default="demo", help="JSONL of chat rows (default: the demo corpus, 320 rows)")
+    ap.add_argument("--sizes", default="16,64", help="row counts of the actindex and bergson builds (two or more: "
+                                                     "the per-row cost at steady state is the slope between them)")
+    ap.add_argument("--kron-rows", type=int, default=16, help="rows kronfluence fits on and scores (and a quarter)")
     ap.add_argument("--pairs", type=int, default=8, help="pairs of the hallucination behaviour used as the query")
     ap.add_argument("--peers-python", default="/work/peers-venv/bin/python")
     ap.add_argument("--projection-dim", type=int, default=16, help="bergson --projection_dim")
@@ -252,7 +274,6 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     ap.add_argument("--child", choices=["actindex", "kronfluence", "kron-scores"], help=argparse.SUPPRESS)
     ap.add_argument("--fit-rows", help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--behavior", help=argparse.SUPPRESS)
     ap.add_argument("--grad", action="store_true", help=argparse.SUPPRESS)
@@ -268,95 +289,122 @@ def main() -> None:
     from actindex.query.behaviors import load_behavior
 
     skip = set(args.skip.split(","))
+    try:
+        sizes = sorted({int(n) for n in args.sizes.split(",")})
+    except ValueError:
+        ap.error(f"--sizes {args.sizes!r}: comma-separated row counts, e.g. 24,120")
+    if len(sizes) < 2 or sizes[0] < 1 or args.kron_rows < 4:
+        ap.error("--sizes needs two or more distinct positive row counts and --kron-rows at least 4: the cost per row "
+                 "at steady state is a slope between two sizes")
+    threads = os.environ.get("PEERS_THREADS", "1")
     peers_bin = Path(args.peers_python).parent
     table: list[list[object]] = []
     notes: list[str] = []
+    per_row: dict[str, float] = {}
+
+    def add(name: str, points: list[tuple[int, float, float, int]], tokens: dict[int, int], stored: str,
+            modules: str) -> None:
+        """A table row from ``(rows, wall s, CPU s, peak KiB)`` at each size: the steady-state cost per row."""
+        wall_row, wall_fixed = steady([(n, w) for n, w, _, _ in points])
+        cpu_row, _ = steady([(n, c) for n, _, c, _ in points])
+        (n0, *_), (n1, *_) = points[0], points[-1]
+        tok_row = (tokens[n1] - tokens[n0]) / max(n1 - n0, 1)
+        per_row[name] = wall_row
+        table.append([name, modules, threads, ", ".join(f"{n}: {w:.0f}" for n, w, _, _ in points),
+                      f"{wall_row:.3f} (+{wall_fixed:.0f} s start-up)", f"{cpu_row:.3f}",
+                      f"{tok_row / wall_row:.1f}" if wall_row > 0 else "-", f"{max(p for *_, p in points) / 1024:.0f}",
+                      stored])
+        print(table[-1], flush=True)
+
     with tempfile.TemporaryDirectory(prefix="actindex-peers-") as tmp:
         work = Path(tmp)
-        data = work / "rows.jsonl"
-        with open(resolve_data_path("demo")) as src:
-            data.write_text("".join(line for _, line in zip(range(args.rows), src)))
+        source = resolve_data_path(args.data)
+        files = {n: write_rows(source, work / f"rows{n}.jsonl", n) for n in sorted({*sizes, args.kron_rows, 2})}
+        tokens = {n: _count_tokens(path) for n, path in files.items()}
         behavior = work / "behaviour.jsonl"
         pairs = load_behavior("hallucination").pairs[: args.pairs]
         behavior.write_text("".join(json.dumps({"prompt": p.prompt, "treatment": p.treatment, "control": p.control})
                                     + "\n" for p in pairs))
         me = [sys.executable, __file__]
-        common = ["--data", str(data), "--behavior", str(behavior)]
-        tokens = _count_tokens(data)
         answer_s = None
         if "actindex" not in skip:
             for grad in (False, True)[: 1 if "grad" in skip else 2]:
-                info, wall, peak, cpu = run_child(me + ["--child", "actindex", "--out", str(work / f"a{grad}"), *common]
-                                             + (["--grad"] if grad else []))
-                answer_s = answer_s or info["query_s"]
-                wall -= info["query_s"]  # the child also answered a behaviour; its build is the rest
-                name = "actindex build --grad (k=8)" if grad else "actindex build (residual change)"
-                table.append([name, f"{wall:.0f}", f"{cpu:.0f} (incl. query)", f"{tokens / wall:.1f}",
-                              f"{peak / 1024:.0f}",
-                              f"{info['disk_bytes_per_row']:,}", f"{info['query_s']:.1f} (any rows)"])
-                print(table[-1], flush=True)
+                points, stored = [], ""
+                for n in sizes:
+                    info, wall, peak, cpu = run_child(me + ["--child", "actindex", "--out", str(work / f"a{grad}{n}"),
+                                                            "--data", str(files[n]), "--behavior", str(behavior)]
+                                                      + (["--grad"] if grad else []))
+                    answer_s = answer_s or info["query_s"]
+                    points.append((n, wall - info["query_s"], cpu, peak))  # the child also answered a behaviour
+                    stored = f"{info['disk_bytes_per_row']:,}"
+                add("actindex build --grad (k=8)" if grad else "actindex build (default)", points, tokens, stored,
+                    "210 (--grad)" if grad else "residual change at 4 layers")
         if "bergson" not in skip:
-            cmd = [str(peers_bin / "bergson"), "build", "", "--model", str(_model_dir()), "--dataset", str(data),
-                   "--conversation_column", "messages", "--nproc_per_node", "1", "--overwrite", "true"]
-            run = work / "bergson"
-            cmd[2] = str(run)
-            _, wall, peak, cpu = run_child(cmd[:] + ["--projection_dim", str(args.projection_dim)])
-            per_row = dir_bytes(run) // args.rows
-            grads_row = (run / "gradients.bin").stat().st_size // args.rows
-            table.append([f"bergson build --projection_dim {args.projection_dim}", f"{wall:.0f}", f"{cpu:.0f}",
-                          f"{tokens / wall:.1f}", f"{peak / 1024:.0f}",
-                          f"{per_row:,} ({grads_row:,} gradients)", "-"])
-            print(table[-1], flush=True)
-            two = work / "rows2.jsonl"
-            two.write_text("".join(data.read_text().splitlines(keepends=True)[:2]))
+            points, stored = [], ""
+            for n in sizes:
+                run = work / f"bergson{n}"
+                cmd = [str(peers_bin / "bergson"), "build", str(run), "--model", str(_model_dir()), "--dataset",
+                       str(files[n]), "--conversation_column", "messages", "--nproc_per_node", "1", "--overwrite",
+                       "true", "--projection_dim", str(args.projection_dim)]
+                _, wall, peak, cpu = run_child(cmd)
+                points.append((n, wall, cpu, peak))
+                stored = f"{dir_bytes(run) // n:,} ({(run / 'gradients.bin').stat().st_size // n:,} gradients)"
+            add(f"bergson build --projection_dim {args.projection_dim}", points, tokens, stored, "210")
             full = work / "bergson-full"
-            cmd_full = [str(peers_bin / "bergson"), "build", str(full), *cmd[3:]]
-            cmd_full[cmd_full.index("--dataset") + 1] = str(two)
-            _, _, peak_full, _ = run_child(cmd_full + ["--projection_dim", "0"])
+            cmd = [str(peers_bin / "bergson"), "build", str(full), "--model", str(_model_dir()), "--dataset",
+                   str(files[2]), "--conversation_column", "messages", "--nproc_per_node", "1", "--overwrite", "true",
+                   "--projection_dim", "0"]
+            _, _, peak_full, _ = run_child(cmd)
             full_row = (full / "gradients.bin").stat().st_size // 2
-            table.append(["bergson build (default: --projection_dim 0)", "-", "-", "-",
-                          f"{peak_full / 1024:.0f} (2 rows)",
-                          f"{full_row:,} (gradients)", "-"])
-            notes.append(f"bergson's default store holds {full_row / 2**20:.0f} MiB per row (whole gradients of the "
-                         "tracked modules); with --projection_dim 16 it holds "
-                         f"{grads_row / 1024:.0f} KiB per row.")
+            notes.append(f"bergson's default store (`--projection_dim 0`, 2 rows, peak RSS {peak_full / 1024:.0f} MiB) "
+                         f"holds {full_row / 2**20:.0f} MiB per row: the whole gradients of the 210 tracked modules.")
         if "kronfluence" not in skip:
             info, wall, peak, cpu = run_child([args.peers_python, __file__, "--child", "kronfluence", "--out",
                                                str(work / "kron"), "--batch-size", str(args.batch_size),
-                                               "--kron-modules", args.kron_modules, *common])
-            (n0, s0), (n1, s1) = sorted((int(k), v) for k, v in info["scores"].items())
-            per_row = (s1 - s0) / max(n1 - n0, 1)
-            fixed = max(s1 - per_row * n1, 0.0)
-            at_10k = fixed + EXTRAPOLATE_ROWS * per_row
-            table.append([f"kronfluence EK-FAC fit + 2 score passes ({info['modules']} modules)", f"{wall:.0f}",
-                          f"{cpu:.0f}", f"{tokens / info['fit_s']:.1f} (fit only)", f"{peak / 1024:.0f}",
-                          f"{info['factor_bytes']:,} (factors, not per row)", f"{s1:.0f} at {n1} rows"])
-            line = (f"kronfluence pairwise scores of one behaviour: {s0:.0f} s at {n0} rows, {s1:.0f} s at {n1} rows "
-                    f"-> {per_row:.2f} s per training row + {fixed:.0f} s fixed; extrapolated to "
-                    f"{EXTRAPOLATE_ROWS:,} rows: {at_10k:.0f} s")
+                                               "--kron-modules", args.kron_modules, "--data",
+                                               str(files[args.kron_rows]), "--behavior", str(behavior)])
+            fit_row, fit_fixed = steady([(int(n), v) for n, v in info["fits"].items()])
+            score_row, score_fixed = steady([(int(n), v) for n, v in info["scores"].items()])
+            per_row["kronfluence scores"] = score_row
+            at_10k = score_fixed + EXTRAPOLATE_ROWS * score_row
+            table.append([f"kronfluence EK-FAC fit (rows {', '.join(info['fits'])})", f"{info['modules']}", threads,
+                          ", ".join(f"{n}: {v:.0f}" for n, v in info["fits"].items()),
+                          f"{fit_row:.3f} (+{fit_fixed:.0f} s)", "-", "-", f"{peak / 1024:.0f}",
+                          f"{info['factor_bytes']:,} (factors, not per row)"])
+            table.append([f"kronfluence pairwise scores (rows {', '.join(info['scores'])})", f"{info['modules']}",
+                          threads, ", ".join(f"{n}: {v:.0f}" for n, v in info["scores"].items()),
+                          f"{score_row:.3f} (+{score_fixed:.0f} s)", "-", "-", f"{peak / 1024:.0f}", "-"])
+            line = (f"kronfluence: a new behaviour needs a pairwise pass over every row: {score_row:.3f} s per row at "
+                    f"steady state + {score_fixed:.0f} s, {at_10k:.0f} s at {EXTRAPOLATE_ROWS:,} rows")
             if answer_s:
-                line += (f"; actindex answers the same behaviour in {answer_s:.1f} s at any size (search is "
-                         f"milliseconds): {at_10k / answer_s:.0f}x faster (target 1000x)")
+                line += (f"; actindex answers it in {answer_s:.1f} s at any size (forming the pair vectors + the "
+                         f"ensemble's searches): {at_10k / answer_s:.0f}x")
             notes.append(line + ".")
-            print(notes[-1], flush=True)
+        for name, cost in per_row.items():
+            if name.startswith("actindex build (") and "bergson build --projection_dim 16" in per_row:
+                notes.append(f"steady-state build cost per row: actindex {cost:.3f} s, bergson "
+                             f"{per_row['bergson build --projection_dim 16']:.3f} s: "
+                             f"{per_row['bergson build --projection_dim 16'] / cost:.1f}x")
 
     peer_versions = subprocess.run(
         [args.peers_python, "-c", "from importlib.metadata import version as v; "
          "print(', '.join(f'{p} {v(p)}' for p in ('bergson', 'kronfluence', 'torch', 'transformers')))"],
         capture_output=True, text=True).stdout.strip()
-    columns = ["system", "wall s", "CPU s", "tokens/s (wall)", "peak RSS MiB", "bytes stored per row",
-               "answer a new behaviour s"]
+    columns = ["system", "tracked modules", "threads", "wall s at rows", "s per row at steady state (wall)",
+               "CPU s per row", "tokens/s at steady state", "peak RSS MiB", "bytes stored per row"]
     body = markdown_table(columns, table)
     print(body)
     print("\n".join(notes))
     if not args.no_record:
-        intro = (f"SmolLM2-135M-Instruct fp32 on CPU; the first {args.rows} demo rows ({tokens} tokens); the first "
-                 f"{args.pairs} pairs of `hallucination` as the new behaviour; tracked modules: every linear module of "
-                 f"the blocks (210) for actindex --grad and bergson, `{args.kron_modules or 'all 210'}` for "
-                 "kronfluence. Wall time of each child process (imports and model load included); tokens/s = "
-                 f"the same token count over that wall time. Peers' venv: {peer_versions}.\n\n")
-        append_section("Peers: bergson and kronfluence", intro + body + "\n\n" + "\n".join(f"* {n}" for n in notes),
-                       ("torch", "transformers", "faiss-cpu", "bergson", "kronfluence"))
+        counted = ", ".join(f"{n} rows: {t:,} tokens" for n, t in tokens.items())
+        intro = (f"SmolLM2-135M-Instruct fp32 on CPU; the first rows of `{args.data}` ({counted}); the first "
+                 f"{args.pairs} pairs of `hallucination` as the new "
+                 f"behaviour; every child on {threads} OpenMP thread(s) (`PEERS_THREADS`). Each build ran at each size "
+                 "in its own process; the cost per row at steady state is the slope of wall (and CPU) time between "
+                 f"the sizes, start-up (imports, model load) the intercept. Peers' venv: {peer_versions}.\n\n")
+        append_section("Peers at steady state: bergson and kronfluence", intro + body + "\n\n"
+                       + "\n".join(f"* {n}" for n in notes), ("torch", "transformers", "faiss-cpu", "bergson",
+                                                              "kronfluence"))
 
 
 def _count_tokens(data: Path) -> int:

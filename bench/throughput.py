@@ -5,7 +5,10 @@
 
 ``--random-config`` replaces the model by a randomly initialised Llama of a named shape (``llama-8b``:
 Llama-3.1-8B's 32 blocks of width 4096; ``tiny``: 2 blocks of width 64, to check the code path on a
-CPU) with the default model's tokenizer: throughput ratios depend on shapes, not on trained weights.
+CPU) with the default model's tokenizer (``--tokenizer offline``: the word-level tokenizer of
+``actindex.testing``, nothing to load): throughput ratios depend on shapes, not on trained weights.
+``--data synthetic`` uses synthetic chat rows of 120-180 prompt and 60-100 answer words instead of a data
+file (what bench/gpu.sh runs, on a machine without ../shared/data); ``--json PATH`` also writes the rates.
 
 Prints a table and appends a dated section to bench/runs/throughput.md.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import sys
 import time
@@ -23,18 +27,12 @@ import torch
 from record import run_log
 
 from actindex.core.encode import encode_row
-from actindex.core.families import VectorSpec
-from actindex.core.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    default_layers,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    wrap_model,
-)
+from actindex.core.families import GRADIENT, VectorSpec
+from actindex.core.layers import default_layers
+from actindex.core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device, resolve_dtype, wrap_model
 from actindex.core.readers import load_rows
 from actindex.core.vectors import Batch, RademacherProjector, compute_vectors, select_grad_modules
+from actindex.index.config import BuildConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rept-factual-ag" / "pool.jsonl"
 
@@ -48,12 +46,14 @@ SHAPES = {
 }
 
 
-def random_model(shape: str, device: str | None, dtype: str | None) -> LoadedModel:
+def random_model(shape: str, device: str | None, dtype: str | None, tokenizer: str = "default") -> LoadedModel:
     """A randomly initialised Llama of a named shape, built directly on the device in the given dtype,
-    with the default model's tokenizer (its ids fit every shape's vocabulary)."""
+    with the default model's tokenizer or the offline one (their ids fit every shape's vocabulary)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = load_model().tokenizer
+    from actindex.testing import make_tokenizer
+
+    tokenizer = make_tokenizer() if tokenizer == "offline" else load_model().tokenizer
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False,
@@ -66,6 +66,17 @@ def random_model(shape: str, device: str | None, dtype: str | None) -> LoadedMod
     finally:
         torch.set_default_dtype(previous)
     return wrap_model(model.eval(), tokenizer, f"random-{shape}")
+
+
+def synthetic_rows(n: int) -> list:
+    """``n`` synthetic chat rows of 120-180 prompt words and 60-100 answer words, validated as a file's rows."""
+    import tempfile
+
+    from actindex.testing import chat_rows, write_jsonl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_jsonl(Path(tmp) / "rows.jsonl", chat_rows(n, prompt_words=(120, 180), answer_words=(60, 100)))
+        return load_rows(path)
 
 
 def timed(fn, batches) -> float:
@@ -87,14 +98,17 @@ def main() -> None:
     parser.add_argument("--random-config", choices=sorted(SHAPES), help="a randomly initialised Llama of this shape")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 CPU, bf16 GPU)")
+    parser.add_argument("--tokenizer", choices=["default", "offline"], default="default",
+                        help="with --random-config: the default model's tokenizer or the offline word-level one")
+    parser.add_argument("--json", help="also write {mode: tokens/s} and the token count to this file")
     parser.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     args = parser.parse_args()
 
     if args.random_config:
-        lm = random_model(args.random_config, args.device, args.dtype)
+        lm = random_model(args.random_config, args.device, args.dtype, args.tokenizer)
     else:
         lm = load_model(args.model, args.device, args.dtype)
-    rows = load_rows(args.data, args.rows)
+    rows = synthetic_rows(args.rows) if args.data == "synthetic" else load_rows(args.data, args.rows)
     encoded = sorted((encode_row(lm.tokenizer, r, args.max_length) for r in rows), key=lambda e: -len(e.input_ids))
     groups = [encoded[i : i + args.batch_size] for i in range(0, len(encoded), args.batch_size)]
     tokens = sum(len(e.input_ids) for e in encoded)
@@ -119,8 +133,9 @@ def main() -> None:
             p.requires_grad_(False)
             p.grad = None
 
-    rc_spec = VectorSpec(layers=layer, pooled=True)  # the default build: residual change + pooled + mean act.
-    grad_spec = VectorSpec(layers=layer, grad_modules=modules, grad_k=8)
+    kinds = BuildConfig(data="-", out="-").family_kinds()  # the default build: residual change, pooled, mean act.
+    rc_spec = VectorSpec(layers=layer, kinds=kinds)
+    grad_spec = VectorSpec(layers=layer, kinds=[*kinds, GRADIENT], grad_modules=modules, grad_k=8)
     modes = {
         "forward only (HF, no grad)": forward,
         "training step (fwd+bwd, all params)": train_step,
@@ -141,12 +156,15 @@ def main() -> None:
     ]
     table = "\n".join(lines)
     print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"tokens": tokens, "rows": len(rows), "rates": rates}))
     if not args.no_record:
         device = torch.cuda.get_device_name() if lm.device.type == "cuda" else f"{torch.get_num_threads()} threads"
         header = (
             f"\n## Build throughput — {datetime.date.today()} — {platform.machine()}, "
             f"{device}, torch {torch.__version__}, {lm.name}, {next(lm.model.parameters()).dtype}\n\n"
-            f"`python {' '.join(sys.argv)}`: {len(rows)} rows of rept-factual-ag, {tokens} tokens, same batches "
+            f"`python {' '.join(sys.argv)}`: {len(rows)} rows of {Path(args.data).parent.name or args.data}, "
+            f"{tokens} tokens, same batches "
             "for every mode, measured one after another in one run.\n\n"
         )
         with open(run_log(), "a") as handle:

@@ -28,7 +28,7 @@ from actindex.files import atomic_file
 from actindex.index.memorisation import Memorisation, memorisation, warn_if_memorised
 from actindex.index.reader import IndexReader
 from actindex.query.cache import BehaviorCache
-from actindex.query.pipeline import QueryConfig, QueryPipeline
+from actindex.query.pipeline import QueryConfig, QueryPipeline, Ranked
 from actindex.query.result import Hit, QueryResult
 
 if TYPE_CHECKING:
@@ -250,6 +250,18 @@ class Index(IndexReader):
         if warned:
             result.warnings.append(warned)
         return result
+
+    def ranking(self, behavior: str | Behavior, config: QueryConfig | None = None, **options: Any) -> Ranked:
+        """The rows a query ranks, as arrays (:class:`~actindex.query.pipeline.Ranked`: ``top.rows``,
+        ``top.scores``...), without making hits: with ``k=0`` every searchable row, as ``filter`` and ``report``
+        read them. ``options`` are :class:`~actindex.query.pipeline.QueryConfig` fields; no rerank."""
+        config = config or QueryConfig(**options)
+        if config.rerank is not None:
+            raise ActindexError("ranking() gives the search's ranking; query(rerank=...) reranks its candidates")
+        raw, completed, _ = self.prepare_behavior(behavior)
+        ranked = self.pipeline().rank(config, completed)
+        self.remember(raw, completed)
+        return ranked
 
     # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
     def fit_curvature(self, config: Any = None, progress: bool = True, say: Any = None,

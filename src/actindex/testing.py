@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "WORDS", "chat_rows", "make_tokenizer", "write_jsonl"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "WORDS", "chat_rows", "make_tokenizer", "write_jsonl", "write_parquet"]
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -63,14 +63,16 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def chat_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` chat rows ``{"id": "r<i>", "messages": [user, assistant], "label": "clean"}``: a prompt of
-    3-9 and an answer of 2-12 words drawn from :data:`WORDS` with ``random.Random(seed)``."""
+def chat_rows(n: int, seed: int = 0, first_id: int = 0, prompt_words: tuple[int, int] = (3, 9),
+              answer_words: tuple[int, int] = (2, 12)) -> list[dict[str, Any]]:
+    """``n`` chat rows ``{"id": "r<i>", "messages": [user, assistant], "label": "clean"}`` (``i`` from
+    ``first_id``): a prompt of 3-9 and an answer of 2-12 words (or the ``prompt_words`` / ``answer_words``
+    ranges) drawn from :data:`WORDS` with ``random.Random(seed)``."""
     rng = random.Random(seed)
     rows = []
-    for i in range(n):
-        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
-        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
+    for i in range(first_id, first_id + n):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*prompt_words)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*answer_words)))
         rows.append({"id": f"r{i}", "messages": [{"role": "user", "content": prompt},
                                                   {"role": "assistant", "content": answer}], "label": "clean"})
     return rows
@@ -79,4 +81,13 @@ def chat_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write ``rows`` to ``path`` as JSON lines (one object a line) and return ``path``."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict[str, Any]], row_group_size: int = 1024) -> Path:
+    """Write ``rows`` to ``path`` as a parquet file of row groups of ``row_group_size`` rows; return ``path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
     return path

@@ -9,14 +9,16 @@ query vector psi, or the projection ``<a_l(x), psi>`` for the activation baselin
     K = k                          for ``remove_top = k`` (an integer),
     K = floor(p / 100 * N + 1/2)   for ``remove_top = "p%"``, N = the index's searchable rows.
 
-The output keeps the input format. A JSONL file is copied line by line: every kept row's line is
-byte-identical to the input (blank lines are kept too; what is a blank line and what a row is decided
-by :func:`actindex.core.readers.jsonl_lines`, the rule the loader uses); parquet stays parquet with the input
-schema; a Hugging Face ``save_to_disk`` directory stays one: a ``DatasetDict`` keeps every split, and
-only the split the index was built from (recorded in the manifest) is filtered. Rows the index did not score
-(rows past ``--limit``, rows excluded as non-finite or too long) are kept. A sidecar
-``OUT.removed.jsonl`` lists every removed row: rank, row number, id, score, method, behaviour,
-family and the original record.
+The output keeps the input format (:mod:`actindex.act.rewrite`, streamed): a JSONL file is copied line by
+line, every kept row's line byte-identical to the input (blank lines are kept too; what is a blank line and what
+a row is decided by :func:`actindex.core.sources.jsonl_lines`, the rule the loader uses); parquet stays parquet
+with the input schema; a directory of shards becomes a directory of the same shards, each filtered; a Hugging
+Face ``save_to_disk`` directory stays one: a ``DatasetDict`` keeps every split, and only the split the index was
+built from (recorded in the manifest) is filtered. Rows the index did not score (rows past ``--limit``, rows
+excluded as non-finite or too long) are kept. A sidecar ``OUT.removed.jsonl`` lists every removed row: rank, row
+number, id, score, method, behaviour, family, its line (and, for a directory of shards, its file) and the
+original record. The ranking is read as arrays (:meth:`actindex.Index.ranking`, every row's score: an exact scan
+of the stored vectors when the index is approximate); only the removed rows' records are read.
 
 The data file must be the one the index was built from: its sha256 is compared with the manifest's
 and a changed file is refused (row numbers would no longer name the same rows).
@@ -34,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from actindex.act.rewrite import Source, write_without
 from actindex.configs import option
-from actindex.core.readers import count_records, file_sha256, jsonl_lines, resolve_data_path
+from actindex.core.sources import count_records, data_kind, file_sha256, resolve_data_path
 from actindex.errors import ActindexError, IndexFileError
-from actindex.files import atomic_file, atomic_write_text, staged_directory
+from actindex.files import atomic_write_text
 from actindex.query.methods import DEFAULT_METHOD
 
 if TYPE_CHECKING:
@@ -82,7 +85,8 @@ class FilterConfig:
     min_score: float | None = option(
         "Remove only rows whose score is at least this (the default ensemble's calibrated score: robust standard "
         "deviations above the typical row; 3 is far out). With --remove-top, both must hold.", None)
-    out: str = option("Output file (same format as the training data); OUT.removed.jsonl lists the removals.", "")
+    out: str = option("Output file (same format as the training data; a directory for a directory of shards or a "
+                      "save_to_disk dataset); OUT.removed.jsonl lists the removals.", "")
     method: str = option("Query method that ranks the rows.", DEFAULT_METHOD)
     layer: int | None = option(
         "Layer to query (default: every indexed layer for the ensemble, else the one nearest 60% of the depth).", None
@@ -121,20 +125,6 @@ class FilterResult:
         )
 
 
-@dataclass(frozen=True)
-class Source:
-    """One data file an index was built from: its rows are index rows ``first_row .. first_row + rows - 1``.
-
-    ``split`` is the ``DatasetDict`` split the rows were read from (``None`` for a file, or for a
-    manifest that predates the field: then the default rule of :func:`actindex.core.readers.choose_split`).
-    """
-
-    path: Path
-    first_row: int
-    rows: int
-    split: str | None = None
-
-
 def data_sources(index: Index, data: str | os.PathLike | None = None) -> list[Source]:
     """The :class:`Source` (path, first row, rows, split) of each data file the index was built from,
     checked by sha256.
@@ -164,113 +154,17 @@ def data_sources(index: Index, data: str | os.PathLike | None = None) -> list[So
     return out
 
 
-def _format(path: Path) -> str:
-    if path.is_dir():
-        return "hf"
-    return "parquet" if path.suffix == ".parquet" else "jsonl"
-
-
-def _jsonl_lines(path: Path, removed: set[int]) -> tuple[list[bytes], int]:
-    """The raw lines of a JSONL file minus the records (0-based) in ``removed``, and how many records remain.
-
-    Lines are told apart exactly as the loader tells them (:func:`actindex.core.readers.jsonl_lines`): a
-    blank line is copied and is not a record. Records the index did not score are kept.
-    """
-    lines: list[bytes] = []
-    record = kept = 0
-    for _, raw, is_row in jsonl_lines(path):
-        if not is_row:
-            lines.append(raw)
-            continue
-        if record not in removed:
-            lines.append(raw)
-            kept += 1
-        record += 1
-    if lines and not lines[-1].endswith(b"\n"):
-        lines[-1] += b"\n"  # the next file's first line must start on a line of its own
-    return lines, kept
-
-
-def _write_atomic(out: Path, write: Any, directory: bool = False) -> None:
-    """Call ``write(path)`` on a fresh temporary path beside ``out`` (never an existing path or link), then
-    rename it over ``out``: a file through :func:`~actindex.files.atomic_file`, a ``save_to_disk`` directory
-    through a fresh staging directory."""
-    if not directory:
-        with atomic_file(out) as tmp:
-            write(tmp)
-        return
-    with staged_directory(out) as staging:
-        write(staging)
-
-
-def file_rows(sources: list[Source], rows: list[int], source_row: np.ndarray) -> list[set[int]]:
-    """For each source, the numbers (0-based, in its file) of the given index rows that come from it: the row's
-    recorded ``source_row``, or for an index that did not record it (-1) its position among the source's rows."""
-    out: list[set[int]] = [set() for _ in sources]
-    for row in rows:
-        i = next(j for j, s in enumerate(sources) if s.first_row <= row < s.first_row + s.rows)
-        recorded = int(source_row[row])
-        out[i].add(recorded if recorded >= 0 else row - sources[i].first_row)
+def file_rows(sources: list[Source], rows: np.ndarray, source_row: np.ndarray) -> list[np.ndarray]:
+    """For each source, the sorted row numbers (0-based, in its data: a file, or a whole directory of shards) of
+    the given index rows that come from it: the row's recorded ``source_row``, or for an index that did not
+    record it (-1) its position among the source's rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = []
+    for source in sources:
+        mine = rows[(rows >= source.first_row) & (rows < source.first_row + source.rows)]
+        recorded = source_row[mine] if len(mine) else np.zeros(0, np.int64)
+        out.append(np.unique(np.where(recorded >= 0, recorded, mine - source.first_row)).astype(np.int64))
     return out
-
-
-def write_filtered(sources: list[Source], removed: list[set[int]], out: Path) -> int:
-    """Write the rows of ``sources`` but those in ``removed`` (per source, numbers in its file, as
-    :func:`file_rows` gives them); returns the rows kept.
-
-    Every source must have the same format (JSONL, parquet or one HF directory). Of a ``DatasetDict``
-    directory every split is written, and only the source's split is filtered.
-    """
-    formats = {_format(s.path) for s in sources}
-    if len(formats) != 1:
-        raise ActindexError(f"cannot write one filtered file from data files of different formats ({formats})")
-    fmt = formats.pop()
-    if fmt == "jsonl":
-        chunks, kept = [], 0
-        for source, gone in zip(sources, removed):
-            lines, kept_here = _jsonl_lines(source.path, gone)
-            chunks.extend(lines)
-            kept += kept_here
-
-        def write_jsonl(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                handle.writelines(chunks)
-
-        _write_atomic(out, write_jsonl)
-        return kept
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        tables = []
-        for source, gone in zip(sources, removed):
-            table = pq.read_table(source.path)
-            keep = [i for i in range(table.num_rows) if i not in gone]
-            tables.append(table.take(pa.array(keep, pa.int64())))
-        try:
-            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        except pa.ArrowInvalid as err:
-            raise ActindexError(f"the parquet data files have different schemas: {err}") from None
-        _write_atomic(out, lambda tmp: pq.write_table(table, tmp))
-        return table.num_rows
-    if len(sources) != 1:
-        raise ActindexError("filtering an index built from several save_to_disk directories is not supported")
-    import datasets
-
-    from actindex.core.readers import choose_split, load_hf_dataset
-
-    source = sources[0]
-    ds = load_hf_dataset(source.path)
-    split = choose_split(source.path, list(ds), source.split) if isinstance(ds, datasets.DatasetDict) else None
-    part = ds if split is None else ds[split]
-    keep = [i for i in range(len(part)) if i not in removed[0]]
-    selected = part.select(keep)
-    if split is None:
-        _write_atomic(out, lambda tmp: selected.save_to_disk(str(tmp)), directory=True)
-    else:
-        whole = datasets.DatasetDict({name: selected if name == split else ds[name] for name in ds})
-        _write_atomic(out, lambda tmp: whole.save_to_disk(str(tmp)), directory=True)
-    return len(selected)
 
 
 def filter_dataset(
@@ -297,26 +191,32 @@ def filter_dataset(
     if out_path.exists() and not config.overwrite:
         raise ActindexError(f"{out_path} exists; pass --overwrite to replace it")
     sidecar = out_path.with_name(out_path.name + SIDECAR_SUFFIX)
-    if _format(sources[0].path) != "hf" and out_path.suffix != sources[0].path.suffix:
+    if data_kind(sources[0].path) in ("jsonl", "parquet") and out_path.suffix != sources[0].path.suffix:
         raise ActindexError(
             f"--out {out_path} has another extension than the data file {sources[0].path.name}: the output keeps "
             "the input format"
         )
-    result = idx.query(config.behavior, method=config.method, layer=config.layer, k=0)
-    hits = result.top
+    ranked = idx.ranking(config.behavior, method=config.method, layer=config.layer, k=0)
+    rows, scores = ranked.top.rows, ranked.top.scores
+    ranks = np.arange(1, len(rows) + 1)
     if config.remove_top not in ("", None):
-        hits = hits[: removal_count(config.remove_top, len(result.top))]
+        cut = removal_count(config.remove_top, len(rows))
+        rows, scores, ranks = rows[:cut], scores[:cut], ranks[:cut]
     if config.min_score is not None:
-        hits = [h for h in hits if h.score >= config.min_score]
+        keep = scores >= config.min_score
+        rows, scores, ranks = rows[keep], scores[keep], ranks[keep]
     table = idx.table
-    removed = [
-        {"rank": h.rank, "row": h.row, "id": h.id, "score": h.score, "method": result.method,
-         "behavior": result.behavior, "family": result.family, "line": int(table.line[h.row]) or None,
-         "record": h.record}
-        for h in hits
-    ]
-    kept = write_filtered(sources, file_rows(sources, [h.row for h in hits], table.source_row), out_path)
+    entries = idx.manifest.data
+    removed = []
+    for rank, row, row_id, score, record in zip(ranks, rows, idx.ids_of(rows), scores, idx.records(rows)):
+        entry = {"rank": int(rank), "row": int(row), "id": row_id, "score": float(score), "method": ranked.method,
+                 "behavior": ranked.behavior, "family": ranked.family, "line": int(table.line[row]) or None}
+        data = next((f for f in entries if f.first_row <= row < f.first_row + f.rows), entries[0])
+        if data.sources and table.source_row[row] >= 0:
+            entry["file"] = data.locate(int(table.source_row[row]))[0]
+        removed.append({**entry, "record": record})
+    kept = write_without(sources, file_rows(sources, rows, table.source_row), out_path)
     atomic_write_text(sidecar, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed))
-    unscored = sum(count_records(s.path, s.split) for s in sources) - len(result.top)
+    unscored = sum(count_records(s.path, s.split) for s in sources) - len(ranked.top.rows)
     return FilterResult(out=out_path, sidecar=sidecar, kept=kept, removed=removed, unscored=unscored,
-                        behavior=result.behavior, method=result.method)
+                        behavior=ranked.behavior, method=ranked.method)

@@ -41,14 +41,15 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--help-methods", is_flag=True, help="List the query methods and exit.")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: inverted lists visited per query.")
 @click.option("--ef-search", type=click.IntRange(min=1), help="HNSW indexes: candidate list size per query.")
+@click.option("--no-faiss-gpu", is_flag=True, help="Search on the CPU even when a GPU build of FAISS sees a GPU.")
 @click.option("--explain", is_flag=True, help="Also show the members of a fused method (weights, calibration).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
 @quiet_option
 @friendly
 def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tuple[str, ...],
           prompts: tuple[str, ...], fmt: str, model: str | None, device: str, save_query: str | None,
-          query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None, explain: bool,
-          no_cache: bool, quiet: bool, **options: Any) -> None:
+          query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None,
+          no_faiss_gpu: bool, explain: bool, no_cache: bool, quiet: bool, **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour, or by how much they explain a
     model output (--example, --generate).
 
@@ -78,13 +79,13 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
                                     "forms its own vectors with its own model; pick one with --checkpoint STEP")
             asked = asked_behaviors(behaviors_, examples, prompts)
             for member in cset:
-                search_settings(member, nprobe, ef_search)
+                member.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
                 load_requested_model(member, None, device)
             results = [cset.query(b, config, checkpoints.checkpoint_fusion) for b in asked]
             print_results(results, fmt, explain)
             return
         idx = cset.select(checkpoints.checkpoint)
-    search_settings(idx, nprobe, ef_search)
+    idx.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
     asked = [] if query_vector else asked_behaviors(behaviors_, examples, prompts)
     print_results(query_index(idx, asked, config, model, device, save_query, query_vector), fmt, explain)
 
@@ -99,15 +100,6 @@ def asked_behaviors(behaviors_: tuple[str, ...], examples: tuple[str, ...], prom
         raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`), --example, --generate "
                             "or --query-vector FILE")
     return asked
-
-
-def search_settings(idx: Any, nprobe: int | None, ef_search: int | None) -> None:
-    """``--nprobe`` / ``--ef-search`` on every FAISS index of ``idx``."""
-    if nprobe or ef_search:
-        from actindex.index.search import set_search_params
-
-        for family in idx.families:
-            set_search_params(idx.faiss_index(family), nprobe=nprobe, ef_search=ef_search)
 
 
 def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | None, device: str,

@@ -1,7 +1,9 @@
 """Core: from a training row to its cached vectors (DESIGN sections 2-3).
 
     rows.py       what a training row is (shapes, turn order, ids), checked before any model loads
-    readers.py    rows from JSONL, parquet or a save_to_disk directory, streamed part by part
+    sources.py    the data files (JSONL, parquet, a save_to_disk directory, a directory of shards) and
+                  their records in order, streamed a batch at a time, with file and line
+    readers.py    validated rows from a source, scanned once, streamed part by part
     encode.py     token ids and the loss mask, exactly as the model was trained on the row
     models.py     loading a causal LM, its decoder layers, its weights fingerprint
     capture.py    forward hooks (context managers) that keep the tensors the vectors are made of

@@ -192,7 +192,7 @@ def _check_turn_order(path: Path, line: int, messages: list[dict[str, str]]) -> 
 
 
 
-def duplicate_problem(row_id: str, first: tuple[int, bool], generated: bool) -> str:
+def duplicate_problem(row_id: str, first: tuple[int | str, bool], generated: bool) -> str:
     """The message for an id seen before, saying which of the two lines got a generated ``row-<index>`` id."""
     first_line, first_generated = first
     if not (generated or first_generated):

@@ -29,8 +29,9 @@ from actindex.core.encode import encode_row
 from actindex.core.families import GRADIENT, VectorSpec
 from actindex.core.layers import default_layers
 from actindex.core.models import LoadedModel, load_model
-from actindex.core.readers import RowFile, file_sha256, resolve_data_path, scan_rows
+from actindex.core.readers import RowFile, id_digest, scan_rows
 from actindex.core.rows import Row
+from actindex.core.sources import file_sha256, resolve_data_path, source_counts
 from actindex.core.vectors import RademacherProjector, compute_many, select_grad_modules
 from actindex.errors import ActindexError, DataError, IndexFileError
 from actindex.index.config import BuildConfig
@@ -45,6 +46,7 @@ from actindex.index.manifest import (
     ModelInfo,
     ProjectionInfo,
     ShardInfo,
+    SourceFile,
     read_manifest,
     runtime_versions,
 )
@@ -147,9 +149,11 @@ def build(
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
     spec = vector_spec(config, lm)
     families = spec.families(lm.hidden_size)
+    shards = source_counts(config.data)  # a directory of shards: its files and their rows, for filter and report
     data_file = DataFile(path=str(resolve_data_path(config.data).resolve()), sha256=file_sha256(config.data),
                          rows=len(rows), limit=config.limit, split=rows.split,  # filter reads the same split
-                         file_rows=rows.total, sample=config.sample)
+                         file_rows=rows.total, sample=config.sample,
+                         sources=None if shards is None else [SourceFile(name, n) for name, n in shards])
     manifest = Manifest(
         model=model_info(lm), layers=spec.layers,
         projection=ProjectionInfo(seed=spec.seed, k=spec.grad_k, modules=spec.grad_modules),
@@ -239,12 +243,28 @@ def _append_manifest(
             )
     base_rows = base.rows
     with h5py.File(out / VECTORS, "r") as f:
-        have = {i.decode() if isinstance(i, bytes) else str(i) for i in f["ids"][:base_rows]}
-    clash = next((r for r in rows if r.id in have), None)
-    if clash is not None:
-        raise DataError(Path(entry.path), clash.line, "id", f"id {clash.id!r} is already in {out}")
+        ids = f["ids"]
+        digests = np.concatenate([[id_digest(_text(i)) for i in ids[a : min(a + ID_BLOCK, base_rows)]]
+                                  for a in range(0, base_rows, ID_BLOCK)] or [[]]).astype(np.int64)
+        order = np.argsort(digests, kind="stable")
+        digests = digests[order]
+        for row in rows:  # streamed; a digest found among the index's is confirmed on the id itself
+            d = id_digest(row.id)
+            at = np.searchsorted(digests, d)
+            while at < len(digests) and digests[at] == d:
+                if _text(ids[int(order[at])]) == row.id:
+                    raise DataError(Path(row.path), row.line, "id", f"id {row.id!r} is already in {out}")
+                at += 1
     # curvature factors were fitted on the old rows only: dropped, refit them after appending
     return replace(base, data=[*base.data, replace(entry, first_row=base_rows)], curvature={}), base_rows
+
+
+#: ids read at a time when an append checks the new ids against the index's (8 bytes kept per row)
+ID_BLOCK = 65536
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,11 +286,12 @@ class World:
 
 
 def torchrun_world() -> World | None:
-    """``World`` from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` when run by torchrun with 2+ processes."""
+    """``World`` from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` when run by torchrun with 2+ processes, or with one
+    (``--nproc-per-node 1``: ``MASTER_ADDR`` is set, so the process group is formed too, over nccl on a GPU)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     size = int(os.environ["WORLD_SIZE"])
-    if size < 2:
+    if size < 1 or (size == 1 and "MASTER_ADDR" not in os.environ):
         return None
     return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -23,8 +23,9 @@ class BuildConfig:
     """Settings of ``actindex build``: one pass over the training set that caches vectors."""
 
     data: str = option(
-        "Training data: JSONL, parquet, a Hugging Face save_to_disk directory, or `demo` (the shipped corpus).", ""
-    )
+        "Training data: JSONL, parquet, a directory of *.parquet or *.jsonl shards (read in name order as one "
+        "dataset), a Hugging Face save_to_disk directory, or `demo` (the shipped corpus); streamed, never held whole.",
+        "")
     out: str = option("Index directory to write.", "")
     model: str = option("Hugging Face id or local directory, or the default alias.", DEFAULT_MODEL)
     layers: list[int] | None = option(

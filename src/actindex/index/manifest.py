@@ -58,8 +58,21 @@ class ProjectionInfo:
 
 
 @dataclass
+class SourceFile:
+    """One shard of a directory of shards (``--data dir/``): its file name and how many rows it holds. The shards
+    are read in the order listed, so a shard's rows are the dataset's rows after those of the shards before it."""
+
+    name: str
+    rows: int
+
+
+@dataclass
 class DataFile:
-    """One data file of the index: its rows are index rows ``first_row .. first_row + rows - 1``."""
+    """One data file of the index: its rows are index rows ``first_row .. first_row + rows - 1``.
+
+    For a directory of shards, ``sources`` lists its shard files in reading order with their row counts: the
+    row a row of the index was read from (its ``source_row``, a row number in the whole directory) is then in
+    the shard :meth:`locate` finds, and its ``line`` is its line in that shard."""
 
     path: str
     sha256: str
@@ -69,6 +82,23 @@ class DataFile:
     split: str | None = None
     file_rows: int | None = None  # rows in the file (more than ``rows`` with --limit or --sample)
     sample: int | None = None  # --sample N: the rows are a seeded sample (their file rows in ``source_row``)
+    sources: list[SourceFile] | None = None  # the shards of a directory of shards, in reading order
+
+    def __post_init__(self) -> None:
+        if self.sources is not None:
+            self.sources = [s if isinstance(s, SourceFile) else SourceFile(**s) for s in self.sources]
+
+    def locate(self, source_row: int) -> tuple[str, int]:
+        """``(file, row in it)`` of the dataset row ``source_row`` (0-based): the data path itself, or the shard
+        of a directory of shards that holds it (its row counted from the shard's first row)."""
+        if not self.sources:
+            return self.path, source_row
+        first = 0
+        for shard in self.sources:
+            if source_row < first + shard.rows:
+                break
+            first += shard.rows
+        return str(Path(self.path) / shard.name), source_row - first
 
 
 @dataclass

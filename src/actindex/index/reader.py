@@ -10,6 +10,13 @@ promises are checked against ``vectors.h5``'s shapes, files up to :data:`HASH_ON
 against it, each FAISS index must hold the valid rows and :data:`SPOT_CHECK_ROWS` sampled rows must decode
 to their stored vectors, and a search that returns an impossible cosine is refused. Each failure is one
 line pointing at ``actindex verify``.
+
+Nothing here reads every row unless asked to: the per-row table holds the numeric columns only (8-30 bytes a
+row; ids are read for the rows shown, :meth:`IndexReader.ids_of`), stored vectors and records of many rows are
+gathered chunk by chunk (:func:`gather`), and a ranking of every row (``k = 0``, or more rows than an
+approximate index returns, :data:`APPROX_MAX_K`) scores every valid row exactly from ``vectors.h5``, a block at
+a time. FAISS indexes are copied to the GPUs when a GPU build of FAISS sees one (:meth:`IndexReader.tune`,
+``query --no-faiss-gpu`` to stay on the CPU).
 """
 
 from __future__ import annotations
@@ -29,7 +36,19 @@ import numpy as np
 from actindex.errors import ActindexError, IndexFileError
 from actindex.files import bytes_sha256, inside
 from actindex.index.manifest import MANIFEST, VECTORS, FamilyInfo, Manifest, read_manifest, structure_problem
-from actindex.index.search import normalise, read_faiss_index, rows_disagree, search, search_bottom
+from actindex.index.search import (
+    ADD_BLOCK,
+    exact_scores,
+    gpu_count,
+    normalise,
+    read_faiss_index,
+    rows_disagree,
+    search,
+    search_bottom,
+    set_search_params,
+    to_gpu,
+    valid_blocks,
+)
 
 #: files up to this size are hashed against the manifest when first read (vectors.h5 and the FAISS files of
 #: a 10k-row index: about 25 ms each); larger ones are spot-checked and left to ``actindex verify``
@@ -42,15 +61,45 @@ MAX_COSINE = 1.5
 CALIBRATION_ROWS = 8192
 #: calibrations (a location and a scale per family and query vector) a reader keeps
 CALIBRATIONS_KEPT = 4096
+#: an approximate (non-``Flat``) index answers searches of up to this many rows; a deeper ranking (or every row,
+#: ``k = 0``) is computed exactly from the stored vectors instead (an IVF search returns only the rows of the
+#: lists it probes)
+APPROX_MAX_K = 4096
+#: a search through lossy codes (PQ, SQ: scores approximate) fetches this many candidates per row asked for and
+#: ranks them by their exact cosines, read from vectors.h5 (bench/storage.py measures recall and latency)
+RESCORE_FACTOR = 2
+#: row sets up to this size are read from HDF5 by point selection; larger ones chunk by chunk (:func:`gather`)
+POINT_READ_ROWS = 64
+#: stored records parsed at a time when one field of many rows is read (:meth:`IndexReader.record_values`)
+RECORD_BLOCK = 65536
+
+
+def gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``ds[rows]`` for any row numbers (unsorted, repeated), in the order given: a few rows by point selection,
+    many by reading each stored chunk that holds some of them once (HDF5 reads whole chunks anyway), so memory
+    is one chunk plus the result, and a million rows take seconds, not the minutes of a point selection."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) <= POINT_READ_ROWS:
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return ds[unique][inverse] if len(unique) else ds[0:0]
+    step = ds.chunks[0] if ds.chunks else ADD_BLOCK
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out = np.empty((len(rows), *ds.shape[1:]), dtype=ds.dtype)
+    bounds = np.searchsorted(ordered, np.arange(0, ds.shape[0] + step, step))
+    for block in np.flatnonzero(np.diff(bounds)):
+        lo, hi = bounds[block], bounds[block + 1]
+        a = block * step
+        out[order[lo:hi]] = ds[a : min(a + step, ds.shape[0])][ordered[lo:hi] - a]
+    return out
 
 
 @dataclass(frozen=True)
 class RowTable:
-    """The per-row datasets every stage reads: ids, loss, token counts, which rows are searchable, and where
+    """The per-row numeric datasets every stage reads: loss, token counts, which rows are searchable, and where
     each row comes from (``source_row``: its row number in its data file, -1 where an older index did not
-    record it; ``line``: its line, 0 where unknown)."""
+    record it; ``line``: its line, 0 where unknown). Ids are read apart (:meth:`IndexReader.ids_of`)."""
 
-    ids: list[str]
     loss: np.ndarray
     valid: np.ndarray
     n_tokens: np.ndarray
@@ -74,6 +123,17 @@ class IndexReader:
         self._calibration: dict[str, np.ndarray] = {}
         self._calibrated: dict[tuple[str, str, bytes], tuple[float, float]] = {}
         self._held: h5py.File | None = None
+        self._ids: list[str] | None = None
+        self.search_settings: dict[str, int | None] = {"nprobe": None, "ef_search": None}
+        self.faiss_gpu = True  # copy FAISS indexes to the GPUs when a GPU build of FAISS sees one
+
+    def tune(self, nprobe: int | None = None, ef_search: int | None = None, gpu: bool | None = None) -> None:
+        """Search settings for every FAISS index read from now on and already read: IVF ``nprobe``, HNSW
+        ``efSearch`` (``None`` keeps the stored value), and ``gpu`` (``False``: search on the CPU even when GPU
+        FAISS is installed)."""
+        self.search_settings = {"nprobe": nprobe, "ef_search": ef_search}
+        self.faiss_gpu = self.faiss_gpu if gpu is None else gpu
+        self._faiss.clear()  # read again when next searched, with these settings, on the device asked for
 
     @classmethod
     def open(cls, root: str | Path) -> IndexReader:
@@ -145,29 +205,46 @@ class IndexReader:
 
     @cached_property
     def table(self) -> RowTable:
-        """The per-row table, read once."""
+        """The per-row numeric table, read once."""
         with self.h5() as f:
-            raw = {key: f[key][()] for key in ("ids", "loss", "valid", "n_tokens", "n_response")}
-            n = len(raw["ids"])
+            raw = {key: f[key][()] for key in ("loss", "valid", "n_tokens", "n_response")}
+            n = len(raw["loss"])
             raw["source_row"] = f["source_row"][()] if "source_row" in f else np.full(n, -1, np.int64)
             raw["line"] = f["line"][()] if "line" in f else np.zeros(n, np.int64)
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw.pop("ids")]
-        return RowTable(ids=ids, **raw)
+        return RowTable(**raw)
 
     def ids(self) -> list[str]:
-        return self.table.ids
+        """Every row's id, read once (a list of ``len(self)`` strings: :meth:`ids_of` reads only those needed)."""
+        if self._ids is None:
+            with self.h5() as f:
+                self._ids = [_text(i) for i in f["ids"][()]]
+        return self._ids
+
+    def ids_of(self, rows: list[int] | np.ndarray) -> list[str]:
+        """The ids of the given rows."""
+        if self._ids is not None:
+            return [self._ids[int(r)] for r in rows]
+        with self.h5() as f:
+            return [_text(i) for i in gather(f["ids"], np.asarray(rows, dtype=np.int64))]
 
     def records(self, rows: list[int] | np.ndarray) -> list[dict[str, Any]]:
         """The original training rows (all their fields) at the given row numbers."""
-        rows = [int(r) for r in rows]
-        if not rows:
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
             return []
-        order = np.argsort(rows)
         with self.h5() as f:
-            values = f["record"][np.asarray(rows)[order]]
-        out: list[Any] = [None] * len(rows)
-        for pos, value in zip(order, values):
-            out[pos] = json.loads(value.decode() if isinstance(value, bytes) else value)
+            return [json.loads(_text(value)) for value in gather(f["record"], rows)]
+
+    def record_values(self, rows: list[int] | np.ndarray, key: str) -> list[Any]:
+        """The value of the field ``key`` of the stored records of ``rows`` (``None`` where a record lacks it or is
+        not an object), read and parsed :data:`RECORD_BLOCK` records at a time: only the values are kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out: list[Any] = []
+        with self.h5() as f:
+            for a in range(0, len(rows), RECORD_BLOCK):
+                for value in gather(f["record"], rows[a : a + RECORD_BLOCK]):
+                    record = json.loads(_text(value))
+                    out.append(record.get(key) if isinstance(record, dict) else None)
         return out
 
     def row_sources(self, rows: list[int] | np.ndarray) -> dict[int, tuple[str, int]]:
@@ -176,7 +253,9 @@ class IndexReader:
         out = {}
         for row in rows:
             source = next((f for f in files if f.first_row <= row < f.first_row + f.rows), files[0])
-            out[int(row)] = (source.path, int(table.line[row]))
+            recorded = int(table.source_row[row])  # a directory of shards: the shard holding the row
+            path = source.locate(recorded)[0] if source.sources and recorded >= 0 else source.path
+            out[int(row)] = (path, int(table.line[row]))
         return out
 
     def vectors(self, family: str, rows: list[int] | np.ndarray | None = None) -> np.ndarray:
@@ -186,11 +265,7 @@ class IndexReader:
             ds = f[f"vectors/{family}"]
             if rows is None:
                 return ds[()].astype(np.float32)
-            rows = np.asarray(rows, dtype=np.int64)
-            order = np.argsort(rows)
-            out = np.empty((len(rows), ds.shape[1]), np.float32)
-            out[order] = ds[rows[order]]
-            return out
+            return gather(ds, np.asarray(rows, dtype=np.int64)).astype(np.float32, copy=False)
 
     def check_family(self, family: str) -> None:
         """Refuse, in one line, a family the index does not hold."""
@@ -230,6 +305,9 @@ class IndexReader:
                 problem = f"disagrees with vectors.h5 at row {int(wrong[0])} (copied from another index or damaged)"
         if problem:
             raise IndexFileError(f"{path}: FAISS index {problem}; run `actindex verify {self.root}`")
+        set_search_params(index, **self.search_settings)
+        if self.faiss_gpu and gpu_count() > 0:  # pragma: no cover - needs a GPU build of FAISS and a GPU
+            index = to_gpu(index)
         return index
 
     # ---- verbs ------------------------------------------------------------------------------
@@ -241,11 +319,19 @@ class IndexReader:
         ``k = 0`` returns every valid row. ``family`` defaults to the only/first family.
         """
         family = family or next(iter(self.families))
-        index = self.faiss_index(family)
+        self.check_family(family)
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if self.families[family].faiss_factory != "Flat" and (k <= 0 or k > APPROX_MAX_K):
+            dim = self.families[family].dim
+            if vector.shape[1] != dim:
+                raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {dim}")
+            return self.exact_search(vector, k, family, bottom)
+        index = self.faiss_index(family)
         if vector.shape[1] != index.d:
             raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {index.d}")
-        scores, rows = (search_bottom if bottom else search)(index, vector, k)
+        exact = exact_scores(index)
+        fetch = k if exact or k <= 0 else min(RESCORE_FACTOR * k, index.ntotal)
+        scores, rows = (search_bottom if bottom else search)(index, vector, fetch)
         keep = rows[0] >= 0
         scores, rows = scores[0][keep], rows[0][keep]
         if len(scores) and not (np.isfinite(scores).all() and np.abs(scores).max() <= MAX_COSINE):
@@ -254,7 +340,28 @@ class IndexReader:
                 f"{self.root}: the FAISS index of {family!r} returned the impossible cosine {worst:.4g}: it is "
                 f"damaged; run `actindex verify {self.root}`"
             )
+        if not exact and len(rows):  # lossy codes (PQ, SQ): the candidates ranked by their exact cosines
+            scores = self.cosines(vector, family, rows)
+            order = np.argsort(scores if bottom else -scores, kind="stable")[: k if k > 0 else None]
+            scores, rows = scores[order], rows[order]
         return scores, rows
+
+    def exact_search(self, vector: np.ndarray, k: int, family: str,
+                     bottom: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`search` returns, computed exactly: the cosine of every valid row with ``vector``, its stored
+        vectors read and normalised a block at a time, then the top ``k`` (or bottom ``k``; every row for
+        ``k <= 0``). Memory: one block and one score per valid row."""
+        q = normalise(vector)[0]
+        valid = self.table.valid
+        rows, scores = np.flatnonzero(valid), np.empty(int(valid.sum()), np.float32)
+        at = 0
+        with self.h5() as f:
+            for _, block in valid_blocks(f[f"vectors/{family}"], valid, 0):
+                scores[at : at + len(block)] = block @ q
+                at += len(block)
+        order = np.argsort(scores if bottom else -scores, kind="stable")
+        order = order if k <= 0 else order[:k]
+        return scores[order], rows[order]
 
     def measured_recall(self, family: str, k: int = 10, queries: int = 200) -> tuple[str, float]:
         """``(description, recall@k)`` of a family's FAISS index: its factory and query-time parameters, and
@@ -337,3 +444,7 @@ def layout_problem(root: Path, manifest: Manifest) -> str | None:
     except (OSError, RuntimeError, KeyError, ValueError) as err:  # h5py's errors for a damaged file
         return f"{root / VECTORS}: cannot be read as HDF5 ({(str(err).splitlines() or ['?'])[0]})"
     return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -202,9 +202,21 @@ def read_faiss_index(path: Path, mmap: bool = True, gpu: bool = False) -> faiss.
         lines = [line for line in str(err).splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else type(err).__name__
         raise IndexFileError(f"{path}: cannot be read as a FAISS index ({reason})") from None
-    if gpu and faiss.get_num_gpus() > 0:  # pragma: no cover - needs faiss-gpu
-        index = faiss.index_cpu_to_all_gpus(index)
+    if gpu and gpu_count() > 0:  # pragma: no cover - needs faiss-gpu
+        index = to_gpu(index)
     return index
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can search on: ``faiss.get_num_gpus()``, 0 for a CPU build of FAISS."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:  # pragma: no cover - needs faiss-gpu and a GPU
+    """``index`` copied to every GPU FAISS sees (``faiss.index_cpu_to_all_gpus``); set its search parameters
+    (nprobe) before copying."""
+    return faiss.index_cpu_to_all_gpus(index)
 
 
 def _codec(index: faiss.Index) -> faiss.Index:
@@ -212,6 +224,12 @@ def _codec(index: faiss.Index) -> faiss.Index:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
     storage = getattr(inner, "storage", None)
     return faiss.downcast_index(storage) if isinstance(inner, faiss.IndexHNSW) and storage is not None else inner
+
+
+def exact_scores(index: faiss.Index) -> bool:
+    """Whether ``index`` scores with the vectors themselves (``Flat``, ``IVF..,Flat``, ``HNSW..`` over a flat
+    storage), not with lossy codes (PQ, SQ...)."""
+    return isinstance(_codec(index), (faiss.IndexFlat, faiss.IndexIVFFlat))
 
 
 def stored_as(index: faiss.Index, vectors: np.ndarray) -> np.ndarray:

@@ -42,6 +42,8 @@ from actindex.index.writer import META_FIELDS, OPTIONAL_FIELDS, dataset_checksum
 
 #: bytes read at a time while hashing a large dataset (its checksum equals ``dataset_checksum``)
 BLOCK_BYTES = 64 << 20
+#: strings (ids, content hashes, records) hashed at a time
+STRING_ROWS = 16384
 
 
 def verify(index_dir: str | os.PathLike) -> list[str]:
@@ -251,6 +253,8 @@ def _scan(ds: Any) -> tuple[str, int]:
         return dataset_checksum(np.asarray(ds[()]).reshape(1)), 0
     row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * max(ds.dtype.itemsize, 1))
     step = max(1, BLOCK_BYTES // row_bytes)
+    if ds.dtype.kind == "O":  # strings: their size is not the dtype's, read at most STRING_ROWS at a time
+        step = min(step, STRING_ROWS)
     if ds.shape[0] <= step:
         values = ds[()]
         return dataset_checksum(values), _nonfinite(values)

@@ -308,15 +308,18 @@ def write_index(
     with atomic_file(root / VECTORS) as tmp, h5py.File(tmp, "w") as out:
         # streamed part by part, with their checksums: no dataset is ever held in memory whole
         datasets = [(key, (total,), dtype, None) for key, dtype in META_FIELDS.items()]
-        datasets += [(f"vectors/{fam}", (total, dim), store_dtype, (min(max(total, 1), 1024), dim))
+        datasets += [(f"vectors/{fam}", (total, dim), store_dtype, vector_chunks((total, dim), store_dtype))
                      for fam, dim in families.items()]
         for key, shape, dtype, chunks in datasets:
             ds = out.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks)
             digest = hashlib.sha256()
-            for part in parts:
-                block = np.asarray(_read(part, key), dtype=dtype)
-                ds[part.start : part.end] = block
-                update_checksum(digest, block)
+            step = copy_rows(ds)
+            for part in parts:  # a shard or the base of an append is one large part: copied in blocks
+                for a in range(part.start, part.end, step):
+                    b = min(a + step, part.end)
+                    block = np.asarray(_read(part, key, a - part.start, b - part.start), dtype=dtype)
+                    ds[a:b] = block
+                    update_checksum(digest, block)
             checksums[key] = digest.hexdigest()
 
     own_dir(root / FAISS_DIR)
@@ -385,16 +388,45 @@ def remove_stale_temps(root: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _read(part: Part, key: str) -> np.ndarray:
-    """Dataset ``key`` of a part: the first ``end - start`` rows of its file (an optional field an older
-    part lacks reads as -1: "the row's position in its file")."""
+#: about the bytes of one stored chunk of a vector family: a query reads a few rows at random (the hits' exact
+#: cosines, a rescoring), and HDF5 reads whole chunks
+CHUNK_BYTES = 64 << 10
+
+
+def vector_chunks(shape: tuple[int, int], dtype: str) -> tuple[int, int]:
+    """The HDF5 chunk of a ``(rows, dim)`` family: whole rows, a power of two of them (1 to 1024) holding about
+    :data:`CHUNK_BYTES` (width 576 in float32: 16 rows; width 64: 256 rows)."""
+    rows, dim = shape
+    per_row = max(1, dim * np.dtype(dtype).itemsize)
+    fit = 2 ** int(np.log2(max(1, CHUNK_BYTES // per_row)))
+    return min(max(rows, 1), fit, 1024), dim
+
+
+#: bytes of one dataset copied at a time by :func:`write_index` (strings: :data:`COPY_STRINGS` rows)
+COPY_BYTES = 32 << 20
+COPY_STRINGS = 16384
+
+
+def copy_rows(ds: h5py.Dataset) -> int:
+    """Rows of a dataset copied (and hashed) at a time: :data:`COPY_BYTES` worth, :data:`COPY_STRINGS` strings."""
+    if ds.dtype.kind == "O":
+        return COPY_STRINGS
+    width = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    return max(1, COPY_BYTES // max(width, 1))
+
+
+def _read(part: Part, key: str, a: int = 0, b: int | None = None) -> np.ndarray:
+    """Rows ``[a, b)`` (default: all ``end - start``) of dataset ``key`` of a part, counted from the first row of its
+    file (an optional field an older part lacks reads as -1: "the row's position in its file")."""
+    n = part.end - part.start
+    b = n if b is None else b
     with h5py.File(part.path, "r") as f:
         if key in OPTIONAL_FIELDS and key not in f:
-            return np.full(part.end - part.start, -1, np.int64)
+            return np.full(b - a, -1, np.int64)
         ds = f[key]
-        if ds.shape[0] < part.end - part.start:
-            raise IndexFileError(f"{part.path}: {key!r} has {ds.shape[0]} rows, expected {part.end - part.start}")
-        return ds[: part.end - part.start]
+        if ds.shape[0] < n:
+            raise IndexFileError(f"{part.path}: {key!r} has {ds.shape[0]} rows, expected {n}")
+        return ds[a:b]
 
 
 def append_group(

@@ -123,7 +123,7 @@ def _load_file(path: Path, name: str) -> Behavior:
 
 def load_pairs(path: Path) -> list[Pair]:
     """Contrastive pairs from JSONL; every error names the file, line and field."""
-    from actindex.core.readers import iter_records
+    from actindex.core.sources import iter_records
 
     return pairs_from_records(path, iter_records(path))
 
@@ -160,7 +160,7 @@ PERSONA_RESPONSE_FIELDS = ("question", "pos", "neg")
 
 def _read_persona_json(path: Path) -> Any:
     """The JSON value of a persona file, or a one-line :class:`DataError` (not UTF-8, malformed, too deep)."""
-    from actindex.core.readers import check_file_kind
+    from actindex.core.sources import check_file_kind
 
     try:
         check_file_kind(path)

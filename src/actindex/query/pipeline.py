@@ -92,6 +92,24 @@ class Ranking:
 
 
 @dataclass
+class Ranked:
+    """One query's rankings before hits are made (:meth:`QueryPipeline.rank`): the method, the family searched
+    (for a fused method, the rule over its members' families), both sides, the query vector of a single method,
+    the members of a fused one, and ``search_scores(rows)``: the score shown for any rows."""
+
+    method: str
+    family: str
+    top: Ranking
+    bottom: Ranking
+    vector: np.ndarray | None
+    members: list[MemberRanking]
+    search_scores: Callable[[np.ndarray], np.ndarray]
+    behavior: str = ""
+    #: an adaptive method's candidates that were not kept (weight 0; shown by --explain)
+    unkept: list[FormedMember] = field(default_factory=list)
+
+
+@dataclass
 class QueryPipeline:
     """The stages of a query over one index (see the module docstring); components are injected."""
 
@@ -242,18 +260,20 @@ class QueryPipeline:
 
     def hits(self, ranking: Ranking) -> list[Hit]:
         """Hits (rank, row, id, score, fused score, snippet, record) of a ranking."""
-        ids = self.reader.ids()
+        ids = self.reader.ids_of(ranking.rows)
         records = self.reader.records(ranking.rows)
         fused = ranking.fused if ranking.fused is not None else [None] * len(ranking.rows)
-        return [Hit(rank=i + 1, row=int(row), id=ids[row], score=float(score), snippet=snippet_of(record),
+        return [Hit(rank=i + 1, row=int(row), id=row_id, score=float(score), snippet=snippet_of(record),
                     record=record, fused=None if f is None else float(f))
-                for i, (score, row, record, f) in enumerate(zip(ranking.scores, ranking.rows, records, fused))]
+                for i, (score, row, row_id, record, f) in enumerate(zip(ranking.scores, ranking.rows, ids, records,
+                                                                          fused))]
 
     # ---- the whole query ----------------------------------------------------------------------------
-    def run(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
-            family: str | None = None, name: str | None = None) -> QueryResult:
-        """Rank the rows for a completed ``behavior`` (or a saved query ``vector`` of ``family``)."""
-        started = time.perf_counter()
+    def rank(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
+             family: str | None = None) -> Ranked:
+        """The ranked rows of both sides for a completed ``behavior`` (or a saved query ``vector`` of ``family``),
+        before any hit is made: what :meth:`run` shows, and what ``filter`` and ``report`` read for every row
+        (``k = 0``) without turning a million rows into hits."""
         method = config.resolved_method(needs_vector=vector is not None)
         strategy = QueryMethod.get(method)
         if config.rerank is not None:  # refused here, before any model pass
@@ -263,17 +283,16 @@ class QueryPipeline:
         if vector is None and behavior is None:
             raise ActindexError("query needs a behaviour or a query vector")
         if strategy.fused and vector is not None:
-            raise ActindexError("--method ensemble fuses rankings: it cannot search a saved vector; pick one of its "
-                                "member methods for that")
+            raise ActindexError(f"--method {method} fuses rankings: it cannot search a saved vector; pick one of "
+                                "its member methods for that")
         self.notes = list(behavior.notes) if behavior is not None and vector is None else []
         self.timings = {}
+        name = behavior.name if behavior is not None else "vector"
         ctx = self.context() if vector is None else None
         if ctx is not None:
             ctx.start()
             self.prefetch_gradient(behavior, config)
         n = config.candidates if config.rerank else None
-        members: list[MemberRanking] = []
-        unkept: list[FormedMember] = []
         if strategy.fused:
             choosing = time.perf_counter()
             formed = self.form(behavior, method, config.layer)
@@ -283,33 +302,42 @@ class QueryPipeline:
             fusion = config.fusion or strategy.fusion
             top, bottom = self.fused(members, fusion, n or config.k, n or config.bottom_k)
             described = f"{fusion}(" + ", ".join(member_label(m) for m in members) + ")"
-            search_scores = lambda rows: calibrated(members, rows)  # noqa: E731
+            return Ranked(method, described, top, bottom, None, members, lambda rows: calibrated(members, rows),
+                          name, unkept)
+        if vector is None:
+            vector, described = self.vector(behavior, self.members(method, config.layer)[0])
         else:
-            if vector is None:
-                vector, described = self.vector(behavior, self.members(method, config.layer)[0])
-            else:
-                described = family or strategy.family(self.resolve_layer(config.layer))
-            searching = time.perf_counter()
-            top, bottom = self.search(vector, described, n or config.k, n or config.bottom_k,
-                                      strategy.projection_scores)
-            self.timings["search"] = time.perf_counter() - searching
-            psi, searched_family = vector, described
-            search_scores = lambda rows: (  # noqa: E731
-                self.reader.projections(psi, searched_family, rows) if strategy.projection_scores
-                else self.reader.cosines(psi, searched_family, rows))
+            described = family or strategy.family(self.resolve_layer(config.layer))
+        searching = time.perf_counter()
+        top, bottom = self.search(vector, described, n or config.k, n or config.bottom_k, strategy.projection_scores)
+        self.timings["search"] = time.perf_counter() - searching
+        psi, searched_family = vector, described
+        search_scores = lambda rows: (  # noqa: E731
+            self.reader.projections(psi, searched_family, rows) if strategy.projection_scores
+            else self.reader.cosines(psi, searched_family, rows))
+        return Ranked(method, described, top, bottom, vector, [], search_scores, name)
+
+    def run(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
+            family: str | None = None, name: str | None = None) -> QueryResult:
+        """Rank the rows for a completed ``behavior`` (or a saved query ``vector`` of ``family``) and make the hits
+        of both sides (reranked when asked)."""
+        started = time.perf_counter()
+        ranked = self.rank(config, behavior, vector, family)
+        ctx = self.context() if vector is None else None
         if config.rerank is not None:
             reranking = time.perf_counter()
-            top_hits, bottom_hits = self.rerank(behavior, top.rows, bottom.rows, search_scores, config)
+            top_hits, bottom_hits = self.rerank(behavior, ranked.top.rows, ranked.bottom.rows, ranked.search_scores,
+                                                config)
             self.timings["rerank"] = time.perf_counter() - reranking - (ctx.model_seconds if ctx else 0.0)
         else:
-            top_hits, bottom_hits = self.hits(top), self.hits(bottom)
+            top_hits, bottom_hits = self.hits(ranked.top), self.hits(ranked.bottom)
         if ctx is not None:
             self.timings["model pass"] = ctx.model_seconds
         label = name or (behavior.name if behavior is not None else "vector")
-        return QueryResult(behavior=label, method=method if config.rerank is None else f"{method}+{config.rerank}",
-                           family=described, top=top_hits, bottom=bottom_hits,
-                           vector=None if strategy.fused else vector, seconds=time.perf_counter() - started,
-                           notes=self.notes, members=[describe(m) for m in members] + [describe(m) for m in unkept],
+        method = ranked.method if config.rerank is None else f"{ranked.method}+{config.rerank}"
+        return QueryResult(behavior=label, method=method, family=ranked.family, top=top_hits, bottom=bottom_hits,
+                           vector=ranked.vector, seconds=time.perf_counter() - started, notes=self.notes,
+                           members=[describe(m) for m in ranked.members] + [describe(m) for m in ranked.unkept],
                            timings={k: round(v, 4) for k, v in self.timings.items()})
 
 

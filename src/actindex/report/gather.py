@@ -38,10 +38,9 @@ class MethodRun:
     notes: list[str] = field(default_factory=list)
 
 
-def label_arrays(hits: Sequence[Hit], labels_field: str, positive_label: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(labelled, positive)`` boolean arrays for ranked hits: whether a hit's record has a non-null
-    ``labels_field``, and whether that value is positive (:func:`~actindex.report.metrics.is_positive`)."""
-    values = [h.record.get(labels_field) if isinstance(h.record, dict) else None for h in hits]
+def label_arrays(values: Sequence[Any], positive_label: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(labelled, positive)`` boolean arrays for the label values of ranked rows: whether a value is not null,
+    and whether it is positive (:func:`~actindex.report.metrics.is_positive`)."""
     labelled = np.array([v is not None for v in values], dtype=bool)
     positive = np.array([v is not None and is_positive(v, positive_label) for v in values], dtype=bool)
     return labelled, positive
@@ -55,24 +54,26 @@ def run_method(
     positive_label: str | None = None,
 ) -> MethodRun:
     """Run the query exactly as ``actindex query`` runs it with ``config`` (its cards), then score every row
-    with the same method and fusion (``k = 0``, no rerank) for the histogram and the label metrics.
+    with the same method and fusion (``k = 0``, no rerank; read as arrays, :meth:`actindex.Index.ranking`) for
+    the histogram and the label metrics (the label of every row read from the stored records a block at a time).
 
     The metrics cover the labelled rows only; a run whose rows carry no ``labels_field`` at all is
     refused (a typo in the field name).
     """
     result = index.query(behavior, config)
-    everything = index.query(behavior, replace(config, k=0, bottom_k=0, rerank=None, per_token=False, clusters=0,
-                                               recall=None))
-    scores = np.array([h.score for h in everything.top], dtype=np.float64)
+    everything = index.ranking(behavior, replace(config, k=0, bottom_k=0, rerank=None, per_token=False, clusters=0,
+                                                 recall=None))
+    scores = np.asarray(everything.top.scores, dtype=np.float64)
     method = config.resolved_method()
     run = MethodRun(method=result.method, result=result, top=result.top, bottom=result.bottom, scores=scores,
                     projection=QueryMethod.get(method).projection_scores, fused=QueryMethod.get(method).fused)
     if labels_field:
-        labelled, positive = label_arrays(everything.top, labels_field, positive_label)
+        labelled, positive = label_arrays(index.record_values(everything.top.rows, labels_field), positive_label)
         if not labelled.any():
+            first = index.records(everything.top.rows[:1])
             raise ActindexError(
                 f"no row of {index.root} has a label field {labels_field!r} "
-                f"(fields of the first row: {', '.join(everything.top[0].record) if everything.top else 'none'})"
+                f"(fields of the first row: {', '.join(first[0]) if first else 'none'})"
             )
         run.labelled, run.labels = labelled, positive
         run.metrics = label_metrics(scores[labelled], positive[labelled])

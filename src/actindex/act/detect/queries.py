@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actindex.core.readers import iter_records
 from actindex.core.rows import Row, normalise_record
+from actindex.core.sources import iter_records
 from actindex.errors import DataError
 
 
