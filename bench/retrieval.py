@@ -94,13 +94,14 @@ def load_set(name: str, work: Path, clean: int, planted: int) -> tuple[Path, Beh
 
 
 def ranked(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None) -> tuple[np.ndarray, float, list]:
-    """Every row's query score (-inf for rows the search skips), the seconds the query took and the members."""
+    """Every row's ranking score (the fusion rule's own score for a fused method: what orders its rows; -inf for
+    rows the search skips), the seconds the query took and the members."""
     t = time.perf_counter()
     res = idx.query(behavior, method=method, layer=layer, k=0)
     secs = time.perf_counter() - t
     scores = np.full(len(idx), -np.inf)
     for hit in res.top:
-        scores[hit.row] = hit.score
+        scores[hit.row] = hit.score if hit.fused is None else hit.fused
     return scores, secs, res.members
 
 

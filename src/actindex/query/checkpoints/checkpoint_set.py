@@ -44,8 +44,8 @@ def check_same_rows(indexes: Sequence[Index]) -> None:
         problem = None
         if a != b:
             problem = f"they index other data (sha256 {a[0][:12]}… against {b[0][:12]}…)"
-        elif first.table.ids != idx.table.ids:
-            ids_a, ids_b = first.table.ids, idx.table.ids
+        elif first.ids() != idx.ids():
+            ids_a, ids_b = first.ids(), idx.ids()
             at = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
             if at == min(len(ids_a), len(ids_b)):
                 problem = f"they hold {len(ids_a)} and {len(ids_b)} rows"
