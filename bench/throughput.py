@@ -31,7 +31,7 @@ from actindex.core.families import GRADIENT, VectorSpec
 from actindex.core.layers import default_layers
 from actindex.core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device, resolve_dtype, wrap_model
 from actindex.core.readers import load_rows
-from actindex.core.vectors import Batch, RademacherProjector, compute_vectors, select_grad_modules
+from actindex.core.vectors import Batch, RademacherProjector, compute_many, select_grad_modules
 from actindex.index.config import BuildConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rept-factual-ag" / "pool.jsonl"
@@ -133,18 +133,21 @@ def main() -> None:
             p.requires_grad_(False)
             p.grad = None
 
-    kinds = BuildConfig(data="-", out="-").family_kinds()  # the default build: residual change, pooled, mean act.
-    rc_spec = VectorSpec(layers=layer, kinds=kinds)
-    grad_spec = VectorSpec(layers=layer, kinds=[*kinds, GRADIENT], grad_modules=modules, grad_k=8)
+    kinds = BuildConfig(data="-", out="-").family_kinds()  # the default build, response openings included
+    whole = BuildConfig(data="-", out="-", opening=False).family_kinds()
+    specs = {
+        f"build (default): residual change, pooled, mean act., openings @ {layer}":
+            VectorSpec(layers=layer, kinds=kinds),
+        "build --no-opening": VectorSpec(layers=layer, kinds=whole),
+        f"build: + --grad ({len(modules)} modules, k=8)": VectorSpec(layers=layer, kinds=[*kinds, GRADIENT],
+                                                                    grad_modules=modules, grad_k=8),
+    }
     modes = {
         "forward only (HF, no grad)": forward,
         "training step (fwd+bwd, all params)": train_step,
-        f"build (default): residual change, pooled, mean act. @ {layer}": (
-            lambda g: compute_vectors(model, g, rc_spec, pad)
-        ),
-        f"build: + --grad ({len(modules)} modules, k=8)": (
-            lambda g: compute_vectors(model, g, grad_spec, pad, projector)
-        ),
+        # compute_many: the build's own loop over a batch (the openings' second pass over longer rows included)
+        **{name: (lambda g, spec=spec: compute_many(model, g, spec, pad, projector, batch_size=len(g)))
+           for name, spec in specs.items()},
     }
     timed(forward, groups[:1])  # warm-up
     rates = {name: tokens / timed(fn, groups) for name, fn in modes.items()}
