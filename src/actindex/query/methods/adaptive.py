@@ -68,20 +68,18 @@ class AdaptiveMethod(QueryMethod):
             raise IndexFileError(f"method {self.name} needs residual-change or mean-activation vectors, which "
                                  f"{reader.root} lacks")
         checked = len(behavior.pairs) >= MIN_PAIRS
-        sides, checks = {}, []
-        for construction, family, _ in candidates:
-            if family not in sides:
-                sides[family] = self.sides(ctx, behavior, family)
-            if checked:
-                strategy, typical = Construction.get(construction), reader.typical(family)
-                checks.append(check_pairs(*sides[family], reader.calibration_sample(family),
-                                          lambda t, c, s=strategy, mu=typical: s.psi(t, c, mu)))
+        families = dict.fromkeys(family for _, family, _ in candidates)
+        sides = {family: self.sides(ctx, behavior, family) for family in families}
+        typical = {family: reader.typical(family) for family in families}  # mu, once per family
+        checks = [check_pairs(*sides[family], reader.calibration_sample(family),
+                              lambda t, c, s=Construction.get(construction), mu=typical[family]: s.psi(t, c, mu))
+                  for construction, family, _ in candidates] if checked else []
         fallback = candidates[0][0] if behavior.example else self.fallback
         weights = choose(checks) if checked else np.array([float(c == fallback) for c, _, _ in candidates])
         out = []
         for i, (construction, family, at) in enumerate(candidates):
             weight = float(weights[i])
-            psi = Construction.get(construction).psi(*sides[family], reader.typical(family)) if weight > 0 else None
+            psi = Construction.get(construction).psi(*sides[family], typical[family]) if weight > 0 else None
             notes = {"pair AUROC": checks[i].pair_auroc, "index AUROC": checks[i].index_auroc} if checked else {}
             notes = {key: value for key, value in notes.items() if value is not None}
             out.append(FormedMember(method=construction, layer=at, family=family, psi=psi, weight=weight, notes=notes))
