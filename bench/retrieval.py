@@ -118,6 +118,15 @@ def tfidf_scores(records: list[dict], behavior: Behavior) -> np.ndarray:
     return np.asarray(pool @ q).ravel() / (np.linalg.norm(q) + 1e-12)
 
 
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """``(s - median) / (1.4826 MAD)`` over the pool's ranked rows (rows a search skipped: the lowest)."""
+    finite = np.isfinite(scores)
+    center = np.median(scores[finite])
+    scale = 1.4826 * np.median(np.abs(scores[finite] - center)) or scores[finite].std() or 1.0
+    z = (scores - center) / scale
+    return np.where(finite, z, z[finite].min())
+
+
 def by_length(scores: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> str:
     """AUROC within each third of the pool by response length (``-`` where a third lacks a class)."""
     cuts = np.quantile(lengths, [1 / 3, 2 / 3])
@@ -143,6 +152,9 @@ def main() -> None:
     ap.add_argument("--layers", default="12,18,24,27")
     ap.add_argument("--methods", default=",".join(METHODS), help="query methods to score (comma-separated)")
     ap.add_argument("--grad-sets", default="", help="sets also built with --grad (the gradient method)")
+    ap.add_argument("--lexical", action="store_true",
+                    help="also rank by the adaptive default fused with the TF-IDF baseline as one member "
+                         "(robust z-scores; weight 1/(members+1) and 0.5): the study of a lexical member")
     ap.add_argument("--work", default=None, help="where indexes go and are reused from (default: a temp dir)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -169,6 +181,7 @@ def main() -> None:
         labels = np.array([r.get("label", "clean") != "clean" for r in records])
         lengths = np.asarray(idx.table.n_response)
         size = f"{len(idx)} ({labels.sum()})"
+        adaptive = None
         for method in args.methods.split(","):
             if method == "gradient" and "gradient" not in idx.families:
                 continue
@@ -179,10 +192,18 @@ def main() -> None:
                              f"{m['p@n']:.3f} | {m['r@100']:.3f} | {secs:.2f} |")
                 print(lines[-1], flush=True)
                 if method == "adaptive":
+                    adaptive = (scores, members)
                     choices.append(f"| {spec} | {chosen(members)} | {by_length(scores, labels, lengths)} |")
                     print(choices[-1], flush=True)
-        for base, scores in (("tfidf", tfidf_scores(records, behavior)),
-                             ("random", np.random.default_rng(0).random(len(idx)))):
+        lexical = tfidf_scores(records, behavior)
+        if args.lexical and adaptive is not None:  # the study of a lexical member (README: next steps)
+            kept = sum(m["weight"] > 0 for m in adaptive[1])
+            for w in (1 / (kept + 1), 0.5):
+                m = metrics((1 - w) * robust_z(adaptive[0]) + w * robust_z(lexical), labels)
+                lines.append(f"| {spec} | {size} | adaptive + tfidf, weight {w:.2f} | - | {m['auroc']:.3f} | "
+                             f"{m['ap']:.3f} | {m['p@n']:.3f} | {m['r@100']:.3f} | - |")
+                print(lines[-1], flush=True)
+        for base, scores in (("tfidf", lexical), ("random", np.random.default_rng(0).random(len(idx)))):
             m = metrics(scores, labels)
             lines.append(f"| {spec} | {size} | {base} | - | {m['auroc']:.3f} | {m['ap']:.3f} | {m['p@n']:.3f} | "
                          f"{m['r@100']:.3f} | - |")

@@ -16,8 +16,8 @@ Stages (each one process; its wall time and peak RSS, ``ru_maxrss`` of ``wait4``
 * ``query-first``: the first query of a behaviour (4 pairs, ``Index.query``, default ``ensemble``): forms its
   vectors with the model and fills the index's behaviour cache;
 * ``query``: a fresh process: open the index, one query answered from the behaviour cache (no model), then
-  ``--queries`` more timed one by one (p50 / p99), and as many raw ``Index.search`` calls of random vectors
-  (k = 10, one family);
+  ``--queries`` more timed one by one (p50 / p99), with the default method and with ``ensemble``, and as many
+  raw ``Index.search`` calls of random vectors (k = 10, one family);
 * ``fit``: ``fit-curvature --kind ekfac --samples 32`` (few samples: the rerank's cost, not its quality);
 * ``rerank``: a fresh process: ``query --rerank ekfac --candidates 100``;
 * ``filter``: ``filter --remove-top 1%`` writing the directory of shards without those rows;
@@ -118,12 +118,15 @@ def child(args: argparse.Namespace) -> None:
         res = idx.query(behaviour, k=10, **options)
         out |= {"first_query_s": round(time.perf_counter() - t, 3), "cached": res.cached, "timings": res.timings}
         if args.child == "query":
-            times = []
-            for _ in range(args.queries):
-                t = time.perf_counter()
-                idx.query(behaviour, k=10)
-                times.append(time.perf_counter() - t)
-            out["query"] = percentiles(times)
+            for key, method in (("query", None), ("query_ensemble", "ensemble")):
+                idx.query(behaviour, k=10, method=method)  # calibrates its members once per process
+                times = []
+                for _ in range(args.queries):
+                    t = time.perf_counter()
+                    res = idx.query(behaviour, k=10, method=method)
+                    times.append(time.perf_counter() - t)
+                kept = [m for m in res.members if m.get("weight", 1) > 0]
+                out[key] = percentiles(times) | {"method": res.method, "members": len(kept)}
             family = next(iter(idx.families))
             rng = np.random.default_rng(0)
             vectors = rng.standard_normal((args.queries, idx.families[family].dim)).astype(np.float32)
@@ -208,7 +211,12 @@ def figures(stage: str, r: dict) -> str:
         return r["skipped"]
     parts = []
     if "query" in r:
-        parts.append(f"cached query p50 {r['query']['p50_ms']} ms, p99 {r['query']['p99_ms']} ms; raw "
+        for q in (r["query"], r.get("query_ensemble")):
+            if q is not None and "method" in q:
+                parts.append(f"cached `{q['method']}` query ({q['members']} members) p50 {q['p50_ms']} ms, p99 "
+                             f"{q['p99_ms']} ms")
+        parts.append(("" if "method" in r["query"] else f"cached query p50 {r['query']['p50_ms']} ms, p99 "
+                      f"{r['query']['p99_ms']} ms; ") + "raw "
                      f"Index.search ({r['search']['factory']}) p50 {r['search']['p50_ms']} ms, p99 "
                      f"{r['search']['p99_ms']} ms")
     if "first_query_s" in r:
@@ -246,7 +254,9 @@ def main() -> None:
         ap.error(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
     for stage in stages:
         print(f"[{time.strftime('%H:%M:%S')}] {stage} ...", flush=True)
-        results[stage] = run_stage(stage, args) | {"rows": args.rows, "date": time.strftime("%Y-%m-%d %H:%M")}
+        measured = run_stage(stage, args) | {"rows": args.rows, "date": time.strftime("%Y-%m-%d %H:%M")}
+        results = json.loads(store.read_text()) if store.exists() else {}  # another invocation may have added
+        results[stage] = measured
         store.write_text(json.dumps(results, indent=2))
         print(json.dumps(results[stage]), flush=True)
     table = [[stage, f"{r.get('wall_s', '-')}", f"{r.get('peak_rss_mib', '-')}", f"{r.get('bytes_per_row', '-')}",

@@ -51,7 +51,9 @@ class Index(IndexReader):
 
     ``cache`` (default on) keeps each behaviour's model-made vectors in the index's behaviour cache
     (:mod:`actindex.query.cache`), so a behaviour is formed once per index, not once per process;
-    ``progress`` shows a progress bar while a behaviour is formed with the model.
+    ``progress`` shows a progress bar while a behaviour is formed with the model. The index's ``vectors.h5``
+    is held open from :meth:`open` on (a writer replaces the file by a rename, so reads keep seeing the index
+    as it was opened); ``close()``, or ``with Index.open(...) as idx:``, lets it go.
     """
 
     def __init__(self, root: str | Path, manifest: Any, cache: bool = True, progress: bool = False):
@@ -67,6 +69,7 @@ class Index(IndexReader):
         """Open and check a complete index (:meth:`IndexReader.open`); see the class docstring for the options."""
         idx = super().open(root)
         idx.use_cache, idx.progress = cache, progress
+        idx.hold_open()  # queries read a few rows each: one handle, not an open per read (closed by close())
         return idx
 
     @cached_property
@@ -163,7 +166,7 @@ class Index(IndexReader):
         if hit is not None:
             ctx = self.query_context()
             ctx.cache.update(hit.vectors)
-            ctx.gradients.update(hit.gradients)
+            ctx.stored_gradients.update(hit.gradients)
             hit.behavior.notes.append("formed from the index's behaviour cache (no model pass)")
             return raw, hit.behavior, True
         return raw, complete_behavior(raw, self.model()), False

@@ -22,13 +22,14 @@ a time. FAISS indexes are copied to the GPUs when a GPU build of FAISS sees one 
 from __future__ import annotations
 
 import json
+import mmap
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import h5py
 import numpy as np
@@ -57,10 +58,13 @@ HASH_ON_OPEN_BYTES = 64 << 20
 SPOT_CHECK_ROWS = 16
 #: the largest cosine a search may return: 1 for exact indexes, a little more for quantised codes
 MAX_COSINE = 1.5
+
+T = TypeVar("T")
+
 #: rows (a seeded sample of the searchable ones) whose cosines calibrate a query vector's scores
 CALIBRATION_ROWS = 8192
-#: calibrations (a location and a scale per family and query vector) a reader keeps
-CALIBRATIONS_KEPT = 4096
+#: results a reader keeps (:meth:`IndexReader.remembered`: calibrations, behaviours' member choices)
+REMEMBERED_KEPT = 4096
 #: an approximate (non-``Flat``) index answers searches of up to this many rows; a deeper ranking (or every row,
 #: ``k = 0``) is computed exactly from the stored vectors instead (an IVF search returns only the rows of the
 #: lists it probes)
@@ -94,6 +98,63 @@ def gather(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+class RowMap:
+    """Rows of an uncompressed chunked dataset read straight from a memory map of its file: with ``R`` rows per
+    chunk, row ``r`` lies at byte ``offset[r // R] + (r mod R) * row_bytes``, so any rows are one fancy index
+    (tens of times faster than HDF5's chunk-by-chunk reads of a few scattered rows, :func:`gather`). Only for
+    datasets it can read exactly: chunked along rows alone, no filters, native byte order, every chunk written
+    (:meth:`of` returns ``None`` otherwise)."""
+
+    def __init__(self, buffer: mmap.mmap, ds: h5py.Dataset, offsets: np.ndarray):
+        self.bytes = np.frombuffer(buffer, dtype=np.uint8)
+        self.dtype, self.shape, self.chunk_rows = ds.dtype, ds.shape, ds.chunks[0]
+        self.row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        self.offsets = offsets
+
+    @classmethod
+    def of(cls, buffer: mmap.mmap, ds: h5py.Dataset) -> RowMap | None:
+        if (ds.chunks is None or ds.chunks[1:] != ds.shape[1:] or ds.id.get_create_plist().get_nfilters()
+                or not ds.dtype.isnative or ds.dtype.kind not in "fiub"):
+            return None
+        offsets = np.full(-(-ds.shape[0] // ds.chunks[0]), -1, dtype=np.int64)
+
+        def found(info: Any) -> None:
+            offsets[info.chunk_offset[0] // ds.chunks[0]] = info.byte_offset
+
+        ds.id.chunk_iter(found)
+        chunk_bytes = ds.chunks[0] * int(np.prod(ds.chunks[1:], dtype=np.int64)) * ds.dtype.itemsize
+        if (offsets < 0).any() or offsets.max() + chunk_bytes > len(buffer):
+            return None
+        return cls(buffer, ds, offsets)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """``ds[rows]`` for any row numbers, in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row numbers outside 0..{self.shape[0] - 1}")
+        start = self.offsets[rows // self.chunk_rows] + (rows % self.chunk_rows) * self.row_bytes
+        raw = self.bytes[start[:, None] + np.arange(self.row_bytes)]
+        return raw.view(self.dtype).reshape(len(rows), *self.shape[1:])
+
+
+class SharedCosines:
+    """Cosines of query vectors with stored rows, the normalised rows of each family read once for every member
+    that scores the same rows (a fused query scores one set of rows with every member; several members share a
+    family): ``cos(psi, v_x) = <v_x / ||v_x||, psi / ||psi||>``, as :meth:`IndexReader.cosines`."""
+
+    def __init__(self, reader: IndexReader):
+        self.reader = reader
+        self.last: dict[str, tuple[bytes, np.ndarray]] = {}  # family -> (the rows, their normalised vectors)
+
+    def cosines(self, psi: np.ndarray, family: str, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        key = rows.tobytes()
+        held = self.last.get(family)
+        if held is None or held[0] != key:
+            held = self.last[family] = (key, normalise(self.reader.vectors(family, rows)))
+        return held[1] @ normalise(psi)[0]
+
+
 @dataclass(frozen=True)
 class RowTable:
     """The per-row numeric datasets every stage reads: loss, token counts, which rows are searchable, and where
@@ -121,8 +182,11 @@ class IndexReader:
         self.manifest = manifest
         self._faiss: dict[str, Any] = {}
         self._calibration: dict[str, np.ndarray] = {}
-        self._calibrated: dict[tuple[str, str, bytes], tuple[float, float]] = {}
+        self._remembered: dict[Hashable, Any] = {}
         self._held: h5py.File | None = None
+        self._mapped: mmap.mmap | None = None
+        self._row_maps: dict[str, RowMap | None] = {}
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._ids: list[str] | None = None
         self.search_settings: dict[str, int | None] = {"nprobe": None, "ef_search": None}
         self.faiss_gpu = True  # copy FAISS indexes to the GPUs when a GPU build of FAISS sees one
@@ -146,8 +210,12 @@ class IndexReader:
         return reader
 
     def reload_manifest(self) -> None:
-        """Read the manifest again (after a writer added to it, e.g. curvature)."""
+        """Read the manifest again (after a writer added to it, e.g. curvature), and ``vectors.h5`` with it when
+        the reader holds it open."""
         self.manifest = read_manifest(self.root)
+        if self._held is not None:
+            self.close()
+            self.hold_open()
 
     def file_problem(self, name: str) -> str | None:
         """A file the manifest checksums (format 2) whose bytes changed, when it is small enough to hash at
@@ -196,12 +264,22 @@ class IndexReader:
             with self.h5():  # checked as every read is
                 pass
             self._held = h5py.File(inside(self.root, VECTORS), "r")
+            # the very file the handle reads (a rename may since have put another at the path)
+            self._mapped = mmap.mmap(self._held.id.get_vfd_handle(), 0, access=mmap.ACCESS_READ)
+            self._row_maps, self._datasets = {}, {}
 
     def close(self) -> None:
         """Close the handle :meth:`hold_open` keeps (reads open the file again each time)."""
         held, self._held = self._held, None
+        self._row_maps, self._mapped, self._datasets = {}, None, {}  # the map closes with its last array
         if held is not None:
             held.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @cached_property
     def table(self) -> RowTable:
@@ -225,7 +303,7 @@ class IndexReader:
         if self._ids is not None:
             return [self._ids[int(r)] for r in rows]
         with self.h5() as f:
-            return [_text(i) for i in gather(f["ids"], np.asarray(rows, dtype=np.int64))]
+            return [_text(i) for i in gather(self.dataset(f, "ids"), np.asarray(rows, dtype=np.int64))]
 
     def records(self, rows: list[int] | np.ndarray) -> list[dict[str, Any]]:
         """The original training rows (all their fields) at the given row numbers."""
@@ -233,7 +311,7 @@ class IndexReader:
         if not len(rows):
             return []
         with self.h5() as f:
-            return [json.loads(_text(value)) for value in gather(f["record"], rows)]
+            return [json.loads(_text(value)) for value in gather(self.dataset(f, "record"), rows)]
 
     def record_values(self, rows: list[int] | np.ndarray, key: str) -> list[Any]:
         """The value of the field ``key`` of the stored records of ``rows`` (``None`` where a record lacks it or is
@@ -262,10 +340,29 @@ class IndexReader:
         """Stored vectors of a family (float32), all rows or the given ones."""
         self.check_family(family)
         with self.h5() as f:
-            ds = f[f"vectors/{family}"]
+            ds = self.dataset(f, f"vectors/{family}")
             if rows is None:
                 return ds[()].astype(np.float32)
-            return gather(ds, np.asarray(rows, dtype=np.int64)).astype(np.float32, copy=False)
+            rows = np.asarray(rows, dtype=np.int64)
+            direct = self.row_map(family, ds)
+            return (gather(ds, rows) if direct is None else direct.read(rows)).astype(np.float32, copy=False)
+
+    def dataset(self, f: h5py.File, key: str) -> h5py.Dataset:
+        """``f[key]``, looked up once while ``f`` is the held handle (a lookup costs more than a small read)."""
+        if f is not self._held:
+            return f[key]
+        if key not in self._datasets:
+            self._datasets[key] = f[key]
+        return self._datasets[key]
+
+    def row_map(self, family: str, ds: h5py.Dataset) -> RowMap | None:
+        """The family's :class:`RowMap` while ``vectors.h5`` is held open (``None`` otherwise, or when the dataset
+        is not one it can read)."""
+        if self._mapped is None:
+            return None
+        if family not in self._row_maps:
+            self._row_maps[family] = RowMap.of(self._mapped, ds)
+        return self._row_maps[family]
 
     def check_family(self, family: str) -> None:
         """Refuse, in one line, a family the index does not hold."""
@@ -398,23 +495,34 @@ class IndexReader:
 
     def typical(self, family: str) -> np.ndarray:
         """``mu = mean_x v_x / ||v_x||`` over the calibration sample: the index's typical row direction."""
-        return self.calibration_sample(family).mean(axis=0)
+        return self.remembered(("typical", family), lambda: self.calibration_sample(family).mean(axis=0))
 
     def calibration(self, vector: np.ndarray, family: str,
                     summary: Callable[[np.ndarray], tuple[float, float]]) -> tuple[float, float]:
         """``summary(calibration_cosines(vector, family))`` (a location and a scale), kept per family and vector:
         a query vector asked again (a cached behaviour) is calibrated once per process."""
-        key = (family, getattr(summary, "__qualname__", repr(summary)), np.asarray(vector, np.float32).tobytes())
-        found = self._calibrated.get(key)
-        if found is None:
-            found = self._calibrated[key] = summary(self.calibration_cosines(vector, family))
-            if len(self._calibrated) > CALIBRATIONS_KEPT:
-                self._calibrated.pop(next(iter(self._calibrated)), None)
+        key = ("calibration", family, getattr(summary, "__qualname__", repr(summary)),
+               np.asarray(vector, np.float32).tobytes())
+        return self.remembered(key, lambda: summary(self.calibration_cosines(vector, family)))
+
+    def remembered(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, kept under ``key`` for the reader's life (the :data:`REMEMBERED_KEPT` latest): work that
+        depends only on the index's fixed rows and the key, asked again by every query of a cached behaviour."""
+        if key in self._remembered:
+            return self._remembered[key]
+        found = self._remembered[key] = compute()
+        if len(self._remembered) > REMEMBERED_KEPT:
+            self._remembered.pop(next(iter(self._remembered)), None)
         return found
 
     def cosines(self, vector: np.ndarray, family: str, rows: np.ndarray) -> np.ndarray:
         """Cosine of ``vector`` with the stored vectors of ``rows`` (exact, from vectors.h5)."""
         return normalise(self.vectors(family, rows)) @ normalise(vector)[0]
+
+    def shared_cosines(self) -> SharedCosines:
+        """Cosines of several query vectors with the same rows, each family's rows read once
+        (:class:`SharedCosines`)."""
+        return SharedCosines(self)
 
     def projections(self, vector: np.ndarray, family: str, rows: np.ndarray | None = None) -> np.ndarray:
         """``<v_i, psi / ||psi||>`` of the raw stored vectors of ``rows`` (default: every searchable row)."""

@@ -58,11 +58,12 @@ class CacheEntry:
 
 @dataclass
 class Cached:
-    """A cache hit: the completed behaviour, its conversations' vectors, its query gradient if stored."""
+    """A cache hit: the completed behaviour, its conversations' vectors, its query gradient if stored (numpy
+    arrays by module, float64: :attr:`QueryContext.stored_gradients`)."""
 
     behavior: Behavior
     vectors: dict[tuple[str, str], np.ndarray]
-    gradients: dict[str, list[dict[str, Any]]]
+    gradients: dict[str, list[dict[str, np.ndarray]]]
 
 
 def behavior_content(behavior: Behavior) -> dict[str, Any]:
@@ -164,9 +165,7 @@ class BehaviorCache:
             if kind == "v":
                 vectors.update({(family, k): v for k, v in zip(keys, values)})
             elif kind == "g":
-                import torch
-
-                gradient[family] = torch.from_numpy(values)
+                gradient[family] = values
         gradients = {meta["gradient_key"]: [gradient]} if gradient else {}
         return Cached(completed, vectors, gradients)
 

@@ -96,9 +96,11 @@ class QueryContext:
     never loads it. ``families`` are the families the index holds; ``layers`` its layers.
     ``curvature(kind)`` loads the index's fitted factors (for methods that precondition). ``cache`` maps
     ``(family, conversation key)`` to a vector; ``gradients`` keeps the last behaviour gradient (a rerank
-    after the search reuses it); ``touched`` the conversation keys asked for since :meth:`start`, and
-    ``model_seconds`` the time spent in model passes (both for the behaviour cache and the timings; kept
-    per thread). The context does not serialise model passes: whoever shares one between threads does.
+    after the search reuses it), ``stored_gradients`` the behaviour cache's (numpy, made tensors when a rerank
+    asks: a search answered from the cache never imports torch); ``touched`` the conversation keys asked for
+    since :meth:`start`, and ``model_seconds`` the time spent in model passes (both for the behaviour cache
+    and the timings; kept per thread). The context does not serialise model passes: whoever shares one
+    between threads does.
     """
 
     model: Callable[[], LoadedModel]
@@ -112,6 +114,7 @@ class QueryContext:
     curvature: Callable[[str], Any] | None = None
     cache: MutableMapping[tuple[str, str], np.ndarray] = field(default_factory=dict)
     gradients: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    stored_gradients: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
     progress: bool = False
     _query: threading.local = field(default_factory=threading.local, repr=False)
 
@@ -216,6 +219,13 @@ class QueryContext:
         self.touched.update(conversation_key(c) for c in convs)
         cache_key = json.dumps([names, groups, [conversation_key(c) for c in convs]])
         if cache_key in self.gradients:
+            return self.gradients[cache_key]
+        if cache_key in self.stored_gradients:
+            import torch
+
+            self.gradients.clear()
+            self.gradients[cache_key] = [{name: torch.from_numpy(g) for name, g in group.items()}
+                                         for group in self.stored_gradients[cache_key]]
             return self.gradients[cache_key]
         n = len(pairs)
         weights = np.zeros((len(groups), len(convs)))

@@ -191,6 +191,7 @@ class QueryPipeline:
         seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
         depth = 0 if k <= 0 else max(1000, 10 * k)
         bottom_depth = max(1000, 10 * bottom_k) if bottom_k else 0
+        rows_read = self.reader.shared_cosines()  # members of one family score the same rows: read them once
         out = []
         for member in formed:
             psi, family = member.psi, member.family
@@ -201,7 +202,7 @@ class QueryPipeline:
             out.append(MemberRanking(
                 method=member.method, layer=member.layer, family=family, psi=psi, top=top.rows,
                 bottom=bottom.rows,
-                cosines=lambda rows, psi=psi, family=family: self.reader.cosines(psi, family, rows),
+                cosines=lambda rows, psi=psi, family=family: rows_read.cosines(psi, family, rows),
                 center=center, scale=scale, weight=member.weight, notes=dict(member.notes),
             ))
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -16,7 +17,7 @@ from actindex.core.families import (
 from actindex.errors import IndexFileError
 from actindex.query.constructions import Construction
 from actindex.query.methods.base import FormedMember, QueryMethod, no_single_vector
-from actindex.query.selection import MIN_PAIRS, check_pairs, choose
+from actindex.query.selection import MIN_PAIRS, PairCheck, check_pairs, choose
 
 if TYPE_CHECKING:
     from actindex.index.reader import IndexReader
@@ -71,11 +72,15 @@ class AdaptiveMethod(QueryMethod):
         families = dict.fromkeys(family for _, family, _ in candidates)
         sides = {family: self.sides(ctx, behavior, family) for family in families}
         typical = {family: reader.typical(family) for family in families}  # mu, once per family
-        checks = [check_pairs(*sides[family], reader.calibration_sample(family),
-                              lambda t, c, s=Construction.get(construction), mu=typical[family]: s.psi(t, c, mu))
-                  for construction, family, _ in candidates] if checked else []
-        fallback = candidates[0][0] if behavior.example else self.fallback
-        weights = choose(checks) if checked else np.array([float(c == fallback) for c, _, _ in candidates])
+        if checked:  # the same pairs against the same index choose the same members: checked once per reader
+            arrays = [a for pair in sides.values() for a in pair]
+            digest = hashlib.sha256(repr([a.shape for a in arrays]).encode() + b"".join(a.tobytes() for a in arrays))
+            checks, weights = reader.remembered((self.name, tuple(candidates), digest.hexdigest()),
+                                                lambda: self.choose(reader, candidates, sides, typical))
+        else:
+            checks = []
+            fallback = candidates[0][0] if behavior.example else self.fallback
+            weights = np.array([float(c == fallback) for c, _, _ in candidates])
         out = []
         for i, (construction, family, at) in enumerate(candidates):
             weight = float(weights[i])
@@ -84,6 +89,17 @@ class AdaptiveMethod(QueryMethod):
             notes = {key: value for key, value in notes.items() if value is not None}
             out.append(FormedMember(method=construction, layer=at, family=family, psi=psi, weight=weight, notes=notes))
         return out
+
+    @staticmethod
+    def choose(reader: IndexReader, candidates: list[tuple[str, str, int]],
+               sides: dict[str, tuple[np.ndarray, np.ndarray]],
+               typical: dict[str, np.ndarray]) -> tuple[list[PairCheck], np.ndarray]:
+        """Every candidate's held-out check (:func:`~actindex.query.selection.check_pairs`) and the weights
+        :func:`~actindex.query.selection.choose` gives them."""
+        checks = [check_pairs(*sides[family], reader.calibration_sample(family),
+                              lambda t, c, s=Construction.get(construction), mu=typical[family]: s.psi(t, c, mu))
+                  for construction, family, _ in candidates]
+        return checks, choose(checks)
 
     def vector(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
         raise no_single_vector(self.name)
