@@ -16,8 +16,9 @@ Stages (each one process; its wall time and peak RSS, ``ru_maxrss`` of ``wait4``
 * ``query-first``: the first query of a behaviour (4 pairs, ``Index.query``, default ``ensemble``): forms its
   vectors with the model and fills the index's behaviour cache;
 * ``query``: a fresh process: open the index, one query answered from the behaviour cache (no model), then
-  ``--queries`` more timed one by one (p50 / p99), with the default method and with ``ensemble``, and as many
-  raw ``Index.search`` calls of random vectors (k = 10, one family);
+  ``--queries`` more timed one by one (p50 / p99), with the default method, with ``ensemble``, and with the
+  default's worst case (its choice replaced by one that keeps every candidate), and as many raw
+  ``Index.search`` calls of random vectors (k = 10, one family);
 * ``fit``: ``fit-curvature --kind ekfac --samples 32`` (few samples: the rerank's cost, not its quality);
 * ``rerank``: a fresh process: ``query --rerank ekfac --candidates 100``;
 * ``filter``: ``filter --remove-top 1%`` writing the directory of shards without those rows;
@@ -35,6 +36,7 @@ bench/runs/scale.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -118,7 +120,15 @@ def child(args: argparse.Namespace) -> None:
         res = idx.query(behaviour, k=10, **options)
         out |= {"first_query_s": round(time.perf_counter() - t, 3), "cached": res.cached, "timings": res.timings}
         if args.child == "query":
-            for key, method in (("query", None), ("query_ensemble", "ensemble")):
+            for key, method in (("query", None), ("query_ensemble", "ensemble"), ("query_all", None)):
+                if key == "query_all":  # the default's worst case: the choice keeps every candidate
+                    import actindex.query.methods.adaptive as adaptive
+
+                    adaptive.choose = lambda checks: np.ones(len(checks))
+                    idx.close()
+                    del idx, res
+                    gc.collect()  # its FAISS indexes go before the fresh reader maps them again
+                    idx = actindex.Index.open(work / "idx")  # a reader remembers its choices: a fresh one
                 idx.query(behaviour, k=10, method=method)  # calibrates its members once per process
                 times = []
                 for _ in range(args.queries):
@@ -211,10 +221,11 @@ def figures(stage: str, r: dict) -> str:
         return r["skipped"]
     parts = []
     if "query" in r:
-        for q in (r["query"], r.get("query_ensemble")):
+        queries = ((r["query"], ""), (r.get("query_ensemble"), ""), (r.get("query_all"), ", every candidate kept"))
+        for q, note in queries:
             if q is not None and "method" in q:
-                parts.append(f"cached `{q['method']}` query ({q['members']} members) p50 {q['p50_ms']} ms, p99 "
-                             f"{q['p99_ms']} ms")
+                parts.append(f"cached `{q['method']}` query ({q['members']} members{note}) p50 {q['p50_ms']} ms, "
+                             f"p99 {q['p99_ms']} ms")
         parts.append(("" if "method" in r["query"] else f"cached query p50 {r['query']['p50_ms']} ms, p99 "
                       f"{r['query']['p99_ms']} ms; ") + "raw "
                      f"Index.search ({r['search']['factory']}) p50 {r['search']['p50_ms']} ms, p99 "
