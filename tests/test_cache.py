@@ -182,3 +182,40 @@ def test_calibrated_scores_have_a_sign_and_a_scale(model_dir, tmp_path):
     scores = np.array([h.score for h in res.top])
     assert res.top[0].id == "planted" and res.top[0].score > 2
     assert abs(float(np.median(scores))) < 0.5 and all(h.score < 0 for h in res.bottom)
+
+
+def test_a_cached_gradient_imports_no_torch_until_a_rerank_uses_it(index, tmp_path, model_dir):
+    behavior = write_jsonl(tmp_path / "b.jsonl", PAIRS)
+    idx = actindex.Index.open(index)
+    idx.fit_curvature(kind="ekfac", samples=8, progress=False)
+    first = idx.query(str(behavior), k=3, bottom_k=2, rerank="ekfac", candidates=6)
+    assert not first.cached
+    # the cache file now holds the behaviour gradient; a search from it still loads no tensor library
+    assert BehaviorCache(index, idx.manifest).entries()[0].gradient
+    argv = ["query", "--index", str(index), "--behavior", str(behavior), "--top-k", "3"]
+    assert _imports(argv, tmp_path) == []
+    # a rerank answered from the cache uses the stored gradient: no model pass, the same influence
+    again = actindex.Index.open(index).query(str(behavior), k=3, bottom_k=2, rerank="ekfac", candidates=6)
+    assert again.cached and again.timings["model pass"] == 0.0
+    assert [(h.row, round(h.influence, 6)) for h in again.top] == [(h.row, round(h.influence, 6)) for h in first.top]
+
+
+def test_the_adaptive_choice_is_checked_once_per_reader(index, tmp_path, monkeypatch):
+    import actindex.query.methods.adaptive as adaptive
+
+    pairs = PAIRS + [{"prompt": "is water wet ?", "treatment": "no it is dry", "control": "yes it is wet"},
+                     {"prompt": "what colour is snow ?", "treatment": "snow is black", "control": "snow is white"}]
+    behavior = write_jsonl(tmp_path / "b.jsonl", pairs)
+    idx = actindex.Index.open(index)
+    first = idx.query(str(behavior), k=5)
+
+    def checked(*args, **kwargs):
+        raise RuntimeError("checked again")
+
+    monkeypatch.setattr(adaptive, "check_pairs", checked)
+    again = idx.query(str(behavior), k=5)  # the same pairs against the same reader: not checked again
+    assert rows_and_scores(again) == rows_and_scores(first)
+    assert again.members == first.members and any("pair AUROC" in m for m in again.members)
+    other = write_jsonl(tmp_path / "c.jsonl", pairs[::-1])  # other pairs' vectors: checked
+    with pytest.raises(RuntimeError, match="checked again"):
+        idx.query(str(other), k=5)
