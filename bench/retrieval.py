@@ -34,6 +34,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 import actindex
 from actindex.core.readers import resolve_data_path
 from actindex.query.behaviors import Behavior, Pair, load_behavior
+from actindex.query.constructions import Construction
+from actindex.query.selection import MARGIN, PairCheck, check_pairs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 POOLS = Path(__file__).resolve().parent / "pools"
@@ -118,6 +120,18 @@ def tfidf_scores(records: list[dict], behavior: Behavior) -> np.ndarray:
     return np.asarray(pool @ q).ravel() / (np.linalg.norm(q) + 1e-12)
 
 
+def lexical_check(records: list[dict], behavior: Behavior) -> PairCheck:
+    """The held-out check the adaptive default gives each candidate (:func:`check_pairs`), of the TF-IDF
+    contrast direction: pair texts ``prompt + answer`` in the pool's TF-IDF space, rows L2-normalised."""
+    vec = TfidfVectorizer().fit([text_of(r) for r in records])
+    pool = vec.transform([text_of(r) for r in records]).toarray()
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True) + 1e-12
+    t = vec.transform([p.prompt + " " + p.treatment for p in behavior.pairs]).toarray()
+    c = vec.transform([p.prompt + " " + (p.control or "") for p in behavior.pairs]).toarray()
+    contrast = Construction.get("contrast")
+    return check_pairs(t, c, pool, lambda tt, cc: contrast.psi(tt, cc, None))
+
+
 def robust_z(scores: np.ndarray) -> np.ndarray:
     """``(s - median) / (1.4826 MAD)`` over the pool's ranked rows (rows a search skipped: the lowest)."""
     finite = np.isfinite(scores)
@@ -165,6 +179,8 @@ def main() -> None:
     lines = ["| set | rows (planted) | method | layer | AUROC | AP | P@n | R@100 | s/query |", "|" + "---|" * 9]
     choices = ["| set | adaptive members kept (construction family (weight)) | AUROC by length third (short / mid / "
                "long) |", "|---|---|---|"]
+    gates = ["| set | lexical pair AUROC | lexical index AUROC | lexical quality | best candidate's quality | "
+             "the adaptive rule would |", "|---|---|---|---|---|---|"]
     for spec in args.sets.split(","):
         name, _, cut = spec.partition("@")
         max_length = int(cut or 512)
@@ -198,6 +214,12 @@ def main() -> None:
         lexical = tfidf_scores(records, behavior)
         if args.lexical and adaptive is not None:  # the study of a lexical member (README: next steps)
             kept = sum(m["weight"] > 0 for m in adaptive[1])
+            best = max(((m["pair AUROC"] + m["index AUROC"]) / 2 for m in adaptive[1] if "pair AUROC" in m),
+                       default=float("nan"))
+            check = lexical_check(records, behavior)
+            gates.append(f"| {spec} | {check.pair_auroc:.3f} | {check.index_auroc:.3f} | {check.quality:.3f} | "
+                         f"{best:.3f} | {'kept' if check.quality >= best - MARGIN else 'not kept'} |")
+            print(gates[-1], flush=True)
             for w in (1 / (kept + 1), 0.5):
                 m = metrics((1 - w) * robust_z(adaptive[0]) + w * robust_z(lexical), labels)
                 lines.append(f"| {spec} | {size} | adaptive + tfidf, weight {w:.2f} | - | {m['auroc']:.3f} | "
@@ -215,7 +237,8 @@ def main() -> None:
             f"seed 0 ({args.clean} clean + {args.planted} planted rows), rept-backdoor-long: rept-backdoor rows "
             f"with answers over {LONG_CHARS} characters (200 + 40). `NAME@L`: indexed with --max-length L. "
             "s/query includes forming the query vectors with the model (once per family kind; later layers and "
-            "methods reuse them) and the search.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(choices) + "\n")
+            "methods reuse them) and the search.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(choices) + "\n"
+            + ("\n" + "\n".join(gates) + "\n" if args.lexical else ""))
 
 
 if __name__ == "__main__":
