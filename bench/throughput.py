@@ -110,6 +110,10 @@ def main() -> None:
         lm = load_model(args.model, args.device, args.dtype)
     rows = synthetic_rows(args.rows) if args.data == "synthetic" else load_rows(args.data, args.rows)
     encoded = sorted((encode_row(lm.tokenizer, r, args.max_length) for r in rows), key=lambda e: -len(e.input_ids))
+    empty = sum(e.n_response == 0 for e in encoded)
+    if empty:  # the build skips them: its modes would time no work
+        parser.error(f"{empty} of {len(encoded)} rows keep no response token at --max-length {args.max_length}; "
+                     "raise --max-length")
     groups = [encoded[i : i + args.batch_size] for i in range(0, len(encoded), args.batch_size)]
     tokens = sum(len(e.input_ids) for e in encoded)
     pad = lm.tokenizer.pad_token_id
