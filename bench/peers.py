@@ -298,6 +298,13 @@ def main() -> None:
                  "at steady state is a slope between two sizes")
     threads = os.environ.get("PEERS_THREADS", "1")
     peers_bin = Path(args.peers_python).parent
+    if "kronfluence" not in skip:  # its child runs in the peers' venv and imports actindex there: checked first
+        probe = subprocess.run([args.peers_python, "-c", "import actindex, kronfluence"], capture_output=True,
+                               text=True)
+        if probe.returncode != 0:
+            why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            ap.error(f"{args.peers_python} cannot import actindex and kronfluence ({why}); install them there (see "
+                     "this script's docstring) before the hours of builds")
     table: list[list[object]] = []
     notes: list[str] = []
     per_row: dict[str, float] = {}
