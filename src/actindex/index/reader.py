@@ -13,7 +13,9 @@ line pointing at ``actindex verify``.
 
 Nothing here reads every row unless asked to: the per-row table holds the numeric columns only (8-30 bytes a
 row; ids are read for the rows shown, :meth:`IndexReader.ids_of`), stored vectors and records of many rows are
-gathered chunk by chunk (:func:`gather`), and a ranking of every row (``k = 0``, or more rows than an
+gathered chunk by chunk (:func:`gather`) or, while the file is held open (:meth:`IndexReader.hold_open`, what an
+:class:`actindex.Index` does), vectors are read straight from a memory map of its chunks (:class:`RowMap`), and a
+ranking of every row (``k = 0``, or more rows than an
 approximate index returns, :data:`APPROX_MAX_K`) scores every valid row exactly from ``vectors.h5``, a block at
 a time. FAISS indexes are copied to the GPUs when a GPU build of FAISS sees one (:meth:`IndexReader.tune`,
 ``query --no-faiss-gpu`` to stay on the CPU).
