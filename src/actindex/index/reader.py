@@ -276,7 +276,8 @@ class IndexReader:
             self._held = h5py.File(inside(self.root, VECTORS), "r")
             # the very file the handle reads (a rename may since have put another at the path)
             self._mapped = mmap.mmap(self._held.id.get_vfd_handle(), 0, access=mmap.ACCESS_READ)
-            self._mapped.madvise(mmap.MADV_RANDOM)  # scattered rows: no read-ahead around each one
+            if hasattr(mmap, "MADV_RANDOM"):  # scattered rows: no read-ahead around each one
+                self._mapped.madvise(mmap.MADV_RANDOM)
             self._row_maps, self._datasets = {}, {}
 
     def close(self) -> None:
