@@ -220,20 +220,19 @@ class QueryContext:
         cache_key = json.dumps([names, groups, [conversation_key(c) for c in convs]])
         if cache_key in self.gradients:
             return self.gradients[cache_key]
-        if cache_key in self.stored_gradients:
+        if cache_key in self.stored_gradients:  # the behaviour cache's, made tensors now
             import torch
 
-            self.gradients.clear()
-            self.gradients[cache_key] = [{name: torch.from_numpy(g) for name, g in group.items()}
-                                         for group in self.stored_gradients[cache_key]]
-            return self.gradients[cache_key]
-        n = len(pairs)
-        weights = np.zeros((len(groups), len(convs)))
-        for c, members in enumerate(groups):
-            weights[c, members] += 1.0 / len(members)
-            if not behavior.example:
-                weights[c, [n + j for j in members]] -= 1.0 / len(members)
-        sums = self.weighted_gradients(convs, weights, names)
+            sums = [{name: torch.from_numpy(g) for name, g in group.items()}
+                    for group in self.stored_gradients[cache_key]]
+        else:
+            n = len(pairs)
+            weights = np.zeros((len(groups), len(convs)))
+            for c, members in enumerate(groups):
+                weights[c, members] += 1.0 / len(members)
+                if not behavior.example:
+                    weights[c, [n + j for j in members]] -= 1.0 / len(members)
+            sums = self.weighted_gradients(convs, weights, names)
         self.gradients.clear()
         self.gradients[cache_key] = sums
         return sums

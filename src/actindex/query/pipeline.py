@@ -300,7 +300,7 @@ class QueryPipeline:
             unkept = [f for f in formed if f.weight <= 0]
             self.timings["members"] = time.perf_counter() - choosing - (ctx.model_seconds if ctx else 0.0)
             members = self.member_rankings([f for f in formed if f.weight > 0], n or config.k, n or config.bottom_k)
-            fusion = config.fusion or strategy.fusion
+            fusion = config.resolved_fusion()
             top, bottom = self.fused(members, fusion, n or config.k, n or config.bottom_k)
             described = f"{fusion}(" + ", ".join(member_label(m) for m in members) + ")"
             return Ranked(method, described, top, bottom, None, members, lambda rows: calibrated(members, rows),
