@@ -111,23 +111,28 @@ def text_of(record: dict) -> str:
     return " ".join(m["content"] for m in record["messages"])
 
 
-def tfidf_scores(records: list[dict], behavior: Behavior) -> np.ndarray:
+def tfidf_space(records: list[dict], behavior: Behavior) -> tuple:
+    """The pool's TF-IDF rows and its pairs' texts (``prompt + treatment``, ``prompt + control``) in that space
+    (sparse, rows L2-normalised)."""
     vec = TfidfVectorizer().fit([text_of(r) for r in records])
     pool = vec.transform([text_of(r) for r in records])
-    t = vec.transform([p.prompt + " " + p.treatment for p in behavior.pairs]).mean(axis=0)
-    c = vec.transform([p.prompt + " " + (p.control or "") for p in behavior.pairs]).mean(axis=0)
-    q = np.asarray(t - c).ravel()
+    t = vec.transform([p.prompt + " " + p.treatment for p in behavior.pairs])
+    c = vec.transform([p.prompt + " " + (p.control or "") for p in behavior.pairs])
+    return pool, t, c
+
+
+def tfidf_scores(records: list[dict], behavior: Behavior) -> np.ndarray:
+    """The TF-IDF baseline: cosine of each row with the treatment-minus-control direction."""
+    pool, t, c = tfidf_space(records, behavior)
+    q = np.asarray(t.mean(axis=0) - c.mean(axis=0)).ravel()
     return np.asarray(pool @ q).ravel() / (np.linalg.norm(q) + 1e-12)
 
 
 def lexical_check(records: list[dict], behavior: Behavior) -> PairCheck:
     """The held-out check the adaptive default gives each candidate (:func:`check_pairs`), of the TF-IDF
     contrast direction: pair texts ``prompt + answer`` in the pool's TF-IDF space, rows L2-normalised."""
-    vec = TfidfVectorizer().fit([text_of(r) for r in records])
-    pool = vec.transform([text_of(r) for r in records]).toarray()
+    pool, t, c = (m.toarray() for m in tfidf_space(records, behavior))
     pool /= np.linalg.norm(pool, axis=1, keepdims=True) + 1e-12
-    t = vec.transform([p.prompt + " " + p.treatment for p in behavior.pairs]).toarray()
-    c = vec.transform([p.prompt + " " + (p.control or "") for p in behavior.pairs]).toarray()
     contrast = Construction.get("contrast")
     return check_pairs(t, c, pool, lambda tt, cc: contrast.psi(tt, cc, None))
 
