@@ -46,8 +46,8 @@ class AdaptiveMethod(QueryMethod):
     help = "(default) fusion of the queries (construction x family x layer) the behaviour's held-out pairs rank best"
     fused = True
     fusion = "zmean"
-    #: the families tried, by kind, when the index holds them (the response-opening variants are built on
-    #: request: ``build --families ...,residual_change_opening,mean_activation_opening``)
+    #: the families tried, by kind, when the index holds them (the response-opening variants are built by
+    #: default; an index built with ``--no-opening``, or before them, is answered without them)
     kinds: ClassVar[tuple[str, ...]] = (RESIDUAL_CHANGE, MEAN_ACTIVATION, RESIDUAL_CHANGE_OPENING,
                                         MEAN_ACTIVATION_OPENING)
     #: the construction every candidate family keeps when there are too few pairs to check (examples: the
@@ -76,7 +76,7 @@ class AdaptiveMethod(QueryMethod):
             arrays = [a for pair in sides.values() for a in pair]
             digest = hashlib.sha256(repr([a.shape for a in arrays]).encode() + b"".join(a.tobytes() for a in arrays))
             checks, weights = reader.remembered((self.name, tuple(candidates), digest.hexdigest()),
-                                                lambda: self.choose(reader, candidates, sides, typical))
+                                                lambda: self.check_candidates(reader, candidates, sides, typical))
         else:
             checks = []
             fallback = candidates[0][0] if behavior.example else self.fallback
@@ -91,7 +91,7 @@ class AdaptiveMethod(QueryMethod):
         return out
 
     @staticmethod
-    def choose(reader: IndexReader, candidates: list[tuple[str, str, int]],
+    def check_candidates(reader: IndexReader, candidates: list[tuple[str, str, int]],
                sides: dict[str, tuple[np.ndarray, np.ndarray]],
                typical: dict[str, np.ndarray]) -> tuple[list[PairCheck], np.ndarray]:
         """Every candidate's held-out check (:func:`~actindex.query.selection.check_pairs`) and the weights
