@@ -14,7 +14,7 @@ from actindex.cli.main import device_option, friendly, load_requested_model, mai
 from actindex.cli.options import LazyChoice, config_options, pop_config
 from actindex.errors import ActindexError
 from actindex.query.checkpoints.config import CheckpointConfig
-from actindex.query.pipeline import QueryConfig
+from actindex.query.pipeline import QueryConfig, member_label
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -171,7 +171,7 @@ def members_table(members: list[dict[str, Any]]) -> str:
     head = f"{'member':<40} {'weight':>6} {'median':>8} {'scale':>8}"
     lines = [head + (f" {'pair AUROC':>10} {'index AUROC':>11}" if checked else "")]
     for m in sorted(members, key=lambda m: -m["weight"]):
-        name = f"{m['method']} {m['family']}" if m["method"] not in m["family"].replace("_", "-") else m["family"]
+        name = member_label(m["method"], m["family"])
         calibration = (f"{m['median']:>8.4f} {m['scale']:>8.4f}" if "median" in m else f"{'-':>8} {'-':>8}")
         line = f"{name:<40} {m['weight']:>6.2f} {calibration}"
         if checked:

@@ -302,7 +302,7 @@ class QueryPipeline:
             members = self.member_rankings([f for f in formed if f.weight > 0], n or config.k, n or config.bottom_k)
             fusion = config.resolved_fusion()
             top, bottom = self.fused(members, fusion, n or config.k, n or config.bottom_k)
-            described = f"{fusion}(" + ", ".join(member_label(m) for m in members) + ")"
+            described = f"{fusion}(" + ", ".join(member_label(m.method, m.family) for m in members) + ")"
             return Ranked(method, described, top, bottom, None, members, lambda rows: calibrated(members, rows),
                           name, unkept)
         if vector is None:
@@ -342,9 +342,10 @@ class QueryPipeline:
                            timings={k: round(v, 4) for k, v in self.timings.items()})
 
 
-def member_label(member: MemberRanking | FormedMember) -> str:
-    """``residual_change/18`` for a member named by its method, ``hybrid mean_activation/18`` for an adaptive one."""
-    return member.family if member.method in QueryMethod.registry else f"{member.method} {member.family}"
+def member_label(method: str, family: str) -> str:
+    """``residual_change/18`` for a member named by its method, ``hybrid mean_activation/18`` for an adaptive one
+    (named by its construction)."""
+    return family if method in QueryMethod.registry else f"{method} {family}"
 
 
 def describe(member: MemberRanking | FormedMember) -> dict[str, Any]:
