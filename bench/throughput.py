@@ -139,9 +139,11 @@ def main() -> None:
 
     kinds = BuildConfig(data="-", out="-").family_kinds()  # the default build, response openings included
     whole = BuildConfig(data="-", out="-", opening=False).family_kinds()
+    before = BuildConfig(data="-", out="-", start=False, surprisal=False).family_kinds()  # the default before 11-30
     specs = {
-        f"build (default): residual change, pooled, mean act., openings @ {layer}":
+        f"build (default): residual change, pooled, mean act., openings, start, surprisal @ {layer}":
             VectorSpec(layers=layer, kinds=kinds),
+        "build --no-start --no-surprisal": VectorSpec(layers=layer, kinds=before),
         "build --no-opening": VectorSpec(layers=layer, kinds=whole),
         f"build: + --grad ({len(modules)} modules, k=8)": VectorSpec(layers=layer, kinds=[*kinds, GRADIENT],
                                                                     grad_modules=modules, grad_k=8),

@@ -130,7 +130,7 @@ def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its
     assert res.method == "adaptive"
     kept = [m for m in res.members if m["weight"] > 0]
     candidates = len(res.members)
-    assert candidates == 3 * 4 * 3  # constructions x (residual change, mean activation, their openings) x layers
+    assert candidates == (4 * 3 + 1) * 3  # (4 kinds x 3 constructions + the start's centered one) x 3 layers
     assert all("pair AUROC" in m and "index AUROC" in m for m in res.members)
     quality = [(m["pair AUROC"] + m["index AUROC"]) / 2 for m in res.members]
     assert 0 < len(kept) and all(m["weight"] == 1 for m in kept)
@@ -164,7 +164,7 @@ def test_too_few_pairs_weigh_the_hybrid_construction_in_every_family_equally(ind
 
 def test_adaptive_layer_option_restricts_the_candidates(index, behavior_file):
     res = index.query(str(behavior_file), layer=2, k=3)
-    assert {m["layer"] for m in res.members} == {2} and len(res.members) == 3 * 4
+    assert {m["layer"] for m in res.members} == {2} and len(res.members) == 4 * 3 + 1
 
 
 def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, monkeypatch, llama):
@@ -174,12 +174,12 @@ def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, mon
     res = runner.invoke(main, base + ["--explain"])
     assert res.exit_code == 0, res.output
     assert "pair AUROC" in res.output and "index AUROC" in res.output
-    assert sum(line.startswith(("contrast ", "centered ", "hybrid ")) for line in res.output.splitlines()) == 36
+    assert sum(line.startswith(("contrast ", "centered ", "hybrid ")) for line in res.output.splitlines()) == 39
     plain = runner.invoke(main, base)
     assert "members (chosen by the held-out pairs):" in plain.output
     out = runner.invoke(main, base + ["--format", "json"])
     members = json.loads(out.output)[0]["members"]
-    assert len(members) == 36 and all({"pair AUROC", "index AUROC", "weight"} <= m.keys() for m in members)
+    assert len(members) == 39 and all({"pair AUROC", "index AUROC", "weight"} <= m.keys() for m in members)
 
 
 def test_persona_behaviours_and_their_pairs_take_part(index):
@@ -202,7 +202,7 @@ def test_several_examples_are_checked_on_held_out_examples(index):
     checked by its index AUROC, the planted rows found."""
     examples = [{"prompt": p["prompt"], "response": p["treatment"]} for p in PAIRS]
     res = index.query(example=examples, k=5)
-    assert {m["method"] for m in res.members} == {"centered"} and len(res.members) == 4 * 3
+    assert {m["method"] for m in res.members} == {"centered"} and len(res.members) == 5 * 3
     assert all("index AUROC" in m and "pair AUROC" not in m for m in res.members)
     assert {h.id for h in res.top[:3]} == {"planted-3", "planted-11", "planted-29"}
 
@@ -218,3 +218,22 @@ def test_the_report_shows_the_chosen_members_and_their_checks(index, behavior_fi
     for m in kept:
         assert (f'<tr class="kept"><td><code>{m["method"]}</code></td><td><code>{m["family"]}</code></td>'
                 f'<td class="num">{m["weight"]:.2f}</td><td class="num">{m["pair AUROC"]:.3f}</td>') in page
+
+
+def test_the_candidate_families_the_start_forms_the_centered_query_alone(index, behavior_file):
+    res = index.query(str(behavior_file), k=0)
+    kinds = {m["family"].split("/")[0] for m in res.members}
+    assert kinds == {"residual_change", "mean_activation_surprisal", "residual_change_opening",
+                     "mean_activation_opening", "mean_activation_start"}
+    assert {m["method"] for m in res.members if m["family"].startswith("mean_activation_start/")} == {"centered"}
+
+
+def test_an_index_without_the_loss_weighted_mean_is_answered_with_the_plain_mean(llama, tmp_path, behavior_file):
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(20, seed=6))
+    actindex.build(data=str(data), out=str(tmp_path / "old"), layers=[1, 2], model=llama, progress=False,
+                   surprisal=False, start=False)
+    old = actindex.Index.open(tmp_path / "old").use_model(llama)
+    res = old.query(str(behavior_file), k=3)
+    assert {m["family"].split("/")[0] for m in res.members} == {
+        "residual_change", "mean_activation", "residual_change_opening", "mean_activation_opening"}
+    assert len(res.members) == 4 * 3 * 2 and res.top

@@ -32,7 +32,8 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
     assert set(m.families) == {
         "residual_change/1", "residual_change/3", "residual_change_pooled/1", "residual_change_pooled/3",
         "mean_activation/1", "mean_activation/3", "residual_change_opening/1", "residual_change_opening/3",
-        "mean_activation_opening/1", "mean_activation_opening/3", "gradient",
+        "mean_activation_opening/1", "mean_activation_opening/3", "mean_activation_start/1",
+        "mean_activation_start/3", "mean_activation_surprisal/1", "mean_activation_surprisal/3", "gradient",
     }
     assert m.rows == 24 and m.layers == [1, 3] and m.model.fingerprint == llama.fingerprint
     data = read_all(out)
@@ -53,7 +54,8 @@ def test_default_layers_and_the_default_single_layer(llama, train_file, tmp_path
     m = actindex.build(data=str(train_file), out=str(tmp_path / "idx"), model=llama, progress=False, limit=4)
     assert m.layers == [2, 3] and set(m.families) == {
         f"{kind}/{layer}" for kind in ("residual_change", "residual_change_pooled", "mean_activation",
-                                       "residual_change_opening", "mean_activation_opening")
+                                       "residual_change_opening", "mean_activation_opening", "mean_activation_start",
+                                       "mean_activation_surprisal")
         for layer in (2, 3)
     }
     assert actindex.Index.open(tmp_path / "idx").resolve_layer(None) == 2

@@ -68,8 +68,8 @@ def test_the_examples_own_row_ranks_first(index, rows, method):
 
 
 def test_the_default_gives_its_calibrated_score_and_members(index, rows):
-    res = index.query(example=rows[11], k=5)  # one example: the centered construction, each kind and layer
-    assert res.method == "adaptive" and len(res.members) == 4 * 2 and res.top[0].score > 2
+    res = index.query(example=rows[11], k=5)  # one example: the centered construction, each of 5 kinds and 2 layers
+    assert res.method == "adaptive" and len(res.members) == 5 * 2 and res.top[0].score > 2
     assert {m["method"] for m in res.members} == {"centered"} and all(m["weight"] == 1 for m in res.members)
     assert res.top[0].score == max(h.score for h in res.top)
 

@@ -210,6 +210,24 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
     assert actindex.Index.open(out).ids()[-3:] == ["r18", "n0", "n1"] and verify(out) == []
 
 
+def test_append_gives_the_new_rows_the_families_the_index_holds(llama, tmp_path):
+    """An index built before a family became default (here: without the openings and the start) is appended to
+    with today's default switches: the new rows get the index's families, as building both files at once with
+    the index's switches would."""
+    rows = chat_rows(9, seed=7)
+    first = write_jsonl(tmp_path / "first.jsonl", rows[:5])
+    more = write_jsonl(tmp_path / "more.jsonl", rows[5:])
+    both = write_jsonl(tmp_path / "both.jsonl", rows)
+    old = dict(layers=[1, 3], model=llama, progress=False, opening=False, start=False)
+    actindex.build(data=str(both), out=str(tmp_path / "whole"), **old)
+    held = set(actindex.build(data=str(first), out=str(tmp_path / "grown"), **old).families)
+    assert not any(("opening" in name or "start" in name) for name in held)
+    m = actindex.build(data=str(more), out=str(tmp_path / "grown"), append=True, layers=[1, 3], model=llama,
+                       progress=False)
+    assert set(m.families) == held and m.rows == 9 and verify(tmp_path / "grown") == []
+    assert_same_index(tmp_path / "whole", tmp_path / "grown", provenance=False)
+
+
 def test_append_extends_a_trained_faiss_index_without_retraining(llama, tmp_path):
     rows = chat_rows(60, seed=8)
     first = write_jsonl(tmp_path / "first.jsonl", rows[:40])

@@ -382,3 +382,70 @@ def test_opening_families_equal_their_whole_families_over_the_cut_row(tokenizer)
     np.testing.assert_allclose(alone.vectors["residual_change_opening/3"], out.vectors["residual_change_opening/3"],
                                rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(alone.loss, out.loss, rtol=1e-5)
+
+
+def test_the_start_family_is_the_mean_activation_of_the_row_cut_after_its_first_tokens(tokenizer):
+    """``mean_activation_start`` (from the row's own pass, padded in a batch with rows of other lengths) equals
+    ``mean_activation`` of the row cut after its first S response tokens, computed alone; a row no longer than S
+    has its whole-response mean activation."""
+    from actindex.core.encode import response_opening
+    from actindex.core.families import START_TOKENS
+    from actindex.testing import WORDS
+
+    model = tiny_llama().double()
+    rng = np.random.default_rng(1)
+    records = [{"messages": [{"role": "user", "content": " ".join(rng.choice(WORDS, p))},
+                             {"role": "assistant", "content": " ".join(rng.choice(WORDS, n))}]}
+               for p, n in ((3, 40), (9, 3), (5, START_TOKENS + 1), (2, 17))]
+    encoded = [encode_row(tokenizer, normalise_record("<t>", i + 1, i, r)) for i, r in enumerate(records)]
+    assert [e.n_response > START_TOKENS for e in encoded] == [True, False, True, True]
+    out = compute_many(model, encoded, VectorSpec(layers=[1, 3], kinds=["mean_activation", "mean_activation_start"]),
+                       tokenizer.pad_token_id, batch_size=4)
+    whole = VectorSpec(layers=[1, 3], kinds=["mean_activation"])
+    for i, row in enumerate(encoded):
+        cut = compute_vectors(model, [response_opening(row, START_TOKENS)], whole, tokenizer.pad_token_id)
+        for layer in (1, 3):
+            start = out.vectors[f"mean_activation_start/{layer}"][i]
+            np.testing.assert_allclose(start, cut.vectors[f"mean_activation/{layer}"][0], rtol=1e-4, atol=1e-6)
+            same = np.allclose(start, out.vectors[f"mean_activation/{layer}"][i], rtol=1e-4, atol=1e-6)
+            assert same == (row.n_response <= START_TOKENS)
+
+
+def test_the_surprisal_family_weights_each_response_token_by_its_own_loss(tokenizer):
+    """``mean_activation_surprisal`` (batched, padded, through the build's pass) equals the brute force from the
+    model's own outputs: ``sum_{t in R} l_t h_t / sum_{t in R} l_t`` with ``l_t = -log softmax(logits_{t-1})[x_t]``
+    and ``h_t`` the block's output, row by row; the plain mean is the same formula with equal weights."""
+    import torch
+
+    from actindex.testing import WORDS
+
+    model = tiny_llama().double()
+    rng = np.random.default_rng(2)
+    records = [{"messages": [{"role": "user", "content": " ".join(rng.choice(WORDS, p))},
+                             {"role": "assistant", "content": " ".join(rng.choice(WORDS, n))}]}
+               for p, n in ((3, 30), (7, 2), (2, 11))]
+    encoded = [encode_row(tokenizer, normalise_record("<t>", i + 1, i, r)) for i, r in enumerate(records)]
+    spec = VectorSpec(layers=[1, 2], kinds=["mean_activation", "mean_activation_surprisal"])
+    out = compute_many(model, encoded, spec, tokenizer.pad_token_id, batch_size=3)
+    assert out.valid.all()
+    for i, row in enumerate(encoded):
+        ids = torch.tensor([row.input_ids])
+        with torch.no_grad():
+            res = model(ids, output_hidden_states=True)
+        nll = -torch.log_softmax(res.logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0].numpy()
+        r = np.flatnonzero(row.loss_mask)
+        loss = nll[r - 1]
+        assert r.min() > 0 and np.ptp(loss) > 0.1  # the weights differ: the two families must differ
+        for layer in (1, 2):
+            h = res.hidden_states[layer + 1][0].numpy()[r]
+            expected = (loss[:, None] * h).sum(0) / loss.sum()
+            np.testing.assert_allclose(out.vectors[f"mean_activation_surprisal/{layer}"][i], expected, rtol=1e-4,
+                                       atol=1e-6)
+            np.testing.assert_allclose(out.vectors[f"mean_activation/{layer}"][i], h.mean(0), rtol=1e-4, atol=1e-6)
+            assert not np.allclose(expected, h.mean(0), rtol=1e-3)
+    # the full-forward path of the loss (a head that does more than a linear map) gives the same weights
+    model.config.logit_scale = 1.0  # read by sequence_losses only: Llama's forward ignores it
+    full = compute_many(model, encoded, VectorSpec(layers=[1], kinds=["mean_activation_surprisal"]),
+                        tokenizer.pad_token_id, batch_size=3)
+    np.testing.assert_allclose(full.vectors["mean_activation_surprisal/1"], out.vectors["mean_activation_surprisal/1"],
+                               rtol=1e-5, atol=1e-7)

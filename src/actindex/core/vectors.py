@@ -139,7 +139,7 @@ def token_terms(logits: torch.Tensor, labels: torch.Tensor, measurement: str = "
 
 def sequence_losses(
     model: nn.Module, batch: Batch, sample: torch.Generator | None = None, weights: torch.Tensor | None = None,
-    measurement: str = "loss",
+    measurement: str = "loss", terms_into: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``L(x) = -sum_{t in R} log p(x_t | x_<t)`` for every row, shape (B,): float32, or float64 for a
     float64 model (exact tests).
@@ -150,6 +150,8 @@ def sequence_losses(
     With ``weights`` (B, T-1), the term predicting token ``t+1`` is weighted by ``weights[:, t]``:
     ``-sum_{t in R} w_t log p(x_t | x_<t)``. ``measurement="margin"`` sums minus the log-odds of each
     token instead (:func:`token_terms`): a query's measurement, where the loss is the training objective.
+    With ``terms_into`` (B, T, zeros), each response token's own (unweighted, detached) term is also written
+    there at the token's position: ``terms_into[b, t] = -log p(x_t | x_<t)`` for ``t in R``.
 
     The output head is applied only at the positions that predict response tokens: on chat
     data the prompt is often half the tokens, and the head is a large share of a small model's
@@ -169,12 +171,16 @@ def sequence_losses(
         if sample is not None:
             targets = _sampled_targets(logits, sample).view_as(targets)
         terms = token_terms(logits, targets.flatten(), measurement).view_as(targets)
+        if terms_into is not None:
+            terms_into[:, 1:] = (terms * predict).detach().to(terms_into)
         return (terms * (predict if weights is None else predict * weights)).sum(dim=1)
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
     rows, cols = predict.nonzero(as_tuple=True)
     logits = _at_least_float32(head(hidden[rows, cols]))
     labels = targets[rows, cols] if sample is None else _sampled_targets(logits, sample)
     terms = token_terms(logits, labels, measurement)
+    if terms_into is not None:
+        terms_into[rows, cols + 1] = terms.detach().to(terms_into)
     if weights is not None:
         terms = terms * weights[rows, cols].to(terms)
     return torch.zeros(len(targets), dtype=terms.dtype, device=terms.device).index_add(0, rows, terms)
@@ -290,7 +296,9 @@ def compute_vectors(
                 hooks.enter_context(InputGradLeaf(model))
                 hooks.enter_context(linears)
             hooks.enter_context(blocks)
-            losses = sequence_losses(model, batch, measurement=measurement)
+            token_loss = (torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=device)
+                          if any(VectorFamily.get(kind).token_loss for kind in spec.kinds) else None)
+            losses = sequence_losses(model, batch, measurement=measurement, terms_into=token_loss)
         targets: list[torch.Tensor] = []
         if block_grads:
             targets += [blocks.z_out(layer) for layer in spec.layers]
@@ -307,7 +315,7 @@ def compute_vectors(
         g=dict(zip(spec.layers, grads[: len(spec.layers)])) if block_grads else {},
         a={name: linears.saved[f"a.{name}"] * attn[..., None].to(linears.saved[f"a.{name}"]) for name in linear_names}
         if linears is not None else {},
-        delta=deltas, r_mask=r_mask, attn=attn, spec=spec, projector=projector,
+        delta=deltas, r_mask=r_mask, attn=attn, spec=spec, projector=projector, token_loss=token_loss,
     )
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():

@@ -26,7 +26,7 @@ import torch
 
 from actindex import __version__
 from actindex.core.encode import encode_row
-from actindex.core.families import GRADIENT, VectorSpec
+from actindex.core.families import GRADIENT, VectorSpec, family_kind
 from actindex.core.layers import default_layers
 from actindex.core.models import LoadedModel, load_model
 from actindex.core.readers import RowFile, id_digest, scan_rows
@@ -67,6 +67,12 @@ def vector_spec(config: BuildConfig, lm: LoadedModel) -> VectorSpec:
     kinds = config.family_kinds()
     modules = select_grad_modules(lm.model, config.grad_modules) if GRADIENT in kinds else []
     return VectorSpec(layers=list(layers), kinds=kinds, grad_modules=modules, grad_k=config.grad_k, seed=config.seed)
+
+
+def held_kinds(manifest: Manifest) -> list[str]:
+    """The family kinds an index holds, in storage order: what rows appended to it must have (an index built
+    before a family became default, or with one switched off, is appended to without it)."""
+    return list(dict.fromkeys(family_kind(name) for name in manifest.families))
 
 
 def model_info(lm: LoadedModel) -> ModelInfo:
@@ -146,6 +152,8 @@ def build(
     started = time.time()
     rows = scan_rows(config.data, config.limit, config.split, config.sample, config.seed)  # read part by part below
     check_out(Path(config.out), config.overwrite, config.append)  # refused before the model loads
+    if config.append and not config.families:  # new rows get the index's own families, not today's defaults
+        config = replace(config, families=held_kinds(append_base(config.out)))
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
     spec = vector_spec(config, lm)
     families = spec.families(lm.hidden_size)

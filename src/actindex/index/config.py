@@ -58,6 +58,14 @@ class BuildConfig:
         "Also cache the response-opening variants of residual change and mean activation (the first 64 response "
         "tokens alone: a long answer's tail cannot drown what its opening shows; candidates of the adaptive "
         "default). Costs a second pass over the opening of rows whose response is longer.", True)
+    start: bool = option(
+        "Also cache the mean activation of the response's first 8 tokens, where an answer takes its stance (a "
+        "compliance or a refusal, a yes or a no; a candidate of the adaptive default). Computed from the same "
+        "pass.", True)
+    surprisal: bool = option(
+        "Also cache the mean activation with each response token weighted by its loss: the tokens that make a row "
+        "unusual to the model (a fabricated name or date) count wherever in a long answer they sit (a candidate "
+        "of the adaptive default). Computed from the same pass.", True)
     grad: bool = option("Cache Hessian-free projected gradients (DESIGN 3.3).", False)
     families: list[str] | None = option(
         "Vector families to cache, by name, comma-separated (default: those the switches above turn on); "
@@ -123,13 +131,16 @@ class BuildConfig:
 
     def family_kinds(self) -> list[str]:
         """The vector families to cache: ``families`` if given, else those the switches turn on, in the
-        order ``residual_change``, ``residual_change_pooled``, ``mean_activation``, their openings, ``gradient``."""
+        order ``residual_change``, ``residual_change_pooled``, ``mean_activation``, their openings, the start and
+        the loss-weighted mean activation, ``gradient``."""
         if self.families:
             return list(dict.fromkeys(self.families))
         switches = (("residual_change", self.residual_change), ("residual_change_pooled", self.pooled),
                     ("mean_activation", self.mean_activation),
                     ("residual_change_opening", self.opening and self.residual_change),
-                    ("mean_activation_opening", self.opening and self.mean_activation), ("gradient", self.grad))
+                    ("mean_activation_opening", self.opening and self.mean_activation),
+                    ("mean_activation_start", self.start and self.mean_activation),
+                    ("mean_activation_surprisal", self.surprisal and self.mean_activation), ("gradient", self.grad))
         return [kind for kind, on in switches if on]
 
     def shard_spec(self) -> tuple[int, int] | None:

@@ -1,9 +1,10 @@
 """Stage 8b — choosing a fused query's members from the behaviour's own pairs (DESIGN 4, "behaviour-adaptive").
 
 A behaviour may be lexical (a trigger, a false token: residual change at a late layer finds it), semantic
-(hallucination: mean activations lead), or about what a whole answer does (harmful compliance). No fixed
-member set holds everywhere, so the adaptive default asks the behaviour's pairs which queries fit it,
-with no training label and no model pass (the pairs' vectors are already formed for the query).
+(hallucination: mean activations lead; in long answers, weighted by each token's loss), or a stance an answer
+takes in its first words (harmful compliance: the mean activation of the answer's start). No fixed member
+set holds everywhere, so the adaptive default asks the behaviour's pairs which queries fit it, with no
+training label and no model pass (the pairs' vectors are already formed for the query).
 
 A candidate member ``m`` is a construction (how ``psi`` is formed from vectors) in one stored family:
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 NO_BACKWARD, BLOCK_GRADS, LINEAR_GRADS = "none", "blocks", "linears"
 #: the response tokens an ``*_opening`` family covers (:attr:`VectorFamily.window`)
 OPENING_TOKENS = 64
+#: the response tokens a ``*_start`` family covers: an answer's first words, where it takes its stance
+START_TOKENS = 8
 
 
 @dataclass
@@ -73,7 +75,9 @@ class Captured:
     ``z_in``/``z_out``/``g``: per layer, the block's input, output and ``g = dL/dz_out`` (B, T, d);
     ``a``/``delta``: per tracked linear module, its input (zero at padding) and output gradient;
     ``r_mask`` (B, T) the response positions R, ``attn`` (B, T) the real tokens (float);
-    ``projector`` the seeded Rademacher projections (:class:`~actindex.core.vectors.RademacherProjector`).
+    ``projector`` the seeded Rademacher projections (:class:`~actindex.core.vectors.RademacherProjector`);
+    ``token_loss`` (B, T) each response token's loss ``l_t = -log p(x_t | x_<t)`` at its position (0 elsewhere),
+    kept when a family of the pass asks for it (:attr:`VectorFamily.token_loss`).
     """
 
     z_in: dict[int, torch.Tensor]
@@ -85,6 +89,7 @@ class Captured:
     attn: torch.Tensor
     spec: VectorSpec
     projector: Any = None
+    token_loss: torch.Tensor | None = None
 
 
 class VectorFamily(Registered, noun="vector family"):
@@ -100,6 +105,15 @@ class VectorFamily(Registered, noun="vector family"):
     window: ClassVar[int | None] = None
     #: with a ``window``: the whole-response family it is the opening of (computed the same way)
     whole: ClassVar[str | None] = None
+    #: computed from each response token's loss (:attr:`Captured.token_loss`)
+    token_loss: ClassVar[bool] = False
+    #: the query constructions (:mod:`actindex.query.constructions`) the adaptive default forms in this family
+    #: (``None``: every one)
+    constructions: ClassVar[tuple[str, ...] | None] = None
+
+    def answers(self, construction: str) -> bool:
+        """Whether the adaptive default forms ``construction`` in this family (:attr:`constructions`)."""
+        return self.constructions is None or construction in self.constructions
 
     def dim(self, hidden_size: int, spec: VectorSpec) -> int:
         """The vector's dimension (per-layer families: the residual stream's width)."""

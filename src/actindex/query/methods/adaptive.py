@@ -10,8 +10,11 @@ import numpy as np
 from actindex.core.families import (
     MEAN_ACTIVATION,
     MEAN_ACTIVATION_OPENING,
+    MEAN_ACTIVATION_START,
+    MEAN_ACTIVATION_SURPRISAL,
     RESIDUAL_CHANGE,
     RESIDUAL_CHANGE_OPENING,
+    VectorFamily,
     family_name,
 )
 from actindex.errors import IndexFileError
@@ -28,14 +31,16 @@ if TYPE_CHECKING:
 class AdaptiveMethod(QueryMethod):
     """Members chosen from the behaviour's own pairs (DESIGN 4, "behaviour-adaptive choice").
 
-    Candidates: every construction (:mod:`actindex.query.constructions`: contrast, centered, hybrid) in
-    every family of :attr:`kinds` the index holds, at every indexed layer (or at ``--layer`` alone). Each is
+    Candidates: every construction (:mod:`actindex.query.constructions`: contrast, centered, hybrid) that a
+    family forms (:attr:`~actindex.core.families.VectorFamily.constructions`: the answer's start forms the
+    centered one alone), in every family of :attr:`kinds` the index holds, at every indexed layer (or at
+    ``--layer`` alone). Each is
     checked on held-out pairs (:func:`~actindex.query.selection.check_pairs`, no model pass: the pairs'
     vectors are formed once for every family), the best are kept with weights from those checks
     (:func:`~actindex.query.selection.choose`), and their rankings are fused by the weighted calibrated mean
     (``zmean``), so the score shown is the weighted mean standardised cosine. With fewer than
     :data:`~actindex.query.selection.MIN_PAIRS` pairs nothing can be held out: the ``hybrid`` construction
-    in every candidate family counts equally.
+    in every candidate family that forms it counts equally.
 
     A query by example (no controls) takes part the same way with the constructions that need no controls
     (``centered``: the examples' shared direction against the typical row), checked on held-out examples by
@@ -46,10 +51,14 @@ class AdaptiveMethod(QueryMethod):
     help = "(default) fusion of the queries (construction x family x layer) the behaviour's held-out pairs rank best"
     fused = True
     fusion = "zmean"
-    #: the families tried, by kind, when the index holds them (the response-opening variants are built by
-    #: default; an index built with ``--no-opening``, or before them, is answered without them)
-    kinds: ClassVar[tuple[str, ...]] = (RESIDUAL_CHANGE, MEAN_ACTIVATION, RESIDUAL_CHANGE_OPENING,
-                                        MEAN_ACTIVATION_OPENING)
+    #: the families tried, by kind, when the index holds them: residual change and its opening; the mean
+    #: activation weighted by each token's loss (in place of the plain mean, which it matches on short answers and
+    #: beats on long ones), its opening and its start (bench/RESULTS.md, "Retrieval"). An index built before the
+    #: loss-weighted mean answers with the plain one; one built without the openings or the start, without them.
+    kinds: ClassVar[tuple[str, ...]] = (RESIDUAL_CHANGE, MEAN_ACTIVATION_SURPRISAL, RESIDUAL_CHANGE_OPENING,
+                                        MEAN_ACTIVATION_OPENING, MEAN_ACTIVATION_START)
+    #: the kind tried in place of another that an (older) index lacks
+    fallbacks: ClassVar[dict[str, str]] = {MEAN_ACTIVATION_SURPRISAL: MEAN_ACTIVATION}
     #: the construction every candidate family keeps when there are too few pairs to check (examples: the
     #: first that needs no controls)
     fallback: ClassVar[str] = "hybrid"
@@ -60,8 +69,9 @@ class AdaptiveMethod(QueryMethod):
         the constructions that need no controls)."""
         at = layers if layer is None else [layer]
         constructions = [c for c, cls in Construction.registry.items() if not (example and cls.needs_controls)]
-        return [(c, family_name(k, a), a) for k in self.kinds for a in at for c in constructions
-                if family_name(k, a) in families]
+        kinds = [k if any(family_name(k, a) in families for a in at) else self.fallbacks.get(k, k) for k in self.kinds]
+        return [(c, family_name(k, a), a) for k in kinds for a in at for c in constructions
+                if family_name(k, a) in families and VectorFamily.get(k).answers(c)]
 
     def form(self, ctx: QueryContext, reader: IndexReader, behavior: Behavior, layer: int | None) -> list[FormedMember]:
         candidates = self.candidates(reader.layers, layer, tuple(reader.families), behavior.example)
