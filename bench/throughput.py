@@ -139,7 +139,7 @@ def main() -> None:
 
     kinds = BuildConfig(data="-", out="-").family_kinds()  # the default build, response openings included
     whole = BuildConfig(data="-", out="-", opening=False).family_kinds()
-    before = BuildConfig(data="-", out="-", start=False, surprisal=False).family_kinds()  # the default before 11-30
+    before = BuildConfig(data="-", out="-", start=False, surprisal=False).family_kinds()  # the earlier default
     specs = {
         f"build (default): residual change, pooled, mean act., openings, start, surprisal @ {layer}":
             VectorSpec(layers=layer, kinds=kinds),

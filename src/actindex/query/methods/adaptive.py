@@ -34,13 +34,12 @@ class AdaptiveMethod(QueryMethod):
     Candidates: every construction (:mod:`actindex.query.constructions`: contrast, centered, hybrid) that a
     family forms (:attr:`~actindex.core.families.VectorFamily.constructions`: the answer's start forms the
     centered one alone), in every family of :attr:`kinds` the index holds, at every indexed layer (or at
-    ``--layer`` alone). Each is
-    checked on held-out pairs (:func:`~actindex.query.selection.check_pairs`, no model pass: the pairs'
-    vectors are formed once for every family), the best are kept with weights from those checks
-    (:func:`~actindex.query.selection.choose`), and their rankings are fused by the weighted calibrated mean
-    (``zmean``), so the score shown is the weighted mean standardised cosine. With fewer than
-    :data:`~actindex.query.selection.MIN_PAIRS` pairs nothing can be held out: the ``hybrid`` construction
-    in every candidate family that forms it counts equally.
+    ``--layer`` alone). Each is checked on held-out pairs (:func:`~actindex.query.selection.check_pairs`, no
+    model pass: the pairs' vectors are formed once for every family), the best are kept with weights from
+    those checks (:func:`~actindex.query.selection.choose`), and their rankings are fused by the weighted
+    calibrated mean (``zmean``), so the score shown is the weighted mean standardised cosine. With fewer than
+    :data:`~actindex.query.selection.MIN_PAIRS` pairs nothing can be held out: the ``hybrid`` construction in
+    every candidate family that forms it counts equally.
 
     A query by example (no controls) takes part the same way with the constructions that need no controls
     (``centered``: the examples' shared direction against the typical row), checked on held-out examples by
@@ -102,8 +101,8 @@ class AdaptiveMethod(QueryMethod):
 
     @staticmethod
     def check_candidates(reader: IndexReader, candidates: list[tuple[str, str, int]],
-               sides: dict[str, tuple[np.ndarray, np.ndarray]],
-               typical: dict[str, np.ndarray]) -> tuple[list[PairCheck], np.ndarray]:
+                         sides: dict[str, tuple[np.ndarray, np.ndarray]],
+                         typical: dict[str, np.ndarray]) -> tuple[list[PairCheck], np.ndarray]:
         """Every candidate's held-out check (:func:`~actindex.query.selection.check_pairs`) and the weights
         :func:`~actindex.query.selection.choose` gives them."""
         checks = [check_pairs(*sides[family], reader.calibration_sample(family),
