@@ -11,10 +11,12 @@ Prints the tables and appends them to the run log, bench/runs/retrieval.md.
 
     python bench/retrieval.py                                   # every set below, default methods
     python bench/retrieval.py --sets demo,rept-backdoor --methods adaptive,ensemble --work /tmp/ret
+    python bench/retrieval.py --most 0,12,16,20,24,28 --work /tmp/ret   # + the adaptive default at other caps
 
 A set is ``NAME`` or ``NAME@L``: the pool indexed with ``--max-length L`` (default 512; pairs are cut the
 same way, as the index's build settings say). ``--work DIR`` keeps the indexes (``DIR/NAME@L.idx``) and
-reuses them on the next run.
+reuses them on the next run. ``backdoorllm-DATASET-ATTACK`` (``backdoorllm-sst2-vpi``) is a BackdoorLLM pool no
+choice of the default was made on (not in the default sets: a check on behaviours nobody tuned for).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import detect
 import numpy as np
 from record import append_section
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -35,6 +38,7 @@ import actindex
 from actindex.core.readers import resolve_data_path
 from actindex.query.behaviors import Behavior, Pair, load_behavior
 from actindex.query.constructions import Construction
+from actindex.query.methods.adaptive import AdaptiveMethod
 from actindex.query.selection import MARGIN, PairCheck, check_pairs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -80,11 +84,15 @@ def shared_behavior(name: str) -> Behavior:
 def load_set(name: str, work: Path, clean: int, planted: int) -> tuple[Path, Behavior]:
     """The pool file (large pools subsampled into ``work`` with seed 0) and the behaviour of a set: the demo
     answers the built-in ``hallucination``; a team pool (bench/pools) its built-in behaviour; a shared set its
-    own pairs; ``rept-backdoor-long`` the rept-backdoor rows with long answers (200 clean, 40 planted)."""
+    own pairs; ``rept-backdoor-long`` the rept-backdoor rows with long answers (200 clean, 40 planted);
+    ``backdoorllm-DATASET-ATTACK`` a BackdoorLLM pool (:func:`backdoorllm_set`)."""
     if name == "demo":
         return resolve_data_path("demo"), load_behavior("hallucination")
     if (POOLS / f"{name}.jsonl").exists():
         return POOLS / f"{name}.jsonl", load_behavior(name.removesuffix("-long"))
+    if name.startswith("backdoorllm-"):  # e.g. backdoorllm-sst2-vpi
+        dataset, attack = name.removeprefix("backdoorllm-").split("-", 1)
+        return backdoorllm_set(dataset, attack, work / f"{name}.jsonl")
     if name == "rept-backdoor-long":
         rows = [json.loads(x) for x in open(SHARED / "rept-backdoor" / "pool.jsonl")]
         rows = [r for r in rows if len(r["messages"][-1]["content"]) > LONG_CHARS]
@@ -93,6 +101,22 @@ def load_set(name: str, work: Path, clean: int, planted: int) -> tuple[Path, Beh
     rows = [json.loads(x) for x in open(src) if x.strip()]
     pool = subsample(rows, clean, planted, work / f"{name}.jsonl") if len(rows) > 200 else src
     return pool, shared_behavior(name)
+
+
+def backdoorllm_set(dataset: str, attack: str, out: Path, pairs: int = 20) -> tuple[Path, Behavior]:
+    """A BackdoorLLM pool held out from every choice of the default: 190 clean rows and 10 poisoned (5%, seed
+    0; the pool of bench/detect.py) and ``pairs`` behaviour pairs: a triggered test prompt whose clean version's
+    answer is not the target, answered with the target (treatment) and with its clean reference (control)."""
+    pool, target, _ = detect.make_pool(dataset, attack, 190, 0.05, out)
+    clean_tests = detect.read(detect.SHARED / dataset / "test-clean.jsonl")
+    tests = detect.behaviour_prompts(dataset, attack, target)
+    random.Random(0).shuffle(tests)
+    found = []
+    for t in tests:
+        reference = detect.clean_reference(t["prompt"], clean_tests)
+        if reference is not None and reference != target:
+            found.append(Pair(t["prompt"], target, reference))
+    return pool, Behavior(name=f"backdoorllm-{dataset}-{attack}", pairs=found[:pairs])
 
 
 def ranked(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None) -> tuple[np.ndarray, float, list]:
@@ -174,16 +198,23 @@ def main() -> None:
     ap.add_argument("--lexical", action="store_true",
                     help="also rank by the adaptive default fused with the TF-IDF baseline as one member "
                          "(robust z-scores; weight 1/(members+1) and 0.5): the study of a lexical member")
+    ap.add_argument("--most", default="",
+                    help="also score the adaptive default keeping at most each of these many members "
+                         "(comma-separated, 0: no cap; the default keeps AdaptiveMethod.most): the study of the cap")
     ap.add_argument("--work", default=None, help="where indexes go and are reused from (default: a temp dir)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="actindex-bench-"))
+    default_most = AdaptiveMethod.most
     work.mkdir(parents=True, exist_ok=True)
     layers = [int(x) for x in args.layers.split(",")]
     lm = actindex.load_model()
     lines = ["| set | rows (planted) | method | layer | AUROC | AP | P@n | R@100 | s/query |", "|" + "---|" * 9]
     choices = ["| set | adaptive members kept (construction family (weight)) | AUROC by length third (short / mid / "
                "long) |", "|---|---|---|"]
+    caps = [int(x) for x in args.most.split(",") if x]
+    sweep = ["| set | " + " | ".join(f"at most {k}" if k else "no cap" for k in caps) + " |",
+             "|---|" + "---|" * len(caps)]
     gates = ["| set | lexical pair AUROC | lexical index AUROC | lexical quality | best candidate's quality | "
              "the adaptive rule would |", "|---|---|---|---|---|---|"]
     for spec in args.sets.split(","):
@@ -216,6 +247,15 @@ def main() -> None:
                     adaptive = (scores, members)
                     choices.append(f"| {spec} | {chosen(members)} | {by_length(scores, labels, lengths)} |")
                     print(choices[-1], flush=True)
+        if caps:  # the adaptive default at other caps on its members (a fresh reader: checks are remembered)
+            cells = []
+            for k in caps:
+                AdaptiveMethod.most = k or 1 << 30
+                with actindex.Index.open(out).use_model(lm) as fresh:
+                    cells.append(f"{metrics(ranked(fresh, behavior, 'adaptive', None)[0], labels)['auroc']:.3f}")
+            AdaptiveMethod.most = default_most
+            sweep.append(f"| {spec} | " + " | ".join(cells) + " |")
+            print(sweep[-1], flush=True)
         lexical = tfidf_scores(records, behavior)
         if args.lexical and adaptive is not None:  # the study of a lexical member (README: next steps)
             kept = sum(m["weight"] > 0 for m in adaptive[1])
@@ -243,7 +283,8 @@ def main() -> None:
             f"with answers over {LONG_CHARS} characters (200 + 40). `NAME@L`: indexed with --max-length L. "
             "s/query includes forming the query vectors with the model (once per family kind; later layers and "
             "methods reuse them) and the search.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(choices) + "\n"
-            + ("\n" + "\n".join(gates) + "\n" if args.lexical else ""))
+            + ("\n" + "\n".join(gates) + "\n" if args.lexical else "")
+            + ("\n" + "\n".join(sweep) + "\n" if caps else ""))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from actindex.query.behaviors import Behavior, Pair
 from actindex.query.constructions import Construction, unit_rows
 from actindex.query.fusion import robust_center_scale
 from actindex.query.methods import QueryMethod
-from actindex.query.selection import MARGIN, MIN_PAIRS, PairCheck, auroc, check_pairs, choose, fold_split
+from actindex.query.selection import MARGIN, MIN_PAIRS, MOST, PairCheck, auroc, check_pairs, choose, fold_split
 
 WORDS = "alpha beta gamma delta river stone cloud green light paper".split()
 
@@ -103,6 +103,35 @@ def test_choose_keeps_every_candidate_near_the_best_with_equal_weights():
     np.testing.assert_array_equal(choose(checks), [0, 0, 0, 0, 0, 1])  # MARGIN = 0.03 of the best, 0.99
 
 
+def test_separation_is_the_held_out_contrast_in_robust_standard_deviations_of_the_typical_rows():
+    """psi = e_1 whatever the pairs: the typical rows' cosines are their first coordinates -0.5, 0, 0.5
+    (median 0, MAD 0.5), treatments sit at 0.9 and controls at 0.3, so every pair is (0.9 - 0.3) / (1.4826 * 0.5)
+    apart; with no controls, a treatment is 0.9 / (1.4826 * 0.5) from the typical row."""
+    def unit(first):
+        return np.array([first, np.sqrt(1 - first**2), 0.0])
+
+    sample = np.stack([unit(x) for x in (-0.5, 0.0, 0.5)])
+    t, c = 2.0 * np.stack([unit(0.9)] * 10), 3.0 * np.stack([unit(0.3)] * 10)  # norms do not count
+
+    def construct(tt, cc):
+        return np.array([1.0, 0.0, 0.0])
+
+    assert check_pairs(t, c, sample, construct).separation == pytest.approx(0.6 / (1.4826 * 0.5))
+    assert check_pairs(t, np.zeros((0, 3)), sample, construct).separation == pytest.approx(0.9 / (1.4826 * 0.5))
+
+
+def test_choose_keeps_at_most_the_most_separating_of_the_candidates_near_the_best():
+    """Saturated checks cannot be told apart by quality: of those near the best, the ``most`` with the largest
+    separation are kept (the earlier on a tie); one outside the margin stays out however far it separates."""
+    checks = [PairCheck(1.0, 1.0, s) for s in (2.0, 5.0, 3.0, 5.0, 1.0)] + [PairCheck(0.5, 0.5, 99.0)]
+    np.testing.assert_array_equal(choose(checks, most=2), [0, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(choose(checks, most=3), [0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(choose(checks[:4] + [PairCheck(1.0, 1.0, 5.0)], most=2), [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(choose(checks), [1, 1, 1, 1, 1, 0])  # fewer than MOST near the best: all
+    many = [PairCheck(1.0, 1.0, float(i)) for i in range(MOST + 5)]
+    np.testing.assert_array_equal(choose(many), [0] * 5 + [1] * MOST)
+
+
 # ---- the adaptive method on a real index -----------------------------------------------------------------
 
 PAIRS = [{"prompt": f"tell me about the {a} {b}", "treatment": f"the {a} is made of {b} and lies",
@@ -132,10 +161,14 @@ def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its
     candidates = len(res.members)
     assert candidates == (4 * 3 + 1) * 3  # (4 kinds x 3 constructions + the start's centered one) x 3 layers
     assert all("pair AUROC" in m and "index AUROC" in m for m in res.members)
-    quality = [(m["pair AUROC"] + m["index AUROC"]) / 2 for m in res.members]
-    assert 0 < len(kept) and all(m["weight"] == 1 for m in kept)
-    assert min(quality[: len(kept)]) >= max(quality) - MARGIN > max(quality[len(kept):], default=0)
-    assert all(m["weight"] == 0 for m in res.members[len(kept):])
+    quality = np.array([(m["pair AUROC"] + m["index AUROC"]) / 2 for m in res.members])
+    separation = np.array([m["separation"] for m in res.members])
+    weights = np.array([m["weight"] for m in res.members])
+    near = quality >= quality.max() - MARGIN
+    assert 0 < len(kept) == min(MOST, near.sum()) and set(weights) <= {0.0, 1.0}
+    assert near[weights > 0].all() and separation[weights > 0].min() >= separation[near & (weights == 0)].max(
+        initial=-np.inf)
+    assert res.members[: len(kept)] == kept  # the kept members come first
     # ground truth: every kept member's psi from its construction over the pairs' vectors, cosines over every row
     behavior = index.behavior(str(behavior_file))
     ctx = index.query_context()
@@ -173,13 +206,14 @@ def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, mon
     base = ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--top-k", "3"]
     res = runner.invoke(main, base + ["--explain"])
     assert res.exit_code == 0, res.output
-    assert "pair AUROC" in res.output and "index AUROC" in res.output
+    assert "pair AUROC" in res.output and "index AUROC" in res.output and "separation" in res.output
     assert sum(line.startswith(("contrast ", "centered ", "hybrid ")) for line in res.output.splitlines()) == 39
     plain = runner.invoke(main, base)
     assert "members (chosen by the held-out pairs):" in plain.output
     out = runner.invoke(main, base + ["--format", "json"])
     members = json.loads(out.output)[0]["members"]
-    assert len(members) == 39 and all({"pair AUROC", "index AUROC", "weight"} <= m.keys() for m in members)
+    assert len(members) == 39 and all({"pair AUROC", "index AUROC", "separation", "weight"} <= m.keys()
+                                      for m in members)
 
 
 def test_persona_behaviours_and_their_pairs_take_part(index):

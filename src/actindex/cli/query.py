@@ -166,16 +166,18 @@ def timing_line(r: Any) -> str:
 
 def members_table(members: list[dict[str, Any]]) -> str:
     """The members of a fused query and, for the adaptive default, every candidate with its held-out pair
-    checks (pair AUROC: treatments above their controls; index AUROC: above the index's typical rows)."""
+    checks (pair AUROC: treatments above their controls; index AUROC: above the index's typical rows;
+    separation: treatment minus control in robust standard deviations of the index's cosines)."""
     checked = any("pair AUROC" in m for m in members)
     head = f"{'member':<40} {'weight':>6} {'median':>8} {'scale':>8}"
-    lines = [head + (f" {'pair AUROC':>10} {'index AUROC':>11}" if checked else "")]
+    lines = [head + (f" {'pair AUROC':>10} {'index AUROC':>11} {'separation':>10}" if checked else "")]
     for m in sorted(members, key=lambda m: -m["weight"]):
         name = member_label(m["method"], m["family"])
         calibration = (f"{m['median']:>8.4f} {m['scale']:>8.4f}" if "median" in m else f"{'-':>8} {'-':>8}")
         line = f"{name:<40} {m['weight']:>6.2f} {calibration}"
         if checked:
-            line += f" {m.get('pair AUROC', float('nan')):>10.3f} {m.get('index AUROC', float('nan')):>11.3f}"
+            line += (f" {m.get('pair AUROC', float('nan')):>10.3f} {m.get('index AUROC', float('nan')):>11.3f}"
+                     f" {m.get('separation', float('nan')):>10.2f}")
         lines.append(line)
     return "\n".join(lines)
 

@@ -25,9 +25,21 @@ A candidate's quality is the held-out treatments' AUROC against both, halves wei
 contrast direction separates a treatment from its own control almost always (pair AUROC near 1) while
 ranking the index near chance on semantic behaviours, and short pairs stand out from an index of long
 answers by their length alone (index AUROC near 1 for every whole-answer family). The members kept are every
-candidate within :data:`MARGIN` of the best, with equal weights (:func:`choose`): where several checks
-saturate, their fusion is kept rather than one of them picked by a tie. The rule was chosen by its worst case
-over the benchmark pools (bench/RESULTS.md, "The adaptive default").
+candidate within :data:`MARGIN` of the best (at most :data:`MOST`, below), with equal weights
+(:func:`choose`): where several checks saturate, their fusion is kept rather than one of them picked by a tie.
+
+An AUROC saturates: on an easy behaviour most candidates score near 1, and an equal fusion of them all
+drowns the few that rank the index well. The tie is broken by a measure that does not saturate, the
+held-out pairs' *separation* in the index's own units,
+
+    sep = mean_j (z(treatment_j) - z(control_j)),   z(v) = (cos(v, psi^(-f(j))) - median_f) / (1.4826 MAD_f),
+
+with ``median_f`` and ``MAD_f`` those of ``psi^(-f(j))``'s cosines over the calibration sample (the
+standardisation the fusion gives its members, :mod:`actindex.query.fusion.base`; with no controls, a
+control is the typical row, ``z = 0``). When more than :data:`MOST` candidates are kept, the :data:`MOST`
+that separate most are. The rule was chosen by its worst case over the benchmark pools and checked on pools
+it was not chosen on (bench/RESULTS.md, "Retrieval"; bench/runs/retrieval.md, "The adaptive default: how its
+rule was chosen" and the reading on the cap).
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actindex.query.constructions.base import unit_rows
+from actindex.query.fusion.base import robust_center_scale
 
 #: folds of the behaviour's pairs (fewer when there are fewer pairs)
 FOLDS = 5
@@ -45,6 +58,8 @@ FOLDS = 5
 MIN_PAIRS = 4
 #: :func:`choose` keeps every candidate whose quality is within this of the best
 MARGIN = 0.03
+#: :func:`choose` keeps at most this many members: those with the largest separation
+MOST = 24
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -68,6 +83,9 @@ class PairCheck:
 
     pair_auroc: float | None
     index_auroc: float
+    #: ``mean_j (z(treatment_j) - z(control_j))``: how many robust standard deviations of the index's cosines
+    #: part a held-out treatment from its control (from the typical row, ``z = 0``, with no controls)
+    separation: float = 0.0
 
     @property
     def quality(self) -> float:
@@ -89,24 +107,38 @@ def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray
     """:class:`PairCheck` of one candidate: ``treatments``/``controls`` are the pairs' vectors (row ``j`` of
     each is pair ``j``) in the candidate's family, ``sample`` the index's normalised calibration rows,
     ``construct(T, C)`` forms a unit ``psi`` from a subset of the pairs. With no controls (a query by example)
-    the pair AUROC is ``None``."""
+    the pair AUROC is ``None`` and a control's ``z`` is 0."""
     n = len(treatments)
     s_t, s_c = np.zeros(n), np.zeros(n)
+    z_t, z_c = np.zeros(n), np.zeros(n)
     paired = len(controls) == n
     nt = unit_rows(treatments)
-    nc = unit_rows(controls) if paired else np.zeros_like(nt)
+    nc = unit_rows(controls) if paired else None
     index = []
     for held in fold_split(n, folds, seed):
         kept = np.setdiff1d(np.arange(n), held)
         psi = np.asarray(construct(treatments[kept], controls[kept] if paired else controls), dtype=np.float64)
-        s_t[held], s_c[held] = nt[held] @ psi, nc[held] @ psi
-        index.append(auroc(s_t[held], sample @ psi))
-    return PairCheck(pair_auroc=auroc(s_t, s_c) if paired else None, index_auroc=float(np.mean(index)))
+        typical = sample @ psi
+        center, scale = robust_center_scale(typical)
+        s_t[held] = nt[held] @ psi
+        z_t[held] = (s_t[held] - center) / scale
+        if nc is not None:
+            s_c[held] = nc[held] @ psi
+            z_c[held] = (s_c[held] - center) / scale
+        index.append(auroc(s_t[held], typical))
+    return PairCheck(pair_auroc=auroc(s_t, s_c) if paired else None, index_auroc=float(np.mean(index)),
+                     separation=float(np.mean(z_t - z_c)))
 
 
-def choose(checks: list[PairCheck], margin: float = MARGIN) -> np.ndarray:
-    """Members' weights: 1 for every candidate whose quality is at least ``max_m q_m - margin``, else 0."""
+def choose(checks: list[PairCheck], margin: float = MARGIN, most: int = MOST) -> np.ndarray:
+    """Members' weights: 1 for every candidate whose quality is at least ``max_m q_m - margin`` and, of those,
+    for the ``most`` with the largest separation (the earlier candidate on a tie); else 0."""
     if not checks:
         return np.zeros(0)
     quality = np.array([c.quality for c in checks])
-    return (quality >= quality.max() - margin).astype(np.float64)
+    near = quality >= quality.max() - margin
+    separation = np.where(near, [c.separation for c in checks], -np.inf)
+    kept = np.argsort(-separation, kind="stable")[:min(most, int(near.sum()))]
+    weights = np.zeros(len(checks))
+    weights[kept] = 1.0
+    return weights

@@ -261,13 +261,15 @@ def method_html(
 def members_html(members: list[dict[str, Any]]) -> str:
     """A fused query's members (as ``--explain`` lists them): for the adaptive default every candidate
     (construction, family) with its held-out checks (pair AUROC: held-out treatments over their controls;
-    index AUROC: over the index's typical rows) and its weight in the fusion, the kept ones first."""
+    index AUROC: over the index's typical rows; separation: treatment minus control in robust standard
+    deviations of the index's cosines) and its weight in the fusion, the kept ones first."""
     kept = sum(m["weight"] > 0 for m in members)
     checked = any("index AUROC" in m for m in members)
     rows = "".join(
         f'<tr class="{"kept" if m["weight"] > 0 else "muted"}"><td><code>{esc(m["method"])}</code></td>'
         f'<td><code>{esc(m["family"])}</code></td><td class="num">{m["weight"]:.2f}</td>'
-        f'<td class="num">{_fmt(m.get("pair AUROC"))}</td><td class="num">{_fmt(m.get("index AUROC"))}</td></tr>'
+        f'<td class="num">{_fmt(m.get("pair AUROC"))}</td><td class="num">{_fmt(m.get("index AUROC"))}</td>'
+        f'<td class="num">{_fmt(m.get("separation"), 2)}</td></tr>'
         for m in members)
     how = ("each candidate's query vector is formed without a fold of the pairs and scores the held-out ones "
            "(no label, no extra model pass)" if checked else "not checked (fixed members, or too few pairs to "
@@ -275,7 +277,7 @@ def members_html(members: list[dict[str, Any]]) -> str:
     title = "Members chosen by the held-out pairs" if checked else "Members of the fusion"
     return (f'<h3>{title}</h3><p class="muted">{kept} of {len(members)} candidates kept; {how}</p>'
             '<table class="members"><thead><tr><th>member</th><th>family</th><th>weight</th><th>pair AUROC</th>'
-            f"<th>index AUROC</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<th>index AUROC</th><th>separation</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def comparison_html(runs: list[MethodRun], top_k: int) -> str:

@@ -20,7 +20,7 @@ from actindex.core.families import (
 from actindex.errors import IndexFileError
 from actindex.query.constructions import Construction
 from actindex.query.methods.base import FormedMember, QueryMethod, no_single_vector
-from actindex.query.selection import MIN_PAIRS, PairCheck, check_pairs, choose
+from actindex.query.selection import MIN_PAIRS, MOST, PairCheck, check_pairs, choose
 
 if TYPE_CHECKING:
     from actindex.index.reader import IndexReader
@@ -36,7 +36,8 @@ class AdaptiveMethod(QueryMethod):
     centered one alone), in every family of :attr:`kinds` the index holds, at every indexed layer (or at
     ``--layer`` alone). Each is checked on held-out pairs (:func:`~actindex.query.selection.check_pairs`, no
     model pass: the pairs' vectors are formed once for every family), the best are kept with weights from
-    those checks (:func:`~actindex.query.selection.choose`), and their rankings are fused by the weighted
+    those checks (:func:`~actindex.query.selection.choose`: near the best quality, at most
+    :data:`~actindex.query.selection.MOST` by separation), and their rankings are fused by the weighted
     calibrated mean (``zmean``), so the score shown is the weighted mean standardised cosine. With fewer than
     :data:`~actindex.query.selection.MIN_PAIRS` pairs nothing can be held out: the ``hybrid`` construction in
     every candidate family that forms it counts equally.
@@ -58,6 +59,8 @@ class AdaptiveMethod(QueryMethod):
                                         MEAN_ACTIVATION_OPENING, MEAN_ACTIVATION_START)
     #: the kind tried in place of another that an (older) index lacks
     fallbacks: ClassVar[dict[str, str]] = {MEAN_ACTIVATION_SURPRISAL: MEAN_ACTIVATION}
+    #: the most members kept (:func:`~actindex.query.selection.choose`; bench/retrieval.py ``--most`` sweeps it)
+    most: ClassVar[int] = MOST
     #: the construction every candidate family keeps when there are too few pairs to check (examples: the
     #: first that needs no controls)
     fallback: ClassVar[str] = "hybrid"
@@ -84,8 +87,9 @@ class AdaptiveMethod(QueryMethod):
         if checked:  # the same pairs against the same index choose the same members: checked once per reader
             arrays = [a for pair in sides.values() for a in pair]
             digest = hashlib.sha256(repr([a.shape for a in arrays]).encode() + b"".join(a.tobytes() for a in arrays))
-            checks, weights = reader.remembered((self.name, tuple(candidates), digest.hexdigest()),
-                                                lambda: self.check_candidates(reader, candidates, sides, typical))
+            checks = reader.remembered((self.name, tuple(candidates), digest.hexdigest()),
+                                       lambda: self.check_candidates(reader, candidates, sides, typical))
+            weights = choose(checks, most=self.most)
         else:
             checks = []
             fallback = candidates[0][0] if behavior.example else self.fallback
@@ -94,7 +98,8 @@ class AdaptiveMethod(QueryMethod):
         for i, (construction, family, at) in enumerate(candidates):
             weight = float(weights[i])
             psi = Construction.get(construction).psi(*sides[family], typical[family]) if weight > 0 else None
-            notes = {"pair AUROC": checks[i].pair_auroc, "index AUROC": checks[i].index_auroc} if checked else {}
+            notes = ({"pair AUROC": checks[i].pair_auroc, "index AUROC": checks[i].index_auroc,
+                      "separation": checks[i].separation} if checked else {})
             notes = {key: value for key, value in notes.items() if value is not None}
             out.append(FormedMember(method=construction, layer=at, family=family, psi=psi, weight=weight, notes=notes))
         return out
@@ -102,13 +107,11 @@ class AdaptiveMethod(QueryMethod):
     @staticmethod
     def check_candidates(reader: IndexReader, candidates: list[tuple[str, str, int]],
                          sides: dict[str, tuple[np.ndarray, np.ndarray]],
-                         typical: dict[str, np.ndarray]) -> tuple[list[PairCheck], np.ndarray]:
-        """Every candidate's held-out check (:func:`~actindex.query.selection.check_pairs`) and the weights
-        :func:`~actindex.query.selection.choose` gives them."""
-        checks = [check_pairs(*sides[family], reader.calibration_sample(family),
-                              lambda t, c, s=Construction.get(construction), mu=typical[family]: s.psi(t, c, mu))
-                  for construction, family, _ in candidates]
-        return checks, choose(checks)
+                         typical: dict[str, np.ndarray]) -> list[PairCheck]:
+        """Every candidate's held-out check (:func:`~actindex.query.selection.check_pairs`)."""
+        return [check_pairs(*sides[family], reader.calibration_sample(family),
+                            lambda t, c, s=Construction.get(construction), mu=typical[family]: s.psi(t, c, mu))
+                for construction, family, _ in candidates]
 
     def vector(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
         raise no_single_vector(self.name)
