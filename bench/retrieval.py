@@ -205,7 +205,6 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="actindex-bench-"))
-    default_most = AdaptiveMethod.most
     work.mkdir(parents=True, exist_ok=True)
     layers = [int(x) for x in args.layers.split(",")]
     lm = actindex.load_model()
@@ -213,6 +212,7 @@ def main() -> None:
     choices = ["| set | adaptive members kept (construction family (weight)) | AUROC by length third (short / mid / "
                "long) |", "|---|---|---|"]
     caps = [int(x) for x in args.most.split(",") if x]
+    default_most = AdaptiveMethod.most
     sweep = ["| set | " + " | ".join(f"at most {k}" if k else "no cap" for k in caps) + " |",
              "|---|" + "---|" * len(caps)]
     gates = ["| set | lexical pair AUROC | lexical index AUROC | lexical quality | best candidate's quality | "
@@ -247,12 +247,11 @@ def main() -> None:
                     adaptive = (scores, members)
                     choices.append(f"| {spec} | {chosen(members)} | {by_length(scores, labels, lengths)} |")
                     print(choices[-1], flush=True)
-        if caps:  # the adaptive default at other caps on its members (a fresh reader: checks are remembered)
+        if caps:  # the adaptive default at other caps on its members (the reader's remembered checks, chosen again)
             cells = []
             for k in caps:
                 AdaptiveMethod.most = k or 1 << 30
-                with actindex.Index.open(out).use_model(lm) as fresh:
-                    cells.append(f"{metrics(ranked(fresh, behavior, 'adaptive', None)[0], labels)['auroc']:.3f}")
+                cells.append(f"{metrics(ranked(idx, behavior, 'adaptive', None)[0], labels)['auroc']:.3f}")
             AdaptiveMethod.most = default_most
             sweep.append(f"| {spec} | " + " | ".join(cells) + " |")
             print(sweep[-1], flush=True)
