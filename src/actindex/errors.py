@@ -38,3 +38,8 @@ class ActindexWarning(UserWarning):
 class MemorisationWarning(ActindexWarning):
     """The index's model has memorised its rows: rankings by their gradients are unreliable
     (:mod:`actindex.index.memorisation`)."""
+
+
+class OutputError(ActindexError):
+    """An output path a command may not write (:mod:`actindex.outputs`): it exists without ``--overwrite``, is
+    not a regular file, lies inside an index, is one of the command's inputs, or its directory is unusable."""

@@ -41,6 +41,7 @@ from actindex.configs import option
 from actindex.core.sources import count_records, data_kind, file_sha256, resolve_data_path
 from actindex.errors import ActindexError, IndexFileError
 from actindex.files import atomic_write_text
+from actindex.outputs import check_output, index_inputs
 from actindex.query.methods import DEFAULT_METHOD
 
 if TYPE_CHECKING:
@@ -167,6 +168,22 @@ def file_rows(sources: list[Source], rows: np.ndarray, source_row: np.ndarray) -
     return out
 
 
+def check_filter_outputs(index: Index, sources: list[Source], config: FilterConfig) -> tuple[Path, Path]:
+    """``OUT`` and its sidecar ``OUT.removed.jsonl``, checked by the output rule (:mod:`actindex.outputs`): a
+    directory output (for a directory of data) may replace only one this command wrote, i.e. one with a sidecar."""
+    inputs = [*index_inputs(index, config.behavior), *[(s.path, "the training data file") for s in sources]]
+    directory = sources[0].path.is_dir()
+    out = check_output(config.out, overwrite=config.overwrite, inputs=inputs, directory=directory,
+                       ours=lambda path: _sidecar_of(path).is_file(), make_parent=False)
+    sidecar = check_output(_sidecar_of(out), overwrite=config.overwrite, inputs=inputs, option="--out's sidecar",
+                           make_parent=False)
+    return out, sidecar
+
+
+def _sidecar_of(out: Path) -> Path:
+    return out.with_name(out.name + SIDECAR_SUFFIX)
+
+
 def filter_dataset(
     index: Index | str | os.PathLike,
     behavior: str | None = None,
@@ -184,13 +201,8 @@ def filter_dataset(
     from actindex.api import Index
 
     idx = index if isinstance(index, Index) else Index.open(index)
-    out_path = Path(config.out)
     sources = data_sources(idx, config.data)
-    if any(out_path.resolve() == s.path.resolve() for s in sources):
-        raise ActindexError(f"--out {out_path} is the training data file itself; write to another path")
-    if out_path.exists() and not config.overwrite:
-        raise ActindexError(f"{out_path} exists; pass --overwrite to replace it")
-    sidecar = out_path.with_name(out_path.name + SIDECAR_SUFFIX)
+    out_path, sidecar = check_filter_outputs(idx, sources, config)
     if data_kind(sources[0].path) in ("jsonl", "parquet") and out_path.suffix != sources[0].path.suffix:
         raise ActindexError(
             f"--out {out_path} has another extension than the data file {sources[0].path.name}: the output keeps "

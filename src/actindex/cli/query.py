@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import click
@@ -36,7 +39,9 @@ FORMATS = ("table", "json", "jsonl", "csv")
               help="Output format.")
 @model_option
 @device_option
-@click.option("--save-query", help="Save the query vector to this .npz file.")
+@click.option("--save-query", help="Save the query vector to this .npz file (several behaviours: one file each, "
+                                   "FILE-<behaviour>.npz).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --save-query file (a regular file only).")
 @click.option("--query-vector", help="Use a saved query vector (.npz) instead of a behaviour.")
 @click.option("--help-methods", is_flag=True, help="List the query methods and exit.")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: inverted lists visited per query.")
@@ -48,7 +53,7 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @friendly
 def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tuple[str, ...],
           prompts: tuple[str, ...], fmt: str, model: str | None, device: str, save_query: str | None,
-          query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None,
+          overwrite: bool, query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None,
           no_faiss_gpu: bool, explain: bool, no_cache: bool, quiet: bool, **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour, or by how much they explain a
     model output (--example, --generate).
@@ -87,23 +92,42 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
         idx = cset.select(checkpoints.checkpoint)
     idx.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
     asked = [] if query_vector else asked_behaviors(behaviors_, examples, prompts)
-    print_results(query_index(idx, asked, config, model, device, save_query, query_vector), fmt, explain)
+    print_results(query_index(idx, asked, config, model, device, save_query, query_vector, overwrite), fmt, explain)
 
 
 def asked_behaviors(behaviors_: tuple[str, ...], examples: tuple[str, ...], prompts: tuple[str, ...]) -> list[Any]:
-    """The behaviours a query asks: names or files, examples (:func:`example_behavior`) and prompts to answer
-    (:func:`generate_behavior`); at least one."""
+    """The behaviours a query asks, each read once: names or files (:func:`load_behavior`; a file may be a pipe),
+    examples (:func:`example_behavior`) and prompts to answer (:func:`generate_behavior`); at least one."""
+    from actindex.query.behaviors import load_behavior
     from actindex.query.examples import example_behavior, generate_behavior
 
-    asked = [*behaviors_, *map(example_behavior, examples), *map(generate_behavior, prompts)]
+    asked = [*map(load_behavior, behaviors_), *map(example_behavior, examples), *map(generate_behavior, prompts)]
     if not asked:
         raise ActindexError("query needs --behavior NAME|FILE (see `actindex behaviors`), --example, --generate "
                             "or --query-vector FILE")
     return asked
 
 
+def save_query_paths(idx: Any, asked: list[Any], save_query: str, overwrite: bool) -> list[Path]:
+    """Where each behaviour's ``--save-query`` vector goes: the file itself for one behaviour, else
+    ``FILE-<behaviour>.npz`` each; checked by the output rule before any model work (two behaviours of one name
+    would write one file: refused)."""
+    from actindex.outputs import check_output, check_outputs, index_inputs
+
+    base = Path(save_query)
+    if len(asked) == 1:
+        paths = [base]
+    else:
+        paths = [base.with_name(f"{base.stem}-{re.sub(r'[^A-Za-z0-9._-]', '_', b.name)}{base.suffix}") for b in asked]
+    check_outputs([(p, f"behaviour {b.name!r}") for p, b in zip(paths, asked)], "--save-query file")
+    inputs = [*index_inputs(idx), *[(b.source, "a behaviour file") for b in asked if os.path.lexists(b.source)]]
+    for path in paths:
+        check_output(path, overwrite=overwrite, inputs=inputs, option="--save-query", make_parent=False)
+    return paths
+
+
 def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | None, device: str,
-                save_query: str | None, query_vector: str | None) -> list[Any]:
+                save_query: str | None, query_vector: str | None, overwrite: bool = False) -> list[Any]:
     """The results of one index's query: a saved vector's, or each behaviour's (saving its vector if asked)."""
     from dataclasses import replace
 
@@ -120,13 +144,13 @@ def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | No
                             "--save-query; pick one of its member methods")
     if save_query and config.method is None:
         config = replace(config, method=config.resolved_method(needs_vector=True))
+    paths = save_query_paths(idx, asked, save_query, overwrite) if save_query else [None] * len(asked)
     load_requested_model(idx, model, device)
     results = []
-    for behavior in asked:
+    for behavior, path in zip(asked, paths):
         res = idx.query(behavior, config)
         results.append(res)
-        if save_query:
-            path = save_query if len(asked) == 1 else save_query.replace(".npz", f"-{res.behavior}.npz")
+        if path is not None:
             save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
                                                  "family": res.family, "model": idx.manifest.model.fingerprint})
     return results
@@ -251,19 +275,22 @@ def _method_names() -> list[str]:
 @click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
 @quiet_option
 @click.option("--out", required=True, help="HTML file to write (self-contained: plots embedded, no network).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (a regular file only).")
 @friendly
 def report(index_dir: str, behavior: str, compare: tuple[str, ...], labels_field: str | None,
            positive_label: str | None, title: str | None, model: str | None, device: str, no_cache: bool,
-           quiet: bool, out: str, **options: Any) -> None:
+           quiet: bool, out: str, overwrite: bool, **options: Any) -> None:
     """Write one self-contained HTML page of the query `actindex query` runs with the same options: the
     behaviour, the score histogram, the top and bottom rows (with per-token influence when reranked), label
     metrics, and other methods side by side with --compare."""
     from actindex.api import Index
+    from actindex.outputs import check_output, index_inputs
     from actindex.report import write_report
 
     idx = Index.open(index_dir, cache=not no_cache, progress=not quiet)
+    check_output(out, overwrite=overwrite, inputs=index_inputs(idx, behavior))  # before the model loads
     load_requested_model(idx, model, device)
     config = pop_config(QueryConfig, options)
     path = write_report(idx, behavior, out, config, compare=compare, labels_field=labels_field,
-                        positive_label=positive_label, title=title)
+                        positive_label=positive_label, title=title, overwrite=overwrite)
     click.echo(f"wrote {path} ({path.stat().st_size // 1024} KiB)")

@@ -26,7 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,25 @@ def check_file_kind(path: Path) -> None:
         raise DataError(path, None, None, f"{table} is not supported: convert it to JSONL or parquet")
     if head.startswith(b"PAR1") and path.suffix.lower() != ".parquet":
         raise DataError(path, None, None, "is a parquet file: name it with the .parquet extension")
+
+
+@contextmanager
+def read_once(path: Path) -> Iterator[Path]:
+    """A pipe or other special file (``<(cat rows.jsonl)``), which can be read only once, copied whole into a
+    temporary regular file of the same name; a :class:`DataError` about the copy names ``path``."""
+    with tempfile.TemporaryDirectory(prefix="actindex-") as tmp:
+        copy = Path(tmp) / (path.name or "input")
+        try:
+            with open(path, "rb") as source, open(copy, "wb") as target:
+                shutil.copyfileobj(source, target)
+        except OSError as err:
+            raise DataError(path, None, None, f"cannot read it ({err.strerror or type(err).__name__})") from None
+        try:
+            yield copy
+        except DataError as err:
+            if err.path != str(copy):
+                raise
+            raise DataError(path, err.line, err.field, err.problem) from None
 
 
 def is_hf_directory(path: Path) -> bool:

@@ -52,8 +52,8 @@ from actindex.index.manifest import (
 )
 from actindex.index.memorisation import heldout_loss, memorisation, warn_if_memorised
 from actindex.index.reader import IndexReader
-from actindex.index.shards import check_same, identity, merge, shard_range
-from actindex.index.writer import IndexWriter, append_base, check_out, clear_index, index_summary
+from actindex.index.shards import check_same, identity, join_shards, shard_range
+from actindex.index.writer import SHARDS_DIR, IndexWriter, append_base, check_out, clear_index, index_summary
 from actindex.progress import bar as progress_bar
 
 
@@ -151,7 +151,8 @@ def build(
         return build_distributed(config, world, model=model, progress=progress, checkpoint=checkpoint)
     started = time.time()
     rows = scan_rows(config.data, config.limit, config.split, config.sample, config.seed)  # read part by part below
-    check_out(Path(config.out), config.overwrite, config.append)  # refused before the model loads
+    if world is None:  # refused before the model loads (under torchrun, build_distributed checks --out)
+        check_out(Path(config.out), config.overwrite, config.append, [(rows.path, "the training data file")])
     if config.append and not config.families:  # new rows get the index's own families, not today's defaults
         config = replace(config, families=held_kinds(append_base(config.out)))
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
@@ -279,7 +280,6 @@ def _text(value: bytes | str) -> str:
 # Data-parallel build under torchrun
 # --------------------------------------------------------------------------------------------
 
-SHARDS_DIR = ".shards"
 #: how long a rank waits at a barrier for the slowest rank (shards can take hours)
 BARRIER_TIMEOUT = datetime.timedelta(hours=48)
 
@@ -322,8 +322,7 @@ def build_distributed(
     if config.device == "map":
         raise ActindexError("--device map spreads one model over all GPUs; under torchrun each rank takes one GPU")
     out = Path(config.out)
-    if (out / MANIFEST).exists() and not config.overwrite:
-        raise IndexFileError(f"{out} already holds a complete index; pass --overwrite to rebuild it")
+    check_out(out, config.overwrite, inputs=[(resolve_data_path(config.data), "the training data file")])
     device = config.device
     use_cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
     if use_cuda:
@@ -349,7 +348,8 @@ def build_distributed(
             build(mine, model=model, progress=progress and world.rank == 0, checkpoint=checkpoint)
         barrier()
         if world.rank == 0:
-            merge(shard_dirs, out, faiss_factory=config.faiss_factory, faiss_train_rows=config.faiss_train_rows)
+            join_shards(shard_dirs, out, faiss_factory=config.faiss_factory,
+                        faiss_train_rows=config.faiss_train_rows)
             shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
         barrier()
     finally:

@@ -93,17 +93,15 @@ def export(index: IndexReader | str | os.PathLike, out: str | os.PathLike = "", 
     ``overwrite``). Loads no model."""
     from actindex.files import atomic_file
     from actindex.index.reader import IndexReader
+    from actindex.outputs import check_output, index_inputs
 
     config = config or ExportConfig(out=str(out), **kwargs)
     reader = index if isinstance(index, IndexReader) else IndexReader.open(index)
     families = list(reader.families) if config.families is None else list(config.families)
     for family in families:
         reader.check_family(family)
-    target = Path(config.out)
-    if target.exists() and not config.overwrite:
-        raise ActindexError(f"{target} exists; pass --overwrite to replace it")
-    if target.resolve().is_relative_to(reader.root.resolve()):
-        raise ActindexError(f"--out {target} is inside the index {reader.root}; write the export elsewhere")
+    target = check_output(config.out, overwrite=config.overwrite,
+                          inputs=index_inputs(reader))
     target.parent.mkdir(parents=True, exist_ok=True)
     import pyarrow.parquet  # noqa: F401 - imported before the clock starts (it takes seconds on a busy machine)
 

@@ -27,7 +27,7 @@ from typing import Any
 from actindex.errors import IndexFileError
 from actindex.index.lock import write_lock
 from actindex.index.manifest import MANIFEST, VECTORS, Manifest, read_manifest
-from actindex.index.writer import Part, clear_index, index_summary, write_index
+from actindex.index.writer import Part, check_out, clear_index, index_summary, write_index
 
 
 def shard_range(n_rows: int, index: int, count: int) -> tuple[int, int]:
@@ -79,18 +79,34 @@ def merge(
 
     Rows are concatenated in shard order (= file order), vectors copied as stored, and each
     family's FAISS index built once with ``faiss_factory`` (default: the one the build asked for).
+    ``out`` follows the output rule (:func:`~actindex.index.writer.check_out`): never a shard, a directory
+    inside an index, or an unrelated directory.
     """
-    started = time.time()
-    out = Path(out)
     if not shard_dirs:
         raise IndexFileError("merge needs at least one shard directory")
+    for d in shard_dirs:
+        if Path(d).resolve() == Path(out).resolve():
+            raise IndexFileError(f"merge --out {out} is one of the shards; write the merged index elsewhere")
+    check_out(Path(out), overwrite, inputs=[(d, "a shard") for d in shard_dirs])
+    return join_shards(shard_dirs, out, overwrite, faiss_factory, faiss_train_rows)
+
+
+def join_shards(
+    shard_dirs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    faiss_factory: str | None = None,
+    faiss_train_rows: int | None = None,
+) -> Manifest:
+    """:func:`merge` without its check of ``out`` (a build under torchrun merges the shards it keeps inside
+    ``out``)."""
+    started = time.time()
+    out = Path(out)
     shards = []
     for d in shard_dirs:
         m = read_manifest(d)
         if m.shard is None:
             raise IndexFileError(f"{d} is not a shard (it was built without --shard I/N)")
-        if Path(d).resolve() == out.resolve():
-            raise IndexFileError(f"merge --out {out} is one of the shards; write the merged index elsewhere")
         shards.append((str(d), m))
     check_same(
         [

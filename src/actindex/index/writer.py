@@ -48,7 +48,7 @@ import numpy as np
 
 from actindex.errors import IndexFileError
 from actindex.files import atomic_file, atomic_write_text, bytes_sha256, ensure_space, fsync_dir
-from actindex.index.lock import own_dir, write_lock
+from actindex.index.lock import LOCK, own_dir, write_lock
 from actindex.index.manifest import (
     BUILD_DIR,
     MANIFEST,
@@ -66,8 +66,11 @@ from actindex.index.search import (
     write_faiss_index,
     write_faiss_index_from_rows,
 )
+from actindex.outputs import Input, check_output, is_index_dir
 
 FAISS_DIR = "faiss"
+#: where a build under torchrun keeps its ranks' shards until they are merged
+SHARDS_DIR = ".shards"
 PART_RE = re.compile(r"^part-(\d{9})-(\d{9})\.h5$")
 
 #: per-row metadata datasets stored beside the vectors, with their numpy dtypes
@@ -110,11 +113,12 @@ def dataset_checksum(values: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def check_out(root: Path, overwrite: bool = False, append: bool = False) -> None:
-    """Refuse, before any work, an ``--out`` that is a file, or that holds a complete index when neither
-    ``overwrite`` nor ``append`` is asked for."""
-    if root.exists() and not root.is_dir():
-        raise IndexFileError(f"{root} is a file, not an index directory; choose another --out")
+def check_out(root: Path, overwrite: bool = False, append: bool = False, inputs: list[Input] = ()) -> None:
+    """Refuse, before any work, an ``--out`` the output rule refuses (:mod:`actindex.outputs`: a file, a
+    directory inside an index, an unrelated non-empty directory, an input), or one that holds a complete index
+    when neither ``overwrite`` nor ``append`` is asked for (an unfinished build there is resumed)."""
+    check_output(root, overwrite=None, inputs=inputs, directory=True,
+                 ours=lambda path: is_index_dir(path) or (path / SHARDS_DIR).is_dir() or (path / LOCK).exists())
     if (root / MANIFEST).exists() and not (overwrite or append):
         raise IndexFileError(f"{root} already holds a complete index; pass --overwrite to rebuild it")
 

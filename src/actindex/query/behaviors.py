@@ -115,7 +115,14 @@ def _builtin(name: str) -> Behavior:
 
 
 def _load_file(path: Path, name: str) -> Behavior:
-    """A behaviour file: a persona spec (``.json``) or contrastive pairs (JSONL, parquet...)."""
+    """A behaviour file: a persona spec (``.json``) or contrastive pairs (JSONL, parquet...). A pipe
+    (``--behavior <(cat pairs.jsonl)``) is read once, into a temporary copy
+    (:func:`~actindex.core.sources.read_once`)."""
+    from actindex.core.sources import read_once
+
+    if not path.is_file() and not path.is_dir():
+        with read_once(path) as copy:
+            return replace(_load_file(copy, name), source=str(path))
     if path.suffix == ".json":
         return Behavior(name=name, persona=load_persona(path), source=str(path))
     return Behavior(name=name, pairs=load_pairs(path), source=str(path))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actindex.files import atomic_write_text
+from actindex.outputs import check_output, index_inputs
 from actindex.query.methods import QueryMethod
 from actindex.report.gather import MethodRun, run_method
 from actindex.report.html import card_html, render_html
@@ -57,6 +58,7 @@ def write_report(
     labels_field: str | None = None,
     positive_label: str | None = None,
     title: str | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> Path:
     """Run the query ``actindex query`` runs with ``config`` (or ``options``, its fields: the same method
@@ -66,10 +68,12 @@ def write_report(
 
     ``behavior`` is a built-in name, a pairs/persona file or a :class:`Behavior`. ``labels_field`` names a
     record field; a row is positive when its value is not ``"clean"``, or equals ``positive_label`` when
-    that is given. ``title`` names the behaviour on the page. Returns the written path.
+    that is given. ``title`` names the behaviour on the page. ``out`` follows the output rule
+    (:mod:`actindex.outputs`): an existing file is replaced only with ``overwrite``. Returns the written path.
     """
     from actindex.query.pipeline import QueryConfig
 
+    out = check_output(out, overwrite=overwrite, inputs=index_inputs(index, behavior))
     config = config or QueryConfig(**options)
     for method in compare:
         QueryMethod.get(method)  # fail fast on a typo, before any model work
@@ -80,7 +84,6 @@ def write_report(
                                                  config.fusion), labels_field, positive_label)
              for m in compare if m != runs[0].method]
     page = render_html(index, behavior, runs, config, labels_field, positive_label, title)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return out

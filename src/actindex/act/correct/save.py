@@ -16,19 +16,21 @@ from typing import Any
 from torch import nn
 
 from actindex.core.models import LoadedModel, is_adapter_dir, save_weights
-from actindex.errors import ActindexError
 from actindex.files import staged_directory
+from actindex.outputs import Input, check_output
 
 #: the report's file name inside the output directory
 REPORT = "correction.json"
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless ``overwrite``, and make its parent (checked before any work)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise ActindexError(f"{out} exists and is not empty; pass --overwrite to replace it")
+def check_out(out: Path, overwrite: bool, inputs: list[Input]) -> Path:
+    """``out`` checked by the output rule (:mod:`actindex.outputs`) before any work: an existing non-empty
+    directory is replaced only with ``overwrite`` and only when this stage wrote it (it holds ``correction.json``);
+    never an index, an input, or a directory inside an index. Its parent is made."""
+    out = check_output(out, overwrite=overwrite, inputs=inputs, directory=True,
+                       ours=lambda path: (path / REPORT).is_file())
     out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) -> str:

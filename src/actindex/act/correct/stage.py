@@ -16,7 +16,7 @@ from actindex.act.correct.config import CorrectConfig
 from actindex.act.correct.evaluate import HeldOut, held_out_pairs, perplexity_rows
 from actindex.act.correct.logprobs import reference_log_probs
 from actindex.act.correct.objectives import Objective
-from actindex.act.correct.save import _prepare_out, save_corrected, write_report
+from actindex.act.correct.save import check_out, save_corrected, write_report
 from actindex.act.correct.selection import Split, select_rows
 from actindex.act.correct.training import train, trainable_copy
 from actindex.act.correct.weighting import TokenWeighting, carrier_report
@@ -25,6 +25,7 @@ from actindex.core.encode import Encoded, encode_row
 from actindex.core.models import LoadedModel, wrap_model
 from actindex.core.rows import normalise_record
 from actindex.errors import ActindexError
+from actindex.outputs import index_inputs
 from actindex.query.behaviors import Behavior
 from actindex.query.methods import DEFAULT_VECTOR_METHOD
 
@@ -115,9 +116,10 @@ def correct(
     """
     config = config or CorrectConfig(**kwargs)
     started = time.perf_counter()
-    out = Path(out)
-    _prepare_out(out, config.overwrite)
     index = index if isinstance(index, Index) else Index.open(index)
+    named = [(config.held_out, "the held-out pairs file"), (target, "the target model")]
+    inputs = [*index_inputs(index, behavior), *[(p, what) for p, what in named if isinstance(p, (str, os.PathLike))]]
+    out = check_out(Path(out), config.overwrite, inputs)
     if lm is not None:
         index.use_model(lm)
     ranker = index.model()

@@ -83,6 +83,7 @@ class DetectConfig:
     labels_field: str | None = option("Record field with ground-truth labels (non-'clean' = poisoned): prints P/R/F1.",
                                       None)
     out: str | None = option("JSONL file for the flagged rows with their per-transform scores.", None)
+    overwrite: bool = option("Replace OUT if it exists (a regular file only).", False)
 
     def __post_init__(self) -> None:
         if not self.queries:

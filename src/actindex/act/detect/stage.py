@@ -28,6 +28,7 @@ from actindex.api import Index
 from actindex.core.models import LoadedModel, load_model
 from actindex.errors import DataError
 from actindex.files import atomic_file
+from actindex.outputs import check_output, index_inputs
 
 
 @dataclass
@@ -86,6 +87,10 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
     """
     config = config or DetectConfig(**kwargs)
     idx = index if isinstance(index, Index) else Index.open(index)
+    if config.out:
+        inputs = [*index_inputs(idx), (config.queries, "the queries file"),
+                  *[(m, "a model directory") for m in (config.target, config.paraphrase_model) if m]]
+        check_output(config.out, overwrite=config.overwrite, inputs=inputs, make_parent=False)
     queries = load_queries(config.queries)
     if rewriter is None and config.paraphrase_model:
         rewriter = load_model(config.paraphrase_model)
