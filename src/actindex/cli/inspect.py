@@ -155,9 +155,13 @@ def cache_list(index_dir: str) -> None:
 @friendly
 def cache_clear(index_dir: str, behavior: str | None) -> None:
     """Remove cached behaviours (they are formed again, with the model, by the next query)."""
+    from actindex.errors import ActindexError
     from actindex.index.reader import IndexReader
     from actindex.query.cache import BehaviorCache
 
+    if behavior is not None and not behavior.strip():
+        raise ActindexError("--behavior: expected a behaviour name or key prefix, got an empty one (leave --behavior "
+                            "out to clear every entry)")
     idx = IndexReader.open(index_dir)
     removed = BehaviorCache(idx.root, idx.manifest).clear(behavior)
     click.echo(f"removed {removed} cached behaviour(s) from {index_dir}")

@@ -98,6 +98,7 @@ class RowFile:
     split: str | None = None  # the split of a DatasetDict directory the rows are read from
     total: int = 0
     selection: np.ndarray | None = None
+    first_id: int = 0  # rows without an id get row-<first_id + row number>: an append's follow the index's rows
 
     def __len__(self) -> int:
         return self.count
@@ -116,7 +117,7 @@ class RowFile:
         position = 0
         for index, file, line, record in records(self.path, self.split, start=int(wanted[0])):
             if index == wanted[position]:
-                yield normalise_record(file, line, index, record)
+                yield normalise_record(file, line, index, record, self.first_id)
                 position += 1
                 if position == len(wanted):
                     return

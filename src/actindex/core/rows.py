@@ -94,11 +94,12 @@ def _string(path: Path, line: int, record: dict, key: str, *, allow_empty: bool 
     return value
 
 
-def normalise_record(path: Path, line: int, index: int, record: dict[str, Any]) -> Row:
+def normalise_record(path: Path, line: int, index: int, record: dict[str, Any], first_id: int = 0) -> Row:
     """Turn one raw record into a :class:`Row`, or raise a :class:`DataError` naming the field.
 
     Checks everything the build needs before a model is loaded: one training shape, its fields'
-    types, the turn order of a chat (:func:`_check_turn_order`) and the id.
+    types, the turn order of a chat (:func:`_check_turn_order`) and the id. A row without an ``id`` gets
+    ``row-<first_id + index>`` (an append numbers its rows after the index's).
     """
     messages: list[dict[str, str]] | None = None
     text: str | None = None
@@ -158,7 +159,7 @@ def normalise_record(path: Path, line: int, index: int, record: dict[str, Any]) 
             "no training text: expected 'messages', 'prompt'+'response', 'prompt'+'completion', "
             "'instruction'+'output' or 'text'",
         )
-    raw_id = record.get("id", f"row-{index}")
+    raw_id = record.get("id", f"row-{first_id + index}")
     if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
         raise DataError(path, line, "id", f"expected a string or integer, got {json_type(raw_id)}")
     if isinstance(raw_id, str) and "\0" in raw_id:

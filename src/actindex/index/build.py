@@ -153,6 +153,8 @@ def build(
     rows = scan_rows(config.data, config.limit, config.split, config.sample, config.seed)  # read part by part below
     if world is None:  # refused before the model loads (under torchrun, build_distributed checks --out)
         check_out(Path(config.out), config.overwrite, config.append, [(rows.path, "the training data file")])
+    if config.append:  # rows without an id are numbered after the index's rows (row-N, row-N+1...)
+        rows = replace(rows, first_id=append_base(config.out).rows)
     if config.append and not config.families:  # new rows get the index's own families, not today's defaults
         config = replace(config, families=held_kinds(append_base(config.out)))
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
@@ -262,7 +264,10 @@ def _append_manifest(
             at = np.searchsorted(digests, d)
             while at < len(digests) and digests[at] == d:
                 if _text(ids[int(order[at])]) == row.id:
-                    raise DataError(Path(row.path), row.line, "id", f"id {row.id!r} is already in {out}")
+                    if "id" in row.record:
+                        raise DataError(Path(row.path), row.line, "id", f"id {row.id!r} is already in {out}")
+                    raise DataError(Path(row.path), row.line, None, f"the row has no 'id' field and its generated id "
+                                    f"{row.id!r} is already in {out}; give the rows ids")
                 at += 1
     # curvature factors were fitted on the old rows only: dropped, refit them after appending
     return replace(base, data=[*base.data, replace(entry, first_row=base_rows)], curvature={}), base_rows

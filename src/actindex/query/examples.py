@@ -20,10 +20,10 @@ rows ending with a user turn, or the prompt's text. Several rows make one query 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from actindex.core.jsontext import NOT_UNICODE, JSONTextError, loads, lone_surrogate
 from actindex.errors import ActindexError, DataError
 from actindex.query.behaviors import Behavior, Pair
 
@@ -38,11 +38,13 @@ def example_behavior(spec: str | dict[str, Any] | list[Any], name: str | None = 
     list of rows, or ``"prompt => response"``; ``files=False`` never reads a file (a server's requests)."""
     source, records = _records(spec, "example", files)
     if records is None:
+        _check_text(spec, "example")
         prompt, arrow, response = str(spec).partition(ARROW)
         if not arrow or not prompt.strip() or not response.strip():
             raise ActindexError(f"an example is a file of training rows, a JSON object or 'prompt {ARROW} response'; "
                                 f"got {str(spec)[:80]!r}")
         records = [(1, {"prompt": prompt.strip(), "response": response.strip()})]
+    _check_unicode(source, records)
     pairs = [_example_pair(source, line, i, record) for i, (line, record) in enumerate(records)]
     return _behavior(name or _name(source, "example"), pairs, source)
 
@@ -57,9 +59,11 @@ def generate_behavior(spec: str | list[str], name: str | None = None, files: boo
     else:
         source, records = _records(spec, "generate", files)
         if records is None:
+            _check_text(spec, "generate")
             if not spec.strip():
                 raise ActindexError("--generate needs a prompt or a file of prompts")
             records = [(1, {"prompt": spec})]
+    _check_unicode(source, records)
     pairs = [_prompt_pair(source, line, i, record) for i, (line, record) in enumerate(records)]
     return _behavior(name or _name(source, "generate"), pairs, source)
 
@@ -95,6 +99,7 @@ def _records(spec: Any, what: str, files: bool = True) -> tuple[str, list[tuple[
     """``(source, [(line, record)])`` of a file (when ``files``), a dict, a list or JSON text; ``None`` records for
     other text."""
     from actindex.core.readers import iter_records
+    from actindex.core.sources import read_once
 
     if isinstance(spec, dict):
         return "<request>", [(1, spec)]
@@ -105,13 +110,31 @@ def _records(spec: Any, what: str, files: bool = True) -> tuple[str, list[tuple[
     text = spec.strip()
     if text.startswith("{") or (text.startswith("[") and text.endswith("]")):
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ActindexError(f"--{what}: malformed JSON ({err.msg}, column {err.colno})") from None
+            value = loads(text)
+        except JSONTextError as err:
+            raise ActindexError(f"--{what}: {err.problem}") from None
         return _records(value, what, files)
-    if files and not any(c in spec for c in "\n\0") and len(spec) < 4096 and Path(spec).is_file():
-        return spec, list(iter_records(spec))
+    if files and not any(c in spec for c in "\n\0") and len(spec) < 4096 and Path(spec).exists():
+        path = Path(spec)
+        if path.is_file() or path.is_dir():
+            return spec, list(iter_records(spec))
+        with read_once(path) as copy:  # a pipe: --example <(cat rows.jsonl)
+            return spec, list(iter_records(copy))
     return "<text>", None
+
+
+def _check_text(spec: Any, what: str) -> None:
+    """Refuse text that is not Unicode (an argument with bytes that are not UTF-8, or a lone surrogate)."""
+    if isinstance(spec, str) and lone_surrogate(spec) is not None:
+        raise ActindexError(f"--{what}: {NOT_UNICODE}")
+
+
+def _check_unicode(source: str, records: list[tuple[int, Any]]) -> None:
+    """Refuse the first row with a string that is not Unicode, naming its line and field."""
+    for line, record in records:
+        where = lone_surrogate(record)
+        if where is not None:
+            raise DataError(source, line, where or None, NOT_UNICODE)
 
 
 def _example_pair(source: str, line: int, index: int, record: Any) -> Pair:

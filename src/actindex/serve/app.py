@@ -40,6 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from actindex.api import Index, ModelNeeded
+from actindex.core.jsontext import JSONTextError, loads
 from actindex.errors import ActindexError
 from actindex.query.behaviors import builtin_behaviors, load_behavior
 from actindex.serve.config import ServeConfig
@@ -100,11 +101,13 @@ class Served:
             return self.index.query(behavior, config).to_json()
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
+        """Rows by cosine with the request's vector ``v``, searched as ``v / max|v_i|`` (the same cosines; every
+        value of the float32 search then in [-1, 1], so its norm cannot overflow)."""
         vector = np.asarray(request.vector, dtype=np.float64)
-        if not len(vector) or not np.isfinite(vector).all() or not np.linalg.norm(vector) > 0:
+        if not len(vector) or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
             raise ActindexError("vector must be a non-empty list of finite numbers, not all zero")
         family = request.family or next(iter(self.index.families))
-        scores, rows = self.index.search(vector, request.k, family, bottom=request.bottom)
+        scores, rows = self.index.search(vector / np.abs(vector).max(), request.k, family, bottom=request.bottom)
         ids = self.index.ids()
         return {"family": family, "scores": [float(s) for s in scores], "rows": [int(r) for r in rows],
                 "ids": [ids[r] for r in rows]}
@@ -183,7 +186,8 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
     def search(request: SearchRequest) -> dict[str, Any]:
         return served.search(request)
 
-    @app.get("/rows/{row_id}", summary="One training row: its record, loss, token counts, file and line")
+    @app.get("/rows/{row_id:path}", summary="One training row: its record, loss, token counts, file and line "
+                                            "(an id may hold '/')")
     def row(row_id: str) -> dict[str, Any]:
         return served.row(row_id)
 
@@ -207,7 +211,19 @@ def one_thread_per_search() -> None:
 
 
 def _errors(app: FastAPI) -> None:
-    """Every error as ``{"detail": "one line"}``."""
+    """Every error as ``{"detail": "one line"}``; a body that is not UTF-8, nested deeper than
+    :data:`~actindex.core.jsontext.MAX_DEPTH` or holding a string that is not Unicode is refused (422) before
+    FastAPI parses it (:func:`actindex.core.jsontext.loads`)."""
+
+    @app.middleware("http")
+    async def checked_body(request: Request, call_next: Any) -> Any:
+        if request.method in ("POST", "PUT", "PATCH"):
+            try:
+                loads(await request.body())
+            except JSONTextError as err:
+                if not err.malformed:  # malformed JSON: FastAPI's own 422 names where
+                    return JSONResponse({"detail": one_line(f"body: {err.problem}")}, status_code=422)
+        return await call_next(request)
 
     @app.exception_handler(ActindexError)
     async def user_error(_request: Request, err: ActindexError) -> JSONResponse:

@@ -16,7 +16,8 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from actindex.configs import choices_of
 from actindex.errors import ActindexError
@@ -26,6 +27,8 @@ from actindex.query.pipeline import QueryConfig
 
 #: how a request's inline rows are named in errors (``<request>:2: field 'treatment': is missing``)
 SOURCE = "<request>"
+#: the largest finite float32: a /search value beyond it would overflow the float32 index
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class PairIn(BaseModel):
@@ -78,10 +81,20 @@ class SearchRequest(BaseModel):
     """A raw vector searched in one family (cosine)."""
 
     model_config = ConfigDict(extra="forbid")
-    vector: list[float] = Field(description="The query vector (the family's dimension; normalised by the search).")
+    vector: list[float] = Field(description="The query vector (the family's dimension; normalised by the search; "
+                                            "finite values within float32's range).")
     family: str | None = Field(None, description="The vector family (GET /info lists them); default the first.")
     k: int = Field(10, ge=0, description="Rows to return; 0 = every row.")
     bottom: bool = Field(False, description="The k most negative rows instead.")
+
+    @field_validator("vector")
+    @classmethod
+    def within_float32(cls, vector: list[float]) -> list[float]:
+        """Every value finite and representable as float32 (the index's vectors are float32)."""
+        values = np.asarray(vector, dtype=np.float64)
+        if len(values) and not (np.isfinite(values).all() and np.abs(values).max() <= FLOAT32_MAX):
+            raise ValueError(f"every value must be finite and within float32's range (|v| <= {FLOAT32_MAX:.4g})")
+        return vector
 
 
 def asked(request: BaseModel) -> tuple[str | Behavior, QueryConfig]:
