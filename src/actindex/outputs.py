@@ -98,10 +98,10 @@ def check_output(
         raise OutputError(f"{option}: expected a {'directory' if directory else 'file'} name, got {str(path)!r}")
     _check_name(path, where)
     _check_parent(path, where, make_parent)
-    _check_not_an_input(path, where, inputs, directory)
     index = index_holding(path)
     if index is not None:
         raise OutputError(f"{where} is inside the index {index}; write it outside every index directory")
+    _check_not_an_input(path, where, inputs, directory)
     if directory:
         _check_directory(path, where, overwrite, ours, overwrite_flag)
     else:
