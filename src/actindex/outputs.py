@@ -89,8 +89,7 @@ def check_output(
     ``inputs``: the command's inputs as ``(path, what)``. ``directory``: the output is a directory, and ``ours``
     tells whether an existing non-empty one was written by this command (it may then be replaced with
     ``overwrite``; ``overwrite=None`` leaves an existing one of its own to the caller: a build resumes or
-    appends). ``make_parent``:
-    the command creates a missing parent directory (else a missing parent is refused).
+    appends). ``make_parent``: the command creates a missing parent directory (else a missing parent is refused).
     """
     path = Path(path)
     where = f"{option} {path}"
@@ -227,10 +226,7 @@ def _check_directory(path: Path, where: str, overwrite: bool | None, ours: Calla
     if not os.path.lexists(path):
         return
     if path.is_symlink() or not path.is_dir():
-        try:
-            kind = _kind(os.stat(path).st_mode) or "a file"
-        except OSError:
-            kind = "a dangling link"
+        kind = "a link" if path.is_symlink() else _kind(os.stat(path).st_mode) or "a file"
         raise OutputError(f"{where} is {kind}, not a directory; choose another path")
     if not any(path.iterdir()):
         return
