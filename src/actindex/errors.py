@@ -38,3 +38,8 @@ class ActindexWarning(UserWarning):
 class MemorisationWarning(ActindexWarning):
     """The index's model has memorised its rows: rankings by their gradients are unreliable
     (:mod:`actindex.index.memorisation`)."""
+
+
+class CacheWarning(ActindexWarning):
+    """A behaviour cache entry is damaged (or its folder is a link) and was ignored: the behaviour is formed
+    again (:mod:`actindex.query.cache`)."""
