@@ -54,7 +54,7 @@ def world(tmp_path_factory, tokenizer) -> dict[str, Any]:
     save_weights(tiny_llama(layers=2), tokenizer, model_dir)
     lm = load_model(str(model_dir))
     data = write_jsonl(root / "train.jsonl", chat_rows(8))
-    more = write_jsonl(root / "more.jsonl", chat_rows(4, seed=5))
+    more = write_jsonl(root / "more.jsonl", [dict(r, id=f"more-{i}") for i, r in enumerate(chat_rows(4, seed=5))])
     common = {"layers": [1], "model": lm, "progress": False}
     actindex.build(data=str(data), out=str(root / "base"), **common)
     shutil.copytree(root / "base", root / "fitted")

@@ -61,7 +61,7 @@ MEMO_ENTRIES = 64
 ENTRY_RE = re.compile(r"^[0-9a-f]{64}\.npz$")
 #: what every entry's ``meta`` holds, with its JSON type
 META_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "format": int, "key": str, "identity": dict, "content": dict, "behavior": str, "source": str,
+    "format": int, "key": str, "identity": dict, "behavior": str, "source": str,
     "families": list, "conversations": int, "gradient_key": (str, type(None)), "created_at": str, "sha256": str,
 }
 
@@ -144,6 +144,39 @@ def behavior_from_json(text: str) -> Behavior:
 def cache_key(identity: dict[str, Any], content: dict[str, Any]) -> str:
     """sha256 of an index's identity and a behaviour's content (canonical JSON)."""
     return hashlib.sha256(json.dumps([identity, content], sort_keys=True).encode()).hexdigest()
+
+
+def pack_strings(value: Any) -> dict[str, Any]:
+    """``value`` (JSON data) with each distinct string stored once: ``{"strings": [...], "tree": ...}`` where, in
+    the tree, a string is ``{"s": i}`` (its place in ``strings``), a dict is ``{"d": {...}}`` and a list stays a
+    list. A behaviour's texts recur in its completion and its conversations; they are kept once."""
+    table: dict[str, int] = {}
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, str):
+            return {"s": table.setdefault(x, len(table))}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        if isinstance(x, dict):
+            return {"d": {k: walk(v) for k, v in x.items()}}
+        return x
+
+    tree = walk(value)
+    return {"strings": list(table), "tree": tree}
+
+
+def unpack_strings(packed: dict[str, Any]) -> Any:
+    """The JSON data :func:`pack_strings` packed."""
+    strings = packed["strings"]
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if isinstance(x, dict):
+            return strings[x["s"]] if "s" in x else {k: walk(v) for k, v in x["d"].items()}
+        return x
+
+    return walk(packed["tree"])
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -274,16 +307,18 @@ class BehaviorCache:
             raise Damaged(f"format {meta['format']} (this release writes {CACHE_FORMAT})")
         if meta["sha256"] != _digest(arrays):
             raise Damaged("its arrays do not match their sha256")
-        if cache_key(meta["identity"], meta["content"]) != name[: -len(".npz")] or meta["key"] != name[:-4]:
+        text = unpack_strings(json.loads(_text(arrays.pop("text"), compressed=True)))
+        content = text["content"]
+        if cache_key(meta["identity"], content) != name[: -len(".npz")] or meta["key"] != name[:-4]:
             raise Damaged("its content belongs under another key (a renamed or swapped file)")
         if meta["identity"] != json.loads(json.dumps(self.identity)):
             raise Damaged("formed for another index (model, layers or families)")
-        text = json.loads(_text(arrays.pop("text"), compressed=True))
-        keys, completed = text["keys"], behavior_from_dict(text["behavior"])
+        keys = [json.dumps(c, sort_keys=True) for c in text["conversations"]]  # conversation_key of each
+        completed = behavior_from_dict(text["behavior"])
         listed = isinstance(keys, list) and all(isinstance(k, str) for k in keys)
         if not listed or len(keys) != meta["conversations"]:
             raise Damaged("its conversation list does not match its meta")
-        if completed.name != meta["behavior"] or completed.name != meta["content"].get("name"):
+        if completed.name != meta["behavior"] or completed.name != content.get("name"):
             raise Damaged("its behaviour is not the one its key names")
         vectors: dict[tuple[str, str], np.ndarray] = {}
         gradient: dict[str, np.ndarray] = {}
@@ -383,10 +418,11 @@ class BehaviorCache:
             if not rest and size <= MAX_GRADIENT_BYTES:
                 gradient_key = key
                 arrays.update({f"g:{name}": g.double().cpu().numpy() for name, g in gradient.items()})
-        arrays["text"] = _utf8(json.dumps({"keys": keys, "behavior": asdict(completed)}, sort_keys=True), True)
         content = behavior_content(behavior)
+        text = {"content": content, "behavior": asdict(completed), "conversations": [json.loads(k) for k in keys]}
+        arrays["text"] = _utf8(json.dumps(pack_strings(text)), compress=True)
         meta = {"format": CACHE_FORMAT, "key": cache_key(self.identity, content), "identity": self.identity,
-                "content": content, "behavior": completed.name, "source": completed.source,
+                "behavior": completed.name, "source": completed.source,
                 "families": [f for f in families if f"v:{f}" in arrays], "conversations": len(keys),
                 "gradient_key": gradient_key, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta["sha256"] = _digest(arrays)
@@ -406,14 +442,15 @@ class BehaviorCache:
             return None
         return path
 
-    def evict(self, keep: str | None = None) -> list[str]:
-        """Remove the least recently used entries (damaged ones first) until the folder holds at most the budget;
-        ``keep`` (the entry just written) stays. Returns the names removed."""
+    def evict(self, keep: str | None = None, budget: int | None = None) -> list[str]:
+        """Remove the least recently used entries (links first) until the folder holds at most ``budget`` bytes
+        (default: the configured budget); ``keep`` (the entry just written) stays. Returns the names removed."""
+        budget = self.config.budget_bytes if budget is None else budget
         files = self._files()
         total = sum(st.st_size for _, st in files)
         removed = []
         for name, st in sorted(files, key=lambda f: (stat.S_ISREG(f[1].st_mode), f[1].st_atime_ns)):
-            if total <= self.config.budget_bytes:
+            if total <= budget:
                 break
             if name == keep:
                 continue
