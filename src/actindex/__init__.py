@@ -36,7 +36,8 @@ _EXPORTS = {
     "DetectConfig": "actindex.act.detect", "detect": "actindex.act.detect",
     "ExportConfig": "actindex.index.export", "export": "actindex.index.export",
     "CheckpointSet": "actindex.query.checkpoints.checkpoint_set", "ActindexCallback": "actindex.integrations.trainer",
-    "ActindexWarning": "actindex.errors", "MemorisationWarning": "actindex.errors",
+    "ActindexWarning": "actindex.errors", "MemorisationWarning": "actindex.errors", "CacheWarning": "actindex.errors",
+    "CacheConfig": "actindex.query.cache",
 }
 
 __all__ = sorted(_EXPORTS)

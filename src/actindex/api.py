@@ -27,7 +27,7 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.files import atomic_file
 from actindex.index.memorisation import Memorisation, memorisation, warn_if_memorised
 from actindex.index.reader import IndexReader
-from actindex.query.cache import BehaviorCache
+from actindex.query.cache import BehaviorCache, CacheConfig
 from actindex.query.pipeline import QueryConfig, QueryPipeline, Ranked
 from actindex.query.result import Hit, QueryResult
 
@@ -51,31 +51,36 @@ class Index(IndexReader):
 
     ``cache`` (default on) keeps each behaviour's model-made vectors in the index's behaviour cache
     (:mod:`actindex.query.cache`), so a behaviour is formed once per index, not once per process;
-    ``progress`` shows a progress bar while a behaviour is formed with the model. The index's ``vectors.h5``
+    ``cache_config`` bounds its size (:class:`~actindex.query.cache.CacheConfig`); ``progress`` shows a progress
+    bar while a behaviour is formed with the model. The index's ``vectors.h5``
     is held open from :meth:`open` on (a writer replaces the file by a rename, so reads keep seeing the index
     as it was opened); ``close()``, or ``with Index.open(...) as idx:``, lets it go.
     """
 
-    def __init__(self, root: str | Path, manifest: Any, cache: bool = True, progress: bool = False):
+    def __init__(self, root: str | Path, manifest: Any, cache: bool = True, progress: bool = False,
+                 cache_config: CacheConfig | None = None):
         super().__init__(root, manifest)
         self.use_cache, self.progress = cache, progress
+        self.cache_config = cache_config or CacheConfig()
         self._model: LoadedModel | None = None
         self._no_model = threading.local()
         self._context: QueryContext | None = None
         self._curvature: dict[str, Curvature] = {}
 
     @classmethod
-    def open(cls, root: str | Path, cache: bool = True, progress: bool = False) -> Index:
+    def open(cls, root: str | Path, cache: bool = True, progress: bool = False,
+             cache_config: CacheConfig | None = None) -> Index:
         """Open and check a complete index (:meth:`IndexReader.open`); see the class docstring for the options."""
         idx = super().open(root)
         idx.use_cache, idx.progress = cache, progress
+        idx.cache_config = cache_config or CacheConfig()
         idx.hold_open()  # queries read a few rows each: one handle, not an open per read (closed by close())
         return idx
 
     @cached_property
     def behavior_cache(self) -> BehaviorCache:
         """The index's behaviour cache (``actindex cache list|clear``)."""
-        return BehaviorCache(self.root, self.manifest)
+        return BehaviorCache(self.root, self.manifest, self.cache_config)
 
     @cached_property
     def memorisation(self) -> Memorisation | None:

@@ -43,3 +43,8 @@ class MemorisationWarning(ActindexWarning):
 class OutputError(ActindexError):
     """An output path a command may not write (:mod:`actindex.outputs`): it exists without ``--overwrite``, is
     not a regular file, lies inside an index, is one of the command's inputs, or its directory is unusable."""
+
+
+class CacheWarning(ActindexWarning):
+    """A behaviour cache entry is damaged (or its folder is a link) and was ignored: the behaviour is formed
+    again (:mod:`actindex.query.cache`)."""

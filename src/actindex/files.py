@@ -3,31 +3,75 @@
 Every file actindex writes (index files, filtered data, detection output) is first written to a
 temporary file created fresh beside its target (``O_EXCL``, a random name: never an existing path,
 never through a planted link) and renamed over the target when whole, so readers see the old file or
-the new one and a crash leaves at most a temporary file that the next writer removes.
+the new one and a crash leaves at most a temporary file that the next writer removes. A written file gets
+the mode the umask gives a new file (``0o644`` under umask ``022``), as ``open()`` would.
+
+Every rename and fsync of a write goes through :func:`replace` and :func:`fsync_file`/:func:`fsync_dir`: they are
+the commit points of every mutation. Each passes :func:`boundary` first, where a test injects a crash (a
+:data:`boundary_hook`, or ``ACTINDEX_CRASH_AT=N`` to ``kill -9`` the process at the N-th boundary) to check
+that a mutation interrupted there leaves the old index or the new one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from actindex.errors import IndexFileError
 
+#: called as ``boundary_hook(event, path)`` before every rename and fsync of a write (tests inject crashes here)
+boundary_hook: Callable[[str, Path], None] | None = None
+#: boundaries passed by this process (``ACTINDEX_CRASH_AT=N`` kills it with SIGKILL at the N-th)
+_passed = 0
+
+
+def boundary(event: str, path: Path) -> None:
+    """A commit point of a write (``event``: ``replace``, ``fsync`` or ``fsync-dir``, on ``path``): a test's
+    crash lands here (see the module docstring)."""
+    global _passed
+    _passed += 1
+    if boundary_hook is not None:
+        boundary_hook(event, Path(path))
+    crash_at = os.environ.get("ACTINDEX_CRASH_AT")
+    if crash_at and crash_at.isdigit() and _passed == int(crash_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def replace(source: Path, target: Path) -> None:
+    """``os.replace``, as a commit point (:func:`boundary`)."""
+    boundary("replace", Path(target))
+    os.replace(source, target)
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open()`` (``0o666``) or ``mkdir()`` (``0o777``) gives a new file under the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
 
 def fresh_temp(target: Path, directory: bool = False) -> Path:
     """A new empty temporary file (or directory) beside ``target``, ``.<name>.<random>.tmp``, created with
-    ``O_EXCL`` under a name that did not exist: never an existing path, never through a link."""
+    ``O_EXCL`` under a name that did not exist: never an existing path, never through a link. Its mode is what
+    the umask gives a new file (``mkstemp`` alone would give ``0o600``)."""
     target = Path(target)
     if directory:
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        path = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        os.chmod(path, umask_mode(directory=True))
+        return path
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, umask_mode())
+    finally:
+        os.close(fd)
     return Path(name)
 
 
@@ -55,7 +99,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         fsync_file(tmp)
-        os.replace(tmp, target)
+        replace(tmp, target)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if is_disk_full(err):
@@ -71,13 +115,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def fsync_file(path: Path) -> None:
+    """Flush a written file's bytes to the disk (a commit point, :func:`boundary`)."""
+    path = Path(path)
     if path.is_dir():
         return
+    boundary("fsync", path)
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename in it) to the disk (a commit point, :func:`boundary`)."""
+    boundary("fsync-dir", Path(path))
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -114,27 +163,53 @@ def bytes_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def inside(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing paths that escape ``root`` (untrusted manifests)."""
+def inside(root: Path, relative: str, source: str = "manifest", what: str = "index directory") -> Path:
+    """``root / relative`` resolved (links followed), refusing a path that ends outside ``root``: an absolute
+    path, ``..``, or a link out (a path read from an untrusted ``source`` file, a manifest or a checkpoint list)."""
+    root = Path(root)
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
-        raise IndexFileError(f"{root}: manifest path {relative!r} points outside the index directory")
+        raise IndexFileError(f"{root}: {source} path {relative!r} points outside the {what}")
     return path
+
+
+#: ``renameat2(2)``'s flag that swaps two paths in one step (Linux 3.15+)
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` in one atomic step (``renameat2`` with ``RENAME_EXCHANGE``), a commit
+    point (:func:`boundary`); ``False`` where the system cannot (then nothing moved)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    boundary("replace", Path(b))
+    at_cwd = -100  # AT_FDCWD
+    return renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 @contextmanager
 def staged_directory(target: Path) -> Iterator[Path]:
-    """Yield a fresh empty directory beside ``target`` to fill; on success it replaces ``target`` (a link or a
-    file there is removed, never followed; a directory there is deleted), on failure it is removed."""
+    """Yield a fresh empty directory beside ``target`` to fill; on success its files are fsynced and it replaces
+    ``target`` (a link or a file there is removed, never followed; a directory there is swapped out in one
+    atomic step where the system can, then deleted), on failure it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = fresh_temp(target, directory=True)
     try:
         yield staging
+        for path, _, names in os.walk(staging):
+            for name in names:
+                fsync_file(Path(path) / name)
         if target.is_symlink() or target.is_file():
             target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        if target.is_dir() and exchange(staging, target):
+            pass  # the old directory is now at ``staging``, removed below
+        else:
+            if target.exists():
+                shutil.rmtree(target)
+            replace(staging, target)
+        fsync_dir(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -95,7 +95,8 @@ def coverage(m: Any) -> str:
 def verify(index_dir: str) -> None:
     """Check an index against its manifest: files, checksums, row counts, FAISS indexes.
 
-    Prints `ok: DIR ...` and exits 0, or prints each problem and exits 2.
+    Prints `ok: DIR ...` and the behaviour cache's state (healthy and damaged entries) and exits 0, or prints
+    each problem and exits 2.
     """
     from actindex.index.manifest import read_manifest
     from actindex.index.verify import verify as run_verify
@@ -106,10 +107,13 @@ def verify(index_dir: str) -> None:
             click.echo(problem)
         click.echo(f"error: {index_dir} failed verification ({len(problems)} problem(s))", err=True)
         sys.exit(2)
+    from actindex.query.cache import BehaviorCache
+
     m = read_manifest(index_dir)
     faiss = "checksums" if m.format_version >= 2 else "rows (decoded)"
     click.echo(f"ok: {index_dir} ({m.rows} rows, {len(m.families)} families): manifest, vectors.h5 "
                f"checksums and FAISS {faiss} match")
+    click.echo(BehaviorCache(index_dir, m).state())
 
 
 @main.command()
@@ -134,24 +138,33 @@ def cache() -> None:
 @click.argument("index_dir")
 @friendly
 def cache_list(index_dir: str) -> None:
-    """List the cached behaviours of an index."""
+    """List the cached behaviours of an index, and its damaged entries (each with why)."""
+    from actindex.errors import IndexFileError
     from actindex.index.reader import IndexReader
     from actindex.query.cache import BehaviorCache
 
     idx = IndexReader.open(index_dir)
-    entries = BehaviorCache(idx.root, idx.manifest).entries()
+    cache = BehaviorCache(idx.root, idx.manifest)
+    problem = cache.folder_problem()
+    if problem is not None:
+        raise IndexFileError(problem)
+    entries = cache.entries()
     if not entries:
         click.echo(f"{index_dir}: no cached behaviour")
         return
     click.echo(f"{'behaviour':<24} {'rows':>5} {'families':>8} {'gradient':>8} {'KiB':>7}  created  (key)")
     for e in entries:
+        if e.problem is not None:
+            click.echo(f"{'(damaged)':<24} {'':>5} {'':>8} {'':>8} {e.bytes // 1024:>7}  {e.problem}  ({e.key[:12]})")
+            continue
         click.echo(f"{e.behavior[:24]:<24} {e.conversations:>5} {len(e.families):>8} {'yes' if e.gradient else '-':>8} "
                    f"{e.bytes // 1024:>7}  {e.created_at}  ({e.key[:12]})")
 
 
 @cache.command(name="clear")
 @click.argument("index_dir")
-@click.option("--behavior", help="Only this behaviour (its name, or a key prefix); default: every entry.")
+@click.option("--behavior", help="Only this behaviour (its name, or a key prefix) and the damaged entries; default: "
+                                 "every entry.")
 @friendly
 def cache_clear(index_dir: str, behavior: str | None) -> None:
     """Remove cached behaviours (they are formed again, with the model, by the next query)."""
@@ -163,5 +176,6 @@ def cache_clear(index_dir: str, behavior: str | None) -> None:
         raise ActindexError("--behavior: expected a behaviour name or key prefix, got an empty one (leave --behavior "
                             "out to clear every entry)")
     idx = IndexReader.open(index_dir)
-    removed = BehaviorCache(idx.root, idx.manifest).clear(behavior)
-    click.echo(f"removed {removed} cached behaviour(s) from {index_dir}")
+    removed, damaged = BehaviorCache(idx.root, idx.manifest).clear(behavior)
+    click.echo(f"removed {removed} cached behaviour(s)" + (f" and {damaged} damaged entries" if damaged else "")
+               + f" from {index_dir}")

@@ -16,6 +16,7 @@ import numpy as np
 from actindex.cli.main import device_option, friendly, load_requested_model, main, model_option, quiet_option
 from actindex.cli.options import LazyChoice, config_options, pop_config
 from actindex.errors import ActindexError
+from actindex.query.cache import CacheConfig
 from actindex.query.checkpoints.config import CheckpointConfig
 from actindex.query.pipeline import QueryConfig, member_label
 
@@ -49,6 +50,7 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--no-faiss-gpu", is_flag=True, help="Search on the CPU even when a GPU build of FAISS sees a GPU.")
 @click.option("--explain", is_flag=True, help="Also show the members of a fused method (weights, calibration).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the index's behaviour cache.")
+@config_options(CacheConfig)
 @quiet_option
 @friendly
 def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tuple[str, ...],
@@ -72,8 +74,9 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
     from actindex.index.checkpoints import is_checkpoint_set
 
     config, checkpoints = pop_config(QueryConfig, options), pop_config(CheckpointConfig, options)
+    cache_config = pop_config(CacheConfig, options)
     if len(index_dirs) == 1 and not is_checkpoint_set(index_dirs[0]) and checkpoints.checkpoint is None:
-        idx = Index.open(index_dirs[0], cache=not no_cache, progress=not quiet)
+        idx = Index.open(index_dirs[0], cache=not no_cache, progress=not quiet, cache_config=cache_config)
     else:
         from actindex.query.checkpoints.checkpoint_set import CheckpointSet
 

@@ -9,12 +9,14 @@ import click
 from actindex.cli.main import device_option, friendly, index_option, main, model_option
 from actindex.cli.options import config_options, pop_config
 from actindex.index.export import ExportConfig
+from actindex.query.cache import CacheConfig
 from actindex.serve.config import ServeConfig
 
 
 @main.command()
 @index_option
 @config_options(ServeConfig)
+@config_options(CacheConfig)
 @model_option
 @device_option
 @friendly
@@ -22,7 +24,7 @@ def serve(index_dir: str, model: str | None, device: str, **options: Any) -> Non
     """Answer queries over HTTP: one process keeps the model, the index and its behaviour cache loaded. JSON API
     (POST /query, /search; GET /rows/ID, /info, /behaviors, /health; docs at /docs) and a browser page at /.
     Needs the serve extra: pip install 'actindex[serve]'."""
-    config = pop_config(ServeConfig, options)
+    config, cache_config = pop_config(ServeConfig, options), pop_config(CacheConfig, options)
     try:
         from actindex.serve.app import create_app, listen, run, url_of
     except ImportError as err:
@@ -33,7 +35,7 @@ def serve(index_dir: str, model: str | None, device: str, **options: Any) -> Non
     from actindex.api import Index
     from actindex.cli.main import load_requested_model
 
-    idx = Index.open(index_dir)
+    idx = Index.open(index_dir, cache_config=cache_config)
     sock = listen(config)  # before the model loads: a busy port fails at once
     load_requested_model(idx, model, device)
     if config.preload:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actindex.errors import IndexFileError
-from actindex.files import atomic_write_text
+from actindex.files import atomic_write_text, inside
 
 CHECKPOINTS_FILE = "checkpoints.json"
 CHECKPOINTS_FORMAT = 1
@@ -72,11 +72,25 @@ class CheckpointList:
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
             entries = [CheckpointEntry(**c) for c in values.pop("checkpoints")]
-            return cls(**values, checkpoints=entries)
+            listed = cls(**values, checkpoints=entries)
         except FileNotFoundError:
             raise IndexFileError(f"{root} is not a checkpoint set (no {CHECKPOINTS_FILE})") from None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
             raise IndexFileError(f"{path}: malformed checkpoint list ({type(err).__name__}: {err})") from None
+        for entry in listed.checkpoints:  # every path it names stays inside the set
+            if entry.weights is not None:
+                _inside(root, entry, entry.weights)
+        listed.index_dirs(root)
+        return listed
+
+    def index_dirs(self, root: str | os.PathLike) -> list[Path]:
+        """The index directory of every checkpoint, resolved inside the set ``root`` (one
+        :class:`IndexFileError` line for a path that ends outside it)."""
+        return [_inside(root, entry, entry.index) for entry in self.checkpoints]
+
+
+def _inside(root: str | os.PathLike, entry: CheckpointEntry, relative: object) -> Path:
+    return inside(Path(root), str(relative), source=f"{CHECKPOINTS_FILE} (step {entry.step})", what="checkpoint set")
 
 
 def is_checkpoint_set(path: str | os.PathLike) -> bool:

@@ -125,6 +125,7 @@ class CurvatureInfo:
     seconds: float = 0.0
     fitted_at: str = ""
     checksums: dict[str, str] = field(default_factory=dict)
+    file: str = ""  # the HDF5 file of the factors, in the index (empty: the group ``curvature/<kind>`` of vectors.h5)
 
 
 @dataclass

@@ -38,6 +38,7 @@ import numpy as np
 
 from actindex.errors import ActindexError, IndexFileError
 from actindex.files import bytes_sha256, inside
+from actindex.index.hdf5 import foreign_problem
 from actindex.index.manifest import MANIFEST, VECTORS, FamilyInfo, Manifest, read_manifest, structure_problem
 from actindex.index.search import (
     ADD_BLOCK,
@@ -261,6 +262,25 @@ class IndexReader:
                 return
             path = inside(self.root, VECTORS)
             with h5py.File(path, "r") as f:
+                yield f
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise IndexFileError(f"{path}: cannot be read ({reason}); run `actindex verify {self.root}`") from None
+
+    @contextmanager
+    def added_file(self, name: str) -> Iterator[h5py.File]:
+        """An HDF5 file the manifest lists besides ``vectors.h5`` (curvature factors), opened for reading: inside
+        the index, byte for byte what was written (format 2, :meth:`file_problem`), its values its own
+        (:mod:`actindex.index.hdf5`); anything else is one :class:`IndexFileError` line."""
+        path = inside(self.root, name)
+        problem = self.file_problem(name) if path.is_file() else f"{path}: missing"
+        if problem is not None:
+            raise IndexFileError(f"{problem}; run `actindex verify {self.root}`")
+        try:
+            with h5py.File(path, "r") as f:
+                problem = foreign_problem(path, f)
+                if problem is not None:
+                    raise IndexFileError(problem)
                 yield f
         except (OSError, KeyError, ValueError, RuntimeError) as err:
             reason = (str(err).splitlines() or [type(err).__name__])[0]
@@ -552,6 +572,9 @@ def layout_problem(root: Path, manifest: Manifest) -> str | None:
     rows = manifest.rows
     try:
         with h5py.File(inside(root, VECTORS), "r") as f:
+            foreign = foreign_problem(root / VECTORS, f)
+            if foreign is not None:
+                return foreign
             if "ids" not in f or f["ids"].shape != (rows,):
                 have = f["ids"].shape[0] if "ids" in f else "no"
                 return f"{root / VECTORS}: holds {have} rows, the manifest says {rows}"

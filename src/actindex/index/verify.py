@@ -10,6 +10,9 @@ line each (an empty list means the index is intact). It covers every file a quer
 * ``vectors.h5`` opens, and the sha256 of every dataset matches ``manifest["checksums"]``;
 * every metadata dataset and vector family has ``manifest["rows"]`` rows (families: ``(rows, dim)``);
 * no stored vector holds NaN or inf;
+* ``vectors.h5`` and every other HDF5 file the manifest lists (curvature factors) hold their own values: no
+  external storage, virtual dataset, soft or external link reads a file outside the index
+  (:mod:`actindex.index.hdf5`), and each other listed file stays inside the directory and matches its sha256;
 * each FAISS file's sha256 matches the manifest (format 2), it reads as an index of the family's
   dimension holding exactly the valid rows (count and ids), and, for format 1 indexes that record no
   FAISS checksum, every row it holds decodes to the row's stored vector (a file copied in from
@@ -30,6 +33,7 @@ import numpy as np
 
 from actindex.errors import IndexFileError
 from actindex.files import bytes_sha256, inside
+from actindex.index.hdf5 import foreign_problem
 from actindex.index.manifest import (
     MANIFEST,
     READABLE_FORMATS,
@@ -145,7 +149,38 @@ def _verify(root: Path) -> list[str]:
         if valid_rows is not None and valid_rows != int(valid.sum()):
             problems.append(f"{mpath}: says {valid_rows} valid rows, but vectors.h5 marks {int(valid.sum())} valid")
     _check_faiss(root, families, faiss_paths, files, valid, problems)
+    listed = {VECTORS, *(fam["faiss"] for fam in families.values())}
+    _check_added(root, manifest, {name: sha for name, sha in files.items() if name not in listed}, problems)
     return problems
+
+
+def _check_added(root: Path, manifest: dict[str, Any], files: dict[str, str], problems: list[str]) -> None:
+    """The other files the manifest lists (curvature factors, each named by its ``curvature`` entry): inside the
+    index, present, their recorded sha256, their values their own."""
+    import h5py
+
+    curvature = manifest.get("curvature") if isinstance(manifest.get("curvature"), dict) else {}
+    named = {c.get("file") for c in curvature.values() if isinstance(c, dict) and c.get("file")}
+    for name in sorted(set(files) | named):
+        try:
+            path = inside(root, str(name))
+        except IndexFileError as err:
+            problems.append(str(err))
+            continue
+        if not path.is_file():
+            problems.append(f"{path}: missing (the manifest lists it)")
+            continue
+        if name in files and _sha256(path) != files[name]:
+            problems.append(f"{path}: checksum mismatch (sha256 differs from the manifest's): the file was replaced "
+                            "or damaged")
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                foreign = foreign_problem(path, f)
+        except Exception as err:  # noqa: BLE001 - a file that is not HDF5
+            foreign = f"{path}: cannot be opened as HDF5 ({_first_line(err)})"
+        if foreign:
+            problems.append(foreign)
 
 
 def _isolated(
@@ -201,6 +236,10 @@ def _scan_vectors(
         return None
     valid = None
     with handle as f:
+        foreign = foreign_problem(path, f)
+        if foreign:
+            problems.append(foreign)
+            return None
         legacy = [key for key in OPTIONAL_FIELDS if key not in checksums and key not in f]  # format 1
         expected = [key for key in META_FIELDS if key not in legacy] + [f"vectors/{fam}" for fam in families]
         names = expected + [name for name in checksums if name not in expected]

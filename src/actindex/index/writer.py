@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -433,39 +434,51 @@ def _read(part: Part, key: str, a: int = 0, b: int | None = None) -> np.ndarray:
         return ds[a:b]
 
 
-def append_group(
+def add_file(
     root: str | os.PathLike,
-    group: str,
+    prefix: str,
     datasets: dict[str, np.ndarray],
-    record: Callable[[Manifest, dict[str, str]], None],
+    record: Callable[[Manifest, str, dict[str, str]], None],
 ) -> Manifest:
-    """Add (or replace) the HDF5 group ``group`` of a complete index, then list it in the manifest.
+    """Add an HDF5 file of ``datasets`` to a complete index and list it in the manifest, in one commit.
 
-    ``datasets`` maps paths relative to ``group`` to arrays. ``vectors.h5`` is copied, the group is
-    written into the copy, the copy is fsynced and renamed over the original, and only then is the
-    manifest updated by ``record(manifest, {dataset path: sha256})`` and written atomically: a kill at
-    any moment leaves either the old index or the new one, never a half-written group that the manifest
-    lists. Existing datasets are untouched, so their checksums (and ``verify``) still hold. The copy
-    costs one read and write of ``vectors.h5``. Returns the manifest written.
+    The file is written under a fresh name, ``<prefix>-<random>.h5`` (never over a file the manifest lists),
+    fsynced and hashed; then ``record(manifest, file name, {dataset: sha256})`` lists it and the manifest,
+    with the file's sha256 in ``files``, is renamed into place: that one rename is the commit. A kill at any
+    moment leaves the old index (and at most an unlisted file, removed by the next writer) or the new one.
+    A file the manifest listed before and no longer does (a refit) is removed after the commit. Returns the
+    manifest written.
     """
     root = Path(root)
     read_manifest(root)
     with write_lock(root):
         remove_stale_temps(root)
-        extra = sum(np.asarray(v).nbytes for v in datasets.values())
-        ensure_space(root, (root / VECTORS).stat().st_size + extra, f"store {group} in {root}")
+        remove_unlisted(root, read_manifest(root))
+        ensure_space(root, sum(np.asarray(v).nbytes for v in datasets.values()), f"store {prefix} in {root}")
+        name = f"{prefix}-{secrets.token_hex(6)}.h5"
         checksums: dict[str, str] = {}
-        with atomic_file(root / VECTORS) as tmp:
-            shutil.copyfile(root / VECTORS, tmp)
-            with h5py.File(tmp, "a") as f:
-                if group in f:
-                    del f[group]
+        with atomic_file(root / name) as tmp:
+            with h5py.File(tmp, "w") as f:
                 for path, values in datasets.items():
-                    full = f"{group}/{path}"
-                    f.create_dataset(full, data=values)
-                    checksums[full] = dataset_checksum(np.asarray(values))
+                    f.create_dataset(path, data=values)
+                    checksums[path] = dataset_checksum(np.asarray(values))
+            digest = bytes_sha256(tmp)
         manifest = read_manifest(root)
-        record(manifest, checksums)
-        if manifest.files:
-            manifest.files[VECTORS] = bytes_sha256(root / VECTORS)
-        return write_manifest(root, manifest)
+        record(manifest, name, checksums)
+        manifest.files[name] = digest
+        written = write_manifest(root, manifest)
+        remove_unlisted(root, written)
+        return written
+
+
+#: files an index holds besides its vectors and FAISS files, listed by the manifest (``<prefix>-<random>.h5``)
+ADDED_FILE = re.compile(r"^curvature-[\w.-]+-[0-9a-f]{12}\.h5$")
+
+
+def remove_unlisted(root: Path, manifest: Manifest) -> None:
+    """Remove the added files (:data:`ADDED_FILE`) that ``manifest`` does not list: what a writer killed before
+    its commit, or the file a commit replaced, left behind (call while holding the index's lock)."""
+    listed = set(manifest.files) | {c.file for c in manifest.curvature.values()}
+    for path in root.iterdir():
+        if ADDED_FILE.match(path.name) and path.name not in listed and (path.is_file() or path.is_symlink()):
+            path.unlink(missing_ok=True)

@@ -8,7 +8,9 @@ Each hit is shown with the calibrated TracIn score ``S(x) = sum_c s_c(x)`` and e
 (``checkpoint_scores``); ``fused`` is the rule's own score, which orders the rows.
 
 Indexes whose rows differ (data sha256, ids or their order) are refused in one line: a row's scores
-under two checkpoints are only comparable when it is the same row.
+under two checkpoints are only comparable when it is the same row. So is the same index (or the same weights)
+given twice, which would count its scores twice. Each checkpoint is labelled by its step, or by its
+directory's name, with as many parent folders as make the labels differ.
 """
 
 from __future__ import annotations
@@ -31,9 +33,38 @@ from actindex.query.pipeline import QueryConfig, Ranking, describe
 from actindex.query.result import Hit, QueryResult
 
 
-def _label(idx: Index) -> str:
-    checkpoint = idx.manifest.checkpoint
-    return f"step-{checkpoint.step:06d}" if checkpoint is not None else idx.root.name
+def labels(indexes: Sequence[Index]) -> list[str]:
+    """A distinct label per index: ``step-NNNNNN`` of its training step, else its directory's name, else the
+    last folders of its resolved path, as many as make it differ from every other label."""
+    def label(idx: Index, depth: int) -> str:
+        checkpoint = idx.manifest.checkpoint
+        if checkpoint is not None and depth == 1:
+            return f"step-{checkpoint.step:06d}"
+        return "/".join(idx.root.resolve().parts[-depth:])
+
+    depths = [1] * len(indexes)
+    while True:
+        out = [label(idx, d) for idx, d in zip(indexes, depths)]
+        clashing = [i for i, x in enumerate(out)
+                    if out.count(x) > 1 and depths[i] < len(indexes[i].root.resolve().parts)]
+        if not clashing:
+            return out
+        for i in clashing:
+            depths[i] += 1
+
+
+def check_distinct(indexes: Sequence[Index]) -> None:
+    """Refuse, in one line, the same index (one resolved directory) or the same weights (one model fingerprint)
+    given twice: a checkpoint counted twice doubles its share of every score."""
+    seen: dict[tuple[str, str], Index] = {}
+    for idx in indexes:
+        for key in (("directory", str(idx.root.resolve())), ("model", idx.manifest.model.fingerprint)):
+            if key in seen:
+                same = "is the same index as" if key[0] == "directory" else "was built with the same weights as"
+                raise IndexFileError(f"cannot query {seen[key].root} and {idx.root} as checkpoints: {idx.root} {same} "
+                                     f"{seen[key].root} (a checkpoint counted twice doubles its scores); give each "
+                                     "checkpoint once")
+            seen[key] = idx
 
 
 def check_same_rows(indexes: Sequence[Index]) -> None:
@@ -65,8 +96,10 @@ class CheckpointSet:
         steps = [idx.manifest.checkpoint.step if idx.manifest.checkpoint else None for idx in indexes]
         if all(step is not None for step in steps):
             indexes = [idx for _, idx in sorted(zip(steps, indexes), key=lambda pair: pair[0])]
+        check_distinct(indexes)
         check_same_rows(indexes)
         self.indexes = list(indexes)
+        self.labels = labels(self.indexes)
 
     @classmethod
     def open(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], cache: bool = True,
@@ -76,7 +109,7 @@ class CheckpointSet:
         dirs: list[Path] = []
         for path in paths:
             if is_checkpoint_set(path):
-                dirs += [Path(path) / entry.index for entry in CheckpointList.read(path).checkpoints]
+                dirs += CheckpointList.read(path).index_dirs(path)
             else:
                 dirs.append(Path(path))
         return cls([Index.open(d, cache=cache, progress=progress) for d in dirs])
@@ -88,7 +121,7 @@ class CheckpointSet:
         return iter(self.indexes)
 
     def __repr__(self) -> str:
-        return f"CheckpointSet({', '.join(_label(idx) for idx in self.indexes)}: {len(self.indexes[0])} rows)"
+        return f"CheckpointSet({', '.join(self.labels)}: {len(self.indexes[0])} rows)"
 
     def select(self, step: int) -> Index:
         """The index built at training step ``step``."""
@@ -101,15 +134,15 @@ class CheckpointSet:
     def describe(self) -> list[dict[str, Any]]:
         """The checkpoints as a query result lists them."""
         out = []
-        for idx in self.indexes:
+        for idx, label in zip(self.indexes, self.labels):
             checkpoint = idx.manifest.checkpoint
-            out.append({"label": _label(idx), "step": checkpoint.step if checkpoint else None,
+            out.append({"label": label, "step": checkpoint.step if checkpoint else None,
                         "epoch": checkpoint.epoch if checkpoint else None, "index": str(idx.root),
                         "fingerprint": idx.manifest.model.fingerprint})
         return out
 
     # ---- the query --------------------------------------------------------------------------
-    def _rank(self, idx: Index, behavior: str | Behavior, config: QueryConfig, depth: int,
+    def _rank(self, idx: Index, label: str, behavior: str | Behavior, config: QueryConfig, depth: int,
               bottom_depth: int) -> tuple[Behavior, CheckpointRanking, dict[str, float]]:
         """One checkpoint's answer: its members ranked and calibrated over its own index, and its fused sides."""
         raw, completed, _ = idx.prepare_behavior(behavior)
@@ -120,7 +153,7 @@ class CheckpointSet:
         top, bottom = pipeline.fused(members, config.resolved_fusion(), depth, bottom_depth)
         idx.remember(raw, completed)
         timings = dict(pipeline.timings, **{"model pass": idx.query_context().model_seconds})
-        return completed, CheckpointRanking(_label(idx), members, top.rows, bottom.rows), timings
+        return completed, CheckpointRanking(label, members, top.rows, bottom.rows), timings
 
     def _side(self, rule: CheckpointFusion, rankings: list[CheckpointRanking], side: str, n: int) -> list[Hit]:
         """The fused hits of one side, cut at ``n`` (0: every ranked row), with their per-checkpoint scores."""
@@ -145,8 +178,8 @@ class CheckpointSet:
         depth = 0 if config.k <= 0 else max(1000, 10 * config.k)
         bottom_depth = max(1000, 10 * config.bottom_k) if config.bottom_k else 0
         rankings, timings, warnings, completed = [], {}, [], None
-        for idx in self.indexes:
-            completed, ranking, spent = self._rank(idx, behavior, config, depth, bottom_depth)
+        for idx, label in zip(self.indexes, self.labels):
+            completed, ranking, spent = self._rank(idx, label, behavior, config, depth, bottom_depth)
             rankings.append(ranking)
             for name, seconds in spent.items():
                 timings[name] = timings.get(name, 0.0) + seconds

@@ -1,8 +1,10 @@
 """Fitting curvature on an index, storing the factors inside it, loading them back.
 
-The factors of each kind are HDF5 groups ``curvature/<kind>/NNNN/{q_a,q_s,lam}`` (float32) of
-``vectors.h5``, listed with their checksums in the manifest (``curvature``), written atomically
-(:func:`~actindex.index.writer.append_group`).
+The factors of each kind are the datasets ``NNNN/{q_a,q_s,lam}`` (float32) of their own HDF5 file in the index,
+``curvature-<kind>-<random>.h5``, listed with their checksums in the manifest (``curvature``) and added in one
+commit, the manifest's rename (:func:`~actindex.index.writer.add_file`): a fit killed at any moment leaves the
+index as it was or with the new factors. Indexes written before keep them as the group ``curvature/<kind>`` of
+``vectors.h5``, still read.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def fit_curvature(
     """Fit the requested kinds on a seeded sample of the index's rows (``config.samples``, without
     replacement) and store them in it; returns the manifest's new ``curvature`` entries. Before the
     first pass, ``say`` is told the fit's cost (:func:`~actindex.query.curvature.cost.estimate`)."""
-    from actindex.index.writer import append_group
+    from actindex.index.writer import add_file
 
     table = reader.table
     valid = np.flatnonzero(table.valid & (table.n_response > 0))
@@ -83,11 +85,15 @@ def fit_curvature(
             seed=config.seed, seconds=round(seconds, 2), fitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
 
-        def record(manifest: Manifest, checksums: dict[str, str], kind: str = kind, info: CurvatureInfo = info) -> None:
-            info.checksums = checksums
+        def record(manifest: Manifest, name: str, checksums: dict[str, str], kind: str = kind,
+                   info: CurvatureInfo = info) -> None:
+            info.checksums, info.file = checksums, name
+            replaced = manifest.curvature.get(kind)
+            if replaced is not None and replaced.file:
+                manifest.files.pop(replaced.file, None)
             manifest.curvature[kind] = info
 
-        append_group(reader.root, f"{GROUP}/{kind}", datasets, record)
+        add_file(reader.root, f"{GROUP}-{kind}", datasets, record)
         entries[kind] = info
     reader.reload_manifest()
     return entries
@@ -104,11 +110,12 @@ def load_curvature(reader: IndexReader, kind: str) -> Curvature:
             f"{reader.root} has no {kind} curvature; run `actindex fit-curvature --index {reader.root} --kind {kind}`"
         )
     modules = {}
-    with reader.h5() as f:
+    with reader.h5() if not entry.file else reader.added_file(entry.file) as f:
+        prefix = "" if entry.file else f"{GROUP}/{kind}/"
         for i, (name, damping) in enumerate(zip(entry.modules, entry.damping)):
             parts = []
             for key in ("q_a", "q_s", "lam"):
-                path = f"{GROUP}/{kind}/{i:04d}/{key}"
+                path = f"{prefix}{i:04d}/{key}"
                 if path not in f:
                     raise IndexFileError(f"{reader.root}: curvature dataset {path!r} is missing; refit the curvature")
                 values = f[path][()]
