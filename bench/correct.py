@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/actindex-correct-bench")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     ap.add_argument("--token-weights", default="mean,query",
-                    help="log r token weighting(s) to run every algorithm with: mean (DESIGN 6) and/or query")
+                    help="log r token weighting(s) to run every algorithm with: mean and/or query")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """The behaviour cache inside an index: a behaviour costs one model pass per index, not one per process.
 
-DESIGN 7: ``DIR/cache/<key>.npz`` holds, for one behaviour, what its queries formed with the model: the
+docs/design.md#cache: ``DIR/cache/<key>.npz`` holds, for one behaviour, what its queries formed with the model: the
 completed behaviour (generated controls and persona responses included), the vectors of every family
 the pass gave for its conversations, and, when a rerank formed it and it is small, the behaviour's
 full query gradient. A later process asking the same behaviour loads them and pays only the search:
