@@ -28,7 +28,8 @@ def test_openapi_schema_is_the_servers():
     after a change to the HTTP API, ``python docs/openapi.py`` rewrites it."""
     pytest.importorskip("fastapi")
     openapi = load_docs_module("openapi")
-    assert openapi.dump(openapi.schema()) == openapi.OUT.read_text(), "docs/openapi.json is stale: run python docs/openapi.py"
+    stale = "docs/openapi.json is stale: run python docs/openapi.py"
+    assert openapi.dump(openapi.schema()) == openapi.OUT.read_text(), stale
 
 
 def test_http_api_page_renders_every_endpoint():
