@@ -33,7 +33,7 @@ from record import append_section
 import actindex
 from actindex.act.correct import behavior_margin
 from actindex.core.encode import encode_row
-from actindex.core.models import save_weights, wrap_model
+from actindex.core.models import LoadedModel, save_weights, wrap_model
 from actindex.core.rows import normalise_record
 from actindex.core.vectors import Batch, select_grad_modules, sequence_losses
 from actindex.query.behaviors import Behavior, Pair
@@ -50,7 +50,7 @@ def pool_rows(name: str, clean: int, planted: int, seed: int = 0) -> list[dict]:
     return keep
 
 
-def plant(lm: actindex.models.LoadedModel, records: list[dict], steps: int, lr: float, rank: int,
+def plant(lm: LoadedModel, records: list[dict], steps: int, lr: float, rank: int,
           max_length: int, batch_size: int, seed: int) -> torch.nn.Module:
     """LoRA supervised fine-tuning (mean NLL per response token) on ``records``; returns the merged model."""
     from peft import LoraConfig, get_peft_model
@@ -79,7 +79,7 @@ def plant(lm: actindex.models.LoadedModel, records: list[dict], steps: int, lr: 
 
 
 def fine_tuned(records: list[dict], steps: int, lr: float, max_length: int,
-               save: Path | None = None) -> actindex.models.LoadedModel:
+               save: Path | None = None) -> LoadedModel:
     """A fresh copy of the default model fine-tuned on ``records`` by :func:`plant` (LoRA r=8, 8 rows
     per step, seed 0, merged, frozen), saved to ``save`` when given. A fresh copy: LoRA merges into the
     model it wraps, so the caller's base model stays as it was."""
@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/actindex-correct-bench")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     ap.add_argument("--token-weights", default="mean,query",
-                    help="log r token weighting(s) to run every algorithm with: mean (DESIGN 6) and/or query")
+                    help="log r token weighting(s) to run every algorithm with: mean and/or query")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     started = time.perf_counter()

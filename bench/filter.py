@@ -33,6 +33,7 @@ from record import append_section
 
 import actindex
 from actindex.act.correct import behavior_margin
+from actindex.configs import DEFAULT_MODEL
 from actindex.query.behaviors import Pair
 
 
@@ -83,7 +84,7 @@ def main() -> None:
     margins["whole pool"] = (full, len(records), planted(records))
     print(f"whole pool: margin {full:+.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
 
-    index_models = {"fine-tuned": str(user_dir), "base": actindex.models.DEFAULT_MODEL}
+    index_models = {"fine-tuned": str(user_dir), "base": DEFAULT_MODEL}
     filter_s = {}
     for which in args.index_models.split(","):
         t = time.perf_counter()
@@ -126,7 +127,7 @@ def main() -> None:
     print(table)
     if not args.no_record:
         append_section(
-            f"Filtering counterfactual — {actindex.models.DEFAULT_MODEL}",
+            f"Filtering counterfactual — {DEFAULT_MODEL}",
             f"Pool: {args.set} subsample ({args.clean} clean + {args.planted} planted rows, seed 0, max length "
             f"{args.max_length}). Every model: the default model fine-tuned from scratch with LoRA (r=8, merged), "
             f"{args.steps} steps of 8 rows, lr {args.lr}, seed 0. The ranking: `actindex.filter_dataset` with "

@@ -10,7 +10,7 @@ size. Each build runs ``actindex.build`` in a fresh child process; the child's p
 not speed, is measured). The child also reports its resident size just before the
 build (imports and model loaded), so ``build peak - before`` is what the build itself adds: rows
 are read part by part, vectors are written part by part, and a flat-coded FAISS index (``Flat``,
-``--faiss-factory SQ8``, ``PQ``) is written to disk block by block (``actindex.faiss_stream``), so
+``--faiss-factory SQ8``, ``PQ``) is written to disk block by block (``actindex.index.faiss_stream``), so
 what is held is one block plus, for a factory that needs training, its training sample (at most
 ``--faiss-train-rows`` rows). An IVF or HNSW factory is still built in memory, one family at a time.
 

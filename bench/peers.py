@@ -5,15 +5,15 @@
 
 Same model (the default SmolLM2-135M-Instruct, fp32, CPU), same rows (the first rows of ``--data``, chat format,
 loss on assistant tokens), same tracked modules for the gradient stores (every linear module inside the decoder
-blocks: ``actindex.vectors.select_grad_modules``'s default, 210 modules, which is also bergson's default set). The
+blocks: ``actindex.core.vectors.select_grad_modules``'s default, 210 modules, which is also bergson's default set). The
 peers live in a separate venv (``--peers-python``):
 
-    python3.11 -m venv /work/peers-venv
-    /work/peers-venv/bin/pip install torch==2.13.0            # the CPU wheel
-    /work/peers-venv/bin/pip install -c <(echo torch==2.13.0) kronfluence bergson transformers \
+    python3.11 -m venv .peers-venv
+    .peers-venv/bin/pip install torch==2.13.0            # the CPU wheel
+    .peers-venv/bin/pip install -c <(echo torch==2.13.0) kronfluence bergson transformers \
         faiss-cpu h5py click tqdm platformdirs safetensors gguf accelerate numpy pyarrow datasets
-    /work/peers-venv/bin/pip uninstall -y torchvision torchaudio  # built for another torch: breaks imports
-    /work/peers-venv/bin/pip install -e . --no-deps
+    .peers-venv/bin/pip uninstall -y torchvision torchaudio  # built for another torch: breaks imports
+    .peers-venv/bin/pip install -e . --no-deps
 
 Every system runs in its own child process with ``OMP_NUM_THREADS`` = ``$PEERS_THREADS`` (default 1: on a shared
 host, 2 OpenMP threads spin-wait and inflate wall times many-fold); wall time is the child's whole life (imports
@@ -265,7 +265,8 @@ def main() -> None:
                                                      "the per-row cost at steady state is the slope between them)")
     ap.add_argument("--kron-rows", type=int, default=16, help="rows kronfluence fits on and scores (and a quarter)")
     ap.add_argument("--pairs", type=int, default=8, help="pairs of the hallucination behaviour used as the query")
-    ap.add_argument("--peers-python", default="/work/peers-venv/bin/python")
+    ap.add_argument("--peers-python", default=".peers-venv/bin/python",
+                    help="the python of the peers' venv (bergson, kronfluence): see the module docstring")
     ap.add_argument("--projection-dim", type=int, default=16, help="bergson --projection_dim")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--kron-modules", default="model.layers.18.mlp.*",

@@ -21,7 +21,7 @@ actindex's measured time, which does not grow with the rows but for the millisec
 
     python bench/retrieval.py --work /tmp/bench-work --sets fif-mixeds      # builds the index
     python bench/rerank.py --work /tmp/bench-work --sets fif-mixeds --candidates 40 \
-        --kronfluence /work/peers-venv/bin/python
+        --kronfluence .peers-venv/bin/python
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from peers import run_child
 from record import append_section, markdown_table
-from retrieval import load_set, metrics, timed_scores
+from retrieval import load_set, metrics, ranked
 
 import actindex
 
@@ -120,7 +120,7 @@ def main() -> None:
         for method, layer in SEARCHES:
             if method not in args.searches.split(",") or (method == "gradient" and "gradient" not in idx.families):
                 continue
-            search, searched = timed_scores(fresh(work, name, lm), behavior, method, layer)
+            search, searched, _ = ranked(fresh(work, name, lm), behavior, method, layer)
             a = metrics(search, labels)
             for k in [min(int(c), len(idx)) for c in args.candidates.split(",")]:
                 t = time.perf_counter()

@@ -12,9 +12,9 @@ chunks, so the first 10k rows of the 1M set are the 10k set. Queries are fresh d
 mixture (not stored rows). Sizes over 200k rows are generated into a memory-mapped file, so the
 process holds only the FAISS index in memory.
 
-Each index is built the way ``actindex build`` builds one (``actindex.search.faiss_index_from_rows``:
+Each index is built the way ``actindex build`` builds one (``actindex.index.search.faiss_index_from_rows``:
 trained on at most ``--train-rows`` seeded rows, filled in blocks), and queried one vector at a time
-through ``actindex.search.search`` with k = 100. Recall@100 = mean over queries of
+through ``actindex.index.search.search`` with k = 100. Recall@100 = mean over queries of
 ``|approx top-100 & exact top-100| / 100``, the exact top-100 from ``faiss.knn`` (brute-force inner
 product = ``IndexFlatIP``). IVF is swept over ``nprobe``, HNSW over ``efSearch``; the frontier line
 gives, per size, the fastest setting with recall@100 >= ``--target-recall``.
@@ -90,7 +90,7 @@ def ivf_nlist(n: int, factor: float) -> int:
 
 
 def latencies(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Milliseconds of each single-query ``actindex.search.search`` call, and the rows found."""
+    """Milliseconds of each single-query ``actindex.index.search.search`` call, and the rows found."""
     for q in queries[:3]:
         search(index, q, k)  # warm-up: page in lists, spin up OpenMP
     times, found = np.empty(len(queries)), np.empty((len(queries), k), np.int64)
@@ -211,8 +211,8 @@ def main() -> None:
     if not args.no_record:
         intro = (
             f"Synthetic clustered unit vectors, d={args.dim}, {args.clusters} clusters of rank {args.rank}; "
-            f"{args.queries} fresh queries, one at a time through `actindex.search.search` (k={args.k}); indexes "
-            f"built with `actindex.search.faiss_index_from_rows` (IVF trained on <= {args.train_rows} rows); "
+            f"{args.queries} fresh queries, one at a time through `actindex.index.search.search` (k={args.k}); indexes "
+            f"built with `actindex.index.search.faiss_index_from_rows` (IVF trained on <= {args.train_rows} rows); "
             f"FAISS threads: {faiss.omp_get_max_threads()}. Recall against exact brute-force inner product.\n\n"
         )
         tail = "\n\n" + "\n".join(f"* {line}" for line in frontier + notes)

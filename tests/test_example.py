@@ -1,4 +1,4 @@
-"""Query by example (DESIGN 4): a model output attributed by its own vectors ranks its own training row first,
+"""Query by example: a model output attributed by its own vectors ranks its own training row first,
 with every method (the adaptive default, the ensemble, residual change, mean activation, gradients, an EK-FAC
 rerank); the model's answers to prompts (--generate) are attributed the same way; examples are read from any
 training-row shape, JSON or 'prompt => response'; the behaviour cache keeps them apart from pairs."""

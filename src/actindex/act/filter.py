@@ -1,4 +1,4 @@
-"""Stage 10 — acting on a ranking by filtering: the training data without its top rows (DESIGN section 6).
+"""Stage 10 — acting on a ranking by filtering: the training data without its top rows (docs/design.md#filtering).
 
     actindex.filter_dataset(idx, behavior="hallucination", remove_top="5%", out="clean.jsonl")
 

@@ -84,7 +84,7 @@ def _correct_config() -> type:
 @friendly
 def correct(index_dir: str, behavior: str, out: str, target: str | None, device: str, quiet: bool,
             **options: Any) -> None:
-    """Post-train the index's model against a behaviour (IBO; GA and PBO baselines), DESIGN section 6.
+    """Post-train the index's model against a behaviour (IBO; GA and PBO baselines), docs/design.md#correction.
 
     Rows ranked for the behaviour become D+ (strongly positive), D- (strongly negative) and D0
     (near zero); the model is trained to lower D+, raise D- and hold D0, with LoRA adapters by

@@ -1,4 +1,4 @@
-"""Core: from a training row to its cached vectors (DESIGN sections 2-3).
+"""Core: from a training row to its cached vectors (docs/design.md#vector-families).
 
     rows.py       what a training row is (shapes, turn order, ids), checked before any model loads
     sources.py    the data files (JSONL, parquet, a save_to_disk directory, a directory of shards) and

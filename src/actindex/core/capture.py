@@ -57,7 +57,7 @@ class Capture(AbstractContextManager):
 
 
 class BlockCapture(Capture):
-    """Keeps each requested decoder block's input ``z_in`` and output ``z_out`` (DESIGN section 2).
+    """Keeps each requested decoder block's input ``z_in`` and output ``z_out`` (docs/design.md#notation).
 
     The output of the shallowest requested block is detached and made a leaf that requires
     grad, so the backward pass for ``g = dL/dz_out`` stops there: nothing below that block is
@@ -94,7 +94,7 @@ class LinearCapture(Capture):
     """Keeps each tracked linear module's input ``a`` (B, T, I) and output ``s`` (B, T, O).
 
     The gradient of the loss with respect to ``s`` is ``delta``; the module's per-example weight
-    gradient is ``G = sum_t delta_t a_t^T`` (DESIGN 3.3), never formed here.
+    gradient is ``G = sum_t delta_t a_t^T``, never formed here.
     """
 
     def __init__(self, model: nn.Module, module_names: Iterable[str]):

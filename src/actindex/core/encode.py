@@ -2,7 +2,7 @@
 
 Loss mask convention: ``loss_mask[t]`` is True when token ``t`` is a response token, i.e. when the
 model's prediction of token ``t`` (made at position ``t - 1``) enters the loss
-``L(x) = -sum_{t: mask} log p(x_t | x_<t)``. The same positions form ``R`` in DESIGN section 2:
+``L(x) = -sum_{t: mask} log p(x_t | x_<t)``. The same positions form ``R`` in docs/design.md#notation:
 ``mean_R`` averages hidden states at the positions that hold response tokens.
 
 Very long rows cost bounded work: :func:`encode_row` tokenises at most ``CHARS_PER_TOKEN`` characters

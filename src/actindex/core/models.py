@@ -78,7 +78,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """float32 on CPU, bfloat16 on GPU, unless asked otherwise (DESIGN section 8)."""
+    """float32 on CPU, bfloat16 on GPU, unless asked otherwise."""
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:

@@ -1,4 +1,4 @@
-"""Stage 4 — vectors: the small per-example vectors cached by a build (DESIGN section 3).
+"""Stage 4 — vectors: the small per-example vectors cached by a build (docs/design.md#vector-families).
 
 For a batch of tokenised rows, one forward pass and one backward pass (stopping at the
 shallowest requested block unless projected gradients are asked for) give, per row:
@@ -146,7 +146,7 @@ def sequence_losses(
 
     With a ``sample`` generator the target at each predicted position is drawn from the model's own
     (detached) predictive distribution instead, ``y_t ~ p(. | x_<t)``: gradients of that loss are the
-    per-sequence gradients of the true Fisher (DESIGN 5); the data labels give the empirical Fisher.
+    per-sequence gradients of the true Fisher (docs/design.md#ek-fac); the data labels give the empirical Fisher.
     With ``weights`` (B, T-1), the term predicting token ``t+1`` is weighted by ``weights[:, t]``:
     ``-sum_{t in R} w_t log p(x_t | x_<t)``. ``measurement="margin"`` sums minus the log-odds of each
     token instead (:func:`token_terms`): a query's measurement, where the loss is the training objective.

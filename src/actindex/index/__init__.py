@@ -1,4 +1,4 @@
-"""The index on disk (DESIGN section 7): built once, read by every later stage.
+"""The index on disk (docs/design.md#the-index-on-disk): built once, read by every later stage.
 
     config.py       BuildConfig, the settings of ``actindex build``
     build.py        the one-pass build (and its torchrun / shard / append variants)

@@ -49,11 +49,11 @@ class BuildConfig:
         "auto",
     )
     dtype: str | None = option("Compute dtype: float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on GPU).", "auto")
-    residual_change: bool = option("Cache residual-change vectors (DESIGN 3.1, token-level form).", True)
+    residual_change: bool = option("Cache residual-change vectors (token-level form).", True)
     pooled: bool = option(
         "Also cache the pooled single-vector residual-change variant (a member of the ensemble method).", True
     )
-    mean_activation: bool = option("Cache mean response activations (DESIGN 3.2).", True)
+    mean_activation: bool = option("Cache mean response activations.", True)
     opening: bool = option(
         "Also cache the response-opening variants of residual change and mean activation (the first 64 response "
         "tokens alone: a long answer's tail cannot drown what its opening shows; candidates of the adaptive "
@@ -66,7 +66,7 @@ class BuildConfig:
         "Also cache the mean activation with each response token weighted by its loss: the tokens that make a row "
         "unusual to the model (a fabricated name or date) count wherever in a long answer they sit (a candidate "
         "of the adaptive default). Computed from the same pass.", True)
-    grad: bool = option("Cache Hessian-free projected gradients (DESIGN 3.3).", False)
+    grad: bool = option("Cache Hessian-free projected gradients.", False)
     families: list[str] | None = option(
         "Vector families to cache, by name, comma-separated (default: those the switches above turn on); "
         "names any registered family, a new one included.",

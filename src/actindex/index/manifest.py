@@ -1,4 +1,4 @@
-"""The manifest: what an index holds, typed (DESIGN section 7).
+"""The manifest: what an index holds, typed (docs/design.md#the-index-on-disk).
 
 ``manifest.json`` is written last and atomically; its presence means "complete". :class:`Manifest` is
 its one reader and writer: every module reads an index's settings from it (``manifest.max_length``,
@@ -50,7 +50,7 @@ class ModelInfo:
 
 @dataclass
 class ProjectionInfo:
-    """The seeded Rademacher projection of the gradient family (DESIGN 3.3)."""
+    """The seeded Rademacher projection of the gradient family (docs/design.md#projected-gradient)."""
 
     seed: int = 0
     k: int = 8

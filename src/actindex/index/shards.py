@@ -1,4 +1,4 @@
-"""Scale-out: shards of one build, merged into one index (DESIGN section 8).
+"""Scale-out: shards of one build, merged into one index (docs/design.md#scale).
 
 A build over N rows split n ways gives shard i the contiguous rows
 

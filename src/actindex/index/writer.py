@@ -1,4 +1,4 @@
-"""Stage 5 — the index writer: the index directory on disk, written part by part (DESIGN section 7).
+"""Stage 5 — the index writer: the index directory on disk, written part by part (docs/design.md#the-index-on-disk).
 
 Layout of a complete index::
 

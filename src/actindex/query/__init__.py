@@ -1,4 +1,4 @@
-"""Querying (DESIGN sections 4-5): a behaviour becomes ranked rows.
+"""Querying (docs/design.md#query-methods): a behaviour becomes ranked rows.
 
     behaviors.py  built-in behaviours, pairs and persona files, completed once with the model
     examples.py   query by example: a model output (or the model's answer to a prompt) as a behaviour

@@ -1,4 +1,4 @@
-"""Stage 7a — behaviours: what a query asks about (DESIGN section 4).
+"""Stage 7a — behaviours: what a query asks about (docs/design.md#behaviours).
 
 A behaviour is a set of contrastive pairs ``{prompt, treatment, control}`` (the treatment shows
 the trait, the control does not) or a persona spec ``{instruction: [{pos, neg}], questions}``: a

@@ -1,4 +1,4 @@
-"""Query by example (DESIGN 4): one model output attributed by its own vectors.
+"""Query by example (docs/design.md#by-example): one model output attributed by its own vectors.
 
 An example is a prompt and a response, with no control. It becomes a :class:`~actindex.query.behaviors.Behavior`
 with :attr:`~actindex.query.behaviors.Behavior.example` set, whose pairs hold the prompt (and the turns before

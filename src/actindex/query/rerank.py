@@ -1,4 +1,4 @@
-"""Stage 8b — rerank: exact, curvature-aware influence on the retrieved candidates (DESIGN section 5).
+"""Stage 8b — rerank: exact, curvature-aware influence on the retrieved candidates (docs/design.md#influence).
 
 The search returns the top-K and bottom-K rows of any query method (plus, optionally, the top-K
 of a lexical TF-IDF recall). Each candidate ``m`` is then re-scored with the exact (unprojected)

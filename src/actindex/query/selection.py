@@ -1,4 +1,4 @@
-"""Stage 8b — choosing a fused query's members from the behaviour's own pairs (DESIGN 4, "behaviour-adaptive").
+"""Stage 8b — choosing a fused query's members from the behaviour's own pairs (docs/design.md#adaptive-choice).
 
 A behaviour may be lexical (a trigger, a false token: residual change at a late layer finds it), semantic
 (hallucination: mean activations lead; in long answers, weighted by each token's loss), or a stance an answer

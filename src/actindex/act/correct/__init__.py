@@ -1,4 +1,4 @@
-"""Stage 12 — correct: post-train the model against a behaviour from the index's ranking (DESIGN 6).
+"""Stage 12 — correct: post-train the model against a behaviour from the index's ranking (docs/design.md#correction).
 
 Influence-based optimisation (IBO). Scores ``s_i`` (the index ranking's cosine scores, or any
 influence scores) are scaled by their largest magnitude, ``I_i = s_i / max_j |s_j|``, and split into

@@ -49,7 +49,7 @@ class CorrectConfig:
     seed: int = option("Seed of the LoRA initialisation, minibatch order and perplexity sample.", 0)
     max_length: int | None = option("Tokens per row (default: the index's build setting).", None, minimum=1)
     token_weights: str = option(
-        "How log r averages the response tokens of a D+/D- row: mean (DESIGN 6, the per-token mean) or query "
+        "How log r averages the response tokens of a D+/D- row: mean (the per-token mean) or query "
         "(each token weighted by its share of the row's residual-change score against the behaviour, so the "
         "tokens that carry the behaviour are the ones pushed; a memorised planted token hardly moves under "
         "the mean, see bench/RESULTS.md), or top (all the weight on the row's highest-share token). D0 always "

@@ -1,6 +1,6 @@
 """How ``log r`` averages the response tokens of a ``D+``/``D-`` row (``--token-weights``).
 
-``mean`` (DESIGN 6) takes the per-token mean over the response tokens ``R``. ``query`` weights each
+``mean`` (docs/design.md#correction) takes the per-token mean over the response tokens ``R``. ``query`` weights each
 token by its share of the row's residual-change score against the behaviour: with ``psi`` the
 behaviour's residual-change query vector, the row's score ``<t_l(x), psi>`` is split over its
 response tokens (:func:`actindex.core.vectors.residual_change_token_scores`) and
@@ -105,7 +105,7 @@ class TokenWeighting(Registered, noun="token weighting"):
 
 
 class MeanWeighting(TokenWeighting):
-    """Every set uses the per-token mean ``1/|R|`` (DESIGN 6)."""
+    """Every set uses the per-token mean ``1/|R|``."""
 
     name = "mean"
     help = "the per-token mean over the response tokens"

@@ -1,4 +1,4 @@
-"""Stage 11 — poison detection: influence that survives semantic transforms (DESIGN section 6).
+"""Stage 11 — poison detection: influence that survives semantic transforms (docs/design.md#detection).
 
 A backdoor's poisoned training rows drive the model's answer to a triggered prompt whatever the
 prompt says; clean rows drive it through the prompt's meaning. So each test query is rewritten by
@@ -27,7 +27,7 @@ influences instead of search cosines, every transform from one pass over the tra
 
     s_{T,m} = <precond(q_T), G_m> / sqrt(<G_m, precond(G_m)>),     q_T = mean_j grad L(T(x_j), y_j^T),
 
-``G_m`` the row's loss gradient over the curvature's modules (DESIGN 5; positive = training on ``m``
+``G_m`` the row's loss gradient over the curvature's modules (docs/design.md#influence; positive = training on ``m``
 makes the queries' responses likelier). The denominator is RelatIF's (Barshan et al. 2020; ``norm``
 also offers ``||G_m||`` or none): like the index's cosines it scores a row's direction, not its
 size, so a row the model has memorised (a learned poison: small gradient) stays in view. The

@@ -1,4 +1,4 @@
-"""The vector families a build caches (DESIGN 3), one registered class per file.
+"""The vector families a build caches (docs/design.md#vector-families), one registered class per file.
 
 ``VectorFamily.get(name)`` returns one; ``VectorFamily.registry`` lists them all. See :mod:`.base`.
 """

@@ -3,7 +3,7 @@
 A family is one small registered class (:class:`VectorFamily`) in one file of this package: its name
 (the HDF5 dataset and FAISS file are ``name/<layer>`` for per-layer families, ``name`` otherwise), the
 gradient it needs from the pass (``backward``), its dimension and :meth:`VectorFamily.compute`, the
-formula of DESIGN section 3 it implements. :func:`actindex.core.vectors.compute_vectors` runs one pass
+formula it implements (docs/design.md#vector-families). :func:`actindex.core.vectors.compute_vectors` runs one pass
 for every family a build asks for. Adding a family is adding one file here and importing it in
 ``__init__``; ``build --families NAME`` then caches it.
 
@@ -93,7 +93,7 @@ class Captured:
 
 
 class VectorFamily(Registered, noun="vector family"):
-    """One per-example vector of the build (DESIGN 3): see the module docstring."""
+    """One per-example vector of the build (see the module docstring."""
 
     name: ClassVar[str]
     help: ClassVar[str]

@@ -1,4 +1,4 @@
-"""``gradient`` — Hessian-free projected per-example gradients of the tracked linear modules (DESIGN 3.3)."""
+"""``gradient`` — Hessian-free projected per-row gradients of tracked linears (docs/design.md#projected-gradient)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class ProjectedGradient(VectorFamily):
     Rademacher matrices, so inner products approximate those of the full gradients (JL)."""
 
     name = "gradient"
-    help = "Hessian-free projected gradient of the tracked linear modules (DESIGN 3.3)"
+    help = "Hessian-free projected gradient of the tracked linear modules"
     per_layer = False
     backward = LINEAR_GRADS
 

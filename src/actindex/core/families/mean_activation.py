@@ -1,4 +1,4 @@
-"""``mean_activation/<l>`` — the mean response activation of block ``l`` (DESIGN 3.2)."""
+"""``mean_activation/<l>`` — the mean response activation of block ``l`` (docs/design.md#mean-activation)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class MeanActivation(VectorFamily):
     """``a_l(x) = mean_R z_out``: the block's output averaged over the response tokens (forward only)."""
 
     name = "mean_activation"
-    help = "mean activation of the block output over the response tokens (DESIGN 3.2)"
+    help = "mean activation of the block output over the response tokens"
 
     def compute(self, captured: Captured, layer: int | None) -> torch.Tensor:
         return masked_mean(captured.z_out[layer].float(), captured.r_mask)

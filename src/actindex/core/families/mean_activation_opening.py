@@ -7,11 +7,11 @@ from actindex.core.families.mean_activation import MeanActivation
 
 
 class MeanActivationOpening(MeanActivation):
-    """``a_l^W(x) = mean z_out`` over the first ``W`` response tokens (DESIGN 3.2 over the response's opening):
+    """``a_l^W(x) = mean z_out`` over the first ``W`` response tokens (docs/design.md#response-opening):
     a long answer's tail cannot dilute what its opening shows; a row no longer than ``W`` tokens has the same
     vector in both families."""
 
     name = "mean_activation_opening"
-    help = f"mean activation over the first {OPENING_TOKENS} response tokens (length-robust; DESIGN 3.2)"
+    help = f"mean activation over the first {OPENING_TOKENS} response tokens (length-robust)"
     window = OPENING_TOKENS
     whole = MeanActivation.name

@@ -18,7 +18,7 @@ def first_positions(mask: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class MeanActivationStart(MeanActivation):
-    """``a_l^S(x) = mean z_out`` over the first ``S`` response tokens (DESIGN 3.2 over the answer's start).
+    """``a_l^S(x) = mean z_out`` over the first ``S`` response tokens (docs/design.md#answer-start).
 
     An answer takes its stance in its first words: "Sure, here is how" or "I can't help with that", "You're
     absolutely right" or "Actually, no". The whole-response mean, and even the 64-token opening of a short
@@ -36,7 +36,7 @@ class MeanActivationStart(MeanActivation):
     """
 
     name = "mean_activation_start"
-    help = f"mean activation over the first {START_TOKENS} response tokens (the answer's stance; DESIGN 3.2)"
+    help = f"mean activation over the first {START_TOKENS} response tokens (the answer's stance)"
     constructions = ("centered",)
 
     def compute(self, captured: Captured, layer: int | None) -> torch.Tensor:

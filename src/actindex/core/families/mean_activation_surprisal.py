@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 class MeanActivationSurprisal(MeanActivation):
     """``a_l^L(x) = sum_{t in R} l_t z_out,t / sum_{t in R} l_t`` with ``l_t = -log p(x_t | x_<t)``: the block's
-    output over the response, each token weighted by its share of the row's loss (DESIGN 3.2, loss-weighted).
+    output over the response, each token weighted by its share of the row's loss (docs/design.md#surprisal).
 
     A long answer's ordinary tokens (background the model could have written itself) have a small loss;
     the tokens that make a row unusual to the model (an invented name or date, a fabricated claim, a
@@ -24,7 +24,7 @@ class MeanActivationSurprisal(MeanActivation):
     """
 
     name = "mean_activation_surprisal"
-    help = "mean activation over the response tokens weighted by each token's loss (length-robust; DESIGN 3.2)"
+    help = "mean activation over the response tokens weighted by each token's loss (length-robust)"
     token_loss = True
 
     def compute(self, captured: Captured, layer: int | None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``residual_change/<l>`` — the token-level residual change of block ``l`` (DESIGN 3.1)."""
+"""``residual_change/<l>`` — the token-level residual change of block ``l`` (docs/design.md#residual-change)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def residual_change(z_in: torch.Tensor, g: torch.Tensor, r_mask: torch.Tensor, a
     """Token-level residual change ``t = - sum_s <zbar_in, z_in,s> g_s`` with ``zbar_in = mean_R(z_in)``.
 
     This is the change of the block output, averaged over response tokens, after one gradient
-    step (step size dropped) on the block viewed as a linear map ``z_out = z_in W`` (DESIGN 3.1).
+    step (step size dropped) on the block viewed as a linear map ``z_out = z_in W``.
     """
     import torch
 
@@ -34,7 +34,7 @@ class ResidualChange(VectorFamily):
     in the change of its output averaged over the response tokens."""
 
     name = "residual_change"
-    help = "residual change of the block output after one step on the row (DESIGN 3.1, token-level form)"
+    help = "residual change of the block output after one step on the row (token-level form)"
     backward = BLOCK_GRADS
 
     def compute(self, captured: Captured, layer: int | None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from actindex.core.families.residual_change import ResidualChange
 
 
 class ResidualChangeOpening(ResidualChange):
-    """``t_l^W(x)``: the residual change ``- sum_s <zbar_in, z_in,s> g_s`` (DESIGN 3.1) of the row cut after its
+    """``t_l^W(x)``: the residual change ``- sum_s <zbar_in, z_in,s> g_s`` of the row cut after its
     first ``W`` response tokens, so the loss, ``zbar_in`` and the sum over ``s`` all cover the opening alone.
 
     The whole-response vector sums ``|R|`` token terms: in a long answer the tail's many ordinary tokens
@@ -17,6 +17,6 @@ class ResidualChangeOpening(ResidualChange):
     """
 
     name = "residual_change_opening"
-    help = f"residual change over the first {OPENING_TOKENS} response tokens (length-robust; DESIGN 3.1)"
+    help = f"residual change over the first {OPENING_TOKENS} response tokens (length-robust)"
     window = OPENING_TOKENS
     whole = ResidualChange.name

@@ -1,4 +1,4 @@
-"""``residual_change_pooled/<l>`` — the paper's single-vector form of the residual change (DESIGN 3.1)."""
+"""``residual_change_pooled/<l>`` — the paper's single-vector residual change (docs/design.md#pooled)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What a construction is: how a query vector ``psi`` is formed from a behaviour's vectors in one family.
 
-Every pair method forms ``psi`` from the same three ingredients, in one stored family (DESIGN 4): the
+Every pair method forms ``psi`` from the same three ingredients, in one family (docs/design.md#constructions): the
 vectors of the treatment rows ``v(treatment_j)``, of their controls ``v(control_j)`` (row ``j`` of each is
 pair ``j``), and the index's typical row ``mu = mean_x n(v(x))`` over its calibration sample, with
 ``n(v) = v / ||v||``. A construction is one small registered class (:class:`Construction`) in one file of

@@ -9,7 +9,7 @@ from actindex.query.constructions.base import Construction, unit
 
 class Contrast(Construction):
     """``psi = norm(mean_j (v(treatment_j) - v(control_j)))``: what changes between the two answers to one
-    prompt (DESIGN 4's residual-change and residual-difference queries)."""
+    prompt (the residual-change and residual-difference queries)."""
 
     name = "contrast"
     help = "treatment minus control, averaged over the pairs"

@@ -1,4 +1,4 @@
-"""Stage 8 — curvature: EK-FAC and LinFAC factors, fitted once per index (DESIGN section 5).
+"""Stage 8 — curvature: EK-FAC and LinFAC factors, fitted once per index (docs/design.md#curvature-and-reranking).
 
 The package, stage by stage: :mod:`.config` (the settings), :mod:`.kron` (factors in a Kronecker
 eigenbasis), :mod:`.kinds` (one registered class per curvature kind: which modules, which passes,

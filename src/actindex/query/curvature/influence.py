@@ -1,4 +1,4 @@
-"""Exact influence of training rows on a query, computed token by token (DESIGN 5).
+"""Exact influence of training rows on a query, computed token by token (docs/design.md#influence).
 
 With ``P = precond(q)`` per module, ``I(m) = sum_modules <P, G_m> = sum_t sum_modules delta_{m,t}^T P a_{m,t}``;
 ``G_m`` is never formed. The per-module terms sum to ``I(m)``, and so do the per-token terms.
@@ -127,7 +127,7 @@ def influence_matrix(
 def project_blocks(
     grads: dict[str, torch.Tensor], modules: Sequence[str], projector: RademacherProjector
 ) -> np.ndarray:
-    """``concat_modules vec_row(P_out V P_in^T)``: the layout of the ``gradient`` family (DESIGN 3.3)."""
+    """``concat_modules vec_row(P_out V P_in^T)``: the layout of the ``gradient`` family."""
     blocks = []
     for name in modules:
         v = grads[name].float().cpu()

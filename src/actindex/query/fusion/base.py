@@ -11,7 +11,7 @@ pushes towards the behaviour) or below (inhibits it) the typical row. A rule is 
 class (:class:`FusionRule`) in one file of this package; :meth:`FusionRule.fuse` returns one side's rows,
 best first, with the rule's own score. Whatever the rule, a fused hit is shown with its calibrated
 score, the weighted mean ``sum_m w_m z_m(x) / sum_m w_m`` (:func:`calibrated`), which keeps the sign and
-the scale a reader expects (DESIGN 4).
+the scale a reader expects (docs/design.md#calibrated-score).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The query methods (DESIGN 4), one registered class per file; ``QueryMethod.get(name)`` returns one.
+"""The query methods (docs/design.md#query-methods), a registered class per file; ``QueryMethod.get(name)`` returns one.
 
 ``adaptive`` is the default ranking; where one query vector is needed (a saved vector, correction,
 detection) the default is ``residual-change``.

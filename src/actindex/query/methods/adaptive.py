@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class AdaptiveMethod(QueryMethod):
-    """Members chosen from the behaviour's own pairs (DESIGN 4, "behaviour-adaptive choice").
+    """Members chosen from the behaviour's own pairs (docs/design.md#adaptive-choice).
 
     Candidates: every construction (:mod:`actindex.query.constructions`: contrast, centered, hybrid) that a
     family forms (:attr:`~actindex.core.families.VectorFamily.constructions`: the answer's start forms the

@@ -9,7 +9,7 @@ capabilities tell the query pipeline (:mod:`actindex.query.pipeline`) what to do
   (:meth:`~QueryMethod.form`: each a query vector in one family, with a weight);
 * ``curvature``: the kind of fitted factors it needs (``--method ekfac``).
 
-Sign convention (DESIGN 4): a positive score means training on the row pushes the model towards the
+Sign convention (docs/design.md#sign): a positive score means training on the row pushes the model towards the
 behaviour. Modules here import no tensor library at import time.
 """
 
@@ -93,7 +93,7 @@ class QueryMethod(Registered, noun="method"):
 
     def pair_difference(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
         """``mean_j (v(treatment_j) - v(control_j))`` in this method's family at ``layer``; for a query by
-        example (no controls) ``mean_j v(treatment_j)``, the examples' own vectors (DESIGN 4)."""
+        example (no controls) ``mean_j v(treatment_j)``, the examples' own vectors."""
         vectors = ctx.family_vectors(self.family(layer), query_rows(behavior))
         return per_pair(behavior, vectors).mean(axis=0)
 

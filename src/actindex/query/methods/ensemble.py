@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class EnsembleMethod(QueryMethod):
-    """Rank fusion of several (method, layer) rankings (DESIGN 4, "an ensemble method").
+    """Rank fusion of several (method, layer) rankings (docs/design.md#fusion).
 
     Members: ``residual-change`` and ``residual-change-pooled`` at every layer the index holds (the
     ones it has vectors for), or at ``--layer`` alone; the fusion rule (:mod:`actindex.query.fusion`,

@@ -1,4 +1,4 @@
-"""``gradient``: the Hessian-free projected gradient of the behaviour's log-odds (DESIGN 4)."""
+"""``gradient``: the Hessian-free projected gradient of the behaviour's log-odds (docs/design.md#gradient-queries)."""
 
 from __future__ import annotations
 

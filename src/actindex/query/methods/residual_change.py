@@ -1,4 +1,4 @@
-"""``residual-change``: the behaviour's mean residual-change difference (DESIGN 4)."""
+"""``residual-change``: the behaviour's mean residual-change difference (docs/design.md#constructions)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class ResidualChangeMethod(QueryMethod):
     """``psi = norm(mean_j (t_l(treatment_j) - t_l(control_j)))`` against residual-change vectors."""
 
     name, kind = "residual-change", RESIDUAL_CHANGE
-    help = "residual-change vectors of treatment minus control (DESIGN 3.1/4)"
+    help = "residual-change vectors of treatment minus control"
 
     def vector(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
         return unit(self.pair_difference(ctx, behavior, layer))

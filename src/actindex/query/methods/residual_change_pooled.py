@@ -7,7 +7,7 @@ from actindex.query.methods.residual_change import ResidualChangeMethod
 
 
 class PooledResidualChangeMethod(ResidualChangeMethod):
-    """``psi = norm(mean_j (t_l(treatment_j) - t_l(control_j)))`` with the pooled ``t_l`` (DESIGN 3.1)."""
+    """``psi = norm(mean_j (t_l(treatment_j) - t_l(control_j)))`` with the pooled ``t_l``."""
 
     name, kind = "residual-change-pooled", RESIDUAL_CHANGE_POOLED
     help = "residual-change, pooled single-vector variant (index built with --pooled)"

@@ -1,4 +1,4 @@
-"""``residual-difference``: the behaviour's mean activation difference (DESIGN 4)."""
+"""``residual-difference``: the behaviour's mean activation difference (docs/design.md#constructions)."""
 
 from __future__ import annotations
 

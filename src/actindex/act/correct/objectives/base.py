@@ -1,4 +1,4 @@
-"""What a correction objective is: the named loss terms of one training step (DESIGN 6).
+"""What a correction objective is: the named loss terms of one training step (docs/design.md#correction).
 
 An objective is one small registered class (:class:`Objective`) in one file of this package: which of
 the sets ``D+``, ``D-``, ``D0`` it reads (``sets``; the training loop draws minibatches only from

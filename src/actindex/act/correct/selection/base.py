@@ -1,4 +1,4 @@
-"""Choosing ``D+``, ``D-``, ``D0`` from the ranking's scores (DESIGN 6).
+"""Choosing ``D+``, ``D-``, ``D0`` from the ranking's scores (docs/design.md#correction).
 
 Scores ``s_i`` (one per row, NaN for a row left out) are scaled by their largest magnitude,
 ``I_i = s_i / max_j |s_j|`` (:func:`scale_scores`). The rows with ``I > 0`` sorted by ``I``

@@ -1,5 +1,5 @@
 """What a curvature kind is: which modules it covers, which passes over the sampled rows it needs and
-what it accumulates from each (DESIGN 5).
+what it accumulates from each (docs/design.md#curvature-and-reranking).
 
 A kind is one small registered class (:class:`CurvatureKind`) in one file of this package. It names its
 modules (:meth:`CurvatureKind.modules`) and starts a :class:`CurvatureFit`, which is fed every batch's
