@@ -92,7 +92,7 @@ def carrier_report(tokenizer: Any, sets: dict[str, list[Encoded]], weights: Weig
             "D- tokens": carriers(tokenizer, sets["neg"], weights["neg"])}
 
 
-class TokenWeighting(Registered, noun="token weighting"):
+class TokenWeighting(Registered, noun="token weighting", listed=True):
     """A rule for the token weights of the D+ and D- rows (see the module docstring)."""
 
     name: ClassVar[str]
@@ -133,6 +133,10 @@ class TopWeighting(QueryWeighting):
     name = "top"
     help = "all the weight on the row's highest-share token"
     top = True
+
+
+#: the registry, in the order of ``--token-weights``' choices
+TokenWeighting.register(MeanWeighting, QueryWeighting, TopWeighting)
 
 
 def weighting_names() -> list[str]:

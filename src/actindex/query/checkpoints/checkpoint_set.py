@@ -3,7 +3,7 @@
 ``CheckpointSet.open("OUT")`` reads a set written by ``ActindexCallback`` (``OUT/checkpoints.json``),
 ``CheckpointSet.open(["a", "b"])`` takes any indexes of the same rows. Every index answers the query with
 its own model (the (method, layer) members of :class:`~actindex.query.pipeline.QueryPipeline`, calibrated
-over that index), and a :class:`~actindex.query.checkpoints.base.CheckpointFusion` rule fuses the answers.
+over that index), and a :class:`~actindex.query.checkpoints.fusion.CheckpointFusion` rule fuses the answers.
 Each hit is shown with the calibrated TracIn score ``S(x) = sum_c s_c(x)`` and each ``s_c(x)``
 (``checkpoint_scores``); ``fused`` is the rule's own score, which orders the rows.
 
@@ -24,8 +24,8 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.index.checkpoints import CheckpointList, is_checkpoint_set
 from actindex.index.memorisation import warn_if_memorised
 from actindex.query.behaviors import Behavior
-from actindex.query.checkpoints.base import CheckpointFusion, CheckpointRanking, tracin_scores
 from actindex.query.checkpoints.config import DEFAULT_CHECKPOINT_FUSION
+from actindex.query.checkpoints.fusion import CheckpointFusion, CheckpointRanking, tracin_scores
 from actindex.query.fusion import BOTTOM, TOP
 from actindex.query.pipeline import QueryConfig, Ranking, describe
 from actindex.query.result import Hit, QueryResult
@@ -135,7 +135,7 @@ class CheckpointSet:
     def query(self, behavior: str | Behavior, config: QueryConfig | None = None,
               checkpoint_fusion: str = DEFAULT_CHECKPOINT_FUSION, **options: Any) -> QueryResult:
         """Rank the rows for a behaviour with every checkpoint and fuse the answers with ``checkpoint_fusion``
-        (a :class:`~actindex.query.checkpoints.base.CheckpointFusion` rule); ``options`` are
+        (a :class:`~actindex.query.checkpoints.fusion.CheckpointFusion` rule); ``options`` are
         :class:`~actindex.query.pipeline.QueryConfig` fields."""
         config = config or QueryConfig(**options)
         rule = CheckpointFusion.get(checkpoint_fusion)

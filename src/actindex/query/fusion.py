@@ -7,8 +7,8 @@ cosines over the index, so that its standardised score
     z_m(x) = (cos_m(x) - median_m) / (1.4826 MAD_m)
 
 means the same for every member: how many robust standard deviations row ``x`` sits above (positive:
-pushes towards the behaviour) or below (inhibits it) the typical row. A rule is one small registered
-class (:class:`FusionRule`) in one file of this package; :meth:`FusionRule.fuse` returns one side's rows,
+pushes towards the behaviour) or below (inhibits it) the typical row. A rule is a few lines
+(:class:`FusionRule`), listed in :data:`FUSION_RULES`; :meth:`FusionRule.fuse` returns one side's rows,
 best first, with the rule's own score. Whatever the rule, a fused hit is shown with its calibrated
 score, the weighted mean ``sum_m w_m z_m(x) / sum_m w_m`` (:func:`calibrated`), which keeps the sign and
 the scale a reader expects (DESIGN 4).
@@ -74,7 +74,7 @@ def calibrated(members: list[MemberRanking], rows: np.ndarray) -> np.ndarray:
     return (weights[:, None] * zs).sum(0) / max(float(weights.sum()), 1e-12)
 
 
-class FusionRule(Registered, noun="fusion rule"):
+class FusionRule(Registered, noun="fusion rule", listed=True):
     """Combine members' rankings into one ranking of one side (``top`` or ``bottom``)."""
 
     name: ClassVar[str]
@@ -84,3 +84,63 @@ class FusionRule(Registered, noun="fusion rule"):
         """``(rows, scores)`` of ``side``, best first (the top's most positive, the bottom's most negative),
         over the rows some member ranked on that side."""
         raise NotImplementedError
+
+
+#: the constant of reciprocal rank fusion (Cormack et al. 2009)
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(rankings: list[np.ndarray], rows: int) -> np.ndarray:
+    """``score[row] = sum_m 1 / (RRF_K + rank_m(row))`` over ranked lists of row numbers (best first, ranks
+    from 0; a row outside a member's list adds nothing)."""
+    score = np.zeros(rows)
+    for ranking in rankings:
+        score[ranking] += 1.0 / (RRF_K + np.arange(len(ranking)))
+    return score
+
+
+class ReciprocalRankFusion(FusionRule):
+    """``score(x) = sum_m 1 / (60 + rank_m(x))`` over the members' lists of the side: orders rows by the
+    members' agreement, whatever their scales (the bottom side's score is negated, so it reads like a
+    score of that side)."""
+
+    name = "rrf"
+    help = "reciprocal rank fusion: sum over members of 1 / (60 + rank)"
+
+    def fuse(self, members: list[MemberRanking], side: str) -> tuple[np.ndarray, np.ndarray]:
+        return rank_fused([m.ranked(side) for m in members], side)
+
+
+def rank_fused(lists: list[np.ndarray], side: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, scores)`` of one side by :func:`reciprocal_rank_fusion` of ranked lists: the rows some list holds,
+    best first, with their score (negated for the bottom side, so it reads like a score of that side)."""
+    n = 1 + max((int(r.max()) for r in lists if len(r)), default=-1)
+    score = reciprocal_rank_fusion(lists, n)
+    rows = np.flatnonzero(score > 0)
+    rows = rows[np.argsort(-score[rows], kind="stable")]
+    return rows, score[rows] if side == TOP else -score[rows]
+
+
+class CalibratedMean(FusionRule):
+    """``score(x) = sum_m w_m z_m(x) / sum_m w_m`` with ``z_m`` the member's cosine standardised over the
+    index (:class:`MemberRanking`): a score with a meaning and a sign, computed
+    exactly for every row some member ranked on the side."""
+
+    name = "zmean"
+    help = "weighted mean of the members' standardised cosines (calibrated, signed)"
+
+    def fuse(self, members: list[MemberRanking], side: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.unique(np.concatenate([m.ranked(side) for m in members])).astype(np.int64)
+        scores = calibrated(members, rows)
+        order = np.argsort(-scores if side == TOP else scores, kind="stable")
+        return rows[order], scores[order]
+
+
+#: the registry, in the order of the CLI's choices
+FUSION_RULES = (ReciprocalRankFusion, CalibratedMean)
+FusionRule.register(*FUSION_RULES)
+
+
+def fusion_names() -> list[str]:
+    """Every registered fusion rule, for the CLI's choices."""
+    return list(FusionRule.registry)
