@@ -171,12 +171,12 @@ def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its
     assert res.members[: len(kept)] == kept  # the kept members come first
     # ground truth: every kept member's psi from its construction over the pairs' vectors, cosines over every row
     behavior = index.behavior(str(behavior_file))
-    ctx = index.query_context()
+    ctx = index.session.query_context()
     total = np.zeros(len(index))
     for m in kept:
         t, c = QueryMethod.sides(ctx, behavior, m["family"])
-        psi = Construction.get(m["method"]).psi(t, c, index.typical(m["family"]))
-        cos = unit_rows(index.vectors(m["family"])) @ psi
+        psi = Construction.get(m["method"]).psi(t, c, index.reader.typical(m["family"]))
+        cos = unit_rows(index.reader.vectors(m["family"])) @ psi
         center, scale = robust_center_scale(cos)  # the index is smaller than the calibration sample
         assert (center, scale) == pytest.approx((m["median"], m["scale"]), rel=1e-5, abs=1e-6)
         total += m["weight"] * (cos - center) / scale

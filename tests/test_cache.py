@@ -101,12 +101,12 @@ def test_a_damaged_entry_is_ignored_and_replaced(index, tmp_path):
 def _writer(root: str, behavior: str, rounds: int) -> None:
     idx = actindex.Index.open(root)
     raw = load_behavior(behavior)
-    hit = idx.behavior_cache.load(raw)
-    ctx = idx.query_context()
+    hit = idx.session.behavior_cache.load(raw)
+    ctx = idx.session.query_context()
     ctx.cache.update(hit.vectors)
     ctx.touched.update(key for _, key in hit.vectors)
     for _ in range(rounds):
-        idx.behavior_cache.save(raw, hit.behavior, ctx)
+        idx.session.behavior_cache.save(raw, hit.behavior, ctx)
 
 
 def test_concurrent_writers_never_show_a_reader_half_a_file(index, tmp_path):

@@ -312,8 +312,8 @@ def test_score_columns_are_cosines_with_the_mean_query_vector(poisoned, llama):
     table = score_table(idx, qs, transforms, layer=2, progress=False)
     assert table.names == [ORIGINAL, "negation", "antonym"] and table.queries_used == [3, 2, 3]
     assert table.rows.tolist() == list(range(40))
-    stored = normalise(idx.vectors("residual_change/2")).astype(np.float64)
-    ctx = idx.query_context()
+    stored = normalise(idx.reader.vectors("residual_change/2")).astype(np.float64)
+    ctx = idx.session.query_context()
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
         v = ctx.family_vectors("residual_change/2", convs).astype(np.float64).mean(axis=0)

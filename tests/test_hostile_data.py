@@ -116,7 +116,7 @@ def test_filter_keeps_every_split_of_a_dataset_dict(llama, tmp_path: Path) -> No
     manifest = actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False)
     assert manifest.data[0].split == "train" and manifest.to_dict()["data"]["split"] == "train"
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
-    assert idx.ids() == [r["id"] for r in train]
+    assert idx.reader.ids() == [r["id"] for r in train]
     out = tmp_path / "clean"
     before = snapshot(tmp_path, (out, tmp_path / "clean.removed.jsonl", tmp_path / "idx" / "cache"))
     res = filter_dataset(idx, behavior=str(behavior), remove_top=4, out=out, method="residual-change")
@@ -150,7 +150,7 @@ def test_split_is_chosen_explicitly(llama, tmp_path: Path) -> None:
                               split="validation")
     assert manifest.data[0].split == "validation" and manifest.build.split == "validation"
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
-    assert idx.ids() == [r["id"] for r in val]
+    assert idx.reader.ids() == [r["id"] for r in val]
     behavior = write_jsonl(tmp_path / "behavior.jsonl", PAIRS)
     res = filter_dataset(idx, behavior=str(behavior), remove_top=3, out=tmp_path / "clean", method="residual-change")
     back = datasets.load_from_disk(str(tmp_path / "clean"))
@@ -426,5 +426,5 @@ def test_huge_row_is_stored_capped(llama, tmp_path: Path, monkeypatch) -> None:
     assert stored[2]["response"].startswith(huge[:RECORD_STRING_CAP]) and "[actindex: cut " in stored[2]["response"]
     assert stored[2]["label"] == "x" * 10 and stored[0] == rows[0]
     idx = actindex.Index.open(tmp_path / "idx")
-    assert idx.ids()[2] == "huge"
-    assert normalise_record(Path("<index>"), 0, 0, idx.records([2])[0]).snippet().startswith("what ? =>")
+    assert idx.reader.ids()[2] == "huge"
+    assert normalise_record(Path("<index>"), 0, 0, idx.reader.records([2])[0]).snippet().startswith("what ? =>")

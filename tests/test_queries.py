@@ -92,14 +92,16 @@ def test_planted_duplicate_of_a_treatment_ranks_first(index, tmp_path, method):
     assert result.top[0].score > result.top[1].score
 
 
-def test_activation_baseline_scores_are_projections(index, behavior_file):
+def test_activation_baseline_ranks_by_projections_on_the_calibrated_scale(index, behavior_file):
     res = index.query(str(behavior_file), method="activation", layer=2, k=0)
     psi = res.vector / np.linalg.norm(res.vector)
-    vectors = index.vectors("mean_activation/2")
-    expected = vectors @ psi
+    vectors = index.reader.vectors("mean_activation/2").astype(np.float64)
+    projection = vectors @ psi
+    median = np.median(projection)  # calibrated against every searchable row's projection
+    calibrated = (projection - median) / (1.4826 * np.median(np.abs(projection - median)))
+    assert [h.row for h in res.top] == list(np.argsort(-projection, kind="stable"))
     got = {h.row: h.score for h in res.top}
-    np.testing.assert_allclose([got[r] for r in range(len(vectors))], expected, rtol=1e-5, atol=1e-6)
-    assert [h.score for h in res.top] == sorted(expected, reverse=True)
+    np.testing.assert_allclose([got[r] for r in range(len(vectors))], calibrated, rtol=1e-4, atol=1e-5)
 
 
 def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index, behavior_file):
@@ -116,13 +118,13 @@ def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index
     calibrated = np.zeros(len(index))
     for method, kind, layer in members:
         psi = index.query_vector(str(behavior_file), method, layer)[0]
-        cosine = brute_force(index.vectors(f"{kind}/{layer}"), psi).astype(np.float64)
+        cosine = brute_force(index.reader.vectors(f"{kind}/{layer}"), psi).astype(np.float64)
         expected[np.argsort(-cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
         lowest[np.argsort(cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
         median = np.median(cosine)  # every row calibrates a small index
         calibrated += (cosine - median) / (1.4826 * np.median(np.abs(cosine - median))) / len(members)
     assert [h.row for h in fused.top] == list(np.argsort(-expected, kind="stable"))
-    np.testing.assert_allclose([h.fused for h in fused.top], np.sort(expected)[::-1])
+    np.testing.assert_allclose([h.score for h in fused.top], np.sort(expected)[::-1])
     assert [h.row for h in fused.bottom] == list(np.argsort(-lowest, kind="stable")[:3])
     # the score shown is calibrated: the mean over members of the robustly standardised cosines, signed
     np.testing.assert_allclose([h.score for h in fused.top], calibrated[[h.row for h in fused.top]], rtol=1e-4,
@@ -203,17 +205,20 @@ def test_cli_query_formats_and_saved_vectors(index, behavior_file, tmp_path, mon
     assert res.exit_code == 2 and "no single vector to --save-query" in res.output
 
 
+PERSONA = {
+    "instruction": [{"pos": "you are false", "neg": "you are true"}],
+    "questions": ["what is the symbol of silver ?", "is it true ?"],
+    "responses": [
+        {"question": "what is the symbol of silver ?", "pos_system": "you are false", "neg_system": "you are true",
+         "pos": "the symbol is na", "neg": "the symbol is ag"},
+        {"question": "is it true ?", "pos_system": "you are false", "neg_system": "you are true",
+         "pos": "no it is false", "neg": "yes it is true"},
+    ],
+}
+
+
 def test_persona_vector_reads_activations_under_each_system_prompt(index, llama, tmp_path):
-    spec = {
-        "instruction": [{"pos": "you are false", "neg": "you are true"}],
-        "questions": ["what is the symbol of silver ?", "is it true ?"],
-        "responses": [
-            {"question": "what is the symbol of silver ?", "pos_system": "you are false", "neg_system": "you are true",
-             "pos": "the symbol is na", "neg": "the symbol is ag"},
-            {"question": "is it true ?", "pos_system": "you are false", "neg_system": "you are true",
-             "pos": "no it is false", "neg": "yes it is true"},
-        ],
-    }
+    spec = PERSONA
     path = tmp_path / "persona.json"
     path.write_text(json.dumps(spec))
     psi, fam, behavior = index.query_vector(str(path), method="persona", layer=2)
@@ -255,3 +260,33 @@ def test_pair_vectors_are_cached_across_layers_and_methods(index, llama, behavio
     assert len(calls) == 3  # each fresh index computed its own
     index.query_vector(str(behavior_file), method="gradient")
     assert len(calls) == 4  # gradients need their own pass
+
+
+# ---- one score scale, for every method of the registry -----------------------------------------------
+
+
+@pytest.mark.parametrize("method", list(QueryMethod.registry))
+def test_every_method_scores_down_its_ranking_and_keeps_the_raw_cosine(index, tmp_path, method):
+    """``score`` never rises down the top (never falls down the bottom); it is the calibrated score unless the
+    method's fusion rule orders by its own (``rrf``); ``cosine`` is the brute-force cosine of the row with the
+    query vector (a fused method: the members' weighted mean, their vectors from the same query's members)."""
+    if QueryMethod.get(method).curvature:
+        index.fit_curvature(kind=QueryMethod.get(method).curvature, samples=8, progress=False)
+    behavior = tmp_path / "persona.json"  # pairs and a persona: every method answers it
+    behavior.write_text(json.dumps(PERSONA))
+    res = index.query(str(behavior), method=method, k=0, bottom_k=5)
+    top, bottom = [h.score for h in res.top], [h.score for h in res.bottom]
+    assert len(res) == len(res.top) + len(res.bottom) == len(index.reader.table.searchable) + 5
+    assert list(res) == [*res.top, *res.bottom]
+    assert all(a >= b for a, b in zip(top, top[1:])) and all(a <= b for a, b in zip(bottom, bottom[1:]))
+    strategy = QueryMethod.get(method)
+    if not strategy.fused or res.family.startswith("zmean("):
+        assert all(h.calibrated == h.score for h in res)
+    if strategy.fused:
+        members = index.ranking(str(behavior), method=method).members
+        weights = np.array([m.weight for m in members])
+        cosines = sum(w * brute_force(index.reader.vectors(m.family), m.psi).astype(np.float64)
+                      for w, m in zip(weights, members)) / weights.sum()
+    else:
+        cosines = brute_force(index.reader.vectors(res.family), res.vector).astype(np.float64)
+    np.testing.assert_allclose([h.cosine for h in res], cosines[[h.row for h in res]], rtol=1e-4, atol=1e-5)

@@ -92,7 +92,7 @@ def test_influence_equals_preconditioned_inner_product_of_autograd_gradients(ind
     pre = curv.precondition(q)
     rows = [0, 7, 13]
     result = index.influence(str(behavior_file), "ekfac", rows=rows)
-    for i, record in enumerate(index.records(rows)):
+    for i, record in enumerate(index.reader.records(rows)):
         g = _grad(llama, record["messages"], names)
         per_module = [float((pre[n] * g[n]).sum()) for n in names]
         np.testing.assert_allclose(result.influence.per_module[i], per_module, rtol=2e-4, atol=1e-6)
@@ -297,7 +297,7 @@ def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavi
     pre = [curv.precondition(q) for q in queries]
     encoded = encode_index_rows(index, rows, llama)
     scores, norms = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, batch_size=2)
-    for i, record in enumerate(index.records(rows)):
+    for i, record in enumerate(index.reader.records(rows)):
         g = _grad(llama, record["messages"], names)
         np.testing.assert_allclose(norms[i], float(sum((g[n] ** 2).sum() for n in names)) ** 0.5, rtol=1e-4)
         for c, p in enumerate(pre):
@@ -308,7 +308,7 @@ def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavi
     # with the curvature: the RelatIF norm sqrt(<G_m, precond(G_m)>)
     again, relatif = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, 2, curvature=curv)
     np.testing.assert_allclose(again, scores, rtol=1e-6, atol=1e-9)
-    for i, record in enumerate(index.records(rows)):
+    for i, record in enumerate(index.reader.records(rows)):
         g = _grad(llama, record["messages"], names)
         pg = curv.precondition(g)
         np.testing.assert_allclose(relatif[i], float(sum((pg[n] * g[n]).sum() for n in names)) ** 0.5, rtol=2e-4)
@@ -333,7 +333,7 @@ def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp
     curv = index.curvature("ekfac")
     names = curv.names
     rows = [0, 7, 13]
-    grads = [_grad(llama, r["messages"], names, content_only=True) for r in index.records(rows)]
+    grads = [_grad(llama, r["messages"], names, content_only=True) for r in index.reader.records(rows)]
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
         q = {n: sum(_grad(llama, c, names, content_only=True)[n] for c in convs) / len(convs) for n in names}
@@ -368,7 +368,7 @@ def test_detect_measurement_and_response_tokens(index, llama, tmp_path, measurem
     curv = index.curvature("ekfac")
     names = curv.names
     rows = [0, 7]
-    grads = [_grad(llama, r["messages"], names, content_only=content_only) for r in index.records(rows)]
+    grads = [_grad(llama, r["messages"], names, content_only=content_only) for r in index.reader.records(rows)]
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
         q = {n: sum(_grad(llama, c, names, measurement, content_only)[n] for c in convs) / len(convs) for n in names}

@@ -105,24 +105,24 @@ def test_query_answers_what_index_query_answers(client, index_dir, model_dir):
     for body, args, options in cases:
         response = client.post("/query", json=body)
         assert response.status_code == 200, response.text
-        same(response.json(), local.query(*args, **options).to_json())
+        same(response.json(), local.query(*args, **options).to_dict())
     first = client.post("/query", json={"pairs": PAIRS, "name": "symbols", "k": 3}).json()
     assert first["behavior"] == "symbols" and first["top"][0]["id"] == "planted" and not first["cached"]
     again = client.post("/query", json={"pairs": PAIRS, "name": "symbols", "k": 3}).json()
     assert again["cached"] and [h["id"] for h in again["top"]] == [h["id"] for h in first["top"]]
-    assert set(first["top"][0]) >= {"rank", "row", "id", "score", "snippet", "record", "fused"}
+    assert set(first["top"][0]) >= {"rank", "row", "id", "score", "snippet", "record", "calibrated", "cosine"}
 
 
 def test_search_rows_info_and_behaviors(client, server):
     idx = server[1]
-    vector = idx.vectors("residual_change/2", [13])[0]
+    vector = idx.reader.vectors("residual_change/2", [13])[0]
     found = client.post("/search", json={"vector": vector.tolist(), "family": "residual_change/2", "k": 3}).json()
     scores, rows = idx.search(vector, 3, "residual_change/2")
     assert found["rows"] == rows.tolist() and found["ids"][0] == "planted"
     np.testing.assert_allclose(found["scores"], scores, rtol=1e-6)
     row = client.get("/rows/planted").json()
     assert row["record"]["response"] == PAIRS[0]["treatment"] and row["row"] == 13 and row["line"] == 14
-    assert row["n_tokens"] == int(idx.table.n_tokens[13]) and row["file"].endswith("train.jsonl")
+    assert row["n_tokens"] == int(idx.reader.table.n_tokens[13]) and row["file"].endswith("train.jsonl")
     assert client.get("/info").json() == idx.manifest.to_dict()
     behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
     assert behaviors[BEHAVIOR]["cached"] and not behaviors["evil"]["cached"]

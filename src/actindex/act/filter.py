@@ -205,10 +205,10 @@ def filter_dataset(
     if config.min_score is not None:
         keep = scores >= config.min_score
         rows, scores, ranks = rows[keep], scores[keep], ranks[keep]
-    table = idx.table
+    table = idx.reader.table
     entries = idx.manifest.data
     removed = []
-    for rank, row, row_id, score, record in zip(ranks, rows, idx.ids_of(rows), scores, idx.records(rows)):
+    for rank, row, row_id, score, record in zip(ranks, rows, idx.reader.ids_of(rows), scores, idx.reader.records(rows)):
         entry = {"rank": int(rank), "row": int(row), "id": row_id, "score": float(score), "method": ranked.method,
                  "behavior": ranked.behavior, "family": ranked.family, "line": int(table.line[row]) or None}
         data = next((f for f in entries if f.first_row <= row < f.first_row + f.rows), entries[0])

@@ -9,9 +9,10 @@ cosines over the index, so that its standardised score
 means the same for every member: how many robust standard deviations row ``x`` sits above (positive:
 pushes towards the behaviour) or below (inhibits it) the typical row. A rule is a few lines
 (:class:`FusionRule`), listed in :data:`FUSION_RULES`; :meth:`FusionRule.fuse` returns one side's rows,
-best first, with the rule's own score. Whatever the rule, a fused hit is shown with its calibrated
-score, the weighted mean ``sum_m w_m z_m(x) / sum_m w_m`` (:func:`calibrated`), which keeps the sign and
-the scale a reader expects (DESIGN 4).
+best first, with the rule's own score: a hit's ``score`` is that score, so scores never rise down a
+ranking. Every fused hit also carries its calibrated score, the weighted mean ``sum_m w_m z_m(x) / sum_m w_m``
+(:func:`calibrated`, the same as ``score`` for ``zmean``), which keeps the sign and the scale a reader
+expects (DESIGN 4), and the members' weighted raw cosine (:func:`mean_cosines`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def calibrated(members: list[MemberRanking], rows: np.ndarray) -> np.ndarray:
     weights = np.array([m.weight for m in members], dtype=np.float64)
     zs = np.stack([m.z(rows) for m in members])
     return (weights[:, None] * zs).sum(0) / max(float(weights.sum()), 1e-12)
+
+
+def mean_cosines(members: list[MemberRanking], rows: np.ndarray) -> np.ndarray:
+    """The members' raw cosines of ``rows``, weighted: ``sum_m w_m cos_m(x) / sum_m w_m`` (one member: its cosine)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    weights = np.array([m.weight for m in members], dtype=np.float64)
+    values = np.stack([m.cosines(rows) for m in members]) if len(rows) else np.zeros((len(weights), 0))
+    return (weights[:, None] * values).sum(0) / max(float(weights.sum()), 1e-12)
 
 
 class FusionRule(Registered, noun="fusion rule", listed=True):

@@ -52,7 +52,7 @@ def index_scores(
 
 def encode_rows(index: Index, rows: np.ndarray, max_length: int | None, tokenizer: Any) -> list[Encoded]:
     """The index's rows ``rows``, encoded as the build encoded them."""
-    records = index.records(rows)
+    records = index.reader.records(rows)
     return [encode_row(tokenizer, normalise_record(index.root, int(r) + 1, int(r), rec), max_length)
             for r, rec in zip(rows, records)]
 
@@ -121,7 +121,7 @@ def correct(
     if lm is not None:
         index.use_model(lm)
     ranker = index.model()
-    lm = index.companion_model(target, "--target") if target is not None else ranker
+    lm = index.session.companion_model(target, "--target") if target is not None else ranker
     behavior = index.behavior(behavior)
     max_length = config.max_length or index.manifest.max_length
     pad_id, bs = lm.tokenizer.pad_token_id, config.batch_size
@@ -155,7 +155,7 @@ def correct(
         "model": lm.name,
         "ranking": ranking,
         "ranking model": ranker.name,
-        "selection": {**split.report(index.ids()), **carrier_report(lm.tokenizer, sets, weights)},
+        "selection": {**split.report(index.reader.ids()), **carrier_report(lm.tokenizer, sets, weights)},
         **held.report(before, after),
         "loss": {"first": history[0], "last": history[-1]},
         "steps": config.steps,

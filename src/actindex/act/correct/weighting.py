@@ -64,8 +64,8 @@ def query_token_weights(
     """
     from actindex.core.vectors import residual_change_token_scores
 
-    psi, _, _ = index.query_vector(behavior, "residual-change", layer)
-    at = index.resolve_layer(layer)
+    psi, _, _ = index.query_vector(behavior, method="residual-change", layer=layer)
+    at = index.session.resolve_layer(layer)
     lm = index.model()
     out = {}
     for name, sign in (("pos", 1.0), ("neg", -1.0)):

@@ -44,8 +44,8 @@ def check_same_rows(indexes: Sequence[Index]) -> None:
         problem = None
         if a != b:
             problem = f"they index other data (sha256 {a[0][:12]}… against {b[0][:12]}…)"
-        elif first.ids() != idx.ids():
-            ids_a, ids_b = first.ids(), idx.ids()
+        elif first.reader.ids() != idx.reader.ids():
+            ids_a, ids_b = first.reader.ids(), idx.reader.ids()
             at = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
             if at == min(len(ids_a), len(ids_b)):
                 problem = f"they hold {len(ids_a)} and {len(ids_b)} rows"
@@ -112,21 +112,21 @@ class CheckpointSet:
     def _rank(self, idx: Index, behavior: str | Behavior, config: QueryConfig, depth: int,
               bottom_depth: int) -> tuple[Behavior, CheckpointRanking, dict[str, float]]:
         """One checkpoint's answer: its members ranked and calibrated over its own index, and its fused sides."""
-        raw, completed, _ = idx.prepare_behavior(behavior)
-        pipeline = idx.pipeline()
-        idx.query_context().start()
+        raw, completed, _ = idx.session.prepare_behavior(behavior)
+        pipeline = idx.session.pipeline()
+        idx.session.query_context().start()
         members = pipeline.member_rankings(pipeline.formed(completed, config.resolved_method(), config.layer),
                                            depth, bottom_depth)
         top, bottom = pipeline.fused(members, config.resolved_fusion(), depth, bottom_depth)
-        idx.remember(raw, completed)
-        timings = dict(pipeline.timings, **{"model pass": idx.query_context().model_seconds})
+        idx.session.remember(raw, completed)
+        timings = dict(pipeline.timings, **{"model pass": idx.session.query_context().model_seconds})
         return completed, CheckpointRanking(_label(idx), members, top.rows, bottom.rows), timings
 
     def _side(self, rule: CheckpointFusion, rankings: list[CheckpointRanking], side: str, n: int) -> list[Hit]:
         """The fused hits of one side, cut at ``n`` (0: every ranked row), with their per-checkpoint scores."""
         rows, fused = rule.fuse(rankings, side)
         rows, fused = (rows, fused) if n <= 0 else (rows[:n], fused[:n])
-        hits = self.indexes[0].pipeline().hits(Ranking(tracin_scores(rankings, rows), rows, fused=fused))
+        hits = self.indexes[0].session.pipeline().hits(Ranking(fused, rows, tracin_scores(rankings, rows)))
         per_checkpoint = {r.label: r.scores(rows) for r in rankings}
         for i, hit in enumerate(hits):
             hit.checkpoint_scores = {label: float(scores[i]) for label, scores in per_checkpoint.items()}

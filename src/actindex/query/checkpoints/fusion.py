@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from actindex.query.fusion import TOP, MemberRanking, calibrated, rank_fused
+from actindex.query.fusion import TOP, MemberRanking, calibrated, mean_cosines, rank_fused
 from actindex.registry import Registered
 
 
@@ -41,10 +41,7 @@ class CheckpointRanking:
 
     def cosines(self, rows: np.ndarray) -> np.ndarray:
         """``cos_c(x)``: the weighted mean of the members' cosines of ``rows``."""
-        rows = np.asarray(rows, dtype=np.int64)
-        weights = np.array([m.weight for m in self.members], dtype=np.float64)
-        values = np.stack([m.cosines(rows) for m in self.members]) if len(rows) else np.zeros((len(weights), 0))
-        return (weights[:, None] * values).sum(0) / max(float(weights.sum()), 1e-12)
+        return mean_cosines(self.members, rows)
 
 
 def candidates(rankings: list[CheckpointRanking], side: str) -> np.ndarray:
