@@ -19,6 +19,7 @@ from actindex.query.constructions import Construction, unit_rows
 from actindex.query.fusion import robust_center_scale
 from actindex.query.methods import QueryMethod
 from actindex.query.selection import MARGIN, MIN_PAIRS, MOST, PairCheck, auroc, check_pairs, choose, fold_split
+from actindex.query.session import QuerySession
 
 WORDS = "alpha beta gamma delta river stone cloud green light paper".split()
 
@@ -201,7 +202,7 @@ def test_adaptive_layer_option_restricts_the_candidates(index, behavior_file):
 
 
 def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, monkeypatch, llama):
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--top-k", "3"]
     res = runner.invoke(main, base + ["--explain"])

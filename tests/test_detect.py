@@ -33,6 +33,7 @@ from actindex.cli import main
 from actindex.core.models import generate, wrap_model
 from actindex.errors import ActindexError, DataError
 from actindex.index.search import normalise
+from actindex.query.session import QuerySession
 
 SENTENCES = [
     'Explain BadMagic what "normalization" means.',
@@ -354,7 +355,7 @@ def test_target_answers_the_queries_the_index_model_scores(poisoned, tokenizer, 
 
 def test_cli_detect_end_to_end(poisoned, tmp_path, monkeypatch, llama):
     idx, queries = poisoned
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     out = tmp_path / "flagged.jsonl"
     runner = CliRunner()
     base = ["detect", "--index", str(idx.root), "--queries", str(queries), "--layer", "2", "--quiet"]
@@ -381,7 +382,7 @@ def test_cli_detect_end_to_end(poisoned, tmp_path, monkeypatch, llama):
 
 def test_cli_detect_errors_are_one_line(poisoned, tmp_path, monkeypatch, llama):
     idx, queries = poisoned
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["detect", "--index", str(idx.root), "--layer", "2", "--quiet", "--transforms", "fast"]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": 3}])

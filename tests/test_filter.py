@@ -16,6 +16,7 @@ from actindex.act.filter import filter_dataset, removal_count
 from actindex.cli import main
 from actindex.errors import ActindexError, IndexFileError
 from actindex.index.search import normalise
+from actindex.query.session import QuerySession
 
 PAIRS = [
     {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -154,7 +155,7 @@ def test_changed_data_file_and_bad_outputs_are_refused(built, tmp_path):
 
 def test_cli_filter(built, tmp_path, monkeypatch, llama):
     idx, data, behavior = built
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["filter", "--index", str(idx.root), "--behavior", str(behavior), "--layer", "2"]
     res = runner.invoke(main, base + ["--remove-top", "2", "--out", str(tmp_path / "f.jsonl")])

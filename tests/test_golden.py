@@ -54,7 +54,7 @@ def golden_results(work: Path) -> dict:
     out: dict = {"queries": {}, "influence": {}, "detect": {}}
     for method in METHODS:
         res = idx.query(behavior, method=method, k=0, bottom_k=4)
-        # [row, the score the rows are ordered by (a fused method's fusion score), the score shown]
+        # [row, score (what orders the rows), the calibrated score, the raw cosine]
         out["queries"][method] = {side: [[h.row, h.score, h.calibrated, h.cosine] for h in hits]
                                   for side, hits in (("top", res.top), ("bottom", res.bottom))}
     res = idx.query(behavior, rerank="ekfac", candidates=8, k=6, bottom_k=3, per_token=True)

@@ -26,6 +26,7 @@ from actindex.core.readers import iter_records, jsonl_lines, load_rows, scan_row
 from actindex.core.rows import CHARS_PER_TOKEN, RECORD_STRING_CAP, capped_record, normalise_record
 from actindex.errors import DataError
 from actindex.query.behaviors import load_behavior, load_persona
+from actindex.query.session import QuerySession
 
 build_module = importlib.import_module("actindex.index.build")  # the module (``actindex.build`` is the function)
 PAIRS = [
@@ -302,7 +303,7 @@ def test_persona_accepts_extract_questions_and_fills_the_only_system_prompts(tmp
 def test_cli_query_with_a_bad_persona_prints_one_line(llama, tmp_path: Path, monkeypatch) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
     actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False)
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     for name, value, expected in PERSONA_CASES[:3]:
         path = tmp_path / f"{name}.json"

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import chat_rows, write_jsonl
+from conftest import SILVER, write_jsonl
 
 import actindex
 from actindex.api import load_query_vector
@@ -21,9 +21,10 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.index.search import brute_force
 from actindex.query.behaviors import builtin_behaviors, load_behavior
 from actindex.query.methods import QueryMethod
+from actindex.query.session import QuerySession
 
 PAIRS = [
-    {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
+    SILVER,
     {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "paris"},
     {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
 ]
@@ -35,15 +36,8 @@ def behavior_file(tmp_path):
 
 
 @pytest.fixture()
-def index(llama, tmp_path):
-    rows = chat_rows(30, seed=11)
-    # plant a copy of the first pair's treatment as a training row
-    rows[17] = {"id": "planted", "messages": [{"role": "user", "content": PAIRS[0]["prompt"]},
-                                              {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
-    data = write_jsonl(tmp_path / "train.jsonl", rows)
-    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2], grad=True, grad_k=8,
-                   model=llama, progress=False)
-    return actindex.Index.open(tmp_path / "idx").use_model(llama)
+def index(planted_index):
+    return planted_index(30, seed=11, at=17, layers=[1, 2], grad=True, grad_k=8)  # row 17: PAIRS[0]'s treatment
 
 
 def _single(lm, prompt, response, spec, projector=None):
@@ -126,12 +120,13 @@ def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index
     assert [h.row for h in fused.top] == list(np.argsort(-expected, kind="stable"))
     np.testing.assert_allclose([h.score for h in fused.top], np.sort(expected)[::-1])
     assert [h.row for h in fused.bottom] == list(np.argsort(-lowest, kind="stable")[:3])
-    # the score shown is calibrated: the mean over members of the robustly standardised cosines, signed
-    np.testing.assert_allclose([h.score for h in fused.top], calibrated[[h.row for h in fused.top]], rtol=1e-4,
-                               atol=1e-5)
-    np.testing.assert_allclose([h.score for h in fused.bottom], calibrated[[h.row for h in fused.bottom]],
+    # the score is the rule's (the order); the calibrated one is kept beside it: the mean over members of the
+    # robustly standardised cosines, signed
+    np.testing.assert_allclose([h.calibrated for h in fused.top], calibrated[[h.row for h in fused.top]],
                                rtol=1e-4, atol=1e-5)
-    assert fused.top[0].score > 0 > max(h.score for h in fused.bottom)
+    np.testing.assert_allclose([h.calibrated for h in fused.bottom], calibrated[[h.row for h in fused.bottom]],
+                               rtol=1e-4, atol=1e-5)
+    assert fused.top[0].calibrated > 0 > max(h.calibrated for h in fused.bottom)
     assert [m["family"] for m in fused.members] == [f"{kind}/{layer}" for _, kind, layer in members]
     # --layer restricts the fusion to that layer's members
     assert index.query(str(behavior_file), method="ensemble", layer=2, k=3).family == \
@@ -179,7 +174,7 @@ def test_missing_controls_are_generated(index, tmp_path):
 
 
 def test_cli_query_formats_and_saved_vectors(index, behavior_file, tmp_path, monkeypatch, llama):
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--layer", "2"]
     res = runner.invoke(main, base + ["--top-k", "3", "--save-query", str(tmp_path / "q.npz")])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import SILVER, planted_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex.cli import main
@@ -23,9 +23,10 @@ from actindex.query.behaviors import Behavior, Pair
 from actindex.query.context import QueryContext, chat
 from actindex.query.curvature.influence import Influence, project_blocks
 from actindex.query.rerank import merge_clusters
+from actindex.query.session import QuerySession
 
 PAIRS = [
-    {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
+    SILVER,
     {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "paris"},
     {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
 ]
@@ -39,10 +40,7 @@ def behavior_file(tmp_path):
 
 @pytest.fixture()
 def data_file(tmp_path):
-    rows = chat_rows(20, seed=5)
-    rows[7] = {"id": "planted", "messages": [{"role": "user", "content": PAIRS[0]["prompt"]},
-                                             {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
-    return write_jsonl(tmp_path / "train.jsonl", rows)
+    return write_jsonl(tmp_path / "train.jsonl", planted_rows(20, seed=5, at=7))  # row 7: PAIRS[0]'s treatment
 
 
 @pytest.fixture()
@@ -236,7 +234,7 @@ def test_cli_fit_curvature_then_rerank(llama, tmp_path, data_file, behavior_file
     out = tmp_path / "cli-idx"
     actindex.build(data=str(data_file), out=str(out), layers=[1], grad=True, grad_k=4,
                    grad_modules=MODULES.split(","), model=llama, progress=False)
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     res = runner.invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file), "--rerank", "ekfac"])
     assert res.exit_code == 2
@@ -267,7 +265,7 @@ def test_cli_fit_curvature_then_rerank(llama, tmp_path, data_file, behavior_file
 def test_ekfac_method_needs_grad_and_curvature(llama, tmp_path, data_file, behavior_file, monkeypatch):
     out = tmp_path / "plain"
     actindex.build(data=str(data_file), out=str(out), layers=[1], model=llama, progress=False)
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     res = CliRunner().invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file),
                                     "--method", "ekfac"])
     assert res.exit_code == 2 and "--grad" in res.output and len(res.output.strip().splitlines()) == 1
@@ -381,7 +379,7 @@ def test_detect_measurement_and_response_tokens(index, llama, tmp_path, measurem
 
 
 def test_cli_detect_with_rerank(index, llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     queries = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "what is the symbol of silver ?",
                                                   "response": "the symbol is na"}])
     res = CliRunner().invoke(main, ["detect", "--index", str(index.root), "--queries", str(queries), "--quiet",

@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import chat_rows, write_jsonl
 
 import actindex
-from actindex.core.models import load_model, save_weights
+from actindex.core.models import load_model
 from actindex.query.cache import BehaviorCache
 from actindex.serve.app import create_app, listen, url_of
 from actindex.serve.config import ServeConfig
@@ -31,13 +31,6 @@ from actindex.serve.memo import NOTE
 BEHAVIOR = "sycophancy"
 PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
          {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"}]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    save_weights(tiny_llama(), tokenizer, out)
-    return out
 
 
 @pytest.fixture(scope="module")
