@@ -83,8 +83,9 @@ class FilterConfig:
     behavior: str = option("Built-in behaviour name or a pairs/persona file.", "")
     remove_top: int | str = option("Rows to remove: a count (50) or a percentage of the searchable rows (5%).", "")
     min_score: float | None = option(
-        "Remove only rows whose score is at least this (the default ensemble's calibrated score: robust standard "
-        "deviations above the typical row; 3 is far out). With --remove-top, both must hold.", None)
+        "Remove only rows whose score is at least this (the calibrated score: robust standard deviations above the "
+        "typical row; 3 is far out; an rrf fusion's own score for --method ensemble). With --remove-top, both must "
+        "hold.", None)
     out: str = option("Output file (same format as the training data; a directory for a directory of shards or a "
                       "save_to_disk dataset); OUT.removed.jsonl lists the removals.", "")
     method: str = option("Query method that ranks the rows.", DEFAULT_METHOD)

@@ -26,7 +26,7 @@ from actindex.core.models import LoadedModel, wrap_model
 from actindex.core.rows import normalise_record
 from actindex.errors import ActindexError
 from actindex.query.behaviors import Behavior
-from actindex.query.methods import DEFAULT_VECTOR_METHOD
+from actindex.query.methods import DEFAULT_VECTOR_METHOD, QueryMethod
 
 
 @dataclass
@@ -42,11 +42,12 @@ class Correction:
 def index_scores(
     index: Index, behavior: Behavior, method: str = DEFAULT_VECTOR_METHOD, layer: int | None = None
 ) -> np.ndarray:
-    """The index ranking's cosine score of every row (NaN for rows the index could not embed)."""
+    """The index ranking's score of every row (NaN for rows the index could not embed): the raw cosine of a single
+    method (its sign is the row's push: towards the behaviour or against it), a fused method's calibrated score."""
     result = index.query(behavior, method=method, layer=layer, k=0)
     scores = np.full(len(index), np.nan)
     for hit in result.top:
-        scores[hit.row] = hit.score
+        scores[hit.row] = hit.calibrated if QueryMethod.get(result.method).fused else hit.cosine
     return scores
 
 
