@@ -88,6 +88,8 @@ class FusionRule(Registered, noun="fusion rule", listed=True):
 
     name: ClassVar[str]
     help: ClassVar[str]
+    #: the rule's score is the calibrated score (:func:`calibrated`): a hit's ``calibrated`` is its ``score``
+    calibrated_score: ClassVar[bool] = False
 
     def fuse(self, members: list[MemberRanking], side: str) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, scores)`` of ``side``, best first (the top's most positive, the bottom's most negative),
@@ -137,6 +139,7 @@ class CalibratedMean(FusionRule):
 
     name = "zmean"
     help = "weighted mean of the members' standardised cosines (calibrated, signed)"
+    calibrated_score = True
 
     def fuse(self, members: list[MemberRanking], side: str) -> tuple[np.ndarray, np.ndarray]:
         rows = np.unique(np.concatenate([m.ranked(side) for m in members])).astype(np.int64)

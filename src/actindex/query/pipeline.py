@@ -248,7 +248,8 @@ class QueryPipeline:
                 continue
             rows, scores = rule.fuse(members, side)
             rows, scores = (rows, scores) if n <= 0 else (rows[:n], scores[:n])
-            sides.append(Ranking(scores, rows, calibrated(members, rows), mean_cosines(members, rows)))
+            shown = scores if rule.calibrated_score else calibrated(members, rows)
+            sides.append(Ranking(scores, rows, shown, mean_cosines(members, rows)))
         return sides[0], sides[1]
 
     # ---- rerank -----------------------------------------------------------------------------------
