@@ -86,7 +86,8 @@ def test_jsonl_keeps_every_other_line_byte_identical(built, tmp_path):
     rows = _rows()
     assert [s["id"] for s in sidecar] == [rows[r]["id"] for r in removed_rows]
     assert [s["rank"] for s in sidecar] == [1, 2, 3]
-    np.testing.assert_allclose([s["score"] for s in sidecar], cos[removed_rows], atol=1e-5)
+    np.testing.assert_allclose([s["cosine"] for s in sidecar], cos[removed_rows], atol=1e-5)
+    assert sidecar[0]["score"] >= sidecar[1]["score"] >= sidecar[2]["score"]  # calibrated, in the ranking's order
     assert sidecar[0]["record"] == rows[removed_rows[0]]
     assert {s["method"] for s in sidecar} == {"residual-change"} and {s["behavior"] for s in sidecar} == {"behavior"}
     assert {s["family"] for s in sidecar} == {"residual_change/2"}

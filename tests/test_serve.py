@@ -178,7 +178,7 @@ def test_nothing_can_be_written_through_the_api(client):
 
 def test_a_concurrent_burst_has_no_errors(client, server):
     url = server[0]
-    vector = server[1].vectors("residual_change/1", [3])[0].tolist()
+    vector = server[1].reader.vectors("residual_change/1", [3])[0].tolist()
     calls = [("post", "/query", {"behavior": BEHAVIOR, "k": 5}), ("post", "/search", {"vector": vector, "k": 5}),
              ("get", "/health", None), ("post", "/query", {"behavior": BEHAVIOR, "method": "residual-change", "k": 3}),
              ("get", "/rows/planted", None)]

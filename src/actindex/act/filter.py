@@ -198,20 +198,22 @@ def filter_dataset(
             "the input format"
         )
     ranked = idx.ranking(config.behavior, method=config.method, layer=config.layer, k=0)
-    rows, scores = ranked.top.rows, ranked.top.scores
+    rows, scores, cosines = ranked.top.rows, ranked.top.scores, ranked.top.cosines
     ranks = np.arange(1, len(rows) + 1)
     if config.remove_top not in ("", None):
         cut = removal_count(config.remove_top, len(rows))
-        rows, scores, ranks = rows[:cut], scores[:cut], ranks[:cut]
+        rows, scores, cosines, ranks = rows[:cut], scores[:cut], cosines[:cut], ranks[:cut]
     if config.min_score is not None:
         keep = scores >= config.min_score
-        rows, scores, ranks = rows[keep], scores[keep], ranks[keep]
+        rows, scores, cosines, ranks = rows[keep], scores[keep], cosines[keep], ranks[keep]
     table = idx.reader.table
     entries = idx.manifest.data
     removed = []
-    for rank, row, row_id, score, record in zip(ranks, rows, idx.reader.ids_of(rows), scores, idx.reader.records(rows)):
-        entry = {"rank": int(rank), "row": int(row), "id": row_id, "score": float(score), "method": ranked.method,
-                 "behavior": ranked.behavior, "family": ranked.family, "line": int(table.line[row]) or None}
+    found = zip(ranks, rows, idx.reader.ids_of(rows), scores, cosines, idx.reader.records(rows))
+    for rank, row, row_id, score, cosine, record in found:
+        entry = {"rank": int(rank), "row": int(row), "id": row_id, "score": float(score), "cosine": float(cosine),
+                 "method": ranked.method, "behavior": ranked.behavior, "family": ranked.family,
+                 "line": int(table.line[row]) or None}
         data = next((f for f in entries if f.first_row <= row < f.first_row + f.rows), entries[0])
         if data.sources and table.source_row[row] >= 0:
             entry["file"] = data.locate(int(table.source_row[row]))[0]
