@@ -227,7 +227,7 @@ def test_clusters_and_tfidf_recall(index, behavior_file):
     from actindex.query.behaviors import load_behavior
     from actindex.query.rerank import tfidf_recall
 
-    assert 7 in tfidf_recall(index, load_behavior(str(behavior_file)), 2).tolist()
+    assert 7 in tfidf_recall(index.reader, load_behavior(str(behavior_file)), 2).tolist()
 
 
 def test_cli_fit_curvature_then_rerank(llama, tmp_path, data_file, behavior_file, monkeypatch):
@@ -293,7 +293,7 @@ def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavi
     rows = [0, 7, 13]
     queries = [_grad(llama, chat(p["prompt"], p["treatment"]), names) for p in PAIRS[:2]]
     pre = [curv.precondition(q) for q in queries]
-    encoded = encode_index_rows(index, rows, llama)
+    encoded = encode_index_rows(index.reader, rows, llama)
     scores, norms = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, batch_size=2)
     for i, record in enumerate(index.reader.records(rows)):
         g = _grad(llama, record["messages"], names)
