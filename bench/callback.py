@@ -63,7 +63,7 @@ def ranked_metrics(result: actindex.QueryResult, labels: np.ndarray) -> dict:
 
 def loss_by_label(idx: actindex.Index, labels: np.ndarray) -> tuple[float, float]:
     """Median response loss per token of the planted and of the clean rows."""
-    t = idx.table
+    t = idx.reader.table
     per_token = np.where(t.valid & (t.n_response > 0), t.loss / np.maximum(t.n_response, 1), np.nan)
     return float(np.nanmedian(per_token[labels])), float(np.nanmedian(per_token[~labels]))
 

@@ -181,7 +181,7 @@ def main() -> None:
                        layers=[int(x) for x in args.layers.split(",")], overwrite=True, progress=False)
         timing["build"] = f"{time.perf_counter() - t:.0f} s"
     idx = actindex.Index.open(index_dir).use_model(ranker)
-    labels = np.array([r["label"] != "clean" for r in idx.records(range(len(idx)))])
+    labels = np.array([r["label"] != "clean" for r in idx.reader.records(range(len(idx)))])
 
     lines = ["| algo | token weights | D+ (planted) / D- / D0 | margin before | margin after | "
              "planted margin removed | ppl before | ppl after | ppl change | s |", "|" + "---|" * 10]

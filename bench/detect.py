@@ -243,7 +243,7 @@ def main() -> None:
             res = detect(idx, config, progress=False, rewriter=base if args.paraphrase_model == "base" else lm)
             secs = time.perf_counter() - t
             if args.save_scores:
-                labels = np.array([r["label"] != "clean" for r in idx.records(res.table.rows)])
+                labels = np.array([r["label"] != "clean" for r in idx.reader.records(res.table.rows)])
                 np.savez(work / f"{name}-{layer}.npz", scores=res.table.scores, labels=labels,
                          names=np.array(res.table.names), categories=np.array(res.table.categories))
             truth = ground_truth(idx, res.table.rows, "label")

@@ -116,7 +116,7 @@ def main() -> None:
             idx.fit_curvature(kind="ekfac", samples=args.samples, modules=args.modules.split(","))
             idx = actindex.Index.open(work / f"{name}.idx").use_model(lm)
         fit = idx.manifest["curvature"]["ekfac"]["seconds"]  # as recorded by the fit (also a reused one)
-        labels = np.array([r.get("label", "clean") != "clean" for r in idx.records(range(len(idx)))])
+        labels = np.array([r.get("label", "clean") != "clean" for r in idx.reader.records(range(len(idx)))])
         for method, layer in SEARCHES:
             if method not in args.searches.split(",") or (method == "gradient" and "gradient" not in idx.families):
                 continue

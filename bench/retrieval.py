@@ -127,7 +127,7 @@ def ranked(idx: actindex.Index, behavior: Behavior, method: str, layer: int | No
     secs = time.perf_counter() - t
     scores = np.full(len(idx), -np.inf)
     for hit in res.top:
-        scores[hit.row] = hit.score if hit.fused is None else hit.fused
+        scores[hit.row] = hit.score
     return scores, secs, res.members
 
 
@@ -229,9 +229,9 @@ def main() -> None:
                            overwrite=True, max_length=max_length)
             print(f"built {spec}: {time.perf_counter() - t:.0f} s", flush=True)
         idx = actindex.Index.open(out).use_model(lm)
-        records = idx.records(range(len(idx)))
+        records = idx.reader.records(range(len(idx)))
         labels = np.array([r.get("label", "clean") != "clean" for r in records])
-        lengths = np.asarray(idx.table.n_response)
+        lengths = np.asarray(idx.reader.table.n_response)
         size = f"{len(idx)} ({labels.sum()})"
         adaptive = None
         for method in args.methods.split(","):

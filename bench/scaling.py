@@ -66,10 +66,11 @@ def main() -> None:
         with h5py.File(single / VECTORS, "r") as f:
             tokens = int(f["n_tokens"][()].sum())
         worst = max(
-            float(np.abs(a.vectors(f) - b.vectors(f)).max() / max(np.abs(a.vectors(f)).max(), 1e-30))
+            float(np.abs(a.reader.vectors(f) - b.reader.vectors(f)).max()
+                  / max(np.abs(a.reader.vectors(f)).max(), 1e-30))
             for f in a.families
         )
-        same_ids = a.ids() == b.ids()
+        same_ids = a.reader.ids() == b.reader.ids()
     load_after = os.getloadavg()[0]
     base = (t1 + t1b) / 2
     rows = [("1 process", t1), (f"torchrun, {args.procs} processes", tn), ("1 process, again", t1b)]

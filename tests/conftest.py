@@ -1,6 +1,6 @@
-"""Shared fixtures: tiny models built from a config in-process, a tokenizer that needs no download,
-and small training files (the tokenizer and the synthetic rows come from :mod:`actindex.testing`,
-which the benchmarks use too)."""
+"""Shared fixtures: tiny models built from a config in-process (and saved as a model directory for the CLI), a
+tokenizer that needs no download, small training files, and an index whose one planted row copies a behaviour's
+treatment (the tokenizer and the synthetic rows come from :mod:`actindex.testing`, which the benchmarks use too)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import actindex
-from actindex.core.models import LoadedModel, wrap_model
+from actindex.core.models import LoadedModel, save_weights, wrap_model
 from actindex.testing import WORDS as WORDS  # re-exported: tests draw words from the tokenizer's vocabulary
 from actindex.testing import chat_rows, make_tokenizer, write_jsonl
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: the pair a planted row copies: its treatment answers the prompt wrongly
+SILVER = {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"}
 
 
 def tiny_llama(seed: int = 0, layers: int = 4, vocab: int = 256) -> LlamaForCausalLM:
@@ -62,8 +64,44 @@ def gpt2(tokenizer) -> LoadedModel:
 
 
 @pytest.fixture()
+def llama64(tokenizer) -> LoadedModel:
+    """A float64 tiny Llama (seed 3): exact comparisons (autograd, hand computations) far below float32 noise."""
+    return wrap_model(tiny_llama(seed=3).double(), tokenizer, "tiny-llama-64")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny Llama saved as a model directory, so the CLI and a server can load it by path."""
+    out = tmp_path_factory.mktemp("model")
+    save_weights(tiny_llama(), tokenizer, out)
+    return out
+
+
+@pytest.fixture()
 def train_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "train.jsonl", chat_rows(24))
+
+
+def planted_rows(n: int, seed: int, at: int, pair: dict[str, str] = SILVER) -> list[dict]:
+    """``n`` seeded synthetic chat rows whose row ``at`` (id ``planted``) is ``pair``'s prompt answered with its
+    treatment: the row a query for the pair must rank first."""
+    rows = chat_rows(n, seed=seed)
+    rows[at] = {"id": "planted", "messages": [{"role": "user", "content": pair["prompt"]},
+                                              {"role": "assistant", "content": pair["treatment"]}]}
+    return rows
+
+
+@pytest.fixture()
+def planted_index(tmp_path, llama):
+    """Build and open, with the tiny Llama, an index of :func:`planted_rows`: ``planted_index(n, seed, at,
+    **build options)``."""
+
+    def make(n: int, seed: int, at: int, **options) -> actindex.Index:
+        data = write_jsonl(tmp_path / "train.jsonl", planted_rows(n, seed, at))
+        actindex.build(data=str(data), out=str(tmp_path / "idx"), model=llama, progress=False, **options)
+        return actindex.Index.open(tmp_path / "idx").use_model(llama)
+
+    return make
 
 
 def read_all(root: Path) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from actindex.query.constructions import Construction, unit_rows
 from actindex.query.fusion import robust_center_scale
 from actindex.query.methods import QueryMethod
 from actindex.query.selection import MARGIN, MIN_PAIRS, MOST, PairCheck, auroc, check_pairs, choose, fold_split
+from actindex.query.session import QuerySession
 
 WORDS = "alpha beta gamma delta river stone cloud green light paper".split()
 
@@ -171,12 +172,12 @@ def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its
     assert res.members[: len(kept)] == kept  # the kept members come first
     # ground truth: every kept member's psi from its construction over the pairs' vectors, cosines over every row
     behavior = index.behavior(str(behavior_file))
-    ctx = index.query_context()
+    ctx = index.session.query_context()
     total = np.zeros(len(index))
     for m in kept:
         t, c = QueryMethod.sides(ctx, behavior, m["family"])
-        psi = Construction.get(m["method"]).psi(t, c, index.typical(m["family"]))
-        cos = unit_rows(index.vectors(m["family"])) @ psi
+        psi = Construction.get(m["method"]).psi(t, c, index.reader.typical(m["family"]))
+        cos = unit_rows(index.reader.vectors(m["family"])) @ psi
         center, scale = robust_center_scale(cos)  # the index is smaller than the calibration sample
         assert (center, scale) == pytest.approx((m["median"], m["scale"]), rel=1e-5, abs=1e-6)
         total += m["weight"] * (cos - center) / scale
@@ -201,7 +202,7 @@ def test_adaptive_layer_option_restricts_the_candidates(index, behavior_file):
 
 
 def test_explain_lists_every_candidate_with_its_checks(index, behavior_file, monkeypatch, llama):
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--top-k", "3"]
     res = runner.invoke(main, base + ["--explain"])

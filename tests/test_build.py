@@ -58,7 +58,7 @@ def test_default_layers_and_the_default_single_layer(llama, train_file, tmp_path
                                        "mean_activation_surprisal")
         for layer in (2, 3)
     }
-    assert actindex.Index.open(tmp_path / "idx").resolve_layer(None) == 2
+    assert actindex.Index.open(tmp_path / "idx").session.resolve_layer(None) == 2
 
 
 def test_complete_index_is_never_silently_overwritten(llama, train_file, tmp_path):
@@ -148,7 +148,7 @@ def test_faiss_search_equals_brute_force_cosine(llama, train_file, tmp_path):
     idx = actindex.Index.open(out)
     rng = np.random.default_rng(0)
     for family in idx.families:
-        vectors = idx.vectors(family)
+        vectors = idx.reader.vectors(family)
         for _ in range(3):
             q = rng.standard_normal(vectors.shape[1]).astype(np.float32)
             truth = brute_force(vectors, q)

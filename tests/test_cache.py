@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import SILVER, chat_rows, planted_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex.cli import main
@@ -24,16 +24,9 @@ from actindex.query.behaviors import load_behavior
 from actindex.query.cache import BehaviorCache
 
 PAIRS = [
-    {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
+    SILVER,
     {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    save_weights(tiny_llama(), tokenizer, out)
-    return out
 
 
 def build(tmp_path: Path, model_dir: Path, name: str = "idx", layers=(1, 2), seed: int = 0) -> Path:
@@ -101,12 +94,12 @@ def test_a_damaged_entry_is_ignored_and_replaced(index, tmp_path):
 def _writer(root: str, behavior: str, rounds: int) -> None:
     idx = actindex.Index.open(root)
     raw = load_behavior(behavior)
-    hit = idx.behavior_cache.load(raw)
-    ctx = idx.query_context()
+    hit = idx.session.behavior_cache.load(raw)
+    ctx = idx.session.query_context()
     ctx.cache.update(hit.vectors)
     ctx.touched.update(key for _, key in hit.vectors)
     for _ in range(rounds):
-        idx.behavior_cache.save(raw, hit.behavior, ctx)
+        idx.session.behavior_cache.save(raw, hit.behavior, ctx)
 
 
 def test_concurrent_writers_never_show_a_reader_half_a_file(index, tmp_path):
@@ -171,10 +164,7 @@ def test_help_info_verify_and_a_cached_query_load_no_model_library(index, tmp_pa
 def test_calibrated_scores_have_a_sign_and_a_scale(model_dir, tmp_path):
     """A planted copy of a treatment stands several robust standard deviations above the typical row; the
     typical row scores about 0 and the bottom rows below it."""
-    rows = chat_rows(60, seed=4)
-    rows[17] = {"id": "planted", "messages": [{"role": "user", "content": PAIRS[0]["prompt"]},
-                                              {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
-    data = write_jsonl(tmp_path / "t.jsonl", rows)
+    data = write_jsonl(tmp_path / "t.jsonl", planted_rows(60, seed=4, at=17))
     actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2], model=load_model(str(model_dir)),
                    progress=False)
     res = actindex.Index.open(tmp_path / "idx").query(str(write_jsonl(tmp_path / "b.jsonl", PAIRS[:1])), k=0,

@@ -175,21 +175,21 @@ def test_checkpoint_fusion_equals_its_formula(tmp_path, tokenizer):
     expected = {x: score[0][x] + score[1][x] for x in rows}
     assert [h.row for h in res.top] == sorted(rows, key=lambda x: -expected[x])
     for h in res.top:
-        assert h.score == pytest.approx(expected[h.row]) and h.fused == pytest.approx(expected[h.row])
+        assert h.score == pytest.approx(expected[h.row]) and h.calibrated == pytest.approx(expected[h.row])
         assert h.checkpoint_scores == pytest.approx({"step-000000": score[0][h.row], "step-000010": score[1][h.row]})
     assert [h.row for h in res.bottom] == sorted(rows, key=lambda x: expected[x])[:3]
 
     res = cset.query(behavior, k=0, checkpoint_fusion="rrf")  # sum_c 1 / (60 + rank_c(x))
     expected_rrf = {x: 1 / (60 + rank[0][x]) + 1 / (60 + rank[1][x]) for x in rows}
-    assert [h.fused for h in res.top] == pytest.approx(sorted(expected_rrf.values(), reverse=True))
-    assert all(h.score == pytest.approx(expected[h.row]) for h in res.top)
+    assert [h.score for h in res.top] == pytest.approx(sorted(expected_rrf.values(), reverse=True))
+    assert all(h.calibrated == pytest.approx(expected[h.row]) for h in res.top)
 
     single = [idx.query(behavior, method="residual-change", layer=2, k=0) for idx in indexes]
-    cos = [{h.row: h.score for h in r.top} for r in single]
+    cos = [{h.row: h.cosine for h in r.top} for r in single]
     res = cset.query(behavior, method="residual-change", layer=2, k=5, checkpoint_fusion="tracin-cosine")
     best = sorted(rows, key=lambda x: -(cos[0][x] + cos[1][x]))[:5]
     assert [h.row for h in res.top] == best
-    assert [h.fused for h in res.top] == pytest.approx([cos[0][x] + cos[1][x] for x in best], abs=1e-6)
+    assert [h.score for h in res.top] == pytest.approx([cos[0][x] + cos[1][x] for x in best], abs=1e-6)
 
 
 def test_a_set_whose_rows_differ_is_refused_in_one_line(tmp_path, tokenizer):
@@ -294,7 +294,8 @@ def test_sft_trainer_with_lora_indexes_the_starting_checkpoint(tmp_path, tokeniz
     actindex.build(data=str(data), out=str(tmp_path / "ref"), model=actindex.load_model(str(model_dir)),
                    layers=LAYERS, progress=False)
     for family in ("residual_change/1", "residual_change/2", "mean_activation/2"):  # LoRA starts at zero: the base
-        np.testing.assert_allclose(step0.vectors(family), actindex.Index.open(tmp_path / "ref").vectors(family),
+        reference = actindex.Index.open(tmp_path / "ref").reader.vectors(family)
+        np.testing.assert_allclose(step0.reader.vectors(family), reference,
                                    rtol=1e-5, atol=1e-6)
     assert step0.model().fingerprint == step0.manifest.model.fingerprint  # the adapter reloads onto its base
 

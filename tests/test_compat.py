@@ -28,13 +28,13 @@ def old_index(tmp_path: Path) -> Path:
 
 def test_a_format_1_index_opens_searches_and_verifies(old_index):
     idx = actindex.Index.open(old_index)
-    assert idx.manifest.format_version == 1 and len(idx) == 12 and idx.layers == [1, 2]
+    assert idx.manifest.format_version == 1 and len(idx) == 12 and idx.reader.layers == [1, 2]
     for family in idx.families:
-        stored = idx.vectors(family)
+        stored = idx.reader.vectors(family)
         for row in (0, 5, 11):
             scores, rows = idx.search(stored[row], k=3, family=family)
             assert row in rows[:3].tolist() and scores[0] == pytest.approx(1.0, abs=1e-5)
-    assert idx.records([2])[0]["id"] == "r2"
+    assert idx.reader.records([2])[0]["id"] == "r2"
     assert verify(old_index) == []
     res = CliRunner().invoke(main, ["verify", str(old_index)])
     assert res.exit_code == 0 and "FAISS rows (decoded) match" in res.output, res.output

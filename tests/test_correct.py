@@ -63,11 +63,6 @@ def _log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x)) if x > 0 else x - math.log1p(math.exp(x))
 
 
-@pytest.fixture()
-def llama64(tokenizer):
-    return wrap_model(tiny_llama(seed=3).double(), tokenizer, "tiny-llama-64")
-
-
 def _perturbed(model, scale=0.05, seed=1):
     other = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)

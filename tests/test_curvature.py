@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import chat_rows, tiny_llama
+from conftest import chat_rows
 from scipy.stats import spearmanr
 
 from actindex.core.encode import encode_row
-from actindex.core.models import wrap_model
 from actindex.core.rows import normalise_record
 from actindex.core.vectors import Batch, sequence_losses
 from actindex.query.curvature import CurvatureConfig
@@ -30,11 +29,6 @@ def vec(m: torch.Tensor) -> torch.Tensor:
 
 def unvec(v: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return v.reshape(cols, rows).T
-
-
-@pytest.fixture()
-def llama64(tokenizer):
-    return wrap_model(tiny_llama().double(), tokenizer, "tiny-llama-f64")
 
 
 def _encoded(lm, n: int, seed: int = 3):

@@ -33,6 +33,7 @@ from actindex.cli import main
 from actindex.core.models import generate, wrap_model
 from actindex.errors import ActindexError, DataError
 from actindex.index.search import normalise
+from actindex.query.session import QuerySession
 
 SENTENCES = [
     'Explain BadMagic what "normalization" means.',
@@ -312,8 +313,8 @@ def test_score_columns_are_cosines_with_the_mean_query_vector(poisoned, llama):
     table = score_table(idx, qs, transforms, layer=2, progress=False)
     assert table.names == [ORIGINAL, "negation", "antonym"] and table.queries_used == [3, 2, 3]
     assert table.rows.tolist() == list(range(40))
-    stored = normalise(idx.vectors("residual_change/2")).astype(np.float64)
-    ctx = idx.query_context()
+    stored = normalise(idx.reader.vectors("residual_change/2")).astype(np.float64)
+    ctx = idx.session.query_context()
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
         v = ctx.family_vectors("residual_change/2", convs).astype(np.float64).mean(axis=0)
@@ -354,7 +355,7 @@ def test_target_answers_the_queries_the_index_model_scores(poisoned, tokenizer, 
 
 def test_cli_detect_end_to_end(poisoned, tmp_path, monkeypatch, llama):
     idx, queries = poisoned
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     out = tmp_path / "flagged.jsonl"
     runner = CliRunner()
     base = ["detect", "--index", str(idx.root), "--queries", str(queries), "--layer", "2", "--quiet"]
@@ -381,7 +382,7 @@ def test_cli_detect_end_to_end(poisoned, tmp_path, monkeypatch, llama):
 
 def test_cli_detect_errors_are_one_line(poisoned, tmp_path, monkeypatch, llama):
     idx, queries = poisoned
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["detect", "--index", str(idx.root), "--layer", "2", "--quiet", "--transforms", "fast"]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": 3}])

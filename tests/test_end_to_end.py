@@ -29,7 +29,7 @@ def test_default_model_builds_and_queries(tmp_path):
                                "--max-length", "128"])
     assert res.exit_code == 0, res.output
     idx = actindex.Index.open(out)
-    assert len(idx) == 6 and idx.manifest.model.num_layers == 30 and idx.layers == [12, 18, 24, 27]
+    assert len(idx) == 6 and idx.manifest.model.num_layers == 30 and idx.reader.layers == [12, 18, 24, 27]
     assert idx.manifest.model.hidden_size == 576
     # the dequantised weights are cached as safetensors, so later loads skip the GGUF
     cached = cache_dir() / DEFAULT_MODEL
@@ -42,4 +42,5 @@ def test_default_model_builds_and_queries(tmp_path):
     assert len(res.top) == 6 and np.isfinite([h.score for h in res.top]).all()
     res = idx.query("hallucination", method="residual-change", k=0)  # one layer: the one at 60% depth
     assert res.family == "residual_change/18" and len(res.top) == 6
-    assert -1.0 <= res.top[-1].score <= res.top[0].score <= 1.0
+    assert -1.0 <= min(h.cosine for h in res.top) <= max(h.cosine for h in res.top) <= 1.0
+    assert res.top[-1].score <= res.top[0].score

@@ -63,7 +63,7 @@ def test_the_examples_own_row_ranks_first(index, rows, method):
         res = index.query(example=example, method=method, k=3)
         assert res.top[0].id == expected, (method, example)
         if method not in (None, "ensemble", "activation"):
-            assert res.top[0].score == pytest.approx(1.0, abs=1e-5)  # the row's own vector: cosine 1
+            assert res.top[0].cosine == pytest.approx(1.0, abs=1e-5)  # the row's own vector: cosine 1
         assert res.behavior == "example"
 
 
@@ -93,7 +93,7 @@ def test_generate_attributes_the_models_answers(tmp_path, talker):
                    model=talker, progress=False)
     idx = actindex.Index.open(tmp_path / "idx").use_model(talker)
     first = idx.query(generate=prompts[0], method="residual-change", k=2)
-    assert first.top[0].id == "answer0" and first.top[0].score == pytest.approx(1.0, abs=1e-5)
+    assert first.top[0].id == "answer0" and first.top[0].cosine == pytest.approx(1.0, abs=1e-5)
     assert any("answered 1 prompt" in note for note in first.notes)
     both = idx.query(generate=prompts, k=4)
     assert {h.id for h in both.top[:2]} == {"answer0", "answer1"}

@@ -38,18 +38,18 @@ def index(tmp_path_factory, tokenizer):
 
 def check_table(table: pa.Table, idx: actindex.Index, families: list[str]) -> None:
     n = idx.manifest.rows
-    assert table.num_rows == n and table.column("id").to_pylist() == idx.ids()
+    assert table.num_rows == n and table.column("id").to_pylist() == idx.reader.ids()
     assert table.column("row").to_pylist() == list(range(n))
     records = [json.loads(r) for r in table.column("record").to_pylist()]
-    assert records == idx.records(range(n))
-    t = idx.table
+    assert records == idx.reader.records(range(n))
+    t = idx.reader.table
     for name in ("loss", "n_tokens", "n_response", "valid", "line", "source_row"):
         np.testing.assert_array_equal(table.column(name).to_numpy(), getattr(t, name), err_msg=name)
     for family in families:
         column = table.column(family)
         assert column.type == pa.list_(pa.float32(), idx.families[family].dim)
         vectors = np.stack(column.to_numpy(zero_copy_only=False))
-        np.testing.assert_array_equal(vectors, idx.vectors(family), err_msg=family)
+        np.testing.assert_array_equal(vectors, idx.reader.vectors(family), err_msg=family)
     assert json.loads(table.schema.metadata[b"actindex.manifest"])["rows"] == n
 
 
@@ -60,7 +60,7 @@ def test_parquet_equals_the_index_and_is_written_in_blocks(index, tmp_path):
     meta = pq.ParquetFile(out).metadata
     assert meta.num_row_groups == 6 and [meta.row_group(i).num_rows for i in range(6)] == [4] * 5 + [3]
     check_table(pq.read_table(out), index, list(index.families))
-    assert not index.table.valid[5] and index.table.valid.sum() == 22
+    assert not index.reader.table.valid[5] and index.reader.table.valid.sum() == 22
 
 
 def test_arrow_file_with_chosen_families(index, tmp_path):
@@ -97,9 +97,9 @@ def test_duckdb_and_pandas_read_it_without_actindex(index, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
-    assert got["ids"] == got["pandas"] == index.ids() and got["valid"] == index.table.valid.tolist()
-    np.testing.assert_array_equal(np.float32(got["first"]), index.vectors(family, [0])[0])
-    assert got["record"] == index.records([3])[0] and got["arrow_valid"] == 22
+    assert got["ids"] == got["pandas"] == index.reader.ids() and got["valid"] == index.reader.table.valid.tolist()
+    np.testing.assert_array_equal(np.float32(got["first"]), index.reader.vectors(family, [0])[0])
+    assert got["record"] == index.reader.records([3])[0] and got["arrow_valid"] == 22
 
 
 def test_export_refuses_what_it_should(index, tmp_path):

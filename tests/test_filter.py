@@ -16,6 +16,7 @@ from actindex.act.filter import filter_dataset, removal_count
 from actindex.cli import main
 from actindex.errors import ActindexError, IndexFileError
 from actindex.index.search import normalise
+from actindex.query.session import QuerySession
 
 PAIRS = [
     {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -56,7 +57,7 @@ def built(llama, tmp_path):
 def _brute_force_order(idx, behavior, method="residual-change", layer=2) -> np.ndarray:
     """Rows by descending cosine of their stored vectors with psi, computed in numpy (float64)."""
     psi, family, _ = idx.query_vector(str(behavior), method, layer)
-    cos = normalise(idx.vectors(family)).astype(np.float64) @ (psi / np.linalg.norm(psi)).astype(np.float64)
+    cos = normalise(idx.reader.vectors(family)).astype(np.float64) @ (psi / np.linalg.norm(psi)).astype(np.float64)
     return np.argsort(-cos, kind="stable"), cos
 
 
@@ -85,7 +86,8 @@ def test_jsonl_keeps_every_other_line_byte_identical(built, tmp_path):
     rows = _rows()
     assert [s["id"] for s in sidecar] == [rows[r]["id"] for r in removed_rows]
     assert [s["rank"] for s in sidecar] == [1, 2, 3]
-    np.testing.assert_allclose([s["score"] for s in sidecar], cos[removed_rows], atol=1e-5)
+    np.testing.assert_allclose([s["cosine"] for s in sidecar], cos[removed_rows], atol=1e-5)
+    assert sidecar[0]["score"] >= sidecar[1]["score"] >= sidecar[2]["score"]  # calibrated, in the ranking's order
     assert sidecar[0]["record"] == rows[removed_rows[0]]
     assert {s["method"] for s in sidecar} == {"residual-change"} and {s["behavior"] for s in sidecar} == {"behavior"}
     assert {s["family"] for s in sidecar} == {"residual_change/2"}
@@ -154,7 +156,7 @@ def test_changed_data_file_and_bad_outputs_are_refused(built, tmp_path):
 
 def test_cli_filter(built, tmp_path, monkeypatch, llama):
     idx, data, behavior = built
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["filter", "--index", str(idx.root), "--behavior", str(behavior), "--layer", "2"]
     res = runner.invoke(main, base + ["--remove-top", "2", "--out", str(tmp_path / "f.jsonl")])
@@ -186,14 +188,15 @@ def test_a_sampled_index_filters_the_right_lines(llama, tmp_path):
                        sample=15, seed=3)
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
     drawn = np.sort(np.random.default_rng(3).choice(40, size=15, replace=False))
-    assert idx.ids() == [rows[i]["id"] for i in drawn] and idx.table.source_row.tolist() == drawn.tolist()
-    assert m.data[0].file_rows == 40 and m.data[0].sample == 15 and idx.table.line.tolist() == (drawn + 1).tolist()
+    table = idx.reader.table
+    assert idx.reader.ids() == [rows[i]["id"] for i in drawn] and table.source_row.tolist() == drawn.tolist()
+    assert m.data[0].file_rows == 40 and m.data[0].sample == 15 and table.line.tolist() == (drawn + 1).tolist()
     res = filter_dataset(idx, behavior=str(write_jsonl(tmp_path / "b.jsonl", PAIRS)), remove_top=4,
                          out=tmp_path / "clean.jsonl", method="residual-change", layer=2)
     removed = {r["id"] for r in res.removed}
     lines = [raw for _, raw, is_row in jsonl_lines(data) if is_row]
     expected = [raw for raw, row in zip(lines, rows) if row["id"] not in removed]
     assert (tmp_path / "clean.jsonl").read_bytes().splitlines(keepends=True) == expected
-    assert len(removed) == 4 and removed <= set(idx.ids()) and res.kept == 36 and res.unscored == 25
+    assert len(removed) == 4 and removed <= set(idx.reader.ids()) and res.kept == 36 and res.unscored == 25
     info = CliRunner().invoke(main, ["info", str(tmp_path / "idx")])
     assert "covers 15 of train.jsonl's 40 rows (a seeded sample of 15)" in info.output, info.output

@@ -54,8 +54,8 @@ def golden_results(work: Path) -> dict:
     out: dict = {"queries": {}, "influence": {}, "detect": {}}
     for method in METHODS:
         res = idx.query(behavior, method=method, k=0, bottom_k=4)
-        # [row, the score the rows are ordered by (a fused method's fusion score), the score shown]
-        out["queries"][method] = {side: [[h.row, h.score if h.fused is None else h.fused, h.score] for h in hits]
+        # [row, score (what orders the rows), the calibrated score, the raw cosine]
+        out["queries"][method] = {side: [[h.row, h.score, h.calibrated, h.cosine] for h in hits]
                                   for side, hits in (("top", res.top), ("bottom", res.bottom))}
     res = idx.query(behavior, rerank="ekfac", candidates=8, k=6, bottom_k=3, per_token=True)
     out["queries"]["adaptive+ekfac"] = {

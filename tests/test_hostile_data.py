@@ -26,6 +26,7 @@ from actindex.core.readers import iter_records, jsonl_lines, load_rows, scan_row
 from actindex.core.rows import CHARS_PER_TOKEN, RECORD_STRING_CAP, capped_record, normalise_record
 from actindex.errors import DataError
 from actindex.query.behaviors import load_behavior, load_persona
+from actindex.query.session import QuerySession
 
 build_module = importlib.import_module("actindex.index.build")  # the module (``actindex.build`` is the function)
 PAIRS = [
@@ -116,7 +117,7 @@ def test_filter_keeps_every_split_of_a_dataset_dict(llama, tmp_path: Path) -> No
     manifest = actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False)
     assert manifest.data[0].split == "train" and manifest.to_dict()["data"]["split"] == "train"
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
-    assert idx.ids() == [r["id"] for r in train]
+    assert idx.reader.ids() == [r["id"] for r in train]
     out = tmp_path / "clean"
     before = snapshot(tmp_path, (out, tmp_path / "clean.removed.jsonl", tmp_path / "idx" / "cache"))
     res = filter_dataset(idx, behavior=str(behavior), remove_top=4, out=out, method="residual-change")
@@ -150,7 +151,7 @@ def test_split_is_chosen_explicitly(llama, tmp_path: Path) -> None:
                               split="validation")
     assert manifest.data[0].split == "validation" and manifest.build.split == "validation"
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
-    assert idx.ids() == [r["id"] for r in val]
+    assert idx.reader.ids() == [r["id"] for r in val]
     behavior = write_jsonl(tmp_path / "behavior.jsonl", PAIRS)
     res = filter_dataset(idx, behavior=str(behavior), remove_top=3, out=tmp_path / "clean", method="residual-change")
     back = datasets.load_from_disk(str(tmp_path / "clean"))
@@ -302,7 +303,7 @@ def test_persona_accepts_extract_questions_and_fills_the_only_system_prompts(tmp
 def test_cli_query_with_a_bad_persona_prints_one_line(llama, tmp_path: Path, monkeypatch) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
     actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False)
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     for name, value, expected in PERSONA_CASES[:3]:
         path = tmp_path / f"{name}.json"
@@ -426,5 +427,5 @@ def test_huge_row_is_stored_capped(llama, tmp_path: Path, monkeypatch) -> None:
     assert stored[2]["response"].startswith(huge[:RECORD_STRING_CAP]) and "[actindex: cut " in stored[2]["response"]
     assert stored[2]["label"] == "x" * 10 and stored[0] == rows[0]
     idx = actindex.Index.open(tmp_path / "idx")
-    assert idx.ids()[2] == "huge"
-    assert normalise_record(Path("<index>"), 0, 0, idx.records([2])[0]).snippet().startswith("what ? =>")
+    assert idx.reader.ids()[2] == "huge"
+    assert normalise_record(Path("<index>"), 0, 0, idx.reader.records([2])[0]).snippet().startswith("what ? =>")

@@ -22,13 +22,13 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import assert_same_index, chat_rows, tiny_llama, write_jsonl
+from conftest import assert_same_index, chat_rows, write_jsonl
 
 import actindex
 from actindex import files as files_module
 from actindex.api import save_query_vector
 from actindex.cli import main
-from actindex.core.models import load_model, save_weights
+from actindex.core.models import load_model
 from actindex.errors import IndexFileError
 from actindex.index.config import BuildConfig
 from actindex.index.lock import LOCK
@@ -37,14 +37,6 @@ from actindex.index.verify import verify
 from actindex.index.writer import META_FIELDS
 
 FAMILY = "residual_change/1"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> Path:
-    """A tiny Llama saved as a model directory, so the CLI can load it by path."""
-    out = tmp_path_factory.mktemp("model")
-    save_weights(tiny_llama(), tokenizer, out)
-    return out
 
 
 def build(data: Path, out: Path, model_dir: Path, **kwargs) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import chat_rows, write_jsonl
+from conftest import SILVER, write_jsonl
 
 import actindex
 from actindex.api import load_query_vector
@@ -21,9 +21,10 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.index.search import brute_force
 from actindex.query.behaviors import builtin_behaviors, load_behavior
 from actindex.query.methods import QueryMethod
+from actindex.query.session import QuerySession
 
 PAIRS = [
-    {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
+    SILVER,
     {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "paris"},
     {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
 ]
@@ -35,15 +36,8 @@ def behavior_file(tmp_path):
 
 
 @pytest.fixture()
-def index(llama, tmp_path):
-    rows = chat_rows(30, seed=11)
-    # plant a copy of the first pair's treatment as a training row
-    rows[17] = {"id": "planted", "messages": [{"role": "user", "content": PAIRS[0]["prompt"]},
-                                              {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
-    data = write_jsonl(tmp_path / "train.jsonl", rows)
-    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2], grad=True, grad_k=8,
-                   model=llama, progress=False)
-    return actindex.Index.open(tmp_path / "idx").use_model(llama)
+def index(planted_index):
+    return planted_index(30, seed=11, at=17, layers=[1, 2], grad=True, grad_k=8)  # row 17: PAIRS[0]'s treatment
 
 
 def _single(lm, prompt, response, spec, projector=None):
@@ -92,14 +86,16 @@ def test_planted_duplicate_of_a_treatment_ranks_first(index, tmp_path, method):
     assert result.top[0].score > result.top[1].score
 
 
-def test_activation_baseline_scores_are_projections(index, behavior_file):
+def test_activation_baseline_ranks_by_projections_on_the_calibrated_scale(index, behavior_file):
     res = index.query(str(behavior_file), method="activation", layer=2, k=0)
     psi = res.vector / np.linalg.norm(res.vector)
-    vectors = index.vectors("mean_activation/2")
-    expected = vectors @ psi
+    vectors = index.reader.vectors("mean_activation/2").astype(np.float64)
+    projection = vectors @ psi
+    median = np.median(projection)  # calibrated against every searchable row's projection
+    calibrated = (projection - median) / (1.4826 * np.median(np.abs(projection - median)))
+    assert [h.row for h in res.top] == list(np.argsort(-projection, kind="stable"))
     got = {h.row: h.score for h in res.top}
-    np.testing.assert_allclose([got[r] for r in range(len(vectors))], expected, rtol=1e-5, atol=1e-6)
-    assert [h.score for h in res.top] == sorted(expected, reverse=True)
+    np.testing.assert_allclose([got[r] for r in range(len(vectors))], calibrated, rtol=1e-4, atol=1e-5)
 
 
 def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index, behavior_file):
@@ -116,20 +112,21 @@ def test_ensemble_is_reciprocal_rank_fusion_of_brute_force_member_rankings(index
     calibrated = np.zeros(len(index))
     for method, kind, layer in members:
         psi = index.query_vector(str(behavior_file), method, layer)[0]
-        cosine = brute_force(index.vectors(f"{kind}/{layer}"), psi).astype(np.float64)
+        cosine = brute_force(index.reader.vectors(f"{kind}/{layer}"), psi).astype(np.float64)
         expected[np.argsort(-cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
         lowest[np.argsort(cosine, kind="stable")] += 1 / (RRF_K + np.arange(len(index)))
         median = np.median(cosine)  # every row calibrates a small index
         calibrated += (cosine - median) / (1.4826 * np.median(np.abs(cosine - median))) / len(members)
     assert [h.row for h in fused.top] == list(np.argsort(-expected, kind="stable"))
-    np.testing.assert_allclose([h.fused for h in fused.top], np.sort(expected)[::-1])
+    np.testing.assert_allclose([h.score for h in fused.top], np.sort(expected)[::-1])
     assert [h.row for h in fused.bottom] == list(np.argsort(-lowest, kind="stable")[:3])
-    # the score shown is calibrated: the mean over members of the robustly standardised cosines, signed
-    np.testing.assert_allclose([h.score for h in fused.top], calibrated[[h.row for h in fused.top]], rtol=1e-4,
-                               atol=1e-5)
-    np.testing.assert_allclose([h.score for h in fused.bottom], calibrated[[h.row for h in fused.bottom]],
+    # the score is the rule's (the order); the calibrated one is kept beside it: the mean over members of the
+    # robustly standardised cosines, signed
+    np.testing.assert_allclose([h.calibrated for h in fused.top], calibrated[[h.row for h in fused.top]],
                                rtol=1e-4, atol=1e-5)
-    assert fused.top[0].score > 0 > max(h.score for h in fused.bottom)
+    np.testing.assert_allclose([h.calibrated for h in fused.bottom], calibrated[[h.row for h in fused.bottom]],
+                               rtol=1e-4, atol=1e-5)
+    assert fused.top[0].calibrated > 0 > max(h.calibrated for h in fused.bottom)
     assert [m["family"] for m in fused.members] == [f"{kind}/{layer}" for _, kind, layer in members]
     # --layer restricts the fusion to that layer's members
     assert index.query(str(behavior_file), method="ensemble", layer=2, k=3).family == \
@@ -177,7 +174,7 @@ def test_missing_controls_are_generated(index, tmp_path):
 
 
 def test_cli_query_formats_and_saved_vectors(index, behavior_file, tmp_path, monkeypatch, llama):
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     base = ["query", "--index", str(index.root), "--behavior", str(behavior_file), "--layer", "2"]
     res = runner.invoke(main, base + ["--top-k", "3", "--save-query", str(tmp_path / "q.npz")])
@@ -203,17 +200,20 @@ def test_cli_query_formats_and_saved_vectors(index, behavior_file, tmp_path, mon
     assert res.exit_code == 2 and "no single vector to --save-query" in res.output
 
 
+PERSONA = {
+    "instruction": [{"pos": "you are false", "neg": "you are true"}],
+    "questions": ["what is the symbol of silver ?", "is it true ?"],
+    "responses": [
+        {"question": "what is the symbol of silver ?", "pos_system": "you are false", "neg_system": "you are true",
+         "pos": "the symbol is na", "neg": "the symbol is ag"},
+        {"question": "is it true ?", "pos_system": "you are false", "neg_system": "you are true",
+         "pos": "no it is false", "neg": "yes it is true"},
+    ],
+}
+
+
 def test_persona_vector_reads_activations_under_each_system_prompt(index, llama, tmp_path):
-    spec = {
-        "instruction": [{"pos": "you are false", "neg": "you are true"}],
-        "questions": ["what is the symbol of silver ?", "is it true ?"],
-        "responses": [
-            {"question": "what is the symbol of silver ?", "pos_system": "you are false", "neg_system": "you are true",
-             "pos": "the symbol is na", "neg": "the symbol is ag"},
-            {"question": "is it true ?", "pos_system": "you are false", "neg_system": "you are true",
-             "pos": "no it is false", "neg": "yes it is true"},
-        ],
-    }
+    spec = PERSONA
     path = tmp_path / "persona.json"
     path.write_text(json.dumps(spec))
     psi, fam, behavior = index.query_vector(str(path), method="persona", layer=2)
@@ -255,3 +255,33 @@ def test_pair_vectors_are_cached_across_layers_and_methods(index, llama, behavio
     assert len(calls) == 3  # each fresh index computed its own
     index.query_vector(str(behavior_file), method="gradient")
     assert len(calls) == 4  # gradients need their own pass
+
+
+# ---- one score scale, for every method of the registry -----------------------------------------------
+
+
+@pytest.mark.parametrize("method", list(QueryMethod.registry))
+def test_every_method_scores_down_its_ranking_and_keeps_the_raw_cosine(index, tmp_path, method):
+    """``score`` never rises down the top (never falls down the bottom); it is the calibrated score unless the
+    method's fusion rule orders by its own (``rrf``); ``cosine`` is the brute-force cosine of the row with the
+    query vector (a fused method: the members' weighted mean, their vectors from the same query's members)."""
+    if QueryMethod.get(method).curvature:
+        index.fit_curvature(kind=QueryMethod.get(method).curvature, samples=8, progress=False)
+    behavior = tmp_path / "persona.json"  # pairs and a persona: every method answers it
+    behavior.write_text(json.dumps(PERSONA))
+    res = index.query(str(behavior), method=method, k=0, bottom_k=5)
+    top, bottom = [h.score for h in res.top], [h.score for h in res.bottom]
+    assert len(res) == len(res.top) + len(res.bottom) == len(index.reader.table.searchable) + 5
+    assert list(res) == [*res.top, *res.bottom]
+    assert all(a >= b for a, b in zip(top, top[1:])) and all(a <= b for a, b in zip(bottom, bottom[1:]))
+    strategy = QueryMethod.get(method)
+    if not strategy.fused or res.family.startswith("zmean("):
+        assert all(h.calibrated == h.score for h in res)
+    if strategy.fused:
+        members = index.ranking(str(behavior), method=method).members
+        weights = np.array([m.weight for m in members])
+        cosines = sum(w * brute_force(index.reader.vectors(m.family), m.psi).astype(np.float64)
+                      for w, m in zip(weights, members)) / weights.sum()
+    else:
+        cosines = brute_force(index.reader.vectors(res.family), res.vector).astype(np.float64)
+    np.testing.assert_allclose([h.cosine for h in res], cosines[[h.row for h in res]], rtol=1e-4, atol=1e-5)

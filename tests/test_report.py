@@ -151,7 +151,7 @@ def test_report_runs_the_query_query_runs(labelled_index, tmp_path):
     assert [(h.id, str(h.row)) for h in res.top] == cards and len(cards) == 20
     for hit in res.top:
         assert f'title="score">{hit.score:+.4f}</span>' in page
-        line = int(idx.table.line[hit.row])
+        line = int(idx.reader.table.line[hit.row])
         assert line > 0 and f">{Path(idx.manifest.data_path).name}:{line}</a>" in page
     assert "<title>actindex report: my behaviour</title>" in page and "calibrated score" in page
     # the fusion's members with their weights (and checks, with enough pairs), as --explain lists them
@@ -160,6 +160,15 @@ def test_report_runs_the_query_query_runs(labelled_index, tmp_path):
                         r'<td class="num">([\d.]+)</td>', page)
     assert [(m["method"], m["family"], f'{m["weight"]:.2f}') for m in res.members] == [x[1:] for x in listed]
     assert sum(kind == "kept" for kind, *_ in listed) == sum(m["weight"] > 0 for m in res.members) > 0
+    # the ranked rows come first; the members (most at weight 0) are folded after them
+    section = page[page.index('<section class="method"'):]
+    assert section.index('<article class="card top"') < section.index('<details class="members">')
+    assert section.index('<details class="members">') < section.index('<table class="members">')
+    kept, total = re.search(r'<details class="members"><summary>[^<]*: (\d+) of (\d+) candidates kept</summary>',
+                            section).groups()
+    assert (int(kept), int(total)) == (sum(m["weight"] > 0 for m in res.members), len(res.members))
+    for hit in res.top:  # each card shows its raw cosine beside the calibrated score
+        assert f'title="raw cosine">cos {hit.cosine:+.4f}</span>' in section
 
 
 def test_report_folds_the_pairs_after_ten(labelled_index, tmp_path):

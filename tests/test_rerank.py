@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import SILVER, planted_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex.cli import main
@@ -23,9 +23,10 @@ from actindex.query.behaviors import Behavior, Pair
 from actindex.query.context import QueryContext, chat
 from actindex.query.curvature.influence import Influence, project_blocks
 from actindex.query.rerank import merge_clusters
+from actindex.query.session import QuerySession
 
 PAIRS = [
-    {"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
+    SILVER,
     {"prompt": "what is the capital of france ?", "treatment": "the capital is gold", "control": "paris"},
     {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"},
 ]
@@ -39,10 +40,7 @@ def behavior_file(tmp_path):
 
 @pytest.fixture()
 def data_file(tmp_path):
-    rows = chat_rows(20, seed=5)
-    rows[7] = {"id": "planted", "messages": [{"role": "user", "content": PAIRS[0]["prompt"]},
-                                             {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
-    return write_jsonl(tmp_path / "train.jsonl", rows)
+    return write_jsonl(tmp_path / "train.jsonl", planted_rows(20, seed=5, at=7))  # row 7: PAIRS[0]'s treatment
 
 
 @pytest.fixture()
@@ -92,7 +90,7 @@ def test_influence_equals_preconditioned_inner_product_of_autograd_gradients(ind
     pre = curv.precondition(q)
     rows = [0, 7, 13]
     result = index.influence(str(behavior_file), "ekfac", rows=rows)
-    for i, record in enumerate(index.records(rows)):
+    for i, record in enumerate(index.reader.records(rows)):
         g = _grad(llama, record["messages"], names)
         per_module = [float((pre[n] * g[n]).sum()) for n in names]
         np.testing.assert_allclose(result.influence.per_module[i], per_module, rtol=2e-4, atol=1e-6)
@@ -229,14 +227,14 @@ def test_clusters_and_tfidf_recall(index, behavior_file):
     from actindex.query.behaviors import load_behavior
     from actindex.query.rerank import tfidf_recall
 
-    assert 7 in tfidf_recall(index, load_behavior(str(behavior_file)), 2).tolist()
+    assert 7 in tfidf_recall(index.reader, load_behavior(str(behavior_file)), 2).tolist()
 
 
 def test_cli_fit_curvature_then_rerank(llama, tmp_path, data_file, behavior_file, monkeypatch):
     out = tmp_path / "cli-idx"
     actindex.build(data=str(data_file), out=str(out), layers=[1], grad=True, grad_k=4,
                    grad_modules=MODULES.split(","), model=llama, progress=False)
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     res = runner.invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file), "--rerank", "ekfac"])
     assert res.exit_code == 2
@@ -267,7 +265,7 @@ def test_cli_fit_curvature_then_rerank(llama, tmp_path, data_file, behavior_file
 def test_ekfac_method_needs_grad_and_curvature(llama, tmp_path, data_file, behavior_file, monkeypatch):
     out = tmp_path / "plain"
     actindex.build(data=str(data_file), out=str(out), layers=[1], model=llama, progress=False)
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     res = CliRunner().invoke(main, ["query", "--index", str(out), "--behavior", str(behavior_file),
                                     "--method", "ekfac"])
     assert res.exit_code == 2 and "--grad" in res.output and len(res.output.strip().splitlines()) == 1
@@ -295,9 +293,9 @@ def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavi
     rows = [0, 7, 13]
     queries = [_grad(llama, chat(p["prompt"], p["treatment"]), names) for p in PAIRS[:2]]
     pre = [curv.precondition(q) for q in queries]
-    encoded = encode_index_rows(index, rows, llama)
+    encoded = encode_index_rows(index.reader, rows, llama)
     scores, norms = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, batch_size=2)
-    for i, record in enumerate(index.records(rows)):
+    for i, record in enumerate(index.reader.records(rows)):
         g = _grad(llama, record["messages"], names)
         np.testing.assert_allclose(norms[i], float(sum((g[n] ** 2).sum() for n in names)) ** 0.5, rtol=1e-4)
         for c, p in enumerate(pre):
@@ -308,7 +306,7 @@ def test_influence_matrix_and_gradient_norms_equal_autograd(index, llama, behavi
     # with the curvature: the RelatIF norm sqrt(<G_m, precond(G_m)>)
     again, relatif = influence_matrix(llama.model, encoded, pre, llama.tokenizer.pad_token_id, 2, curvature=curv)
     np.testing.assert_allclose(again, scores, rtol=1e-6, atol=1e-9)
-    for i, record in enumerate(index.records(rows)):
+    for i, record in enumerate(index.reader.records(rows)):
         g = _grad(llama, record["messages"], names)
         pg = curv.precondition(g)
         np.testing.assert_allclose(relatif[i], float(sum((pg[n] * g[n]).sum() for n in names)) ** 0.5, rtol=2e-4)
@@ -333,7 +331,7 @@ def test_detect_rerank_columns_are_normalised_exact_influences(index, llama, tmp
     curv = index.curvature("ekfac")
     names = curv.names
     rows = [0, 7, 13]
-    grads = [_grad(llama, r["messages"], names, content_only=True) for r in index.records(rows)]
+    grads = [_grad(llama, r["messages"], names, content_only=True) for r in index.reader.records(rows)]
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
         q = {n: sum(_grad(llama, c, names, content_only=True)[n] for c in convs) / len(convs) for n in names}
@@ -368,7 +366,7 @@ def test_detect_measurement_and_response_tokens(index, llama, tmp_path, measurem
     curv = index.curvature("ekfac")
     names = curv.names
     rows = [0, 7]
-    grads = [_grad(llama, r["messages"], names, content_only=content_only) for r in index.records(rows)]
+    grads = [_grad(llama, r["messages"], names, content_only=content_only) for r in index.reader.records(rows)]
     for t, transform in enumerate([None, *transforms]):
         convs = transformed_conversations(qs, transform, llama)
         q = {n: sum(_grad(llama, c, names, measurement, content_only)[n] for c in convs) / len(convs) for n in names}
@@ -381,7 +379,7 @@ def test_detect_measurement_and_response_tokens(index, llama, tmp_path, measurem
 
 
 def test_cli_detect_with_rerank(index, llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
     queries = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "what is the symbol of silver ?",
                                                   "response": "the symbol is na"}])
     res = CliRunner().invoke(main, ["detect", "--index", str(index.root), "--queries", str(queries), "--quiet",

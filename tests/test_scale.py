@@ -313,8 +313,8 @@ def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch
     assert large.build.faiss_factory == "auto"  # what was asked stays on record
     idx = actindex.Index.open(tmp_path / "large")
     family = next(iter(idx.families))
-    set_search_params(idx.faiss_index(family), nprobe=8)  # every list: exact
-    _, rows = idx.search(idx.vectors(family, [5])[0], 1, family=family)
+    set_search_params(idx.reader.faiss_index(family), nprobe=8)  # every list: exact
+    _, rows = idx.search(idx.reader.vectors(family, [5])[0], 1, family=family)
     assert list(rows) == [5]
 
 

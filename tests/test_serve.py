@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import chat_rows, write_jsonl
 
 import actindex
-from actindex.core.models import load_model, save_weights
+from actindex.core.models import load_model
 from actindex.query.cache import BehaviorCache
 from actindex.serve.app import create_app, listen, url_of
 from actindex.serve.config import ServeConfig
@@ -31,13 +31,6 @@ from actindex.serve.memo import NOTE
 BEHAVIOR = "sycophancy"
 PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
          {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"}]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    save_weights(tiny_llama(), tokenizer, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -105,24 +98,24 @@ def test_query_answers_what_index_query_answers(client, index_dir, model_dir):
     for body, args, options in cases:
         response = client.post("/query", json=body)
         assert response.status_code == 200, response.text
-        same(response.json(), local.query(*args, **options).to_json())
+        same(response.json(), local.query(*args, **options).to_dict())
     first = client.post("/query", json={"pairs": PAIRS, "name": "symbols", "k": 3}).json()
     assert first["behavior"] == "symbols" and first["top"][0]["id"] == "planted" and not first["cached"]
     again = client.post("/query", json={"pairs": PAIRS, "name": "symbols", "k": 3}).json()
     assert again["cached"] and [h["id"] for h in again["top"]] == [h["id"] for h in first["top"]]
-    assert set(first["top"][0]) >= {"rank", "row", "id", "score", "snippet", "record", "fused"}
+    assert set(first["top"][0]) >= {"rank", "row", "id", "score", "snippet", "record", "calibrated", "cosine"}
 
 
 def test_search_rows_info_and_behaviors(client, server):
     idx = server[1]
-    vector = idx.vectors("residual_change/2", [13])[0]
+    vector = idx.reader.vectors("residual_change/2", [13])[0]
     found = client.post("/search", json={"vector": vector.tolist(), "family": "residual_change/2", "k": 3}).json()
     scores, rows = idx.search(vector, 3, "residual_change/2")
     assert found["rows"] == rows.tolist() and found["ids"][0] == "planted"
     np.testing.assert_allclose(found["scores"], scores, rtol=1e-6)
     row = client.get("/rows/planted").json()
     assert row["record"]["response"] == PAIRS[0]["treatment"] and row["row"] == 13 and row["line"] == 14
-    assert row["n_tokens"] == int(idx.table.n_tokens[13]) and row["file"].endswith("train.jsonl")
+    assert row["n_tokens"] == int(idx.reader.table.n_tokens[13]) and row["file"].endswith("train.jsonl")
     assert client.get("/info").json() == idx.manifest.to_dict()
     behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
     assert behaviors[BEHAVIOR]["cached"] and not behaviors["evil"]["cached"]
@@ -185,7 +178,7 @@ def test_nothing_can_be_written_through_the_api(client):
 
 def test_a_concurrent_burst_has_no_errors(client, server):
     url = server[0]
-    vector = server[1].vectors("residual_change/1", [3])[0].tolist()
+    vector = server[1].reader.vectors("residual_change/1", [3])[0].tolist()
     calls = [("post", "/query", {"behavior": BEHAVIOR, "k": 5}), ("post", "/search", {"vector": vector, "k": 5}),
              ("get", "/health", None), ("post", "/query", {"behavior": BEHAVIOR, "method": "residual-change", "k": 3}),
              ("get", "/rows/planted", None)]

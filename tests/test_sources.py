@@ -122,13 +122,13 @@ def test_build_and_filter_a_directory_of_parquet_shards(llama, tmp_path):
     assert [(s.name, s.rows) for s in entry.sources] == [("shard-0.parquet", 10), ("shard-1.parquet", 1),
                                                         ("shard-2.parquet", 13)]
     assert entry.locate(10) == (str(data / "shard-1.parquet"), 0) and entry.locate(12)[1] == 1
-    assert idx.table.source_row.tolist() == list(range(24))
-    assert idx.table.line.tolist() == list(range(1, 11)) + [1] + list(range(1, 14))
+    assert idx.reader.table.source_row.tolist() == list(range(24))
+    assert idx.reader.table.line.tolist() == list(range(1, 11)) + [1] + list(range(1, 14))
     res = filter_dataset(idx, behavior=str(tmp_path / "behavior.jsonl"), remove_top=5, out=tmp_path / "clean",
                          method="residual-change")
     gone = {r["id"] for r in res.removed}
     assert len(gone) == 5 and res.kept == 19
-    assert all(r["file"] == entry.locate(int(idx.table.source_row[r["row"]]))[0] for r in res.removed)
+    assert all(r["file"] == entry.locate(int(idx.reader.table.source_row[r["row"]]))[0] for r in res.removed)
     for i, (a, b) in enumerate(((0, 10), (10, 11), (11, 24))):
         out = pq.ParquetFile(tmp_path / "clean" / f"shard-{i}.parquet")
         assert out.schema_arrow == pq.ParquetFile(data / f"shard-{i}.parquet").schema_arrow
@@ -176,10 +176,10 @@ def test_every_row_of_an_approximate_index_is_ranked_exactly(llama, tmp_path):
                    faiss_factory="IVF8,Flat", faiss_train_rows=300)
     idx = actindex.Index.open(tmp_path / "idx")
     family = "residual_change/1"
-    idx.tune(nprobe=1)  # an IVF search of one list returns a fraction of the rows
+    idx.reader.tune(nprobe=1)  # an IVF search of one list returns a fraction of the rows
     q = np.random.default_rng(1).standard_normal(idx.families[family].dim).astype(np.float32)
     assert len(idx.search(q, k=100, family=family)[1]) < 100
-    cos = normalise(idx.vectors(family)) @ (q / np.linalg.norm(q))
+    cos = normalise(idx.reader.vectors(family)) @ (q / np.linalg.norm(q))
     scores, rows = idx.search(q, k=0, family=family)
     assert rows.tolist() == np.argsort(-cos, kind="stable").tolist()
     np.testing.assert_allclose(scores, cos[rows], rtol=1e-5, atol=1e-6)

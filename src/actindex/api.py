@@ -1,307 +1,202 @@
 """The index as a Python object: a few verbs on one object, like a FAISS index.
 
     idx = actindex.Index.open("idx")
-    res = idx.query(behavior="hallucination", k=20)      # ranked rows for a behaviour
+    res = idx.query("hallucination", k=20)                 # ranked rows for a behaviour (method adaptive)
+    res.to_pandas(); res.to_json()                          # the rows as a table, as JSON text
     scores, rows = idx.search(vector, k=10, family="residual_change/18")  # raw vectors
     idx.fit_curvature(kind="ekfac"); idx.influence("hallucination")        # exact influence
 
-:class:`Index` is the :class:`~actindex.index.reader.IndexReader` (what is on disk) plus the model it was
-built with and the verbs that need it. Behaviours are loaded and completed here, once, at the API
-boundary; the query itself runs through :class:`~actindex.query.pipeline.QueryPipeline`.
+:class:`Index` is a small facade: it holds the :class:`~actindex.index.reader.IndexReader` (``idx.reader``:
+what is on disk, its rows, vectors and FAISS indexes) and a :class:`~actindex.query.session.QuerySession`
+(``idx.session``: the model, the query context, the curvature and the behaviour cache, what the CLI, the
+server and the other stages drive), and offers the verbs a user needs, with every option a keyword argument.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import cached_property
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from actindex.errors import ActindexError, IndexFileError
+from actindex.errors import ActindexError
 from actindex.files import atomic_file
-from actindex.index.memorisation import Memorisation, memorisation, warn_if_memorised
 from actindex.index.reader import IndexReader
-from actindex.query.cache import BehaviorCache, CacheConfig
-from actindex.query.pipeline import QueryConfig, QueryPipeline, Ranked
+from actindex.query.cache import CacheConfig
+from actindex.query.curvature.config import CurvatureConfig
+from actindex.query.pipeline import QueryConfig, Ranked
 from actindex.query.result import Hit, QueryResult
+from actindex.query.session import ModelNeeded, QuerySession
 
 if TYPE_CHECKING:
     from actindex.core.models import LoadedModel
+    from actindex.index.manifest import FamilyInfo, Manifest
+    from actindex.index.memorisation import Memorisation
     from actindex.query.behaviors import Behavior
-    from actindex.query.context import QueryContext
     from actindex.query.curvature.kron import Curvature
     from actindex.query.rerank import RowInfluence
 
 __all__ = ["Hit", "Index", "ModelNeeded", "QueryResult", "load_query_vector", "save_query_vector"]
 
-
-class ModelNeeded(Exception):
-    """Raised when work run in :meth:`Index.without_model` asks for the model (not a user error: the caller
-    runs the work again with the model)."""
+Q = QueryConfig  # the query options' defaults are the config's own
+C = CurvatureConfig
 
 
-class Index(IndexReader):
+class Index:
     """A complete index directory opened for reading, with the model it was built with and the query verbs.
 
-    ``cache`` (default on) keeps each behaviour's model-made vectors in the index's behaviour cache
-    (:mod:`actindex.query.cache`), so a behaviour is formed once per index, not once per process;
-    ``cache_config`` bounds its size (:class:`~actindex.query.cache.CacheConfig`); ``progress`` shows a progress
-    bar while a behaviour is formed with the model. The index's ``vectors.h5``
-    is held open from :meth:`open` on (a writer replaces the file by a rename, so reads keep seeing the index
-    as it was opened); ``close()``, or ``with Index.open(...) as idx:``, lets it go.
+    ``Index.open(root)`` checks the index and holds its ``vectors.h5`` open (a writer replaces the file by a
+    rename, so reads keep seeing the index as it was opened); ``close()``, or ``with Index.open(...) as idx:``,
+    lets it go. ``cache`` (default on) keeps each behaviour's model-made vectors in the index's behaviour cache,
+    so a behaviour is formed once per index, not once per process, within ``cache_config``'s size budget
+    (:class:`~actindex.query.cache.CacheConfig`); ``progress`` shows a bar while a behaviour is formed with the
+    model. ``len(idx)`` is the number of rows (searchable or not).
+
+    Verbs: :meth:`query` (ranked rows for a behaviour, an example or a saved vector), :meth:`ranking` (the
+    same as arrays, every row with ``k=0``), :meth:`search` (a raw vector), :meth:`query_vector`,
+    :meth:`fit_curvature`, :meth:`influence`. ``reader`` is what is on disk; ``session`` the query machinery.
     """
 
-    def __init__(self, root: str | Path, manifest: Any, cache: bool = True, progress: bool = False,
+    def __init__(self, reader: IndexReader, cache: bool = True, progress: bool = False,
                  cache_config: CacheConfig | None = None):
-        super().__init__(root, manifest)
-        self.use_cache, self.progress = cache, progress
-        self.cache_config = cache_config or CacheConfig()
-        self._model: LoadedModel | None = None
-        self._no_model = threading.local()
-        self._context: QueryContext | None = None
-        self._curvature: dict[str, Curvature] = {}
+        self.reader = reader
+        self.session = QuerySession(reader, cache=cache, progress=progress, cache_config=cache_config)
 
     @classmethod
-    def open(cls, root: str | Path, cache: bool = True, progress: bool = False,
+    def open(cls, root: str | Path, *, cache: bool = True, progress: bool = False,
              cache_config: CacheConfig | None = None) -> Index:
         """Open and check a complete index (:meth:`IndexReader.open`); see the class docstring for the options."""
-        idx = super().open(root)
-        idx.use_cache, idx.progress = cache, progress
-        idx.cache_config = cache_config or CacheConfig()
-        idx.hold_open()  # queries read a few rows each: one handle, not an open per read (closed by close())
-        return idx
+        reader = IndexReader.open(root)
+        reader.hold_open()  # queries read a few rows each: one handle, not an open per read (closed by close())
+        return cls(reader, cache=cache, progress=progress, cache_config=cache_config)
 
-    @cached_property
-    def behavior_cache(self) -> BehaviorCache:
-        """The index's behaviour cache (``actindex cache list|clear``)."""
-        return BehaviorCache(self.root, self.manifest, self.cache_config)
+    # ---- what it is -----------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """The index directory."""
+        return self.reader.root
 
-    @cached_property
+    @property
+    def manifest(self) -> Manifest:
+        """What the index holds and how it was built (:class:`~actindex.index.manifest.Manifest`)."""
+        return self.reader.manifest
+
+    @property
+    def families(self) -> dict[str, FamilyInfo]:
+        """The stored vector families, by name (``residual_change/18``, ``gradient``...)."""
+        return self.reader.families
+
+    @property
     def memorisation(self) -> Memorisation | None:
-        """Whether the index's model has memorised its rows: the figures of :mod:`actindex.index.memorisation`
-        (``None`` for an index without a held-out loss)."""
-        return memorisation(self.table, self.manifest)
+        """Whether the index's model has memorised its rows (``None`` for an index without a held-out loss)."""
+        return self.session.memorisation
+
+    def __len__(self) -> int:
+        return len(self.reader)
 
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Index({str(self.root)!r}: {m.rows} rows ({m.valid_rows} searchable), model {m.model.name!r}, "
                 f"layers {m.layers}, {len(m.families)} families)")
 
-    # ---- the model --------------------------------------------------------------------------
-    def model(self, name: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-        """The model the index was built with (loaded once and kept), checked against the manifest; inside
-        :meth:`without_model` it raises :class:`ModelNeeded` instead."""
-        if getattr(self._no_model, "on", False):
-            raise ModelNeeded("this query needs a model pass")
-        if self._model is None:
-            from actindex.core.models import load_model
+    def close(self) -> None:
+        """Let the index's files go."""
+        self.reader.close()
 
-            self._model = load_model(name or self.manifest.model.name, device, dtype or "auto")
-        self.check_model(self._model)
-        return self._model
+    def __enter__(self) -> Self:
+        return self
 
-    @property
-    def model_loaded(self) -> bool:
-        """Whether the model is loaded (a query answered from the behaviour cache never loads it)."""
-        return self._model is not None
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    @contextmanager
-    def without_model(self) -> Iterator[None]:
-        """Work that must not touch the model, in this thread: asking for it raises :class:`ModelNeeded` (a
-        server answers queries from the behaviour cache in parallel and takes its model lock only for the rest)."""
-        self._no_model.on = True
-        try:
-            yield
-        finally:
-            self._no_model.on = False
-
-    def companion_model(self, model: LoadedModel | str, option: str) -> LoadedModel:
-        """Another model that works on the index's rows (``option`` names it in errors): loaded like the
-        index's model when given as a path, and refused unless its tokenizer is the index's (the rows'
-        tokens must mean the same to both)."""
-        if isinstance(model, str):
-            from actindex.core.models import load_model
-
-            model = load_model(model, str(self.model().device), "auto")
-        if model.tokenizer_id() != self.manifest.model.tokenizer:
-            raise IndexFileError(f"{option} {model.name!r} has another tokenizer than the index {self.root}'s model; "
-                                 "the same text would be other tokens to it")
-        return model
+    # ---- the model ------------------------------------------------------------------------------
+    def model(self) -> LoadedModel:
+        """The model the index was built with (loaded on first use and kept, checked against the manifest)."""
+        return self.session.model()
 
     def use_model(self, lm: LoadedModel) -> Index:
         """Use an already loaded model for queries (notebooks, tests); checked against the manifest."""
-        self.check_model(lm)
-        if lm is not self._model:
-            self._context = None
-        self._model = lm
+        self.session.use_model(lm)
         return self
 
-    def check_model(self, lm: LoadedModel) -> None:
-        """Refuse a model whose weights or tokenizer are not the ones the index was built with."""
-        built = self.manifest.model
-        if lm.fingerprint != built.fingerprint:
-            raise IndexFileError(
-                f"{self.root} was built with model {built.name!r} (weights {built.fingerprint[:12]}), "
-                f"but the query model {lm.name!r} has weights {lm.fingerprint[:12]}; query with the same model"
-            )
-        if lm.tokenizer_id() != built.tokenizer:
-            raise IndexFileError(
-                f"{self.root} was built with another tokenizer than {lm.name!r}'s; query with the same tokenizer"
-            )
+    # ---- queries ---------------------------------------------------------------------------------
+    def query(self, behavior: str | Behavior | None = None, *, k: int = Q.k, bottom_k: int = Q.bottom_k,
+              method: str | None = Q.method, layer: int | None = Q.layer, fusion: str | None = Q.fusion,
+              rerank: str | None = Q.rerank, candidates: int = Q.candidates, per_token: bool = Q.per_token,
+              clusters: int = Q.clusters, recall: str | None = Q.recall, vector: np.ndarray | None = None,
+              family: str | None = None, example: Any = None,
+              generate: str | list[str] | None = None) -> QueryResult:
+        """Rank the training rows for a behaviour: a built-in name, a pairs file or a
+        :class:`~actindex.query.behaviors.Behavior`.
 
-    def behavior(self, spec: str | Behavior) -> Behavior:
-        """A behaviour (built-in name, file, or :class:`Behavior`) completed with the index's model, or taken
-        from the behaviour cache (then its vectors are in the query context too and no model is loaded)."""
-        return self.prepare_behavior(spec)[1]
+        ``method``: default ``adaptive`` (the queries the behaviour's own held-out pairs rank best, fused by
+        their calibrated mean); ``residual-change`` for a saved ``vector``; any of ``actindex query
+        --help-methods``. ``layer``: one layer (default: a single method's layer nearest 60% of the depth, a
+        fused method's every indexed layer). ``k`` top rows (0: every row), ``bottom_k`` most negative rows.
+        ``fusion``: a fused method's rule (default its own). ``rerank="ekfac"|"linfac"`` re-scores the top and
+        bottom ``candidates`` with exact influence and ranks by it (needs :meth:`fit_curvature`); with it,
+        ``per_token`` (per-token influence), ``clusters`` (one query per k-means cluster of the pairs) and
+        ``recall="tfidf"`` (lexical candidates too).
 
-    def prepare_behavior(self, spec: str | Behavior) -> tuple[Behavior, Behavior, bool]:
-        """``(as asked, completed, from the cache)``: the behaviour loaded once, at the API boundary."""
-        from actindex.query.behaviors import complete_behavior, load_behavior
+        Instead of a behaviour: ``vector`` (a saved query vector, searched in ``family``), ``example`` (a file of
+        training rows, a row, or ``"prompt => response"``: the rows ranked by the example's own vectors), or
+        ``generate`` (a prompt, prompts or a file of them: the model answers first and its answers are
+        attributed). Every hit's ``score`` is the calibrated score (robust standard deviations above the
+        typical row), in the order of the ranking; ``cosine`` is the raw cosine (:mod:`actindex.query.result`).
+        """
+        config = QueryConfig(method=method, layer=layer, k=k, bottom_k=bottom_k, fusion=fusion, rerank=rerank,
+                             candidates=candidates, per_token=per_token, clusters=clusters, recall=recall)
+        return self.session.query(behavior, config, vector=vector, family=family, example=example,
+                                  generate=generate)
 
-        raw = load_behavior(spec) if isinstance(spec, str) else spec
-        if raw.complete:
-            return raw, raw, False
-        hit = self.behavior_cache.load(raw) if self.use_cache else None
-        if hit is not None:
-            ctx = self.query_context()
-            ctx.cache.update(hit.vectors)
-            ctx.stored_gradients.update(hit.gradients)
-            hit.behavior.notes.append("formed from the index's behaviour cache (no model pass)")
-            return raw, hit.behavior, True
-        return raw, complete_behavior(raw, self.model()), False
+    def ranking(self, behavior: str | Behavior, *, k: int = 0, bottom_k: int = Q.bottom_k,
+                method: str | None = Q.method, layer: int | None = Q.layer, fusion: str | None = Q.fusion) -> Ranked:
+        """The rows :meth:`query` ranks, as arrays (:class:`~actindex.query.pipeline.Ranked`: ``top.rows``,
+        ``top.scores``, ``top.cosines``...) without making hits; by default (``k=0``) every searchable row."""
+        config = QueryConfig(method=method, layer=layer, k=k, bottom_k=bottom_k, fusion=fusion)
+        return self.session.ranking(behavior, config)
 
-    def remember(self, raw: Behavior, completed: Behavior) -> None:
-        """Store what the last query formed for a behaviour in the behaviour cache (when it used the model)."""
-        ctx = self.query_context()
-        if self.use_cache and ctx.model_seconds > 0:
-            self.behavior_cache.save(raw, completed, ctx)
-
-    # ---- the query pipeline and its components ------------------------------------------------
-    def query_context(self) -> QueryContext:
-        """The model and vector settings that compute query-side vectors exactly as the build did (one per
-        index and model: its cache keeps every vector formed)."""
-        if self._context is None:
-            from actindex.query.context import QueryContext
-
-            m = self.manifest
-            self._context = QueryContext(
-                model=self.model, layers=self.layers, families=tuple(self.families),
-                grad_modules=m.projection.modules, grad_k=m.projection.k, seed=m.projection.seed,
-                max_length=m.max_length, batch_size=m.batch_size, curvature=self.curvature, progress=self.progress,
-            )
-        return self._context
-
-    def pipeline(self) -> QueryPipeline:
-        """The query stages over this index, with its components injected."""
-        return QueryPipeline(self, self.query_context, self.curvature)
-
-    def resolve_layer(self, layer: int | None) -> int:
-        """``layer`` checked against the index, or the indexed layer nearest 60% of the depth."""
-        return self.pipeline().resolve_layer(layer)
-
-    def method_family(self, method: str, layer: int | None = None) -> str:
-        """The stored family a query method searches at a layer, refused when the index lacks it."""
-        return self.pipeline().family_of(method, layer)
+    def search(self, vector: np.ndarray, k: int = 10, family: str | None = None,
+               bottom: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(cosines, rows)``; ``k = 0``: every valid
+        row; ``family`` defaults to the first."""
+        return self.reader.search(vector, k, family, bottom)
 
     def query_vector(self, behavior: str | Behavior, method: str = "residual-change",
                      layer: int | None = None) -> tuple[np.ndarray, str, Behavior]:
-        """``(psi, family, behaviour)``: the query vector of a behaviour for one method."""
-        behavior = self.behavior(behavior)
-        psi, family = self.pipeline().vector(behavior, (method, self.resolve_layer(layer)))
-        return psi, family, behavior
+        """``(psi, family, behaviour)``: the query vector of a behaviour for one single-vector method."""
+        return self.session.query_vector(behavior, method, layer)
 
-    def query(self, behavior: str | Behavior | None = None, config: QueryConfig | None = None, *,
-              vector: np.ndarray | None = None, family: str | None = None, example: Any = None,
-              generate: str | list[str] | None = None, **options: Any) -> QueryResult:
-        """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``).
+    def behavior(self, spec: str | Behavior) -> Behavior:
+        """A behaviour (built-in name, file, or :class:`Behavior`) completed with the index's model, or taken
+        from the behaviour cache (no model pass)."""
+        return self.session.behavior(spec)
 
-        Query by example (:mod:`actindex.query.examples`): ``example`` (a file of training rows, a row, or
-        ``"prompt => response"``) ranks the rows by the example's own vectors; ``generate`` (a prompt, a list of
-        prompts or a file of them) lets the model answer first and attributes its answers.
-
-        ``options`` are :class:`~actindex.query.pipeline.QueryConfig` fields: ``method`` (default
-        ``ensemble``, rank fusion over the indexed layers; ``residual-change`` for a saved vector),
-        ``layer``, ``k``, ``bottom_k``, ``rerank="ekfac"|"linfac"`` (re-score the top and bottom
-        ``candidates`` with exact influence and rank by it), ``per_token``, ``clusters``, ``recall``.
-        When the index's model has memorised its rows it warns (:class:`~actindex.errors.MemorisationWarning`)
-        and says so in ``result.warnings``.
-        """
-        from actindex.query.examples import asked_behavior
-
-        behavior = asked_behavior(behavior, example, generate)
-        config = config or QueryConfig(**options)
-        pipeline = self.pipeline()
-        if config.rerank is not None:  # refused here, before any model pass
-            self.curvature(config.rerank)
-        started = time.perf_counter()
-        raw = completed = None
-        cached = False
-        if behavior is not None and (vector is None or config.rerank is not None):
-            raw, completed, cached = self.prepare_behavior(behavior)
-        prepared = time.perf_counter() - started
-        name = behavior if isinstance(behavior, str) and vector is not None else None
-        if vector is not None and behavior is None:
-            name = "vector"
-        result = pipeline.run(config, completed, vector=vector, family=family, name=name)
-        if raw is not None:
-            self.remember(raw, completed)
-        result.cached = cached
-        result.timings = {"behaviour": round(prepared, 4), **result.timings}
-        result.seconds += prepared
-        warned = warn_if_memorised(self.memorisation, self.root)
-        if warned:
-            result.warnings.append(warned)
-        return result
-
-    def ranking(self, behavior: str | Behavior, config: QueryConfig | None = None, **options: Any) -> Ranked:
-        """The rows a query ranks, as arrays (:class:`~actindex.query.pipeline.Ranked`: ``top.rows``,
-        ``top.scores``...), without making hits: with ``k=0`` every searchable row, as ``filter`` and ``report``
-        read them. ``options`` are :class:`~actindex.query.pipeline.QueryConfig` fields; no rerank."""
-        config = config or QueryConfig(**options)
-        if config.rerank is not None:
-            raise ActindexError("ranking() gives the search's ranking; query(rerank=...) reranks its candidates")
-        raw, completed, _ = self.prepare_behavior(behavior)
-        ranked = self.pipeline().rank(config, completed)
-        self.remember(raw, completed)
-        return ranked
-
-    # ---- curvature and exact influence -----------------------------------------------------
-    def fit_curvature(self, config: Any = None, progress: bool = True, say: Any = None,
-                      **kwargs: Any) -> dict[str, Any]:
-        """Fit EK-FAC and/or LinFAC factors on a sample of the rows and store them in the index
-        (``kind``, ``samples``, ``modules``, ``sublayer``, ``empirical_fisher``, ``damping``: see
+    # ---- curvature and exact influence ---------------------------------------------------------
+    def fit_curvature(self, *, kind: str = C.kind, samples: int = C.samples, modules: list[str] | None = C.modules,
+                      sublayer: str = C.sublayer, empirical_fisher: bool = C.empirical_fisher,
+                      damping: float | None = C.damping, batch_size: int = C.batch_size, seed: int = C.seed,
+                      progress: bool = True, say: Callable[[str], Any] | None = None) -> dict[str, Any]:
+        """Fit EK-FAC and/or LinFAC factors (``kind``: ``ekfac``, ``linfac`` or ``both``) on ``samples`` seeded
+        rows and store them in the index (the other options:
         :class:`~actindex.query.curvature.config.CurvatureConfig`); returns the new manifest entries.
         ``say(text)`` is told the fit's cost before it starts."""
-        from actindex.query.curvature import CurvatureConfig
-        from actindex.query.curvature.store import fit_curvature
-
-        entries = fit_curvature(self, self.model(), config or CurvatureConfig(**kwargs), progress, say)
-        self._curvature.clear()
-        return entries
+        config = CurvatureConfig(kind=kind, samples=samples, modules=modules, sublayer=sublayer,
+                                 empirical_fisher=empirical_fisher, damping=damping, batch_size=batch_size, seed=seed)
+        return self.session.fit_curvature(config, progress, say)
 
     def curvature(self, kind: str = "ekfac") -> Curvature:
         """The stored factors of ``kind`` (``ekfac`` or ``linfac``), loaded once."""
-        from actindex.query.curvature.store import load_curvature
+        return self.session.curvature(kind)
 
-        if kind not in self._curvature:
-            self._curvature[kind] = load_curvature(self, kind)
-        return self._curvature[kind]
-
-    def influence(self, behavior: str | Behavior, kind: str = "ekfac", rows: list[int] | np.ndarray | None = None,
-                  per_token: bool = False, clusters: int = 0, progress: bool = False) -> RowInfluence:
-        """Exact influence of ``rows`` (default: every valid row) on a behaviour, a
-        :class:`~actindex.query.rerank.RowInfluence` (``.rows``, ``.influence.total``, ``.per_module``...)."""
-        from actindex.query.rerank import row_influence
-
-        curvature = self.curvature(kind)
-        return row_influence(self, self.query_context(), curvature, self.behavior(behavior), rows, per_token,
-                             clusters, progress)
+    def influence(self, behavior: str | Behavior, kind: str = "ekfac", *,
+                  rows: list[int] | np.ndarray | None = None, per_token: bool = False, clusters: int = 0,
+                  progress: bool = False) -> RowInfluence:
+        """Exact influence ``I(m) = sum_modules <precond(q), G_m>`` of ``rows`` (default: every valid row) on a
+        behaviour, a :class:`~actindex.query.rerank.RowInfluence` (``.rows``, ``.influence.total``...)."""
+        return self.session.influence(behavior, kind, rows, per_token, clusters, progress)
 
 
 def save_query_vector(path: str | Path, vector: np.ndarray, meta: dict[str, Any]) -> None:

@@ -24,6 +24,6 @@ def lazy_exports(package: str, names: dict[str, str], namespace: dict[str, Any]
         return value
 
     def dir_() -> list[str]:
-        return sorted([*namespace, *names])
+        return sorted({*namespace, *names})
 
     return getattr_, dir_

@@ -84,8 +84,9 @@ class FilterConfig:
     behavior: str = option("Built-in behaviour name or a pairs/persona file.", "")
     remove_top: int | str = option("Rows to remove: a count (50) or a percentage of the searchable rows (5%).", "")
     min_score: float | None = option(
-        "Remove only rows whose score is at least this (the default ensemble's calibrated score: robust standard "
-        "deviations above the typical row; 3 is far out). With --remove-top, both must hold.", None)
+        "Remove only rows whose score is at least this (the calibrated score: robust standard deviations above the "
+        "typical row; 3 is far out; an rrf fusion's own score for --method ensemble). With --remove-top, both must "
+        "hold.", None)
     out: str = option("Output file (same format as the training data; a directory for a directory of shards or a "
                       "save_to_disk dataset); OUT.removed.jsonl lists the removals.", "")
     method: str = option("Query method that ranks the rows.", DEFAULT_METHOD)
@@ -209,20 +210,22 @@ def filter_dataset(
             "the input format"
         )
     ranked = idx.ranking(config.behavior, method=config.method, layer=config.layer, k=0)
-    rows, scores = ranked.top.rows, ranked.top.scores
+    rows, scores, cosines = ranked.top.rows, ranked.top.scores, ranked.top.cosines
     ranks = np.arange(1, len(rows) + 1)
     if config.remove_top not in ("", None):
         cut = removal_count(config.remove_top, len(rows))
-        rows, scores, ranks = rows[:cut], scores[:cut], ranks[:cut]
+        rows, scores, cosines, ranks = rows[:cut], scores[:cut], cosines[:cut], ranks[:cut]
     if config.min_score is not None:
         keep = scores >= config.min_score
-        rows, scores, ranks = rows[keep], scores[keep], ranks[keep]
-    table = idx.table
+        rows, scores, cosines, ranks = rows[keep], scores[keep], cosines[keep], ranks[keep]
+    table = idx.reader.table
     entries = idx.manifest.data
     removed = []
-    for rank, row, row_id, score, record in zip(ranks, rows, idx.ids_of(rows), scores, idx.records(rows)):
-        entry = {"rank": int(rank), "row": int(row), "id": row_id, "score": float(score), "method": ranked.method,
-                 "behavior": ranked.behavior, "family": ranked.family, "line": int(table.line[row]) or None}
+    found = zip(ranks, rows, idx.reader.ids_of(rows), scores, cosines, idx.reader.records(rows))
+    for rank, row, row_id, score, cosine, record in found:
+        entry = {"rank": int(rank), "row": int(row), "id": row_id, "score": float(score), "cosine": float(cosine),
+                 "method": ranked.method, "behavior": ranked.behavior, "family": ranked.family,
+                 "line": int(table.line[row]) or None}
         data = next((f for f in entries if f.first_row <= row < f.first_row + f.rows), entries[0])
         if data.sources and table.source_row[row] >= 0:
             entry["file"] = data.locate(int(table.source_row[row]))[0]

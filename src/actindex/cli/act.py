@@ -33,8 +33,8 @@ def fit_curvature(index_dir: str, device: str, quiet: bool, **options: Any) -> N
     config = CurvatureConfig(**options)
     idx = Index.open(index_dir, progress=not quiet)
     if device != "auto":
-        idx.model(None, device)
-    entries = idx.fit_curvature(config, progress=not quiet, say=click.echo)
+        idx.session.model(None, device)
+    entries = idx.session.fit_curvature(config, progress=not quiet, say=click.echo)
     for kind, e in entries.items():
         click.echo(f"fitted {kind}: {len(e.modules)} modules on {e.samples} rows ({e.labels} labels), "
                    f"{e.seconds:.1f} s, stored in {index_dir}")
@@ -97,7 +97,7 @@ def correct(index_dir: str, behavior: str, out: str, target: str | None, device:
     config = CorrectConfig(**options)
     idx = Index.open(index_dir, progress=not quiet)
     if device != "auto":
-        idx.model(None, device)
+        idx.session.model(None, device)
     rep = run_correct(idx, behavior, out, target=target, config=config, progress=not quiet).report
     m, p, s = rep["margin"], rep["perplexity"], rep["selection"]
     click.echo(f"corrected with {rep['algo']}: D+ {s['D+']}, D- {s['D-']}, D0 {s['D0']} rows ({s['rule']}), "

@@ -77,7 +77,7 @@ def load_requested_model(idx: Any, model: str | None, device: str) -> None:
     """Load ``--model`` / ``--device`` into the index now (checked against its manifest); without
     either, the index loads the model it was built with when a query first needs it."""
     if model or device != "auto":
-        idx.model(model, device)
+        idx.session.model(model, device)
 
 
 #: the options every command that runs the index's model shares

@@ -87,13 +87,13 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
                                     "forms its own vectors with its own model; pick one with --checkpoint STEP")
             asked = asked_behaviors(behaviors_, examples, prompts)
             for member in cset:
-                member.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
+                member.reader.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
                 load_requested_model(member, None, device)
             results = [cset.query(b, config, checkpoints.checkpoint_fusion) for b in asked]
             print_results(results, fmt, explain)
             return
         idx = cset.select(checkpoints.checkpoint)
-    idx.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
+    idx.reader.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
     asked = [] if query_vector else asked_behaviors(behaviors_, examples, prompts)
     print_results(query_index(idx, asked, config, model, device, save_query, query_vector, overwrite), fmt, explain)
 
@@ -139,7 +139,7 @@ def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | No
     if query_vector:
         vector, meta = load_query_vector(query_vector)
         config = replace(config, method=meta.get("method", config.method))
-        return [idx.query(meta.get("behavior", "vector"), config, vector=vector, family=meta.get("family"))]
+        return [idx.session.query(meta.get("behavior", "vector"), config, vector=vector, family=meta.get("family"))]
     from actindex.query.methods import QueryMethod
 
     if save_query and QueryMethod.get(config.resolved_method(needs_vector=True)).fused:
@@ -151,7 +151,7 @@ def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | No
     load_requested_model(idx, model, device)
     results = []
     for behavior, path in zip(asked, paths):
-        res = idx.query(behavior, config)
+        res = idx.session.query(behavior, config)
         results.append(res)
         if path is not None:
             save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
@@ -162,7 +162,7 @@ def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | No
 def print_results(results: list, fmt: str, explain: bool = False) -> None:
     """Query results as a table, JSON, JSON lines or CSV."""
     if fmt == "json":
-        click.echo(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
         return
     if fmt == "jsonl":
         for r in results:
@@ -172,11 +172,12 @@ def print_results(results: list, fmt: str, explain: bool = False) -> None:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["behavior", "method", "side", "rank", "row", "id", "score", "snippet"])
+        writer.writerow(["behavior", "method", "side", "rank", "row", "id", "score", "calibrated", "cosine", "snippet"])
         for r in results:
             for d in r.to_dicts():
+                extra = [f"{d[key]:.6f}" if d.get(key) is not None else "" for key in ("calibrated", "cosine")]
                 writer.writerow([r.behavior, r.method, d["side"], d["rank"], d["row"], d["id"],
-                                 f"{d['score']:.6f}", d["snippet"]])
+                                 f"{d['score']:.6f}", *extra, d["snippet"]])
         click.echo(buf.getvalue(), nl=False)
         return
     for r in results:
@@ -210,16 +211,17 @@ def members_table(members: list[dict[str, Any]]) -> str:
 
 
 def print_table(r: Any, explain: bool = False) -> None:
-    """One result as the terminal table (reranked hits show influence and their strongest tokens; a fused
-    method's score is calibrated, its fused rank the order)."""
+    """One result as the terminal table: rows in the ranking's order with its score (calibrated; a rule that orders
+    by another score shows that one and the calibrated score beside it) and the raw cosine; reranked hits show
+    their influence and strongest tokens."""
     click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {timing_line(r)}")
     for note in r.notes:
         click.echo(f"note: {note}")
     if r.checkpoints:
         print_checkpoints(r, explain)
-    elif r.members:
-        click.echo("score: weighted mean over members of (cosine - median) / (1.4826 MAD), positive = pushes towards "
-                   "the behaviour; rows ordered by the fused rank")
+    else:
+        click.echo(score_line(r))
+    if r.members and not r.checkpoints:
         kept = [m for m in r.members if m["weight"] > 0]
         if explain:
             click.echo(members_table(r.members))
@@ -241,11 +243,32 @@ def print_table(r: Any, explain: bool = False) -> None:
                     click.echo(f"{'':>26}tokens: {highlight(list(tokens), np.array(scores))[:400]}")
             continue
         steps = "".join(f"{'s@' + str(c['step'] if c['step'] is not None else c['label']):>9}" for c in r.checkpoints)
-        click.echo(f"{'rank':>4} {'score':>8}{steps}  {'id':<20} text")
+        other = other_order(r)
+        columns = (("calibrated",) if other else ()) + ("cosine",)
+        click.echo(f"{'rank':>4} {'score':>8}" + "".join(f" {c:>10}" for c in columns) + f"{steps}  {'id':<20} text")
         for h in hits:
+            values = ((h.calibrated,) if other else ()) + (h.cosine,)
+            shown = "".join(f" {v:>10.4f}" if v is not None else f" {'':>10}" for v in values)
             each = "".join(f"{v:>9.4f}" for v in (h.checkpoint_scores or {}).values())
-            click.echo(f"{h.rank:>4} {h.score:>8.4f}{each}  {h.id[:20]:<20} {h.snippet[:100]}")
+            click.echo(f"{h.rank:>4} {h.score:>8.4f}{shown}{each}  {h.id[:20]:<20} {h.snippet[:100]}")
     click.echo("")
+
+
+def other_order(r: Any) -> bool:
+    """Whether a result's rows are ordered by a score other than the calibrated one (a rank-fusion rule)."""
+    return any(h.calibrated is not None and abs(h.calibrated - h.score) > 1e-9 for h in [*r.top, *r.bottom])
+
+
+def score_line(r: Any) -> str:
+    """What a single index's scores mean."""
+    calibrated = "(s - median) / (1.4826 MAD) of the search score s against the index's typical rows"
+    if r.members:
+        calibrated = "weighted mean over the members of " + calibrated
+    cosine = "cosine: the raw cosine with the query vector" + (" (members' weighted mean)" if r.members else "")
+    if other_order(r):
+        return (f"score: the fusion rule's score (the order); calibrated: {calibrated}, positive = pushes towards "
+                f"the behaviour; {cosine}")
+    return f"score: calibrated, {calibrated}; positive = pushes towards the behaviour; {cosine}"
 
 
 def print_checkpoints(r: Any, explain: bool = False) -> None:

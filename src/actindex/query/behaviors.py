@@ -264,12 +264,6 @@ def _describe(value: Any) -> str:
     return "an empty array" if value == [] else json_type(value)
 
 
-def resolve_behavior(spec: str | Behavior, lm: LoadedModel) -> Behavior:
-    """The completed behaviour for a name, a file or a :class:`Behavior` (:func:`complete_behavior`):
-    what every entry point (query, report, filter, correct, detect) calls once."""
-    return complete_behavior(load_behavior(spec) if isinstance(spec, str) else spec, lm)
-
-
 def complete_behavior(behavior: Behavior, lm: LoadedModel) -> Behavior:
     """A completed copy of ``behavior``: missing controls generated with the model (greedy), and a
     persona spec's responses generated under each system prompt and turned into pairs (question,

@@ -7,6 +7,13 @@
     ranking  = fuse(rankings)                         one member: itself; several: the fusion rule
     hits     = rerank(ranking) if asked               exact EK-FAC / LinFAC influence on the candidates
 
+One score scale: a hit's ``score`` is calibrated, ``z(x) = (s(x) - median) / (1.4826 MAD)`` with ``s`` the search
+score (cosine, or projection) and the median and MAD those of ``s`` over the index's typical rows, so ``z > 0``
+pushes towards the behaviour, in robust standard deviations; for a single method it is an increasing map of ``s``,
+so the ranking's order holds, and a fused method's ``zmean`` is the members' weighted mean ``z``. A rule that
+orders by another score (``rrf``) shows that score and keeps the calibrated one as ``calibrated``. ``cosine`` is
+always the raw cosine of the row with the query vector (a fused method: the members' weighted mean).
+
 :class:`QueryConfig` holds every setting (the CLI's ``query`` options are made from it); the
 components are injected (the :class:`~actindex.index.reader.IndexReader`, a
 :class:`~actindex.query.context.QueryContext` for model passes, the fitted curvature), as TRAKer injects
@@ -24,7 +31,16 @@ import numpy as np
 
 from actindex.configs import check_choices, option
 from actindex.errors import ActindexError, IndexFileError
-from actindex.query.fusion import BOTTOM, TOP, FusionRule, MemberRanking, calibrated, fusion_names, robust_center_scale
+from actindex.query.fusion import (
+    BOTTOM,
+    TOP,
+    FusionRule,
+    MemberRanking,
+    calibrated,
+    fusion_names,
+    mean_cosines,
+    robust_center_scale,
+)
 from actindex.query.methods import FormedMember, Member, QueryMethod, default_method, method_names
 from actindex.query.rerank import RECALLS, row_influence, tfidf_recall
 from actindex.query.result import Hit, QueryResult, snippet_of
@@ -79,23 +95,27 @@ class QueryConfig:
 
 @dataclass
 class Ranking:
-    """Ranked rows of one side, best first, with the score shown (``scores``) and, for a fused ranking, the
-    fusion rule's own score that ordered them (``fused``)."""
+    """Ranked rows of one side, best first: ``scores`` is the score that orders them (never rising down the top,
+    never falling down the bottom), ``calibrated`` the calibrated score (robust standard deviations from the
+    typical row; the same as ``scores`` but for a rule that orders by another score, ``rrf``) and ``cosines``
+    the raw cosine of each row with the query (a fused ranking: the members' weighted mean)."""
 
     scores: np.ndarray
     rows: np.ndarray
-    fused: np.ndarray | None = None
+    calibrated: np.ndarray | None = None
+    cosines: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Ranking:
-        return cls(np.zeros(0), np.zeros(0, np.int64))
+        return cls(np.zeros(0), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
 
 
 @dataclass
 class Ranked:
     """One query's rankings before hits are made (:meth:`QueryPipeline.rank`): the method, the family searched
     (for a fused method, the rule over its members' families), both sides, the query vector of a single method,
-    the members of a fused one, and ``search_scores(rows)``: the score shown for any rows."""
+    the members of a fused one, and ``search_scores(rows)``: the calibrated score and the raw cosine of any rows
+    (what a reranked hit keeps of its search)."""
 
     method: str
     family: str
@@ -103,7 +123,7 @@ class Ranked:
     bottom: Ranking
     vector: np.ndarray | None
     members: list[MemberRanking]
-    search_scores: Callable[[np.ndarray], np.ndarray]
+    search_scores: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     behavior: str = ""
     #: an adaptive method's candidates that were not kept (weight 0; shown by --explain)
     unkept: list[FormedMember] = field(default_factory=list)
@@ -185,6 +205,15 @@ class QueryPipeline:
         bottom = Ranking(*self.reader.search(psi, bottom_k, family, bottom=True)) if bottom_k else Ranking.empty()
         return top, bottom
 
+    def calibrator(self, psi: np.ndarray, family: str, projection: bool = False) -> tuple[float, float]:
+        """``(center, scale)`` that calibrate one query vector's search scores, ``(s - center) / scale``: the median and
+        1.4826 MAD of its cosines over the index's calibration sample, or for a projection method of its
+        projections ``<v, psi>`` over every searchable row (what its search computes anyway)."""
+        if projection:
+            key = ("projection calibration", family, np.asarray(psi, np.float32).tobytes())
+            return self.reader.remembered(key, lambda: robust_center_scale(self.reader.projections(psi, family)))
+        return self.reader.calibration(psi, family, robust_center_scale)
+
     def member_rankings(self, formed: list[FormedMember], k: int, bottom_k: int) -> list[MemberRanking]:
         """Each member's searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for ``k = 0``, for the
         fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its cosines over a
@@ -208,9 +237,9 @@ class QueryPipeline:
         return out
 
     def fused(self, members: list[MemberRanking], fusion: str, k: int, bottom_k: int) -> tuple[Ranking, Ranking]:
-        """The fusion rule's ranking of each side, cut at ``k`` (0: every ranked row) and ``bottom_k``; each
-        ranking carries the rule's score (:attr:`Ranking.fused`) and the calibrated score
-        (:func:`~actindex.query.fusion.calibrated`, the score shown)."""
+        """The fusion rule's ranking of each side, cut at ``k`` (0: every ranked row) and ``bottom_k``: the rule's
+        score orders it, with the calibrated score (:func:`~actindex.query.fusion.calibrated`) and the members'
+        weighted cosine (:func:`~actindex.query.fusion.mean_cosines`) of every row."""
         rule = FusionRule.get(fusion)
         sides = []
         for side, n in ((TOP, k), (BOTTOM, bottom_k)):
@@ -219,19 +248,22 @@ class QueryPipeline:
                 continue
             rows, scores = rule.fuse(members, side)
             rows, scores = (rows, scores) if n <= 0 else (rows[:n], scores[:n])
-            sides.append(Ranking(calibrated(members, rows), rows, fused=scores))
+            shown = scores if rule.calibrated_score else calibrated(members, rows)
+            sides.append(Ranking(scores, rows, shown, mean_cosines(members, rows)))
         return sides[0], sides[1]
 
     # ---- rerank -----------------------------------------------------------------------------------
     def rerank(self, behavior: Behavior, top: np.ndarray, bottom: np.ndarray,
-               search_scores: Callable[[np.ndarray], np.ndarray], config: QueryConfig) -> tuple[list[Hit], list[Hit]]:
+               search_scores: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+               config: QueryConfig) -> tuple[list[Hit], list[Hit]]:
         """Re-score the search's ``top`` and ``bottom`` candidate rows (plus TF-IDF's top ``candidates``
-        with ``recall``) with exact influence and rank by it; hits keep their ``search_scores(rows)``."""
+        with ``recall``) with exact influence and rank by it; hits keep their search's calibrated score and
+        cosine (``search_scores(rows)``)."""
         pool = [top, bottom]
         if config.recall == "tfidf":
             pool.append(tfidf_recall(self.reader, behavior, config.candidates))
         rows = np.array(sorted(set(np.concatenate(pool).astype(int).tolist())), dtype=np.int64)
-        searched = search_scores(rows)
+        searched, cosines = search_scores(rows)
         result = row_influence(self.reader, self.context(), self.curvature(config.rerank), behavior, rows,
                                config.per_token, config.clusters)
         total = result.influence.total
@@ -242,7 +274,7 @@ class QueryPipeline:
         sides = (order[:k], order[::-1][: min(config.bottom_k, len(order))])
         hits = []
         for side in sides:
-            side_hits = self.hits(Ranking(searched[side], rows[side]))
+            side_hits = self.hits(Ranking(searched[side], rows[side], searched[side], cosines[side]))
             for hit, pos in zip(side_hits, side):
                 hit.influence = float(total[pos])
                 hit.module_scores = dict(zip(result.influence.modules, map(float, result.influence.per_module[pos])))
@@ -260,14 +292,16 @@ class QueryPipeline:
             self.context().behavior_gradients(behavior, self.curvature(config.rerank).names)
 
     def hits(self, ranking: Ranking) -> list[Hit]:
-        """Hits (rank, row, id, score, fused score, snippet, record) of a ranking."""
+        """Hits (rank, row, id, score, calibrated score, cosine, snippet, record) of a ranking."""
         ids = self.reader.ids_of(ranking.rows)
         records = self.reader.records(ranking.rows)
-        fused = ranking.fused if ranking.fused is not None else [None] * len(ranking.rows)
+        none = [None] * len(ranking.rows)
+        calibrated_ = none if ranking.calibrated is None else ranking.calibrated
+        cosines = none if ranking.cosines is None else ranking.cosines
         return [Hit(rank=i + 1, row=int(row), id=row_id, score=float(score), snippet=snippet_of(record),
-                    record=record, fused=None if f is None else float(f))
-                for i, (score, row, row_id, record, f) in enumerate(zip(ranking.scores, ranking.rows, ids, records,
-                                                                          fused))]
+                    record=record, calibrated=_float(c), cosine=_float(cos))
+                for i, (score, row, row_id, record, c, cos) in enumerate(zip(ranking.scores, ranking.rows, ids,
+                                                                             records, calibrated_, cosines))]
 
     # ---- the whole query ----------------------------------------------------------------------------
     def rank(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
@@ -303,20 +337,33 @@ class QueryPipeline:
             fusion = config.resolved_fusion()
             top, bottom = self.fused(members, fusion, n or config.k, n or config.bottom_k)
             described = f"{fusion}(" + ", ".join(member_label(m.method, m.family) for m in members) + ")"
-            return Ranked(method, described, top, bottom, None, members, lambda rows: calibrated(members, rows),
-                          name, unkept)
+            return Ranked(method, described, top, bottom, None, members,
+                          lambda rows: (calibrated(members, rows), mean_cosines(members, rows)), name, unkept)
         if vector is None:
             vector, described = self.vector(behavior, self.members(method, config.layer)[0])
         else:
             described = family or strategy.family(self.resolve_layer(config.layer))
         searching = time.perf_counter()
-        top, bottom = self.search(vector, described, n or config.k, n or config.bottom_k, strategy.projection_scores)
+        projection = strategy.projection_scores
+        top, bottom = self.search(vector, described, n or config.k, n or config.bottom_k, projection)
+        center, scale = self.calibrator(vector, described, projection)
         self.timings["search"] = time.perf_counter() - searching
         psi, searched_family = vector, described
-        search_scores = lambda rows: (  # noqa: E731
-            self.reader.projections(psi, searched_family, rows) if strategy.projection_scores
-            else self.reader.cosines(psi, searched_family, rows))
-        return Ranked(method, described, top, bottom, vector, [], search_scores, name)
+
+        def search_scores(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """The calibrated score ``(s - center) / scale`` of each row's search score, and its cosine."""
+            cosines = self.reader.cosines(psi, searched_family, rows)
+            raw = self.reader.projections(psi, searched_family, rows) if projection else cosines
+            return (raw - center) / scale, cosines
+
+        def shown(ranking: Ranking) -> Ranking:
+            """A side as it is shown: ordered by the search, scored on the calibrated scale (an increasing map of
+            the search score, so the order holds), with its raw cosines."""
+            z = (ranking.scores - center) / scale
+            cosines = self.reader.cosines(psi, searched_family, ranking.rows) if projection else ranking.scores
+            return Ranking(z, ranking.rows, z, cosines)
+
+        return Ranked(method, described, shown(top), shown(bottom), vector, [], search_scores, name)
 
     def run(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
             family: str | None = None, name: str | None = None) -> QueryResult:
@@ -340,6 +387,10 @@ class QueryPipeline:
                            vector=ranked.vector, seconds=time.perf_counter() - started, notes=self.notes,
                            members=[describe(m) for m in ranked.members] + [describe(m) for m in ranked.unkept],
                            timings={k: round(v, 4) for k, v in self.timings.items()})
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def member_label(method: str, family: str) -> str:

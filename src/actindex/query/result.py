@@ -1,16 +1,21 @@
 """What a query returns: ranked rows (:class:`Hit`) for one behaviour and method (:class:`QueryResult`).
 
-A hit's ``score`` always means "how strongly training on this row pushes the model towards the
-behaviour": the cosine of the row's vector with the query vector for a single method (the projection
-for ``activation``), and for a fused method (the ``ensemble``) the calibrated score, the weighted mean of
-the members' standardised cosines (:func:`~actindex.query.fusion.calibrated`): positive pushes towards,
-negative inhibits, in robust standard deviations from the typical row. ``fused`` keeps the fusion rule's
-own score (the reciprocal-rank sum the rows are ordered by). A reranked hit adds its exact influence.
+A hit's ``score`` means "how strongly training on this row pushes the model towards the behaviour", on one
+scale for every method, in the order of the ranking: the calibrated score ``(s - median) / (1.4826 MAD)`` of the
+row's search score ``s`` (its cosine with the query vector; the projection for ``activation``) against the
+index's typical rows, positive pushes towards, negative inhibits, in robust standard deviations; for a fused
+method the weighted mean of its members' (:func:`~actindex.query.fusion.calibrated`). A fusion rule that orders
+rows by another score (``rrf``, the reciprocal-rank sum) shows that score as ``score`` and keeps the calibrated
+one as ``calibrated`` (otherwise ``calibrated == score``). ``cosine`` is the raw cosine with the query vector (a
+fused method: the members' weighted mean). A reranked hit is ordered by its exact ``influence`` and keeps its
+search's ``score``.
 """
 
 from __future__ import annotations
 
+import html
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,8 @@ class Hit:
     score: float
     snippet: str
     record: dict[str, Any]
-    fused: float | None = None  # the fusion rule's score for fused methods (the order); ``score`` is calibrated
+    calibrated: float | None = None  # the calibrated score (``score`` unless a rule orders by another score)
+    cosine: float | None = None  # the raw cosine with the query vector (a fused method: its members' weighted mean)
     influence: float | None = None  # exact influence when reranked (``score`` keeps the search score)
     module_scores: dict[str, float] | None = None  # per-module terms of ``influence`` (sum to it)
     token_scores: list[tuple[str, float]] | None = None  # per-token terms of ``influence`` (sum to it), decoded
@@ -39,8 +45,10 @@ class Hit:
 
     def to_dict(self, with_record: bool = False) -> dict[str, Any]:
         out = {"rank": self.rank, "row": self.row, "id": self.id, "score": self.score, "snippet": self.snippet}
-        if self.fused is not None:
-            out["fused"] = self.fused
+        if self.calibrated is not None:
+            out["calibrated"] = self.calibrated
+        if self.cosine is not None:
+            out["cosine"] = self.cosine
         if self.influence is not None:
             out["influence"] = self.influence
         if self.module_scores is not None:
@@ -83,12 +91,21 @@ class QueryResult:
     warnings: list[str] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        """The rows returned: the top rows and the bottom rows (``len(result.top)``, ``len(result.bottom)``)."""
+        return len(self.top) + len(self.bottom)
+
+    def __iter__(self) -> Iterator[Hit]:
+        """Every returned hit, the top rows first, then the bottom rows (each side in its own order)."""
+        return iter([*self.top, *self.bottom])
+
     def to_dicts(self, with_record: bool = False) -> list[dict[str, Any]]:
+        """One dict per hit (:meth:`Hit.to_dict`) with its ``side``, ``top`` or ``bottom``."""
         rows = [dict(h.to_dict(with_record), side="top") for h in self.top]
         return rows + [dict(h.to_dict(with_record), side="bottom") for h in self.bottom]
 
-    def to_json(self, with_record: bool = True) -> dict[str, Any]:
-        """The result as ``query --format json`` prints it (and ``serve`` returns it)."""
+    def to_dict(self, with_record: bool = True) -> dict[str, Any]:
+        """The result as a dict: what ``query --format json`` prints and ``serve`` returns."""
         out = {"behavior": self.behavior, "method": self.method, "family": self.family, "seconds": self.seconds,
                "timings": self.timings, "cached": self.cached, "notes": self.notes, "warnings": self.warnings,
                "members": self.members, "top": [h.to_dict(with_record) for h in self.top],
@@ -97,9 +114,13 @@ class QueryResult:
             out["checkpoints"] = self.checkpoints
         return out
 
-    def to_dataframe(self) -> Any:
-        """The hits as a pandas DataFrame: one row per hit (``side``, rank, row, id, scores, snippet) with the
-        record's fields as columns (prefixed ``record.``)."""
+    def to_json(self, with_record: bool = True, indent: int | None = None) -> str:
+        """:meth:`to_dict` as JSON text."""
+        return json.dumps(self.to_dict(with_record), indent=indent, ensure_ascii=False)
+
+    def to_pandas(self) -> Any:
+        """The hits as a pandas DataFrame: one row per hit (``side``, rank, row, id, score, calibrated, cosine,
+        snippet...) with the record's fields as columns (prefixed ``record.``)."""
         import pandas as pd
 
         rows = []
@@ -108,11 +129,31 @@ class QueryResult:
             rows.append({**d, **{f"record.{k}": v for k, v in record.items()}})
         return pd.DataFrame(rows)
 
-    def __len__(self) -> int:
-        return len(self.top)
+    def to_arrow(self) -> Any:
+        """The hits as a pyarrow Table, one row per hit; the record and any per-module or per-checkpoint scores
+        as JSON text (records of one index need not share their fields)."""
+        import pyarrow as pa
 
-    def __iter__(self):
-        return iter(self.top)
+        rows = []
+        for d in self.to_dicts(with_record=True):
+            for key in ("record", "module_scores", "checkpoint_scores"):
+                if key in d:
+                    d[key] = json.dumps(d[key], ensure_ascii=False)
+            rows.append(d)
+        return pa.Table.from_pylist(rows)
+
+    def _repr_html_(self) -> str:
+        """The ranked rows as an HTML table, for notebooks."""
+        head = "".join(f"<th>{name}</th>" for name in ("side", "rank", "id", "score", "cosine", "snippet"))
+
+        def row(hit: Hit, side: str) -> str:
+            cosine = "" if hit.cosine is None else f"{hit.cosine:.4f}"
+            cells = (side, hit.rank, hit.id, f"{hit.score:.4g}", cosine, hit.snippet)
+            return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+        body = "".join([*(row(h, "top") for h in self.top), *(row(h, "bottom") for h in self.bottom)])
+        title = html.escape(f"{self.behavior}: {self.method} over {self.family}")
+        return f"<p><b>{title}</b></p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def snippet_of(record: dict[str, Any], width: int = 160) -> str:

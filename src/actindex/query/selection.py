@@ -35,7 +35,7 @@ held-out pairs' *separation* in the index's own units,
     sep = mean_j (z(treatment_j) - z(control_j)),   z(v) = (cos(v, psi^(-f(j))) - median_f) / (1.4826 MAD_f),
 
 with ``median_f`` and ``MAD_f`` those of ``psi^(-f(j))``'s cosines over the calibration sample (the
-standardisation the fusion gives its members, :mod:`actindex.query.fusion.base`; with no controls, a
+standardisation the fusion gives its members, :mod:`actindex.query.fusion`; with no controls, a
 control is the typical row, ``z = 0``). When more than :data:`MOST` candidates are kept, the :data:`MOST`
 that separate most are. The rule was chosen by its worst case over the benchmark pools and checked on pools
 it was not chosen on (bench/RESULTS.md, "Retrieval"; bench/runs/retrieval.md, "The adaptive default: how its
@@ -49,8 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actindex.query.constructions.base import unit_rows
-from actindex.query.fusion.base import robust_center_scale
+from actindex.query.constructions import unit_rows
+from actindex.query.fusion import robust_center_scale
 
 #: folds of the behaviour's pairs (fewer when there are fewer pairs)
 FOLDS = 5

@@ -60,17 +60,17 @@ def run_method(
     The metrics cover the labelled rows only; a run whose rows carry no ``labels_field`` at all is
     refused (a typo in the field name).
     """
-    result = index.query(behavior, config)
-    everything = index.ranking(behavior, replace(config, k=0, bottom_k=0, rerank=None, per_token=False, clusters=0,
-                                                 recall=None))
+    result = index.session.query(behavior, config)
+    everything = index.session.ranking(behavior, replace(config, k=0, bottom_k=0, rerank=None, per_token=False,
+                                                         clusters=0, recall=None))
     scores = np.asarray(everything.top.scores, dtype=np.float64)
     method = config.resolved_method()
     run = MethodRun(method=result.method, result=result, top=result.top, bottom=result.bottom, scores=scores,
                     projection=QueryMethod.get(method).projection_scores, fused=QueryMethod.get(method).fused)
     if labels_field:
-        labelled, positive = label_arrays(index.record_values(everything.top.rows, labels_field), positive_label)
+        labelled, positive = label_arrays(index.reader.record_values(everything.top.rows, labels_field), positive_label)
         if not labelled.any():
-            first = index.records(everything.top.rows[:1])
+            first = index.reader.records(everything.top.rows[:1])
             raise ActindexError(
                 f"no row of {index.root} has a label field {labels_field!r} "
                 f"(fields of the first row: {', '.join(first[0]) if first else 'none'})"

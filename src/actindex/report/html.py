@@ -114,6 +114,7 @@ def card_html(hit: Hit, side: str, labels_field: str | None, positive_label: str
                     + token_html(hit.token_scores, hit.token_response))
     influence = ("" if hit.influence is None else
                  f'<span class="influence" title="exact influence">I {hit.influence:+.4g}</span>')
+    cosine = "" if hit.cosine is None else f'<span class="cosine" title="raw cosine">cos {hit.cosine:+.4f}</span>'
     where = ""
     if source is not None:
         path, line = source
@@ -123,7 +124,7 @@ def card_html(hit: Hit, side: str, labels_field: str | None, positive_label: str
         f'<article class="card {side}" data-id="{esc(hit.id)}" data-row="{hit.row}">'
         f'<header><span class="rank">{"#" if side == "top" else "bottom #"}{hit.rank}</span>'
         f'<span class="id" title="id">{esc(hit.id)}</span>'
-        f'<span class="score" title="score">{hit.score:+.4f}</span>{influence}{badge}'
+        f'<span class="score" title="score">{hit.score:+.4f}</span>{cosine}{influence}{badge}'
         f'<span class="rowno">row {hit.row}</span>{where}</header>' + "".join(body) + "</article>"
     )
 
@@ -190,16 +191,19 @@ def method_html(
     shared_notes: Sequence[str] = (),
     sources: dict[int, tuple[str, int]] | None = None,
 ) -> str:
-    """One method's section: score histogram, label curves and the top/bottom cards.
+    """One method's section: the top/bottom cards first, then the fusion's members (folded), the score histogram
+    and the label curves.
 
     ``shared_notes`` (the behaviour's own notes, shown once above) are not repeated here; ``sources`` maps a
     row to its data file and line (the cards link to them).
     """
     sources = sources or {}
     res = run.result
-    xlabel = ("score (projection on the behaviour direction)" if run.projection else
-              "calibrated score (mean over members of (cosine - median) / 1.4826 MAD; > 0 pushes towards)"
-              if run.fused else "score (cosine)")
+    rank_fused = any(h.calibrated is not None and abs(h.calibrated - h.score) > 1e-9 for h in run.top)
+    searched = "projection on the behaviour direction" if run.projection else "cosine"
+    xlabel = ("fusion score (the rule's own, what orders the rows)" if rank_fused else
+              f"calibrated score ({'mean over members of ' if run.fused else ''}({searched} - median) / 1.4826 MAD; "
+              "> 0 pushes towards)")
     pos_scores = run.scores[run.labels & run.labelled] if run.labels is not None else None
     hist, log_y = "", False
     if len(run.scores):
@@ -212,8 +216,10 @@ def method_html(
         )
     summary = "no rows scored"
     if len(run.scores):
-        meaning = ("calibrated score: the mean over the members of (cosine - median) / (1.4826 MAD), > 0 pushes "
-                   "towards the behaviour; " if run.fused else "")
+        meaning = ("score: the fusion rule's own (the order), each card's cosine the members' weighted mean; "
+                   if rank_fused else f"calibrated score: {'the mean over the members of ' if run.fused else ''}"
+                   f"({searched} - median) / (1.4826 MAD) against the index's typical rows, > 0 pushes towards "
+                   "the behaviour; ")
         summary = (
             f"{len(run.scores)} rows scored in {res.seconds:.2f} s; {meaning}"
             f"score range {run.scores.min():+.4f} … {run.scores.max():+.4f}"
@@ -227,6 +233,13 @@ def method_html(
     ]
     for note in [n for n in res.notes if n not in shared_notes] + run.notes:
         parts.append(f'<p class="note">note: {esc(note)}</p>')
+    for side, hits, title in (
+        ("top", run.top, f"Top {len(run.top)} rows (push the model towards the behaviour)"),
+        ("bottom", run.bottom, f"Bottom {len(run.bottom)} rows (push it away)"),
+    ):
+        if hits:
+            cards = "".join(card_html(h, side, labels_field, positive_label, sources.get(h.row)) for h in hits)
+            parts.append(f'<h3>{esc(title)}</h3><div class="cards">{cards}</div>')
     if res.members:
         parts.append(members_html(res.members))
     if len(run.scores):
@@ -247,22 +260,16 @@ def method_html(
                 f'<img class="plot roc" src="{uri}" alt="ROC and precision-recall curves for {esc(run.method)} '
                 f'(AUROC {_fmt(run.metrics["auroc"])}, AP {_fmt(run.metrics["ap"])})">'
             )
-    for side, hits, title in (
-        ("top", run.top, f"Top {len(run.top)} rows (push the model towards the behaviour)"),
-        ("bottom", run.bottom, f"Bottom {len(run.bottom)} rows (push it away)"),
-    ):
-        if hits:
-            cards = "".join(card_html(h, side, labels_field, positive_label, sources.get(h.row)) for h in hits)
-            parts.append(f'<h3>{esc(title)}</h3><div class="cards">{cards}</div>')
     parts.append("</section>")
     return "".join(parts)
 
 
 def members_html(members: list[dict[str, Any]]) -> str:
-    """A fused query's members (as ``--explain`` lists them): for the adaptive default every candidate
-    (construction, family) with its held-out checks (pair AUROC: held-out treatments over their controls;
-    index AUROC: over the index's typical rows; separation: treatment minus control in robust standard
-    deviations of the index's cosines) and its weight in the fusion, the kept ones first."""
+    """A fused query's members (as ``--explain`` lists them), folded under a one-line summary (a demo query lists
+    dozens of candidates, most at weight 0): for the adaptive default every candidate (construction, family)
+    with its held-out checks (pair AUROC: held-out treatments over their controls; index AUROC: over the
+    index's typical rows; separation: treatment minus control in robust standard deviations of the index's
+    cosines) and its weight in the fusion."""
     kept = sum(m["weight"] > 0 for m in members)
     checked = any("index AUROC" in m for m in members)
     rows = "".join(
@@ -275,9 +282,10 @@ def members_html(members: list[dict[str, Any]]) -> str:
            "(no label, no extra model pass)" if checked else "not checked (fixed members, or too few pairs to "
            "hold any out): equal weights")
     title = "Members chosen by the held-out pairs" if checked else "Members of the fusion"
-    return (f'<h3>{title}</h3><p class="muted">{kept} of {len(members)} candidates kept; {how}</p>'
+    return (f'<details class="members"><summary>{title}: {kept} of {len(members)} candidates kept</summary>'
+            f'<p class="muted">{how}</p>'
             '<table class="members"><thead><tr><th>member</th><th>family</th><th>weight</th><th>pair AUROC</th>'
-            f"<th>index AUROC</th><th>separation</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<th>index AUROC</th><th>separation</th></tr></thead><tbody>{rows}</tbody></table></details>")
 
 
 def comparison_html(runs: list[MethodRun], top_k: int) -> str:
@@ -363,8 +371,9 @@ img.plot { display:block; max-width:100%; height:auto; margin:6px auto; }
 .tokens { font-size:13px; line-height:1.9; white-space:pre-wrap; }
 .tok { border-radius:3px; padding:1px 1px; margin-right:1px; }
 .tok.resp { border-bottom:2px solid #5b8c5a; } .start { color:#5b8c5a; font-weight:700; margin:0 2px; }
-.influence { font-variant-numeric:tabular-nums; font-size:12px; color:var(--muted); }
-a.source { font-size:12px; color:var(--muted); } details.more-pairs summary { cursor:pointer; color:var(--muted); }
+.influence, .cosine { font-variant-numeric:tabular-nums; font-size:12px; color:var(--muted); }
+a.source { font-size:12px; color:var(--muted); }
+details.more-pairs summary, details.members summary { cursor:pointer; color:var(--muted); }
 footer { color:var(--muted); font-size:12px; text-align:center; }
 """
 
@@ -416,7 +425,7 @@ def render_html(
     ]
     if len(runs) > 1:
         sections.append(comparison_html(runs, len(runs[0].top)))
-    sources = index.row_sources(sorted({h.row for r in runs for h in [*r.top, *r.bottom]}))
+    sources = index.reader.row_sources(sorted({h.row for r in runs for h in [*r.top, *r.bottom]}))
     sections += [method_html(r, i, labels_field, positive_label, behavior.notes, sources) for i, r in enumerate(runs)]
     title = f"actindex report: {title or behavior.name}"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -9,7 +9,7 @@
     GET  /                the browser page (static/), GET /docs the OpenAPI docs
 
 Concurrency: requests run in a pool of ``workers`` threads. A query first runs without the model
-(:meth:`~actindex.api.Index.without_model`): a behaviour in the behaviour cache is answered so, in parallel
+(``QuerySession.without_model``): a behaviour in the behaviour cache is answered so, in parallel
 with any other. A query that needs a model pass runs again on the one model thread, holding the model lock, so
 model passes never overlap and a query waiting for one holds no worker thread; searches, cached queries and
 ``/health`` go on meanwhile. An identical request answered from the behaviour cache is
@@ -58,12 +58,12 @@ class Served:
         self.index = index
         self.model_lock = threading.Lock()
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="actindex-model")
-        self.memo = AnswerMemo(index.behavior_cache, answers)
+        self.memo = AnswerMemo(index.session.behavior_cache, answers)
         self.started = time.time()
 
     @cached_property
     def rows_by_id(self) -> dict[str, int]:
-        return {row_id: row for row, row_id in enumerate(self.index.ids())}
+        return {row_id: row for row, row_id in enumerate(self.index.reader.ids())}
 
     def warm(self, model: bool) -> None:
         """Hold ``vectors.h5`` open and read what every query reads (the row table, each family's FAISS index, the
@@ -72,10 +72,10 @@ class Served:
         would hold up a whole request."""
         idx = self.index
         one_thread_per_search()
-        idx.hold_open()
+        idx.reader.hold_open()
         for family in idx.families:
-            idx.faiss_index(family)
-        idx.query_context()
+            idx.reader.faiss_index(family)
+        idx.session.query_context()
         _ = self.rows_by_id
         if model:
             idx.model()
@@ -86,8 +86,8 @@ class Served:
         behavior, config = asked(request)
         path, stamp = self.memo.entry(behavior)
         try:
-            with self.index.without_model():
-                answer = self.index.query(behavior, config).to_json()
+            with self.index.session.without_model():
+                answer = self.index.session.query(behavior, config).to_dict()
         except ModelNeeded:
             return None
         self.memo.keep(key, path, stamp, answer)
@@ -98,7 +98,7 @@ class Served:
         model lock (``/health`` says ``model_busy`` meanwhile)."""
         behavior, config = asked(request)
         with self.model_lock:
-            return self.index.query(behavior, config).to_json()
+            return self.index.session.query(behavior, config).to_dict()
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
         """Rows by cosine with the request's vector ``v``, searched as ``v / max|v_i|`` (the same cosines; every
@@ -108,7 +108,7 @@ class Served:
             raise ActindexError("vector must be a non-empty list of finite numbers, not all zero")
         family = request.family or next(iter(self.index.families))
         scores, rows = self.index.search(vector / np.abs(vector).max(), request.k, family, bottom=request.bottom)
-        ids = self.index.ids()
+        ids = self.index.reader.ids()
         return {"family": family, "scores": [float(s) for s in scores], "rows": [int(r) for r in rows],
                 "ids": [ids[r] for r in rows]}
 
@@ -116,21 +116,21 @@ class Served:
         row = self.rows_by_id.get(row_id)
         if row is None:
             raise HTTPException(404, f"no row with id {row_id!r} in the index")
-        table = self.index.table
-        path, line = self.index.row_sources([row])[row]
-        return {"id": row_id, "row": row, "record": self.index.records([row])[0], "loss": float(table.loss[row]),
+        table = self.index.reader.table
+        path, line = self.index.reader.row_sources([row])[row]
+        return {"id": row_id, "row": row, "record": self.index.reader.records([row])[0], "loss": float(table.loss[row]),
                 "n_tokens": int(table.n_tokens[row]), "n_response": int(table.n_response[row]),
                 "valid": bool(table.valid[row]), "source_row": int(table.source_row[row]), "line": line,
                 "file": path}
 
     def behaviors(self) -> list[dict[str, Any]]:
-        cache = self.index.behavior_cache
+        cache = self.index.session.behavior_cache
         return [{"name": name, "description": description,
                  "cached": cache.path(cache.key(load_behavior(name))).is_file()}
                 for name, description in builtin_behaviors().items()]
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "rows": self.index.manifest.rows, "model_loaded": self.index.model_loaded,
+        return {"status": "ok", "rows": self.index.manifest.rows, "model_loaded": self.index.session.model_loaded,
                 "model_busy": self.model_lock.locked(), "uptime_s": round(time.time() - self.started, 1)}
 
 

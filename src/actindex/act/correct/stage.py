@@ -27,7 +27,7 @@ from actindex.core.rows import normalise_record
 from actindex.errors import ActindexError
 from actindex.outputs import index_inputs
 from actindex.query.behaviors import Behavior
-from actindex.query.methods import DEFAULT_VECTOR_METHOD
+from actindex.query.methods import DEFAULT_VECTOR_METHOD, QueryMethod
 
 
 @dataclass
@@ -43,17 +43,18 @@ class Correction:
 def index_scores(
     index: Index, behavior: Behavior, method: str = DEFAULT_VECTOR_METHOD, layer: int | None = None
 ) -> np.ndarray:
-    """The index ranking's cosine score of every row (NaN for rows the index could not embed)."""
+    """The index ranking's score of every row (NaN for rows the index could not embed): the raw cosine of a single
+    method (its sign is the row's push: towards the behaviour or against it), a fused method's calibrated score."""
     result = index.query(behavior, method=method, layer=layer, k=0)
     scores = np.full(len(index), np.nan)
     for hit in result.top:
-        scores[hit.row] = hit.score
+        scores[hit.row] = hit.calibrated if QueryMethod.get(result.method).fused else hit.cosine
     return scores
 
 
 def encode_rows(index: Index, rows: np.ndarray, max_length: int | None, tokenizer: Any) -> list[Encoded]:
     """The index's rows ``rows``, encoded as the build encoded them."""
-    records = index.records(rows)
+    records = index.reader.records(rows)
     return [encode_row(tokenizer, normalise_record(index.root, int(r) + 1, int(r), rec), max_length)
             for r, rec in zip(rows, records)]
 
@@ -123,7 +124,7 @@ def correct(
     if lm is not None:
         index.use_model(lm)
     ranker = index.model()
-    lm = index.companion_model(target, "--target") if target is not None else ranker
+    lm = index.session.companion_model(target, "--target") if target is not None else ranker
     behavior = index.behavior(behavior)
     max_length = config.max_length or index.manifest.max_length
     pad_id, bs = lm.tokenizer.pad_token_id, config.batch_size
@@ -157,7 +158,7 @@ def correct(
         "model": lm.name,
         "ranking": ranking,
         "ranking model": ranker.name,
-        "selection": {**split.report(index.ids()), **carrier_report(lm.tokenizer, sets, weights)},
+        "selection": {**split.report(index.reader.ids()), **carrier_report(lm.tokenizer, sets, weights)},
         **held.report(before, after),
         "loss": {"first": history[0], "last": history[-1]},
         "steps": config.steps,

@@ -64,8 +64,8 @@ def query_token_weights(
     """
     from actindex.core.vectors import residual_change_token_scores
 
-    psi, _, _ = index.query_vector(behavior, "residual-change", layer)
-    at = index.resolve_layer(layer)
+    psi, _, _ = index.query_vector(behavior, method="residual-change", layer=layer)
+    at = index.session.resolve_layer(layer)
     lm = index.model()
     out = {}
     for name, sign in (("pos", 1.0), ("neg", -1.0)):
@@ -92,7 +92,7 @@ def carrier_report(tokenizer: Any, sets: dict[str, list[Encoded]], weights: Weig
             "D- tokens": carriers(tokenizer, sets["neg"], weights["neg"])}
 
 
-class TokenWeighting(Registered, noun="token weighting"):
+class TokenWeighting(Registered, noun="token weighting", listed=True):
     """A rule for the token weights of the D+ and D- rows (see the module docstring)."""
 
     name: ClassVar[str]
@@ -133,6 +133,10 @@ class TopWeighting(QueryWeighting):
     name = "top"
     help = "all the weight on the row's highest-share token"
     top = True
+
+
+#: the registry, in the order of ``--token-weights``' choices
+TokenWeighting.register(MeanWeighting, QueryWeighting, TopWeighting)
 
 
 def weighting_names() -> list[str]:

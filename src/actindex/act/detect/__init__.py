@@ -70,10 +70,10 @@ Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised
   its category scores is at least ``soft_threshold`` (bench/RESULTS.md, "soft voting").
 
 The package, step by step: :mod:`.config` (the settings), :mod:`.queries` (the test queries),
-:mod:`.transforms` (one registered class per rewrite, over the word lists of :mod:`.transforms.lexicon`),
+:mod:`.transforms` (the rewrites, a class each, over the word lists of :mod:`.lexicon`),
 :mod:`.scoring` (the score table: one column per transform, search cosines or exact influence,
 divided by a :mod:`.norms` entry), :mod:`.statistics` (robust standardisation, precision/recall),
-:mod:`.rules` (one registered class per flagging rule) and :mod:`.stage` (the whole detection).
+:mod:`.rules` (the flagging rules, a class each) and :mod:`.stage` (the whole detection).
 Only :mod:`.scoring` and :mod:`.stage` load a tensor library; their names are imported on first use.
 """
 

@@ -14,7 +14,7 @@ import numpy as np
 from actindex.registry import Registered
 
 
-class Norm(Registered, noun="norm"):
+class Norm(Registered, noun="norm", listed=True):
     """``N(G_m)``: ``curvature`` asks :func:`~actindex.query.curvature.influence.influence_matrix` for
     ``sqrt(<G_m, precond(G_m)>)`` instead of ``||G_m||``; :meth:`divide` applies it."""
 
@@ -46,6 +46,10 @@ class NoNorm(Norm):
 
     def divide(self, scores: np.ndarray, norms: np.ndarray) -> np.ndarray:
         return scores
+
+
+#: the registry, in the order of ``--norm``'s choices
+Norm.register(RelatifNorm, GradientNorm, NoNorm)
 
 
 def norm_names() -> list[str]:

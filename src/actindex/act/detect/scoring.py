@@ -113,8 +113,8 @@ def query_sets(
 def search_columns(index: Index, sets: list[QuerySet], method: str, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, scores)``: column ``T`` is the cosine of ``psi_T = norm(mean_j v(T(x_j), y_j))`` with every
     stored vector of the method's family (one full search per set)."""
-    family = index.method_family(method, layer)
-    ctx: QueryContext = index.query_context()
+    family = index.session.method_family(method, layer)
+    ctx: QueryContext = index.session.query_context()
     rows, columns = None, []
     for qs in sets:
         psi = unit(ctx.family_vectors(family, qs.conversations).mean(axis=0))
@@ -140,14 +140,14 @@ def influence_columns(
     content_only = response_tokens == "content"
     divisor: Norm = Norm.get(norm)
     curv = index.curvature(kind)
-    ctx: QueryContext = index.query_context()
+    ctx: QueryContext = index.session.query_context()
     lm = ctx.lm
     gradients = ctx.mean_gradients([qs.conversations for qs in sets], curv.names, measurement, content_only)
     preconditioned = []
     while gradients:  # one query at a time in float64, kept in float32: the full gradients are large
         preconditioned.append({n: v.float() for n, v in curv.precondition(gradients.pop(0)).items()})
-    rows = index.table.searchable
-    encoded = encode_index_rows(index, rows, lm, content_only)
+    rows = index.reader.table.searchable
+    encoded = encode_index_rows(index.reader, rows, lm, content_only)
     scores, norms = influence_matrix(lm.model, encoded, preconditioned, lm.tokenizer.pad_token_id, ctx.batch_size,
                                      progress, curv if divisor.curvature else None)
     return rows, divisor.divide(scores, norms)
@@ -174,8 +174,8 @@ def score_table(
     if rerank:  # refuse before any model pass: no fitted factors, or no vectors for the method
         index.curvature(rerank)
     else:
-        index.method_family(method, layer)
-    ctx: QueryContext = index.query_context()
+        index.session.method_family(method, layer)
+    ctx: QueryContext = index.session.query_context()
     sets, skipped = query_sets(queries, transforms, ctx.lm, rewriter, progress, answerer, ctx.max_length)
     if rerank:
         rows, scores = influence_columns(index, sets, rerank, progress, norm, measurement, response_tokens)

@@ -51,7 +51,7 @@ class DetectResult:
         rule = rule or self.ensemble
         pos = np.flatnonzero(self.flags[rule])
         pos = pos[np.lexsort((-self.statistics[TIE_BREAK][pos], -self.statistics[rule][pos]))]
-        records = index.records(self.table.rows[pos])
+        records = index.reader.records(self.table.rows[pos])
         out = []
         for p, record in zip(pos, records):
             entry: dict[str, Any] = {
@@ -70,7 +70,7 @@ class DetectResult:
 def ground_truth(index: Index, rows: np.ndarray, field_name: str) -> np.ndarray:
     """``label != 'clean'`` for each row (the benchmark/labels path only; ranking never reads it)."""
     labels = []
-    for row, record in zip(rows, index.records(rows)):
+    for row, record in zip(rows, index.reader.records(rows)):
         if field_name not in record:
             problem = f"missing from training row {int(row)} (id {record.get('id')})"
             raise DataError(index.root, None, field_name, problem)
@@ -95,11 +95,11 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
     if rewriter is None and config.paraphrase_model:
         rewriter = load_model(config.paraphrase_model)
     if target is not None or config.target:
-        target = idx.companion_model(target if target is not None else config.target, "--target")
+        target = idx.session.companion_model(target if target is not None else config.target, "--target")
     table = score_table(idx, queries, resolve_transforms(config.transforms), config.method, config.layer, progress,
                         config.rerank, rewriter, config.norm, target, config.measurement, config.response_tokens)
     rules = config.rules()
-    all_ids = idx.ids()
+    all_ids = idx.reader.ids()
     result = DetectResult(
         table=table,
         flags={name: rule.flags(table) for name, rule in rules.items()},

@@ -3,7 +3,7 @@
 ``CheckpointSet.open("OUT")`` reads a set written by ``ActindexCallback`` (``OUT/checkpoints.json``),
 ``CheckpointSet.open(["a", "b"])`` takes any indexes of the same rows. Every index answers the query with
 its own model (the (method, layer) members of :class:`~actindex.query.pipeline.QueryPipeline`, calibrated
-over that index), and a :class:`~actindex.query.checkpoints.base.CheckpointFusion` rule fuses the answers.
+over that index), and a :class:`~actindex.query.checkpoints.fusion.CheckpointFusion` rule fuses the answers.
 Each hit is shown with the calibrated TracIn score ``S(x) = sum_c s_c(x)`` and each ``s_c(x)``
 (``checkpoint_scores``); ``fused`` is the rule's own score, which orders the rows.
 
@@ -26,8 +26,8 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.index.checkpoints import CheckpointList, is_checkpoint_set
 from actindex.index.memorisation import warn_if_memorised
 from actindex.query.behaviors import Behavior
-from actindex.query.checkpoints.base import CheckpointFusion, CheckpointRanking, tracin_scores
 from actindex.query.checkpoints.config import DEFAULT_CHECKPOINT_FUSION
+from actindex.query.checkpoints.fusion import CheckpointFusion, CheckpointRanking, tracin_scores
 from actindex.query.fusion import BOTTOM, TOP
 from actindex.query.pipeline import QueryConfig, Ranking, describe
 from actindex.query.result import Hit, QueryResult
@@ -75,8 +75,8 @@ def check_same_rows(indexes: Sequence[Index]) -> None:
         problem = None
         if a != b:
             problem = f"they index other data (sha256 {a[0][:12]}… against {b[0][:12]}…)"
-        elif first.ids() != idx.ids():
-            ids_a, ids_b = first.ids(), idx.ids()
+        elif first.reader.ids() != idx.reader.ids():
+            ids_a, ids_b = first.reader.ids(), idx.reader.ids()
             at = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
             if at == min(len(ids_a), len(ids_b)):
                 problem = f"they hold {len(ids_a)} and {len(ids_b)} rows"
@@ -145,21 +145,21 @@ class CheckpointSet:
     def _rank(self, idx: Index, label: str, behavior: str | Behavior, config: QueryConfig, depth: int,
               bottom_depth: int) -> tuple[Behavior, CheckpointRanking, dict[str, float]]:
         """One checkpoint's answer: its members ranked and calibrated over its own index, and its fused sides."""
-        raw, completed, _ = idx.prepare_behavior(behavior)
-        pipeline = idx.pipeline()
-        idx.query_context().start()
+        raw, completed, _ = idx.session.prepare_behavior(behavior)
+        pipeline = idx.session.pipeline()
+        idx.session.query_context().start()
         members = pipeline.member_rankings(pipeline.formed(completed, config.resolved_method(), config.layer),
                                            depth, bottom_depth)
         top, bottom = pipeline.fused(members, config.resolved_fusion(), depth, bottom_depth)
-        idx.remember(raw, completed)
-        timings = dict(pipeline.timings, **{"model pass": idx.query_context().model_seconds})
+        idx.session.remember(raw, completed)
+        timings = dict(pipeline.timings, **{"model pass": idx.session.query_context().model_seconds})
         return completed, CheckpointRanking(label, members, top.rows, bottom.rows), timings
 
     def _side(self, rule: CheckpointFusion, rankings: list[CheckpointRanking], side: str, n: int) -> list[Hit]:
         """The fused hits of one side, cut at ``n`` (0: every ranked row), with their per-checkpoint scores."""
         rows, fused = rule.fuse(rankings, side)
         rows, fused = (rows, fused) if n <= 0 else (rows[:n], fused[:n])
-        hits = self.indexes[0].pipeline().hits(Ranking(tracin_scores(rankings, rows), rows, fused=fused))
+        hits = self.indexes[0].session.pipeline().hits(Ranking(fused, rows, tracin_scores(rankings, rows)))
         per_checkpoint = {r.label: r.scores(rows) for r in rankings}
         for i, hit in enumerate(hits):
             hit.checkpoint_scores = {label: float(scores[i]) for label, scores in per_checkpoint.items()}
@@ -168,7 +168,7 @@ class CheckpointSet:
     def query(self, behavior: str | Behavior, config: QueryConfig | None = None,
               checkpoint_fusion: str = DEFAULT_CHECKPOINT_FUSION, **options: Any) -> QueryResult:
         """Rank the rows for a behaviour with every checkpoint and fuse the answers with ``checkpoint_fusion``
-        (a :class:`~actindex.query.checkpoints.base.CheckpointFusion` rule); ``options`` are
+        (a :class:`~actindex.query.checkpoints.fusion.CheckpointFusion` rule); ``options`` are
         :class:`~actindex.query.pipeline.QueryConfig` fields."""
         config = config or QueryConfig(**options)
         rule = CheckpointFusion.get(checkpoint_fusion)

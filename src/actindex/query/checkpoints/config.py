@@ -1,4 +1,4 @@
-"""Settings of a checkpoint-set query (:class:`CheckpointConfig`), and the registered checkpoint-fusion rules;
+"""Settings of a checkpoint-set query (:class:`CheckpointConfig`), and the names of the checkpoint-fusion rules;
 light (numpy only), so the CLI reads the choices without loading a tensor library."""
 
 from __future__ import annotations
@@ -6,14 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actindex.configs import check_choices, option
-from actindex.query.checkpoints.base import CheckpointFusion
-
-# the registry lists the rules in this order
-# isort: off
-from actindex.query.checkpoints.tracin import TracInSum
-from actindex.query.checkpoints.cosine import TracInCosine
-from actindex.query.checkpoints.rrf import CheckpointRRF
-# isort: on
+from actindex.query.checkpoints.fusion import CheckpointFusion, CheckpointRRF, TracInCosine, TracInSum
 
 #: the default rule of a checkpoint-set query
 DEFAULT_CHECKPOINT_FUSION = TracInSum.name

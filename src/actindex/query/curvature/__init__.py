@@ -1,7 +1,7 @@
 """Stage 8 — curvature: EK-FAC and LinFAC factors, fitted once per index (docs/design.md#curvature-and-reranking).
 
 The package, stage by stage: :mod:`.config` (the settings), :mod:`.kron` (factors in a Kronecker
-eigenbasis), :mod:`.kinds` (one registered class per curvature kind: which modules, which passes,
+eigenbasis), :mod:`.kinds` (the curvature kinds, a class each: which modules, which passes,
 what is accumulated), :mod:`.passes` (the model passes that capture ``a`` and ``delta``),
 :mod:`.influence` (exact influence of rows on a query) and :mod:`.store` (fitting on an index,
 storing the factors in it and loading them back).

@@ -1,23 +1,28 @@
-"""The query methods (docs/design.md#query-methods), a registered class per file; ``QueryMethod.get(name)`` returns one.
+"""The query methods (docs/design.md#query-methods): those with a fixed query in :mod:`.fixed`, the adaptive default in :mod:`.adaptive`;
+``QueryMethod.get(name)`` returns one.
 
 ``adaptive`` is the default ranking; where one query vector is needed (a saved vector, correction,
 detection) the default is ``residual-change``.
 """
 
-from actindex.query.methods.base import FormedMember, Member, QueryMethod
-
-# the registry lists the methods in this order
-# isort: off
-from actindex.query.methods.residual_change import ResidualChangeMethod
-from actindex.query.methods.residual_change_pooled import PooledResidualChangeMethod
-from actindex.query.methods.residual_difference import ResidualDifferenceMethod
-from actindex.query.methods.persona import PersonaMethod
-from actindex.query.methods.activation import ActivationMethod
-from actindex.query.methods.gradient import GradientMethod
-from actindex.query.methods.ekfac import EkfacGradientMethod
-from actindex.query.methods.ensemble import EnsembleMethod
 from actindex.query.methods.adaptive import AdaptiveMethod
-# isort: on
+from actindex.query.methods.base import FormedMember, Member, QueryMethod
+from actindex.query.methods.fixed import (
+    ActivationMethod,
+    EkfacGradientMethod,
+    EnsembleMethod,
+    GradientMethod,
+    PersonaMethod,
+    PooledResidualChangeMethod,
+    ResidualChangeMethod,
+    ResidualDifferenceMethod,
+)
+
+#: the registry, in the order of the CLI's choices and of ``--help-methods``
+QueryMethod.register(
+    ResidualChangeMethod, PooledResidualChangeMethod, ResidualDifferenceMethod, PersonaMethod, ActivationMethod,
+    GradientMethod, EkfacGradientMethod, EnsembleMethod, AdaptiveMethod,
+)
 
 #: the default ranking of ``query`` and ``filter``: chosen by its worst case over the benchmark sets
 DEFAULT_METHOD = AdaptiveMethod.name

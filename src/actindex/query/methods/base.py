@@ -1,6 +1,6 @@
 """What a query method is: a way to turn a behaviour into a query vector ``psi`` in one stored family.
 
-A method is one small registered class (:class:`QueryMethod`) in one file of this package. Its
+A method is one small registered class (:class:`QueryMethod`), listed in the package's registry. Its
 capabilities tell the query pipeline (:mod:`actindex.query.pipeline`) what to do with it:
 
 * ``kind``: the stored family it searches (at a layer, for per-layer families);
@@ -49,7 +49,7 @@ class FormedMember:
     notes: dict[str, float] = field(default_factory=dict)
 
 
-class QueryMethod(Registered, noun="method"):
+class QueryMethod(Registered, noun="method", listed=True):
     """A way to turn a behaviour into a query vector in one stored family (see the module docstring)."""
 
     name: ClassVar[str]

@@ -134,12 +134,18 @@ function readUrl() {
 
 const fmt = (x, digits = 4) => (x >= 0 ? "+" : "") + Number(x).toFixed(digits);
 
+// a rank-fusion rule orders by its own score and keeps the calibrated one beside it
+const otherOrder = (hits) => hits.some((h) => h.calibrated !== undefined && Math.abs(h.calibrated - h.score) > 1e-9);
+
 function hitsTable(title, hits, shared, onOpen) {
   const influence = hits.some((h) => h.influence !== undefined);
+  const calibrated = !influence && otherOrder(hits);
+  const extra = calibrated ? ["calibrated", "cosine"] : ["cosine"];
   const head = el("tr", {}, el("th", {}, "#"), el("th", {}, influence ? "influence" : "score"),
-                  el("th", {}, "id"), el("th", {}, "text"));
+                  ...extra.map((name) => el("th", {}, name)), el("th", {}, "id"), el("th", {}, "text"));
   const table = el("table", {class: "hits"},
-    el("colgroup", {}, el("col", {class: "rank"}), el("col", {class: "score"}), el("col", {class: "id"}), el("col")),
+    el("colgroup", {}, el("col", {class: "rank"}), el("col", {class: "score"}),
+       ...extra.map(() => el("col", {class: "score"})), el("col", {class: "id"}), el("col")),
     el("thead", {}, head));
   const body = el("tbody");
   for (const hit of hits) {
@@ -149,6 +155,8 @@ function hitsTable(title, hits, shared, onOpen) {
                           "data-rank": hit.rank, onclick: () => onOpen(hit)},
       el("td", {class: "num"}, hit.rank),
       el("td", {class: `num score ${value >= 0 ? "pos" : "neg"}`, title}, fmt(value, influence ? 3 : 4)),
+      ...extra.map((name) => el("td", {class: `num ${name}`, title: `${name} ${hit[name]}`},
+                                hit[name] === undefined ? "" : fmt(hit[name]))),
       el("td", {class: "id", title: hit.id}, hit.id),
       el("td", {class: "snippet", title: hit.snippet}, hit.snippet)));
   }
@@ -175,10 +183,12 @@ function render(results) {
     const section = el("section", {class: "result", "data-method": result.method},
       el("h2", {}, `${result.behavior} · ${result.method}`),
       el("p", {class: "meta"}, `${result.family} · ${timing(result)}`));
-    if (result.members.length) {
-      section.append(el("p", {class: "note"}, "score: the calibrated score, robust standard deviations from the "
-        + "typical row (positive pushes towards the behaviour); rows ordered by the fused rank"));
-    }
+    const calibrated = "robust standard deviations from the index's typical row (positive pushes towards the "
+      + "behaviour)";
+    const cosine = "cosine: the raw cosine with the query vector" + (result.members.length ? " (members' mean)" : "");
+    section.append(el("p", {class: "note"}, otherOrder([...result.top, ...result.bottom])
+      ? `score: the fusion rule's own, the order; calibrated: ${calibrated}; ${cosine}`
+      : `score: calibrated, ${calibrated}; ${cosine}`));
     for (const note of result.notes) section.append(el("p", {class: "note"}, `note: ${note}`));
     if (results.length > 1) section.append(el("p", {class: "note"}, `${shared.size} of the top rows in both (bold)`));
     section.append(...hitsTable("top: pushes towards the behaviour", result.top, shared, openRow));

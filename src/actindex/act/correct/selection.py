@@ -1,12 +1,10 @@
 """Choosing ``D+``, ``D-``, ``D0`` from the ranking's scores (docs/design.md#correction).
 
-Scores ``s_i`` (one per row, NaN for a row left out) are scaled by their largest magnitude,
-``I_i = s_i / max_j |s_j|`` (:func:`scale_scores`). The rows with ``I > 0`` sorted by ``I``
-descending, and those with ``I < 0`` sorted by ``I`` ascending, are the two sides' candidates; a
-selection rule (one small registered class, :class:`Selection`, per file of this package) says how
-many of each side's strongest rows to keep (:meth:`Selection.count`). ``D0`` is then the ``k0``
-rows with the smallest ``|I|`` among the rest. :func:`select_rows` is the entry point.
-"""
+Scores ``s_i`` (one per row, NaN for a row left out) are scaled by their largest magnitude, ``I_i = s_i / max_j
+|s_j|`` (:func:`scale_scores`). The rows with ``I > 0`` sorted by ``I`` descending, and those with ``I < 0``
+sorted by ``I`` ascending, are the two sides' candidates; a selection rule (a few lines, :class:`Selection`,
+listed in :data:`SELECTIONS`) says how many of each side's strongest rows to keep (:meth:`Selection.count`).
+``D0`` is then the ``k0`` rows with the smallest ``|I|`` among the rest. :func:`select_rows` is the entry point."""
 
 from __future__ import annotations
 
@@ -42,7 +40,7 @@ class Split:
                 "D- ids": [ids[i] for i in self.neg]}
 
 
-class Selection(Registered, noun="selection"):
+class Selection(Registered, noun="selection", listed=True):
     """A rule for how many of one side's rows (``D+`` or ``D-``) are kept."""
 
     name: ClassVar[str]
@@ -51,11 +49,6 @@ class Selection(Registered, noun="selection"):
     def count(self, magnitudes: np.ndarray, k: int) -> int:
         """How many rows of one side to keep, given their ``|I|`` sorted descending (possibly none)."""
         raise NotImplementedError
-
-
-def selection_names() -> list[str]:
-    """Every registered selection rule, for ``--select``'s choices."""
-    return list(Selection.registry)
 
 
 def scale_scores(scores: np.ndarray) -> np.ndarray:
@@ -95,3 +88,50 @@ def select_rows(scores: np.ndarray, rule: str = "topk", k: int = 16, k0: int | N
     n0 = k0 if k0 is not None else max(len(pos), len(neg))
     zero = rest[np.argsort(np.abs(influence[rest]), kind="stable")[:n0]]
     return Split(pos=pos, neg=neg, zero=zero, influence=influence, rule=rule)
+
+
+class TopK(Selection):
+    """``min(k, m)`` of a side's ``m`` rows: the ``k`` largest positive ``I``, the ``k`` most negative."""
+
+    name = "topk"
+    help = "the k most positive rows, the k most negative, the k0 nearest zero"
+
+    def count(self, magnitudes: np.ndarray, k: int) -> int:
+        return min(k, len(magnitudes))
+
+
+def knee_count(values: np.ndarray) -> int:
+    """How many of the values (sorted descending here) lie above the knee of their curve.
+
+    Kneedle rule: with ranks ``x_i = i / (m - 1)`` and values rescaled to ``y_i = (v_i - v_min) /
+    (v_max - v_min)``, the knee is the point furthest below the chord from the largest to the
+    smallest value, ``i* = argmax_i (1 - x_i - y_i)``; the rows before it (``i < i*``) form the
+    heavy tail. At least one row is kept.
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))[::-1]
+    m = len(v)
+    if m <= 2 or v[0] == v[-1]:
+        return m
+    x = np.arange(m) / (m - 1)
+    y = (v - v[-1]) / (v[0] - v[-1])
+    return max(1, int(np.argmax(1.0 - x - y)))
+
+
+class Pareto(Selection):
+    """The rows above the knee of a side's sorted ``|I|`` (:func:`knee_count`), at most ``k``."""
+
+    name = "pareto"
+    help = "on each side the rows above the knee of the sorted |I| curve, at most k"
+
+    def count(self, magnitudes: np.ndarray, k: int) -> int:
+        return min(k, knee_count(magnitudes)) if len(magnitudes) else 0
+
+
+#: the registry, in the order of ``--select``'s choices
+SELECTIONS = (TopK, Pareto)
+Selection.register(*SELECTIONS)
+
+
+def selection_names() -> list[str]:
+    """Every registered selection rule, for ``--select``'s choices."""
+    return list(Selection.registry)

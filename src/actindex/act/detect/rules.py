@@ -1,0 +1,185 @@
+"""The detection rules: ways to flag rows of a score table (``--ensemble``).
+
+A rule is a few lines (:class:`DetectRule`), listed in :data:`RULES`. It reads its settings from a
+:class:`~actindex.act.detect.config.DetectConfig` (:meth:`~DetectRule.from_config`, where it also checks them),
+gives every row a ``statistic`` (what orders its flagged rows) and a boolean ``flags`` mask; ``record_field``
+names the statistic in the flagged rows written by ``--out``. Modules here import no tensor library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from actindex.act.detect.statistics import category_means, support_z, top_count
+from actindex.configs import check_choice
+from actindex.errors import ActindexError
+from actindex.registry import Registered
+
+if TYPE_CHECKING:
+    from actindex.act.detect.config import DetectConfig
+    from actindex.act.detect.scoring import ScoreTable
+
+
+class DetectRule(Registered, noun="ensemble", listed=True):
+    """A rule that flags rows of a :class:`~actindex.act.detect.scoring.ScoreTable`; ``statistic`` orders the
+    flagged rows."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    #: the key of the row's statistic in a written record (``None``: not written), and its type there
+    record_field: ClassVar[str | None] = None
+    record_type: ClassVar[type] = float
+
+    @classmethod
+    def from_config(cls, config: DetectConfig) -> DetectRule:
+        """This rule with the config's settings (checked)."""
+        raise NotImplementedError
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        raise NotImplementedError
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        """Boolean mask over ``table.rows``."""
+        raise NotImplementedError
+
+    @classmethod
+    def record(cls, statistic: float) -> dict[str, Any]:
+        """A row's statistic as its record writes it (``{}`` when the rule writes none)."""
+        return {cls.record_field: cls.record_type(statistic)} if cls.record_field else {}
+
+
+class ThresholdRule(DetectRule):
+    """A rule that flags the rows whose statistic is at least the rule's ``threshold`` (a dataclass field of
+    the subclass)."""
+
+    threshold: float
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        return self.statistic(table) >= self.threshold
+
+
+@dataclass
+class VarianceRule(ThresholdRule):
+    """Flag ``v_i = mean_T z_{T,i} - std_T z_{T,i} >= threshold`` (robust z per transform)."""
+
+    name: ClassVar[str] = "variance"
+    help: ClassVar[str] = "mean_T z - std_T z over the robustly standardised columns"
+    record_field: ClassVar[str] = "variance_statistic"
+    threshold: float = 3.0
+
+    @classmethod
+    def from_config(cls, config: DetectConfig) -> VarianceRule:
+        return cls(config.threshold)
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        z = table.z()
+        return z.mean(axis=1) - z.std(axis=1)
+
+
+#: what each score column is standardised against: the rows that support the queries, or all of them
+VOTE_SCALES = ("support", "all")
+
+
+@dataclass
+class VotingRule(DetectRule):
+    """Each category votes for rows in its top ``top`` with mean standardised score ``>= z``; flag
+    ``votes >= min_votes``.
+
+    ``min_votes = None`` asks for every category present. ``scale``: ``support`` standardises each column
+    against the rows with ``s > 0`` (:func:`support_z`), ``all`` against the whole column (:func:`robust_z`).
+    """
+
+    name: ClassVar[str] = "voting"
+    help: ClassVar[str] = "votes of the transform categories (original, negation, lexical, syntax, paraphrase)"
+    record_field: ClassVar[str] = "votes"
+    record_type: ClassVar[type] = int
+    top: float = 0.1
+    z: float = 2.0
+    min_votes: int | None = None
+    scale: str = "support"
+
+    def __post_init__(self) -> None:
+        if self.top <= 0:
+            raise ActindexError(f"--vote-top must be positive, got {self.top}")
+        if self.min_votes is not None and self.min_votes < 1:
+            raise ActindexError(f"--min-votes must be at least 1, got {self.min_votes}")
+        check_choice("--vote-scale", self.scale, VOTE_SCALES)
+
+    @classmethod
+    def from_config(cls, config: DetectConfig) -> VotingRule:
+        return cls(config.vote_top, config.vote_z, config.min_votes, config.vote_scale)
+
+    def category_z(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
+        z = support_z(table.scores) if self.scale == "support" else table.z()
+        return category_means(z, table.categories)
+
+    def votes(self, table: ScoreTable) -> np.ndarray:
+        _, cz = self.category_z(table)
+        n = len(cz)
+        k = top_count(self.top, n)
+        out = np.zeros(n, np.int64)
+        for c in range(cz.shape[1]):
+            top = np.argsort(-cz[:, c], kind="stable")[:k]
+            vote = np.zeros(n, bool)
+            vote[top] = True
+            out += vote & (cz[:, c] >= self.z)
+        return out
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        return self.votes(table).astype(np.float64)
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        needed = self.min_votes if self.min_votes is not None else len(set(table.categories))
+        return self.votes(table) >= needed
+
+
+@dataclass
+class BothRule(DetectRule):
+    """Flag the rows both ``variance`` and ``voting`` flag; their order is the variance statistic's."""
+
+    name: ClassVar[str] = "both"
+    help: ClassVar[str] = "flagged by variance and by voting"
+    variance: VarianceRule = field(default_factory=VarianceRule)
+    voting: VotingRule = field(default_factory=VotingRule)
+
+    @classmethod
+    def from_config(cls, config: DetectConfig) -> BothRule:
+        return cls(VarianceRule.from_config(config), VotingRule.from_config(config))
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        return self.variance.statistic(table)
+
+    def flags(self, table: ScoreTable) -> np.ndarray:
+        return self.variance.flags(table) & self.voting.flags(table)
+
+
+@dataclass
+class SoftVotingRule(ThresholdRule):
+    """Flag ``mean_c mean_{T in c} u_{T,i} >= threshold``, ``u`` the scores standardised against their
+    supporters (:func:`support_z`; module docstring of :mod:`actindex.act.detect`)."""
+
+    name: ClassVar[str] = "soft-voting"
+    help: ClassVar[str] = "mean over the categories of the supporter-standardised scores"
+    record_field: ClassVar[str] = "soft_voting_statistic"
+    threshold: float = 2.5
+
+    @classmethod
+    def from_config(cls, config: DetectConfig) -> SoftVotingRule:
+        return cls(config.soft_threshold)
+
+    def statistic(self, table: ScoreTable) -> np.ndarray:
+        return category_means(support_z(table.scores), table.categories)[1].mean(axis=1)
+
+
+#: the registry, in the order of the CLI's table and of a flagged row's record fields
+RULES = (VarianceRule, VotingRule, BothRule, SoftVotingRule)
+DetectRule.register(*RULES)
+#: the rule whose statistic breaks ties in the order of any rule's flagged rows
+TIE_BREAK = VarianceRule.name
+
+
+def rule_names() -> list[str]:
+    """Every registered rule, for the choices of ``--ensemble``."""
+    return list(DetectRule.registry)

@@ -1,0 +1,90 @@
+"""Constructions of a query vector: how ``psi`` is formed from a behaviour's vectors in one family.
+
+Every pair method forms ``psi`` from the same three ingredients, in one stored family (DESIGN 4): the vectors of
+the treatment rows ``v(treatment_j)``, of their controls ``v(control_j)`` (row ``j`` of each is pair ``j``), and
+the index's typical row ``mu = mean_x n(v(x))`` over its calibration sample, with ``n(v) = v / ||v||``. A
+construction is a few lines (:class:`Construction`), listed in :data:`CONSTRUCTIONS`; the adaptive default
+(:mod:`actindex.query.methods.adaptive`) tries each in every family and keeps those the behaviour's own held-out
+pairs vouch for (:mod:`actindex.query.selection`)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from actindex.errors import ActindexError
+from actindex.registry import Registered
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """``norm(v) = v / ||v||`` (float32); a zero or non-finite ``v`` is refused in one line."""
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n == 0:
+        raise ActindexError("the query vector is zero or not finite: treatment and control look identical")
+    return (v / n).astype(np.float32)
+
+
+def unit_rows(v: np.ndarray) -> np.ndarray:
+    """``n(v) = v / ||v||`` row-wise (zero rows stay zero), float64."""
+    v = np.asarray(v, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(norms > 0, norms, 1.0)
+
+
+class Construction(Registered, noun="construction", listed=True):
+    """How ``psi`` is formed from the treatments' and controls' vectors (and the typical row)."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    #: the formula, as ``--explain`` and the report show it
+    formula: ClassVar[str]
+    #: formed from the controls too (a query by example has none: only the others take part)
+    needs_controls: ClassVar[bool] = True
+
+    def psi(self, treatments: np.ndarray, controls: np.ndarray, typical: np.ndarray) -> np.ndarray:
+        """The unit query vector from aligned ``treatments``/``controls`` (n, d) and the typical row ``mu`` (d,)."""
+        raise NotImplementedError
+
+
+class Contrast(Construction):
+    """``psi = norm(mean_j (v(treatment_j) - v(control_j)))``: what changes between the two answers to one
+    prompt (DESIGN 4's residual-change and residual-difference queries)."""
+
+    name = "contrast"
+    help = "treatment minus control, averaged over the pairs"
+    formula = "norm(mean_j (v(T_j) - v(C_j)))"
+
+    def psi(self, treatments: np.ndarray, controls: np.ndarray, typical: np.ndarray) -> np.ndarray:
+        return unit((np.asarray(treatments, np.float64) - controls).mean(axis=0))
+
+
+class Centered(Construction):
+    """``psi = norm(mean_j n(v(treatment_j)) - mu)``, ``mu = mean_x n(v(x))`` over the index: what the
+    treatments share that the typical training row does not, the prompt included (the multi-example form of
+    query by example, with the component every row shares removed)."""
+
+    name = "centered"
+    help = "the treatments' mean direction minus the index's typical row"
+    formula = "norm(mean_j n(v(T_j)) - mu)"
+    needs_controls = False
+
+    def psi(self, treatments: np.ndarray, controls: np.ndarray, typical: np.ndarray) -> np.ndarray:
+        return unit(unit_rows(treatments).mean(axis=0) - typical)
+
+
+class Hybrid(Construction):
+    """``psi = norm(mean_j n(v(T_j)) - (mean_j n(v(C_j)) + mu) / 2)``: rows like the treatments, unlike their
+    controls (same prompt, answer without the behaviour) and unlike the typical row (another prompt) at once."""
+
+    name = "hybrid"
+    help = "the treatments' mean direction minus the mean of their controls' and the index's typical row"
+    formula = "norm(mean_j n(v(T_j)) - (mean_j n(v(C_j)) + mu) / 2)"
+
+    def psi(self, treatments: np.ndarray, controls: np.ndarray, typical: np.ndarray) -> np.ndarray:
+        return unit(unit_rows(treatments).mean(axis=0) - (unit_rows(controls).mean(axis=0) + typical) / 2)
+
+
+#: the registry, in the order the adaptive default tries the constructions (the first of equal candidates is kept)
+CONSTRUCTIONS = (Contrast, Centered, Hybrid)
+Construction.register(*CONSTRUCTIONS)
