@@ -1,11 +1,11 @@
 """Constructions of a query vector: how ``psi`` is formed from a behaviour's vectors in one family.
 
-Every pair method forms ``psi`` from the same three ingredients, in one stored family (DESIGN 4): the vectors of
-the treatment rows ``v(treatment_j)``, of their controls ``v(control_j)`` (row ``j`` of each is pair ``j``), and
-the index's typical row ``mu = mean_x n(v(x))`` over its calibration sample, with ``n(v) = v / ||v||``. A
-construction is a few lines (:class:`Construction`), listed in :data:`CONSTRUCTIONS`; the adaptive default
-(:mod:`actindex.query.methods.adaptive`) tries each in every family and keeps those the behaviour's own held-out
-pairs vouch for (:mod:`actindex.query.selection`)."""
+Every pair method forms ``psi`` from the same three ingredients, in one stored family
+(docs/design.md#constructions): the vectors of the treatment rows ``v(treatment_j)``, of their controls
+``v(control_j)`` (row ``j`` of each is pair ``j``), and the index's typical row ``mu = mean_x n(v(x))`` over
+its calibration sample, with ``n(v) = v / ||v||``. A construction is a few lines (:class:`Construction`), listed
+in :data:`CONSTRUCTIONS`; the adaptive default (:mod:`actindex.query.methods.adaptive`) tries each in every
+family and keeps those the behaviour's own held-out pairs vouch for (:mod:`actindex.query.selection`)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class Construction(Registered, noun="construction", listed=True):
 
 class Contrast(Construction):
     """``psi = norm(mean_j (v(treatment_j) - v(control_j)))``: what changes between the two answers to one
-    prompt (DESIGN 4's residual-change and residual-difference queries)."""
+    prompt (the residual-change and residual-difference queries)."""
 
     name = "contrast"
     help = "treatment minus control, averaged over the pairs"

@@ -12,7 +12,7 @@ pushes towards the behaviour) or below (inhibits it) the typical row. A rule is 
 best first, with the rule's own score: a hit's ``score`` is that score, so scores never rise down a
 ranking. Every fused hit also carries its calibrated score, the weighted mean ``sum_m w_m z_m(x) / sum_m w_m``
 (:func:`calibrated`, the same as ``score`` for ``zmean``), which keeps the sign and the scale a reader
-expects (DESIGN 4), and the members' weighted raw cosine (:func:`mean_cosines`).
+expects (docs/design.md#fusion), and the members' weighted raw cosine (:func:`mean_cosines`).
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ class QuerySession:
 
     ``cache`` (default on) keeps each behaviour's model-made vectors in the index's behaviour cache
     (:mod:`actindex.query.cache`), so a behaviour is formed once per index, not once per process, within
-    ``cache_config``'s size budget; ``progress`` shows a progress bar while a behaviour is formed with the model. :class:`actindex.Index` is
-    the small public face over it; the stages (CLI, server, filter, report, correct, detect) use it directly.
+    ``cache_config``'s size budget; ``progress`` shows a progress bar while a behaviour is formed with the model.
+    :class:`actindex.Index` is the small public face over it; the stages (CLI, server, filter, report, correct,
+    detect) use it directly.
     """
 
     def __init__(self, reader: IndexReader, cache: bool = True, progress: bool = False,
@@ -245,7 +246,7 @@ class QuerySession:
         self.remember(raw, completed)
         return ranked
 
-    # ---- curvature and exact influence (DESIGN 5) -------------------------------------------
+    # ---- curvature and exact influence -------------------------------------------------------
     def fit_curvature(self, config: CurvatureConfig, progress: bool = True,
                       say: Callable[[str], Any] | None = None) -> dict[str, Any]:
         """Fit the factors ``config`` asks for on a sample of the rows and store them in the index; returns the

@@ -1,4 +1,4 @@
-"""The correction objectives: the named loss terms of one training step (DESIGN 6).
+"""The correction objectives: the named loss terms of one training step (docs/design.md#correction).
 
 An objective is a few lines (:class:`Objective`, listed in :data:`OBJECTIVES`): which of the sets ``D+``, ``D-``,
 ``D0`` it reads (``sets``; the training loop draws minibatches only from those), whether the loop adds the

@@ -1,5 +1,5 @@
 """The curvature kinds, EK-FAC and LinFAC: which modules each covers, which passes over the sampled rows it
-needs and what it accumulates from each (DESIGN 5).
+needs and what it accumulates from each (docs/design.md#curvature-and-reranking).
 
 A kind (:class:`CurvatureKind`, listed in :data:`KINDS`) names its modules (:meth:`CurvatureKind.modules`) and
 starts a :class:`CurvatureFit`, which is fed every batch's per-module ``(a, delta)`` of each pass it needs and

@@ -1,5 +1,5 @@
-"""The query methods (docs/design.md#query-methods): those with a fixed query in :mod:`.fixed`, the adaptive default in :mod:`.adaptive`;
-``QueryMethod.get(name)`` returns one.
+"""The query methods (docs/design.md#query-methods): those with a fixed query in :mod:`.fixed`, the adaptive
+default in :mod:`.adaptive`; ``QueryMethod.get(name)`` returns one.
 
 ``adaptive`` is the default ranking; where one query vector is needed (a saved vector, correction,
 detection) the default is ``residual-change``.

@@ -1,5 +1,5 @@
-"""The query methods with a fixed query: one vector formed by a formula (DESIGN 4), or the ``ensemble``'s fixed
-members fused. Each is a few lines: its family (``kind``), its help, and how it forms ``psi``."""
+"""The query methods with a fixed query: one vector formed by a formula (docs/design.md#constructions), or the
+``ensemble``'s fixed members fused. Each is a few lines: its family (``kind``), its help, and how it forms ``psi``."""
 
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ class ResidualChangeMethod(QueryMethod):
     """``psi = norm(mean_j (t_l(treatment_j) - t_l(control_j)))`` against residual-change vectors."""
 
     name, kind = "residual-change", RESIDUAL_CHANGE
-    help = "residual-change vectors of treatment minus control (DESIGN 3.1/4)"
+    help = "residual-change vectors of treatment minus control"
 
     def vector(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:
         return unit(self.pair_difference(ctx, behavior, layer))
 
 
 class PooledResidualChangeMethod(ResidualChangeMethod):
-    """``psi = norm(mean_j (t_l(treatment_j) - t_l(control_j)))`` with the pooled ``t_l`` (DESIGN 3.1)."""
+    """``psi = norm(mean_j (t_l(treatment_j) - t_l(control_j)))`` with the pooled ``t_l``."""
 
     name, kind = "residual-change-pooled", RESIDUAL_CHANGE_POOLED
     help = "residual-change, pooled single-vector variant (index built with --pooled)"
@@ -122,7 +122,7 @@ class EkfacGradientMethod(QueryMethod):
 
 
 class EnsembleMethod(QueryMethod):
-    """Rank fusion of several (method, layer) rankings (DESIGN 4, "an ensemble method").
+    """Rank fusion of several (method, layer) rankings (docs/design.md#fusion).
 
     Members: ``residual-change`` and ``residual-change-pooled`` at every layer the index holds (the
     ones it has vectors for), or at ``--layer`` alone; the fusion rule (:mod:`actindex.query.fusion`,
