@@ -307,7 +307,7 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first(world, tmp_path
     index = actindex.Index.open(idx, cache_config=CacheConfig(cache_budget_mib=0)).use_model(world["lm"])
     third = write_jsonl(tmp_path / "c.jsonl", [dict(PAIRS_A[0], treatment="the symbol is au")])
     assert not index.query(str(third), k=5).cached
-    assert not index.behavior_cache.path(index.behavior_cache.key(load_behavior(str(third)))).exists()
+    assert not index.session.behavior_cache.path(index.session.behavior_cache.key(load_behavior(str(third)))).exists()
     res = cli("query", "--index", str(idx), "--cache-budget-mib", "-1", "--behavior", "x")
     assert res.exit_code == 2 and "--cache-budget-mib" in res.output
 
@@ -321,7 +321,7 @@ def test_strings_are_stored_once_as_compressed_utf8(world, tmp_path):
     path = write_jsonl(tmp_path / "big.jsonl", big)
     index = actindex.Index.open(idx).use_model(world["lm"])
     index.query(str(path), k=3)
-    entry = idx / "cache" / f"{index.behavior_cache.key(load_behavior(str(path)))}.npz"
+    entry = idx / "cache" / f"{index.session.behavior_cache.key(load_behavior(str(path)))}.npz"
     text_bytes = sum(len(json.dumps(p)) for p in big)
     with np.load(entry) as data:
         stored_text = data["text"].nbytes + data["meta"].nbytes

@@ -161,7 +161,7 @@ def test_search_values_beyond_float32_are_422_and_large_ones_search_right(url, i
     direction = np.random.default_rng(1).standard_normal(dim)
     vector = direction / np.abs(direction).max() * 3e38
     found = httpx.post(url + "search", json={"vector": vector.tolist(), "family": FAMILY, "k": 0}).json()
-    cosines = normalise(idx.vectors(FAMILY)).astype(np.float64) @ (direction / np.linalg.norm(direction))
+    cosines = normalise(idx.reader.vectors(FAMILY)).astype(np.float64) @ (direction / np.linalg.norm(direction))
     order = np.argsort(-cosines, kind="stable")
     assert found["rows"] == order.tolist()
     np.testing.assert_allclose(found["scores"], cosines[order], atol=1e-5)
@@ -224,8 +224,8 @@ def test_an_id_less_file_appends_to_an_id_less_index(tmp_path, model_dir):
         actindex.build(data=str(write_jsonl(tmp_path / f"{name}.jsonl", _without_ids(n, ord(name)))),
                        out=str(tmp_path / "idx"), append=True, **common)
     idx = actindex.Index.open(tmp_path / "idx")
-    assert idx.ids() == [f"row-{i}" for i in range(9)]
-    assert idx.records([4])[0] == _without_ids(3, ord("b"))[0]
+    assert idx.reader.ids() == [f"row-{i}" for i in range(9)]
+    assert idx.reader.records([4])[0] == _without_ids(3, ord("b"))[0]
     # a generated id that an explicit id of the index already holds: named as generated
     actindex.build(data=str(write_jsonl(tmp_path / "d.jsonl", [{**chat_rows(1)[0], "id": "row-2"}])),
                    out=str(tmp_path / "ids"), **common)
