@@ -152,7 +152,8 @@ def build(
     started = time.time()
     rows = scan_rows(config.data, config.limit, config.split, config.sample, config.seed)  # read part by part below
     if world is None:  # refused before the model loads (under torchrun, build_distributed checks --out)
-        check_out(Path(config.out), config.overwrite, config.append, [(rows.path, "the training data file")])
+        check_out(Path(config.out), config.overwrite, config.append, [(rows.path, "the training data file")],
+                  checkpoint=checkpoint is not None)
     if config.append:  # rows without an id are numbered after the index's rows (row-N, row-N+1...)
         rows = replace(rows, first_id=append_base(config.out).rows)
     if config.append and not config.families:  # new rows get the index's own families, not today's defaults
@@ -327,7 +328,8 @@ def build_distributed(
     if config.device == "map":
         raise ActindexError("--device map spreads one model over all GPUs; under torchrun each rank takes one GPU")
     out = Path(config.out)
-    check_out(out, config.overwrite, inputs=[(resolve_data_path(config.data), "the training data file")])
+    check_out(out, config.overwrite, inputs=[(resolve_data_path(config.data), "the training data file")],
+              checkpoint=checkpoint is not None)
     device = config.device
     use_cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
     if use_cuda:

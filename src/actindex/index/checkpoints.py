@@ -26,6 +26,8 @@ from actindex.files import atomic_write_text, inside
 
 CHECKPOINTS_FILE = "checkpoints.json"
 CHECKPOINTS_FORMAT = 1
+#: the directory inside a checkpoint's index that holds its weights
+WEIGHTS_DIR = "model"
 
 
 def step_dir(step: int) -> str:

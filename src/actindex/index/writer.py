@@ -49,6 +49,7 @@ import numpy as np
 
 from actindex.errors import IndexFileError
 from actindex.files import atomic_file, atomic_write_text, bytes_sha256, ensure_space, fsync_dir
+from actindex.index.checkpoints import WEIGHTS_DIR
 from actindex.index.lock import LOCK, own_dir, write_lock
 from actindex.index.manifest import (
     BUILD_DIR,
@@ -114,12 +115,19 @@ def dataset_checksum(values: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def check_out(root: Path, overwrite: bool = False, append: bool = False, inputs: list[Input] = ()) -> None:
+def check_out(root: Path, overwrite: bool = False, append: bool = False, inputs: list[Input] = (),
+              checkpoint: bool = False) -> None:
     """Refuse, before any work, an ``--out`` the output rule refuses (:mod:`actindex.outputs`: a file, a
     directory inside an index, an unrelated non-empty directory, an input), or one that holds a complete index
-    when neither ``overwrite`` nor ``append`` is asked for (an unfinished build there is resumed)."""
-    check_output(root, overwrite=None, inputs=inputs, directory=True,
-                 ours=lambda path: is_index_dir(path) or (path / SHARDS_DIR).is_dir() or (path / LOCK).exists())
+    when neither ``overwrite`` nor ``append`` is asked for (an unfinished build there is resumed). ``checkpoint``:
+    the index of a checkpoint set, whose directory also holds the checkpoint's weights
+    (:mod:`actindex.index.checkpoints`)."""
+
+    def ours(path: Path) -> bool:
+        made = (SHARDS_DIR, LOCK, WEIGHTS_DIR) if checkpoint else (SHARDS_DIR, LOCK)
+        return is_index_dir(path) or any(os.path.lexists(path / name) for name in made)
+
+    check_output(root, overwrite=None, inputs=inputs, directory=True, ours=ours)
     if (root / MANIFEST).exists() and not (overwrite or append):
         raise IndexFileError(f"{root} already holds a complete index; pass --overwrite to rebuild it")
 

@@ -40,14 +40,13 @@ from transformers import TrainerCallback
 
 from actindex.configs import option
 from actindex.errors import ActindexError
-from actindex.index.checkpoints import CheckpointEntry, CheckpointList, step_dir
+from actindex.index.checkpoints import WEIGHTS_DIR, CheckpointEntry, CheckpointList, step_dir
 from actindex.index.config import BuildConfig
 from actindex.index.manifest import MANIFEST, CheckpointInfo
 from actindex.integrations.rows import write_rows
 
 ROWS_FILE = "rows.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
-WEIGHTS_DIR = "model"
 #: build settings the trainer decides (its model, device, rows) or the callback does (one index per step)
 TRAINER_DECIDES = frozenset({"data", "out", "model", "device", "dtype", "shard", "append", "overwrite",
                              "trust_remote_code", "heldout"})
