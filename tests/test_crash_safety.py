@@ -55,7 +55,8 @@ def world(tmp_path_factory, tokenizer) -> dict[str, Any]:
     lm = load_model(str(model_dir))
     data = write_jsonl(root / "train.jsonl", chat_rows(8))
     more = write_jsonl(root / "more.jsonl", [dict(r, id=f"more-{i}") for i, r in enumerate(chat_rows(4, seed=5))])
-    common = {"layers": [1], "model": lm, "progress": False}
+    # one family: fewer files, fewer commit points, a shorter sweep
+    common = {"layers": [1], "families": ["residual_change"], "model": lm, "progress": False}
     actindex.build(data=str(data), out=str(root / "base"), **common)
     shutil.copytree(root / "base", root / "fitted")
     actindex.Index.open(root / "fitted").fit_curvature(kind="ekfac", samples=4, progress=False)
@@ -100,7 +101,7 @@ def cache_state(world: dict[str, Any], root: Path) -> Any:
     idx = actindex.Index.open(root)
     with idx:
         assert all(e.problem is None for e in BehaviorCache(root, idx.manifest).entries())
-        result = idx.query(str(world["behavior"]), k=4)
+        result = idx.query(str(world["behavior"]), k=4, method="residual-change", layer=1)
         return tuple((h.row, round(h.score, 4)) for h in result.top)
 
 
@@ -139,6 +140,13 @@ def filtered(world: dict[str, Any], ws: Path) -> Path:
     return ws / "clean.jsonl"
 
 
+def filter_state(out: Path) -> Any:
+    """The filtered file, with its list of removed rows once it is the new one (before, that list may be new or
+    absent: OUT is the commit)."""
+    sidecar = out.with_name(out.name + ".removed.jsonl")
+    return file_state(out), file_state(sidecar) if out.read_bytes() != b"old output\n" else None
+
+
 MUTATIONS = [
     Mutation("build", fresh("idx"),
              lambda w, t: actindex.build(data=str(w["data"]), out=str(t), **w["common"]),
@@ -161,9 +169,9 @@ MUTATIONS = [
     Mutation("filter", filtered,
              lambda w, t: actindex.filter_dataset(str(t.parent / "idx"), behavior=str(w["behavior"]), remove_top=2,
                                                   out=t, overwrite=True, method="residual-change", layer=1),
-             lambda w, t: (file_state(t), file_state(t.with_name(t.name + ".removed.jsonl")))),
+             lambda w, t: filter_state(t)),
     Mutation("cache write", copy_of("base"),
-             lambda w, t: actindex.Index.open(t).query(str(w["behavior"]), k=4),
+             lambda w, t: actindex.Index.open(t).query(str(w["behavior"]), k=4, method="residual-change", layer=1),
              cache_state),
 ]
 
@@ -222,7 +230,7 @@ actindex.Index.open(sys.argv[1]).fit_curvature(kind="ekfac", samples=6, progress
 """
 
 
-@pytest.mark.parametrize("point", [2, 4, 6])
+@pytest.mark.parametrize("point", [2, 5])
 def test_fit_curvature_killed_by_sigkill_leaves_the_old_or_the_new_index(world, tmp_path, point):
     old = index_state(world["root"] / "fitted")
     target = tmp_path / "idx"
@@ -233,9 +241,7 @@ def test_fit_curvature_killed_by_sigkill_leaves_the_old_or_the_new_index(world, 
     after = index_state(target)
     assert after is not None
     # the next writer takes over the dead writer's lock and leftovers, and reaches the new state
-    done = subprocess.run([sys.executable, "-c", FIT, str(target)], env={**env, "ACTINDEX_CRASH_AT": ""},
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    actindex.Index.open(target).fit_curvature(kind="ekfac", samples=6, progress=False)
     new = index_state(target)
     assert after in (old, new) and new != old
     listed = set(actindex.Index.open(target).manifest.files)
