@@ -355,7 +355,9 @@ def write_index(
         versions=manifest.versions or runtime_versions(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    return write_manifest(root, manifest)
+    written = write_manifest(root, manifest)
+    remove_unlisted(root, written)  # curvature fitted on the rows before an append is dropped with its files
+    return written
 
 
 def part_bytes(meta: dict[str, np.ndarray], vectors: dict[str, np.ndarray]) -> int:
