@@ -172,6 +172,6 @@ def cache_clear(index_dir: str, behavior: str | None) -> None:
     from actindex.query.cache import BehaviorCache
 
     idx = IndexReader.open(index_dir)
-    removed, damaged = BehaviorCache(idx.root, idx.manifest).clear(behavior)
+    removed, damaged = BehaviorCache(idx.root, idx.manifest).clear_counts(behavior)
     click.echo(f"removed {removed} cached behaviour(s)" + (f" and {damaged} damaged entries" if damaged else "")
                + f" from {index_dir}")

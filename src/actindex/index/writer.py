@@ -5,6 +5,7 @@ Layout of a complete index::
     DIR/manifest.json        written last and atomically; its presence means "complete"
     DIR/vectors.h5           per-row metadata datasets and one dataset per vector family
     DIR/faiss/<family>.faiss one FAISS index per searchable family (ids = row numbers)
+    DIR/curvature-<kind>-<random>.h5   fitted curvature factors, when fitted (:func:`add_file`)
 
 While a build runs, committed rows live in ``DIR/.build/parts/part-<start>-<end>.h5``; each
 part is written to a temporary name and renamed, so after a ``kill -9`` at any moment the

@@ -487,7 +487,12 @@ class BehaviorCache:
         line = f"behaviour cache: {len(found) - len(bad)} healthy, {len(bad)} damaged ({size:.1f} MiB)"
         return line + (f"; `actindex cache clear {self.root}` removes the damaged" if bad else "")
 
-    def clear(self, behavior: str | None = None) -> tuple[int, int]:
+    def clear(self, behavior: str | None = None) -> int:
+        """Remove every cache entry, or those of ``behavior`` (its name, or a key prefix) and every damaged entry
+        (:meth:`clear_counts`); returns how many cached behaviours were removed."""
+        return self.clear_counts(behavior)[0]
+
+    def clear_counts(self, behavior: str | None = None) -> tuple[int, int]:
         """Remove every cache entry, or those of ``behavior`` (its name, or a key prefix) and every damaged
         entry; returns ``(behaviours removed, damaged entries removed)``. A linked ``cache/`` folder is refused,
         never cleared through; a linked entry is removed itself, never what it points to."""
