@@ -14,6 +14,7 @@ swept by adding a row to :data:`MUTATIONS`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from conftest import chat_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex import files
+from actindex.act.correct.save import save_corrected
 from actindex.core.models import load_model, save_weights
 from actindex.errors import IndexFileError
 from actindex.index.verify import verify
@@ -63,6 +65,8 @@ def world(tmp_path_factory, tokenizer) -> dict[str, Any]:
     for i in range(2):
         actindex.build(data=str(data), out=str(root / f"s{i}"), shard=f"{i}/2", **common)
     behavior = write_jsonl(root / "b.jsonl", PAIRS)
+    shutil.copytree(root / "base", root / "cached")  # the behaviour cached: filter and correct sweep their own writes
+    actindex.Index.open(root / "cached").use_model(lm).query(str(behavior), k=4, method="residual-change", layer=1)
     return {"root": root, "lm": lm, "data": data, "more": more, "common": common, "behavior": behavior,
             "model_dir": model_dir}
 
@@ -135,7 +139,7 @@ def fresh(name: str, content: bytes | None = None) -> Callable[[dict[str, Any], 
 
 
 def filtered(world: dict[str, Any], ws: Path) -> Path:
-    shutil.copytree(world["root"] / "base", ws / "idx")
+    shutil.copytree(world["root"] / "cached", ws / "idx")
     (ws / "clean.jsonl").write_text("old output\n")
     return ws / "clean.jsonl"
 
@@ -145,6 +149,19 @@ def filter_state(out: Path) -> Any:
     absent: OUT is the commit)."""
     sidecar = out.with_name(out.name + ".removed.jsonl")
     return file_state(out), file_state(sidecar) if out.read_bytes() != b"old output\n" else None
+
+
+def corrected(world: dict[str, Any], ws: Path) -> Path:
+    (ws / "fixed").mkdir()
+    (ws / "fixed" / "old").write_text("old model")
+    return ws / "fixed"
+
+
+def folder_state(out: Path) -> Any:
+    """The files of an output folder, and its report's settings when it has one (it must parse)."""
+    names = sorted(p.name for p in out.iterdir())
+    report = out / "correction.json"
+    return names, json.loads(report.read_text())["config"] if report.exists() else None
 
 
 MUTATIONS = [
@@ -170,6 +187,10 @@ MUTATIONS = [
              lambda w, t: actindex.filter_dataset(str(t.parent / "idx"), behavior=str(w["behavior"]), remove_top=2,
                                                   out=t, overwrite=True, method="residual-change", layer=1),
              lambda w, t: filter_state(t)),
+    # correct's writes, all in its save (a whole run trains for seconds before reaching them)
+    Mutation("correct (save)", corrected,
+             lambda w, t: save_corrected(w["lm"].model, w["lm"], t, merge=False, report={"config": {"steps": 1}}),
+             lambda w, t: folder_state(t)),
     Mutation("cache write", copy_of("base"),
              lambda w, t: actindex.Index.open(t).query(str(w["behavior"]), k=4, method="residual-change", layer=1),
              cache_state),
