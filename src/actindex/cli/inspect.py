@@ -113,7 +113,9 @@ def verify(index_dir: str) -> None:
     faiss = "checksums" if m.format_version >= 2 else "rows (decoded)"
     click.echo(f"ok: {index_dir} ({m.rows} rows, {len(m.families)} families): manifest, vectors.h5 "
                f"checksums and FAISS {faiss} match")
-    click.echo(BehaviorCache(index_dir, m).state())
+    cache = BehaviorCache(index_dir, m).state()
+    if cache is not None:
+        click.echo(cache)
 
 
 @main.command()

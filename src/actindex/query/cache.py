@@ -476,11 +476,14 @@ class BehaviorCache:
                                       created_at=meta["created_at"]))
         return sorted(healthy, key=lambda e: e.created_at, reverse=True) + damaged
 
-    def state(self) -> str:
-        """One line on the cache: its healthy and damaged entries and their size, or why it is not used."""
+    def state(self) -> str | None:
+        """One line on the cache: its healthy and damaged entries and their size, or why it is not used; ``None``
+        when the index has no cache folder."""
         problem = self.folder_problem()
         if problem is not None:
             return f"behaviour cache: {problem}"
+        if not self.folder.is_dir():
+            return None
         found = self.entries()
         bad = [e for e in found if e.problem is not None]
         size = sum(e.bytes for e in found) / (1 << 20)
