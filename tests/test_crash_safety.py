@@ -14,6 +14,7 @@ swept by adding a row to :data:`MUTATIONS`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from conftest import chat_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex import files
+from actindex.act.correct.save import save_corrected
 from actindex.core.models import load_model, save_weights
 from actindex.errors import IndexFileError
 from actindex.index.verify import verify
@@ -55,13 +57,16 @@ def world(tmp_path_factory, tokenizer) -> dict[str, Any]:
     lm = load_model(str(model_dir))
     data = write_jsonl(root / "train.jsonl", chat_rows(8))
     more = write_jsonl(root / "more.jsonl", [dict(r, id=f"more-{i}") for i, r in enumerate(chat_rows(4, seed=5))])
-    common = {"layers": [1], "model": lm, "progress": False}
+    # one family: fewer files, fewer commit points, a shorter sweep
+    common = {"layers": [1], "families": ["residual_change"], "model": lm, "progress": False}
     actindex.build(data=str(data), out=str(root / "base"), **common)
     shutil.copytree(root / "base", root / "fitted")
     actindex.Index.open(root / "fitted").fit_curvature(kind="ekfac", samples=4, progress=False)
     for i in range(2):
         actindex.build(data=str(data), out=str(root / f"s{i}"), shard=f"{i}/2", **common)
     behavior = write_jsonl(root / "b.jsonl", PAIRS)
+    shutil.copytree(root / "base", root / "cached")  # the behaviour cached: filter and correct sweep their own writes
+    actindex.Index.open(root / "cached").use_model(lm).query(str(behavior), k=4, method="residual-change", layer=1)
     return {"root": root, "lm": lm, "data": data, "more": more, "common": common, "behavior": behavior,
             "model_dir": model_dir}
 
@@ -100,7 +105,7 @@ def cache_state(world: dict[str, Any], root: Path) -> Any:
     idx = actindex.Index.open(root)
     with idx:
         assert all(e.problem is None for e in BehaviorCache(root, idx.manifest).entries())
-        result = idx.query(str(world["behavior"]), k=4)
+        result = idx.query(str(world["behavior"]), k=4, method="residual-change", layer=1)
         return tuple((h.row, round(h.score, 4)) for h in result.top)
 
 
@@ -134,9 +139,29 @@ def fresh(name: str, content: bytes | None = None) -> Callable[[dict[str, Any], 
 
 
 def filtered(world: dict[str, Any], ws: Path) -> Path:
-    shutil.copytree(world["root"] / "base", ws / "idx")
+    shutil.copytree(world["root"] / "cached", ws / "idx")
     (ws / "clean.jsonl").write_text("old output\n")
     return ws / "clean.jsonl"
+
+
+def filter_state(out: Path) -> Any:
+    """The filtered file, with its list of removed rows once it is the new one (before, that list may be new or
+    absent: OUT is the commit)."""
+    sidecar = out.with_name(out.name + ".removed.jsonl")
+    return file_state(out), file_state(sidecar) if out.read_bytes() != b"old output\n" else None
+
+
+def corrected(world: dict[str, Any], ws: Path) -> Path:
+    (ws / "fixed").mkdir()
+    (ws / "fixed" / "old").write_text("old model")
+    return ws / "fixed"
+
+
+def folder_state(out: Path) -> Any:
+    """The files of an output folder, and its report's settings when it has one (it must parse)."""
+    names = sorted(p.name for p in out.iterdir())
+    report = out / "correction.json"
+    return names, json.loads(report.read_text())["config"] if report.exists() else None
 
 
 MUTATIONS = [
@@ -161,9 +186,13 @@ MUTATIONS = [
     Mutation("filter", filtered,
              lambda w, t: actindex.filter_dataset(str(t.parent / "idx"), behavior=str(w["behavior"]), remove_top=2,
                                                   out=t, overwrite=True, method="residual-change", layer=1),
-             lambda w, t: (file_state(t), file_state(t.with_name(t.name + ".removed.jsonl")))),
+             lambda w, t: filter_state(t)),
+    # correct's writes, all in its save (a whole run trains for seconds before reaching them)
+    Mutation("correct (save)", corrected,
+             lambda w, t: save_corrected(w["lm"].model, w["lm"], t, merge=False, report={"config": {"steps": 1}}),
+             lambda w, t: folder_state(t)),
     Mutation("cache write", copy_of("base"),
-             lambda w, t: actindex.Index.open(t).query(str(w["behavior"]), k=4),
+             lambda w, t: actindex.Index.open(t).query(str(w["behavior"]), k=4, method="residual-change", layer=1),
              cache_state),
 ]
 
@@ -222,7 +251,7 @@ actindex.Index.open(sys.argv[1]).fit_curvature(kind="ekfac", samples=6, progress
 """
 
 
-@pytest.mark.parametrize("point", [2, 4, 6])
+@pytest.mark.parametrize("point", [2, 5])
 def test_fit_curvature_killed_by_sigkill_leaves_the_old_or_the_new_index(world, tmp_path, point):
     old = index_state(world["root"] / "fitted")
     target = tmp_path / "idx"
@@ -233,9 +262,7 @@ def test_fit_curvature_killed_by_sigkill_leaves_the_old_or_the_new_index(world, 
     after = index_state(target)
     assert after is not None
     # the next writer takes over the dead writer's lock and leftovers, and reaches the new state
-    done = subprocess.run([sys.executable, "-c", FIT, str(target)], env={**env, "ACTINDEX_CRASH_AT": ""},
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    actindex.Index.open(target).fit_curvature(kind="ekfac", samples=6, progress=False)
     new = index_state(target)
     assert after in (old, new) and new != old
     listed = set(actindex.Index.open(target).manifest.files)

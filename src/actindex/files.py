@@ -51,11 +51,24 @@ def replace(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
+def current_umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` where it is shown (setting it to read it back would
+    leave it 0 for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def umask_mode(directory: bool = False) -> int:
     """The mode ``open()`` (``0o666``) or ``mkdir()`` (``0o777``) gives a new file under the process's umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 def fresh_temp(target: Path, directory: bool = False) -> Path:

@@ -230,8 +230,9 @@ def filter_dataset(
         if data.sources and table.source_row[row] >= 0:
             entry["file"] = data.locate(int(table.source_row[row]))[0]
         removed.append({**entry, "record": record})
-    kept = write_without(sources, file_rows(sources, rows, table.source_row), out_path)
+    # the list of removed rows first: once OUT is replaced (the commit), its list is already beside it
     atomic_write_text(sidecar, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed))
+    kept = write_without(sources, file_rows(sources, rows, table.source_row), out_path)
     unscored = sum(count_records(s.path, s.split) for s in sources) - len(ranked.top.rows)
     return FilterResult(out=out_path, sidecar=sidecar, kept=kept, removed=removed, unscored=unscored,
                         behavior=ranked.behavior, method=ranked.method)

@@ -113,7 +113,9 @@ def verify(index_dir: str) -> None:
     faiss = "checksums" if m.format_version >= 2 else "rows (decoded)"
     click.echo(f"ok: {index_dir} ({m.rows} rows, {len(m.families)} families): manifest, vectors.h5 "
                f"checksums and FAISS {faiss} match")
-    click.echo(BehaviorCache(index_dir, m).state())
+    cache = BehaviorCache(index_dir, m).state()
+    if cache is not None:
+        click.echo(cache)
 
 
 @main.command()
@@ -176,6 +178,6 @@ def cache_clear(index_dir: str, behavior: str | None) -> None:
         raise ActindexError("--behavior: expected a behaviour name or key prefix, got an empty one (leave --behavior "
                             "out to clear every entry)")
     idx = IndexReader.open(index_dir)
-    removed, damaged = BehaviorCache(idx.root, idx.manifest).clear(behavior)
+    removed, damaged = BehaviorCache(idx.root, idx.manifest).clear_counts(behavior)
     click.echo(f"removed {removed} cached behaviour(s)" + (f" and {damaged} damaged entries" if damaged else "")
                + f" from {index_dir}")

@@ -5,6 +5,7 @@ Layout of a complete index::
     DIR/manifest.json        written last and atomically; its presence means "complete"
     DIR/vectors.h5           per-row metadata datasets and one dataset per vector family
     DIR/faiss/<family>.faiss one FAISS index per searchable family (ids = row numbers)
+    DIR/curvature-<kind>-<random>.h5   fitted curvature factors, when fitted (:func:`add_file`)
 
 While a build runs, committed rows live in ``DIR/.build/parts/part-<start>-<end>.h5``; each
 part is written to a temporary name and renamed, so after a ``kill -9`` at any moment the
@@ -367,7 +368,9 @@ def write_index(
         versions=manifest.versions or runtime_versions(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    return write_manifest(root, manifest)
+    written = write_manifest(root, manifest)
+    remove_unlisted(root, written)  # curvature fitted on the rows before an append is dropped with its files
+    return written
 
 
 def part_bytes(meta: dict[str, np.ndarray], vectors: dict[str, np.ndarray]) -> int:

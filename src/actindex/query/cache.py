@@ -476,18 +476,26 @@ class BehaviorCache:
                                       created_at=meta["created_at"]))
         return sorted(healthy, key=lambda e: e.created_at, reverse=True) + damaged
 
-    def state(self) -> str:
-        """One line on the cache: its healthy and damaged entries and their size, or why it is not used."""
+    def state(self) -> str | None:
+        """One line on the cache: its healthy and damaged entries and their size, or why it is not used; ``None``
+        when the index has no cache folder."""
         problem = self.folder_problem()
         if problem is not None:
             return f"behaviour cache: {problem}"
+        if not self.folder.is_dir():
+            return None
         found = self.entries()
         bad = [e for e in found if e.problem is not None]
         size = sum(e.bytes for e in found) / (1 << 20)
         line = f"behaviour cache: {len(found) - len(bad)} healthy, {len(bad)} damaged ({size:.1f} MiB)"
         return line + (f"; `actindex cache clear {self.root}` removes the damaged" if bad else "")
 
-    def clear(self, behavior: str | None = None) -> tuple[int, int]:
+    def clear(self, behavior: str | None = None) -> int:
+        """Remove every cache entry, or those of ``behavior`` (its name, or a key prefix) and every damaged entry
+        (:meth:`clear_counts`); returns how many cached behaviours were removed."""
+        return self.clear_counts(behavior)[0]
+
+    def clear_counts(self, behavior: str | None = None) -> tuple[int, int]:
         """Remove every cache entry, or those of ``behavior`` (its name, or a key prefix) and every damaged
         entry; returns ``(behaviours removed, damaged entries removed)``. A linked ``cache/`` folder is refused,
         never cleared through; a linked entry is removed itself, never what it points to."""

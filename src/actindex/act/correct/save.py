@@ -33,28 +33,30 @@ def check_out(out: Path, overwrite: bool, inputs: list[Input]) -> Path:
     return out
 
 
-def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool) -> str:
-    """Write the corrected model to ``out`` (replaced atomically); returns the format written.
+def saved_format(model: nn.Module, lm: LoadedModel, merge: bool) -> str:
+    """How :func:`save_corrected` writes ``model``: ``peft-adapter`` (an adapter over a base model loaded by name)
+    or ``merged`` (full weights)."""
+    is_peft = type(model).__name__.startswith("Peft")
+    return "peft-adapter" if is_peft and not merge and not is_adapter_dir(lm.name) else "merged"
+
+
+def save_corrected(model: nn.Module, lm: LoadedModel, out: Path, merge: bool, report: dict[str, Any]) -> str:
+    """Write the corrected model and its ``correction.json`` report to ``out``, replaced in one step (a staged
+    directory: an interruption leaves the old ``out`` or the whole new one); returns the format written.
 
     ``peft-adapter``: ``save_pretrained`` of the adapter, its ``base_model_name_or_path`` set to the
     name the base model was loaded by; ``merged``: full weights via :func:`models.save_weights`, also
     when the base model is itself an adapter directory (an adapter over an adapter would not load).
     """
+    kind = saved_format(model, lm, merge)
     with staged_directory(out) as staging:
-        is_peft = type(model).__name__.startswith("Peft")
-        if is_peft and not merge and not is_adapter_dir(lm.name):
+        if kind == "peft-adapter":
             for cfg in model.peft_config.values():
                 cfg.base_model_name_or_path = lm.name
             model.save_pretrained(str(staging), save_embedding_layers=False)  # no hub lookup: embeddings not adapted
             lm.tokenizer.save_pretrained(str(staging))
-            kind = "peft-adapter"
         else:
-            plain = copy.deepcopy(model).merge_and_unload() if is_peft else model
+            plain = copy.deepcopy(model).merge_and_unload() if type(model).__name__.startswith("Peft") else model
             save_weights(plain, lm.tokenizer, staging)
-            kind = "merged"
+        (staging / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return kind
-
-
-def write_report(out: Path, report: dict[str, Any]) -> None:
-    """``out/correction.json``."""
-    (out / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

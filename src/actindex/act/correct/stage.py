@@ -16,7 +16,7 @@ from actindex.act.correct.config import CorrectConfig
 from actindex.act.correct.evaluate import HeldOut, held_out_pairs, perplexity_rows
 from actindex.act.correct.logprobs import reference_log_probs
 from actindex.act.correct.objectives import Objective
-from actindex.act.correct.save import check_out, save_corrected, write_report
+from actindex.act.correct.save import check_out, save_corrected, saved_format
 from actindex.act.correct.selection import Split, select_rows
 from actindex.act.correct.training import train, trainable_copy
 from actindex.act.correct.weighting import TokenWeighting, carrier_report
@@ -145,12 +145,11 @@ def correct(
     model = trainable_copy(lm.model, config)
     history = train(model, objective, sets, ref, influence, config, pad_id, progress, weights)
     model.requires_grad_(False)
-    # 5. save
-    fmt = save_corrected(model, lm, out, config.merge or config.full)
+    # 5. evaluate after
     corrected = wrap_model(model, lm.tokenizer, str(out))
-    # 6. evaluate after
     after = held.measure(corrected, max_length, bs, "after", progress)
-    # 7. report
+    # 6. report, 7. save: the model and its report in one commit
+    fmt = saved_format(model, lm, config.merge or config.full)
     report = {
         "algo": config.algo,
         "behavior": behavior.name,
@@ -166,5 +165,5 @@ def correct(
         "saved": {"path": str(out), "format": fmt},
         "config": asdict(config),
     }
-    write_report(out, report)
+    save_corrected(model, lm, out, config.merge or config.full, report)
     return Correction(report=report, model=corrected, selection=split, history=history)
