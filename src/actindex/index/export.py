@@ -89,8 +89,8 @@ class ExportResult:
 def export(index: Any, out: str | os.PathLike = "", config: ExportConfig | None = None,
            **kwargs: Any) -> ExportResult:
     """Write the index ``index`` (an open reader, an open :class:`actindex.Index`, which holds one as ``reader``, or
-    its directory) to ``out`` as one table (see the module docstring). Other settings are :class:`ExportConfig` fields (``format``, ``families``, ``block_rows``,
-    ``overwrite``). Loads no model."""
+    its directory) to ``out`` as one table (see the module docstring). Other settings are :class:`ExportConfig`
+    fields (``format``, ``families``, ``block_rows``, ``overwrite``). Loads no model."""
     from actindex.files import atomic_file
     from actindex.index.reader import IndexReader
 
