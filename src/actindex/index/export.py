@@ -86,16 +86,17 @@ class ExportResult:
                 f"{self.bytes / (1 << 20):.1f} MiB) in {self.seconds:.1f} s ({rate:,.0f} rows/s)")
 
 
-def export(index: IndexReader | str | os.PathLike, out: str | os.PathLike = "", config: ExportConfig | None = None,
+def export(index: Any, out: str | os.PathLike = "", config: ExportConfig | None = None,
            **kwargs: Any) -> ExportResult:
-    """Write the index ``index`` (an open reader or its directory) to ``out`` as one table (see the module
-    docstring). Other settings are :class:`ExportConfig` fields (``format``, ``families``, ``block_rows``,
-    ``overwrite``). Loads no model."""
+    """Write the index ``index`` (an open reader, an open :class:`actindex.Index`, which holds one as ``reader``, or
+    its directory) to ``out`` as one table (see the module docstring). Other settings are :class:`ExportConfig`
+    fields (``format``, ``families``, ``block_rows``, ``overwrite``). Loads no model."""
     from actindex.files import atomic_file
     from actindex.index.reader import IndexReader
     from actindex.outputs import check_output, index_inputs
 
     config = config or ExportConfig(out=str(out), **kwargs)
+    index = getattr(index, "reader", index)
     reader = index if isinstance(index, IndexReader) else IndexReader.open(index)
     families = list(reader.families) if config.families is None else list(config.families)
     for family in families:
