@@ -91,7 +91,7 @@ def index_state(root: Path) -> Any:
             searches.append((family, tuple(rows.tolist()), tuple(np.round(scores, 4).tolist())))
         curvature = []
         for kind in sorted(idx.manifest.curvature):
-            factors = load_curvature(idx, kind)
+            factors = load_curvature(idx.reader, kind)
             curvature.append((kind, round(sum(float(k.lam.sum()) for k in factors.modules.values()), 3)))
         return len(idx), tuple(searches), tuple(curvature)
 
