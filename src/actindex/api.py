@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from actindex.index.reader import IndexReader
 from actindex.query.cache import BehaviorCache
 from actindex.query.pipeline import QueryConfig, QueryPipeline, Ranked
 from actindex.query.result import Hit, QueryResult
+from actindex.query.where import row_mask
 
 if TYPE_CHECKING:
     from actindex.core.models import LoadedModel
@@ -211,9 +213,25 @@ class Index(IndexReader):
         psi, family = self.pipeline().vector(behavior, (method, self.resolve_layer(layer)))
         return psi, family, behavior
 
+    def search(self, vector: np.ndarray, k: int = 10, family: str | None = None, bottom: bool = False,
+               allowed: np.ndarray | None = None, *, where: Mapping[str, Any] | None = None,
+               offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(scores, rows)``, the rows ranked
+        ``offset + 1`` to ``offset + k`` (``k = 0``: every row from there) among the rows whose records match
+        ``where`` (:mod:`actindex.query.where`; default every row) and that ``allowed`` (a boolean mask over the
+        rows) marks."""
+        if offset < 0:
+            raise ActindexError(f"offset must be at least 0, got {offset}")
+        mask = row_mask(self, where)
+        if allowed is not None:
+            mask = allowed if mask is None else mask & allowed
+        scores, rows = super().search(vector, k + offset if k > 0 else 0, family, bottom, mask)
+        return scores[offset:], rows[offset:]
+
     def query(self, behavior: str | Behavior | None = None, config: QueryConfig | None = None, *,
               vector: np.ndarray | None = None, family: str | None = None, example: Any = None,
-              generate: str | list[str] | None = None, **options: Any) -> QueryResult:
+              generate: str | list[str] | None = None, where: Mapping[str, Any] | None = None, offset: int = 0,
+              **options: Any) -> QueryResult:
         """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``).
 
         Query by example (:mod:`actindex.query.examples`): ``example`` (a file of training rows, a row, or
@@ -224,13 +242,15 @@ class Index(IndexReader):
         ``ensemble``, rank fusion over the indexed layers; ``residual-change`` for a saved vector),
         ``layer``, ``k``, ``bottom_k``, ``rerank="ekfac"|"linfac"`` (re-score the top and bottom
         ``candidates`` with exact influence and rank by it), ``per_token``, ``clusters``, ``recall``.
-        When the index's model has memorised its rows it warns (:class:`~actindex.errors.MemorisationWarning`)
+        ``where`` ranks only the rows whose records match (``{"label": "clean"}``, ``{"label": ["a", "b"]}``:
+        :mod:`actindex.query.where`); ``offset`` skips that many rows of each side (a page). When the index's
+        model has memorised its rows it warns (:class:`~actindex.errors.MemorisationWarning`)
         and says so in ``result.warnings``.
         """
         from actindex.query.examples import asked_behavior
 
         behavior = asked_behavior(behavior, example, generate)
-        config = config or QueryConfig(**options)
+        config = with_page(config or QueryConfig(**options), where, offset)
         pipeline = self.pipeline()
         if config.rerank is not None:  # refused here, before any model pass
             self.curvature(config.rerank)
@@ -254,11 +274,13 @@ class Index(IndexReader):
             result.warnings.append(warned)
         return result
 
-    def ranking(self, behavior: str | Behavior, config: QueryConfig | None = None, **options: Any) -> Ranked:
+    def ranking(self, behavior: str | Behavior, config: QueryConfig | None = None, *,
+                where: Mapping[str, Any] | None = None, **options: Any) -> Ranked:
         """The rows a query ranks, as arrays (:class:`~actindex.query.pipeline.Ranked`: ``top.rows``,
-        ``top.scores``...), without making hits: with ``k=0`` every searchable row, as ``filter`` and ``report``
-        read them. ``options`` are :class:`~actindex.query.pipeline.QueryConfig` fields; no rerank."""
-        config = config or QueryConfig(**options)
+        ``top.scores``...), without making hits: with ``k=0`` every searchable row (that ``where`` lets through),
+        as ``filter`` and ``report`` read them. ``options`` are :class:`~actindex.query.pipeline.QueryConfig`
+        fields; no rerank."""
+        config = with_page(config or QueryConfig(**options), where, 0)
         if config.rerank is not None:
             raise ActindexError("ranking() gives the search's ranking; query(rerank=...) reranks its candidates")
         raw, completed, _ = self.prepare_behavior(behavior)
@@ -297,6 +319,13 @@ class Index(IndexReader):
         curvature = self.curvature(kind)
         return row_influence(self, self.query_context(), curvature, self.behavior(behavior), rows, per_token,
                              clusters, progress)
+
+
+def with_page(config: QueryConfig, where: Mapping[str, Any] | None, offset: int) -> QueryConfig:
+    """``config`` with the filter and the page given as keywords (those of ``config`` where none is given)."""
+    if where is None and not offset:
+        return config
+    return replace(config, where=dict(where) if where is not None else config.where, offset=offset or config.offset)
 
 
 def save_query_vector(path: str | Path, vector: np.ndarray, meta: dict[str, Any]) -> None:

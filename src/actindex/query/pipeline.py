@@ -28,6 +28,8 @@ from actindex.query.fusion import BOTTOM, TOP, FusionRule, MemberRanking, calibr
 from actindex.query.methods import FormedMember, Member, QueryMethod, default_method, method_names
 from actindex.query.rerank import RECALLS, row_influence, tfidf_recall
 from actindex.query.result import Hit, QueryResult, snippet_of
+from actindex.query.where import describe as describe_where
+from actindex.query.where import row_mask, where_of
 
 if TYPE_CHECKING:
     from actindex.index.reader import IndexReader
@@ -53,6 +55,8 @@ class QueryConfig:
                                "ensemble: every indexed layer).", None)
     k: int = option("Rows to return; 0 = every row.", 10, minimum=0, flag="--top-k")
     bottom_k: int = option("Also return the k most negative rows.", 0, minimum=0)
+    offset: int = option("Skip this many rows of each ranking first: a page of rows offset+1 to offset+k.", 0,
+                         minimum=0)
     fusion: str | None = option("How a fused method combines its members' rankings (default: the method's own: "
                                 "zmean for adaptive, rrf for ensemble).", None, choices=fusion_names)
     rerank: str | None = option("Re-score the candidates with exact influence (needs `actindex fit-curvature`) and "
@@ -62,9 +66,13 @@ class QueryConfig:
     clusters: int = option("With --rerank: one query per k-means cluster of the behaviour's pairs (max-|I| merge).",
                            0, minimum=0)
     recall: str | None = option("With --rerank: add lexical candidates.", None, choices=RECALLS)
+    where: dict[str, Any] | None = option(
+        "Rank only the rows whose record fields have these values: {field: value} or {field: [values]} (every "
+        "field must match; values compare as text, so 1 and \"1\" are equal).", None, cli=False)
 
     def __post_init__(self) -> None:
         check_choices(self)
+        where_of(self.where)  # a malformed filter is refused before any model pass
         if (self.per_token or self.clusters or self.recall) and not self.rerank:
             raise ActindexError("--per-token, --clusters and --recall refine a rerank: add --rerank ekfac|linfac")
 
@@ -107,6 +115,22 @@ class Ranked:
     behavior: str = ""
     #: an adaptive method's candidates that were not kept (weight 0; shown by --explain)
     unkept: list[FormedMember] = field(default_factory=list)
+    #: the rows the query's filter lets through (``QueryConfig.where``; ``None``: every row)
+    allowed: np.ndarray | None = None
+
+
+def page(ranking: Ranking, offset: int) -> Ranking:
+    """``ranking`` without its first ``offset`` rows."""
+    if not offset:
+        return ranking
+    fused = None if ranking.fused is None else ranking.fused[offset:]
+    return Ranking(ranking.scores[offset:], ranking.rows[offset:], fused)
+
+
+def deeper(k: int, offset: int) -> int:
+    """Rows to fetch for a page of ``k`` rows after ``offset``: ``k + offset``; 0 stays 0 (every row for the top,
+    none for the bottom)."""
+    return k + offset if k > 0 else 0
 
 
 @dataclass
@@ -171,21 +195,24 @@ class QueryPipeline:
 
     # ---- search, fuse ---------------------------------------------------------------------------
     def search(self, psi: np.ndarray, family: str, k: int, bottom_k: int,
-               projection: bool = False) -> tuple[Ranking, Ranking]:
+               projection: bool = False, allowed: np.ndarray | None = None) -> tuple[Ranking, Ranking]:
         """Top ``k`` and bottom ``bottom_k`` rows of one query vector: cosine search, or with ``projection`` the
-        projection ``<v, psi>`` of every searchable row."""
+        projection ``<v, psi>`` of every searchable row; only the rows ``allowed`` marks, when given."""
         if projection:
             valid = self.reader.table.searchable
+            valid = valid if allowed is None else valid[allowed[valid]]
             scores = self.reader.projections(psi, family, valid)
             order = np.argsort(-scores, kind="stable")
             k = len(order) if k <= 0 else min(k, len(order))
             rev = order[::-1][: min(bottom_k, len(order))]
             return Ranking(scores[order[:k]], valid[order[:k]]), Ranking(scores[rev], valid[rev])
-        top = Ranking(*self.reader.search(psi, k, family))
-        bottom = Ranking(*self.reader.search(psi, bottom_k, family, bottom=True)) if bottom_k else Ranking.empty()
+        top = Ranking(*self.reader.search(psi, k, family, allowed=allowed))
+        bottom = (Ranking(*self.reader.search(psi, bottom_k, family, bottom=True, allowed=allowed)) if bottom_k
+                  else Ranking.empty())
         return top, bottom
 
-    def member_rankings(self, formed: list[FormedMember], k: int, bottom_k: int) -> list[MemberRanking]:
+    def member_rankings(self, formed: list[FormedMember], k: int, bottom_k: int,
+                        allowed: np.ndarray | None = None) -> list[MemberRanking]:
         """Each member's searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for ``k = 0``, for the
         fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its cosines over a
         seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
@@ -196,7 +223,7 @@ class QueryPipeline:
         for member in formed:
             psi, family = member.psi, member.family
             started = time.perf_counter()
-            top, bottom = self.search(psi, family, depth, bottom_depth, member.projection)
+            top, bottom = self.search(psi, family, depth, bottom_depth, member.projection, allowed)
             center, scale = self.reader.calibration(psi, family, robust_center_scale)
             self.timings["search"] = self.timings.get("search", 0.0) + time.perf_counter() - started
             out.append(MemberRanking(
@@ -224,13 +251,16 @@ class QueryPipeline:
 
     # ---- rerank -----------------------------------------------------------------------------------
     def rerank(self, behavior: Behavior, top: np.ndarray, bottom: np.ndarray,
-               search_scores: Callable[[np.ndarray], np.ndarray], config: QueryConfig) -> tuple[list[Hit], list[Hit]]:
+               search_scores: Callable[[np.ndarray], np.ndarray], config: QueryConfig,
+               allowed: np.ndarray | None = None) -> tuple[list[Hit], list[Hit]]:
         """Re-score the search's ``top`` and ``bottom`` candidate rows (plus TF-IDF's top ``candidates``
-        with ``recall``) with exact influence and rank by it; hits keep their ``search_scores(rows)``."""
+        with ``recall``; only rows ``allowed`` marks) with exact influence and rank by it, and return the page
+        ``config.offset`` onwards; hits keep their ``search_scores(rows)``."""
         pool = [top, bottom]
         if config.recall == "tfidf":
             pool.append(tfidf_recall(self.reader, behavior, config.candidates))
         rows = np.array(sorted(set(np.concatenate(pool).astype(int).tolist())), dtype=np.int64)
+        rows = rows if allowed is None else rows[allowed[rows]]
         searched = search_scores(rows)
         result = row_influence(self.reader, self.context(), self.curvature(config.rerank), behavior, rows,
                                config.per_token, config.clusters)
@@ -238,11 +268,12 @@ class QueryPipeline:
         clusters = f" ({len(result.cluster_sizes)} pair clusters, max-|I| merge)" if result.cluster is not None else ""
         self.notes.append(f"reranked {len(rows)} candidates by exact {config.rerank} influence{clusters}")
         order = np.argsort(-total, kind="stable")
-        k = len(order) if config.k <= 0 else min(config.k, len(order))
-        sides = (order[:k], order[::-1][: min(config.bottom_k, len(order))])
+        skip = config.offset
+        top_side = order[skip:] if config.k <= 0 else order[skip : skip + config.k]
+        sides = (top_side, order[::-1][skip : skip + config.bottom_k])
         hits = []
         for side in sides:
-            side_hits = self.hits(Ranking(searched[side], rows[side]))
+            side_hits = self.hits(Ranking(searched[side], rows[side]), skip)
             for hit, pos in zip(side_hits, side):
                 hit.influence = float(total[pos])
                 hit.module_scores = dict(zip(result.influence.modules, map(float, result.influence.per_module[pos])))
@@ -259,12 +290,13 @@ class QueryPipeline:
         if config.rerank is not None and config.clusters <= 1 and behavior.pairs:
             self.context().behavior_gradients(behavior, self.curvature(config.rerank).names)
 
-    def hits(self, ranking: Ranking) -> list[Hit]:
-        """Hits (rank, row, id, score, fused score, snippet, record) of a ranking."""
+    def hits(self, ranking: Ranking, skipped: int = 0) -> list[Hit]:
+        """Hits (rank, row, id, score, fused score, snippet, record) of a ranking whose first row has rank
+        ``skipped + 1``."""
         ids = self.reader.ids_of(ranking.rows)
         records = self.reader.records(ranking.rows)
         fused = ranking.fused if ranking.fused is not None else [None] * len(ranking.rows)
-        return [Hit(rank=i + 1, row=int(row), id=row_id, score=float(score), snippet=snippet_of(record),
+        return [Hit(rank=skipped + i + 1, row=int(row), id=row_id, score=float(score), snippet=snippet_of(record),
                     record=record, fused=None if f is None else float(f))
                 for i, (score, row, row_id, record, f) in enumerate(zip(ranking.scores, ranking.rows, ids, records,
                                                                           fused))]
@@ -274,7 +306,9 @@ class QueryPipeline:
              family: str | None = None) -> Ranked:
         """The ranked rows of both sides for a completed ``behavior`` (or a saved query ``vector`` of ``family``),
         before any hit is made: what :meth:`run` shows, and what ``filter`` and ``report`` read for every row
-        (``k = 0``) without turning a million rows into hits."""
+        (``k = 0``) without turning a million rows into hits. Only the rows ``config.where`` lets through are
+        searched; each side starts after ``config.offset`` rows (a reranked query's candidates are the first
+        ``candidates`` rows; the rerank pages them)."""
         method = config.resolved_method(needs_vector=vector is not None)
         strategy = QueryMethod.get(method)
         if config.rerank is not None:  # refused here, before any model pass
@@ -293,30 +327,37 @@ class QueryPipeline:
         if ctx is not None:
             ctx.start()
             self.prefetch_gradient(behavior, config)
+        allowed = row_mask(self.reader, config.where)
+        if allowed is not None:
+            matching = int(np.count_nonzero(allowed[self.reader.table.searchable]))
+            self.notes.append(f"only the rows where {describe_where(config.where)}: {matching} searchable rows")
+        skip = 0 if config.rerank else config.offset
         n = config.candidates if config.rerank else None
+        k, bottom_k = deeper(n or config.k, skip), deeper(n or config.bottom_k, skip)
         if strategy.fused:
             choosing = time.perf_counter()
             formed = self.form(behavior, method, config.layer)
             unkept = [f for f in formed if f.weight <= 0]
             self.timings["members"] = time.perf_counter() - choosing - (ctx.model_seconds if ctx else 0.0)
-            members = self.member_rankings([f for f in formed if f.weight > 0], n or config.k, n or config.bottom_k)
+            members = self.member_rankings([f for f in formed if f.weight > 0], k, bottom_k, allowed)
             fusion = config.resolved_fusion()
-            top, bottom = self.fused(members, fusion, n or config.k, n or config.bottom_k)
+            top, bottom = self.fused(members, fusion, k, bottom_k)
             described = f"{fusion}(" + ", ".join(member_label(m.method, m.family) for m in members) + ")"
-            return Ranked(method, described, top, bottom, None, members, lambda rows: calibrated(members, rows),
-                          name, unkept)
+            return Ranked(method, described, page(top, skip), page(bottom, skip), None, members,
+                          lambda rows: calibrated(members, rows), name, unkept, allowed)
         if vector is None:
             vector, described = self.vector(behavior, self.members(method, config.layer)[0])
         else:
             described = family or strategy.family(self.resolve_layer(config.layer))
         searching = time.perf_counter()
-        top, bottom = self.search(vector, described, n or config.k, n or config.bottom_k, strategy.projection_scores)
+        top, bottom = self.search(vector, described, k, bottom_k, strategy.projection_scores, allowed)
         self.timings["search"] = time.perf_counter() - searching
         psi, searched_family = vector, described
         search_scores = lambda rows: (  # noqa: E731
             self.reader.projections(psi, searched_family, rows) if strategy.projection_scores
             else self.reader.cosines(psi, searched_family, rows))
-        return Ranked(method, described, top, bottom, vector, [], search_scores, name)
+        return Ranked(method, described, page(top, skip), page(bottom, skip), vector, [], search_scores, name,
+                      allowed=allowed)
 
     def run(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
             family: str | None = None, name: str | None = None) -> QueryResult:
@@ -328,10 +369,10 @@ class QueryPipeline:
         if config.rerank is not None:
             reranking = time.perf_counter()
             top_hits, bottom_hits = self.rerank(behavior, ranked.top.rows, ranked.bottom.rows, ranked.search_scores,
-                                                config)
+                                                config, ranked.allowed)
             self.timings["rerank"] = time.perf_counter() - reranking - (ctx.model_seconds if ctx else 0.0)
         else:
-            top_hits, bottom_hits = self.hits(ranked.top), self.hits(ranked.bottom)
+            top_hits, bottom_hits = self.hits(ranked.top, config.offset), self.hits(ranked.bottom, config.offset)
         if ctx is not None:
             self.timings["model pass"] = ctx.model_seconds
         label = name or (behavior.name if behavior is not None else "vector")
