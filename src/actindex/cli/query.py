@@ -157,8 +157,10 @@ def print_results(results: list, fmt: str, explain: bool = False) -> None:
         return
     if fmt == "jsonl":
         for r in results:
+            answers = {"answers": r.answers} if r.answers else {}
             for d in r.to_dicts(with_record=True):
-                click.echo(json.dumps({"behavior": r.behavior, "method": r.method, **d}, ensure_ascii=False))
+                click.echo(json.dumps({"behavior": r.behavior, "method": r.method, **answers, **d},
+                                      ensure_ascii=False))
         return
     if fmt == "csv":
         buf = io.StringIO()
@@ -204,6 +206,8 @@ def print_table(r: Any, explain: bool = False) -> None:
     """One result as the terminal table (reranked hits show influence and their strongest tokens; a fused
     method's score is calibrated, its fused rank the order)."""
     click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {timing_line(r)}")
+    for answer in r.answers:
+        click.echo(f"the model's answer to {answer['prompt']!r}: {answer['answer']!r}")
     for note in r.notes:
         click.echo(f"note: {note}")
     if r.checkpoints:

@@ -20,8 +20,9 @@ from actindex.serve.config import ServeConfig
 @friendly
 def serve(index_dir: str, model: str | None, device: str, **options: Any) -> None:
     """Answer queries over HTTP: one process keeps the model, the index and its behaviour cache loaded. JSON API
-    (POST /query, /search; GET /rows/ID, /info, /behaviors, /health; docs at /docs) and a browser page at /.
-    Needs the serve extra: pip install 'actindex[serve]'."""
+    (POST /query, /search, /rows; GET /rows/ID, /info, /behaviors, /health; docs at /docs and /redoc, offline) and
+    a browser page at /. Listening beyond this machine needs --token (or ACTINDEX_TOKEN). Needs the serve extra:
+    pip install 'actindex[serve]'."""
     config = pop_config(ServeConfig, options)
     try:
         from actindex.serve.app import create_app, listen, run, url_of
@@ -40,8 +41,9 @@ def serve(index_dir: str, model: str | None, device: str, **options: Any) -> Non
         idx.model()
     app = create_app(idx, config)
     where = "this machine only" if config.local_only else "every interface: anyone who can reach this machine"
-    click.echo(f"actindex serve: {url_of(sock)} ({idx.manifest.rows} rows of {index_dir}; API docs at /docs; "
-               f"listening on {where}; Ctrl+C stops)")
+    token = "; requests need the token" if config.token else ""
+    click.echo(f"actindex serve: {url_of(sock, config.root_path)} ({idx.manifest.rows} rows of {index_dir}; API "
+               f"docs at /docs; listening on {where}{token}; Ctrl+C stops)")
     run(app, sock)
 
 
