@@ -42,9 +42,10 @@ def serve(index_dir: str, model: str | None, device: str, **options: Any) -> Non
     app = create_app(idx, config)
     where = "this machine only" if config.local_only else "every interface: anyone who can reach this machine"
     token = "; requests need the token" if config.token else ""
-    click.echo(f"actindex serve: {url_of(sock, config.root_path)} ({idx.manifest.rows} rows of {index_dir}; API "
-               f"docs at /docs; listening on {where}{token}; Ctrl+C stops)")
-    run(app, sock)
+    proxy = f"; served under {config.root_path} by the reverse proxy" if config.root_path else ""
+    click.echo(f"actindex serve: {url_of(sock)} ({idx.manifest.rows} rows of {index_dir}; API docs at /docs; "
+               f"listening on {where}{token}{proxy}; Ctrl+C stops)")
+    run(app, sock, config.root_path)
 
 
 @main.command()

@@ -18,7 +18,9 @@ Access: with a token (``ServeConfig.token``) every endpoint that reads the index
 <token>`` (401 otherwise); ``/health``, the page's static files and the API docs carry no data and stay open, so
 a browser can load the page and then send the token. Without a token the server listens on loopback only
 (:class:`~actindex.serve.config.ServeConfig` refuses other addresses). ``cors_origins`` lets pages of other
-origins call the API (CORS, preflights included); ``root_path`` is the prefix a reverse proxy serves it under.
+origins call the API (CORS, preflights included); ``root_path`` is the prefix a reverse proxy serves it under
+(the proxy strips it; the ASGI server is told it, :func:`run` or ``uvicorn --root-path``, and the docs' links
+carry it; the page's links are relative).
 Answers name data files relative to the data's own folder (``host_paths`` shows the server's paths), and error
 messages name the index by its folder's name.
 
@@ -237,8 +239,7 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
         yield
         served.model_thread.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="actindex", version=__version__, lifespan=lifespan, root_path=config.root_path,
-                  docs_url=None, redoc_url=None,
+    app = FastAPI(title="actindex", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Training-data attribution: which training rows push a model towards a behaviour, "
                               "or explain one of its outputs. GET /info describes the index served.")
     app.state.served = served
@@ -250,7 +251,7 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
                      responses=ERRORS if config.token else {k: v for k, v in ERRORS.items() if k != 401})
 
     @app.get("/health", summary="The server is up (never waits for a model pass; needs no token)",
-             response_model=HealthOut)
+             response_model=HealthOut, responses={500: ERRORS[500]})
     async def health() -> dict[str, Any]:
         return served.health()
 
@@ -401,13 +402,15 @@ def listen(config: ServeConfig) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket, root_path: str = "") -> str:
+def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    return (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}") + f"{root_path}/"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def run(app: FastAPI, sock: socket.socket) -> None:
-    """Serve ``app`` on the bound ``sock`` with uvicorn until interrupted (warnings only, no access log)."""
+def run(app: FastAPI, sock: socket.socket, root_path: str = "") -> None:
+    """Serve ``app`` on the bound ``sock`` with uvicorn until interrupted (warnings only, no access log), under the
+    reverse proxy's ``root_path`` (the prefix every link of the page and the docs carries)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, root_path=root_path)).run(
+        sockets=[sock])
