@@ -29,7 +29,7 @@ from actindex.files import atomic_file
 from actindex.index.memorisation import Memorisation, memorisation, warn_if_memorised
 from actindex.index.reader import IndexReader
 from actindex.query.cache import BehaviorCache
-from actindex.query.pipeline import QueryConfig, QueryPipeline, Ranked
+from actindex.query.pipeline import FusedOrders, QueryConfig, QueryPipeline, Ranked
 from actindex.query.result import Hit, QueryResult
 from actindex.query.where import row_mask
 
@@ -65,6 +65,7 @@ class Index(IndexReader):
         self._no_model = threading.local()
         self._context: QueryContext | None = None
         self._curvature: dict[str, Curvature] = {}
+        self._fused = FusedOrders()  # fused queries of cached behaviours: other pages and k cut from one order
 
     @classmethod
     def open(cls, root: str | Path, cache: bool = True, progress: bool = False) -> Index:
@@ -196,7 +197,7 @@ class Index(IndexReader):
 
     def pipeline(self) -> QueryPipeline:
         """The query stages over this index, with its components injected."""
-        return QueryPipeline(self, self.query_context, self.curvature)
+        return QueryPipeline(self, self.query_context, self.curvature, kept=self._fused)
 
     def resolve_layer(self, layer: int | None) -> int:
         """``layer`` checked against the index, or the indexed layer nearest 60% of the depth."""

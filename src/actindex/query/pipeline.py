@@ -15,9 +15,12 @@ its projector and score computer. Nothing below this module imports it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -133,15 +136,60 @@ def deeper(k: int, offset: int) -> int:
     return k + offset if k > 0 else 0
 
 
+#: fused orders an index keeps (:class:`FusedOrders`)
+FUSED_KEPT = 64
+
+
+def behavior_digest(behavior: Behavior) -> str:
+    """sha256 of what a completed behaviour's vectors are made of: its pairs (with their turns before), its persona
+    spec and whether it is a query by example."""
+    pairs = [(p.prompt, p.treatment, p.control, p.history) for p in behavior.pairs]
+    persona = asdict(behavior.persona) if behavior.persona is not None else None
+    content = json.dumps([behavior.name, pairs, persona, behavior.example], sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def member_depth(k: int) -> int:
+    """Rows each member of a fused query searches for a fused top ``k``: ``max(1000, 10 k)`` (deep enough for the
+    fused top ``k`` to be stable), every row for ``k = 0``."""
+    return 0 if k <= 0 else max(1000, 10 * k)
+
+
+class FusedOrders:
+    """The fused orders of the latest :data:`FUSED_KEPT` fused queries of one index, by what they depend on: the
+    completed behaviour, the method, layer, fusion rule and filter, and each side's member depth
+    (:func:`member_depth`). Every ``k`` up to 100 searches the members 1,000 rows deep, so a cached behaviour asked
+    for another ``k`` or another page is cut from the same order (the same rows a fresh query ranks) instead of
+    forming, searching and fusing its members again: the pure-Python part of a query, which holds the GIL and so
+    keeps a server's threads from answering in parallel."""
+
+    def __init__(self, kept: int = FUSED_KEPT):
+        self.kept, self.orders = kept, {}
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self.lock:
+            found = self.orders.get(key)
+        if found is None:
+            found = compute()
+            with self.lock:
+                self.orders[key] = found
+                while len(self.orders) > self.kept:
+                    self.orders.pop(next(iter(self.orders)))
+        return found
+
+
 @dataclass
 class QueryPipeline:
-    """The stages of a query over one index (see the module docstring); components are injected."""
+    """The stages of a query over one index (see the module docstring); components are injected (``kept``: the
+    index's :class:`FusedOrders`, a fresh one when not given)."""
 
     reader: IndexReader
     context: Callable[[], QueryContext]
     curvature: Callable[[str], Any]
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    kept: FusedOrders = field(default_factory=FusedOrders)
 
     # ---- members and their vectors ----------------------------------------------------------
     def resolve_layer(self, layer: int | None) -> int:
@@ -212,13 +260,13 @@ class QueryPipeline:
         return top, bottom
 
     def member_rankings(self, formed: list[FormedMember], k: int, bottom_k: int,
-                        allowed: np.ndarray | None = None) -> list[MemberRanking]:
-        """Each member's searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for ``k = 0``, for the
-        fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its cosines over a
-        seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
-        depth = 0 if k <= 0 else max(1000, 10 * k)
-        bottom_depth = max(1000, 10 * bottom_k) if bottom_k else 0
-        rows_read = self.reader.shared_cosines()  # members of one family score the same rows: read them once
+                        allowed: np.ndarray | None = None, rows_read: Any = None) -> list[MemberRanking]:
+        """Each member's searched rows (:func:`member_depth` of ``k`` and ``bottom_k``) and its calibration: the
+        median and scaled MAD of its cosines over a seeded sample of the index's rows
+        (:meth:`IndexReader.calibration_cosines`). ``rows_read``: the
+        :class:`~actindex.index.reader.SharedCosines` the members score rows through (a fresh one by default)."""
+        depth, bottom_depth = member_depth(k), member_depth(bottom_k)
+        rows_read = rows_read or self.reader.shared_cosines()  # members of one family score the same rows once
         out = []
         for member in formed:
             psi, family = member.psi, member.family
@@ -234,20 +282,51 @@ class QueryPipeline:
             ))
         return out
 
-    def fused(self, members: list[MemberRanking], fusion: str, k: int, bottom_k: int) -> tuple[Ranking, Ranking]:
-        """The fusion rule's ranking of each side, cut at ``k`` (0: every ranked row) and ``bottom_k``; each
-        ranking carries the rule's score (:attr:`Ranking.fused`) and the calibrated score
-        (:func:`~actindex.query.fusion.calibrated`, the score shown)."""
-        rule = FusionRule.get(fusion)
+    def fused(self, members: list[MemberRanking], fusion: str, k: int, bottom_k: int,
+              orders: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[Ranking, Ranking]:
+        """The fusion rule's ranking of each side (``orders``: :meth:`orders` of the members, when already made),
+        cut at ``k`` (0: every ranked row) and ``bottom_k``; each ranking carries the rule's score
+        (:attr:`Ranking.fused`) and the calibrated score (:func:`~actindex.query.fusion.calibrated`, the score
+        shown)."""
+        orders = orders if orders is not None else self.orders(members, fusion, bool(bottom_k))
         sides = []
         for side, n in ((TOP, k), (BOTTOM, bottom_k)):
             if side == BOTTOM and not bottom_k:
                 sides.append(Ranking.empty())
                 continue
-            rows, scores = rule.fuse(members, side)
+            rows, scores = orders[side]
             rows, scores = (rows, scores) if n <= 0 else (rows[:n], scores[:n])
             sides.append(Ranking(calibrated(members, rows), rows, fused=scores))
         return sides[0], sides[1]
+
+    @staticmethod
+    def orders(members: list[MemberRanking], fusion: str, bottom: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``side -> (rows, rule scores)``: the fusion rule's whole order of the top side (and the bottom)."""
+        rule = FusionRule.get(fusion)
+        return {side: rule.fuse(members, side) for side in ((TOP, BOTTOM) if bottom else (TOP,))}
+
+    def fused_members(self, behavior: Behavior, method: str, config: QueryConfig, k: int, bottom_k: int,
+                      allowed: np.ndarray | None) -> tuple[list[MemberRanking], list[FormedMember], dict]:
+        """``(members, unkept candidates, orders)`` of a fused query: its members formed, searched
+        (:meth:`member_rankings`) and fused (:meth:`orders`), kept by the index (:class:`FusedOrders`) under all
+        they depend on."""
+        fusion = config.resolved_fusion()
+        where = json.dumps(config.where, sort_keys=True, default=str)
+        content = behavior_digest(behavior)
+        key = ("fused", content, method, config.layer, fusion, where, member_depth(k), member_depth(bottom_k))
+
+        def compute() -> tuple[list[MemberRanking], list[FormedMember], dict]:
+            ctx = self.context()
+            choosing = time.perf_counter()
+            formed = self.form(behavior, method, config.layer)
+            self.timings["members"] = time.perf_counter() - choosing - ctx.model_seconds
+            rows_read = self.reader.shared_cosines()
+            members = self.member_rankings([f for f in formed if f.weight > 0], k, bottom_k, allowed, rows_read)
+            orders = self.orders(members, fusion, bool(bottom_k))
+            rows_read.last.clear()  # the vectors of every fused row: not kept with the order
+            return members, [f for f in formed if f.weight <= 0], orders
+
+        return self.kept.get(key, compute)
 
     # ---- rerank -----------------------------------------------------------------------------------
     def rerank(self, behavior: Behavior, top: np.ndarray, bottom: np.ndarray,
@@ -335,13 +414,11 @@ class QueryPipeline:
         n = config.candidates if config.rerank else None
         k, bottom_k = deeper(n or config.k, skip), deeper(n or config.bottom_k, skip)
         if strategy.fused:
-            choosing = time.perf_counter()
-            formed = self.form(behavior, method, config.layer)
-            unkept = [f for f in formed if f.weight <= 0]
-            self.timings["members"] = time.perf_counter() - choosing - (ctx.model_seconds if ctx else 0.0)
-            members = self.member_rankings([f for f in formed if f.weight > 0], k, bottom_k, allowed)
+            members, unkept, orders = self.fused_members(behavior, method, config, k, bottom_k, allowed)
             fusion = config.resolved_fusion()
-            top, bottom = self.fused(members, fusion, k, bottom_k)
+            fusing = time.perf_counter()
+            top, bottom = self.fused(members, fusion, k, bottom_k, orders)
+            self.timings["fusion"] = time.perf_counter() - fusing
             described = f"{fusion}(" + ", ".join(member_label(m.method, m.family) for m in members) + ")"
             return Ranked(method, described, page(top, skip), page(bottom, skip), None, members,
                           lambda rows: calibrated(members, rows), name, unkept, allowed)
