@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -588,14 +589,16 @@ def test_the_models_answer_is_in_every_answer_and_on_the_page(talker_server, tmp
 
 # ---- the page, clicked through ----------------------------------------------------------------------------------
 @pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (`chromium` not on PATH)")
-def test_the_page_clears_the_rows_of_an_earlier_query_on_an_error(server, tmp_path):
+def test_the_page_filters_and_clears_the_rows_of_an_earlier_query_on_an_error(client, server, tmp_path):
+    want = client.post("/query", json={"behavior": BEHAVIOR, "k": 4, "where": {"label": "b"}}).json()
     browser = Browser(tmp_path)
     try:
-        browser.open(f"{server[0]}?behavior={BEHAVIOR}&k=4")
+        where = quote(json.dumps({"label": "b"}))
+        browser.open(f"{server[0]}?behavior={BEHAVIOR}&k=4&where={where}")
         first = browser.run(UNTIL + """
             await until(() => document.querySelectorAll("tr.hit").length);
-            return document.querySelectorAll("tr.hit").length;""")
-        assert first == 4
+            return [...document.querySelectorAll("tr.hit")].map((tr) => tr.dataset.id);""")
+        assert first == [h["id"] for h in want["top"]]
         after = browser.run(UNTIL + """
             document.getElementById("opt-layer").value = "7";
             document.getElementById("run").click();

@@ -59,6 +59,8 @@ function optionInput(option) {
   } else if (option.type === "boolean") {
     input = el("input", {id, type: "checkbox"});
     input.checked = Boolean(option.fallback);
+  } else if (option.type === "object") {  // where: {field: value or [values]}, as JSON
+    input = el("input", {id, type: "text", placeholder: '{"label": "clean"}'});
   } else {
     input = el("input", {id, type: "number", step: "1"});
     if (option.minimum !== undefined) input.min = option.minimum;
@@ -72,6 +74,9 @@ function optionValue(option) {
   const input = $(`opt-${option.name}`);
   if (option.type === "boolean") return input.checked;
   if (input.value === "") return null;
+  if (option.type === "object") {
+    try { return JSON.parse(input.value); } catch (err) { throw new Error(`${option.name}: not a JSON object`); }
+  }
   return option.choices ? input.value : Number(input.value);
 }
 
