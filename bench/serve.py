@@ -11,7 +11,8 @@ HTTP connection, so the clients' own Python does not share one interpreter lock)
 all, started together, of three kinds:
 
     /query, same request     the behaviour, k = 10: answered from the server's memory of answers
-    /query, varying k        the behaviour, k = 5..24: computed from the behaviour cache (no model pass)
+    /query, varying k        the behaviour, k = 5..24 and bottom_k = 0..4, no two requests alike (up to 100):
+                             computed from the behaviour cache (no model pass), never from the memory of answers
     /search, varying k       a raw vector, k = 5..24 in one family
 
 (the default method, the fused adaptive ensemble over every indexed layer; records in every answer). Latency is
@@ -40,8 +41,8 @@ from record import append_section, markdown_table
 
 from actindex.testing import chat_rows, make_tokenizer, write_jsonl
 
-#: ``k`` of the varying requests, cycled
-KS = tuple(range(5, 25))
+#: ``k`` and ``bottom_k`` of the varying requests: every pair once (100 requests) before any repeats
+KS, BOTTOM_KS = tuple(range(5, 25)), tuple(range(5))
 
 
 def build(work: Path, rows: int, hidden: int, layers: int) -> tuple[Path, Path]:
@@ -119,7 +120,9 @@ def kinds(info: dict, behavior: str, n: int) -> list[tuple[str, str, list[dict]]
     family = next(iter(info["families"]))
     vector = np.random.default_rng(0).standard_normal(info["families"][family]["dim"]).tolist()
     return [("/query, same request", "/query", [{"behavior": behavior, "k": 10}] * n),
-            ("/query, varying k", "/query", [{"behavior": behavior, "k": KS[i % len(KS)]} for i in range(n)]),
+            ("/query, varying k", "/query", [{"behavior": behavior, "k": KS[i % len(KS)],
+                                              "bottom_k": BOTTOM_KS[i // len(KS) % len(BOTTOM_KS)]}
+                                             for i in range(n)]),
             (f"/search {family}, varying k", "/search",
              [{"vector": vector, "family": family, "k": KS[i % len(KS)]} for i in range(n)])]
 
