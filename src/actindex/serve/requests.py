@@ -58,8 +58,7 @@ class Ask(BaseModel):
 HTTP_HELP = {
     "method": "Query method (the enum lists them). Default: adaptive, the queries the behaviour's held-out pairs "
               "rank best, fused.",
-    "k": "Rows to return, at most the server's page size (GET /info's rows for the whole index: read it a page at "
-         "a time with offset).",
+    "k": "Rows to return, at most the server's page size; read a longer ranking a page at a time with offset.",
     "rerank": "Re-score the candidates with exact influence (the index needs fitted curvature) and rank by it.",
     "per_token": "With rerank: per-token influence of each row (tokens and token_scores in each hit).",
 }
