@@ -127,36 +127,38 @@ def kinds(info: dict, behavior: str, n: int) -> list[tuple[str, str, list[dict]]
              [{"vector": vector, "family": family, "k": KS[i % len(KS)]} for i in range(n)])]
 
 
-def measure(url: str, behavior: str, args: argparse.Namespace, server: str) -> list[dict]:
-    """Every kind of request at every number of clients against the server at ``url``."""
-    info = httpx.get(url + "info").json()
-    out = []
+def measure(urls: dict[str, str], behavior: str, args: argparse.Namespace) -> list[dict]:
+    """Every kind of request at every number of clients against every server (``name -> url``), ``--rounds``
+    times, the servers taking turns for each cell (so a load that comes and goes on a shared machine falls on
+    them alike); each cell's figures are the median over the rounds."""
+    info = httpx.get(next(iter(urls.values())) + "info").json()
+    samples: dict[tuple[str, str, int], list[dict]] = {}
     with multiprocessing.get_context("spawn").Pool(max(args.clients)) as pool:
-        for name, path, bodies in kinds(info, behavior, args.queries):
-            for clients in args.clients:
-                latencies, errors, wall = burst(pool, url, path, bodies, clients)
-                ms = np.array(latencies) * 1000
-                out.append({"server": server, "request": name, "clients": clients, "n": len(ms),
-                            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-                            "rate": len(ms) / wall, "errors": errors})
-                print(f"{server}: {name}, {clients} clients: p50 {out[-1]['p50']:.1f} ms, "
-                      f"{out[-1]['rate']:.0f} req/s")
-    return out
+        for _ in range(args.rounds):
+            for name, path, bodies in kinds(info, behavior, args.queries):
+                for clients in args.clients:
+                    for server, url in urls.items():
+                        latencies, errors, wall = burst(pool, url, path, bodies, clients)
+                        ms = np.array(latencies) * 1000
+                        samples.setdefault((server, name, clients), []).append(
+                            {"n": len(ms), "p50": float(np.percentile(ms, 50)),
+                             "p95": float(np.percentile(ms, 95)), "rate": len(ms) / wall, "errors": errors})
+                        last = samples[server, name, clients][-1]
+                        print(f"{server}: {name}, {clients} clients: p50 {last['p50']:.1f} ms, "
+                              f"{last['rate']:.0f} req/s")
+    return [{"server": server, "request": name, "clients": clients, "n": sum(x["n"] for x in got),
+             "errors": sum(x["errors"] for x in got),
+             **{key: float(np.median([x[key] for x in got])) for key in ("p50", "p95", "rate")}}
+            for (server, name, clients), got in sorted(samples.items(), key=lambda item: item[0])]
 
 
-def serve_and_measure(index_dir: Path, model_dir: Path, args: argparse.Namespace, server: str,
-                      src: str | None) -> tuple[list[dict], float]:
-    """Start a server (from ``src``), form the behaviour with the first query, measure; ``(rows, first s)``."""
-    shutil.rmtree(index_dir / "cache", ignore_errors=True)  # the first query forms the behaviour
+def started(index_dir: Path, model_dir: Path, args: argparse.Namespace, src: str | None
+            ) -> tuple[subprocess.Popen, str, float]:
+    """A server (from ``src``) with the behaviour formed by its first query: ``(process, url, first query s)``."""
     proc, url = start_server(index_dir, model_dir, args.workers, src)
-    try:
-        started = time.perf_counter()
-        httpx.post(url + "query", json={"behavior": args.behavior, "k": 10}, timeout=900).raise_for_status()
-        first = time.perf_counter() - started
-        return measure(url, args.behavior, args, server), first
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    began = time.perf_counter()
+    httpx.post(url + "query", json={"behavior": args.behavior, "k": 10}, timeout=900).raise_for_status()
+    return proc, url, time.perf_counter() - began
 
 
 def main() -> None:
@@ -168,7 +170,8 @@ def main() -> None:
     ap.add_argument("--behavior", default="sycophancy")
     ap.add_argument("--hidden", type=int, default=64, help="the random Llama's width")
     ap.add_argument("--layers", type=int, default=4, help="its blocks (the index holds the default layers)")
-    ap.add_argument("--baseline-src", help="also serve from this source tree first (PYTHONPATH), side by side")
+    ap.add_argument("--baseline-src", help="also serve from this source tree (PYTHONPATH), side by side")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each cell (their median is reported)")
     ap.add_argument("--work", default="/tmp/actindex-bench-serve")
     ap.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     args = ap.parse_args()
@@ -176,11 +179,18 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model_dir, index_dir = build(work, args.rows, args.hidden, args.layers)
-    rows, firsts = [], {}
+    shutil.rmtree(index_dir / "cache", ignore_errors=True)  # the first query forms the behaviour
     servers = ([("baseline", args.baseline_src)] if args.baseline_src else []) + [("this tree", None)]
-    for server, src in servers:
-        measured, firsts[server] = serve_and_measure(index_dir, model_dir, args, server, src)
-        rows += measured
+    running, firsts = {}, {}
+    try:
+        for server, src in servers:
+            proc, url, firsts[server] = started(index_dir, model_dir, args, src)
+            running[server] = (proc, url)
+        rows = measure({server: url for server, (_, url) in running.items()}, args.behavior, args)
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+            proc.wait(timeout=60)
     ratios = []
     for server, _ in servers:
         for request in dict.fromkeys(r["request"] for r in rows):
@@ -195,11 +205,13 @@ def main() -> None:
     if not args.no_record:
         workers = f" --workers {args.workers}" if args.workers else ""
         first = ", ".join(f"{server} {s:.2f} s" for server, s in firsts.items())
+        rounds = f"median of {args.rounds} rounds, the servers taking turns for each cell"
         body_md = (f"Index of {args.rows} synthetic chat rows (`actindex.testing.chat_rows`), random Llama of width "
                    f"{args.hidden} with {args.layers} blocks, served by `actindex serve{workers}` in its own process "
                    f"({args.workers or os.cpu_count()} worker threads); each client a process of its own with a "
-                   f"keep-alive connection; the default method (adaptive). The first `{args.behavior}` query (forms "
-                   f"it with the model): {first}. Throughput at 4 clients / 1 client: {'; '.join(ratios)}."
+                   f"keep-alive connection; the default method (adaptive); {rounds}. The first `{args.behavior}` "
+                   f"query (the first server forms it with the model; the next finds it cached): {first}. "
+                   f"Throughput at 4 clients / 1 client: {'; '.join(ratios)}."
                    f"\n\n{table}\n")
         append_section("Serve latency and throughput at 1, 4 and 8 clients", body_md,
                        packages=("torch", "faiss-cpu", "fastapi", "uvicorn", "httpx", "numpy", "h5py"))
