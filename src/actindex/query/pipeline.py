@@ -157,11 +157,11 @@ def member_depth(k: int) -> int:
 
 class FusedOrders:
     """The fused orders of the latest :data:`FUSED_KEPT` fused queries of one index, by what they depend on: the
-    completed behaviour, the method, layer, fusion rule and filter, and each side's member depth
-    (:func:`member_depth`). Every ``k`` up to 100 searches the members 1,000 rows deep, so a cached behaviour asked
-    for another ``k`` or another page is cut from the same order (the same rows a fresh query ranks) instead of
-    forming, searching and fusing its members again: the pure-Python part of a query, which holds the GIL and so
-    keeps a server's threads from answering in parallel."""
+    completed behaviour, the method, layer, fusion rule and filter, each side's member depth
+    (:func:`member_depth`) and the index's search settings. Every ``k`` up to 100 searches the members 1,000 rows
+    deep, so a cached behaviour asked for another ``k`` or another page is cut from the same order (the same rows a
+    fresh query ranks) instead of forming, searching and fusing its members again: the pure-Python part of a query,
+    which holds the GIL and so keeps a server's threads from answering in parallel."""
 
     def __init__(self, kept: int = FUSED_KEPT):
         self.kept, self.orders = kept, {}
@@ -313,7 +313,9 @@ class QueryPipeline:
         fusion = config.resolved_fusion()
         where = json.dumps(config.where, sort_keys=True, default=str)
         content = behavior_digest(behavior)
-        key = ("fused", content, method, config.layer, fusion, where, member_depth(k), member_depth(bottom_k))
+        searching = tuple(sorted(self.reader.search_settings.items()))  # IVF nprobe, HNSW efSearch: other rows
+        key = ("fused", content, method, config.layer, fusion, where, member_depth(k), member_depth(bottom_k),
+               searching)
 
         def compute() -> tuple[list[MemberRanking], list[FormedMember], dict]:
             ctx = self.context()
