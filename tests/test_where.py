@@ -157,3 +157,16 @@ def test_the_cli_filters_query_and_filter(built, model_dir, lm, tmp_path):
     result = filter_dataset(actindex.Index.open(root).use_model(lm), behavior="sycophancy", remove_top=4,
                             out=tmp_path / "kept.jsonl", where={"label": "b"})
     assert len(result.removed) == 4 and all(r["record"]["label"] == "b" for r in result.removed)
+
+
+def test_another_k_of_a_kept_fused_order_is_what_a_fresh_query_ranks(built, lm):
+    idx = actindex.Index.open(built["Flat"]).use_model(lm)
+    idx.query("sycophancy", k=3, where={"label": "a"})  # forms, searches and fuses the members; keeps the order
+    kept = idx.query("sycophancy", k=9, offset=2, where={"label": "a"})
+    fresh = actindex.Index.open(built["Flat"]).use_model(lm).query("sycophancy", k=9, offset=2,
+                                                                   where={"label": "a"})
+    assert "members" not in kept.timings and "members" in fresh.timings  # cut from the kept order
+    assert [h.id for h in kept.top] == [h.id for h in fresh.top] and kept.members == fresh.members
+    np.testing.assert_allclose([h.score for h in kept.top], [h.score for h in fresh.top], rtol=1e-6)
+    idx.tune(ef_search=7)  # other search settings: formed again
+    assert "members" in idx.query("sycophancy", k=9, where={"label": "a"}).timings
