@@ -1,31 +1,37 @@
-"""Latency of `actindex serve`: cached-behaviour queries from concurrent clients against a served index.
+"""Latency and throughput of `actindex serve` at 1, 4 and 8 concurrent clients against a served index.
 
-    nice -n 5 python bench/serve.py --rows 10000 --queries 200 --clients 8
+    nice -n 5 python bench/serve.py --rows 10000 --queries 96 --clients 1,4,8 [--baseline-src OLD/src]
 
 Builds (once, in ``--work``) a tiny random Llama saved to a directory (no download; the offline tokenizer of
 :mod:`actindex.testing`) and an index of ``--rows`` synthetic chat rows (:func:`actindex.testing.chat_rows`)
 with the default layers and families, then starts ``actindex serve`` as its own process on a free port of
 127.0.0.1, as a user would. The first query of the behaviour forms it with the model and stores it in the
-behaviour cache; then ``--clients`` threads, each with its own keep-alive HTTP connection (httpx), send
-``--queries`` queries of that behaviour in all (the default method, the fused ensemble over every indexed
-layer, k = 10, the records in the answer), then a quarter as many from one client alone. The default server
-answers an identical request from its memory of answers (``--answers``); the same is then measured against a
-server started with ``--answers 0``, which computes every query from the behaviour cache (the model never
-runs), beside raw-vector ``/search`` and ``/health`` calls: the floor of a request through the HTTP stack on
-the same machine. Latency is the wall time of each request at the client (the clients run in this process,
-on the same cores); p50, p99, max, the throughput and the errors (any non-200 answer) are printed and
-appended to bench/runs/serve.md. Target (issue 24): p50 <= 20 ms at 10k rows on this machine.
+behaviour cache. Then, for each number of clients, that many client *processes* (each with its own keep-alive
+HTTP connection, so the clients' own Python does not share one interpreter lock) send ``--queries`` requests in
+all, started together, of three kinds:
+
+    /query, same request     the behaviour, k = 10: answered from the server's memory of answers
+    /query, varying k        the behaviour, k = 5..24 and bottom_k = 0..4, no two requests alike (up to 100):
+                             computed from the behaviour cache (no model pass), never from the memory of answers
+    /search, varying k       a raw vector, k = 5..24 in one family
+
+(the default method, the fused adaptive ensemble over every indexed layer; records in every answer). Latency is
+the wall time of each request at the client; p50, p95, the throughput (requests over the wall time of the
+slowest client) and the errors (any non-200 answer) are printed and appended to bench/runs/serve.md, with the
+ratio of each kind's throughput at 4 clients to 1 client's. ``--baseline-src`` serves the same requests from
+another source tree first (``PYTHONPATH``; e.g. ``git archive`` of an older commit), side by side in one run.
+Targets (issue 38): 4 clients at p50 <= 20 ms on a cached 10k-row query on an idle machine, and throughput at 4
+clients above 1 client's.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +40,9 @@ import numpy as np
 from record import append_section, markdown_table
 
 from actindex.testing import chat_rows, make_tokenizer, write_jsonl
+
+#: ``k`` and ``bottom_k`` of the varying requests: every pair once (100 requests) before any repeats
+KS, BOTTOM_KS = tuple(range(5, 25)), tuple(range(5))
 
 
 def build(work: Path, rows: int, hidden: int, layers: int) -> tuple[Path, Path]:
@@ -62,12 +71,13 @@ def build(work: Path, rows: int, hidden: int, layers: int) -> tuple[Path, Path]:
     return model_dir, index_dir
 
 
-def start_server(index_dir: Path, model_dir: Path, workers: int | None, answers: int
+def start_server(index_dir: Path, model_dir: Path, workers: int | None, src: str | None = None
                  ) -> tuple[subprocess.Popen, str]:
+    """``actindex serve`` in its own process (from the source tree ``src`` when given), and its URL."""
     threads = ["--workers", str(workers)] if workers else []
+    env = dict(os.environ, PYTHONPATH=src) if src else None
     proc = subprocess.Popen([sys.executable, "-m", "actindex", "serve", "--index", str(index_dir), "--port", "0",
-                             "--model", str(model_dir), *threads, "--answers", str(answers)],
-                            stdout=subprocess.PIPE, text=True)
+                             "--model", str(model_dir), *threads], stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     print(line.strip())
     url = line.split()[2]
@@ -80,104 +90,130 @@ def start_server(index_dir: Path, model_dir: Path, workers: int | None, answers:
     raise RuntimeError("the server did not answer")
 
 
-def burst(url: str, path: str, body: dict | None, total: int, clients: int) -> tuple[list[float], int, float]:
-    """``(latencies in s, errors, wall s)`` of ``total`` requests from ``clients`` threads."""
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    per_client = [total // clients + (i < total % clients) for i in range(clients)]
-
-    def client(n: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as c:
-            for _ in range(n):
-                started = time.perf_counter()
-                status = (c.get(path) if body is None else c.post(path, json=body)).status_code
-                elapsed = time.perf_counter() - started
-                with lock:
-                    latencies.append(elapsed)
-                    errors[0] += status != 200
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in per_client]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies, errors[0], time.perf_counter() - started
+def client(job: tuple[str, str, list[dict], float]) -> tuple[list[float], int]:
+    """One client process: its requests (``path``, the bodies) on one keep-alive connection, from ``start``
+    (wall clock) on; ``(latencies in s, errors)``."""
+    url, path, bodies, start = job
+    latencies, errors = [], 0
+    with httpx.Client(base_url=url, timeout=300) as c:
+        c.get("/health")  # connected before the clock starts
+        time.sleep(max(0.0, start - time.time()))
+        for body in bodies:
+            started = time.perf_counter()
+            errors += c.post(path, json=body).status_code != 200
+            latencies.append(time.perf_counter() - started)
+    return latencies, errors
 
 
-def row(name: str, latencies: list[float], errors: int, wall: float) -> list[object]:
-    ms = np.array(latencies) * 1000
-    return [name, len(ms), f"{np.percentile(ms, 50):.1f}", f"{np.percentile(ms, 99):.1f}", f"{ms.max():.1f}",
-            f"{len(ms) / wall:.0f}", errors]
+def burst(pool: multiprocessing.pool.Pool, url: str, path: str, bodies: list[dict], clients: int
+          ) -> tuple[list[float], int, float]:
+    """``(latencies, errors, wall s)`` of ``bodies`` sent by ``clients`` processes (dealt round-robin)."""
+    start = time.time() + 1.0
+    jobs = [(url, path, bodies[i::clients], start) for i in range(clients)]
+    results = pool.map(client, jobs)
+    latencies = [x for r, _ in results for x in r]
+    return latencies, sum(e for _, e in results), max(sum(r) for r, _ in results)
 
 
-def measure(url: str, body: dict, args: argparse.Namespace, how: str, floor: bool) -> list[list[object]]:
-    """Rows of the table for one server: the burst of queries, the same from one client, and with ``floor`` the
-    raw-vector searches and /health through the same HTTP stack."""
-    c = args.clients
-    many = burst(url, "/query", body, args.queries, c)
-    rows = [row(f"/query {args.behavior}, cached, {how}, {c} clients", *many),
-            row(f"/query, {how}, 1 client", *burst(url, "/query", body, args.queries // 4, 1))]
-    if floor:
-        info = httpx.get(url + "info").json()
-        family = next(iter(info["families"]))
-        vector = np.random.default_rng(0).standard_normal(info["families"][family]["dim"]).tolist()
-        rows.append(row(f"/search {family}, k 10, {c} clients",
-                        *burst(url, "/search", {"vector": vector, "family": family, "k": 10}, args.queries, c)))
-        rows.append(row(f"/health, {c} clients", *burst(url, "/health", None, args.queries, c)))
-    return [*rows, many[0]]
+def kinds(info: dict, behavior: str, n: int) -> list[tuple[str, str, list[dict]]]:
+    """``(name, path, bodies)`` of the three kinds of request (see the module docstring)."""
+    family = next(iter(info["families"]))
+    vector = np.random.default_rng(0).standard_normal(info["families"][family]["dim"]).tolist()
+    return [("/query, same request", "/query", [{"behavior": behavior, "k": 10}] * n),
+            ("/query, varying k", "/query", [{"behavior": behavior, "k": KS[i % len(KS)],
+                                              "bottom_k": BOTTOM_KS[i // len(KS) % len(BOTTOM_KS)]}
+                                             for i in range(n)]),
+            (f"/search {family}, varying k", "/search",
+             [{"vector": vector, "family": family, "k": KS[i % len(KS)]} for i in range(n)])]
+
+
+def measure(urls: dict[str, str], behavior: str, args: argparse.Namespace) -> list[dict]:
+    """Every kind of request at every number of clients against every server (``name -> url``), ``--rounds``
+    times, the servers taking turns for each cell (so a load that comes and goes on a shared machine falls on
+    them alike); each cell's figures are the median over the rounds."""
+    info = httpx.get(next(iter(urls.values())) + "info").json()
+    samples: dict[tuple[str, str, int], list[dict]] = {}
+    with multiprocessing.get_context("spawn").Pool(max(args.clients)) as pool:
+        for _ in range(args.rounds):
+            for name, path, bodies in kinds(info, behavior, args.queries):
+                for clients in args.clients:
+                    for server, url in urls.items():
+                        latencies, errors, wall = burst(pool, url, path, bodies, clients)
+                        ms = np.array(latencies) * 1000
+                        samples.setdefault((server, name, clients), []).append(
+                            {"n": len(ms), "p50": float(np.percentile(ms, 50)),
+                             "p95": float(np.percentile(ms, 95)), "rate": len(ms) / wall, "errors": errors})
+                        last = samples[server, name, clients][-1]
+                        print(f"{server}: {name}, {clients} clients: p50 {last['p50']:.1f} ms, "
+                              f"{last['rate']:.0f} req/s")
+    return [{"server": server, "request": name, "clients": clients, "n": sum(x["n"] for x in got),
+             "errors": sum(x["errors"] for x in got),
+             **{key: float(np.median([x[key] for x in got])) for key in ("p50", "p95", "rate")}}
+            for (server, name, clients), got in sorted(samples.items(), key=lambda item: item[0])]
+
+
+def started(index_dir: Path, model_dir: Path, args: argparse.Namespace, src: str | None
+            ) -> tuple[subprocess.Popen, str, float]:
+    """A server (from ``src``) with the behaviour formed by its first query: ``(process, url, first query s)``."""
+    proc, url = start_server(index_dir, model_dir, args.workers, src)
+    began = time.perf_counter()
+    httpx.post(url + "query", json={"behavior": args.behavior, "k": 10}, timeout=900).raise_for_status()
+    return proc, url, time.perf_counter() - began
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=10_000)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=96, help="requests of each kind at each number of clients")
+    ap.add_argument("--clients", default="1,4,8", help="numbers of concurrent clients, comma-separated")
     ap.add_argument("--workers", type=int, help="the server's --workers (default: its own, one per CPU core)")
     ap.add_argument("--behavior", default="sycophancy")
     ap.add_argument("--hidden", type=int, default=64, help="the random Llama's width")
     ap.add_argument("--layers", type=int, default=4, help="its blocks (the index holds the default layers)")
+    ap.add_argument("--baseline-src", help="also serve from this source tree (PYTHONPATH), side by side")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each cell (their median is reported)")
     ap.add_argument("--work", default="/tmp/actindex-bench-serve")
     ap.add_argument("--no-record", action="store_true", help="Do not append to the run log in bench/runs/.")
     args = ap.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model_dir, index_dir = build(work, args.rows, args.hidden, args.layers)
     shutil.rmtree(index_dir / "cache", ignore_errors=True)  # the first query forms the behaviour
-    body = {"behavior": args.behavior, "k": 10}
-    proc, url = start_server(index_dir, model_dir, args.workers, 256)
+    servers = ([("baseline", args.baseline_src)] if args.baseline_src else []) + [("this tree", None)]
+    running, firsts = {}, {}
     try:
-        started = time.perf_counter()
-        first = httpx.post(url + "query", json=body, timeout=600).json()
-        first_s = time.perf_counter() - started
-        info = httpx.get(url + "info").json()
-        *remembered, memo_latencies = measure(url, body, args, "remembered answer (default)", floor=False)
+        for server, src in servers:
+            proc, url, firsts[server] = started(index_dir, model_dir, args, src)
+            running[server] = (proc, url)
+        rows = measure({server: url for server, (_, url) in running.items()}, args.behavior, args)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    proc, url = start_server(index_dir, model_dir, args.workers, 0)  # remembers no answer: every query computed
-    try:
-        *computed, latencies = measure(url, body, args, "computed (--answers 0)", floor=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    table = markdown_table(["request", "n", "p50 ms", "p99 ms", "max ms", "req/s", "errors"], remembered + computed)
-    p50 = {name: statistics.median(x) * 1000 for name, x in (("remembered", memo_latencies), ("computed", latencies))}
-    verdict = ", ".join(f"{name} {'met' if ms <= 20 else 'missed'} ({ms:.1f} ms)" for name, ms in p50.items())
+        for proc, _ in running.values():
+            proc.terminate()
+            proc.wait(timeout=60)
+    ratios = []
+    for server, _ in servers:
+        for request in dict.fromkeys(r["request"] for r in rows):
+            rate = {r["clients"]: r["rate"] for r in rows if r["server"] == server and r["request"] == request}
+            if 1 in rate and 4 in rate:
+                ratios.append(f"{server}, {request}: {rate[4] / rate[1]:.2f}x")
+    table = markdown_table(["server", "request", "clients", "n", "p50 ms", "p95 ms", "req/s", "errors"],
+                           [[r["server"], r["request"], r["clients"], r["n"], f"{r['p50']:.1f}", f"{r['p95']:.1f}",
+                             f"{r['rate']:.0f}", r["errors"]] for r in rows])
     print(table)
-    print(f"first query (forms the behaviour with the model): {first_s:.2f} s, timings {first['timings']}")
-    print(f"target p50 <= 20 ms at {args.clients} clients: {verdict}")
+    print("throughput at 4 clients / 1 client: " + "; ".join(ratios))
     if not args.no_record:
         workers = f" --workers {args.workers}" if args.workers else ""
-        body_md = (f"Index of {info['rows']} synthetic chat rows (`actindex.testing.chat_rows`), random Llama of width "
-                   f"{args.hidden} with {args.layers} blocks (layers {info['layers']}, {len(info['families'])} "
-                   f"families), served by `actindex serve{workers}` in its own process ("
-                   f"{args.workers or os.cpu_count()} worker threads); "
-                   f"{args.clients} client threads with keep-alive connections in the benchmark's process. The first "
-                   f"`{args.behavior}` query (forms it with the model, {len(first['members'])} ensemble members): "
-                   f"{first_s:.2f} s. Target p50 <= 20 ms at {args.clients} clients: {verdict}.\n\n{table}\n")
-        append_section("Serve latency (cached behaviour, concurrent clients)", body_md,
+        first = ", ".join(f"{server} {s:.2f} s" for server, s in firsts.items())
+        rounds = f"median of {args.rounds} rounds, the servers taking turns for each cell"
+        body_md = (f"Index of {args.rows} synthetic chat rows (`actindex.testing.chat_rows`), random Llama of width "
+                   f"{args.hidden} with {args.layers} blocks, served by `actindex serve{workers}` in its own process "
+                   f"({args.workers or os.cpu_count()} worker threads); each client a process of its own with a "
+                   f"keep-alive connection; the default method (adaptive); {rounds}. The first `{args.behavior}` "
+                   f"query (the first server forms it with the model; the next finds it cached): {first}. "
+                   f"Throughput at 4 clients / 1 client: {'; '.join(ratios)}."
+                   f"\n\n{table}\n")
+        append_section("Serve latency and throughput at 1, 4 and 8 clients", body_md,
                        packages=("torch", "faiss-cpu", "fastapi", "uvicorn", "httpx", "numpy", "h5py"))
 
 

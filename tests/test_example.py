@@ -6,6 +6,7 @@ training-row shape, JSON or 'prompt => response'; the behaviour cache keeps them
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -99,6 +100,23 @@ def test_generate_attributes_the_models_answers(tmp_path, talker):
     assert {h.id for h in both.top[:2]} == {"answer0", "answer1"}
     again = idx.query(generate=prompts[0], method="residual-change", k=2)  # the answer is cached with its vectors
     assert again.cached and [h.id for h in again.top] == [h.id for h in first.top]
+    said = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]
+    assert first.answers == again.answers == said[:1] and both.answers == said  # what was attributed
+    assert first.to_json()["answers"] == said[:1] and "answers" not in idx.query("sycophancy", k=1).to_json()
+
+
+def test_the_models_answer_is_in_the_table_and_the_report(index, tmp_path, monkeypatch, talker):
+    from actindex.report import write_report
+
+    answer = generate(talker, [[{"role": "user", "content": "why is it ?"}]])[0]
+    monkeypatch.setattr("actindex.core.models.load_model", lambda *args, **kwargs: talker)
+    table = CliRunner().invoke(main, ["query", "--index", str(index.root), "--generate", "why is it ?", "--top-k",
+                                      "2", "--quiet"])
+    assert table.exit_code == 0 and f"the model's answer to 'why is it ?': {answer!r}" in table.output, table.output
+    page = write_report(index, generate_behavior("why is it ?"), tmp_path / "r.html",
+                        actindex.QueryConfig(k=3)).read_text()
+    cell = re.search(r"<td>why is it \?</td><td>(.*?) <span class=\"badge gen\">the model's answer</span>", page)
+    assert cell and answer.split()[0] in cell.group(1), page[:3000]
 
 
 def test_examples_are_read_from_files_json_and_text(tmp_path, rows):

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import uvicorn
 from click.testing import CliRunner
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import chat_rows, write_jsonl
 
 import actindex
 from actindex.cli import main
 from actindex.core.jsontext import MAX_DEPTH, json_depth
-from actindex.core.models import load_model, save_weights
+from actindex.core.models import load_model
 from actindex.errors import DataError
 from actindex.index.search import normalise
 from actindex.serve.app import create_app, listen, url_of
@@ -35,13 +35,6 @@ PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol i
          {"prompt": "is it true ?", "treatment": "yes it is false", "control": "no it is true"}]
 FAMILY = "residual_change/2"
 SLASHED = "shard/7/row 3"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    save_weights(tiny_llama(), tokenizer, out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,17 @@
 """actindex serve: a live server on 127.0.0.1 driven over HTTP (httpx). /query answers what Index.query answers;
 errors are 4xx with one line; a concurrent burst has no errors and /health (and cached queries, and searches)
 answer while a model pass runs; nothing but the behaviour cache is written; the CLI says where it listens; the
-browser page, rendered by headless Chromium, runs a query from its URL and shows the ranked rows."""
+browser page, rendered by headless Chromium, runs a query from its URL and shows the ranked rows. Filters (where)
+and pages (offset) answer what brute force over the matching rows answers; rows come in batches; a token guards
+every endpoint that reads the index, CORS preflights pass for the origins allowed, a root path prefixes every link;
+/docs and /redoc render from the package's own assets with the network cut; the OpenAPI schema names every answer
+and error; the model's answer of a generate query is in the JSON and on the page; answers carry no host path."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,16 +19,20 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from html import unescape
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import chat_rows, write_jsonl
+from conftest import chat_rows, tiny_llama, write_jsonl
 
 import actindex
 from actindex.core.models import load_model
+from actindex.index.search import normalise
 from actindex.query.cache import BehaviorCache
 from actindex.serve.app import create_app, listen, url_of
 from actindex.serve.config import ServeConfig
@@ -37,6 +47,8 @@ PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol i
 def index_dir(tmp_path_factory, model_dir) -> Path:
     tmp = tmp_path_factory.mktemp("serve")
     rows = chat_rows(40, seed=6)
+    for i, row in enumerate(rows):
+        row["label"] = "ab"[i % 2]
     rows[13] = {"id": "planted", "prompt": PAIRS[0]["prompt"], "response": PAIRS[0]["treatment"]}
     actindex.build(data=str(write_jsonl(tmp / "train.jsonl", rows)), out=str(tmp / "idx"), layers=[1, 2],
                    model=load_model(str(model_dir)), progress=False)
@@ -49,15 +61,12 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] != "cache"}
 
 
-@pytest.fixture(scope="module")
-def server(index_dir, model_dir):
-    """A live server in a background thread on a free port of 127.0.0.1; checks at the end that the index's own
-    files were not written."""
-    before = digests(index_dir)
-    idx = actindex.Index.open(index_dir).use_model(load_model(str(model_dir)))
-    config = ServeConfig(port=0, workers=8)
+@contextmanager
+def live(app, config: ServeConfig):
+    """``app`` served by uvicorn in a background thread on a free port of 127.0.0.1 (behind a reverse proxy that
+    strips ``config.root_path``); yields its URL."""
     sock = listen(config)
-    server = uvicorn.Server(uvicorn.Config(create_app(idx, config), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", root_path=config.root_path))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = url_of(sock)
@@ -67,10 +76,22 @@ def server(index_dir, model_dir):
                 break
         except httpx.TransportError:
             time.sleep(0.05)
-    assert url.startswith("http://127.0.0.1:")
-    yield url, idx
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(index_dir, model_dir):
+    """A live server on a free port of 127.0.0.1; checks at the end that the index's own files were not written."""
+    before = digests(index_dir)
+    idx = actindex.Index.open(index_dir).use_model(load_model(str(model_dir)))
+    config = ServeConfig(port=0, workers=8)
+    with live(create_app(idx, config), config) as url:
+        assert url.startswith("http://127.0.0.1:")
+        yield url, idx
     assert digests(index_dir) == before
 
 
@@ -115,8 +136,10 @@ def test_search_rows_info_and_behaviors(client, server):
     np.testing.assert_allclose(found["scores"], scores, rtol=1e-6)
     row = client.get("/rows/planted").json()
     assert row["record"]["response"] == PAIRS[0]["treatment"] and row["row"] == 13 and row["line"] == 14
-    assert row["n_tokens"] == int(idx.reader.table.n_tokens[13]) and row["file"].endswith("train.jsonl")
-    assert client.get("/info").json() == idx.manifest.to_dict()
+    assert row["n_tokens"] == int(idx.reader.table.n_tokens[13]) and row["file"] == "train.jsonl"  # not the host's path
+    info = client.get("/info").json()
+    assert info["families"] == idx.manifest.to_dict()["families"] and info["rows"] == 40
+    assert info["data"]["path"] == "train.jsonl" and str(idx.root.parent) not in json.dumps(info)
     behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
     assert behaviors[BEHAVIOR]["cached"] and not behaviors["evil"]["cached"]
     assert client.get("/health").json()["status"] == "ok"
@@ -161,6 +184,17 @@ def test_an_identical_request_is_answered_from_memory_until_its_cache_entry_chan
     ("post", "/search", {"vector": [0.0] * 32, "family": "residual_change/1"}, 400, "not all zero"),
     ("post", "/search", {"vector": [1.0] * 32, "family": "nope"}, 400, "has no vector family 'nope'"),
     ("get", "/rows/no-such-row", None, 404, "no row with id 'no-such-row'"),
+    ("post", "/query", {"behavior": BEHAVIOR, "where": {"lable": "a"}}, 400, "has a field 'lable'"),
+    ("post", "/query", {"behavior": BEHAVIOR, "where": {"label": []}}, 400, "empty list of values"),
+    ("post", "/search", {"vector": [1.0] * 32, "where": {"nope": 1}}, 400, "no row of idx has a field 'nope'"),
+    ("post", "/query", {"behavior": BEHAVIOR, "k": 0}, 422, "k: 0 (every row) is not served over HTTP"),
+    ("post", "/query", {"behavior": BEHAVIOR, "k": 1001}, 422, "k: at most 1000 rows a request"),
+    ("post", "/query", {"behavior": BEHAVIOR, "bottom_k": 5000}, 422, "bottom_k: at most 1000 rows"),
+    ("post", "/search", {"vector": [1.0] * 32, "k": 0}, 422, "k: 0 (every row)"),
+    ("post", "/query", {"behavior": BEHAVIOR, "offset": -1}, 422, "offset: Input should be greater than"),
+    ("post", "/rows", {"ids": ["r1"] * 1001}, 422, "ids: at most 1000 rows a request"),
+    ("post", "/rows", {"ids": "r1"}, 422, "ids: Input should be a valid list"),
+    ("get", "/rows", None, 422, "ids: Field required"),
 ])
 def test_bad_requests_are_4xx_with_one_line(client, method, path, body, status, message):
     response = client.request(method.upper(), path, json=body)
@@ -237,7 +271,8 @@ def test_the_cli_says_where_it_listens(index_dir, model_dir):
         proc.terminate()
         proc.wait(timeout=30)
     busy = subprocess.run([sys.executable, "-m", "actindex", "serve", "--index", str(index_dir), "--port",
-                           match.group(1).rsplit(":", 1)[1].strip("/"), "--host", "no.such.host.invalid"],
+                           match.group(1).rsplit(":", 1)[1].strip("/"), "--host", "no.such.host.invalid",
+                           "--token", "t"],
                           capture_output=True, text=True, timeout=120)
     assert busy.returncode == 2 and busy.stderr.startswith("error: --host 'no.such.host.invalid': cannot resolve")
 
@@ -245,10 +280,86 @@ def test_the_cli_says_where_it_listens(index_dir, model_dir):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+#: Chromium with no network but this machine's loopback: a page that reaches for a CDN finds nothing
+OFFLINE = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+
+
 def chromium(tmp_path: Path, url: str) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", url]
+    cmd = [CHROMIUM, *OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+           url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages
+    separated by NUL bytes on file descriptors 3 and 4), to click through a page as a user does."""
+
+    def __init__(self, tmp_path: Path):
+        to_chrome, self.writer = os.pipe()
+        self.reader, from_chrome = os.pipe()
+
+        def descriptors() -> None:  # the child's fd 3 reads our messages, its fd 4 writes its answers
+            os.dup2(to_chrome, 3)
+            os.dup2(from_chrome, 4)
+
+        self.proc = subprocess.Popen([CHROMIUM, *OFFLINE, f"--user-data-dir={tmp_path / 'cdp-profile'}",
+                                      "--remote-debugging-pipe", "about:blank"], preexec_fn=descriptors,
+                                     pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self.ids, self.buffer, self.session = 0, b"", None
+
+    def send(self, method: str, **params) -> dict:
+        self.ids += 1
+        message = {"id": self.ids, "method": method, "params": params}
+        if self.session is not None:
+            message["sessionId"] = self.session
+        os.write(self.writer, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self.buffer:
+                chunk = os.read(self.reader, 1 << 16)
+                assert chunk, "Chromium closed its pipe"
+                self.buffer += chunk
+            text, self.buffer = self.buffer.split(b"\0", 1)
+            answer = json.loads(text)
+            if answer.get("id") == self.ids:
+                if "error" in answer:
+                    raise RuntimeError(answer["error"]["message"])
+                return answer["result"]
+
+    def open(self, url: str) -> None:
+        """A new tab at ``url``, once its document has loaded."""
+        target = self.send("Target.createTarget", url=url)["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for _ in range(600):
+            try:  # the blank document the tab starts with is replaced when the page arrives
+                if self.run("return location.protocol + ' ' + document.readyState") == "http: complete":
+                    return
+            except RuntimeError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{url} never loaded")
+
+    def run(self, script: str) -> object:
+        """The value of an async JavaScript function body run in the page."""
+        found = self.send("Runtime.evaluate", expression=f"(async () => {{ {script} }})()", awaitPromise=True,
+                          returnByValue=True)
+        if "exceptionDetails" in found:
+            raise RuntimeError(found["exceptionDetails"])
+        return found["result"].get("value")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        os.close(self.reader)
+        os.close(self.writer)
+
+
+#: JavaScript: wait until ``cond`` holds (polling; a page still loading throws: not yet), up to a minute
+UNTIL = ("const holds = (cond) => { try { return cond(); } catch (err) { return false; } }; "
+         "const until = async (cond) => { for (let i = 0; i < 600 && !holds(cond); i++) "
+         "await new Promise(r => setTimeout(r, 100)); };")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (`chromium` not on PATH)")
@@ -268,10 +379,243 @@ def test_the_page_runs_a_query_from_its_url_and_shows_the_rows(client, server, t
     assert 'id="status" class="muted" role="status">done: adaptive' in dom
 
 
-def test_serve_settings_are_checked():
+@pytest.mark.parametrize("bad, message", [
+    ({"port": 70000}, "--port must be at most 65535"), ({"port": -1}, "--port must be at least 0"),
+    ({"workers": 0}, "--workers must be at least 1"), ({"host": " "}, "--host needs an address"),
+    ({"host": "0.0.0.0"}, "--host 0.0.0.0 answers other machines: give --token"),
+    ({"token": "two words"}, "--token must be a non-empty string without spaces"),
+    ({"cors_origins": ["https://a.example/path"]}, "--cors-origin: expected"),
+    ({"root_path": "actindex"}, "--root-path: expected a path"), ({"max_page": 0}, "--max-page must be at least 1"),
+])
+def test_serve_settings_are_checked(bad, message, monkeypatch):
+    monkeypatch.delenv("ACTINDEX_TOKEN", raising=False)
+    with pytest.raises(actindex.ActindexError, match=re.escape(message)):
+        ServeConfig(**bad)
+
+
+def test_serve_settings_defaults(monkeypatch):
+    monkeypatch.delenv("ACTINDEX_TOKEN", raising=False)
     assert ServeConfig().local_only and ServeConfig(host="localhost").local_only and ServeConfig(host="::1").local_only
-    assert not ServeConfig(host="0.0.0.0").local_only and ServeConfig(workers=3).threads == 3
-    for bad, message in (({"port": 70000}, "--port must be at most 65535"), ({"port": -1}, "--port must be at least 0"),
-                         ({"workers": 0}, "--workers must be at least 1"), ({"host": " "}, "--host needs an address")):
-        with pytest.raises(actindex.ActindexError, match=message):
-            ServeConfig(**bad)
+    assert not ServeConfig(host="0.0.0.0", token="t").local_only and ServeConfig(workers=3).threads == 3
+    assert ServeConfig().token is None and ServeConfig(root_path="/a/").root_path == "/a"
+    monkeypatch.setenv("ACTINDEX_TOKEN", "from-env")
+    assert ServeConfig(host="0.0.0.0").token == "from-env"
+
+
+# ---- filters, pages, batches ---------------------------------------------------------------------------------
+def matching_rows(idx: actindex.Index, where: dict) -> np.ndarray:
+    """The searchable rows whose records match ``where`` (every record read: the ground truth)."""
+    rows = idx.table.searchable
+    return np.array([r for r, rec in zip(rows, idx.records(rows))
+                     if all(rec.get(f) in (v if isinstance(v, list) else [v]) for f, v in where.items())])
+
+
+@pytest.mark.parametrize("where, k, offset, bottom", [
+    ({"label": "a"}, 5, 0, False), ({"label": ["a", "b"]}, 4, 3, False), ({"label": "b"}, 6, 2, True)])
+def test_search_with_where_and_offset_is_brute_force_over_the_matching_rows(client, server, where, k, offset, bottom):
+    idx = server[1]
+    vector = idx.vectors("residual_change/2", [7])[0]
+    got = client.post("/search", json={"vector": vector.tolist(), "family": "residual_change/2", "k": k,
+                                       "offset": offset, "bottom": bottom, "where": where})
+    assert got.status_code == 200, got.text
+    rows = matching_rows(idx, where)
+    scores = normalise(idx.vectors("residual_change/2", rows)) @ normalise(vector)[0]
+    order = np.argsort(scores if bottom else -scores, kind="stable")[offset : offset + k]
+    np.testing.assert_allclose(got.json()["scores"], scores[order], atol=1e-5)
+    assert set(got.json()["rows"]) <= set(rows.tolist()) and len(got.json()["rows"]) == k
+
+
+def test_query_with_where_and_pages(client, server):
+    idx = server[1]
+    body = {"behavior": BEHAVIOR, "k": 6, "bottom_k": 2, "where": {"label": "a"}}
+    got = client.post("/query", json=body).json()
+    same(got, idx.query(BEHAVIOR, k=6, bottom_k=2, where={"label": "a"}).to_json())
+    assert all(h["record"]["label"] == "a" for h in got["top"] + got["bottom"]) and len(got["top"]) == 6
+    whole = client.post("/query", json={"behavior": BEHAVIOR, "k": 12}).json()
+    pages = [client.post("/query", json={"behavior": BEHAVIOR, "k": 4, "offset": at}).json() for at in (0, 4, 8)]
+    assert [h["id"] for p in pages for h in p["top"]] == [h["id"] for h in whole["top"]]
+    assert [h["rank"] for p in pages for h in p["top"]] == list(range(1, 13))
+
+
+def test_rows_in_batches(client, server):
+    idx = server[1]
+    ids = ["planted", "r3", "no-such", "r5"]
+    posted = client.post("/rows", json={"ids": ids}).json()
+    assert client.get("/rows", params={"ids": ids}).json() == posted
+    assert [r["id"] for r in posted["rows"]] == ["planted", "r3", "r5"] and posted["missing"] == ["no-such"]
+    assert [r["record"] for r in posted["rows"]] == idx.records([r["row"] for r in posted["rows"]])
+    assert posted["rows"][0] == client.get("/rows/planted").json()
+
+
+# ---- the schema and the docs ---------------------------------------------------------------------------------
+def test_the_schema_names_every_answer_and_error_in_http_words(client):
+    schema = client.get("/openapi.json").json()
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            responses = operation["responses"]
+            assert "$ref" in json.dumps(responses["200"]) or path == "/info", (method, path)  # a model
+            errors = {status: r for status, r in responses.items() if status != "200"}
+            assert set(errors) >= ({"500"} if path == "/health" else {"400", "422", "500"}), (method, path)
+            for r in errors.values():
+                assert r["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut") and r["description"]
+    assert schema["paths"]["/rows/{row_id}"]["get"]["responses"]["404"]
+    words = json.dumps([p.get("description", "") for model in schema["components"]["schemas"].values()
+                        for p in model.get("properties", {}).values()])
+    assert not re.search(r"--[a-z]|`actindex ", words), re.findall(r".{40}--[a-z].{20}", words)
+
+
+def test_the_docs_name_no_network_address(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert not re.search(r"""(?:src|href|url)\s*[=:]\s*["']?(?:https?:)?//""", html), html
+        for asset in re.findall(r"""(?:src|href)="([^"]+)\"""", html):
+            assert client.get(asset).status_code == 200, asset
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (`chromium` not on PATH)")
+@pytest.mark.parametrize("page, shows", [("docs", r'data-path="/query"'), ("redoc", r"Rank the training rows")])
+def test_the_docs_render_with_the_network_cut(server, tmp_path, page, shows):
+    dom = chromium(tmp_path, server[0] + page)
+    assert re.search(shows, dom), dom[-3000:]
+
+
+# ---- access: token, CORS, root path ----------------------------------------------------------------------------
+TOKEN, ORIGIN = "s3cret-token", "https://app.example.org"
+GUARDED = [("get", "info", None), ("get", "behaviors", None), ("post", "query", {"behavior": BEHAVIOR, "k": 2}),
+           ("post", "search", {"vector": [1.0] * 32, "k": 2}), ("get", "rows/planted", None),
+           ("get", "rows?ids=planted", None), ("post", "rows", {"ids": ["planted"]})]
+
+
+@pytest.fixture(scope="module")
+def guarded(index_dir, model_dir):
+    """A server with a token, one CORS origin and the root path /actindex (as a reverse proxy that strips it sees
+    the server)."""
+    idx = actindex.Index.open(index_dir).use_model(load_model(str(model_dir)))
+    config = ServeConfig(port=0, workers=4, token=TOKEN, cors_origins=[ORIGIN], root_path="/actindex", preload=False)
+    with live(create_app(idx, config), config) as url:
+        yield url
+
+
+@pytest.mark.parametrize("method, path, body", GUARDED)
+def test_a_token_guards_every_endpoint_that_reads_the_index(guarded, method, path, body):
+    for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": TOKEN}, 401),
+                            ({"Authorization": f"Bearer {TOKEN}"}, 200)):
+        response = httpx.request(method.upper(), guarded + path, json=body, headers=headers, timeout=120)
+        assert response.status_code == status, (headers, response.text)
+        if status == 401:
+            assert response.headers["www-authenticate"] == "Bearer" and "token" in response.json()["detail"]
+
+
+def test_health_the_page_and_the_docs_need_no_token(guarded):
+    for path in ("health", "", "docs", "redoc", "openapi.json", "static/app.js", "static/docs/redoc.standalone.js"):
+        assert httpx.get(guarded + path).status_code == 200, path
+
+
+def test_cors_preflights_pass_for_the_origins_allowed(guarded, client):
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"}
+    ok = httpx.options(guarded + "query", headers={"Origin": ORIGIN, **ask})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ORIGIN
+    assert {"authorization", "content-type"} <= set(ok.headers["access-control-allow-headers"].lower().split(", "))
+    other = httpx.options(guarded + "query", headers={"Origin": "https://elsewhere.example", **ask})
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    real = httpx.get(guarded + "info", headers={"Origin": ORIGIN, "Authorization": f"Bearer {TOKEN}"})
+    assert real.headers["access-control-allow-origin"] == ORIGIN
+    plain = client.options("/query", headers={"Origin": ORIGIN, **ask})  # no origin allowed: no CORS at all
+    assert "access-control-allow-origin" not in plain.headers
+
+
+def test_a_root_path_prefixes_every_link(guarded):
+    docs = httpx.get(guarded + "docs").text
+    assert "url: '/actindex/openapi.json'" in docs and 'src="/actindex/static/docs/swagger-ui-bundle.js"' in docs
+    assert 'spec-url="/actindex/openapi.json"' in httpx.get(guarded + "redoc").text
+    assert httpx.get(guarded + "openapi.json").json()["servers"] == [{"url": "/actindex"}]
+    for link in re.findall(r'(?:src|href)="(/actindex/[^"]+)"', docs):  # through the proxy, which strips it
+        assert httpx.get(guarded + link.removeprefix("/actindex/")).status_code == 200, link
+    page = httpx.get(guarded).text
+    assert 'src="static/app.js"' in page and 'href="static/style.css"' in page  # relative: under the prefix
+
+
+def test_the_cli_refuses_other_machines_without_a_token(index_dir):
+    env = {k: v for k, v in os.environ.items() if k != "ACTINDEX_TOKEN"}
+    out = subprocess.run([sys.executable, "-m", "actindex", "serve", "--index", str(index_dir), "--host", "0.0.0.0",
+                          "--port", "0"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: --host 0.0.0.0 answers other machines: give --token (or set ACTINDEX_TOKEN)")
+
+
+# ---- the model's answers ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def talker_server(tmp_path_factory, tokenizer):
+    """A server over a tiny Llama that answers in words (special and unused tokens never win the greedy choice)."""
+    import torch
+
+    from actindex.core.models import wrap_model
+
+    model = tiny_llama(seed=0)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:8] = 0
+        model.model.embed_tokens.weight[len(tokenizer):] = 0
+    talker = wrap_model(model, tokenizer, "tiny-talker")
+    tmp = tmp_path_factory.mktemp("talker")
+    actindex.build(data=str(write_jsonl(tmp / "train.jsonl", chat_rows(20, seed=2))), out=str(tmp / "idx"),
+                   layers=[1, 2], model=talker, progress=False)
+    idx = actindex.Index.open(tmp / "idx").use_model(talker)
+    config = ServeConfig(port=0, workers=4)
+    with live(create_app(idx, config), config) as url:
+        yield url, idx
+
+
+def test_the_models_answer_is_in_every_answer_and_on_the_page(talker_server, tmp_path):
+    url, idx = talker_server
+    prompt = "why is it ?"
+    local = actindex.Index.open(idx.root, cache=False).use_model(idx.model()).query(generate=prompt, k=3)
+    (answer,) = local.answers
+    assert answer["prompt"] == prompt and answer["answer"].strip()
+    for _ in range(2):  # formed with the model, then from the behaviour cache: the answer is the same
+        got = httpx.post(url + "query", json={"generate": prompt, "k": 3}, timeout=300).json()
+        assert got["answers"] == [answer]
+    if CHROMIUM is not None:
+        dom = chromium(tmp_path, f"{url}?generate={prompt}&k=3")
+        shown = re.search(r'<p class="answer">.*?<q>(.*?)</q></p>', dom, re.S)
+        assert shown and unescape(shown.group(1)) == answer["answer"], dom[-2000:]
+
+
+# ---- the page, clicked through ----------------------------------------------------------------------------------
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (`chromium` not on PATH)")
+def test_the_page_filters_and_clears_the_rows_of_an_earlier_query_on_an_error(client, server, tmp_path):
+    want = client.post("/query", json={"behavior": BEHAVIOR, "k": 4, "where": {"label": "b"}}).json()
+    browser = Browser(tmp_path)
+    try:
+        where = quote(json.dumps({"label": "b"}))
+        browser.open(f"{server[0]}?behavior={BEHAVIOR}&k=4&where={where}")
+        first = browser.run(UNTIL + """
+            await until(() => document.querySelectorAll("tr.hit").length);
+            return [...document.querySelectorAll("tr.hit")].map((tr) => tr.dataset.id);""")
+        assert first == [h["id"] for h in want["top"]]
+        after = browser.run(UNTIL + """
+            document.getElementById("opt-layer").value = "7";
+            document.getElementById("run").click();
+            await until(() => document.querySelector("#status .error"));
+            return [document.querySelectorAll("tr.hit").length, document.querySelector("#status").textContent];""")
+        assert after[0] == 0 and "has no vectors for layer 7" in after[1], after
+    finally:
+        browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (`chromium` not on PATH)")
+def test_the_page_asks_for_the_token_and_then_answers(guarded, tmp_path):
+    browser = Browser(tmp_path)
+    try:
+        browser.open(f"{guarded}?behavior={BEHAVIOR}&k=3")
+        asked = browser.run(UNTIL + """
+            await until(() => !document.getElementById("token-form").hidden);
+            return document.querySelector("#status").textContent;""")
+        assert "needs a token" in asked
+        rows = browser.run(UNTIL + f"""
+            document.getElementById("token").value = "{TOKEN}";
+            document.querySelector("#token-form button").click();
+            await until(() => document.querySelectorAll("tr.hit").length);
+            return [...document.querySelectorAll("tr.hit")].map((tr) => tr.dataset.id);""")
+        assert len(rows) == 3
+    finally:
+        browser.close()

@@ -15,7 +15,7 @@ server and the other stages drive), and offers the verbs a user needs, with ever
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,6 +29,7 @@ from actindex.query.curvature.config import CurvatureConfig
 from actindex.query.pipeline import QueryConfig, Ranked
 from actindex.query.result import Hit, QueryResult
 from actindex.query.session import ModelNeeded, QuerySession
+from actindex.query.where import row_mask
 
 if TYPE_CHECKING:
     from actindex.core.models import LoadedModel
@@ -125,7 +126,8 @@ class Index:
     def query(self, behavior: str | Behavior | None = None, *, k: int = Q.k, bottom_k: int = Q.bottom_k,
               method: str | None = Q.method, layer: int | None = Q.layer, fusion: str | None = Q.fusion,
               rerank: str | None = Q.rerank, candidates: int = Q.candidates, per_token: bool = Q.per_token,
-              clusters: int = Q.clusters, recall: str | None = Q.recall, vector: np.ndarray | None = None,
+              clusters: int = Q.clusters, recall: str | None = Q.recall, offset: int = Q.offset,
+              where: Mapping[str, Any] | None = Q.where, vector: np.ndarray | None = None,
               family: str | None = None, example: Any = None,
               generate: str | list[str] | None = None) -> QueryResult:
         """Rank the training rows for a behaviour: a built-in name, a pairs file or a
@@ -138,7 +140,9 @@ class Index:
         ``fusion``: a fused method's rule (default its own). ``rerank="ekfac"|"linfac"`` re-scores the top and
         bottom ``candidates`` with exact influence and ranks by it (needs :meth:`fit_curvature`); with it,
         ``per_token`` (per-token influence), ``clusters`` (one query per k-means cluster of the pairs) and
-        ``recall="tfidf"`` (lexical candidates too).
+        ``recall="tfidf"`` (lexical candidates too). ``where`` ranks only the rows whose records match
+        (``{"label": "clean"}``, ``{"label": ["a", "b"]}``: :mod:`actindex.query.where`); ``offset`` skips that
+        many rows of each side (a page: ranks ``offset + 1`` to ``offset + k``).
 
         Instead of a behaviour: ``vector`` (a saved query vector, searched in ``family``), ``example`` (a file of
         training rows, a row, or ``"prompt => response"``: the rows ranked by the example's own vectors), or
@@ -147,22 +151,35 @@ class Index:
         typical row), in the order of the ranking; ``cosine`` is the raw cosine (:mod:`actindex.query.result`).
         """
         config = QueryConfig(method=method, layer=layer, k=k, bottom_k=bottom_k, fusion=fusion, rerank=rerank,
-                             candidates=candidates, per_token=per_token, clusters=clusters, recall=recall)
+                             candidates=candidates, per_token=per_token, clusters=clusters, recall=recall,
+                             offset=offset, where=None if where is None else dict(where))
         return self.session.query(behavior, config, vector=vector, family=family, example=example,
                                   generate=generate)
 
     def ranking(self, behavior: str | Behavior, *, k: int = 0, bottom_k: int = Q.bottom_k,
-                method: str | None = Q.method, layer: int | None = Q.layer, fusion: str | None = Q.fusion) -> Ranked:
+                method: str | None = Q.method, layer: int | None = Q.layer, fusion: str | None = Q.fusion,
+                where: Mapping[str, Any] | None = Q.where) -> Ranked:
         """The rows :meth:`query` ranks, as arrays (:class:`~actindex.query.pipeline.Ranked`: ``top.rows``,
-        ``top.scores``, ``top.cosines``...) without making hits; by default (``k=0``) every searchable row."""
-        config = QueryConfig(method=method, layer=layer, k=k, bottom_k=bottom_k, fusion=fusion)
+        ``top.scores``, ``top.cosines``...) without making hits; by default (``k=0``) every searchable row (that
+        ``where`` lets through)."""
+        config = QueryConfig(method=method, layer=layer, k=k, bottom_k=bottom_k, fusion=fusion,
+                             where=None if where is None else dict(where))
         return self.session.ranking(behavior, config)
 
-    def search(self, vector: np.ndarray, k: int = 10, family: str | None = None,
-               bottom: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(cosines, rows)``; ``k = 0``: every valid
-        row; ``family`` defaults to the first."""
-        return self.reader.search(vector, k, family, bottom)
+    def search(self, vector: np.ndarray, k: int = 10, family: str | None = None, bottom: bool = False, *,
+               where: Mapping[str, Any] | None = None, offset: int = 0,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(cosines, rows)``, the rows ranked
+        ``offset + 1`` to ``offset + k`` (``k = 0``: every row from there) among the rows whose records match
+        ``where`` (:mod:`actindex.query.where`; default every row) and that ``allowed`` (a boolean mask over the
+        rows) marks; ``family`` defaults to the first."""
+        if offset < 0:
+            raise ActindexError(f"offset must be at least 0, got {offset}")
+        mask = row_mask(self.reader, where)
+        if allowed is not None:
+            mask = allowed if mask is None else mask & allowed
+        cosines, rows = self.reader.search(vector, k + offset if k > 0 else 0, family, bottom, mask)
+        return cosines[offset:], rows[offset:]
 
     def query_vector(self, behavior: str | Behavior, method: str = "residual-change",
                      layer: int | None = None) -> tuple[np.ndarray, str, Behavior]:

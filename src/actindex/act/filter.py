@@ -43,6 +43,7 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.files import atomic_write_text
 from actindex.outputs import check_output, index_inputs
 from actindex.query.methods import DEFAULT_METHOD
+from actindex.query.where import where_of
 
 if TYPE_CHECKING:
     from actindex.api import Index
@@ -95,6 +96,9 @@ class FilterConfig:
     )
     data: str | None = option("The training data file (default: the path recorded in the index manifest).", None)
     overwrite: bool = option("Replace OUT if it exists.", False)
+    where: dict[str, Any] | None = option(
+        "Rank (and remove) only rows whose record fields have these values: {field: value or [values]}; "
+        "--remove-top P% is then a share of those rows.", None, cli=False)
 
     def __post_init__(self) -> None:
         if not self.behavior:
@@ -105,6 +109,7 @@ class FilterConfig:
             raise ActindexError("filter needs --remove-top K, --remove-top P% or --min-score S")
         if self.remove_top not in ("", None):
             removal_count(self.remove_top, 0)  # validates the syntax
+        where_of(self.where)
 
 
 @dataclass
@@ -209,7 +214,7 @@ def filter_dataset(
             f"--out {out_path} has another extension than the data file {sources[0].path.name}: the output keeps "
             "the input format"
         )
-    ranked = idx.ranking(config.behavior, method=config.method, layer=config.layer, k=0)
+    ranked = idx.ranking(config.behavior, method=config.method, layer=config.layer, k=0, where=config.where)
     rows, scores, cosines = ranked.top.rows, ranked.top.scores, ranked.top.cosines
     ranks = np.arange(1, len(rows) + 1)
     if config.remove_top not in ("", None):

@@ -16,6 +16,7 @@ from actindex.cli.main import (
     quiet_option,
 )
 from actindex.cli.options import config_options, pop_config
+from actindex.cli.query import where_option
 from actindex.configs import check_choice
 from actindex.query.curvature.config import CurvatureConfig
 
@@ -49,16 +50,19 @@ def _filter_config() -> type:
 @main.command(name="filter")
 @index_option
 @config_options(_filter_config(), required=("behavior", "out"))
+@where_option
 @model_option
 @device_option
 @quiet_option
 @friendly
-def filter_(index_dir: str, model: str | None, device: str, quiet: bool, **options: Any) -> None:
+def filter_(index_dir: str, model: str | None, device: str, quiet: bool, where: tuple[str, ...],
+            **options: Any) -> None:
     """Write the training data without its top rows for a behaviour (same format; removals in a sidecar)."""
     from actindex.act.filter import FilterConfig, filter_dataset
     from actindex.api import Index
+    from actindex.query.where import where_from_text
 
-    config = FilterConfig(**options)
+    config = FilterConfig(**options, where=where_from_text(where))
     idx = Index.open(index_dir, progress=not quiet)
     load_requested_model(idx, model, device)
     click.echo(filter_dataset(idx, config=config).summary())

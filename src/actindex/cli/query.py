@@ -22,6 +22,22 @@ from actindex.query.pipeline import QueryConfig, member_label
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
+#: ``--where FIELD=VALUE`` (repeatable): the rows a command ranks, by their record fields
+where_option = click.option(
+    "--where", "where", multiple=True, metavar="FIELD=VALUE",
+    help="Rank only rows whose record has FIELD equal to VALUE (compared as text); repeat it for more fields "
+         "(all must match), or with the same field for any of its values.")
+
+
+def with_where(config: QueryConfig, where: tuple[str, ...]) -> QueryConfig:
+    """``config`` with the rows ``--where`` names (unchanged without one)."""
+    from dataclasses import replace
+
+    from actindex.query.where import where_from_text
+
+    asked = where_from_text(where)
+    return config if asked is None else replace(config, where=asked)
+
 
 @main.command()
 @click.option("--index", "index_dirs", multiple=True,
@@ -35,6 +51,7 @@ FORMATS = ("table", "json", "jsonl", "csv")
               help="Let the model answer a prompt (or a JSONL file of prompts; greedy) and attribute its answers "
                    "(repeatable).")
 @config_options(QueryConfig)
+@where_option
 @config_options(CheckpointConfig)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
               help="Output format.")
@@ -56,7 +73,8 @@ FORMATS = ("table", "json", "jsonl", "csv")
 def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tuple[str, ...],
           prompts: tuple[str, ...], fmt: str, model: str | None, device: str, save_query: str | None,
           overwrite: bool, query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None,
-          no_faiss_gpu: bool, explain: bool, no_cache: bool, quiet: bool, **options: Any) -> None:
+          no_faiss_gpu: bool, explain: bool, no_cache: bool, quiet: bool, where: tuple[str, ...],
+          **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour, or by how much they explain a
     model output (--example, --generate).
 
@@ -73,7 +91,7 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
     from actindex.api import Index
     from actindex.index.checkpoints import is_checkpoint_set
 
-    config, checkpoints = pop_config(QueryConfig, options), pop_config(CheckpointConfig, options)
+    config, checkpoints = with_where(pop_config(QueryConfig, options), where), pop_config(CheckpointConfig, options)
     cache_config = pop_config(CacheConfig, options)
     if len(index_dirs) == 1 and not is_checkpoint_set(index_dirs[0]) and checkpoints.checkpoint is None:
         idx = Index.open(index_dirs[0], cache=not no_cache, progress=not quiet, cache_config=cache_config)
@@ -166,8 +184,10 @@ def print_results(results: list, fmt: str, explain: bool = False) -> None:
         return
     if fmt == "jsonl":
         for r in results:
+            answers = {"answers": r.answers} if r.answers else {}
             for d in r.to_dicts(with_record=True):
-                click.echo(json.dumps({"behavior": r.behavior, "method": r.method, **d}, ensure_ascii=False))
+                click.echo(json.dumps({"behavior": r.behavior, "method": r.method, **answers, **d},
+                                      ensure_ascii=False))
         return
     if fmt == "csv":
         buf = io.StringIO()
@@ -215,6 +235,8 @@ def print_table(r: Any, explain: bool = False) -> None:
     by another score shows that one and the calibrated score beside it) and the raw cosine; reranked hits show
     their influence and strongest tokens."""
     click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {timing_line(r)}")
+    for answer in r.answers:
+        click.echo(f"the model's answer to {answer['prompt']!r}: {answer['answer']!r}")
     for note in r.notes:
         click.echo(f"note: {note}")
     if r.checkpoints:
@@ -291,6 +313,7 @@ def _method_names() -> list[str]:
 @click.option("--index", "index_dir", required=True, help="Index directory.")
 @click.option("--behavior", required=True, help="Built-in name or pairs/persona file.")
 @config_options(QueryConfig)
+@where_option
 @click.option("--compare", multiple=True, type=LazyChoice(_method_names),
               help="Another method to show side by side (ROC curves, top-k overlap); repeatable.")
 @click.option("--labels-field", help="Record field with ground-truth labels (adds ROC/PR curves, AUROC, AP).")
@@ -305,7 +328,7 @@ def _method_names() -> list[str]:
 @friendly
 def report(index_dir: str, behavior: str, compare: tuple[str, ...], labels_field: str | None,
            positive_label: str | None, title: str | None, model: str | None, device: str, no_cache: bool,
-           quiet: bool, out: str, overwrite: bool, **options: Any) -> None:
+           quiet: bool, out: str, overwrite: bool, where: tuple[str, ...], **options: Any) -> None:
     """Write one self-contained HTML page of the query `actindex query` runs with the same options: the
     behaviour, the score histogram, the top and bottom rows (with per-token influence when reranked), label
     metrics, and other methods side by side with --compare."""
@@ -316,7 +339,7 @@ def report(index_dir: str, behavior: str, compare: tuple[str, ...], labels_field
     idx = Index.open(index_dir, cache=not no_cache, progress=not quiet)
     check_output(out, overwrite=overwrite, inputs=index_inputs(idx, behavior))  # before the model loads
     load_requested_model(idx, model, device)
-    config = pop_config(QueryConfig, options)
+    config = with_where(pop_config(QueryConfig, options), where)
     path = write_report(idx, behavior, out, config, compare=compare, labels_field=labels_field,
                         positive_label=positive_label, title=title, overwrite=overwrite)
     click.echo(f"wrote {path} ({path.stat().st_size // 1024} KiB)")

@@ -22,8 +22,9 @@ from actindex.serve.config import ServeConfig
 @friendly
 def serve(index_dir: str, model: str | None, device: str, **options: Any) -> None:
     """Answer queries over HTTP: one process keeps the model, the index and its behaviour cache loaded. JSON API
-    (POST /query, /search; GET /rows/ID, /info, /behaviors, /health; docs at /docs) and a browser page at /.
-    Needs the serve extra: pip install 'actindex[serve]'."""
+    (POST /query, /search, /rows; GET /rows/ID, /info, /behaviors, /health; docs at /docs and /redoc, offline) and
+    a browser page at /. Listening beyond this machine needs --token (or ACTINDEX_TOKEN). Needs the serve extra:
+    pip install 'actindex[serve]'."""
     config, cache_config = pop_config(ServeConfig, options), pop_config(CacheConfig, options)
     try:
         from actindex.serve.app import create_app, listen, run, url_of
@@ -42,9 +43,11 @@ def serve(index_dir: str, model: str | None, device: str, **options: Any) -> Non
         idx.model()
     app = create_app(idx, config)
     where = "this machine only" if config.local_only else "every interface: anyone who can reach this machine"
+    token = "; requests need the token" if config.token else ""
+    proxy = f"; served under {config.root_path} by the reverse proxy" if config.root_path else ""
     click.echo(f"actindex serve: {url_of(sock)} ({idx.manifest.rows} rows of {index_dir}; API docs at /docs; "
-               f"listening on {where}; Ctrl+C stops)")
-    run(app, sock)
+               f"listening on {where}{token}{proxy}; Ctrl+C stops)")
+    run(app, sock, config.root_path)
 
 
 @main.command()

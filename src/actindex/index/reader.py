@@ -42,6 +42,7 @@ from actindex.index.hdf5 import foreign_problem
 from actindex.index.manifest import MANIFEST, VECTORS, FamilyInfo, Manifest, read_manifest, structure_problem
 from actindex.index.search import (
     ADD_BLOCK,
+    AUTO_FLAT_ROWS,
     exact_scores,
     gpu_count,
     normalise,
@@ -441,26 +442,31 @@ class IndexReader:
 
     # ---- verbs ------------------------------------------------------------------------------
     def search(
-        self, vector: np.ndarray, k: int = 10, family: str | None = None, bottom: bool = False
+        self, vector: np.ndarray, k: int = 10, family: str | None = None, bottom: bool = False,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(scores, rows)`` 1-D arrays.
 
-        ``k = 0`` returns every valid row. ``family`` defaults to the only/first family.
+        ``k = 0`` returns every valid row. ``family`` defaults to the only/first family. ``allowed`` (a boolean
+        mask over the rows) searches only the rows it marks, inside the search (a FAISS ID selector; an
+        approximate index searches at most :data:`~actindex.index.search.AUTO_FLAT_ROWS` marked rows exactly), so
+        the rows returned are the best ``k`` of those.
         """
         family = family or next(iter(self.families))
         self.check_family(family)
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if self.families[family].faiss_factory != "Flat" and (k <= 0 or k > APPROX_MAX_K):
+        few = allowed is not None and int(np.count_nonzero(allowed)) <= AUTO_FLAT_ROWS
+        if self.families[family].faiss_factory != "Flat" and (k <= 0 or k > APPROX_MAX_K or few):
             dim = self.families[family].dim
             if vector.shape[1] != dim:
                 raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {dim}")
-            return self.exact_search(vector, k, family, bottom)
+            return self.exact_search(vector, k, family, bottom, allowed)
         index = self.faiss_index(family)
         if vector.shape[1] != index.d:
             raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {index.d}")
         exact = exact_scores(index)
         fetch = k if exact or k <= 0 else min(RESCORE_FACTOR * k, index.ntotal)
-        scores, rows = (search_bottom if bottom else search)(index, vector, fetch)
+        scores, rows = (search_bottom if bottom else search)(index, vector, fetch, allowed)
         keep = rows[0] >= 0
         scores, rows = scores[0][keep], rows[0][keep]
         if len(scores) and not (np.isfinite(scores).all() and np.abs(scores).max() <= MAX_COSINE):
@@ -475,13 +481,13 @@ class IndexReader:
             scores, rows = scores[order], rows[order]
         return scores, rows
 
-    def exact_search(self, vector: np.ndarray, k: int, family: str,
-                     bottom: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """What :meth:`search` returns, computed exactly: the cosine of every valid row with ``vector``, its stored
-        vectors read and normalised a block at a time, then the top ``k`` (or bottom ``k``; every row for
-        ``k <= 0``). Memory: one block and one score per valid row."""
+    def exact_search(self, vector: np.ndarray, k: int, family: str, bottom: bool = False,
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`search` returns, computed exactly: the cosine of every valid row (that ``allowed`` marks)
+        with ``vector``, its stored vectors read and normalised a block at a time, then the top ``k`` (or bottom
+        ``k``; every row for ``k <= 0``). Memory: one block and one score per valid row."""
         q = normalise(vector)[0]
-        valid = self.table.valid
+        valid = self.table.valid if allowed is None else self.table.valid & allowed
         rows, scores = np.flatnonzero(valid), np.empty(int(valid.sum()), np.float32)
         at = 0
         with self.h5() as f:

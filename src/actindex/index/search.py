@@ -327,18 +327,39 @@ def measured_recall(
     return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx.tolist(), best_r.tolist())]))
 
 
-def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, query: np.ndarray, k: int,
+           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows by cosine with ``query`` (1-D or (Q, d)): ``(scores, rows)``, each (Q, k).
 
-    ``k <= 0`` or ``k > ntotal`` returns every row. Slots FAISS cannot fill carry row -1.
+    ``k <= 0`` or ``k > ntotal`` returns every row. Slots FAISS cannot fill carry row -1. ``allowed`` (a boolean
+    mask over row numbers) searches only the rows it marks (:func:`only_rows`): the k returned are the best k of
+    them.
     """
     q = normalise(query)
     k = index.ntotal if k <= 0 else min(k, index.ntotal)
     if k == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    params = None if allowed is None else only_rows(index, allowed)
     with faiss_threads(1 if len(q) == 1 else None):
-        scores, rows = index.search(q, k)
+        scores, rows = index.search(q, k, params=params)
     return scores, rows
+
+
+def only_rows(index: faiss.Index, allowed: np.ndarray) -> faiss.SearchParameters:
+    """Search parameters that let ``index`` (ids = row numbers) consider only the rows ``allowed`` marks: a FAISS
+    ``IDSelectorBitmap`` (bit ``i`` of the packed mask), in the parameter type the index expects (IVF and HNSW keep
+    their ``nprobe`` and ``efSearch``)."""
+    bits = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+    ivf, hnsw = faiss.try_extract_index_ivf(index), _hnsw(index)
+    if ivf is not None:
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))
+    elif hnsw is not None:
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(hnsw.hnsw.efSearch))
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    params.bits = bits  # the selector reads this buffer: it lives as long as the parameters
+    return params
 
 
 @contextmanager
@@ -360,9 +381,10 @@ def faiss_threads(n: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def search_bottom(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bottom-``k``: the most negative cosines, found as the top of ``-query``."""
-    scores, rows = search(index, -np.asarray(query, dtype=np.float32), k)
+def search_bottom(index: faiss.Index, query: np.ndarray, k: int,
+                  allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bottom-``k``: the most negative cosines, found as the top of ``-query`` (``allowed``: as :func:`search`)."""
+    scores, rows = search(index, -np.asarray(query, dtype=np.float32), k, allowed)
     return -scores, rows
 
 

@@ -22,9 +22,12 @@ its projector and score computer. Nothing below this module imports it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +47,8 @@ from actindex.query.fusion import (
 from actindex.query.methods import FormedMember, Member, QueryMethod, default_method, method_names
 from actindex.query.rerank import RECALLS, row_influence, tfidf_recall
 from actindex.query.result import Hit, QueryResult, snippet_of
+from actindex.query.where import describe as describe_where
+from actindex.query.where import row_mask, where_of
 
 if TYPE_CHECKING:
     from actindex.index.reader import IndexReader
@@ -69,6 +74,8 @@ class QueryConfig:
                                "ensemble: every indexed layer).", None)
     k: int = option("Rows to return; 0 = every row.", 10, minimum=0, flag="--top-k")
     bottom_k: int = option("Also return the k most negative rows.", 0, minimum=0)
+    offset: int = option("Skip this many rows of each ranking first: a page of rows offset+1 to offset+k.", 0,
+                         minimum=0)
     fusion: str | None = option("How a fused method combines its members' rankings (default: the method's own: "
                                 "zmean for adaptive, rrf for ensemble).", None, choices=fusion_names)
     rerank: str | None = option("Re-score the candidates with exact influence (needs `actindex fit-curvature`) and "
@@ -78,9 +85,13 @@ class QueryConfig:
     clusters: int = option("With --rerank: one query per k-means cluster of the behaviour's pairs (max-|I| merge).",
                            0, minimum=0)
     recall: str | None = option("With --rerank: add lexical candidates.", None, choices=RECALLS)
+    where: dict[str, Any] | None = option(
+        "Rank only the rows whose record fields have these values: {field: value} or {field: [values]} (every "
+        "field must match; values compare as text, so 1 and \"1\" are equal).", None, cli=False)
 
     def __post_init__(self) -> None:
         check_choices(self)
+        where_of(self.where)  # a malformed filter is refused before any model pass
         if (self.per_token or self.clusters or self.recall) and not self.rerank:
             raise ActindexError("--per-token, --clusters and --recall refine a rerank: add --rerank ekfac|linfac")
 
@@ -127,17 +138,78 @@ class Ranked:
     behavior: str = ""
     #: an adaptive method's candidates that were not kept (weight 0; shown by --explain)
     unkept: list[FormedMember] = field(default_factory=list)
+    #: the rows the query's filter lets through (``QueryConfig.where``; ``None``: every row)
+    allowed: np.ndarray | None = None
+
+
+def page(ranking: Ranking, offset: int) -> Ranking:
+    """``ranking`` without its first ``offset`` rows."""
+    if not offset:
+        return ranking
+    cut = (None if values is None else values[offset:] for values in (ranking.calibrated, ranking.cosines))
+    return Ranking(ranking.scores[offset:], ranking.rows[offset:], *cut)
+
+
+def deeper(k: int, offset: int) -> int:
+    """Rows to fetch for a page of ``k`` rows after ``offset``: ``k + offset``; 0 stays 0 (every row for the top,
+    none for the bottom)."""
+    return k + offset if k > 0 else 0
+
+
+#: fused orders an index keeps (:class:`FusedOrders`)
+FUSED_KEPT = 64
+
+
+def behavior_digest(behavior: Behavior) -> str:
+    """sha256 of what a completed behaviour's vectors are made of: its pairs (with their turns before), its persona
+    spec and whether it is a query by example."""
+    pairs = [(p.prompt, p.treatment, p.control, p.history) for p in behavior.pairs]
+    persona = asdict(behavior.persona) if behavior.persona is not None else None
+    content = json.dumps([behavior.name, pairs, persona, behavior.example], sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def member_depth(k: int) -> int:
+    """Rows each member of a fused query searches for a fused top ``k``: ``max(1000, 10 k)`` (deep enough for the
+    fused top ``k`` to be stable), every row for ``k = 0``."""
+    return 0 if k <= 0 else max(1000, 10 * k)
+
+
+class FusedOrders:
+    """The fused orders of the latest :data:`FUSED_KEPT` fused queries of one index, by what they depend on: the
+    completed behaviour, the method, layer, fusion rule and filter, each side's member depth
+    (:func:`member_depth`) and the index's search settings. Every ``k`` up to 100 searches the members 1,000 rows
+    deep, so a cached behaviour asked for another ``k`` or another page is cut from the same order (the same rows a
+    fresh query ranks) instead of forming, searching and fusing its members again: the pure-Python part of a query,
+    which holds the GIL and so keeps a server's threads from answering in parallel."""
+
+    def __init__(self, kept: int = FUSED_KEPT):
+        self.kept, self.orders = kept, {}
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self.lock:
+            found = self.orders.get(key)
+        if found is None:
+            found = compute()
+            with self.lock:
+                self.orders[key] = found
+                while len(self.orders) > self.kept:
+                    self.orders.pop(next(iter(self.orders)))
+        return found
 
 
 @dataclass
 class QueryPipeline:
-    """The stages of a query over one index (see the module docstring); components are injected."""
+    """The stages of a query over one index (see the module docstring); components are injected (``kept``: the
+    index's :class:`FusedOrders`, a fresh one when not given)."""
 
     reader: IndexReader
     context: Callable[[], QueryContext]
     curvature: Callable[[str], Any]
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    kept: FusedOrders = field(default_factory=FusedOrders)
 
     # ---- members and their vectors ----------------------------------------------------------
     def resolve_layer(self, layer: int | None) -> int:
@@ -191,18 +263,20 @@ class QueryPipeline:
 
     # ---- search, fuse ---------------------------------------------------------------------------
     def search(self, psi: np.ndarray, family: str, k: int, bottom_k: int,
-               projection: bool = False) -> tuple[Ranking, Ranking]:
+               projection: bool = False, allowed: np.ndarray | None = None) -> tuple[Ranking, Ranking]:
         """Top ``k`` and bottom ``bottom_k`` rows of one query vector: cosine search, or with ``projection`` the
-        projection ``<v, psi>`` of every searchable row."""
+        projection ``<v, psi>`` of every searchable row; only the rows ``allowed`` marks, when given."""
         if projection:
             valid = self.reader.table.searchable
+            valid = valid if allowed is None else valid[allowed[valid]]
             scores = self.reader.projections(psi, family, valid)
             order = np.argsort(-scores, kind="stable")
             k = len(order) if k <= 0 else min(k, len(order))
             rev = order[::-1][: min(bottom_k, len(order))]
             return Ranking(scores[order[:k]], valid[order[:k]]), Ranking(scores[rev], valid[rev])
-        top = Ranking(*self.reader.search(psi, k, family))
-        bottom = Ranking(*self.reader.search(psi, bottom_k, family, bottom=True)) if bottom_k else Ranking.empty()
+        top = Ranking(*self.reader.search(psi, k, family, allowed=allowed))
+        bottom = (Ranking(*self.reader.search(psi, bottom_k, family, bottom=True, allowed=allowed)) if bottom_k
+                  else Ranking.empty())
         return top, bottom
 
     def calibrator(self, psi: np.ndarray, family: str, projection: bool = False) -> tuple[float, float]:
@@ -214,18 +288,19 @@ class QueryPipeline:
             return self.reader.remembered(key, lambda: robust_center_scale(self.reader.projections(psi, family)))
         return self.reader.calibration(psi, family, robust_center_scale)
 
-    def member_rankings(self, formed: list[FormedMember], k: int, bottom_k: int) -> list[MemberRanking]:
-        """Each member's searched rows (deep enough, ``max(1000, 10 k)`` rows, every row for ``k = 0``, for the
-        fused top ``k`` to be stable) and its calibration: the median and scaled MAD of its cosines over a
-        seeded sample of the index's rows (:meth:`IndexReader.calibration_cosines`)."""
-        depth = 0 if k <= 0 else max(1000, 10 * k)
-        bottom_depth = max(1000, 10 * bottom_k) if bottom_k else 0
-        rows_read = self.reader.shared_cosines()  # members of one family score the same rows: read them once
+    def member_rankings(self, formed: list[FormedMember], k: int, bottom_k: int,
+                        allowed: np.ndarray | None = None, rows_read: Any = None) -> list[MemberRanking]:
+        """Each member's searched rows (:func:`member_depth` of ``k`` and ``bottom_k``) and its calibration: the
+        median and scaled MAD of its cosines over a seeded sample of the index's rows
+        (:meth:`IndexReader.calibration_cosines`). ``rows_read``: the
+        :class:`~actindex.index.reader.SharedCosines` the members score rows through (a fresh one by default)."""
+        depth, bottom_depth = member_depth(k), member_depth(bottom_k)
+        rows_read = rows_read or self.reader.shared_cosines()  # members of one family score the same rows once
         out = []
         for member in formed:
             psi, family = member.psi, member.family
             started = time.perf_counter()
-            top, bottom = self.search(psi, family, depth, bottom_depth, member.projection)
+            top, bottom = self.search(psi, family, depth, bottom_depth, member.projection, allowed)
             center, scale = self.reader.calibration(psi, family, robust_center_scale)
             self.timings["search"] = self.timings.get("search", 0.0) + time.perf_counter() - started
             out.append(MemberRanking(
@@ -236,33 +311,68 @@ class QueryPipeline:
             ))
         return out
 
-    def fused(self, members: list[MemberRanking], fusion: str, k: int, bottom_k: int) -> tuple[Ranking, Ranking]:
-        """The fusion rule's ranking of each side, cut at ``k`` (0: every ranked row) and ``bottom_k``: the rule's
-        score orders it, with the calibrated score (:func:`~actindex.query.fusion.calibrated`) and the members'
-        weighted cosine (:func:`~actindex.query.fusion.mean_cosines`) of every row."""
+    def fused(self, members: list[MemberRanking], fusion: str, k: int, bottom_k: int,
+              orders: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[Ranking, Ranking]:
+        """The fusion rule's ranking of each side (``orders``: :meth:`orders` of the members, when already made),
+        cut at ``k`` (0: every ranked row) and ``bottom_k``: the rule's score orders it, with the calibrated score
+        (:func:`~actindex.query.fusion.calibrated`) and the members' weighted cosine
+        (:func:`~actindex.query.fusion.mean_cosines`) of every row."""
         rule = FusionRule.get(fusion)
+        orders = orders if orders is not None else self.orders(members, fusion, bool(bottom_k))
         sides = []
         for side, n in ((TOP, k), (BOTTOM, bottom_k)):
             if side == BOTTOM and not bottom_k:
                 sides.append(Ranking.empty())
                 continue
-            rows, scores = rule.fuse(members, side)
+            rows, scores = orders[side]
             rows, scores = (rows, scores) if n <= 0 else (rows[:n], scores[:n])
             shown = scores if rule.calibrated_score else calibrated(members, rows)
             sides.append(Ranking(scores, rows, shown, mean_cosines(members, rows)))
         return sides[0], sides[1]
 
+    @staticmethod
+    def orders(members: list[MemberRanking], fusion: str, bottom: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``side -> (rows, rule scores)``: the fusion rule's whole order of the top side (and the bottom)."""
+        rule = FusionRule.get(fusion)
+        return {side: rule.fuse(members, side) for side in ((TOP, BOTTOM) if bottom else (TOP,))}
+
+    def fused_members(self, behavior: Behavior, method: str, config: QueryConfig, k: int, bottom_k: int,
+                      allowed: np.ndarray | None) -> tuple[list[MemberRanking], list[FormedMember], dict]:
+        """``(members, unkept candidates, orders)`` of a fused query: its members formed, searched
+        (:meth:`member_rankings`) and fused (:meth:`orders`), kept by the index (:class:`FusedOrders`) under all
+        they depend on."""
+        fusion = config.resolved_fusion()
+        where = json.dumps(config.where, sort_keys=True, default=str)
+        content = behavior_digest(behavior)
+        searching = tuple(sorted(self.reader.search_settings.items()))  # IVF nprobe, HNSW efSearch: other rows
+        key = ("fused", content, method, config.layer, fusion, where, member_depth(k), member_depth(bottom_k),
+               searching)
+
+        def compute() -> tuple[list[MemberRanking], list[FormedMember], dict]:
+            ctx = self.context()
+            choosing = time.perf_counter()
+            formed = self.form(behavior, method, config.layer)
+            self.timings["members"] = time.perf_counter() - choosing - ctx.model_seconds
+            rows_read = self.reader.shared_cosines()
+            members = self.member_rankings([f for f in formed if f.weight > 0], k, bottom_k, allowed, rows_read)
+            orders = self.orders(members, fusion, bool(bottom_k))
+            rows_read.last.clear()  # the vectors of every fused row: not kept with the order
+            return members, [f for f in formed if f.weight <= 0], orders
+
+        return self.kept.get(key, compute)
+
     # ---- rerank -----------------------------------------------------------------------------------
     def rerank(self, behavior: Behavior, top: np.ndarray, bottom: np.ndarray,
-               search_scores: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-               config: QueryConfig) -> tuple[list[Hit], list[Hit]]:
+               search_scores: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], config: QueryConfig,
+               allowed: np.ndarray | None = None) -> tuple[list[Hit], list[Hit]]:
         """Re-score the search's ``top`` and ``bottom`` candidate rows (plus TF-IDF's top ``candidates``
-        with ``recall``) with exact influence and rank by it; hits keep their search's calibrated score and
-        cosine (``search_scores(rows)``)."""
+        with ``recall``; only rows ``allowed`` marks) with exact influence and rank by it, and return the page
+        ``config.offset`` onwards; hits keep their search's calibrated score and cosine (``search_scores(rows)``)."""
         pool = [top, bottom]
         if config.recall == "tfidf":
             pool.append(tfidf_recall(self.reader, behavior, config.candidates))
         rows = np.array(sorted(set(np.concatenate(pool).astype(int).tolist())), dtype=np.int64)
+        rows = rows if allowed is None else rows[allowed[rows]]
         searched, cosines = search_scores(rows)
         result = row_influence(self.reader, self.context(), self.curvature(config.rerank), behavior, rows,
                                config.per_token, config.clusters)
@@ -270,11 +380,12 @@ class QueryPipeline:
         clusters = f" ({len(result.cluster_sizes)} pair clusters, max-|I| merge)" if result.cluster is not None else ""
         self.notes.append(f"reranked {len(rows)} candidates by exact {config.rerank} influence{clusters}")
         order = np.argsort(-total, kind="stable")
-        k = len(order) if config.k <= 0 else min(config.k, len(order))
-        sides = (order[:k], order[::-1][: min(config.bottom_k, len(order))])
+        skip = config.offset
+        top_side = order[skip:] if config.k <= 0 else order[skip : skip + config.k]
+        sides = (top_side, order[::-1][skip : skip + config.bottom_k])
         hits = []
         for side in sides:
-            side_hits = self.hits(Ranking(searched[side], rows[side], searched[side], cosines[side]))
+            side_hits = self.hits(Ranking(searched[side], rows[side], searched[side], cosines[side]), skip)
             for hit, pos in zip(side_hits, side):
                 hit.influence = float(total[pos])
                 hit.module_scores = dict(zip(result.influence.modules, map(float, result.influence.per_module[pos])))
@@ -291,14 +402,15 @@ class QueryPipeline:
         if config.rerank is not None and config.clusters <= 1 and behavior.pairs:
             self.context().behavior_gradients(behavior, self.curvature(config.rerank).names)
 
-    def hits(self, ranking: Ranking) -> list[Hit]:
-        """Hits (rank, row, id, score, calibrated score, cosine, snippet, record) of a ranking."""
+    def hits(self, ranking: Ranking, skipped: int = 0) -> list[Hit]:
+        """Hits (rank, row, id, score, calibrated score, cosine, snippet, record) of a ranking whose first row has
+        rank ``skipped + 1``."""
         ids = self.reader.ids_of(ranking.rows)
         records = self.reader.records(ranking.rows)
         none = [None] * len(ranking.rows)
         calibrated_ = none if ranking.calibrated is None else ranking.calibrated
         cosines = none if ranking.cosines is None else ranking.cosines
-        return [Hit(rank=i + 1, row=int(row), id=row_id, score=float(score), snippet=snippet_of(record),
+        return [Hit(rank=skipped + i + 1, row=int(row), id=row_id, score=float(score), snippet=snippet_of(record),
                     record=record, calibrated=_float(c), cosine=_float(cos))
                 for i, (score, row, row_id, record, c, cos) in enumerate(zip(ranking.scores, ranking.rows, ids,
                                                                              records, calibrated_, cosines))]
@@ -308,7 +420,9 @@ class QueryPipeline:
              family: str | None = None) -> Ranked:
         """The ranked rows of both sides for a completed ``behavior`` (or a saved query ``vector`` of ``family``),
         before any hit is made: what :meth:`run` shows, and what ``filter`` and ``report`` read for every row
-        (``k = 0``) without turning a million rows into hits."""
+        (``k = 0``) without turning a million rows into hits. Only the rows ``config.where`` lets through are
+        searched; each side starts after ``config.offset`` rows (a reranked query's candidates are the first
+        ``candidates`` rows; the rerank pages them)."""
         method = config.resolved_method(needs_vector=vector is not None)
         strategy = QueryMethod.get(method)
         if config.rerank is not None:  # refused here, before any model pass
@@ -327,25 +441,30 @@ class QueryPipeline:
         if ctx is not None:
             ctx.start()
             self.prefetch_gradient(behavior, config)
+        allowed = row_mask(self.reader, config.where)
+        if allowed is not None:
+            matching = int(np.count_nonzero(allowed[self.reader.table.searchable]))
+            self.notes.append(f"only the rows where {describe_where(config.where)}: {matching} searchable rows")
+        skip = 0 if config.rerank else config.offset
         n = config.candidates if config.rerank else None
+        k, bottom_k = deeper(n or config.k, skip), deeper(n or config.bottom_k, skip)
         if strategy.fused:
-            choosing = time.perf_counter()
-            formed = self.form(behavior, method, config.layer)
-            unkept = [f for f in formed if f.weight <= 0]
-            self.timings["members"] = time.perf_counter() - choosing - (ctx.model_seconds if ctx else 0.0)
-            members = self.member_rankings([f for f in formed if f.weight > 0], n or config.k, n or config.bottom_k)
+            members, unkept, orders = self.fused_members(behavior, method, config, k, bottom_k, allowed)
             fusion = config.resolved_fusion()
-            top, bottom = self.fused(members, fusion, n or config.k, n or config.bottom_k)
+            fusing = time.perf_counter()
+            top, bottom = self.fused(members, fusion, k, bottom_k, orders)
+            self.timings["fusion"] = time.perf_counter() - fusing
             described = f"{fusion}(" + ", ".join(member_label(m.method, m.family) for m in members) + ")"
-            return Ranked(method, described, top, bottom, None, members,
-                          lambda rows: (calibrated(members, rows), mean_cosines(members, rows)), name, unkept)
+            return Ranked(method, described, page(top, skip), page(bottom, skip), None, members,
+                          lambda rows: (calibrated(members, rows), mean_cosines(members, rows)), name, unkept,
+                          allowed)
         if vector is None:
             vector, described = self.vector(behavior, self.members(method, config.layer)[0])
         else:
             described = family or strategy.family(self.resolve_layer(config.layer))
         searching = time.perf_counter()
         projection = strategy.projection_scores
-        top, bottom = self.search(vector, described, n or config.k, n or config.bottom_k, projection)
+        top, bottom = self.search(vector, described, k, bottom_k, projection, allowed)
         center, scale = self.calibrator(vector, described, projection)
         self.timings["search"] = time.perf_counter() - searching
         psi, searched_family = vector, described
@@ -363,7 +482,8 @@ class QueryPipeline:
             cosines = self.reader.cosines(psi, searched_family, ranking.rows) if projection else ranking.scores
             return Ranking(z, ranking.rows, z, cosines)
 
-        return Ranked(method, described, shown(top), shown(bottom), vector, [], search_scores, name)
+        return Ranked(method, described, page(shown(top), skip), page(shown(bottom), skip), vector, [],
+                      search_scores, name, allowed=allowed)
 
     def run(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
             family: str | None = None, name: str | None = None) -> QueryResult:
@@ -375,18 +495,20 @@ class QueryPipeline:
         if config.rerank is not None:
             reranking = time.perf_counter()
             top_hits, bottom_hits = self.rerank(behavior, ranked.top.rows, ranked.bottom.rows, ranked.search_scores,
-                                                config)
+                                                config, ranked.allowed)
             self.timings["rerank"] = time.perf_counter() - reranking - (ctx.model_seconds if ctx else 0.0)
         else:
-            top_hits, bottom_hits = self.hits(ranked.top), self.hits(ranked.bottom)
+            top_hits, bottom_hits = self.hits(ranked.top, config.offset), self.hits(ranked.bottom, config.offset)
         if ctx is not None:
             self.timings["model pass"] = ctx.model_seconds
         label = name or (behavior.name if behavior is not None else "vector")
         method = ranked.method if config.rerank is None else f"{ranked.method}+{config.rerank}"
+        answers = [{"prompt": p.prompt, "answer": p.treatment} for p in (behavior.pairs if behavior else [])
+                   if p.treatment_generated]
         return QueryResult(behavior=label, method=method, family=ranked.family, top=top_hits, bottom=bottom_hits,
                            vector=ranked.vector, seconds=time.perf_counter() - started, notes=self.notes,
                            members=[describe(m) for m in ranked.members] + [describe(m) for m in ranked.unkept],
-                           timings={k: round(v, 4) for k, v in self.timings.items()})
+                           timings={k: round(v, 4) for k, v in self.timings.items()}, answers=answers)
 
 
 def _float(value: Any) -> float | None:

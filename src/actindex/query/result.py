@@ -72,7 +72,8 @@ class QueryResult:
     ``members`` describes a fused method's members (method, layer, family, weight, calibration);
     ``timings`` says where the time went, in seconds (``behaviour``, ``model pass``, ``search``,
     ``rerank``); ``cached`` whether the behaviour's vectors came from the index's behaviour cache;
-    ``warnings`` what the user should know about the ranking (a model that has memorised its rows).
+    ``warnings`` what the user should know about the ranking (a model that has memorised its rows);
+    ``answers`` the model's answers a query of its own outputs (``generate``) attributes, ``{prompt, answer}``.
     A query of several checkpoints' indexes (:mod:`actindex.query.checkpoints`) lists them in
     ``checkpoints``, and each hit carries its per-checkpoint scores.
     """
@@ -90,6 +91,7 @@ class QueryResult:
     cached: bool = False
     warnings: list[str] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         """The rows returned: the top rows and the bottom rows (``len(result.top)``, ``len(result.bottom)``)."""
@@ -112,6 +114,8 @@ class QueryResult:
                "bottom": [h.to_dict(with_record) for h in self.bottom]}
         if self.checkpoints:
             out["checkpoints"] = self.checkpoints
+        if self.answers:
+            out["answers"] = self.answers
         return out
 
     def to_json(self, with_record: bool = True, indent: int | None = None) -> str:

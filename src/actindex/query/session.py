@@ -22,7 +22,7 @@ import numpy as np
 from actindex.errors import ActindexError, IndexFileError
 from actindex.index.memorisation import Memorisation, memorisation, warn_if_memorised
 from actindex.query.cache import BehaviorCache, CacheConfig
-from actindex.query.pipeline import QueryConfig, QueryPipeline, Ranked
+from actindex.query.pipeline import FusedOrders, QueryConfig, QueryPipeline, Ranked
 from actindex.query.result import QueryResult
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class QuerySession:
         self._no_model = threading.local()
         self._context: QueryContext | None = None
         self._curvature: dict[str, Curvature] = {}
+        self._fused = FusedOrders()  # fused queries of cached behaviours: other pages and k cut from one order
 
     @property
     def root(self) -> Path:
@@ -187,7 +188,7 @@ class QuerySession:
 
     def pipeline(self) -> QueryPipeline:
         """The query stages over this index, with its components injected."""
-        return QueryPipeline(self.reader, self.query_context, self.curvature)
+        return QueryPipeline(self.reader, self.query_context, self.curvature, kept=self._fused)
 
     def resolve_layer(self, layer: int | None) -> int:
         """``layer`` checked against the index, or the indexed layer nearest 60% of the depth."""

@@ -152,7 +152,9 @@ def behavior_html(behavior: Behavior) -> str:
     if behavior.pairs:
         def table(pairs: Sequence[Any]) -> str:
             rows = "".join(
-                f"<tr><td>{_cell(p.prompt)}</td><td>{_cell(p.treatment)}</td><td>{_cell(p.control)}"
+                f"<tr><td>{_cell(p.prompt)}</td><td>{_cell(p.treatment)}"
+                + (' <span class="badge gen">the model\'s answer</span>' if p.treatment_generated else "")
+                + f"</td><td>{_cell(p.control)}"
                 + (' <span class="badge gen">generated</span>' if p.control_generated else "")
                 + "</td></tr>"
                 for p in pairs

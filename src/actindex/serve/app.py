@@ -1,12 +1,28 @@
 """The HTTP API over one open index: ``create_app(index) -> FastAPI``, and how ``actindex serve`` runs it.
 
     GET  /health          {"status": "ok", ...}; answered on the event loop, never behind a model pass
-    GET  /info            the manifest (``index.manifest.to_dict()``)
+    GET  /info            the manifest (``index.manifest.to_dict()``, paths relative to the data's folder)
     GET  /behaviors       the built-in behaviours, and whether each is in the index's behaviour cache
     POST /query           a QueryRequest -> what ``actindex query --format json`` prints per behaviour
     POST /search          a raw vector and a family -> scores, rows, ids (cosine)
     GET  /rows/{id}       the row: its original record, loss, token counts, data file and line
-    GET  /                the browser page (static/), GET /docs the OpenAPI docs
+    POST /rows, GET /rows?ids=a&ids=b   several rows at once
+    GET  /                the browser page (static/); GET /docs and /redoc the API docs, from assets shipped
+                          in the package (static/docs/: they render without a network)
+
+Filters and pages: ``where`` (``{"label": "clean"}``) ranks only the rows whose records match, inside the search
+(:mod:`actindex.query.where`); ``offset`` with ``k`` reads a ranking a page at a time. A request returns at most
+``max_page`` rows (``k = 0``, every row, is refused: a million records in one answer would hold the server).
+
+Access: with a token (``ServeConfig.token``) every endpoint that reads the index wants ``Authorization: Bearer
+<token>`` (401 otherwise); ``/health``, the page's static files and the API docs carry no data and stay open, so
+a browser can load the page and then send the token. Without a token the server listens on loopback only
+(:class:`~actindex.serve.config.ServeConfig` refuses other addresses). ``cors_origins`` lets pages of other
+origins call the API (CORS, preflights included); ``root_path`` is the prefix a reverse proxy serves it under
+(the proxy strips it; the ASGI server is told it, :func:`run` or ``uvicorn --root-path``, and the docs' links
+carry it; the page's links are relative).
+Answers name data files relative to the data's own folder (``host_paths`` shows the server's paths), and error
+messages name the index by its folder's name.
 
 Concurrency: requests run in a pool of ``workers`` threads. A query first runs without the model
 (``QuerySession.without_model``): a behaviour in the behaviour cache is answered so, in parallel
@@ -17,12 +33,13 @@ answered again from memory while that cache entry is unchanged (:mod:`actindex.s
 
 Nothing is written through the API except the behaviour cache inside the index (what a query formed with the
 model). Errors are ``{"detail": "one line"}``: 400 for an :class:`~actindex.errors.ActindexError` (its text),
-404 for an unknown row, 422 for a malformed body.
+401 without the token, 404 for an unknown row, 422 for a malformed body or a page too large.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import socket
 import threading
 import time
@@ -30,12 +47,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import cached_property
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -44,21 +65,31 @@ from actindex.core.jsontext import JSONTextError, loads
 from actindex.errors import ActindexError
 from actindex.query.behaviors import builtin_behaviors, load_behavior
 from actindex.serve.config import ServeConfig
-from actindex.serve.memo import ANSWERS_KEPT, AnswerMemo
-from actindex.serve.requests import QueryRequest, SearchRequest, asked
+from actindex.serve.memo import AnswerMemo
+from actindex.serve.requests import QueryRequest, RowsRequest, SearchRequest, asked
+from actindex.serve.responses import (
+    ERRORS,
+    BehaviorOut,
+    ErrorOut,
+    HealthOut,
+    QueryOut,
+    RowOut,
+    RowsOut,
+    SearchOut,
+)
 
 STATIC = resources.files("actindex.serve") / "static"
 
 
 class Served:
     """One index as the server holds it: the index (with its model and query context), the model lock, the
-    memory of its answers (:mod:`actindex.serve.memo`) and the row-id lookup."""
+    memory of its answers (:mod:`actindex.serve.memo`), the row-id lookup, and how answers show paths."""
 
-    def __init__(self, index: Index, answers: int = ANSWERS_KEPT):
-        self.index = index
+    def __init__(self, index: Index, config: ServeConfig):
+        self.index, self.config = index, config
         self.model_lock = threading.Lock()
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="actindex-model")
-        self.memo = AnswerMemo(index.session.behavior_cache, answers)
+        self.memo = AnswerMemo(index.session.behavior_cache, config.answers)
         self.started = time.time()
 
     @cached_property
@@ -80,6 +111,19 @@ class Served:
         if model:
             idx.model()
 
+    # ---- limits ----------------------------------------------------------------------------------------
+    def check_page(self, **counts: int) -> None:
+        """Refuse (422) a request for more rows than ``max_page`` (``k = 0`` asks for every row)."""
+        most = self.config.max_page
+        for name, count in counts.items():
+            if count == 0 and name == "k":
+                raise HTTPException(422, f"k: 0 (every row) is not served over HTTP; read the ranking a page at a "
+                                         f"time with k at most {most} and offset")
+            if count > most:
+                raise HTTPException(422, f"{name}: at most {most} rows a request, got {count}; read more a page "
+                                         "at a time with offset")
+
+    # ---- what the API answers ---------------------------------------------------------------------------
     def answer(self, request: QueryRequest, key: str) -> dict[str, Any] | None:
         """The JSON answer to a query request (``key``: :meth:`AnswerMemo.key` of it) when it needs no model pass
         (a behaviour in the behaviour cache), remembered; ``None`` when it does (:meth:`answer_with_model`)."""
@@ -103,25 +147,39 @@ class Served:
     def search(self, request: SearchRequest) -> dict[str, Any]:
         """Rows by cosine with the request's vector ``v``, searched as ``v / max|v_i|`` (the same cosines; every
         value of the float32 search then in [-1, 1], so its norm cannot overflow)."""
+        self.check_page(k=request.k)
         vector = np.asarray(request.vector, dtype=np.float64)
         if not len(vector) or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
             raise ActindexError("vector must be a non-empty list of finite numbers, not all zero")
         family = request.family or next(iter(self.index.families))
-        scores, rows = self.index.search(vector / np.abs(vector).max(), request.k, family, bottom=request.bottom)
+        scores, rows = self.index.search(vector / np.abs(vector).max(), request.k, family, request.bottom,
+                                         where=request.where, offset=request.offset)
         ids = self.index.reader.ids()
         return {"family": family, "scores": [float(s) for s in scores], "rows": [int(r) for r in rows],
                 "ids": [ids[r] for r in rows]}
 
     def row(self, row_id: str) -> dict[str, Any]:
-        row = self.rows_by_id.get(row_id)
-        if row is None:
+        found = self.rows([row_id])
+        if found["missing"]:
             raise HTTPException(404, f"no row with id {row_id!r} in the index")
-        table = self.index.reader.table
-        path, line = self.index.reader.row_sources([row])[row]
-        return {"id": row_id, "row": row, "record": self.index.reader.records([row])[0], "loss": float(table.loss[row]),
+        return found["rows"][0]
+
+    def rows(self, ids: list[str]) -> dict[str, Any]:
+        """The rows of ``ids`` (in that order) and the ids no row has."""
+        self.check_page(ids=len(ids))
+        rows = [self.rows_by_id[i] for i in ids if i in self.rows_by_id]
+        reader = self.index.reader
+        table, sources, row_ids = reader.table, reader.row_sources(rows), reader.ids()
+        out = [{"id": row_ids[row], "row": row, "record": record, "loss": float(table.loss[row]),
                 "n_tokens": int(table.n_tokens[row]), "n_response": int(table.n_response[row]),
-                "valid": bool(table.valid[row]), "source_row": int(table.source_row[row]), "line": line,
-                "file": path}
+                "valid": bool(table.valid[row]), "source_row": int(table.source_row[row]),
+                "line": sources[row][1], "file": self.shown(sources[row][0])}
+               for row, record in zip(rows, reader.records(rows))]
+        return {"rows": out, "missing": [i for i in ids if i not in self.rows_by_id]}
+
+    def info(self) -> dict[str, Any]:
+        """The manifest, its paths as :meth:`shown` shows them."""
+        return self.without_paths(self.index.manifest.to_dict())
 
     def behaviors(self) -> list[dict[str, Any]]:
         cache = self.index.session.behavior_cache
@@ -133,15 +191,48 @@ class Served:
         return {"status": "ok", "rows": self.index.manifest.rows, "model_loaded": self.index.session.model_loaded,
                 "model_busy": self.model_lock.locked(), "uptime_s": round(time.time() - self.started, 1)}
 
+    # ---- paths ----------------------------------------------------------------------------------------------
+    @cached_property
+    def data_roots(self) -> list[Path]:
+        """The data's own folders: a data file's folder, or the directory of a directory of shards."""
+        return [Path(f.path) if f.sources else Path(f.path).parent for f in self.index.manifest.data]
+
+    def shown(self, path: str) -> str:
+        """A path as answers show it: relative to the data's own folder (another absolute path: its last part),
+        or as it is with ``host_paths``."""
+        if self.config.host_paths or not Path(path).is_absolute():
+            return path
+        for root in self.data_roots:
+            if Path(path).is_relative_to(root):
+                return str(Path(path).relative_to(root))
+        return Path(path).name
+
+    def without_paths(self, value: Any) -> Any:
+        """``value`` (JSON) with every absolute path in it shown by :meth:`shown`."""
+        if isinstance(value, dict):
+            return {k: self.without_paths(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.without_paths(v) for v in value]
+        if isinstance(value, str) and value.startswith("/"):
+            return self.shown(value)
+        return value
+
+    def public(self, message: str) -> str:
+        """An error message as a client sees it: the index's folder named by its name, not its path."""
+        if self.config.host_paths:
+            return message
+        return message.replace(str(self.index.root.resolve()), self.index.root.name).replace(
+            str(self.index.root), self.index.root.name)
+
 
 def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
     """The API over ``index`` (an open :class:`~actindex.api.Index`; see the module docstring). ``config``
-    (:class:`~actindex.serve.config.ServeConfig`): the worker threads, the answers remembered, and whether the
-    model is loaded at start (``preload``)."""
+    (:class:`~actindex.serve.config.ServeConfig`): the worker threads, the answers remembered, whether the model
+    is loaded at start (``preload``), the token, CORS origins, root path, page size and paths shown."""
     from actindex import __version__
 
     config = config or ServeConfig(preload=False)
-    served = Served(index, config.answers)
+    served = Served(index, config)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -152,26 +243,36 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
         yield
         served.model_thread.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="actindex", version=__version__, lifespan=lifespan,
-                  description=f"Training-data attribution over the index `{index.root}` "
-                              f"({index.manifest.rows} rows, model {index.manifest.model.name}).")
+    app = FastAPI(title="actindex", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Training-data attribution: which training rows push a model towards a behaviour, "
+                              "or explain one of its outputs. GET /info describes the index served.")
     app.state.served = served
-    _errors(app)
+    _errors(app, served)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    data = APIRouter(dependencies=[Depends(bearer_check(config.token))] if config.token else [],
+                     responses=ERRORS if config.token else {k: v for k, v in ERRORS.items() if k != 401})
 
-    @app.get("/health", summary="The server is up (never waits for a model pass)")
+    @app.get("/health", summary="The server is up (never waits for a model pass; needs no token)",
+             response_model=HealthOut, responses={500: ERRORS[500]})
     async def health() -> dict[str, Any]:
         return served.health()
 
-    @app.get("/info", summary="The index's manifest")
+    @data.get("/info", summary="The index's manifest: rows, model, layers, vector families",
+              response_model=dict[str, Any])
     def info() -> dict[str, Any]:
-        return index.manifest.to_dict()
+        return served.info()
 
-    @app.get("/behaviors", summary="Built-in behaviours, and whether each is in the behaviour cache")
+    @data.get("/behaviors", summary="Built-in behaviours, and whether each is in the behaviour cache",
+              response_model=list[BehaviorOut])
     def behaviors() -> list[dict[str, Any]]:
         return served.behaviors()
 
-    @app.post("/query", summary="Rank the training rows for a behaviour (as `actindex query --format json`)")
+    @data.post("/query", summary="Rank the training rows for a behaviour, an example output or the model's answer",
+               response_model=QueryOut)
     async def query(request: QueryRequest) -> JSONResponse:
+        served.check_page(k=request.k, bottom_k=request.bottom_k)
         started = time.perf_counter()
         key = served.memo.key(request.model_dump())
         found = served.memo.recall(key, started)  # one stat: answered on the event loop
@@ -182,21 +283,71 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
                                                                      request)
         return JSONResponse(found)
 
-    @app.post("/search", summary="Rows nearest a raw vector in one family (cosine)")
+    @data.post("/search", summary="Rows nearest a raw vector in one family (cosine)", response_model=SearchOut)
     def search(request: SearchRequest) -> dict[str, Any]:
         return served.search(request)
 
-    @app.get("/rows/{row_id:path}", summary="One training row: its record, loss, token counts, file and line "
-                                            "(an id may hold '/')")
+    not_found = {404: {"model": ErrorOut, "description": "No row has this id."}}
+
+    @data.get("/rows/{row_id:path}", summary="One training row: its record, loss, token counts, file and line "
+                                             "(an id may hold '/')", response_model=RowOut, responses=not_found)
     def row(row_id: str) -> dict[str, Any]:
         return served.row(row_id)
+
+    @data.get("/rows", summary="Several training rows by id (ids=a&ids=b)", response_model=RowsOut)
+    def rows_by_query(ids: list[str] = Query(description="The ids of the rows; repeat the parameter.")
+                      ) -> dict[str, Any]:
+        return served.rows(ids)
+
+    @data.post("/rows", summary="Several training rows by id", response_model=RowsOut)
+    def rows(request: RowsRequest) -> dict[str, Any]:
+        return served.rows(request.ids)
+
+    app.include_router(data)
+    _pages(app)
+    return app
+
+
+def bearer_check(token: str | None):
+    """The dependency that lets a request through only with ``Authorization: Bearer <token>`` (401 otherwise)."""
+    scheme = HTTPBearer(auto_error=False, description="The token the server was started with.")
+
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), (token or "").encode()):
+            raise HTTPException(401, "this server needs a token: send Authorization: Bearer <token>" if not given
+                                else "the token is not the server's", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def _pages(app: FastAPI) -> None:
+    """The browser page, its static files, and the API docs (Swagger UI, ReDoc) from the package's assets."""
+
+    def base(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/")
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"))
 
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        at = base(request)
+        return get_swagger_ui_html(openapi_url=f"{at}{app.openapi_url}", title="actindex API",
+                                   swagger_js_url=f"{at}/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{at}/static/docs/swagger-ui.css",
+                                   swagger_favicon_url=f"{at}/static/docs/favicon-32x32.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        at = base(request)
+        return get_redoc_html(openapi_url=f"{at}{app.openapi_url}", title="actindex API",
+                              redoc_js_url=f"{at}/static/docs/redoc.standalone.js",
+                              redoc_favicon_url=f"{at}/static/docs/favicon-32x32.png", with_google_fonts=False)
+
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    return app
 
 
 def one_thread_per_search() -> None:
@@ -210,7 +361,7 @@ def one_thread_per_search() -> None:
     threadpool_limits(numpy_blas)
 
 
-def _errors(app: FastAPI) -> None:
+def _errors(app: FastAPI, served: Served) -> None:
     """Every error as ``{"detail": "one line"}``; a body that is not UTF-8, nested deeper than
     :data:`~actindex.core.jsontext.MAX_DEPTH` or holding a string that is not Unicode is refused (422) before
     FastAPI parses it (:func:`actindex.core.jsontext.loads`)."""
@@ -227,19 +378,23 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(ActindexError)
     async def user_error(_request: Request, err: ActindexError) -> JSONResponse:
-        return JSONResponse({"detail": one_line(str(err))}, status_code=400)
+        return JSONResponse({"detail": served.public(one_line(str(err)))}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": one_line(str(err.detail))}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "malformed request"}
-        where = ".".join(str(part) for part in first["loc"] if part != "body")
+        where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query"))
         more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
         return JSONResponse({"detail": one_line(f"{where}: {first['msg']}{more}" if where else first["msg"])},
                             status_code=422)
 
     @app.exception_handler(Exception)
     async def failure(_request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"detail": one_line(f"{type(err).__name__}: {err}")}, status_code=500)
+        return JSONResponse({"detail": served.public(one_line(f"{type(err).__name__}: {err}"))}, status_code=500)
 
 
 def one_line(text: str) -> str:
@@ -268,8 +423,10 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def run(app: FastAPI, sock: socket.socket) -> None:
-    """Serve ``app`` on the bound ``sock`` with uvicorn until interrupted (warnings only, no access log)."""
+def run(app: FastAPI, sock: socket.socket, root_path: str = "") -> None:
+    """Serve ``app`` on the bound ``sock`` with uvicorn until interrupted (warnings only, no access log), under the
+    reverse proxy's ``root_path`` (the prefix every link of the page and the docs carries)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, root_path=root_path)).run(
+        sockets=[sock])

@@ -12,6 +12,7 @@ inline, an example is a training row (or ``"prompt => response"``) and ``generat
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import MISSING, fields
 from typing import Any, Literal
@@ -56,9 +57,27 @@ class Ask(BaseModel):
     name: str | None = Field(None, description="What to call an inline behaviour in the result.")
 
 
+#: what a request field means where the command line's help text says it in terms of its own options
+HTTP_HELP = {
+    "method": "Query method (the enum lists them). Default: adaptive, the queries the behaviour's held-out pairs "
+              "rank best, fused.",
+    "k": "Rows to return, at most the server's page size; read a longer ranking a page at a time with offset.",
+    "rerank": "Re-score the candidates with exact influence (the index needs fitted curvature) and rank by it.",
+    "per_token": "With rerank: per-token influence of each row (tokens and token_scores in each hit).",
+}
+
+
+def http_words(name: str, text: str | None) -> str | None:
+    """A config field's help text as an HTTP client reads it: :data:`HTTP_HELP`'s own words where there are, and
+    the command line's options named by their request fields (``--rerank`` -> ``rerank``)."""
+    if name in HTTP_HELP or text is None:
+        return HTTP_HELP.get(name, text)
+    return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
+
+
 def config_fields(cls: type) -> dict[str, Any]:
-    """``name -> (annotation, Field)`` of every field of a config dataclass: its default, help text, choices (as a
-    ``Literal``) and minimum."""
+    """``name -> (annotation, Field)`` of every field of a config dataclass: its default, help text (in an HTTP
+    client's words, :func:`http_words`), choices (as a ``Literal``) and minimum."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in fields(cls):
@@ -68,7 +87,8 @@ def config_fields(cls: type) -> dict[str, Any]:
             literal = Literal[tuple(choices)]  # type: ignore[valid-type]
             annotation = literal | None if type(None) in typing.get_args(annotation) else literal
         default = f.default if f.default is not MISSING else None
-        out[f.name] = (annotation, Field(default, description=f.metadata.get("help"), ge=f.metadata.get("minimum")))
+        out[f.name] = (annotation, Field(default, description=http_words(f.name, f.metadata.get("help")),
+                                         ge=f.metadata.get("minimum")))
     return out
 
 
@@ -84,8 +104,19 @@ class SearchRequest(BaseModel):
     vector: list[float] = Field(description="The query vector (the family's dimension; normalised by the search; "
                                             "finite values within float32's range).")
     family: str | None = Field(None, description="The vector family (GET /info lists them); default the first.")
-    k: int = Field(10, ge=0, description="Rows to return; 0 = every row.")
+    k: int = Field(10, ge=0, description="Rows to return, at most the server's page size.")
+    offset: int = Field(0, ge=0, description="Skip this many rows first: a page of rows offset+1 to offset+k.")
     bottom: bool = Field(False, description="The k most negative rows instead.")
+    where: dict[str, Any] | None = Field(
+        None, description="Search only the rows whose record fields have these values: {field: value} or "
+                          "{field: [values]} (every field must match; values compare as text).")
+
+
+class RowsRequest(BaseModel):
+    """Several rows by id."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(description="The ids of the rows, at most the server's page size.")
 
     @field_validator("vector")
     @classmethod

@@ -2,13 +2,18 @@
 // ranked rows with their calibrated scores, open a row, compare two methods side by side. Everything it shows
 // comes from the server's JSON API; the query options are read from its OpenAPI schema (QueryRequest, made from
 // QueryConfig), so the page repeats no default and no choice. A URL such as /?behavior=hallucination&k=5
-// (any request field, plus compare=METHOD) fills the form and runs the query on load.
+// (any request field, plus compare=METHOD) fills the form and runs the query on load. URLs are relative to the
+// page, so the page works under a reverse proxy's prefix. A server started with a token wants it on every call:
+// the page asks for it (or reads /#token=...) and keeps it for the browser tab only (sessionStorage).
 "use strict";
 
 const ASKS = ["behavior", "pairs", "example", "generate"];
 const NOT_OPTIONS = new Set([...ASKS, "persona", "name"]);
 const $ = (id) => document.getElementById(id);
 let OPTIONS = [];
+let TOKEN = sessionStorage.getItem("actindex-token") || "";
+
+class Unauthorised extends Error {}
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -22,10 +27,12 @@ function el(tag, attrs = {}, ...children) {
 }
 
 async function api(url, body) {
-  const init = body === undefined ? {} : {method: "POST", headers: {"Content-Type": "application/json"},
-                                          body: JSON.stringify(body)};
+  const headers = TOKEN ? {Authorization: `Bearer ${TOKEN}`} : {};
+  const init = body === undefined ? {headers} : {method: "POST", headers: {...headers, "Content-Type": "application/json"},
+                                                 body: JSON.stringify(body)};
   const response = await fetch(url, init);
   const data = await response.json().catch(() => ({detail: response.statusText}));
+  if (response.status === 401) throw new Unauthorised(data.detail || "this server needs a token");
   if (!response.ok) throw new Error(data.detail || response.statusText);
   return data;
 }
@@ -52,6 +59,8 @@ function optionInput(option) {
   } else if (option.type === "boolean") {
     input = el("input", {id, type: "checkbox"});
     input.checked = Boolean(option.fallback);
+  } else if (option.type === "object") {  // where: {field: value or [values]}, as JSON
+    input = el("input", {id, type: "text", placeholder: '{"label": "clean"}'});
   } else {
     input = el("input", {id, type: "number", step: "1"});
     if (option.minimum !== undefined) input.min = option.minimum;
@@ -65,6 +74,9 @@ function optionValue(option) {
   const input = $(`opt-${option.name}`);
   if (option.type === "boolean") return input.checked;
   if (input.value === "") return null;
+  if (option.type === "object") {
+    try { return JSON.parse(input.value); } catch (err) { throw new Error(`${option.name}: not a JSON object`); }
+  }
   return option.choices ? input.value : Number(input.value);
 }
 
@@ -189,6 +201,10 @@ function render(results) {
     section.append(el("p", {class: "note"}, otherOrder([...result.top, ...result.bottom])
       ? `score: the fusion rule's own, the order; calibrated: ${calibrated}; ${cosine}`
       : `score: calibrated, ${calibrated}; ${cosine}`));
+    for (const answer of result.answers || []) {
+      section.append(el("p", {class: "answer"}, el("span", {class: "muted"}, `the model's answer to “${answer.prompt}”: `),
+                        el("q", {}, answer.answer)));
+    }
     for (const note of result.notes) section.append(el("p", {class: "note"}, `note: ${note}`));
     if (results.length > 1) section.append(el("p", {class: "note"}, `${shared.size} of the top rows in both (bold)`));
     section.append(...hitsTable("top: pushes towards the behaviour", result.top, shared, openRow));
@@ -214,7 +230,7 @@ async function openRow(hit) {
   $("row-title").textContent = `${hit.id} (row ${hit.row})`;
   $("row-tokens").replaceChildren(...(hit.tokens ? tokenSpans(hit) : []));
   try {
-    const row = await api(`/rows/${encodeURIComponent(hit.id)}`);
+    const row = await api(`rows/${encodeURIComponent(hit.id)}`);
     const where = row.line ? ` · ${row.file}:${row.line}` : "";
     $("row-meta").textContent = `loss ${row.loss.toFixed(4)} · ${row.n_tokens} tokens (${row.n_response} in the `
       + `response) · ${row.valid ? "searchable" : "not searchable"}${where}`
@@ -244,18 +260,34 @@ async function run(event) {
   $("run").disabled = true;
   status.textContent = "ranking…";
   try {
-    const results = await Promise.all(bodies.map((b) => api("/query", b)));
+    const results = await Promise.all(bodies.map((b) => api("query", b)));
     render(results);
     status.textContent = `done: ${results.map((r) => `${r.method} ${timing(r)}`).join("; ")}`;
   } catch (err) {
+    $("results").replaceChildren();  // rows of an earlier query would read as this one's answer
+    $("row").hidden = true;
     status.replaceChildren(el("span", {class: "error"}, err.message));
   } finally {
     $("run").disabled = false;
   }
 }
 
+function askToken(message) {
+  const form = $("token-form");
+  form.hidden = false;
+  $("status").replaceChildren(el("span", {class: "error"}, message));
+  form.onsubmit = (event) => {
+    event.preventDefault();
+    TOKEN = $("token").value.trim();
+    sessionStorage.setItem("actindex-token", TOKEN);
+    form.hidden = true;
+    $("status").textContent = "";
+    start();
+  };
+}
+
 async function init() {
-  const [info, behaviors, schema] = await Promise.all([api("/info"), api("/behaviors"), api("/openapi.json")]);
+  const [info, behaviors, schema] = await Promise.all([api("info"), api("behaviors"), api("openapi.json")]);
   $("index-info").textContent = `${info.rows} rows · model ${info.model.name} · layers ${info.layers.join(", ")}`;
   const select = $("behavior");
   for (const b of behaviors) select.append(el("option", {value: b.name}, b.cached ? `${b.name} (cached)` : b.name));
@@ -278,4 +310,17 @@ async function init() {
   if (ask) await run();
 }
 
-init().catch((err) => $("status").replaceChildren(el("span", {class: "error"}, `cannot load: ${err.message}`)));
+function start() {
+  init().catch((err) => {
+    if (err instanceof Unauthorised) askToken(err.message);
+    else $("status").replaceChildren(el("span", {class: "error"}, `cannot load: ${err.message}`));
+  });
+}
+
+const fromLink = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fromLink) {
+  TOKEN = fromLink;
+  sessionStorage.setItem("actindex-token", TOKEN);
+  history.replaceState(null, "", location.pathname + location.search);  // the token leaves the address bar
+}
+start();
