@@ -405,8 +405,8 @@ def test_serve_settings_defaults(monkeypatch):
 # ---- filters, pages, batches ---------------------------------------------------------------------------------
 def matching_rows(idx: actindex.Index, where: dict) -> np.ndarray:
     """The searchable rows whose records match ``where`` (every record read: the ground truth)."""
-    rows = idx.table.searchable
-    return np.array([r for r, rec in zip(rows, idx.records(rows))
+    rows = idx.reader.table.searchable
+    return np.array([r for r, rec in zip(rows, idx.reader.records(rows))
                      if all(rec.get(f) in (v if isinstance(v, list) else [v]) for f, v in where.items())])
 
 
@@ -414,12 +414,12 @@ def matching_rows(idx: actindex.Index, where: dict) -> np.ndarray:
     ({"label": "a"}, 5, 0, False), ({"label": ["a", "b"]}, 4, 3, False), ({"label": "b"}, 6, 2, True)])
 def test_search_with_where_and_offset_is_brute_force_over_the_matching_rows(client, server, where, k, offset, bottom):
     idx = server[1]
-    vector = idx.vectors("residual_change/2", [7])[0]
+    vector = idx.reader.vectors("residual_change/2", [7])[0]
     got = client.post("/search", json={"vector": vector.tolist(), "family": "residual_change/2", "k": k,
                                        "offset": offset, "bottom": bottom, "where": where})
     assert got.status_code == 200, got.text
     rows = matching_rows(idx, where)
-    scores = normalise(idx.vectors("residual_change/2", rows)) @ normalise(vector)[0]
+    scores = normalise(idx.reader.vectors("residual_change/2", rows)) @ normalise(vector)[0]
     order = np.argsort(scores if bottom else -scores, kind="stable")[offset : offset + k]
     np.testing.assert_allclose(got.json()["scores"], scores[order], atol=1e-5)
     assert set(got.json()["rows"]) <= set(rows.tolist()) and len(got.json()["rows"]) == k
@@ -443,7 +443,7 @@ def test_rows_in_batches(client, server):
     posted = client.post("/rows", json={"ids": ids}).json()
     assert client.get("/rows", params={"ids": ids}).json() == posted
     assert [r["id"] for r in posted["rows"]] == ["planted", "r3", "r5"] and posted["missing"] == ["no-such"]
-    assert [r["record"] for r in posted["rows"]] == idx.records([r["row"] for r in posted["rows"]])
+    assert [r["record"] for r in posted["rows"]] == idx.reader.records([r["row"] for r in posted["rows"]])
     assert posted["rows"][0] == client.get("/rows/planted").json()
 
 

@@ -59,14 +59,14 @@ def lm(model_dir) -> LoadedModel:
 def matching(idx: actindex.Index, where: dict) -> np.ndarray:
     """The searchable rows whose records match ``where``, by reading every record (the ground truth)."""
     asked = {f: [str(v) for v in (vs if isinstance(vs, list) else [vs])] for f, vs in where.items()}
-    rows = idx.table.searchable
-    records = idx.records(rows)
+    rows = idx.reader.table.searchable
+    records = idx.reader.records(rows)
     return np.array([r for r, rec in zip(rows, records)
                      if all(f in rec and str(rec[f]) in vs for f, vs in asked.items())], dtype=np.int64)
 
 
 def brute_force(idx: actindex.Index, vector: np.ndarray, rows: np.ndarray, bottom: bool) -> tuple:
-    scores = normalise(idx.vectors(FAMILY, rows)) @ normalise(vector)[0]
+    scores = normalise(idx.reader.vectors(FAMILY, rows)) @ normalise(vector)[0]
     order = np.argsort(scores if bottom else -scores, kind="stable")
     return scores[order], rows[order]
 
@@ -88,7 +88,7 @@ def test_search_returns_the_best_matching_rows(built, factory, selector, where, 
         monkeypatch.setattr(reader_module, "AUTO_FLAT_ROWS", 0)
     idx = actindex.Index.open(built[factory])
     if factory.startswith("IVF"):
-        idx.tune(nprobe=2)  # every list: the approximate index then finds what brute force finds
+        idx.reader.tune(nprobe=2)  # every list: the approximate index then finds what brute force finds
     vector = np.random.default_rng(len(str(where))).standard_normal(idx.families[FAMILY].dim)
     scores, rows = idx.search(vector, k, FAMILY, bottom, where=where, offset=offset)
     want_scores, want_rows = brute_force(idx, vector, matching(idx, where), bottom)
@@ -161,5 +161,5 @@ def test_another_k_of_a_kept_fused_order_is_what_a_fresh_query_ranks(built, lm):
     assert "members" not in kept.timings and "members" in fresh.timings  # cut from the kept order
     assert [h.id for h in kept.top] == [h.id for h in fresh.top] and kept.members == fresh.members
     np.testing.assert_allclose([h.score for h in kept.top], [h.score for h in fresh.top], rtol=1e-6)
-    idx.tune(ef_search=7)  # other search settings: formed again
+    idx.reader.tune(ef_search=7)  # other search settings: formed again
     assert "members" in idx.query("sycophancy", k=9, where={"label": "a"}).timings

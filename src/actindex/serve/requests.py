@@ -111,13 +111,6 @@ class SearchRequest(BaseModel):
         None, description="Search only the rows whose record fields have these values: {field: value} or "
                           "{field: [values]} (every field must match; values compare as text).")
 
-
-class RowsRequest(BaseModel):
-    """Several rows by id."""
-
-    model_config = ConfigDict(extra="forbid")
-    ids: list[str] = Field(description="The ids of the rows, at most the server's page size.")
-
     @field_validator("vector")
     @classmethod
     def within_float32(cls, vector: list[float]) -> list[float]:
@@ -126,6 +119,13 @@ class RowsRequest(BaseModel):
         if len(values) and not (np.isfinite(values).all() and np.abs(values).max() <= FLOAT32_MAX):
             raise ValueError(f"every value must be finite and within float32's range (|v| <= {FLOAT32_MAX:.4g})")
         return vector
+
+
+class RowsRequest(BaseModel):
+    """Several rows by id."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(description="The ids of the rows, at most the server's page size.")
 
 
 def asked(request: BaseModel) -> tuple[str | Behavior, QueryConfig]:
