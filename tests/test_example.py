@@ -102,7 +102,7 @@ def test_generate_attributes_the_models_answers(tmp_path, talker):
     assert again.cached and [h.id for h in again.top] == [h.id for h in first.top]
     said = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]
     assert first.answers == again.answers == said[:1] and both.answers == said  # what was attributed
-    assert first.to_json()["answers"] == said[:1] and "answers" not in idx.query("sycophancy", k=1).to_json()
+    assert first.to_dict()["answers"] == said[:1] and "answers" not in idx.query("sycophancy", k=1).to_dict()
 
 
 def test_the_models_answer_is_in_the_table_and_the_report(index, tmp_path, monkeypatch, talker):

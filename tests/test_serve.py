@@ -429,7 +429,7 @@ def test_query_with_where_and_pages(client, server):
     idx = server[1]
     body = {"behavior": BEHAVIOR, "k": 6, "bottom_k": 2, "where": {"label": "a"}}
     got = client.post("/query", json=body).json()
-    same(got, idx.query(BEHAVIOR, k=6, bottom_k=2, where={"label": "a"}).to_json())
+    same(got, idx.query(BEHAVIOR, k=6, bottom_k=2, where={"label": "a"}).to_dict())
     assert all(h["record"]["label"] == "a" for h in got["top"] + got["bottom"]) and len(got["top"]) == 6
     whole = client.post("/query", json={"behavior": BEHAVIOR, "k": 12}).json()
     pages = [client.post("/query", json={"behavior": BEHAVIOR, "k": 4, "offset": at}).json() for at in (0, 4, 8)]
