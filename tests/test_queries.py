@@ -42,7 +42,7 @@ def index(llama, tmp_path):
                                               {"role": "assistant", "content": PAIRS[0]["treatment"]}]}
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2], grad=True, grad_k=8,
-                   model=llama, progress=False)
+                   model=llama, progress=False, full_width=True)  # every family every method searches
     return actindex.Index.open(tmp_path / "idx").use_model(llama)
 
 

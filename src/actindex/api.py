@@ -189,6 +189,7 @@ class Index(IndexReader):
                 model=self.model, layers=self.layers, families=tuple(self.families),
                 grad_modules=m.projection.modules, grad_k=m.projection.k, seed=m.projection.seed,
                 max_length=m.max_length, batch_size=m.batch_size, curvature=self.curvature, progress=self.progress,
+                reduction=self.reduction,
             )
         return self._context
 

@@ -38,6 +38,7 @@ from actindex.index.manifest import (
     read_manifest,
     structure_problem,
 )
+from actindex.index.search import STORE
 from actindex.index.writer import META_FIELDS, OPTIONAL_FIELDS, dataset_checksum, update_checksum
 
 #: bytes read at a time while hashing a large dataset (its checksum equals ``dataset_checksum``)
@@ -119,6 +120,8 @@ def _verify(root: Path) -> list[str]:
 
     faiss_paths: dict[str, Path] = {}
     for name, fam in families.items():
+        if fam.get("faiss_factory") == STORE and not fam["faiss"]:  # no copy: searched from vectors.h5
+            continue
         try:
             path = inside(root, fam["faiss"])
         except IndexFileError as err:
@@ -145,7 +148,27 @@ def _verify(root: Path) -> list[str]:
         if valid_rows is not None and valid_rows != int(valid.sum()):
             problems.append(f"{mpath}: says {valid_rows} valid rows, but vectors.h5 marks {int(valid.sum())} valid")
     _check_faiss(root, families, faiss_paths, files, valid, problems)
+    _check_reduction(root, manifest.get("reduction"), problems)
     return problems
+
+
+def _check_reduction(root: Path, reduction: Any, problems: list[str]) -> None:
+    """The storage projection's matrix: present in ``vectors.h5`` with the recorded shape and sha256."""
+    import h5py
+
+    if not reduction:
+        return
+    try:
+        with h5py.File(root / VECTORS, "r") as f:
+            matrix = np.asarray(f[reduction["dataset"]][()], dtype=np.float32)
+    except Exception as err:  # noqa: BLE001 - missing dataset, damaged file
+        problems.append(f"{root / VECTORS}: storage projection cannot be read ({_first_line(err)})")
+        return
+    if matrix.shape != (reduction.get("hidden"), reduction.get("width")):
+        problems.append(f"{root / VECTORS}: storage projection has shape {matrix.shape}, the manifest says "
+                        f"({reduction.get('hidden')}, {reduction.get('width')})")
+    elif hashlib.sha256(matrix.tobytes()).hexdigest() != reduction.get("sha256"):
+        problems.append(f"{root / VECTORS}: storage projection checksum mismatch: the file was changed or damaged")
 
 
 def _isolated(

@@ -65,6 +65,8 @@ def query_token_weights(
     from actindex.core.vectors import residual_change_token_scores
 
     psi, _, _ = index.query_vector(behavior, "residual-change", layer)
+    if index.reduction is not None:  # a stored-width direction, lifted to the residual stream: <t Q, psi> = <t, Q psi>
+        psi = index.reduction.lift(psi)
     at = index.resolve_layer(layer)
     lm = index.model()
     out = {}
