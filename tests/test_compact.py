@@ -99,6 +99,10 @@ def test_a_family_without_a_faiss_copy_is_searched_exactly_from_the_store(llama,
         low, low_rows = idx.search(psi, k=2, family=family, bottom=True)
         assert low_rows.tolist() == np.argsort(truth, kind="stable")[:2].tolist()
     assert idx.measured_recall(next(iter(idx.families))) == ("store (exact)", 1.0)
+    wide = rng.standard_normal(32).astype(np.float32)  # the model's width: mapped by the index's projection
+    family = "residual_change/3"
+    assert idx.search(wide, k=4, family=family)[1].tolist() == idx.search(
+        idx.reduction.project(wide[None])[0], k=4, family=family)[1].tolist()
 
 
 def test_the_default_and_the_full_width_build_answer_the_adaptive_query(llama, rows_file, tmp_path):

@@ -443,11 +443,16 @@ class IndexReader:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(scores, rows)`` 1-D arrays.
 
-        ``k = 0`` returns every valid row. ``family`` defaults to the only/first family.
+        ``k = 0`` returns every valid row. ``family`` defaults to the only/first family. A residual-stream vector
+        (the model's width) searching a per-layer family of a projected index is mapped by its storage
+        projection first (:attr:`reduction`), as the index's own query vectors are.
         """
         family = family or next(iter(self.families))
         self.check_family(family)
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        reduction = self.reduction
+        if reduction is not None and "/" in family and vector.shape[1] == reduction.hidden != reduction.width:
+            vector = reduction.project(vector)
         factory = self.families[family].faiss_factory
         if factory == STORE or (factory != "Flat" and (k <= 0 or k > APPROX_MAX_K)):  # no copy, or too deep
             dim = self.families[family].dim
