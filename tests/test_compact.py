@@ -166,3 +166,14 @@ def test_logits_in_checkpointed_chunks_give_the_same_losses_and_vectors(llama, m
     assert np.allclose(chunked.loss, whole.loss, rtol=1e-5)
     for family, values in whole.vectors.items():
         assert np.allclose(chunked.vectors[family], values, rtol=1e-4, atol=1e-6 * np.abs(values).max()), family
+
+
+def test_an_index_of_an_earlier_release_reads_as_the_full_width_build_it_is():
+    from pathlib import Path
+
+    old = actindex.Index.open(Path(__file__).parent / "data" / "index-v1")
+    assert old.manifest.build.full_width and old.manifest.build.index_factory() == "auto"
+    assert old.reduction is None and old.manifest.build.stored_width(old.manifest.model.hidden_size) is None
+    family = next(iter(old.families))
+    vectors = old.vectors(family)
+    assert old.search(vectors[3], k=1, family=family)[1].tolist() == [3]

@@ -198,6 +198,8 @@ class BuildConfig:
 
     @classmethod
     def from_manifest(cls, values: dict[str, Any]) -> BuildConfig:
-        """The settings a manifest recorded (keys this release does not know are ignored)."""
+        """The settings a manifest recorded (keys this release does not know are ignored; a manifest written
+        before ``full_width`` existed records a full-width build, the only layout of those releases)."""
         known = {f.name for f in fields(cls)}
+        values = {"full_width": True, **values} if values else values
         return cls(**{k: v for k, v in values.items() if k in known})
