@@ -41,7 +41,7 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
     assert data["vectors/gradient"].shape == (24, len(m.projection.modules) * 8**2)
     assert np.all(data["loss"] > 0) and data["valid"].all()
     for fam, spec in m.families.items():  # one copy of each vector: the store, searched exactly (no FAISS file)
-        assert spec.faiss == "" and spec.faiss_factory == "store" and spec.dtype == "float16", fam
+        assert spec.faiss == "" and spec.faiss_factory == "store" and spec.dtype == "float32", fam
     assert m.summary["tokens"] == int(data["n_tokens"].sum())
 
 

@@ -293,7 +293,7 @@ def test_sft_trainer_with_lora_indexes_the_starting_checkpoint(tmp_path, tokeniz
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     actindex.build(data=str(data), out=str(tmp_path / "ref"), model=actindex.load_model(str(model_dir)),
                    layers=LAYERS, progress=False)
-    for family in ("residual_change/1", "residual_change/2", "mean_activation/2"):  # LoRA starts at zero: the base
+    for family in ("residual_change/1", "residual_change/2", "mean_activation_surprisal/2"):  # LoRA starts at zero
         np.testing.assert_allclose(step0.vectors(family), actindex.Index.open(tmp_path / "ref").vectors(family),
                                    rtol=1e-5, atol=1e-6)
     assert step0.model().fingerprint == step0.manifest.model.fingerprint  # the adapter reloads onto its base

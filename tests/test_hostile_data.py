@@ -301,7 +301,8 @@ def test_persona_accepts_extract_questions_and_fills_the_only_system_prompts(tmp
 
 def test_cli_query_with_a_bad_persona_prints_one_line(llama, tmp_path: Path, monkeypatch) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
-    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False)
+    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False,
+                   plain_mean=True)  # persona's family
     monkeypatch.setattr(actindex.Index, "model", lambda self, *a, **k: llama)
     runner = CliRunner()
     for name, value, expected in PERSONA_CASES[:3]:

@@ -95,8 +95,9 @@ class BuildConfig:
         "Research build: every per-layer family at the model's full hidden width in float32, each with its own "
         "FAISS copy (auto: Flat), the pooled residual change and the plain mean activation included (28 families "
         "at 4 layers, ~130 KB a row at width 576).", False)
-    store_dtype: str = option("Storage dtype of the vectors: auto = float16 (float32 with --full-width).", "auto",
-                              choices=STORE_DTYPES)
+    store_dtype: str = option(
+        "Storage dtype of the vectors: auto = float32. float16 halves the bytes but overflows (inf) where a "
+        "vector's entries pass 65,504, as the residual change of a long row can.", "auto", choices=STORE_DTYPES)
     faiss_factory: str = option(
         "FAISS index factory string. auto: no FAISS copy up to 200k rows (searches read the stored vectors "
         "exactly), IVF-PQ codes beyond, their candidates re-scored exactly from the stored vectors; with "
@@ -165,10 +166,9 @@ class BuildConfig:
         return [kind for kind, on in switches if on]
 
     def stored_dtype(self) -> str:
-        """The dtype vectors are stored in: ``store_dtype``, where ``auto`` is float16 (float32 with ``full_width``)."""
-        if self.store_dtype != "auto":
-            return self.store_dtype
-        return "float32" if self.full_width else "float16"
+        """The dtype vectors are stored in: ``store_dtype``, where ``auto`` is float32 (raw residual changes can pass
+        float16's largest value, 65,504: bench/runs/storage.md)."""
+        return "float32" if self.store_dtype == "auto" else self.store_dtype
 
     def stored_width(self, hidden_size: int) -> int | None:
         """The width per-layer families are projected to for a model of ``hidden_size``, or ``None`` (stored as
