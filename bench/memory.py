@@ -42,8 +42,10 @@ def rss_now_kib() -> int:
     return 0
 
 
-def make_model(directory: Path, hidden: int, layers: int, vocab_words: bool = True) -> None:
-    """Save a random Llama (``hidden`` wide, ``layers`` blocks) with the tests' tokenizer."""
+def make_model(directory: Path, hidden: int, layers: int, vocab_words: bool = True,
+               head_dim: int | None = None) -> None:
+    """Save a random Llama (``hidden`` wide, ``layers`` blocks, attention heads of ``head_dim``: default
+    ``hidden / 4``) with the tests' tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -55,6 +57,7 @@ def make_model(directory: Path, hidden: int, layers: int, vocab_words: bool = Tr
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=256, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=True,
+        **({} if head_dim is None else {"head_dim": head_dim}),
     )
     save_weights(LlamaForCausalLM(config).eval(), tok, directory)
 

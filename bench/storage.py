@@ -1,21 +1,25 @@
-"""Storage for internet scale, measured: bytes per row per family (float32 and float16, Flat and IVF-PQ), and the
-recall and latency of an IVF-PQ search whose candidates are re-scored exactly from the vectors on disk.
+"""Storage for internet scale, measured: bytes per row per family of the compact default (at SmolLM2's width and an
+8B model's) and of the full-width research build, and the recall and latency of an IVF-PQ search whose candidates
+are re-scored exactly from the vectors on disk.
 
-    nice -n 5 python bench/storage.py --rows 1000000            # ~20 min on 2 cores, 6 GB of temporary disk
+    nice -n 5 python bench/storage.py --rows 1000000            # ~20 min on 2 cores, 3 GB of temporary disk
 
-Part 1, bytes per row: two real indexes of ``--build-rows`` synthetic chat rows with a random Llama of
-SmolLM2-135M's width (576; 2 blocks, the offline tokenizer), the default families at one layer: ``--store-dtype
-float32`` with the ``Flat`` factory, and ``--store-dtype float16`` with ``IVF64,PQ64``. Per family: the bytes its
-dataset takes in vectors.h5 and its FAISS file, over the rows; per row: the metadata (ids, record, hash, loss...).
+Part 1, bytes per row: real indexes of ``--build-rows`` synthetic chat rows built with random Llamas (2 blocks, the
+offline tokenizer) at one layer: the default build (``compact``: five kinds stored at the default width in float16,
+no FAISS copy) with a model of width 576 (SmolLM2-135M's) and one of width 4096 (an 8B model's; small attention
+heads keep it cheap), and ``--full-width`` (seven kinds, float32, a Flat FAISS copy each) at width 576. Per family:
+the bytes its dataset takes in vectors.h5 and its FAISS file, over the rows; per row: the metadata (ids, record,
+hash, loss...) and the file total (the projection matrix, a fixed cost, included).
 
-Part 2, IVF-PQ + exact rescoring: ``--rows`` synthetic clustered unit vectors of width 576 (``search_latency.py``'s
-mixture), stored the way ``actindex build`` stores a family (an HDF5 dataset in float16, chunked as the writer
-chunks it); ``IVF<2 sqrt N>,PQ64`` trained on 100k rows (nprobe 16) returns ``c x k`` candidates (k = 100), whose
-stored vectors are read back (``actindex.index.reader.gather``) and ranked by their exact cosine. Recall@100 against
-exact search and the latency of search + rescoring (one query at a time, p50/p99), next to ``IVF<..>,Flat`` (what
-``auto`` builds), and the RAM each FAISS index takes (its serialised size).
+Part 2, IVF-PQ + exact rescoring: ``--rows`` synthetic clustered unit vectors of the stored width (``--width``,
+``search_latency.py``'s mixture), stored the way ``actindex build`` stores a family (an HDF5 dataset in float16,
+chunked as the writer chunks it); ``IVF<2 sqrt N>,PQ<width/8>`` (what ``compact`` builds beyond 200k rows) trained
+on 100k rows (nprobe 16) returns ``c x k`` candidates (k = 100), whose stored vectors are read back
+(``actindex.index.reader.gather``) and ranked by their exact cosine. Recall@100 against exact search and the
+latency of search + rescoring (one query at a time, p50/p99), next to ``IVF<..>,Flat``, and the RAM each FAISS
+index takes (its serialised size).
 
-Part 3 projects disk and RAM at 10M and 100M rows from the measured bytes per row (printed as the README table).
+Part 3 projects disk and RAM at 1M, 10M and 100M rows, widths 576 and 4096, from the measured bytes per row.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from record import append_section, markdown_table
 from search_latency import Mixture, exact_top, recall
 
 from actindex.index.reader import gather
-from actindex.index.search import faiss_index_from_rows, set_search_params
+from actindex.index.search import faiss_index_from_rows, resolve_factory, set_search_params
 from actindex.index.writer import vector_chunks
 
 K = 100
-FAMILIES_DEFAULT = 12  # the default build: 4 layers x (residual change, pooled, mean activation)
-FAMILIES_SEARCHED = 8  # the default ensemble: residual change and pooled at 4 layers
+LAYERS = 4  # the default build's layers (12, 18, 24, 27 of SmolLM2-135M's 30)
+KINDS_DEFAULT, KINDS_FULL = 5, 7  # per-layer kinds of the default build and of --full-width
 
 
 def index_bytes(path: Path) -> dict[str, float]:
@@ -54,9 +58,14 @@ def index_bytes(path: Path) -> dict[str, float]:
         out["metadata"] = (meta + strings) / rows
         for name, fam in manifest["families"].items():
             out[f"{name} vectors"] = f[f"vectors/{name}"].id.get_storage_size() / rows
-            out[f"{name} faiss"] = (path / fam["faiss"]).stat().st_size / rows
+            out[f"{name} faiss"] = (path / fam["faiss"]).stat().st_size / rows if fam["faiss"] else 0.0
     out["file total"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / rows
     return out
+
+
+#: part 1's indexes: label, model width, build options
+PART1 = (("default, width 576", 576, {}), ("default, width 4096", 4096, {}),
+         ("--full-width, width 576", 576, {"full_width": True, "faiss_factory": "Flat"}))
 
 
 def part1(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
@@ -64,22 +73,23 @@ def part1(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
     from actindex.core.models import load_model
     from actindex.testing import chat_rows, write_jsonl
 
-    make_model(work / "model", 576, 2)
     data = write_jsonl(work / "rows.jsonl", chat_rows(args.build_rows, seed=0))
-    lm = load_model(str(work / "model"), device="cpu")
     out = {}
-    for label, dtype, factory in (("float32, Flat", "float32", "Flat"), ("float16, IVF64,PQ64", "float16",
-                                                                         "IVF64,PQ64")):
-        path = work / label.replace(", ", "-").replace(",", "")
-        actindex.build(data=str(data), out=str(path), model=lm, progress=False, overwrite=True, store_dtype=dtype,
-                       faiss_factory=factory, faiss_train_rows=args.build_rows, layers=[1])
+    for label, width, options in PART1:
+        model = work / f"model-{width}"
+        if not model.exists():
+            make_model(model, width, 2, head_dim=16)
+        lm = load_model(str(model), device="cpu")
+        path = work / label.replace(", ", "-").replace(" ", "")
+        actindex.build(data=str(data), out=str(path), model=lm, progress=False, overwrite=True, layers=[1],
+                       heldout="none", **options)
         out[label] = index_bytes(path)
         print(label, {k: round(v) for k, v in out[label].items()}, flush=True)
     return out
 
 
 def part2(args: argparse.Namespace, work: Path) -> tuple[list[list[object]], dict[str, float]]:
-    mix = Mixture(576, 256, 24)
+    mix = Mixture(args.width, 256, 24)
     t = time.perf_counter()
     data = mix.rows(args.rows, str(work))
     queries = mix.draw(args.queries, 0)
@@ -92,7 +102,7 @@ def part2(args: argparse.Namespace, work: Path) -> tuple[list[list[object]], dic
     valid = np.ones(args.rows, np.bool_)
     nlist = 2 ** round(np.log2(2 * np.sqrt(args.rows)))
     rows, ram = [], {}
-    for factory in (f"IVF{nlist},Flat", f"IVF{nlist},PQ64"):
+    for factory in (f"IVF{nlist},Flat", resolve_factory("compact", args.rows, args.width)):
         t = time.perf_counter()
         index = faiss_index_from_rows(data, valid, factory, 100_000)
         build_s = time.perf_counter() - t
@@ -124,34 +134,44 @@ def part2(args: argparse.Namespace, work: Path) -> tuple[list[list[object]], dic
 
 
 def projection(p1: dict[str, dict[str, float]], ram: dict[str, float]) -> list[list[object]]:
-    """Disk and RAM at 10M and 100M rows from the measured bytes per row (per family, times the families)."""
-    f32, f16 = p1["float32, Flat"], p1["float16, IVF64,PQ64"]
+    """Disk and RAM at 1M, 10M and 100M rows from the measured bytes per row (per family, times the families of
+    the default's four layers; the projection matrix is a fixed cost, not counted per row)."""
 
     def per(d: dict[str, float], what: str) -> float:
         vals = [v for k, v in d.items() if k.endswith(what)]
         return sum(vals) / len(vals)
 
-    vec32, vec16 = per(f32, " vectors"), per(f16, " vectors")
     ivf_flat = next(v for k, v in ram.items() if k.endswith(",Flat"))
-    ivf_pq = next(v for k, v in ram.items() if k.endswith("PQ64"))
-    meta = f32["metadata"]
+    ivf_pq = next(v for k, v in ram.items() if not k.endswith(",Flat"))
     table_row_ram = 29  # valid, loss, token counts, source_row, line: what the reader holds per row
-    configs = [
-        ("default build (12 families), float32, auto (IVF-Flat)", FAMILIES_DEFAULT, vec32, ivf_flat,
-         "IVF<2 sqrt N>,Flat"),
-        ("default build, float16, IVF-PQ64 + exact rescoring", FAMILIES_DEFAULT, vec16, ivf_pq, "IVF<2 sqrt N>,PQ64"),
-        ("`--layers 18 --no-pooled` (2 families), float16, IVF-PQ64", 2, vec16, ivf_pq, "IVF<2 sqrt N>,PQ64"),
-    ]
+    configs = []
+    for width in (576, 4096):
+        d = p1[f"default, width {width}"]
+        fams = KINDS_DEFAULT * LAYERS
+        configs.append((f"default (compact), width {width}, <= 200k rows: no FAISS copy", width, d, fams,
+                        per(d, " vectors"), 0.0, "store (exact scan)", 200_000))
+        configs.append((f"default (compact), width {width}, > 200k rows: IVF-PQ + re-scoring", width, d, fams,
+                        per(d, " vectors"), ivf_pq, "IVF<2 sqrt N>,PQ32", None))
+    full = p1["--full-width, width 576"]
+    for width in (576, 4096):
+        scale = width / 576  # full width: every vector (and its Flat/IVF-Flat copy) grows with the width
+        configs.append((f"--full-width, width {width}, IVF-Flat", width, full, KINDS_FULL * LAYERS,
+                        per(full, " vectors") * scale, ivf_flat * scale, "IVF<2 sqrt N>,Flat", None))
     out = []
-    for name, fams, vec, faiss_row, factory in configs:
-        disk_row = meta + fams * (vec + faiss_row)
-        searched = min(fams, FAMILIES_SEARCHED)
-        ram_row = searched * faiss_row + table_row_ram
-        for n in (10_000_000, 100_000_000):
-            out.append([name, f"{n:,}", f"{disk_row * n / 1e12:.2f} TB" if disk_row * n > 1e12 else
-                        f"{disk_row * n / 1e9:.0f} GB", f"{ram_row * n / 1e9:.1f} GB", factory,
-                        sharding(ram_row * n)])
+    for name, _width, d, fams, vec, faiss_row, factory, upto in configs:
+        disk_row = d["metadata"] + fams * (vec + faiss_row)
+        searched = min(fams, KINDS_DEFAULT * LAYERS)
+        for n in (1_000_000, 10_000_000, 100_000_000):
+            if upto is not None and n > upto or upto is None and n <= 200_000:
+                continue
+            ram_row = searched * (faiss_row if faiss_row else vec) + table_row_ram
+            out.append([name, f"{n:,}", f"{fams * (vec + faiss_row):,.0f}", f"{_size(disk_row * n)}",
+                        f"{_size(ram_row * n)}", factory, sharding(ram_row * n)])
     return out
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e12:.2f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
 
 
 #: RAM one search host is assumed to give the FAISS indexes (the rest: the model, the OS, the page cache)
@@ -172,7 +192,8 @@ def sharding(ram: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--build-rows", type=int, default=4000)
+    ap.add_argument("--build-rows", type=int, default=1000)
+    ap.add_argument("--width", type=int, default=256, help="stored width of part 2's vectors (the default build's)")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--candidates", default="1,2,4,10", help="candidate factors c: c x 100 rows are re-scored")
     ap.add_argument("--work", default=None, help="temporary folder (default $TMPDIR)")
@@ -188,15 +209,17 @@ def main() -> None:
     for label, d in p1.items():
         for key, value in d.items():
             fam_rows.append([label, key, f"{value:,.0f}"])
-    body = ("Part 1: bytes per row of real indexes (random Llama of width 576, 2 blocks, default families at layer 1, "
+    body = ("Part 1: bytes per row of real indexes (random Llamas, 2 blocks, the families at layer 1, "
             f"{args.build_rows:,} synthetic rows):\n\n" + markdown_table(["index", "what", "bytes per row"], fam_rows))
-    body += (f"\n\nPart 2: IVF-PQ + exact rescoring, {args.rows:,} synthetic unit rows of width 576 stored in float16 "
+    body += (f"\n\nPart 2: IVF-PQ + exact rescoring, {args.rows:,} synthetic unit rows of width {args.width} stored in "
+             "float16 "
              "(one FAISS thread, one query at a time, k = 100, nprobe 16):\n\n"
              + markdown_table(["rows", "factory", "rescoring", "build s", "p50 ms", "p99 ms", "recall@100",
                                "FAISS RAM bytes/row"], p2))
-    body += ("\n\nPart 3: projected from the measured bytes per row (disk: metadata + families x (stored vector + "
-             "FAISS); RAM: the searched families' FAISS indexes held in memory + the reader's 29-byte row table):\n\n"
-             + markdown_table(["configuration", "rows", "disk", "RAM to search", "factory",
+    body += ("\n\nPart 3: projected from the measured bytes per row at 4 layers (disk: metadata + families x (stored "
+             "vector + FAISS); RAM: the searched families' FAISS indexes (or, with no copy, their stored vectors in "
+             "the page cache) + the reader's 29-byte row table):\n\n"
+             + markdown_table(["configuration", "rows", "vector + FAISS bytes/row", "disk", "RAM to search", "factory",
                              f"sharding (hosts of {HOST_RAM / 1e9:.0f} GB for FAISS)"], projection(p1, ram)))
     print(body)
     if not args.no_record:

@@ -21,6 +21,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,10 +29,10 @@ from record import run_log
 
 from actindex.core.encode import encode_row
 from actindex.core.families import GRADIENT, VectorSpec
-from actindex.core.layers import default_layers
 from actindex.core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device, resolve_dtype, wrap_model
 from actindex.core.readers import load_rows
 from actindex.core.vectors import Batch, RademacherProjector, compute_many, select_grad_modules
+from actindex.index.build import vector_spec
 from actindex.index.config import BuildConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rept-factual-ag" / "pool.jsonl"
@@ -118,7 +119,6 @@ def main() -> None:
     tokens = sum(len(e.input_ids) for e in encoded)
     pad = lm.tokenizer.pad_token_id
     model = lm.model
-    layer = default_layers(lm.num_layers)
     modules = select_grad_modules(model)
     projector = RademacherProjector(0, 8)
 
@@ -137,16 +137,17 @@ def main() -> None:
             p.requires_grad_(False)
             p.grad = None
 
-    kinds = BuildConfig(data="-", out="-").family_kinds()  # the default build, response openings included
-    whole = BuildConfig(data="-", out="-", opening=False).family_kinds()
-    before = BuildConfig(data="-", out="-", start=False, surprisal=False).family_kinds()  # the earlier default
+    def spec_of(**options) -> VectorSpec:  # the build's own spec: families, layers, storage projection
+        return vector_spec(BuildConfig(data="-", out="-", **options), lm)
+
+    default = spec_of()
+    width = default.reduction.width if default.reduction is not None else "as computed"
     specs = {
-        f"build (default): residual change, pooled, mean act., openings, start, surprisal @ {layer}":
-            VectorSpec(layers=layer, kinds=kinds),
-        "build --no-start --no-surprisal": VectorSpec(layers=layer, kinds=before),
-        "build --no-opening": VectorSpec(layers=layer, kinds=whole),
-        f"build: + --grad ({len(modules)} modules, k=8)": VectorSpec(layers=layer, kinds=[*kinds, GRADIENT],
-                                                                    grad_modules=modules, grad_k=8),
+        f"build (default): {len(default.kinds)} kinds @ {default.layers}, width {width}": default,
+        "build --full-width (the earlier default: 7 kinds, full width)": spec_of(full_width=True),
+        "build --no-opening": spec_of(opening=False),
+        f"build: + --grad ({len(modules)} modules, k=8)": replace(default, kinds=[*default.kinds, GRADIENT],
+                                                                 grad_modules=modules, grad_k=8),
     }
     modes = {
         "forward only (HF, no grad)": forward,

@@ -266,7 +266,7 @@ def test_the_candidate_families_the_start_forms_the_centered_query_alone(index, 
 def test_an_index_without_the_loss_weighted_mean_is_answered_with_the_plain_mean(llama, tmp_path, behavior_file):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(20, seed=6))
     actindex.build(data=str(data), out=str(tmp_path / "old"), layers=[1, 2], model=llama, progress=False,
-                   surprisal=False, start=False)
+                   surprisal=False, start=False, plain_mean=True)
     old = actindex.Index.open(tmp_path / "old").use_model(llama)
     res = old.query(str(behavior_file), k=3)
     assert {m["family"].split("/")[0] for m in res.members} == {

@@ -53,7 +53,7 @@ def index(tmp_path_factory, talker, rows):
     tmp_path = tmp_path_factory.mktemp("example")
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2], grad=True, grad_k=4,
-                   grad_modules=MODULES, model=talker, progress=False)
+                   grad_modules=MODULES, model=talker, progress=False, plain_mean=True, pooled=True)
     return actindex.Index.open(tmp_path / "idx").use_model(talker)
 
 

@@ -32,7 +32,7 @@ def index(tmp_path_factory, tokenizer):
     rows[9]["note"] = {"nested": ["kept", 1]}
     data = write_jsonl(tmp / "train.jsonl", rows)
     actindex.build(data=str(data), out=str(tmp / "idx"), layers=[1, 2], model=wrap_model(tiny_llama(), tokenizer, "t"),
-                   store_dtype="float16", max_length=64, progress=False)
+                   store_dtype="float16", max_length=64, progress=False, plain_mean=True)
     return actindex.Index.open(tmp / "idx")
 
 

@@ -109,7 +109,8 @@ def test_parquet_round_trips(llama, tmp_path):
     data = tmp_path / "train.parquet"
     pq.write_table(table, data)
     write_jsonl(tmp_path / "behavior.jsonl", PAIRS)
-    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False)
+    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[2], model=llama, progress=False,
+                   plain_mean=True)  # residual-difference's family
     idx = actindex.Index.open(tmp_path / "idx").use_model(llama)
     out = tmp_path / "clean.parquet"
     res = filter_dataset(idx, behavior=str(tmp_path / "behavior.jsonl"), remove_top=4, out=out,

@@ -48,7 +48,8 @@ def golden_results(work: Path) -> dict:
     queries = str(write_jsonl(work / "queries.jsonl", QUERIES))
     lm = wrap_model(tiny_llama(seed=3).double(), make_tokenizer(), "tiny-llama-f64")
     actindex.build(data=str(data), out=str(work / "idx"), layers=[1, 2], grad=True, grad_k=4,
-                   grad_modules=["*.mlp.down_proj", "*.self_attn.v_proj"], model=lm, progress=False)
+                   grad_modules=["*.mlp.down_proj", "*.self_attn.v_proj"], model=lm, progress=False,
+                   full_width=True)  # the float32 layout the figures were pinned on, every method's family
     idx = actindex.Index.open(work / "idx").use_model(lm)
     idx.fit_curvature(kind="both", samples=16, progress=False)
     out: dict = {"queries": {}, "influence": {}, "detect": {}}

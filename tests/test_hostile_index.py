@@ -40,6 +40,7 @@ FAMILY = "residual_change/1"
 
 
 def build(data: Path, out: Path, model_dir: Path, **kwargs) -> Path:
+    kwargs = {"faiss_factory": "Flat", **kwargs}  # a FAISS file per family, for the attacks on FAISS files
     actindex.build(data=str(data), out=str(out), layers=[1], model=load_model(str(model_dir)), progress=False,
                    **kwargs)
     return out

@@ -27,7 +27,9 @@ from actindex.index.writer import dataset_checksum
 
 
 def build_index(out: Path, train_file: Path, llama) -> dict:
-    return actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False)
+    """An index whose families each have a FAISS copy (``Flat``), so the FAISS checks have files to check."""
+    return actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False,
+                          faiss_factory="Flat")
 
 
 @pytest.fixture()

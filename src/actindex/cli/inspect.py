@@ -22,6 +22,7 @@ from actindex.cli.main import friendly, main
 def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> None:
     """Show what an index holds (its manifest) as a table, with each FAISS index's type and
     its recall@k against exact search measured on a sample of stored rows."""
+    from actindex.index.manifest import STORE
     from actindex.index.reader import IndexReader
 
     idx = IndexReader.open(index_dir)
@@ -40,6 +41,9 @@ def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> N
         ("rows", f"{m.rows} ({m.valid_rows} searchable){coverage(m)}"),
         ("layers", ",".join(map(str, m.layers))),
         ("projection", f"seed {m.projection.seed}, k {m.projection.k}, {len(m.projection.modules)} modules"),
+        ("storage", "full width (as computed)" if m.reduction is None else
+         f"per-layer families at width {m.reduction.width} ({m.reduction.kind} projection of d={m.reduction.hidden}, "
+         f"seed {m.reduction.seed})"),
         ("built", f"{m.created_at} -> {m.finished_at}"),
     ]
     if m.checkpoint is not None:
@@ -55,8 +59,9 @@ def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> N
     click.echo("")
     click.echo(f"{'family':<32} {'dim':>7} {'dtype':>8}  faiss")
     for name, fam in m.families.items():
-        click.echo(f"{name:<32} {fam.dim:>7} {fam.dtype:>8}  {fam.faiss} ({fam.faiss_factory})")
-    approximate = [name for name, fam in m.families.items() if fam.faiss_factory != "Flat"]
+        click.echo(f"{name:<32} {fam.dim:>7} {fam.dtype:>8}  {fam.faiss or 'none: the stored vectors'} "
+                   f"({fam.faiss_factory})")
+    approximate = [name for name, fam in m.families.items() if fam.faiss_factory not in ("Flat", STORE)]
     if recall_queries and approximate:
         click.echo("")
         click.echo(f"{'family':<32} {'index type':<28} recall@{recall_k} vs exact ({recall_queries} sampled rows)")
@@ -64,7 +69,7 @@ def info(index_dir: str, as_json: bool, recall_k: int, recall_queries: int) -> N
             kind, recall = idx.measured_recall(name, recall_k, recall_queries)
             click.echo(f"{name:<32} {kind:<28} {recall:.3f}")
     elif not approximate:
-        click.echo("\nsearch: exact (Flat) for every family; recall is 1 by construction")
+        click.echo("\nsearch: exact (Flat, or the stored vectors) for every family; recall is 1 by construction")
 
 
 def memorisation_line(idx: Any) -> str:

@@ -176,14 +176,38 @@ def sequence_losses(
         return (terms * (predict if weights is None else predict * weights)).sum(dim=1)
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
     rows, cols = predict.nonzero(as_tuple=True)
-    logits = _at_least_float32(head(hidden[rows, cols]))
-    labels = targets[rows, cols] if sample is None else _sampled_targets(logits, sample)
-    terms = token_terms(logits, labels, measurement)
+    vocab = int(head.weight.shape[0])
+    if sample is None and len(rows) * vocab > LOGIT_CHUNK:
+        terms = head_terms_chunked(head, hidden[rows, cols], targets[rows, cols], measurement)
+    else:
+        logits = _at_least_float32(head(hidden[rows, cols]))
+        labels = targets[rows, cols] if sample is None else _sampled_targets(logits, sample)
+        terms = token_terms(logits, labels, measurement)
     if terms_into is not None:
         terms_into[rows, cols + 1] = terms.detach().to(terms_into)
     if weights is not None:
         terms = terms * weights[rows, cols].to(terms)
     return torch.zeros(len(targets), dtype=terms.dtype, device=terms.device).index_add(0, rows, terms)
+
+
+#: logits (response tokens x vocabulary) computed at once; a batch with more is run in chunks whose logits are
+#: recomputed in the backward pass instead of kept (8 rows of 512 response tokens with SmolLM2's 49,152-token
+#: vocabulary hold 0.8 GB of float32 logits, and as much again for their gradient)
+LOGIT_CHUNK = 1 << 25
+
+
+def head_terms_chunked(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, measurement: str) -> torch.Tensor:
+    """:func:`token_terms` of ``head(hidden)`` for (N, d) hidden states, :data:`LOGIT_CHUNK` logits at a time, each
+    chunk checkpointed (its logits are recomputed by the backward pass, never kept): the same terms, with the
+    memory of one chunk."""
+    from torch.utils.checkpoint import checkpoint
+
+    def terms(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return token_terms(_at_least_float32(head(h)), y, measurement)
+
+    step = max(1, LOGIT_CHUNK // int(head.weight.shape[0]))
+    return torch.cat([checkpoint(terms, hidden[a : a + step], labels[a : a + step], use_reentrant=False)
+                      for a in range(0, len(labels), step)])
 
 
 def _sampled_targets(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -326,7 +350,10 @@ def compute_vectors(
                     continue
                 if family.backward == LINEAR_GRADS:
                     assert projector is not None, "projected gradients need a projector"
-                out[family_name(kind, layer)] = family.compute(captured, layer)
+                vectors = family.compute(captured, layer)
+                if family.per_layer and spec.reduction is not None:  # stored at the index's width
+                    vectors = spec.reduction.apply(vectors)
+                out[family_name(kind, layer)] = vectors
         if sums is not None:
             for name in sums.names:
                 a = linears.saved[f"a.{name}"]

@@ -12,6 +12,7 @@ shard), all ranks meet at a barrier, and rank 0 merges the shards into ``OUT`` i
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import shutil
 import time
@@ -30,6 +31,7 @@ from actindex.core.families import GRADIENT, VectorSpec, family_kind
 from actindex.core.layers import default_layers
 from actindex.core.models import LoadedModel, load_model
 from actindex.core.readers import RowFile, id_digest, scan_rows
+from actindex.core.reduction import StorageProjection
 from actindex.core.rows import Row
 from actindex.core.sources import file_sha256, resolve_data_path, source_counts
 from actindex.core.vectors import RademacherProjector, compute_many, select_grad_modules
@@ -45,6 +47,7 @@ from actindex.index.manifest import (
     Manifest,
     ModelInfo,
     ProjectionInfo,
+    ReductionInfo,
     ShardInfo,
     SourceFile,
     read_manifest,
@@ -52,6 +55,7 @@ from actindex.index.manifest import (
 )
 from actindex.index.memorisation import heldout_loss, memorisation, warn_if_memorised
 from actindex.index.reader import IndexReader
+from actindex.index.search import STORE
 from actindex.index.shards import check_same, identity, join_shards, shard_range
 from actindex.index.writer import SHARDS_DIR, IndexWriter, append_base, check_out, clear_index, index_summary
 from actindex.progress import bar as progress_bar
@@ -66,7 +70,18 @@ def vector_spec(config: BuildConfig, lm: LoadedModel) -> VectorSpec:
         raise ActindexError(f"unknown layer {bad[0]}: {lm.name} has {n} decoder layers (0-{n - 1})")
     kinds = config.family_kinds()
     modules = select_grad_modules(lm.model, config.grad_modules) if GRADIENT in kinds else []
-    return VectorSpec(layers=list(layers), kinds=kinds, grad_modules=modules, grad_k=config.grad_k, seed=config.seed)
+    width = config.stored_width(lm.hidden_size)
+    reduction = None if width is None else StorageProjection.seeded(lm.hidden_size, width, config.seed)
+    return VectorSpec(layers=list(layers), kinds=kinds, grad_modules=modules, grad_k=config.grad_k, seed=config.seed,
+                      reduction=reduction)
+
+
+def reduction_info(reduction: StorageProjection | None) -> ReductionInfo | None:
+    """What the manifest records of a storage projection (its matrix's sha256 included)."""
+    if reduction is None:
+        return None
+    return ReductionInfo(hidden=reduction.hidden, width=reduction.width, seed=reduction.seed,
+                         sha256=hashlib.sha256(reduction.matrix.tobytes()).hexdigest())
 
 
 def held_kinds(manifest: Manifest) -> list[str]:
@@ -154,10 +169,13 @@ def build(
     if world is None:  # refused before the model loads (under torchrun, build_distributed checks --out)
         check_out(Path(config.out), config.overwrite, config.append, [(rows.path, "the training data file")],
                   checkpoint=checkpoint is not None)
-    if config.append:  # rows without an id are numbered after the index's rows (row-N, row-N+1...)
-        rows = replace(rows, first_id=append_base(config.out).rows)
-    if config.append and not config.families:  # new rows get the index's own families, not today's defaults
-        config = replace(config, families=held_kinds(append_base(config.out)))
+    if config.append:  # new rows are stored as the index's: its families, dtype and width, not today's defaults;
+        base = append_base(config.out)  # rows without an id are numbered after the index's rows (row-N...)
+        rows = replace(rows, first_id=base.rows)
+        config = replace(config, families=config.families or held_kinds(base),
+                         store_dtype=next(iter(base.families.values())).dtype if base.families else config.store_dtype,
+                         full_width=base.reduction is None,
+                         width=base.reduction.width if base.reduction is not None else config.width)
     lm = model or load_model(config.model, config.device, config.dtype, config.trust_remote_code)
     spec = vector_spec(config, lm)
     families = spec.families(lm.hidden_size)
@@ -171,7 +189,7 @@ def build(
         projection=ProjectionInfo(seed=spec.seed, k=spec.grad_k, modules=spec.grad_modules),
         data=[data_file], build=replace(config, overwrite=False), actindex_version=__version__,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)), versions=runtime_versions(),
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, reduction=reduction_info(spec.reduction),
         heldout=None if config.append else heldout_loss(lm, config.heldout, config.max_length, config.batch_size),
     )
     state = {  # what a resumed build must share with the build it resumes
@@ -179,9 +197,10 @@ def build(
         "model": asdict(manifest.model),
         "data_sha256": data_file.sha256,
         "families": families,
-        "spec": {"layers": spec.layers, "projection": asdict(manifest.projection)},
+        "spec": {"layers": spec.layers, "projection": asdict(manifest.projection),
+                 "reduction": None if manifest.reduction is None else asdict(manifest.reduction)},
     }
-    faiss_factory = config.faiss_factory
+    faiss_factory = config.index_factory()
     first_row, base_rows = 0, None
     start, end = 0, len(rows)  # the rows of the file this build covers
     shard = config.shard_spec()
@@ -189,12 +208,12 @@ def build(
         start, end = shard_range(len(rows), *shard)
         first_row = start
         manifest.shard = ShardInfo(index=shard[0], count=shard[1], start=start, end=end)
-        faiss_factory = "Flat"  # the factory asked for is trained once, at merge time
+        faiss_factory = "Flat" if config.full_width else STORE  # the factory asked for is built once, at merge
     out = Path(config.out)
     projector = RademacherProjector(spec.seed, spec.grad_k)
     with write_lock(out):
         if config.append:
-            manifest, base_rows = _append_manifest(out, manifest, families, rows, config.store_dtype)
+            manifest, base_rows = _append_manifest(out, manifest, families, rows, config.stored_dtype())
             first_row = base_rows  # the FAISS indexes are extended: their factory and training are kept
             state["append"] = {"base_rows": base_rows, "base_checksums": manifest.checksums}
         writer = IndexWriter(out, state, overwrite=config.overwrite, base_rows=base_rows)
@@ -218,7 +237,8 @@ def build(
         bar.close()
         if file_sha256(config.data) != data_file.sha256:  # rows are read lazily: they must be the ones checked
             raise DataError(rows.path, None, None, "the file changed during the build; rebuild with --overwrite")
-        manifest = writer.finalize(manifest, families, config.store_dtype, faiss_factory, config.faiss_train_rows)
+        manifest = writer.finalize(manifest, families, config.stored_dtype(), faiss_factory, config.faiss_train_rows,
+                                   matrix=None if spec.reduction is None else spec.reduction.matrix)
     return _summarised(out, manifest, started, warn=shard is None)
 
 

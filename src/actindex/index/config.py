@@ -9,7 +9,9 @@ from typing import Any
 from actindex.configs import DEFAULT_MODEL, check_choice, check_choices, option
 from actindex.errors import ActindexError
 
-STORE_DTYPES = ("float32", "float16")
+STORE_DTYPES = ("auto", "float32", "float16")
+#: the stored width of every per-layer family in a default build (bench/runs/storage.md: the study that chose it)
+DEFAULT_WIDTH = 256
 
 
 def _family_names() -> list[str]:
@@ -51,9 +53,14 @@ class BuildConfig:
     dtype: str | None = option("Compute dtype: float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on GPU).", "auto")
     residual_change: bool = option("Cache residual-change vectors (token-level form).", True)
     pooled: bool = option(
-        "Also cache the pooled single-vector residual-change variant (a member of the ensemble method).", True
+        "Also cache the pooled single-vector residual-change variant (the ensemble and residual-change-pooled "
+        "methods; the adaptive default never searches it).", False
     )
-    mean_activation: bool = option("Cache mean response activations.", True)
+    mean_activation: bool = option(
+        "Cache mean response activations: the loss-weighted mean, its opening and start below.", True)
+    plain_mean: bool = option(
+        "Also cache the plain mean activation over every response token (the activation, persona and "
+        "residual-difference methods; the adaptive default searches the loss-weighted mean instead).", False)
     opening: bool = option(
         "Also cache the response-opening variants of residual change and mean activation (the first 64 response "
         "tokens alone: a long answer's tail cannot drown what its opening shows; candidates of the adaptive "
@@ -79,10 +86,24 @@ class BuildConfig:
     )
     grad_k: int = option("Projection size per side: each tracked module contributes k*k dims.", 8, minimum=1)
     seed: int = option("Seed of the random projections (and of --sample).", 0)
-    store_dtype: str = option("Storage dtype of the vectors.", "float32", choices=STORE_DTYPES)
+    width: int = option(
+        "With --no-full-width, the stored width of every per-layer family: a model wider than this has its "
+        "vectors (and every query's) mapped to it by a seeded random orthogonal projection stored in the index, "
+        "so the bytes a row takes do not grow with the model's hidden size.", DEFAULT_WIDTH, minimum=8)
+    full_width: bool = option(
+        "Every per-layer family at the model's full hidden width in float32, each with its own FAISS copy (auto: "
+        "Flat), the pooled residual change and the plain mean activation included (28 families at 4 layers, "
+        "~130 KB a row at width 576). --no-full-width builds the compact layout instead: the adaptive default's "
+        "20 families at --width, one copy of each vector (bench/runs/storage.md: its quality study is not yet "
+        "run, so it is not the default).", True)
+    store_dtype: str = option(
+        "Storage dtype of the vectors: auto = float32. float16 halves the bytes but overflows (inf) where a "
+        "vector's entries pass 65,504, as the residual change of a long row can.", "auto", choices=STORE_DTYPES)
     faiss_factory: str = option(
-        "FAISS index factory string: auto = exact Flat up to 200k rows, IVF beyond; Flat = always exact; "
-        "IVF4096,Flat / HNSW32 / IVF4096,PQ64 for millions of rows.",
+        "FAISS index factory string. auto: no FAISS copy up to 200k rows (searches read the stored vectors "
+        "exactly), IVF-PQ codes beyond, their candidates re-scored exactly from the stored vectors; with "
+        "--full-width, a Flat copy up to 200k rows and IVF,Flat beyond. store = never a FAISS copy; Flat = an "
+        "exact copy; IVF4096,Flat / HNSW32 / IVF4096,PQ32 for millions of rows.",
         "auto",
     )
     faiss_train_rows: int = option("Rows sampled (seeded) to train a FAISS factory that needs training (IVF, PQ).",
@@ -132,16 +153,33 @@ class BuildConfig:
     def family_kinds(self) -> list[str]:
         """The vector families to cache: ``families`` if given, else those the switches turn on, in the
         order ``residual_change``, ``residual_change_pooled``, ``mean_activation``, their openings, the start and
-        the loss-weighted mean activation, ``gradient``."""
+        the loss-weighted mean activation, ``gradient`` (the pooled and the plain mean with their switches or
+        ``full_width``)."""
         if self.families:
             return list(dict.fromkeys(self.families))
-        switches = (("residual_change", self.residual_change), ("residual_change_pooled", self.pooled),
-                    ("mean_activation", self.mean_activation),
+        pooled, plain = self.pooled or self.full_width, self.plain_mean or self.full_width
+        switches = (("residual_change", self.residual_change), ("residual_change_pooled", pooled),
+                    ("mean_activation", self.mean_activation and plain),
                     ("residual_change_opening", self.opening and self.residual_change),
                     ("mean_activation_opening", self.opening and self.mean_activation),
                     ("mean_activation_start", self.start and self.mean_activation),
                     ("mean_activation_surprisal", self.surprisal and self.mean_activation), ("gradient", self.grad))
         return [kind for kind, on in switches if on]
+
+    def stored_dtype(self) -> str:
+        """The dtype vectors are stored in: ``store_dtype``, where ``auto`` is float32 (raw residual changes can pass
+        float16's largest value, 65,504: bench/runs/storage.md)."""
+        return "float32" if self.store_dtype == "auto" else self.store_dtype
+
+    def stored_width(self, hidden_size: int) -> int | None:
+        """The width per-layer families are projected to for a model of ``hidden_size``, or ``None`` (stored as
+        computed: ``full_width``, or a model no wider than ``width``)."""
+        return None if self.full_width or self.width >= hidden_size else self.width
+
+    def index_factory(self) -> str:
+        """The FAISS factory the index is written with: ``faiss_factory``, where ``auto`` is ``compact`` (no copy up
+        to 200k rows, IVF-PQ beyond; :func:`~actindex.index.search.resolve_factory`) unless ``full_width``."""
+        return "compact" if self.faiss_factory == "auto" and not self.full_width else self.faiss_factory
 
     def shard_spec(self) -> tuple[int, int] | None:
         """``(i, n)`` from ``--shard i/n``, or ``None``."""
@@ -161,6 +199,8 @@ class BuildConfig:
 
     @classmethod
     def from_manifest(cls, values: dict[str, Any]) -> BuildConfig:
-        """The settings a manifest recorded (keys this release does not know are ignored)."""
+        """The settings a manifest recorded (keys this release does not know are ignored; a manifest written
+        before ``full_width`` existed records a full-width build, the only layout of those releases)."""
         known = {f.name for f in fields(cls)}
+        values = {"full_width": True, **values} if values else values
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -32,6 +32,8 @@ MANIFEST = "manifest.json"
 VECTORS = "vectors.h5"
 BUILD_DIR = ".build"
 MANIFEST_CHECKSUM = "manifest_sha256"
+#: the FAISS factory of a family with no FAISS copy: searched exactly from its stored vectors
+STORE = "store"
 #: the packages whose versions can move an index's vectors, recorded in its manifest
 RESULT_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "faiss-cpu", "h5py", "peft", "accelerate")
 
@@ -55,6 +57,20 @@ class ProjectionInfo:
     seed: int = 0
     k: int = 8
     modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReductionInfo:
+    """The storage projection of the per-layer families (:mod:`actindex.core.reduction`): vectors of the model's
+    ``hidden`` dims stored as ``v Q`` at ``width`` dims, ``Q`` drawn with ``seed`` and kept in ``vectors.h5`` at
+    ``dataset`` (sha256 of its float32 bytes: ``sha256``). An index without one stores its vectors as computed."""
+
+    hidden: int
+    width: int
+    seed: int = 0
+    kind: str = "orthogonal"
+    dataset: str = "reduction/matrix"
+    sha256: str = ""
 
 
 @dataclass
@@ -179,6 +195,7 @@ class Manifest:
     shard: ShardInfo | None = None
     checkpoint: CheckpointInfo | None = None
     heldout: HeldoutInfo | None = None
+    reduction: ReductionInfo | None = None
     merged_from: list[str] = field(default_factory=list)
     actindex_version: str = ""
     created_at: str = ""
@@ -214,7 +231,7 @@ class Manifest:
         out["data"] = {k: first[k] for k in ("path", "sha256", "rows", "limit", "split")}
         out["data"]["files"] = [asdict(f) for f in self.data]
         out["build"] = asdict(self.build)
-        for key in ("shard", "checkpoint", "heldout", "curvature", "merged_from"):
+        for key in ("shard", "checkpoint", "heldout", "reduction", "curvature", "merged_from"):
             if not out[key]:
                 out.pop(key)
         return {**self.extra, **out}
@@ -228,6 +245,7 @@ class Manifest:
             data = values["data"]
             files = data.get("files") or [{k: data.get(k) for k in ("path", "sha256", "rows", "limit")}]
             shard, checkpoint, heldout = values.get("shard"), values.get("checkpoint"), values.get("heldout")
+            reduction = values.get("reduction")
             return cls(
                 model=ModelInfo(**values["model"]),
                 layers=[int(layer) for layer in values["layers"]],
@@ -244,6 +262,7 @@ class Manifest:
                 shard=ShardInfo(**shard) if shard else None,
                 checkpoint=CheckpointInfo(**checkpoint) if checkpoint else None,
                 heldout=HeldoutInfo(**heldout) if heldout else None,
+                reduction=ReductionInfo(**reduction) if reduction else None,
                 merged_from=list(values.get("merged_from", [])),
                 actindex_version=values.get("actindex_version", ""),
                 created_at=values.get("created_at", ""),

@@ -23,6 +23,7 @@ a time. FAISS indexes are copied to the GPUs when a GPU build of FAISS sees one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import zlib
@@ -36,6 +37,7 @@ from typing import Any, Self, TypeVar
 import h5py
 import numpy as np
 
+from actindex.core.reduction import StorageProjection
 from actindex.errors import ActindexError, IndexFileError
 from actindex.files import bytes_sha256, inside
 from actindex.index.hdf5 import foreign_problem
@@ -43,6 +45,7 @@ from actindex.index.manifest import MANIFEST, VECTORS, FamilyInfo, Manifest, rea
 from actindex.index.search import (
     ADD_BLOCK,
     AUTO_FLAT_ROWS,
+    STORE,
     exact_scores,
     gpu_count,
     normalise,
@@ -403,6 +406,21 @@ class IndexReader:
             have = ", ".join(self.families)
             raise IndexFileError(f"{self.root} has no vector family {family!r} (it has: {have})")
 
+    @cached_property
+    def reduction(self) -> StorageProjection | None:
+        """The storage projection of the per-layer families (``None``: stored as computed), read from ``vectors.h5``
+        once and checked against the manifest's sha256 of its bytes."""
+        info = self.manifest.reduction
+        if info is None:
+            return None
+        with self.h5() as f:
+            matrix = np.asarray(f[info.dataset][()], dtype=np.float32) if info.dataset in f else None
+        if matrix is None or matrix.shape != (info.hidden, info.width) or (
+                info.sha256 and hashlib.sha256(matrix.tobytes()).hexdigest() != info.sha256):
+            raise IndexFileError(f"{self.root / VECTORS}: the storage projection {info.dataset!r} is missing or "
+                                 f"damaged; run `actindex verify {self.root}`")
+        return StorageProjection(matrix, info.seed)
+
     def faiss_index(self, family: str) -> Any:
         """The family's FAISS index, read once and checked against ``vectors.h5``: its bytes (small files),
         dimension and row count, and :data:`SPOT_CHECK_ROWS` sampled rows whose vectors must be the stored
@@ -450,13 +468,19 @@ class IndexReader:
         ``k = 0`` returns every valid row. ``family`` defaults to the only/first family. ``allowed`` (a boolean
         mask over the rows) searches only the rows it marks, inside the search (a FAISS ID selector; an
         approximate index searches at most :data:`~actindex.index.search.AUTO_FLAT_ROWS` marked rows exactly), so
-        the rows returned are the best ``k`` of those.
+        the rows returned are the best ``k`` of those. A residual-stream vector (the model's width) searching a
+        per-layer family of a projected index is mapped by its storage projection first (:attr:`reduction`), as
+        the index's own query vectors are.
         """
         family = family or next(iter(self.families))
         self.check_family(family)
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        reduction = self.reduction
+        if reduction is not None and "/" in family and vector.shape[1] == reduction.hidden != reduction.width:
+            vector = reduction.project(vector)
+        factory = self.families[family].faiss_factory
         few = allowed is not None and int(np.count_nonzero(allowed)) <= AUTO_FLAT_ROWS
-        if self.families[family].faiss_factory != "Flat" and (k <= 0 or k > APPROX_MAX_K or few):
+        if factory == STORE or (factory != "Flat" and (k <= 0 or k > APPROX_MAX_K or few)):  # no copy, too deep
             dim = self.families[family].dim
             if vector.shape[1] != dim:
                 raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {dim}")
@@ -505,8 +529,8 @@ class IndexReader:
         from actindex.index.search import measured_recall, search_params
 
         kind = self.families[family].faiss_factory
-        if kind == "Flat":
-            return "Flat (exact)", 1.0
+        if kind in ("Flat", STORE):
+            return f"{kind} (exact)", 1.0
         index = self.faiss_index(family)
         params = search_params(index)
         if params:

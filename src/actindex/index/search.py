@@ -32,6 +32,7 @@ import numpy as np
 from actindex.errors import ActindexError, IndexFileError
 from actindex.files import atomic_file
 from actindex.index import faiss_stream
+from actindex.index.manifest import STORE
 
 
 def normalise(vectors: np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -56,20 +57,28 @@ DEFAULT_EF_SEARCH = 128
 ADD_BLOCK = 4096
 
 
-#: factory ``auto`` keeps exact search up to this many rows and switches to IVF above it
+#: factories ``auto`` and ``compact`` keep exact search up to this many rows and switch to IVF above it
 AUTO_FLAT_ROWS = 200_000
 
 
-def resolve_factory(factory: str, rows: int) -> str:
-    """The factory string to build for ``rows`` vectors; ``auto`` means ``Flat`` (exact) up to
-    :data:`AUTO_FLAT_ROWS` rows, else ``IVF<nlist>,Flat`` with ``nlist`` the power of two nearest
-    ``2 sqrt(rows)`` (1M rows: ``IVF2048,Flat``, measured p50 1.8 ms at recall@100 0.97 with the
-    default nprobe 16, against 559 ms for ``Flat``; bench/search_latency.py)."""
-    if factory != "auto":
+def resolve_factory(factory: str, rows: int, dim: int | None = None) -> str:
+    """The factory string to build for ``rows`` vectors of ``dim`` dims.
+
+    ``auto`` means ``Flat`` (exact) up to :data:`AUTO_FLAT_ROWS` rows, else ``IVF<nlist>,Flat`` with ``nlist``
+    the power of two nearest ``2 sqrt(rows)`` (1M rows: ``IVF2048,Flat``, measured p50 1.8 ms at recall@100 0.97
+    with the default nprobe 16, against 559 ms for ``Flat``; bench/search_latency.py). ``compact`` (a default
+    build's) keeps one copy of each vector: :data:`STORE` (no FAISS file) up to :data:`AUTO_FLAT_ROWS` rows, else
+    ``IVF<nlist>,PQ<m>`` codes of ``m`` bytes (one per 8 dims), whose candidates a search re-scores exactly from
+    the stored vectors."""
+    if factory not in ("auto", "compact"):
         return factory
     if rows <= AUTO_FLAT_ROWS:
-        return "Flat"
-    return f"IVF{2 ** round(np.log2(2 * np.sqrt(rows)))},Flat"
+        return "Flat" if factory == "auto" else STORE
+    nlist = 2 ** round(np.log2(2 * np.sqrt(rows)))
+    if factory == "auto":
+        return f"IVF{nlist},Flat"
+    d = int(dim or 8)
+    return f"IVF{nlist},PQ{next(m for m in range(max(1, d // 8), 0, -1) if d % m == 0)}"
 
 
 def new_faiss_index(dim: int, factory: str = "Flat") -> faiss.Index:

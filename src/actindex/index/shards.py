@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+import h5py
 
 from actindex.errors import IndexFileError
 from actindex.index.lock import write_lock
@@ -46,6 +48,7 @@ def identity(manifest: Manifest) -> dict[str, Any]:
         "projection": {"k": manifest.projection.k, "modules": list(manifest.projection.modules)},
         "families": {name: fam.dim for name, fam in families.items()},
         "store dtype": sorted({fam.dtype for fam in families.values()}),
+        "storage projection": None if manifest.reduction is None else asdict(manifest.reduction),
         "max length": manifest.build.max_length,
         "skip long": manifest.build.skip_long,
     }
@@ -143,12 +146,16 @@ def join_shards(
                        created_at=min(m.created_at for _, m in shards))
     families = {name: fam.dim for name, fam in first.families.items()}
     store_dtype = next(iter(first.families.values())).dtype if families else "float32"
-    factory = faiss_factory or first.build.faiss_factory
+    factory = faiss_factory or first.build.index_factory()
     train_rows = faiss_train_rows or first.build.faiss_train_rows
+    matrix = None
+    if first.reduction is not None:  # every shard holds the same projection (identity): the first one's
+        with h5py.File(Path(shards[0][0]) / VECTORS, "r") as f:
+            matrix = f[first.reduction.dataset][()]
     with write_lock(out):
         if (out / MANIFEST).exists() and not overwrite:
             raise IndexFileError(f"{out} already holds a complete index; pass --overwrite to replace it")
         clear_index(out)
-    manifest = write_index(out, parts, manifest, families, store_dtype, factory, train_rows)
+    manifest = write_index(out, parts, manifest, families, store_dtype, factory, train_rows, matrix=matrix)
     manifest.summary = index_summary(out, manifest, time.time() - started)
     return manifest

@@ -42,6 +42,7 @@ from actindex.index.manifest import (
     read_manifest,
     structure_problem,
 )
+from actindex.index.search import STORE
 from actindex.index.writer import META_FIELDS, OPTIONAL_FIELDS, dataset_checksum, update_checksum
 
 #: bytes read at a time while hashing a large dataset (its checksum equals ``dataset_checksum``)
@@ -123,6 +124,8 @@ def _verify(root: Path) -> list[str]:
 
     faiss_paths: dict[str, Path] = {}
     for name, fam in families.items():
+        if fam.get("faiss_factory") == STORE and not fam["faiss"]:  # no copy: searched from vectors.h5
+            continue
         try:
             path = inside(root, fam["faiss"])
         except IndexFileError as err:
@@ -151,6 +154,7 @@ def _verify(root: Path) -> list[str]:
     _check_faiss(root, families, faiss_paths, files, valid, problems)
     listed = {VECTORS, *(fam["faiss"] for fam in families.values())}
     _check_added(root, manifest, {name: sha for name, sha in files.items() if name not in listed}, problems)
+    _check_reduction(root, manifest.get("reduction"), problems)
     return problems
 
 
@@ -181,6 +185,25 @@ def _check_added(root: Path, manifest: dict[str, Any], files: dict[str, str], pr
             foreign = f"{path}: cannot be opened as HDF5 ({_first_line(err)})"
         if foreign:
             problems.append(foreign)
+
+
+def _check_reduction(root: Path, reduction: Any, problems: list[str]) -> None:
+    """The storage projection's matrix: present in ``vectors.h5`` with the recorded shape and sha256."""
+    import h5py
+
+    if not reduction:
+        return
+    try:
+        with h5py.File(root / VECTORS, "r") as f:
+            matrix = np.asarray(f[reduction["dataset"]][()], dtype=np.float32)
+    except Exception as err:  # noqa: BLE001 - missing dataset, damaged file
+        problems.append(f"{root / VECTORS}: storage projection cannot be read ({_first_line(err)})")
+        return
+    if matrix.shape != (reduction.get("hidden"), reduction.get("width")):
+        problems.append(f"{root / VECTORS}: storage projection has shape {matrix.shape}, the manifest says "
+                        f"({reduction.get('hidden')}, {reduction.get('width')})")
+    elif hashlib.sha256(matrix.tobytes()).hexdigest() != reduction.get("sha256"):
+        problems.append(f"{root / VECTORS}: storage projection checksum mismatch: the file was changed or damaged")
 
 
 def _isolated(

@@ -63,6 +63,7 @@ from actindex.index.manifest import (
     write_manifest,
 )
 from actindex.index.search import (
+    STORE,
     extend_faiss_index,
     read_faiss_index,
     resolve_factory,
@@ -271,11 +272,14 @@ class IndexWriter:
         store_dtype: str,
         faiss_factory: str,
         faiss_train_rows: int | None = None,
+        matrix: np.ndarray | None = None,
     ) -> Manifest:
-        """Merge parts into ``vectors.h5``, build (or, appending, extend) the FAISS files, write the manifest."""
+        """Merge parts into ``vectors.h5``, build (or, appending, extend) the FAISS files, write the manifest
+        (``matrix``: the storage projection ``manifest.reduction`` names)."""
         parts = [p for p in self.parts() if p.start >= self.first_row]
         if self.base_rows is None:
-            manifest = write_index(self.root, parts, manifest, families, store_dtype, faiss_factory, faiss_train_rows)
+            manifest = write_index(self.root, parts, manifest, families, store_dtype, faiss_factory, faiss_train_rows,
+                                   matrix=matrix)
         else:
             saved = self.build_dir / BASE_MANIFEST
             if (self.root / MANIFEST).exists():
@@ -286,7 +290,7 @@ class IndexWriter:
             base = [Part(0, self.base_rows, self.root / VECTORS)] if self.base_rows else []
             manifest = write_index(
                 self.root, base + parts, manifest, families, store_dtype, faiss_factory, faiss_train_rows,
-                extend_from=self.base_rows, base_faiss=self.build_dir / BASE_FAISS,
+                extend_from=self.base_rows, base_faiss=self.build_dir / BASE_FAISS, matrix=matrix,
             )
         shutil.rmtree(self.build_dir, ignore_errors=True)
         return manifest
@@ -302,6 +306,7 @@ def write_index(
     faiss_train_rows: int | None = None,
     extend_from: int | None = None,
     base_faiss: Path | None = None,
+    matrix: np.ndarray | None = None,
 ) -> Manifest:
     """Write a complete index in ``root`` from ``parts`` (contiguous, from row 0); manifest last.
 
@@ -309,7 +314,10 @@ def write_index(
     (``faiss_factory``, trained on at most ``faiss_train_rows`` sampled rows; streamed to disk block
     by block when flat-coded, :func:`~actindex.index.search.write_faiss_index_from_rows`); or, with
     ``extend_from`` = N, the existing ``faiss/`` files (first moved to ``base_faiss``) extended
-    with the valid rows from N on. ``manifest`` gets rows, families, checksums and timestamps.
+    with the valid rows from N on. A family whose factory resolves to :data:`~actindex.index.search.STORE` gets no
+    FAISS file: its stored vectors are the one copy a search reads. ``matrix``: the storage projection that
+    ``manifest.reduction`` names, written to its dataset. ``manifest`` gets rows, families, checksums and
+    timestamps.
     """
     total = parts[-1].end if parts else 0
     for before, after in zip([Part(0, 0, root)] + parts, parts):
@@ -335,19 +343,27 @@ def write_index(
                     ds[a:b] = block
                     update_checksum(digest, block)
             checksums[key] = digest.hexdigest()
+        if manifest.reduction is not None:
+            assert matrix is not None, "an index with a storage projection stores its matrix"
+            out.create_dataset(manifest.reduction.dataset, data=np.asarray(matrix, dtype=np.float32))
 
     own_dir(root / FAISS_DIR)
     faiss_files, factories = {}, {}
     with h5py.File(root / VECTORS, "r") as f:
         valid = f["valid"][()]
         for family in families:
+            ds = f[f"vectors/{family}"]
+            factory = (resolve_factory(faiss_factory, int(valid.sum()), ds.shape[1]) if extend_from is None
+                       else manifest.families[family].faiss_factory)
+            if factory == STORE:  # the stored vectors are the only copy: searched exactly from vectors.h5
+                faiss_files[family], factories[family] = "", STORE
+                continue
             faiss_files[family] = f"{FAISS_DIR}/{family_file(family)}"
             target = root / faiss_files[family]
-            ds = f[f"vectors/{family}"]
             if extend_from is None:
                 # flat-coded factories are streamed to disk; IVF/HNSW are built in memory first
-                write_faiss_index_from_rows(ds, valid, target, faiss_factory, faiss_train_rows)
-                factories[family] = resolve_factory(faiss_factory, int(valid.sum()))
+                write_faiss_index_from_rows(ds, valid, target, factory, faiss_train_rows)
+                factories[family] = factory
             else:
                 assert base_faiss is not None
                 own_dir(base_faiss)
@@ -364,7 +380,7 @@ def write_index(
         valid_rows=int(valid.sum()),
         families={fam: FamilyInfo(dim, store_dtype, faiss_files[fam], factories[fam]) for fam, dim in families.items()},
         checksums=checksums,
-        files={name: bytes_sha256(root / name) for name in [VECTORS, *faiss_files.values()]},
+        files={name: bytes_sha256(root / name) for name in [VECTORS, *faiss_files.values()] if name},
         versions=manifest.versions or runtime_versions(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )

@@ -93,7 +93,9 @@ class QueryContext:
     """What a query method needs to form vectors: the model and the index's vector settings.
 
     ``model()`` returns the index's model, loaded on first use: a query whose vectors are all cached
-    never loads it. ``families`` are the families the index holds; ``layers`` its layers.
+    never loads it. ``families`` are the families the index holds; ``layers`` its layers; ``reduction`` its
+    storage projection (:class:`~actindex.core.reduction.StorageProjection`, ``None``: full width), applied to
+    every per-layer vector formed here as the build applied it.
     ``curvature(kind)`` loads the index's fitted factors (for methods that precondition). ``cache`` maps
     ``(family, conversation key)`` to a vector; ``gradients`` keeps the last behaviour gradient (a rerank
     after the search reuses it), ``stored_gradients`` the behaviour cache's (numpy, made tensors when a rerank
@@ -112,6 +114,7 @@ class QueryContext:
     max_length: int = 512
     batch_size: int = 8
     curvature: Callable[[str], Any] | None = None
+    reduction: Any = None
     cache: MutableMapping[tuple[str, str], np.ndarray] = field(default_factory=dict)
     gradients: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     stored_gradients: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
@@ -169,7 +172,8 @@ class QueryContext:
         held = {family_kind(name) for name in self.families} | {kind}
         per_layer = [k for k, cls in VectorFamily.registry.items() if cls.per_layer and k in held]
         kinds = [k for k in per_layer if family.backward == BLOCK_GRADS or VectorFamily.get(k).backward != BLOCK_GRADS]
-        return VectorSpec(layers=list(self.layers), kinds=kinds, grad_k=self.grad_k, seed=self.seed)
+        return VectorSpec(layers=list(self.layers), kinds=kinds, grad_k=self.grad_k, seed=self.seed,
+                          reduction=self.reduction)
 
     def _compute(self, conversations: list[list[dict[str, str]]], spec: VectorSpec, sums: Any = None,
                  measurement: str = "loss", content_only: bool = False) -> Any:

@@ -183,6 +183,7 @@ class QuerySession:
                 model=self.model, layers=self.reader.layers, families=tuple(self.reader.families),
                 grad_modules=m.projection.modules, grad_k=m.projection.k, seed=m.projection.seed,
                 max_length=m.max_length, batch_size=m.batch_size, curvature=self.curvature, progress=self.progress,
+                reduction=self.reader.reduction,
             )
         return self._context
 

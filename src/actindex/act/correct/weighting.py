@@ -65,6 +65,9 @@ def query_token_weights(
     from actindex.core.vectors import residual_change_token_scores
 
     psi, _, _ = index.query_vector(behavior, method="residual-change", layer=layer)
+    reduction = index.reader.reduction
+    if reduction is not None:  # a stored-width direction, lifted to the residual stream: <t Q, psi> = <t, Q psi>
+        psi = reduction.lift(psi)
     at = index.session.resolve_layer(layer)
     lm = index.model()
     out = {}

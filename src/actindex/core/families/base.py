@@ -31,13 +31,16 @@ START_TOKENS = 8
 @dataclass
 class VectorSpec:
     """Which vectors a pass computes: the families ``kinds`` at ``layers`` (per-layer families), the
-    tracked linear modules and the projection of the gradient family."""
+    tracked linear modules and the projection of the gradient family; ``reduction`` (a
+    :class:`~actindex.core.reduction.StorageProjection`, ``None``: full width) maps every per-layer vector to the
+    index's stored width."""
 
     layers: list[int]
     kinds: list[str] = field(default_factory=lambda: ["residual_change", "mean_activation"])
     grad_modules: list[str] = field(default_factory=list)
     grad_k: int = 16
     seed: int = 0
+    reduction: Any = None
 
     def families(self, hidden_size: int) -> dict[str, int]:
         """Family name -> vector dimension, in storage order (per layer, then the layerless families)."""
@@ -46,7 +49,8 @@ class VectorSpec:
         for layer in self.layers:
             for fam in kinds:
                 if fam.per_layer:
-                    out[family_name(fam.name, layer)] = fam.dim(hidden_size, self)
+                    out[family_name(fam.name, layer)] = (fam.dim(hidden_size, self) if self.reduction is None
+                                                         else self.reduction.width)
         for fam in kinds:
             if not fam.per_layer and fam.dim(hidden_size, self):
                 out[fam.name] = fam.dim(hidden_size, self)
