@@ -173,9 +173,9 @@ def test_single_query_search_runs_faiss_on_one_thread_and_restores_it():
     class Spy:  # records the thread count FAISS runs with
         ntotal = index.ntotal
 
-        def search(self, q, k):
+        def search(self, q, k, params=None):
             seen.append(faiss.omp_get_max_threads())
-            return real(q, k)
+            return real(q, k, params=params)
 
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(2)

@@ -189,7 +189,7 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
     m = actindex.build(data=str(more), out=str(out), append=True, on_part=lambda s, e: parts.append((s, e)), **kwargs)
     assert parts == []  # the new rows were all committed before the crash: nothing recomputed
     assert_same_index(tmp_path / "whole", out, provenance=False)  # two files: rows keep their own lines
-    assert actindex.Index.open(out).table.line.tolist() == list(range(1, 12)) + list(range(1, 9))
+    assert actindex.Index.open(out).reader.table.line.tolist() == list(range(1, 12)) + list(range(1, 9))
     assert verify(out) == []
     files = m.data
     assert [f.rows for f in files] == [11, 8] and [f.first_row for f in files] == [0, 11]

@@ -82,6 +82,7 @@ def check_output(
     ours: Callable[[Path], bool] | None = None,
     make_parent: bool = True,
     overwrite_flag: str = "--overwrite",
+    what: str = "",
 ) -> Path:
     """Check ``path`` against the output rule (see the module docstring) and return it; raise one
     :class:`OutputError` line otherwise.
@@ -90,6 +91,7 @@ def check_output(
     tells whether an existing non-empty one was written by this command (it may then be replaced with
     ``overwrite``; ``overwrite=None`` leaves an existing one of its own to the caller: a build resumes or
     appends). ``make_parent``: the command creates a missing parent directory (else a missing parent is refused).
+    ``what``: what the output is, for messages (default ``a file`` or ``a directory``).
     """
     path = Path(path)
     where = f"{option} {path}"
@@ -102,7 +104,7 @@ def check_output(
         raise OutputError(f"{where} is inside the index {index}; write it outside every index directory")
     _check_not_an_input(path, where, inputs, directory)
     if directory:
-        _check_directory(path, where, overwrite, ours, overwrite_flag)
+        _check_directory(path, where, overwrite, ours, overwrite_flag, what or "a directory")
     else:
         _check_file(path, where, overwrite, overwrite_flag)
     remove_stale_temporaries(path)
@@ -222,12 +224,12 @@ def _check_file(path: Path, where: str, overwrite: bool | None, overwrite_flag: 
 
 
 def _check_directory(path: Path, where: str, overwrite: bool | None, ours: Callable[[Path], bool] | None,
-                     overwrite_flag: str) -> None:
+                     overwrite_flag: str, what: str) -> None:
     if not os.path.lexists(path):
         return
     if path.is_symlink() or not path.is_dir():
         kind = "a link" if path.is_symlink() else _kind(os.stat(path).st_mode) or "a file"
-        raise OutputError(f"{where} is {kind}, not a directory; choose another path")
+        raise OutputError(f"{where} is {kind}, not {what}; choose another path")
     if not any(path.iterdir()):
         return
     if ours is None or not ours(path):

@@ -70,7 +70,7 @@ from actindex.index.search import (
     write_faiss_index,
     write_faiss_index_from_rows,
 )
-from actindex.outputs import Input, check_output, is_index_dir
+from actindex.outputs import Input, check_output
 
 FAISS_DIR = "faiss"
 #: where a build under torchrun keeps its ranks' shards until they are merged
@@ -125,11 +125,12 @@ def check_out(root: Path, overwrite: bool = False, append: bool = False, inputs:
     the index of a checkpoint set, whose directory also holds the checkpoint's weights
     (:mod:`actindex.index.checkpoints`)."""
 
-    def ours(path: Path) -> bool:
-        made = (SHARDS_DIR, LOCK, WEIGHTS_DIR) if checkpoint else (SHARDS_DIR, LOCK)
-        return is_index_dir(path) or any(os.path.lexists(path / name) for name in made)
+    made = (MANIFEST, VECTORS, FAISS_DIR, BUILD_DIR, SHARDS_DIR, LOCK) + ((WEIGHTS_DIR,) if checkpoint else ())
 
-    check_output(root, overwrite=None, inputs=inputs, directory=True, ours=ours)
+    def ours(path: Path) -> bool:  # what a build (or a killed one) leaves in its directory
+        return any(os.path.lexists(path / name) for name in made)
+
+    check_output(root, overwrite=None, inputs=inputs, directory=True, ours=ours, what="an index directory")
     if (root / MANIFEST).exists() and not (overwrite or append):
         raise IndexFileError(f"{root} already holds a complete index; pass --overwrite to rebuild it")
 
