@@ -31,7 +31,7 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
     assert (out / "manifest.json").exists() and not (out / ".build").exists() and not (out / ".lock").exists()
     assert set(m.families) == {
         "residual_change/1", "residual_change/3", "residual_change_pooled/1", "residual_change_pooled/3",
-        "residual_change_opening/1", "residual_change_opening/3",
+        "mean_activation/1", "mean_activation/3", "residual_change_opening/1", "residual_change_opening/3",
         "mean_activation_opening/1", "mean_activation_opening/3", "mean_activation_start/1",
         "mean_activation_start/3", "mean_activation_surprisal/1", "mean_activation_surprisal/3", "gradient",
     }
@@ -40,8 +40,8 @@ def test_build_writes_the_design_layout(llama, train_file, tmp_path):
     assert [i.decode() for i in data["ids"]] == [f"r{i}" for i in range(24)]
     assert data["vectors/gradient"].shape == (24, len(m.projection.modules) * 8**2)
     assert np.all(data["loss"] > 0) and data["valid"].all()
-    for fam, spec in m.families.items():  # one copy of each vector: the store, searched exactly (no FAISS file)
-        assert spec.faiss == "" and spec.faiss_factory == "store" and spec.dtype == "float32", fam
+    for fam, spec in m.families.items():
+        assert (out / spec.faiss).exists(), fam
     assert m.summary["tokens"] == int(data["n_tokens"].sum())
 
 
@@ -53,8 +53,9 @@ def test_default_layers_and_the_default_single_layer(llama, train_file, tmp_path
     assert default_single_layer([12, 18, 24, 27], 30) == 18 and default_single_layer([2, 3], 4) == 2
     m = actindex.build(data=str(train_file), out=str(tmp_path / "idx"), model=llama, progress=False, limit=4)
     assert m.layers == [2, 3] and set(m.families) == {
-        f"{kind}/{layer}" for kind in ("residual_change", "residual_change_opening", "mean_activation_opening",
-                                       "mean_activation_start", "mean_activation_surprisal")
+        f"{kind}/{layer}" for kind in ("residual_change", "residual_change_pooled", "mean_activation",
+                                       "residual_change_opening", "mean_activation_opening", "mean_activation_start",
+                                       "mean_activation_surprisal")
         for layer in (2, 3)
     }
     assert actindex.Index.open(tmp_path / "idx").session.resolve_layer(None) == 2
@@ -141,11 +142,9 @@ def test_kill_9_mid_build_resumes_with_nothing_lost_or_doubled(llama, tmp_path, 
     assert_same_index(tmp_path / "full", out)
 
 
-@pytest.mark.parametrize("factory", ["auto", "Flat"])  # the store searched exactly, a FAISS copy
-def test_faiss_search_equals_brute_force_cosine(llama, train_file, tmp_path, factory):
+def test_faiss_search_equals_brute_force_cosine(llama, train_file, tmp_path):
     out = tmp_path / "idx"
-    actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False,
-                   faiss_factory=factory)
+    actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False)
     idx = actindex.Index.open(out)
     rng = np.random.default_rng(0)
     for family in idx.families:

@@ -35,15 +35,12 @@ def test_shard_ranges_tile_the_rows_in_order():
 
 def test_shards_merged_equal_the_single_build(llama, tmp_path, monkeypatch):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(23, seed=1))
-    # stored in float32: equal up to the rounding of other batch compositions (float16 would round it further)
-    kwargs = dict(data=str(data), layers=[1, 2], grad=True, model=llama, progress=False, part_size=4, batch_size=3,
-                  store_dtype="float32")
+    kwargs = dict(data=str(data), layers=[1, 2], grad=True, model=llama, progress=False, part_size=4, batch_size=3)
     actindex.build(out=str(tmp_path / "single"), **kwargs)
     shards = [tmp_path / f"shard{i}" for i in range(3)]
     monkeypatch.setattr(sys.modules["actindex.index.build"], "load_model", lambda *a, **k: llama)
     res = CliRunner().invoke(main, ["build", "--data", str(data), "--out", str(shards[1]), "--layers", "1,2", "--grad",
-                                    "--part-size", "4", "--batch-size", "3", "--shard", "1/3", "--quiet",
-                                    "--store-dtype", "float32"])
+                                    "--part-size", "4", "--batch-size", "3", "--shard", "1/3", "--quiet"])
     assert res.exit_code == 0 and "8 rows" in res.output, res.output  # rows 7-15 of 23
     res = CliRunner().invoke(main, ["build", "--data", str(data), "--out", str(tmp_path / "x"), "--shard", "1-3"])
     assert res.exit_code == 2 and "--shard must be I/N" in res.output
@@ -72,7 +69,7 @@ def test_merge_builds_the_requested_factory_once(llama, tmp_path):
     kwargs = dict(data=str(data), layers=[1], model=llama, progress=False, faiss_factory="IVF4,Flat")
     for i in range(2):
         m = actindex.build(out=str(tmp_path / f"s{i}"), shard=f"{i}/2", **kwargs)
-        assert {f.faiss_factory for f in m.families.values()} == {"store"}  # no copy in a shard: built at merge
+        assert {f.faiss_factory for f in m.families.values()} == {"Flat"}  # exact within a shard
     m = merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
     assert {f.faiss_factory for f in m.families.values()} == {"IVF4,Flat"}
     assert verify(tmp_path / "merged") == []
@@ -86,7 +83,7 @@ def test_merge_builds_the_requested_factory_once(llama, tmp_path):
 
 def test_float16_storage_is_the_float32_build_rounded(llama, small_data, tmp_path):
     kwargs = dict(data=str(small_data), layers=[1], grad=True, model=llama, progress=False)
-    m32 = actindex.build(out=str(tmp_path / "f32"), store_dtype="float32", **kwargs)
+    m32 = actindex.build(out=str(tmp_path / "f32"), **kwargs)
     m = actindex.build(out=str(tmp_path / "f16"), store_dtype="float16", **kwargs)
     assert {f.dtype for f in m.families.values()} == {"float16"}
     a, b = read_all(tmp_path / "f32"), read_all(tmp_path / "f16")
@@ -154,8 +151,7 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
     first = write_jsonl(tmp_path / "first.jsonl", rows[:11])
     more = write_jsonl(tmp_path / "more.jsonl", rows[11:])
     both = write_jsonl(tmp_path / "both.jsonl", rows)
-    kwargs = dict(layers=[1, 3], grad=True, model=llama, progress=False, part_size=3, faiss_factory="Flat",
-                  store_dtype="float32")
+    kwargs = dict(layers=[1, 3], grad=True, model=llama, progress=False, part_size=3)
     actindex.build(data=str(both), out=str(tmp_path / "whole"), **kwargs)
     out = tmp_path / "grown"
     actindex.build(data=str(first), out=str(out), **kwargs)
@@ -307,12 +303,8 @@ def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch
     assert resolve_factory("auto", 1_000_000) == "IVF2048,Flat"  # 2 sqrt(1e6) = 2000 -> 2^11
     assert resolve_factory("auto", 300_000) == "IVF1024,Flat"
     assert resolve_factory("HNSW32", 10) == "HNSW32"  # an explicit factory is kept
-    # the default build's: one copy (the store) up to 200k rows, then IVF-PQ codes of one byte per 8 dims
-    assert resolve_factory("compact", 200_000, 256) == "store"
-    assert resolve_factory("compact", 1_000_000, 256) == "IVF2048,PQ32"
-    assert resolve_factory("compact", 1_000_000, 36) == "IVF2048,PQ4"  # the largest divisor of 36 up to 36 / 8
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(24, seed=3))
-    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False, full_width=True)
+    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False)
     small = actindex.build(out=str(tmp_path / "small"), **kwargs)
     assert {f.faiss_factory for f in small.families.values()} == {"Flat"}
     monkeypatch.setattr(search_module, "AUTO_FLAT_ROWS", 10)  # 24 rows now count as "large"
@@ -335,7 +327,7 @@ def test_torchrun_two_process_build_equals_the_single_build(tmp_path):
     make_tokenizer().save_pretrained(model_dir)
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(21, seed=9))
     args = ["build", "--model", str(model_dir), "--data", str(data), "--layers", "1,2", "--grad",
-            "--part-size", "4", "--quiet", "--store-dtype", "float32"]
+            "--part-size", "4", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
