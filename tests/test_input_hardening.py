@@ -159,6 +159,12 @@ def test_search_values_beyond_float32_are_422_and_large_ones_search_right(url, i
     assert found["rows"] == order.tolist()
     np.testing.assert_allclose(found["scores"], cosines[order], atol=1e-5)
     assert np.abs(found["scores"]).max() > 0.1
+    # the Python search takes the same vector, and any finite float64 one, by its direction
+    scores, rows = idx.search(vector * 1e100, k=len(idx), family=FAMILY)
+    assert rows.tolist() == order.tolist()
+    np.testing.assert_allclose(scores, cosines[order], atol=1e-5)
+    with pytest.raises(actindex.ActindexError, match="finite"):
+        idx.search(np.full(dim, np.inf), family=FAMILY)
 
 
 # ---- row ids, pipes, the cache ------------------------------------------------------------------

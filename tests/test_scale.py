@@ -207,7 +207,7 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["build", "--append", "--data", str(fresh), "--out", str(out), "--layers", "1,3",
                                     "--grad", "--quiet"])
     assert res.exit_code == 0 and "built" in res.output and "21 rows" in res.output, res.output
-    assert actindex.Index.open(out).ids()[-3:] == ["r18", "n0", "n1"] and verify(out) == []
+    assert actindex.Index.open(out).reader.ids()[-3:] == ["r18", "n0", "n1"] and verify(out) == []
 
 
 def test_append_gives_the_new_rows_the_families_the_index_holds(llama, tmp_path):

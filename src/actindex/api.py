@@ -172,9 +172,14 @@ class Index:
         """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(cosines, rows)``, the rows ranked
         ``offset + 1`` to ``offset + k`` (``k = 0``: every row from there) among the rows whose records match
         ``where`` (:mod:`actindex.query.where`; default every row) and that ``allowed`` (a boolean mask over the
-        rows) marks; ``family`` defaults to the first."""
+        rows) marks; ``family`` defaults to the first. ``vector`` is searched as ``vector / max|vector_i|`` (the
+        same cosines; any finite values, even beyond float32's range)."""
         if offset < 0:
             raise ActindexError(f"offset must be at least 0, got {offset}")
+        vector = np.asarray(vector, dtype=np.float64)
+        if not vector.size or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
+            raise ActindexError("the search vector must be non-empty, finite and not all zero")
+        vector = vector / np.abs(vector).max()  # the same cosines, and no float32 overflow in its norm
         mask = row_mask(self.reader, where)
         if allowed is not None:
             mask = allowed if mask is None else mask & allowed

@@ -145,14 +145,14 @@ class Served:
             return self.index.session.query(behavior, config).to_dict()
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
-        """Rows by cosine with the request's vector ``v``, searched as ``v / max|v_i|`` (the same cosines; every
-        value of the float32 search then in [-1, 1], so its norm cannot overflow)."""
+        """Rows by cosine with the request's vector (:meth:`actindex.Index.search`, which scales it so that its
+        norm cannot overflow float32)."""
         self.check_page(k=request.k)
         vector = np.asarray(request.vector, dtype=np.float64)
         if not len(vector) or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
             raise ActindexError("vector must be a non-empty list of finite numbers, not all zero")
         family = request.family or next(iter(self.index.families))
-        scores, rows = self.index.search(vector / np.abs(vector).max(), request.k, family, request.bottom,
+        scores, rows = self.index.search(vector, request.k, family, request.bottom,
                                          where=request.where, offset=request.offset)
         ids = self.index.reader.ids()
         return {"family": family, "scores": [float(s) for s in scores], "rows": [int(r) for r in rows],
