@@ -4,6 +4,7 @@ treatment (the tokenizer and the synthetic rows come from :mod:`actindex.testing
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -133,3 +134,33 @@ def assert_same_index(a: Path, b: Path, provenance: bool = True) -> None:
         sb, rb = ib.search(q, k=0, family=family)
         assert list(ra) == list(rb), family
         np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)
+
+
+@contextmanager
+def live(app, config):
+    """``app`` served by uvicorn in a background thread on a free port of 127.0.0.1 (behind a reverse proxy that
+    strips ``config.root_path``); yields its URL once ``/health`` answers."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from actindex.serve.app import listen, url_of
+
+    sock = listen(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", root_path=config.root_path))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = url_of(sock)
+    for _ in range(400):
+        try:
+            if httpx.get(url + "health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -13,8 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
-import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -24,9 +22,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from click.testing import CliRunner
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import chat_rows, live, tiny_llama, write_jsonl
 
 import actindex
 from actindex.cli import main
@@ -34,7 +31,7 @@ from actindex.core.models import load_model, save_weights
 from actindex.errors import CacheWarning
 from actindex.query.behaviors import load_behavior
 from actindex.query.cache import BehaviorCache, CacheConfig
-from actindex.serve.app import create_app, listen, url_of
+from actindex.serve.app import create_app
 from actindex.serve.config import ServeConfig
 
 PAIRS_A = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"}]
@@ -190,32 +187,17 @@ def result_manifest(idx: Path) -> Any:
 
 
 @contextmanager
-def live(world, idx: Path):
+def live_client(world, idx: Path):
     index = actindex.Index.open(idx).use_model(world["lm"])
     config = ServeConfig(port=0, workers=2)
-    sock = listen(config)
-    server = uvicorn.Server(uvicorn.Config(create_app(index, config), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = url_of(sock)
-    for _ in range(400):
-        try:
-            if httpx.get(url + "health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with live(create_app(index, config), config) as url, httpx.Client(base_url=url, timeout=120) as client:
+        yield client
 
 
 def query_http(world, idx: Path, damaged: set[str], linked: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CacheWarning)
-        with live(world, idx) as client:
+        with live_client(world, idx) as client:
             response = client.post("/query", json={"pairs": PAIRS_A, "name": "a", "k": 5})
     assert response.status_code == 200, response.text
     body = response.json()

@@ -12,15 +12,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from click.testing import CliRunner
-from conftest import chat_rows, write_jsonl
+from conftest import chat_rows, live, write_jsonl
 
 import actindex
 from actindex.cli import main
@@ -28,7 +26,7 @@ from actindex.core.jsontext import MAX_DEPTH, json_depth
 from actindex.core.models import load_model
 from actindex.errors import DataError
 from actindex.index.search import normalise
-from actindex.serve.app import create_app, listen, url_of
+from actindex.serve.app import create_app
 from actindex.serve.config import ServeConfig
 
 PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -51,20 +49,9 @@ def index_dir(tmp_path_factory, model_dir, one_torch_thread) -> Path:
 @pytest.fixture(scope="module")
 def url(index_dir, model_dir):
     idx = actindex.Index.open(index_dir, cache=False).use_model(load_model(str(model_dir)))
-    sock = listen(ServeConfig(port=0, workers=2))
-    server = uvicorn.Server(uvicorn.Config(create_app(idx, ServeConfig(port=0, workers=2)), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = url_of(sock)
-    for _ in range(200):
-        try:
-            if httpx.get(base + "health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=30)
+    config = ServeConfig(port=0, workers=2)
+    with live(create_app(idx, config), config) as base:
+        yield base
 
 
 def one_error_line(res) -> str:

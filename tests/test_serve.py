@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
 from urllib.parse import quote
@@ -27,14 +26,13 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from conftest import chat_rows, tiny_llama, write_jsonl
+from conftest import chat_rows, live, tiny_llama, write_jsonl
 
 import actindex
 from actindex.core.models import load_model
 from actindex.index.search import normalise
 from actindex.query.cache import BehaviorCache
-from actindex.serve.app import create_app, listen, url_of
+from actindex.serve.app import create_app
 from actindex.serve.config import ServeConfig
 from actindex.serve.memo import NOTE
 
@@ -59,28 +57,6 @@ def digests(root: Path) -> dict[str, str]:
     """sha256 of every file of the index but its behaviour cache."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] != "cache"}
-
-
-@contextmanager
-def live(app, config: ServeConfig):
-    """``app`` served by uvicorn in a background thread on a free port of 127.0.0.1 (behind a reverse proxy that
-    strips ``config.root_path``); yields its URL."""
-    sock = listen(config)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", root_path=config.root_path))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = url_of(sock)
-    for _ in range(200):
-        try:
-            if httpx.get(url + "health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
