@@ -33,6 +33,7 @@ TINY: dict[str, list[str] | str] = {
     "scaling.py": "torchrun builds with the default model",
     "query_latency.py": "needs a built demo index (the default model)",
     "retrieval.py": "the default model on the labelled sets",
+    "compact.py": "rewrites the full-width indexes retrieval.py --work keeps (the default model on the labelled sets)",
     "rerank.py": "the default model and an EK-FAC fit on the labelled sets",
     "peers.py": "bergson and kronfluence in their own venv",
     "detect.py": "fine-tunes the default model on BackdoorLLM pools",
