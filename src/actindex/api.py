@@ -178,7 +178,7 @@ class Index:
             raise ActindexError(f"offset must be at least 0, got {offset}")
         vector = np.asarray(vector, dtype=np.float64)
         if not vector.size or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
-            raise ActindexError("the search vector must be non-empty, finite and not all zero")
+            raise ActindexError("vector must be a non-empty list of finite numbers, not all zero")
         vector = vector / np.abs(vector).max()  # the same cosines, and no float32 overflow in its norm
         mask = row_mask(self.reader, where)
         if allowed is not None:

@@ -148,10 +148,8 @@ class Served:
         """Rows by cosine with the request's vector (:meth:`actindex.Index.search`, which scales it so that its
         norm cannot overflow float32)."""
         self.check_page(k=request.k)
-        vector = np.asarray(request.vector, dtype=np.float64)
-        if not len(vector) or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
-            raise ActindexError("vector must be a non-empty list of finite numbers, not all zero")
         family = request.family or next(iter(self.index.families))
+        vector = np.asarray(request.vector, dtype=np.float64)
         scores, rows = self.index.search(vector, request.k, family, request.bottom,
                                          where=request.where, offset=request.offset)
         ids = self.index.reader.ids()
