@@ -8,17 +8,18 @@ variant (projected, rounded), is written with the index writer, its pairs' vecto
 put in its query context (the model pass a query would make, without the model), and the same query is scored
 on it (AUROC, AP against the planted labels). Variants:
 
-* ``float32`` / ``float16``: full width, stored in that dtype;
+* ``float32`` / ``float16``: full width, stored in that dtype (each row as its unit vector in float16 times its
+  float32 norm: raw float16 overflows where a residual change passes 65,504);
 * ``orth K``: the build's seeded random orthogonal projection to ``K`` dims
-  (:class:`~actindex.core.reduction.StorageProjection`), float16;
+  (:class:`~actindex.core.reduction.StorageProjection`), float16 unit rows and a norm;
 * ``pca K``: per family, the top ``K`` principal directions of a seeded sample of at most 4,096 of the index's
-  rows (fitted on the pool itself: the most a fitted projection can give), float16;
+  rows (fitted on the pool itself: the most a fitted projection can give), float16 unit rows and a norm;
 * ``... -KIND``: without the families of that kind (the adaptive default chooses among the others);
 * ``... int8``: each row rounded to ``round(127 v / max|v|)`` and stored as such times ``max|v| / 127`` (what an
   int8 store with a per-row scale reads back).
 
-Bytes per row: the default's families (20, fewer with ``-KIND``) x (stored width x itemsize, + 4 for an int8
-row's scale), one copy.
+Bytes per row: the default's families (20, fewer with ``-KIND``) x (stored width x itemsize, + 4 for a row's
+scale: its norm in float16, ``max|v| / 127`` in int8), one copy.
 
     python bench/compact.py --work /tmp/ret --sets demo,fif-mixeds,sycophancy
 """
@@ -43,9 +44,9 @@ from actindex.index.writer import META_FIELDS, Part, write_index
 from actindex.query.methods.adaptive import AdaptiveMethod
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
-VARIANTS = ("float32,float16,orth 384,orth 256,orth 192,orth 128,orth 64,pca 256,pca 128,pca 64,orth 256 int8,"
-            "orth 384 int8,orth 256 -residual_change_opening,orth 192 -residual_change_opening,"
-            "orth 256 -mean_activation_start")
+VARIANTS = ("float32,float16,orth 256,orth 192,orth 128,orth 64,pca 128,pca 64,orth 384 int8,orth 256 int8,"
+            "orth 192 int8,orth 128 int8,orth 256 int8 -residual_change_opening,"
+            "orth 256 int8 -mean_activation_start")
 
 
 def int8_rounded(v: np.ndarray) -> np.ndarray:
@@ -55,9 +56,16 @@ def int8_rounded(v: np.ndarray) -> np.ndarray:
     return (np.round(127 * v / scale) * scale / 127).astype(np.float32)
 
 
+def unit_float16(v: np.ndarray) -> np.ndarray:
+    """``float16(v / ||v||) ||v||`` per row: what a float16 store of unit rows with a float32 norm reads back."""
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    safe = np.where(norm > 0, norm, 1)
+    return ((v / safe).astype(np.float16).astype(np.float32) * norm).astype(np.float32)
+
+
 def searched_families(idx: actindex.Index) -> list[str]:
     """The families the adaptive default's candidates come from in this index."""
-    candidates = AdaptiveMethod().candidates(idx.layers, None, tuple(idx.families))
+    candidates = AdaptiveMethod().candidates(idx.reader.layers, None, tuple(idx.families))
     return list(dict.fromkeys(family for _, family, _ in candidates))
 
 
@@ -68,7 +76,8 @@ def kept_families(name: str, families: list[str]) -> list[str]:
 
 
 def variant(name: str, idx: actindex.Index, families: list[str]) -> tuple[Transform, str, int]:
-    """The transform of ``name``, its stored dtype and the bytes per row it stores (of ``families``)."""
+    """The transform of ``name`` (its projection and the rounding of its store, read back as float32), the dtype
+    the study's copy holds that in, and the bytes per row the variant stores (of ``families``)."""
     words = [word for word in name.split() if not word.startswith("-")]
     quantised = words[-1] == "int8"
     words = words[:-1] if quantised else words
@@ -83,9 +92,9 @@ def variant(name: str, idx: actindex.Index, families: list[str]) -> tuple[Transf
         width = int(words[1])
         bases = {}
         for family in families:
-            rows = idx.table.searchable
+            rows = idx.reader.table.searchable
             rows = np.sort(np.random.default_rng(0).choice(rows, min(4096, len(rows)), replace=False))
-            sample = idx.vectors(family, rows).astype(np.float64)
+            sample = idx.reader.vectors(family, rows).astype(np.float64)
             _, _, vt = np.linalg.svd(sample - sample.mean(axis=0), full_matrices=False)
             basis = np.zeros((hidden, width))
             basis[:, : min(width, len(vt))] = vt[:width].T
@@ -94,9 +103,10 @@ def variant(name: str, idx: actindex.Index, families: list[str]) -> tuple[Transf
     else:
         project = lambda _family, v: np.asarray(v, np.float32)  # noqa: E731
         width = hidden
-    transform = (lambda family, v: int8_rounded(project(family, v))) if quantised else project
-    per_row = len(families) * (width * (1 if quantised else np.dtype(dtype).itemsize) + (4 if quantised else 0))
-    return transform, dtype, per_row
+    rounded = int8_rounded if quantised else unit_float16 if dtype == "float16" else None
+    transform = project if rounded is None else (lambda family, v: rounded(project(family, v)))
+    per_row = len(families) * (width * (1 if quantised else np.dtype(dtype).itemsize) + (0 if rounded is None else 4))
+    return transform, "float32", per_row
 
 
 def write_variant(idx: actindex.Index, families: list[str], transform: Transform, dtype: str, out: Path) -> Path:
@@ -138,9 +148,9 @@ def main() -> None:
             continue
         _, behavior = load_set(name, work, 300, 80)
         idx = actindex.Index.open(path, cache=False).use_model(lm)
-        labels = np.array([r.get("label", "clean") != "clean" for r in idx.records(range(len(idx)))])
+        labels = np.array([r.get("label", "clean") != "clean" for r in idx.reader.records(range(len(idx)))])
         base = metrics(ranked(idx, behavior, "adaptive", None)[0], labels)
-        full = dict(idx.query_context().cache)  # (family, row) -> the pairs' full-width vectors
+        full = dict(idx.session.query_context().cache)  # (family, row) -> the pairs' full-width vectors
         families = searched_families(idx)
         aurocs, aps, sizes = [f"{base['auroc']:.3f}"], [f"{base['ap']:.3f}"], ["-"]
         for v in names:
@@ -148,7 +158,7 @@ def main() -> None:
             transform, dtype, per_row = variant(v, idx, kept)
             out = write_variant(idx, kept, transform, dtype, scratch / f"{name}-{v.replace(' ', '-')}")
             copy = actindex.Index.open(out, cache=False).use_model(lm)
-            ctx = copy.query_context()
+            ctx = copy.session.query_context()
             for (family, key), vector in full.items():
                 if family in kept:
                     ctx.cache[(family, key)] = transform(family, vector[None])[0]

@@ -8,8 +8,8 @@ from typing import Any
 
 from actindex.configs import DEFAULT_MODEL, check_choice, check_choices, option
 from actindex.errors import ActindexError
+from actindex.index.precision import STORE_DTYPES
 
-STORE_DTYPES = ("auto", "float32", "float16")
 #: the stored width of every per-layer family in a default build (bench/runs/storage.md: the study that chose it)
 DEFAULT_WIDTH = 256
 
@@ -87,18 +87,19 @@ class BuildConfig:
     grad_k: int = option("Projection size per side: each tracked module contributes k*k dims.", 8, minimum=1)
     seed: int = option("Seed of the random projections (and of --sample).", 0)
     width: int = option(
-        "With --no-full-width, the stored width of every per-layer family: a model wider than this has its "
-        "vectors (and every query's) mapped to it by a seeded random orthogonal projection stored in the index, "
-        "so the bytes a row takes do not grow with the model's hidden size.", DEFAULT_WIDTH, minimum=8)
+        "The stored width of every per-layer family (the compact layout): a model wider than this has its vectors "
+        "(and every query's) mapped to it by a seeded random orthogonal projection stored in the index, so the "
+        "bytes a row takes do not grow with the model's hidden size.", DEFAULT_WIDTH, minimum=8)
     full_width: bool = option(
-        "Every per-layer family at the model's full hidden width in float32, each with its own FAISS copy (auto: "
-        "Flat), the pooled residual change and the plain mean activation included (28 families at 4 layers, "
-        "~130 KB a row at width 576). --no-full-width builds the compact layout instead: the adaptive default's "
-        "20 families at --width, one copy of each vector (bench/runs/storage.md: its quality study is not yet "
-        "run, so it is not the default).", True)
+        "Build the research layout: every per-layer family at the model's full hidden width in float32, each with "
+        "its own FAISS copy, the pooled residual change and the plain mean activation included (28 families at 4 "
+        "layers, ~130 KB a row at width 576, 7x that at width 4096). The default is the compact layout: the "
+        "adaptive default's 20 families at --width in int8, one copy of each vector (~5 KB a row at any width; "
+        "bench/runs/storage.md measures what it keeps of the rankings).", False)
     store_dtype: str = option(
-        "Storage dtype of the vectors: auto = float32. float16 halves the bytes but overflows (inf) where a "
-        "vector's entries pass 65,504, as the residual change of a long row can.", "auto", choices=STORE_DTYPES)
+        "Storage dtype of the vectors. auto: int8 with a per-row scale in the compact layout (within half a step "
+        "of the computed value in every coordinate), float32 with --full-width. float16 overflows (inf) where a "
+        "vector's entries pass 65,504, as the raw residual change of a long row can.", "auto", choices=STORE_DTYPES)
     faiss_factory: str = option(
         "FAISS index factory string. auto: no FAISS copy up to 200k rows (searches read the stored vectors "
         "exactly), IVF-PQ codes beyond, their candidates re-scored exactly from the stored vectors; with "
@@ -167,9 +168,12 @@ class BuildConfig:
         return [kind for kind, on in switches if on]
 
     def stored_dtype(self) -> str:
-        """The dtype vectors are stored in: ``store_dtype``, where ``auto`` is float32 (raw residual changes can pass
-        float16's largest value, 65,504: bench/runs/storage.md)."""
-        return "float32" if self.store_dtype == "auto" else self.store_dtype
+        """The dtype vectors are stored in: ``store_dtype``, where ``auto`` is int8 with a per-row scale in the
+        compact layout (:mod:`~actindex.index.precision`) and float32 with ``full_width`` (raw residual changes
+        can pass float16's largest value, 65,504)."""
+        if self.store_dtype != "auto":
+            return self.store_dtype
+        return "float32" if self.full_width else "int8"
 
     def stored_width(self, hidden_size: int) -> int | None:
         """The width per-layer families are projected to for a model of ``hidden_size``, or ``None`` (stored as

@@ -42,6 +42,7 @@ from actindex.index.manifest import (
     read_manifest,
     structure_problem,
 )
+from actindex.index.precision import has_scales, scale_key
 from actindex.index.search import STORE
 from actindex.index.writer import META_FIELDS, OPTIONAL_FIELDS, dataset_checksum, update_checksum
 
@@ -265,6 +266,7 @@ def _scan_vectors(
             return None
         legacy = [key for key in OPTIONAL_FIELDS if key not in checksums and key not in f]  # format 1
         expected = [key for key in META_FIELDS if key not in legacy] + [f"vectors/{fam}" for fam in families]
+        expected += [scale_key(fam) for fam, info in families.items() if has_scales(info.get("dtype", ""))]
         names = expected + [name for name in checksums if name not in expected]
         for name in names:
             if name not in checksums:
@@ -297,6 +299,8 @@ def _scan_vectors(
                     problems.append(f"{path}: family {family!r} has shape {ds.shape}, expected ({rows}, {dim})")
                 if nonfinite:
                     problems.append(f"{path}: family {family!r} holds {nonfinite} NaN/inf values")
+            elif name.startswith("scales/") and nonfinite:
+                problems.append(f"{path}: dataset {name!r} holds {nonfinite} NaN/inf scales")
             elif name == "valid" and n == rows and ds.dtype == np.bool_:
                 valid = ds[()]
         stored = f.get("vectors")
