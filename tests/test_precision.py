@@ -1,5 +1,5 @@
-"""The stored precision of vectors: int8 codes with a per-row scale (the compact default), read back within half
-a step of what was computed, searched from the codes alone, kept through append, merge, export and verify."""
+"""The stored precision of vectors: integer codes with a per-row scale (int4 in the compact default, int8), read
+back within half a step of what was computed, searched exactly, kept through append, merge, export and verify."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conftest import chat_rows, write_jsonl
 
 import actindex
 from actindex.index.manifest import read_manifest
-from actindex.index.precision import LEVELS, decode, encode, scale_key
+from actindex.index.precision import DISK_DTYPES, LEVELS, decode, disk_shape, encode, row_bytes, scale_key
 from actindex.index.reader import IndexReader, layout_problem
 from actindex.index.search import brute_force
 from actindex.index.verify import verify
@@ -31,21 +31,27 @@ ROWS = {
 }
 
 
+@pytest.mark.parametrize("dtype", list(LEVELS))
 @pytest.mark.parametrize("kind", list(ROWS))
-def test_int8_codes_read_back_within_half_a_step(kind):
-    v = ROWS[kind].astype(np.float32)
-    codes, scales = encode(v, "int8")
-    assert codes.dtype == np.int8 and scales.dtype == np.float32 and scales.shape == (len(v),)
-    assert np.abs(codes.astype(int)).max() <= LEVELS
+@pytest.mark.parametrize("width", [64, 63])  # an odd width packs a padding code in int4
+def test_integer_codes_read_back_within_half_a_step(kind, dtype, width):
+    v = ROWS[kind][:, :width].astype(np.float32)
+    stored, scales = encode(v, dtype)
+    assert stored.shape == disk_shape(len(v), width, dtype) and stored.dtype == np.dtype(DISK_DTYPES[dtype])
+    assert scales.dtype == np.float32 and scales.shape == (len(v),)
+    assert stored.nbytes + scales.nbytes == len(v) * row_bytes(width, dtype)
+    back = decode(stored, scales, width)
+    assert back.shape == v.shape and back.dtype == np.float32 and np.isfinite(back).all()
     peak = np.abs(v).max(axis=1)
-    # |s c_j - v_j| <= s / 2 = m / 254, with float32's own rounding on top
-    bound = peak / (2 * LEVELS) * (1 + 1e-5) + 1e-45
-    assert (np.abs(decode(codes, scales) - v).max(axis=1) <= bound).all()
+    # |s c_j - v_j| <= s / 2 = m / 2L, with float32's own rounding on top
+    bound = peak / (2 * LEVELS[dtype]) * (1 + 1e-5) + 1e-45
+    assert (np.abs(back - v).max(axis=1) <= bound).all()
     assert np.array_equal(scales == 0, peak == 0)  # a zero row is zero codes and scale 0
-    assert np.isfinite(decode(codes, scales)).all()
+    assert np.array_equal(np.abs(np.rint(back / np.where(scales > 0, scales, 1)[:, None])).max(axis=1, initial=0)
+                          == LEVELS[dtype], peak > 0)  # a row's largest coordinate takes the largest code
     # re-encoding what a row reads back gives its codes again (an append copies its base this way)
-    again, _ = encode(decode(codes, scales), "int8")
-    assert np.array_equal(again, codes)
+    again, _ = encode(back, dtype)
+    assert np.array_equal(again, stored)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -61,34 +67,38 @@ def rows_file(tmp_path):
 
 
 def build(llama, data, out, **options):
-    return actindex.build(data=str(data), out=str(out), model=llama, progress=False, heldout="none", width=16,
-                          full_width=False, **options)
+    return actindex.build(data=str(data), out=str(out), model=llama, progress=False, heldout="none", **options)
 
 
-def test_the_compact_default_stores_int8_within_half_a_step_of_float32(llama, rows_file, tmp_path):
-    codes = build(llama, rows_file, tmp_path / "int8")
+@pytest.mark.parametrize("dtype", ["int4", "int8"])
+def test_an_integer_store_reads_back_within_half_a_step_of_float32(llama, rows_file, tmp_path, dtype):
+    """The model is 32 wide, under the default width: the rows are rotated (32 x 32) and every dimension kept."""
+    codes = build(llama, rows_file, tmp_path / "codes", **({} if dtype == "int4" else {"store_dtype": dtype}))
     build(llama, rows_file, tmp_path / "f32", store_dtype="float32")
-    assert {f.dtype for f in codes.families.values()} == {"int8"}
-    assert verify(tmp_path / "int8") == []
-    a, b = IndexReader.open(tmp_path / "int8"), IndexReader.open(tmp_path / "f32")
-    with h5py.File(tmp_path / "int8" / "vectors.h5") as f:
+    assert {f.dtype for f in codes.families.values()} == {dtype}  # int4 is the default
+    assert codes.reduction.hidden == codes.reduction.width == 32
+    assert verify(tmp_path / "codes") == []
+    a, b = IndexReader.open(tmp_path / "codes"), IndexReader.open(tmp_path / "f32")
+    assert b.reduction is None  # a float store of a model no wider than --width is stored as computed
+    rotation = a.reduction.matrix
+    assert np.allclose(rotation.T @ rotation, np.eye(32), atol=1e-5)
+    with h5py.File(tmp_path / "codes" / "vectors.h5") as f:
         for family in codes.families:
-            assert f[f"vectors/{family}"].dtype == np.int8 and f[scale_key(family)].shape == (codes.rows,)
+            assert f[f"vectors/{family}"].dtype == np.dtype(DISK_DTYPES[dtype])
+            assert f[scale_key(family)].shape == (codes.rows,)
     for family in codes.families:
-        truth = b.vectors(family)
-        bound = np.abs(truth).max(axis=1, keepdims=True) / (2 * LEVELS) * (1 + 1e-4) + 1e-30
+        truth = b.vectors(family) @ rotation if "/" in family else b.vectors(family)
+        bound = np.abs(truth).max(axis=1, keepdims=True) / (2 * LEVELS[dtype]) * (1 + 1e-4) + 1e-30
         assert (np.abs(a.vectors(family) - truth) <= bound).all(), family
         assert np.array_equal(a.vectors(family, [4, 1, 1]), a.vectors(family)[[4, 1, 1]])
-    # vectors in the compact default cost one byte a dimension and a 4-byte scale
-    per_row = sum(f.dim + 4 for f in codes.families.values())
-    assert codes.summary["vector_bytes_per_row"] == per_row
+    assert codes.summary["vector_bytes_per_row"] == sum(row_bytes(f.dim, dtype) for f in codes.families.values())
 
 
-def test_an_int8_family_is_searched_exactly_from_its_codes(llama, rows_file, tmp_path):
+def test_an_integer_family_is_searched_exactly(llama, rows_file, tmp_path):
     build(llama, rows_file, tmp_path / "idx")
     idx = actindex.Index.open(tmp_path / "idx")
     for i, family in enumerate(idx.families):
-        psi = np.random.default_rng(i).standard_normal(16).astype(np.float32)
+        psi = np.random.default_rng(i).standard_normal(32).astype(np.float32)
         truth = brute_force(idx.reader.vectors(family), psi)  # the decoded rows
         scores, rows = idx.search(psi, k=6, family=family)
         assert rows.tolist() == np.argsort(-truth, kind="stable")[:6].tolist()
@@ -103,7 +113,7 @@ def test_append_and_merge_keep_the_codes_of_rows_already_stored(llama, tmp_path)
     with h5py.File(root / "vectors.h5") as f:
         codes = {family: f[f"vectors/{family}"][()] for family in before}
     m = actindex.build(data=str(second), out=str(root), model=llama, progress=False, append=True, heldout="none")
-    assert m.rows == 7 and {f.dtype for f in m.families.values()} == {"int8"} and verify(root) == []
+    assert m.rows == 7 and {f.dtype for f in m.families.values()} == {"int4"} and verify(root) == []
     reader = IndexReader.open(root)
     with h5py.File(root / "vectors.h5") as f:
         for family, old in codes.items():
@@ -111,7 +121,7 @@ def test_append_and_merge_keep_the_codes_of_rows_already_stored(llama, tmp_path)
             assert np.array_equal(reader.vectors(family, range(4)), before[family]), family
     shards = [build(llama, first, tmp_path / f"s{i}", shard=f"{i}/2") and tmp_path / f"s{i}" for i in range(2)]
     merged = actindex.merge([str(s) for s in shards], str(tmp_path / "merged"))
-    assert {f.dtype for f in merged.families.values()} == {"int8"} and verify(tmp_path / "merged") == []
+    assert {f.dtype for f in merged.families.values()} == {"int4"} and verify(tmp_path / "merged") == []
     whole = IndexReader.open(tmp_path / "merged")
     for family in merged.families:
         parts = np.vstack([IndexReader.open(s).vectors(family) for s in shards])
@@ -142,3 +152,19 @@ def test_damaged_or_missing_scales_are_caught(llama, rows_file, tmp_path):
         del f[scale_key(family)]
     assert any(scale_key(family) in p and "missing" in p for p in verify(missing))
     assert "without one scale per row" in layout_problem(missing, read_manifest(missing))
+
+
+def test_a_residual_stream_vector_is_searched_in_model_space(llama, rows_file, tmp_path):
+    """The 32-wide model is rotated at its own width: a 32-dim vector is taken as stored unless said otherwise."""
+    build(llama, rows_file, tmp_path / "idx")
+    idx = actindex.Index.open(tmp_path / "idx")
+    family = "residual_change/3"
+    residual = np.random.default_rng(5).standard_normal(32)
+    stored = idx.reader.reduction.project(residual[None])[0]
+    assert idx.search(residual, k=6, family=family, space="model")[1].tolist() == idx.search(
+        stored, k=6, family=family)[1].tolist()
+    truth = brute_force(idx.reader.vectors(family), stored)
+    assert idx.search(residual, k=6, family=family, space="model")[1].tolist() == np.argsort(-truth,
+                                                                                              kind="stable")[:6].tolist()
+    with pytest.raises(actindex.ActindexError, match="space must be"):
+        idx.search(residual, family=family, space="residual")

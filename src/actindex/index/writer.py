@@ -62,7 +62,7 @@ from actindex.index.manifest import (
     runtime_versions,
     write_manifest,
 )
-from actindex.index.precision import decode, encode, has_scales, row_bytes, scale_key
+from actindex.index.precision import DISK_DTYPES, StoredRows, disk_shape, encode, has_scales, row_bytes, scale_key
 from actindex.index.search import (
     STORE,
     extend_faiss_index,
@@ -340,14 +340,14 @@ def write_index(
                 update_checksum(digest, block)
             checksums[key] = digest.hexdigest()
         for fam, dim in families.items():
-            key, shape = f"vectors/{fam}", (total, dim)
-            ds = out.create_dataset(key, shape=shape, dtype=store_dtype, chunks=vector_chunks(shape, store_dtype))
+            key, shape, disk = f"vectors/{fam}", disk_shape(total, dim, store_dtype), DISK_DTYPES[store_dtype]
+            ds = out.create_dataset(key, shape=shape, dtype=disk, chunks=vector_chunks(shape, disk))
             scales = out.create_dataset(scale_key(fam), shape=(total,), dtype=np.float32) if has_scales(
                 store_dtype) else None
             digests = hashlib.sha256(), hashlib.sha256()
             # blocks sized by the float32 rows they decode to
             for part, a, b in _blocks(parts, max(1, COPY_BYTES // (4 * dim))):
-                stored, scale = encode(_vectors(part, fam, a - part.start, b - part.start), store_dtype)
+                stored, scale = encode(_vectors(part, fam, dim, a - part.start, b - part.start), store_dtype)
                 ds[a:b] = stored
                 update_checksum(digests[0], stored)
                 if scales is not None:
@@ -365,7 +365,7 @@ def write_index(
     with h5py.File(root / VECTORS, "r") as f:
         valid = f["valid"][()]
         for family in families:
-            ds = f[f"vectors/{family}"]
+            ds = StoredRows.of(f, family, families[family])
             factory = (resolve_factory(faiss_factory, int(valid.sum()), ds.shape[1]) if extend_from is None
                        else manifest.families[family].faiss_factory)
             if factory == STORE:  # the stored vectors are the only copy: searched exactly from vectors.h5
@@ -468,13 +468,15 @@ def _blocks(parts: list[Part], step: int) -> Iterator[tuple[Part, int, int]]:
             yield part, a, min(a + step, part.end)
 
 
-def _vectors(part: Part, family: str, a: int, b: int) -> np.ndarray:
-    """Rows ``[a, b)`` of a part's family as the float32 vectors they stand for (an int8 base decoded with its
+def _vectors(part: Part, family: str, dim: int, a: int, b: int) -> np.ndarray:
+    """Rows ``[a, b)`` of a part's family as the float32 vectors they stand for (an integer base decoded with its
     scales: re-encoding ``s c`` gives ``c`` back)."""
-    stored = _read(part, f"vectors/{family}", a, b)
-    if not has_scales(str(stored.dtype)):
-        return np.asarray(stored, dtype=np.float32)
-    return decode(stored, _read(part, scale_key(family), a, b))
+    with h5py.File(part.path, "r") as f:
+        rows = StoredRows.of(f, family, dim)
+        n = part.end - part.start
+        if len(rows) < n:
+            raise IndexFileError(f"{part.path}: family {family!r} has {len(rows)} rows, expected {n}")
+        return rows[a:b]
 
 
 def _read(part: Part, key: str, a: int = 0, b: int | None = None) -> np.ndarray:
