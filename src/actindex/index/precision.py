@@ -81,14 +81,18 @@ def decode(stored: np.ndarray, scales: np.ndarray | None, dim: int | None = None
     """The float32 vectors that ``stored`` rows stand for: ``s c`` for an integer store (int4 codes unpacked from
     their bytes and cut to ``dim``), else the rows."""
     stored = np.asarray(stored)
-    if stored.dtype == np.uint8:  # int4: low nibble first
-        codes = np.empty((len(stored), 2 * stored.shape[1]), np.float32)
-        codes[:, 0::2] = stored & 0x0F
-        codes[:, 1::2] = stored >> 4
-        out = codes[:, : dim or codes.shape[1]] - 8
+    if stored.dtype == np.uint8:  # int4: each byte is two codes, looked up at once
+        out = _NIBBLES[stored].reshape(len(stored), -1)
+        out = out[:, :dim] if dim is not None and dim < out.shape[1] else out
     else:
-        out = stored.astype(np.float32, copy=False)
-    return out if scales is None else out * np.asarray(scales, dtype=np.float32)[:, None]
+        out = stored.astype(np.float32, copy=scales is not None)  # scaled in place below: never the input
+    if scales is not None:
+        out *= np.asarray(scales, dtype=np.float32)[:, None]
+    return out
+
+
+#: byte -> its two int4 codes (low nibble first), as float32: ``(b & 15) - 8, (b >> 4) - 8``
+_NIBBLES = np.stack([(np.arange(256) & 15) - 8, (np.arange(256) >> 4) - 8], axis=1).astype(np.float32)
 
 
 class StoredRows:
