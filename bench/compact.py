@@ -15,8 +15,9 @@ on it (AUROC, AP against the planted labels). Variants:
 * ``pca K``: per family, the top ``K`` principal directions of a seeded sample of at most 4,096 of the index's
   rows (fitted on the pool itself: the most a fitted projection can give), float16 unit rows and a norm;
 * ``... -KIND``: without the families of that kind (the adaptive default chooses among the others);
-* ``... int8``: each row rounded to ``round(127 v / max|v|)`` and stored as such times ``max|v| / 127`` (what an
-  int8 store with a per-row scale reads back).
+* ``... int8`` / ``... int4``: each row rounded to ``round(L v / max|v|)`` and stored as such times ``max|v| / L``
+  (what an integer store with a per-row scale reads back; L = 127 or 7). ``orth K`` with ``K`` at least the
+  model's width is a square rotation (no dimension dropped).
 
 Bytes per row: the default's families (20, fewer with ``-KIND``) x (stored width x itemsize, + 4 for a row's
 scale: its norm in float16, ``max|v| / 127`` in int8), one copy.
@@ -49,11 +50,12 @@ VARIANTS = ("float32,float16,orth 256,orth 192,orth 128,orth 64,pca 128,pca 64,o
             "orth 256 int8 -mean_activation_start")
 
 
-def int8_rounded(v: np.ndarray) -> np.ndarray:
-    """``round(127 v / s) s / 127`` with ``s = max|v|`` per row: what an int8 store with a per-row scale holds."""
+def int_rounded(v: np.ndarray, levels: int = 127) -> np.ndarray:
+    """``round(L v / s) s / L`` with ``s = max|v|`` per row: what an integer store of codes in ``[-L, L]`` with a
+    per-row scale reads back (L = 127: int8; L = 7: int4, two codes a byte)."""
     scale = np.abs(v).max(axis=1, keepdims=True)
     scale[scale == 0] = 1
-    return (np.round(127 * v / scale) * scale / 127).astype(np.float32)
+    return (np.round(levels * v / scale) * scale / levels).astype(np.float32)
 
 
 def unit_float16(v: np.ndarray) -> np.ndarray:
@@ -79,13 +81,14 @@ def variant(name: str, idx: actindex.Index, families: list[str]) -> tuple[Transf
     """The transform of ``name`` (its projection and the rounding of its store, read back as float32), the dtype
     the study's copy holds that in, and the bytes per row the variant stores (of ``families``)."""
     words = [word for word in name.split() if not word.startswith("-")]
-    quantised = words[-1] == "int8"
+    bits = {"int8": 8, "int4": 4}.get(words[-1])
+    quantised = bits is not None
     words = words[:-1] if quantised else words
     dtype = "float32" if words == ["float32"] else "float16"
     hidden = idx.manifest.model.hidden_size
-    if words[0] == "orth":
-        projection = StorageProjection.seeded(hidden, int(words[1]), idx.manifest.projection.seed)
-        assert projection is not None
+    if words[0] == "orth":  # K >= the model's width: a square rotation (what a quantised store needs)
+        k = int(words[1])
+        projection = StorageProjection.seeded(hidden, min(k, hidden), idx.manifest.projection.seed, square=True)
         project: Transform = lambda _family, v: projection.project(v)  # noqa: E731
         width = projection.width
     elif words[0] == "pca":
@@ -103,9 +106,10 @@ def variant(name: str, idx: actindex.Index, families: list[str]) -> tuple[Transf
     else:
         project = lambda _family, v: np.asarray(v, np.float32)  # noqa: E731
         width = hidden
-    rounded = int8_rounded if quantised else unit_float16 if dtype == "float16" else None
+    rounded = (lambda v: int_rounded(v, 2 ** (bits - 1) - 1)) if bits else unit_float16 if dtype == "float16" else None
     transform = project if rounded is None else (lambda family, v: rounded(project(family, v)))
-    per_row = len(families) * (width * (1 if quantised else np.dtype(dtype).itemsize) + (0 if rounded is None else 4))
+    stored = -(-width * bits // 8) if bits else width * np.dtype(dtype).itemsize
+    per_row = len(families) * (stored + (0 if rounded is None else 4))
     return transform, "float32", per_row
 
 
