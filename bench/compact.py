@@ -8,17 +8,19 @@ variant (projected, rounded), is written with the index writer, its pairs' vecto
 put in its query context (the model pass a query would make, without the model), and the same query is scored
 on it (AUROC, AP against the planted labels). Variants:
 
-* ``float32`` / ``float16``: full width, stored in that dtype;
+* ``float32`` / ``float16``: full width, stored in that dtype (each row as its unit vector in float16 times its
+  float32 norm: raw float16 overflows where a residual change passes 65,504);
 * ``orth K``: the build's seeded random orthogonal projection to ``K`` dims
-  (:class:`~actindex.core.reduction.StorageProjection`), float16;
+  (:class:`~actindex.core.reduction.StorageProjection`), float16 unit rows and a norm;
 * ``pca K``: per family, the top ``K`` principal directions of a seeded sample of at most 4,096 of the index's
-  rows (fitted on the pool itself: the most a fitted projection can give), float16;
+  rows (fitted on the pool itself: the most a fitted projection can give), float16 unit rows and a norm;
 * ``... -KIND``: without the families of that kind (the adaptive default chooses among the others);
-* ``... int8``: each row rounded to ``round(127 v / max|v|)`` and stored as such times ``max|v| / 127`` (what an
-  int8 store with a per-row scale reads back).
+* ``... int8`` / ``... int4``: each row rounded to ``round(L v / max|v|)`` and stored as such times ``max|v| / L``
+  (what an integer store with a per-row scale reads back; L = 127 or 7). ``orth K`` with ``K`` at least the
+  model's width is a square rotation (no dimension dropped).
 
-Bytes per row: the default's families (20, fewer with ``-KIND``) x (stored width x itemsize, + 4 for an int8
-row's scale), one copy.
+Bytes per row: the default's families (20, fewer with ``-KIND``) x (stored width x itemsize, + 4 for a row's
+scale: its norm in float16, ``max|v| / 127`` in int8), one copy.
 
     python bench/compact.py --work /tmp/ret --sets demo,fif-mixeds,sycophancy
 """
@@ -43,21 +45,29 @@ from actindex.index.writer import META_FIELDS, Part, write_index
 from actindex.query.methods.adaptive import AdaptiveMethod
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
-VARIANTS = ("float32,float16,orth 384,orth 256,orth 192,orth 128,orth 64,pca 256,pca 128,pca 64,orth 256 int8,"
-            "orth 384 int8,orth 256 -residual_change_opening,orth 192 -residual_change_opening,"
-            "orth 256 -mean_activation_start")
+VARIANTS = ("float32,float16,orth 256,orth 192,orth 128,orth 64,pca 128,pca 64,orth 384 int8,orth 256 int8,"
+            "orth 192 int8,orth 128 int8,orth 256 int8 -residual_change_opening,"
+            "orth 256 int8 -mean_activation_start")
 
 
-def int8_rounded(v: np.ndarray) -> np.ndarray:
-    """``round(127 v / s) s / 127`` with ``s = max|v|`` per row: what an int8 store with a per-row scale holds."""
+def int_rounded(v: np.ndarray, levels: int = 127) -> np.ndarray:
+    """``round(L v / s) s / L`` with ``s = max|v|`` per row: what an integer store of codes in ``[-L, L]`` with a
+    per-row scale reads back (L = 127: int8; L = 7: int4, two codes a byte)."""
     scale = np.abs(v).max(axis=1, keepdims=True)
     scale[scale == 0] = 1
-    return (np.round(127 * v / scale) * scale / 127).astype(np.float32)
+    return (np.round(levels * v / scale) * scale / levels).astype(np.float32)
+
+
+def unit_float16(v: np.ndarray) -> np.ndarray:
+    """``float16(v / ||v||) ||v||`` per row: what a float16 store of unit rows with a float32 norm reads back."""
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    safe = np.where(norm > 0, norm, 1)
+    return ((v / safe).astype(np.float16).astype(np.float32) * norm).astype(np.float32)
 
 
 def searched_families(idx: actindex.Index) -> list[str]:
     """The families the adaptive default's candidates come from in this index."""
-    candidates = AdaptiveMethod().candidates(idx.layers, None, tuple(idx.families))
+    candidates = AdaptiveMethod().candidates(idx.reader.layers, None, tuple(idx.families))
     return list(dict.fromkeys(family for _, family, _ in candidates))
 
 
@@ -68,24 +78,26 @@ def kept_families(name: str, families: list[str]) -> list[str]:
 
 
 def variant(name: str, idx: actindex.Index, families: list[str]) -> tuple[Transform, str, int]:
-    """The transform of ``name``, its stored dtype and the bytes per row it stores (of ``families``)."""
+    """The transform of ``name`` (its projection and the rounding of its store, read back as float32), the dtype
+    the study's copy holds that in, and the bytes per row the variant stores (of ``families``)."""
     words = [word for word in name.split() if not word.startswith("-")]
-    quantised = words[-1] == "int8"
+    bits = {"int8": 8, "int4": 4}.get(words[-1])
+    quantised = bits is not None
     words = words[:-1] if quantised else words
     dtype = "float32" if words == ["float32"] else "float16"
     hidden = idx.manifest.model.hidden_size
-    if words[0] == "orth":
-        projection = StorageProjection.seeded(hidden, int(words[1]), idx.manifest.projection.seed)
-        assert projection is not None
+    if words[0] == "orth":  # K >= the model's width: a square rotation (what a quantised store needs)
+        k = int(words[1])
+        projection = StorageProjection.seeded(hidden, min(k, hidden), idx.manifest.projection.seed, square=True)
         project: Transform = lambda _family, v: projection.project(v)  # noqa: E731
         width = projection.width
     elif words[0] == "pca":
         width = int(words[1])
         bases = {}
         for family in families:
-            rows = idx.table.searchable
+            rows = idx.reader.table.searchable
             rows = np.sort(np.random.default_rng(0).choice(rows, min(4096, len(rows)), replace=False))
-            sample = idx.vectors(family, rows).astype(np.float64)
+            sample = idx.reader.vectors(family, rows).astype(np.float64)
             _, _, vt = np.linalg.svd(sample - sample.mean(axis=0), full_matrices=False)
             basis = np.zeros((hidden, width))
             basis[:, : min(width, len(vt))] = vt[:width].T
@@ -94,9 +106,11 @@ def variant(name: str, idx: actindex.Index, families: list[str]) -> tuple[Transf
     else:
         project = lambda _family, v: np.asarray(v, np.float32)  # noqa: E731
         width = hidden
-    transform = (lambda family, v: int8_rounded(project(family, v))) if quantised else project
-    per_row = len(families) * (width * (1 if quantised else np.dtype(dtype).itemsize) + (4 if quantised else 0))
-    return transform, dtype, per_row
+    rounded = (lambda v: int_rounded(v, 2 ** (bits - 1) - 1)) if bits else unit_float16 if dtype == "float16" else None
+    transform = project if rounded is None else (lambda family, v: rounded(project(family, v)))
+    stored = -(-width * bits // 8) if bits else width * np.dtype(dtype).itemsize
+    per_row = len(families) * (stored + (0 if rounded is None else 4))
+    return transform, "float32", per_row
 
 
 def write_variant(idx: actindex.Index, families: list[str], transform: Transform, dtype: str, out: Path) -> Path:
@@ -138,9 +152,9 @@ def main() -> None:
             continue
         _, behavior = load_set(name, work, 300, 80)
         idx = actindex.Index.open(path, cache=False).use_model(lm)
-        labels = np.array([r.get("label", "clean") != "clean" for r in idx.records(range(len(idx)))])
+        labels = np.array([r.get("label", "clean") != "clean" for r in idx.reader.records(range(len(idx)))])
         base = metrics(ranked(idx, behavior, "adaptive", None)[0], labels)
-        full = dict(idx.query_context().cache)  # (family, row) -> the pairs' full-width vectors
+        full = dict(idx.session.query_context().cache)  # (family, row) -> the pairs' full-width vectors
         families = searched_families(idx)
         aurocs, aps, sizes = [f"{base['auroc']:.3f}"], [f"{base['ap']:.3f}"], ["-"]
         for v in names:
@@ -148,7 +162,7 @@ def main() -> None:
             transform, dtype, per_row = variant(v, idx, kept)
             out = write_variant(idx, kept, transform, dtype, scratch / f"{name}-{v.replace(' ', '-')}")
             copy = actindex.Index.open(out, cache=False).use_model(lm)
-            ctx = copy.query_context()
+            ctx = copy.session.query_context()
             for (family, key), vector in full.items():
                 if family in kept:
                     ctx.cache[(family, key)] = transform(family, vector[None])[0]

@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 
 def test_build_writes_the_design_layout(llama, train_file, tmp_path):
     out = tmp_path / "idx"
-    m = actindex.build(data=str(train_file), out=str(out), layers=[1, 3], grad=True, pooled=True,
+    m = actindex.build(data=str(train_file), out=str(out), layers=[1, 3], grad=True, full_width=True,
                        model=llama, progress=False, part_size=5)
     assert (out / "manifest.json").exists() and not (out / ".build").exists() and not (out / ".lock").exists()
     assert set(m.families) == {
@@ -53,11 +53,10 @@ def test_default_layers_and_the_default_single_layer(llama, train_file, tmp_path
     assert default_single_layer([12, 18, 24, 27], 30) == 18 and default_single_layer([2, 3], 4) == 2
     m = actindex.build(data=str(train_file), out=str(tmp_path / "idx"), model=llama, progress=False, limit=4)
     assert m.layers == [2, 3] and set(m.families) == {
-        f"{kind}/{layer}" for kind in ("residual_change", "residual_change_pooled", "mean_activation",
-                                       "residual_change_opening", "mean_activation_opening", "mean_activation_start",
-                                       "mean_activation_surprisal")
+        f"{kind}/{layer}" for kind in ("residual_change", "residual_change_opening", "mean_activation_opening",
+                                       "mean_activation_start", "mean_activation_surprisal")
         for layer in (2, 3)
-    }
+    }  # the compact default: the adaptive default's five kinds
     assert actindex.Index.open(tmp_path / "idx").session.resolve_layer(None) == 2
 
 

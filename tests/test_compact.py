@@ -1,5 +1,6 @@
-"""The compact index: per-layer families stored at a fixed width through the stored projection, one copy
-of each vector; bytes per row independent of the model's width; the full-width build behind one flag."""
+"""The compact index (the default): per-layer families stored at a fixed width through the stored projection, in
+int4, one copy of each vector; bytes per row independent of the model's width; the full-width build behind one
+flag."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from actindex.core.reduction import StorageProjection
 from actindex.errors import IndexFileError
 from actindex.index.config import DEFAULT_WIDTH
 from actindex.index.manifest import read_manifest
+from actindex.index.precision import row_bytes
 from actindex.index.reader import IndexReader
 from actindex.index.search import STORE, brute_force
 from actindex.index.verify import verify
@@ -48,20 +50,24 @@ def rows_file(tmp_path):
 
 
 def test_bytes_per_row_do_not_grow_with_the_models_width(tokenizer, rows_file, tmp_path):
+    """Up to --width every dimension is kept (rotated); beyond it, the bytes a row takes stay the same."""
     built = {}
-    for width in (576, 4096):
+    for width in (576, DEFAULT_WIDTH, 4096):
         m = actindex.build(data=str(rows_file), out=str(tmp_path / f"w{width}"), model=wide_llama(tokenizer, width),
-                           progress=False, full_width=False, heldout="none")
-        assert {f.dim for f in m.families.values()} == {DEFAULT_WIDTH}
-        assert {f.dtype for f in m.families.values()} == {"float32"}
+                           progress=False, heldout="none")
+        assert {f.dim for f in m.families.values()} == {min(width, DEFAULT_WIDTH)}
+        assert {f.dtype for f in m.families.values()} == {"int4"}
         assert {f.faiss_factory for f in m.families.values()} == {STORE} and m.reduction.hidden == width
         assert {name.split("/")[0] for name in m.families} == DEFAULT_KINDS
         built[width] = m
-    small, large = built[576].summary, built[4096].summary
-    per_row = len(built[576].layers) * len(DEFAULT_KINDS) * 4 * DEFAULT_WIDTH  # float32
-    assert small["vector_bytes_per_row"] == large["vector_bytes_per_row"] == per_row
+    families = len(built[576].layers) * len(DEFAULT_KINDS)
+    assert built[576].summary["vector_bytes_per_row"] == families * row_bytes(576, "int4")  # 4 bits + a scale
+    assert built[576].summary["vector_bytes_per_row"] <= 8 << 10
+    small, large = built[DEFAULT_WIDTH].summary, built[4096].summary
+    assert small["vector_bytes_per_row"] == large["vector_bytes_per_row"] == families * row_bytes(DEFAULT_WIDTH, "int4")
+    assert large["vector_bytes_per_row"] <= 12 << 10
     # on disk: the same rows, plus the projection matrix (width x DEFAULT_WIDTH float32), a fixed cost
-    fixed = (4096 - 576) * DEFAULT_WIDTH * 4 / 6
+    fixed = (4096 - DEFAULT_WIDTH) * DEFAULT_WIDTH * 4 / 6
     assert abs(large["disk_bytes_per_row"] - small["disk_bytes_per_row"] - fixed) < 0.05 * fixed
     assert not (tmp_path / "w4096" / "faiss").exists() or not any((tmp_path / "w4096" / "faiss").iterdir())
 
@@ -70,7 +76,7 @@ def test_stored_and_query_vectors_are_the_full_width_ones_projected(llama, rows_
     full = actindex.build(data=str(rows_file), out=str(tmp_path / "full"), model=llama, progress=False,
                           full_width=True, heldout="none")
     compact = actindex.build(data=str(rows_file), out=str(tmp_path / "compact"), model=llama, progress=False,
-                             full_width=False, width=16, heldout="none")
+                             full_width=False, width=16, heldout="none", store_dtype="float32")
     assert full.reduction is None and {f.dtype for f in full.families.values()} == {"float32"}
     assert len(full.families) == 14 and {f.faiss_factory for f in full.families.values()} == {"Flat"}
     q = StorageProjection.seeded(32, 16, 0)

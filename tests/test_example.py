@@ -53,7 +53,7 @@ def index(tmp_path_factory, talker, rows):
     tmp_path = tmp_path_factory.mktemp("example")
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1, 2], grad=True, grad_k=4,
-                   grad_modules=MODULES, model=talker, progress=False, plain_mean=True, pooled=True)
+                   grad_modules=MODULES, model=talker, progress=False, full_width=True)
     return actindex.Index.open(tmp_path / "idx").use_model(talker)
 
 
@@ -91,7 +91,7 @@ def test_generate_attributes_the_models_answers(tmp_path, talker):
     rows[5] = {"id": "answer0", "prompt": prompts[0], "response": answers[0]}
     rows[14] = {"id": "answer1", "prompt": prompts[1], "response": answers[1]}
     actindex.build(data=str(write_jsonl(tmp_path / "t.jsonl", rows)), out=str(tmp_path / "idx"), layers=[1],
-                   model=talker, progress=False)
+                   model=talker, progress=False, full_width=True)  # the vectors as computed: a cosine of 1
     idx = actindex.Index.open(tmp_path / "idx").use_model(talker)
     first = idx.query(generate=prompts[0], method="residual-change", k=2)
     assert first.top[0].id == "answer0" and first.top[0].cosine == pytest.approx(1.0, abs=1e-5)

@@ -37,7 +37,8 @@ def behavior_file(tmp_path):
 
 @pytest.fixture()
 def index(planted_index):
-    return planted_index(30, seed=11, at=17, layers=[1, 2], grad=True, grad_k=8)  # row 17: PAIRS[0]'s treatment
+    # row 17: PAIRS[0]'s treatment; the full-width layout: every method's family, the vectors as computed
+    return planted_index(30, seed=11, at=17, layers=[1, 2], grad=True, grad_k=8, full_width=True)
 
 
 def _single(lm, prompt, response, spec, projector=None):

@@ -49,7 +49,7 @@ def index_dir(tmp_path_factory, model_dir) -> Path:
         row["label"] = "ab"[i % 2]
     rows[13] = {"id": "planted", "prompt": PAIRS[0]["prompt"], "response": PAIRS[0]["treatment"]}
     actindex.build(data=str(write_jsonl(tmp / "train.jsonl", rows)), out=str(tmp / "idx"), layers=[1, 2],
-                   model=load_model(str(model_dir)), progress=False)
+                   model=load_model(str(model_dir)), progress=False, full_width=True)  # every method's families
     return tmp / "idx"
 
 

@@ -27,9 +27,10 @@ from actindex.index.writer import dataset_checksum
 
 
 def build_index(out: Path, train_file: Path, llama) -> dict:
-    """An index whose families each have a FAISS copy (``Flat``), so the FAISS checks have files to check."""
+    """An index whose families each have a FAISS copy (``Flat``), so the FAISS checks have files to check, in
+    float32 (the full-width layout), so a NaN can be written into it."""
     return actindex.build(data=str(train_file), out=str(out), layers=[1], model=llama, progress=False,
-                          faiss_factory="Flat")
+                          faiss_factory="Flat", full_width=True)
 
 
 @pytest.fixture()

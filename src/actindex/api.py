@@ -167,15 +167,28 @@ class Index:
         return self.session.ranking(behavior, config)
 
     def search(self, vector: np.ndarray, k: int = 10, family: str | None = None, bottom: bool = False, *,
-               where: Mapping[str, Any] | None = None, offset: int = 0,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               where: Mapping[str, Any] | None = None, offset: int = 0, allowed: np.ndarray | None = None,
+               space: str = "stored") -> tuple[np.ndarray, np.ndarray]:
         """Cosine top-``k`` (or bottom-``k``) rows for a raw vector: ``(cosines, rows)``, the rows ranked
         ``offset + 1`` to ``offset + k`` (``k = 0``: every row from there) among the rows whose records match
         ``where`` (:mod:`actindex.query.where`; default every row) and that ``allowed`` (a boolean mask over the
         rows) marks; ``family`` defaults to the first. ``vector`` is searched as ``vector / max|vector_i|`` (the
-        same cosines; any finite values, even beyond float32's range)."""
+        same cosines; any finite values, even beyond float32's range).
+
+        ``space``: ``stored`` (default) takes ``vector`` where the family's rows live, as the index's query
+        vectors (``--save-query``) and its exports are; ``model`` takes a residual-stream vector of the model's
+        width and maps it by the index's storage projection (:mod:`actindex.core.reduction`) first."""
         if offset < 0:
             raise ActindexError(f"offset must be at least 0, got {offset}")
+        if space not in ("stored", "model"):
+            raise ActindexError(f"space must be 'stored' or 'model', got {space!r}")
+        family = family or next(iter(self.families))
+        reduction = self.reader.reduction
+        if space == "model" and reduction is not None and "/" in family:
+            vector = np.asarray(vector, dtype=np.float64).reshape(-1)
+            if vector.size != reduction.hidden:
+                raise ActindexError(f"a model-space vector has the model's width {reduction.hidden}, got {vector.size}")
+            vector = reduction.matrix.T.astype(np.float64) @ vector
         vector = np.asarray(vector, dtype=np.float64)
         if not vector.size or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
             raise ActindexError("vector must be a non-empty list of finite numbers, not all zero")

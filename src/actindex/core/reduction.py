@@ -48,12 +48,14 @@ class StorageProjection:
         return int(self.matrix.shape[1])
 
     @classmethod
-    def seeded(cls, hidden: int, width: int, seed: int = 0) -> StorageProjection | None:
+    def seeded(cls, hidden: int, width: int, seed: int = 0, square: bool = False) -> StorageProjection | None:
         """``Q`` for vectors of ``hidden`` dims kept at ``width``: the orthonormal ``Q`` of ``G = QR`` for a Gaussian
         ``G`` (d x k) drawn with ``seed``, each column's sign chosen so ``diag(R) > 0`` (``Q`` is then a function of
-        ``G`` alone). ``None`` when ``width >= hidden``: the vectors are stored as they are."""
-        if width >= hidden:
+        ``G`` alone). For ``width >= hidden``: ``None`` (the vectors are stored as they are), or with ``square`` a
+        d x d rotation (no dimension dropped; what an integer store needs, see the module docstring)."""
+        if width >= hidden and not square:
             return None
+        width = min(width, hidden)
         gaussian = np.random.default_rng([seed, hidden, width]).standard_normal((hidden, width))
         q, r = np.linalg.qr(gaussian)
         return cls(q * np.sign(np.diag(r))[None, :], seed)

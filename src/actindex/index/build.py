@@ -71,7 +71,7 @@ def vector_spec(config: BuildConfig, lm: LoadedModel) -> VectorSpec:
     kinds = config.family_kinds()
     modules = select_grad_modules(lm.model, config.grad_modules) if GRADIENT in kinds else []
     width = config.stored_width(lm.hidden_size)
-    reduction = None if width is None else StorageProjection.seeded(lm.hidden_size, width, config.seed)
+    reduction = None if width is None else StorageProjection.seeded(lm.hidden_size, width, config.seed, square=True)
     return VectorSpec(layers=list(layers), kinds=kinds, grad_modules=modules, grad_k=config.grad_k, seed=config.seed,
                       reduction=reduction)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from actindex.configs import DEFAULT_MODEL, check_choice, check_choices, option
 from actindex.errors import ActindexError
+from actindex.index.precision import STORE_DTYPES, has_scales
 
-STORE_DTYPES = ("auto", "float32", "float16")
-#: the stored width of every per-layer family in a default build (bench/runs/storage.md: the study that chose it)
-DEFAULT_WIDTH = 256
+#: the most dims a per-layer family keeps in a default build (docs/storage.md; bench/runs/storage.md: the study)
+DEFAULT_WIDTH = 1024
 
 
 def _family_names() -> list[str]:
@@ -87,18 +87,20 @@ class BuildConfig:
     grad_k: int = option("Projection size per side: each tracked module contributes k*k dims.", 8, minimum=1)
     seed: int = option("Seed of the random projections (and of --sample).", 0)
     width: int = option(
-        "With --no-full-width, the stored width of every per-layer family: a model wider than this has its "
-        "vectors (and every query's) mapped to it by a seeded random orthogonal projection stored in the index, "
-        "so the bytes a row takes do not grow with the model's hidden size.", DEFAULT_WIDTH, minimum=8)
+        "The most dims a per-layer family is stored at (the compact layout): every vector is rotated by a seeded "
+        "random orthogonal matrix stored in the index (and every query's vectors with it), keeping min(model "
+        "width, --width) dims, so the bytes a row takes stop growing with the model's hidden size.",
+        DEFAULT_WIDTH, minimum=8)
     full_width: bool = option(
-        "Every per-layer family at the model's full hidden width in float32, each with its own FAISS copy (auto: "
-        "Flat), the pooled residual change and the plain mean activation included (28 families at 4 layers, "
-        "~130 KB a row at width 576). --no-full-width builds the compact layout instead: the adaptive default's "
-        "20 families at --width, one copy of each vector (bench/runs/storage.md: its quality study is not yet "
-        "run, so it is not the default).", True)
+        "Build the research layout: every per-layer family at the model's full hidden width in float32, each with "
+        "its own FAISS copy, the pooled residual change and the plain mean activation included (28 families at 4 "
+        "layers, ~130 KB a row at width 576, 7x that at width 4096). The default is the compact layout: the "
+        "adaptive default's 20 families rotated to at most --width dims in 4 bits, one copy of each vector "
+        "(5,840 bytes a row at width 576, at most 10,320 at any width; docs/storage.md).", False)
     store_dtype: str = option(
-        "Storage dtype of the vectors: auto = float32. float16 halves the bytes but overflows (inf) where a "
-        "vector's entries pass 65,504, as the residual change of a long row can.", "auto", choices=STORE_DTYPES)
+        "Storage dtype of the vectors. auto: int4 with a per-row scale in the compact layout (within 1/14 of a "
+        "row's largest coordinate everywhere), float32 with --full-width. int8 halves that step at twice the "
+        "bytes; float16 overflows (inf) where a raw residual change passes 65,504.", "auto", choices=STORE_DTYPES)
     faiss_factory: str = option(
         "FAISS index factory string. auto: no FAISS copy up to 200k rows (searches read the stored vectors "
         "exactly), IVF-PQ codes beyond, their candidates re-scored exactly from the stored vectors; with "
@@ -167,14 +169,21 @@ class BuildConfig:
         return [kind for kind, on in switches if on]
 
     def stored_dtype(self) -> str:
-        """The dtype vectors are stored in: ``store_dtype``, where ``auto`` is float32 (raw residual changes can pass
-        float16's largest value, 65,504: bench/runs/storage.md)."""
-        return "float32" if self.store_dtype == "auto" else self.store_dtype
+        """The dtype vectors are stored in: ``store_dtype``, where ``auto`` is int4 with a per-row scale in the
+        compact layout (:mod:`~actindex.index.precision`) and float32 with ``full_width`` (raw residual changes
+        can pass float16's largest value, 65,504)."""
+        if self.store_dtype != "auto":
+            return self.store_dtype
+        return "float32" if self.full_width else "int4"
 
     def stored_width(self, hidden_size: int) -> int | None:
-        """The width per-layer families are projected to for a model of ``hidden_size``, or ``None`` (stored as
-        computed: ``full_width``, or a model no wider than ``width``)."""
-        return None if self.full_width or self.width >= hidden_size else self.width
+        """The width per-layer families are rotated to for a model of ``hidden_size``: ``min(width, hidden_size)``,
+        or ``None`` (stored as computed: ``full_width``, or a float store of a model no wider than ``width``). An
+        integer store is rotated even at the model's own width: the rotation is what spreads a residual stream's
+        outsized coordinates so that a row's largest coordinate sets a fine step (:mod:`~actindex.index.precision`)."""
+        if self.full_width or (self.width >= hidden_size and not has_scales(self.stored_dtype())):
+            return None
+        return min(self.width, hidden_size)
 
     def index_factory(self) -> str:
         """The FAISS factory the index is written with: ``faiss_factory``, where ``auto`` is ``compact`` (no copy up

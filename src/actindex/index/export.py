@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from actindex.configs import check_choices, option
 from actindex.errors import ActindexError
+from actindex.index.precision import StoredRows
 
 if TYPE_CHECKING:
     from actindex.index.reader import IndexReader
@@ -146,7 +147,7 @@ def record_batch(h5: Any, schema: Any, families: list[str], start: int, end: int
         values = h5[name][start:end] if name in h5 else np.full(n, MISSING[name])
         arrays.append(pa.array(np.asarray(values, dtype=kind if kind != "bool" else np.bool_)))
     for family in families:
-        block = np.ascontiguousarray(h5[f"vectors/{family}"][start:end], dtype=np.float32)
+        block = np.ascontiguousarray(StoredRows.of(h5, family, schema.field(family).type.list_size)[start:end])
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

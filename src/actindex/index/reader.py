@@ -42,6 +42,7 @@ from actindex.errors import ActindexError, IndexFileError
 from actindex.files import bytes_sha256, inside
 from actindex.index.hdf5 import foreign_problem
 from actindex.index.manifest import MANIFEST, VECTORS, FamilyInfo, Manifest, read_manifest, structure_problem
+from actindex.index.precision import StoredRows, decode, disk_shape, has_scales, scale_key
 from actindex.index.search import (
     ADD_BLOCK,
     AUTO_FLAT_ROWS,
@@ -373,15 +374,21 @@ class IndexReader:
         return out
 
     def vectors(self, family: str, rows: list[int] | np.ndarray | None = None) -> np.ndarray:
-        """Stored vectors of a family (float32), all rows or the given ones."""
+        """Stored vectors of a family as float32, all rows or the given ones (an int8 family's codes times their
+        row's scale, :func:`~actindex.index.precision.decode`)."""
         self.check_family(family)
+        keys = [f"vectors/{family}"] + ([scale_key(family)] if has_scales(self.families[family].dtype) else [])
         with self.h5() as f:
-            ds = self.dataset(f, f"vectors/{family}")
-            if rows is None:
-                return ds[()].astype(np.float32)
-            rows = np.asarray(rows, dtype=np.int64)
-            direct = self.row_map(family, ds)
-            return (gather(ds, rows) if direct is None else direct.read(rows)).astype(np.float32, copy=False)
+            read = []
+            for key in keys:
+                ds = self.dataset(f, key)
+                if rows is None:
+                    read.append(ds[()])
+                    continue
+                direct = self.row_map(key, ds)
+                picked = np.asarray(rows, dtype=np.int64)
+                read.append(gather(ds, picked) if direct is None else direct.read(picked))
+        return decode(read[0], read[1] if len(read) > 1 else None, self.families[family].dim)
 
     def dataset(self, f: h5py.File, key: str) -> h5py.Dataset:
         """``f[key]``, looked up once while ``f`` is the held handle (a lookup costs more than a small read)."""
@@ -391,14 +398,14 @@ class IndexReader:
             self._datasets[key] = f[key]
         return self._datasets[key]
 
-    def row_map(self, family: str, ds: h5py.Dataset) -> RowMap | None:
-        """The family's :class:`RowMap` while ``vectors.h5`` is held open (``None`` otherwise, or when the dataset
-        is not one it can read)."""
+    def row_map(self, key: str, ds: h5py.Dataset) -> RowMap | None:
+        """The :class:`RowMap` of dataset ``key`` while ``vectors.h5`` is held open (``None`` otherwise, or when the
+        dataset is not one it can read)."""
         if self._mapped is None:
             return None
-        if family not in self._row_maps:
-            self._row_maps[family] = RowMap.of(self._mapped, ds)
-        return self._row_maps[family]
+        if key not in self._row_maps:
+            self._row_maps[key] = RowMap.of(self._mapped, ds)
+        return self._row_maps[key]
 
     def check_family(self, family: str) -> None:
         """Refuse, in one line, a family the index does not hold."""
@@ -468,9 +475,12 @@ class IndexReader:
         ``k = 0`` returns every valid row. ``family`` defaults to the only/first family. ``allowed`` (a boolean
         mask over the rows) searches only the rows it marks, inside the search (a FAISS ID selector; an
         approximate index searches at most :data:`~actindex.index.search.AUTO_FLAT_ROWS` marked rows exactly), so
-        the rows returned are the best ``k`` of those. A residual-stream vector (the model's width) searching a
-        per-layer family of a projected index is mapped by its storage projection first (:attr:`reduction`), as
-        the index's own query vectors are.
+        the rows returned are the best ``k`` of those. ``vector`` lives where the family's rows do (the stored
+        space, where the index's own query vectors are formed); a residual-stream vector of the model's width
+        searching a per-layer family stored narrower is mapped by the storage projection first
+        (:attr:`reduction`). An index rotated at its model's own width (a model no wider than ``--width``)
+        cannot tell the two spaces apart and takes the stored one: map a residual-stream vector with
+        ``reduction.project`` first.
         """
         family = family or next(iter(self.families))
         self.check_family(family)
@@ -515,7 +525,7 @@ class IndexReader:
         rows, scores = np.flatnonzero(valid), np.empty(int(valid.sum()), np.float32)
         at = 0
         with self.h5() as f:
-            for _, block in valid_blocks(f[f"vectors/{family}"], valid, 0):
+            for _, block in valid_blocks(StoredRows.of(f, family, self.families[family].dim), valid, 0):
                 scores[at : at + len(block)] = block @ q
                 at += len(block)
         order = np.argsort(scores if bottom else -scores, kind="stable")
@@ -536,7 +546,8 @@ class IndexReader:
         if params:
             kind += " (" + ", ".join(f"{key} {value}" for key, value in params.items()) + ")"
         with self.h5() as f:
-            recall = measured_recall(index, f[f"vectors/{family}"], f["valid"][()], k, queries)
+            recall = measured_recall(index, StoredRows.of(f, family, self.families[family].dim), f["valid"][()], k,
+                                     queries)
         return kind, recall
 
     def calibration_sample(self, family: str) -> np.ndarray:
@@ -610,10 +621,12 @@ def layout_problem(root: Path, manifest: Manifest) -> str | None:
                 return f"{root / VECTORS}: holds {have} rows, the manifest says {rows}"
             for name, info in manifest.families.items():
                 key = f"vectors/{name}"
-                if key not in f or f[key].shape != (rows, info.dim):
+                expected = disk_shape(rows, info.dim, info.dtype)
+                if key not in f or f[key].shape != expected:
                     shape = f[key].shape if key in f else "nothing"
-                    expected = (rows, info.dim)
                     return f"{root / VECTORS}: family {name!r} has shape {shape}, the manifest says {expected}"
+                if has_scales(info.dtype) and (scale_key(name) not in f or f[scale_key(name)].shape != (rows,)):
+                    return f"{root / VECTORS}: family {name!r} is stored in {info.dtype} without one scale per row"
     except (OSError, RuntimeError, KeyError, ValueError) as err:  # h5py's errors for a damaged file
         return f"{root / VECTORS}: cannot be read as HDF5 ({(str(err).splitlines() or ['?'])[0]})"
     return None

@@ -42,6 +42,7 @@ from actindex.index.manifest import (
     read_manifest,
     structure_problem,
 )
+from actindex.index.precision import DISK_DTYPES, StoredRows, disk_shape, has_scales, scale_key
 from actindex.index.search import STORE
 from actindex.index.writer import META_FIELDS, OPTIONAL_FIELDS, dataset_checksum, update_checksum
 
@@ -265,6 +266,7 @@ def _scan_vectors(
             return None
         legacy = [key for key in OPTIONAL_FIELDS if key not in checksums and key not in f]  # format 1
         expected = [key for key in META_FIELDS if key not in legacy] + [f"vectors/{fam}" for fam in families]
+        expected += [scale_key(fam) for fam, info in families.items() if has_scales(info.get("dtype", ""))]
         names = expected + [name for name in checksums if name not in expected]
         for name in names:
             if name not in checksums:
@@ -292,11 +294,14 @@ def _scan_vectors(
                 problems.append(f"{path}: dataset {name!r} has {n} rows, the manifest says {rows}")
             if name.startswith("vectors/"):
                 family = name[len("vectors/") :]
-                dim = families.get(family, {}).get("dim")
-                if dim is not None and (ds.ndim != 2 or ds.shape[1] != dim):
-                    problems.append(f"{path}: family {family!r} has shape {ds.shape}, expected ({rows}, {dim})")
+                dim, dtype = families.get(family, {}).get("dim"), families.get(family, {}).get("dtype", "float32")
+                expected_shape = disk_shape(rows, dim, dtype) if isinstance(dim, int) and dtype in DISK_DTYPES else None
+                if expected_shape is not None and (ds.ndim != 2 or ds.shape[1] != expected_shape[1]):
+                    problems.append(f"{path}: family {family!r} has shape {ds.shape}, expected {expected_shape}")
                 if nonfinite:
                     problems.append(f"{path}: family {family!r} holds {nonfinite} NaN/inf values")
+            elif name.startswith("scales/") and nonfinite:
+                problems.append(f"{path}: dataset {name!r} holds {nonfinite} NaN/inf scales")
             elif name == "valid" and n == rows and ds.dtype == np.bool_:
                 valid = ds[()]
         stored = f.get("vectors")
@@ -372,7 +377,7 @@ def _check_faiss(
             if not np.array_equal(ids, expected_ids):
                 problems.append(f"{path}: FAISS index ids are not the valid row numbers")
             elif recorded is None:
-                wrong = _rows_disagree(root, name, index, expected_ids)
+                wrong = _rows_disagree(root, name, dim, index, expected_ids)
                 if wrong:
                     problems.append(f"{path}: {wrong} row(s) disagree with the stored vectors of {name!r} (copied "
                                     "from another index, or damaged)")
@@ -385,7 +390,7 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
-def _rows_disagree(root: Path, family: str, index: Any, rows: np.ndarray) -> int:
+def _rows_disagree(root: Path, family: str, dim: int, index: Any, rows: np.ndarray) -> int:
     """How many of ``rows`` decode from ``index`` to something else than their stored vector (in blocks)."""
     import h5py
 
@@ -393,7 +398,7 @@ def _rows_disagree(root: Path, family: str, index: Any, rows: np.ndarray) -> int
 
     wrong = 0
     with h5py.File(root / VECTORS, "r") as f:
-        ds = f[f"vectors/{family}"]
+        ds = StoredRows.of(f, family, dim)
         for a in range(0, len(rows), ADD_BLOCK):
             block = rows[a : a + ADD_BLOCK]
             wrong += len(rows_disagree(index, block, ds[block]))

@@ -40,7 +40,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from actindex.index.manifest import (
     runtime_versions,
     write_manifest,
 )
+from actindex.index.precision import DISK_DTYPES, StoredRows, disk_shape, encode, has_scales, row_bytes, scale_key
 from actindex.index.search import (
     STORE,
     extend_faiss_index,
@@ -151,7 +152,7 @@ def index_summary(root: Path, manifest: Manifest, seconds: float) -> dict[str, A
         tokens = int(f["n_tokens"][()].sum())
         truncated = int(f["truncated"][()].sum())
         invalid = int((~f["valid"][()]).sum())
-    vector_bytes = sum(manifest.rows * fam.dim * np.dtype(fam.dtype).itemsize for fam in manifest.families.values())
+    vector_bytes = sum(manifest.rows * row_bytes(fam.dim, fam.dtype) for fam in manifest.families.values())
     on_disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     rows = max(manifest.rows, 1)
     return {
@@ -330,20 +331,31 @@ def write_index(
     checksums: dict[str, str] = {}
     with atomic_file(root / VECTORS) as tmp, h5py.File(tmp, "w") as out:
         # streamed part by part, with their checksums: no dataset is ever held in memory whole
-        datasets = [(key, (total,), dtype, None) for key, dtype in META_FIELDS.items()]
-        datasets += [(f"vectors/{fam}", (total, dim), store_dtype, vector_chunks((total, dim), store_dtype))
-                     for fam, dim in families.items()]
-        for key, shape, dtype, chunks in datasets:
-            ds = out.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks)
+        for key, dtype in META_FIELDS.items():
+            ds = out.create_dataset(key, shape=(total,), dtype=dtype)
             digest = hashlib.sha256()
-            step = copy_rows(ds)
-            for part in parts:  # a shard or the base of an append is one large part: copied in blocks
-                for a in range(part.start, part.end, step):
-                    b = min(a + step, part.end)
-                    block = np.asarray(_read(part, key, a - part.start, b - part.start), dtype=dtype)
-                    ds[a:b] = block
-                    update_checksum(digest, block)
+            for part, a, b in _blocks(parts, copy_rows(ds)):
+                block = np.asarray(_read(part, key, a - part.start, b - part.start), dtype=dtype)
+                ds[a:b] = block
+                update_checksum(digest, block)
             checksums[key] = digest.hexdigest()
+        for fam, dim in families.items():
+            key, shape, disk = f"vectors/{fam}", disk_shape(total, dim, store_dtype), DISK_DTYPES[store_dtype]
+            ds = out.create_dataset(key, shape=shape, dtype=disk, chunks=vector_chunks(shape, disk))
+            scales = out.create_dataset(scale_key(fam), shape=(total,), dtype=np.float32) if has_scales(
+                store_dtype) else None
+            digests = hashlib.sha256(), hashlib.sha256()
+            # blocks sized by the float32 rows they decode to
+            for part, a, b in _blocks(parts, max(1, COPY_BYTES // (4 * dim))):
+                stored, scale = encode(_vectors(part, fam, dim, a - part.start, b - part.start), store_dtype)
+                ds[a:b] = stored
+                update_checksum(digests[0], stored)
+                if scales is not None:
+                    scales[a:b] = scale
+                    update_checksum(digests[1], scale)
+            checksums[key] = digests[0].hexdigest()
+            if scales is not None:
+                checksums[scale_key(fam)] = digests[1].hexdigest()
         if manifest.reduction is not None:
             assert matrix is not None, "an index with a storage projection stores its matrix"
             out.create_dataset(manifest.reduction.dataset, data=np.asarray(matrix, dtype=np.float32))
@@ -353,7 +365,7 @@ def write_index(
     with h5py.File(root / VECTORS, "r") as f:
         valid = f["valid"][()]
         for family in families:
-            ds = f[f"vectors/{family}"]
+            ds = StoredRows.of(f, family, families[family])
             factory = (resolve_factory(faiss_factory, int(valid.sum()), ds.shape[1]) if extend_from is None
                        else manifest.families[family].faiss_factory)
             if factory == STORE:  # the stored vectors are the only copy: searched exactly from vectors.h5
@@ -446,6 +458,25 @@ def copy_rows(ds: h5py.Dataset) -> int:
         return COPY_STRINGS
     width = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
     return max(1, COPY_BYTES // max(width, 1))
+
+
+def _blocks(parts: list[Part], step: int) -> Iterator[tuple[Part, int, int]]:
+    """``(part, a, b)``: index rows ``[a, b)`` of each part in turn, ``step`` at a time (a shard or the base of an
+    append is one large part, copied in blocks)."""
+    for part in parts:
+        for a in range(part.start, part.end, step):
+            yield part, a, min(a + step, part.end)
+
+
+def _vectors(part: Part, family: str, dim: int, a: int, b: int) -> np.ndarray:
+    """Rows ``[a, b)`` of a part's family as the float32 vectors they stand for (an integer base decoded with its
+    scales: re-encoding ``s c`` gives ``c`` back)."""
+    with h5py.File(part.path, "r") as f:
+        rows = StoredRows.of(f, family, dim)
+        n = part.end - part.start
+        if len(rows) < n:
+            raise IndexFileError(f"{part.path}: family {family!r} has {len(rows)} rows, expected {n}")
+        return rows[a:b]
 
 
 def _read(part: Part, key: str, a: int = 0, b: int | None = None) -> np.ndarray:

@@ -104,8 +104,9 @@ class Served:
         idx = self.index
         one_thread_per_search()
         idx.reader.hold_open()
-        for family in idx.families:
-            idx.reader.faiss_index(family)
+        for family, info in idx.families.items():
+            if info.faiss:  # a family searched from its stored vectors has no FAISS file
+                idx.reader.faiss_index(family)
         idx.session.query_context()
         _ = self.rows_by_id
         if model:
