@@ -26,11 +26,14 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import chat_rows, live, tiny_llama, write_jsonl
 
 import actindex
+from actindex.cli import main
 from actindex.core.models import load_model
 from actindex.index.search import normalise
+from actindex.query.behaviors import load_behavior
 from actindex.query.cache import BehaviorCache
 from actindex.serve.app import create_app
 from actindex.serve.config import ServeConfig
@@ -139,6 +142,32 @@ def test_an_identical_request_is_answered_from_memory_until_its_cache_entry_chan
     again = client.post("/query", json=body).json()
     assert "memory" not in again["timings"] and not again["cached"]  # computed again (its pair vectors in memory)
     same(again, second)
+
+
+def test_a_damaged_cache_entry_is_listed_as_damaged_not_cached(client, server, index_dir):
+    client.post("/query", json={"behavior": BEHAVIOR, "k": 3})  # cached
+    cache = BehaviorCache(index_dir, server[1].manifest)
+    entry = cache.path(cache.key(load_behavior(BEHAVIOR)))
+    whole = entry.read_bytes()
+    try:
+        damaged = entry.with_name("damaged.tmp")
+        damaged.write_bytes(whole[: len(whole) // 2])
+        os.replace(damaged, entry)  # another file (inode) at the entry's name, as a torn copy would leave
+        behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
+        assert not behaviors[BEHAVIOR]["cached"] and behaviors[BEHAVIOR]["damaged"] == "unreadable (BadZipFile)"
+        assert behaviors["evil"]["damaged"] is None and not behaviors["evil"]["cached"]
+        listed = {e["key"]: e for e in client.get("/cache").json()}
+        assert listed[entry.stem]["problem"] == "unreadable (BadZipFile)" and listed[entry.stem]["behavior"] == "?"
+        shown = CliRunner().invoke(main, ["cache", "list", str(index_dir)])
+        assert re.search(r"^\(damaged\) .* unreadable \(BadZipFile\)  \(" + entry.stem[:12], shown.output, re.M), \
+            shown.output
+    finally:
+        restored = entry.with_name("restored.tmp")
+        restored.write_bytes(whole)
+        os.replace(restored, entry)
+    behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
+    assert behaviors[BEHAVIOR]["cached"] and behaviors[BEHAVIOR]["damaged"] is None
+    assert client.post("/query", json={"behavior": BEHAVIOR, "k": 3}).json()["cached"]
 
 
 @pytest.mark.parametrize("method, path, body, status, message", [
@@ -457,7 +486,8 @@ def test_the_docs_render_with_the_network_cut(server, tmp_path, page, shows):
 
 # ---- access: token, CORS, root path ----------------------------------------------------------------------------
 TOKEN, ORIGIN = "s3cret-token", "https://app.example.org"
-GUARDED = [("get", "info", None), ("get", "behaviors", None), ("post", "query", {"behavior": BEHAVIOR, "k": 2}),
+GUARDED = [("get", "info", None), ("get", "behaviors", None), ("get", "cache", None),
+           ("post", "query", {"behavior": BEHAVIOR, "k": 2}),
            ("post", "search", {"vector": [1.0] * 32, "k": 2}), ("get", "rows/planted", None),
            ("get", "rows?ids=planted", None), ("post", "rows", {"ids": ["planted"]})]
 
@@ -550,6 +580,12 @@ def test_the_models_answer_is_in_every_answer_and_on_the_page(talker_server, tmp
     for _ in range(2):  # formed with the model, then from the behaviour cache: the answer is the same
         got = httpx.post(url + "query", json={"generate": prompt, "k": 3}, timeout=300).json()
         assert got["answers"] == [answer]
+    listed = [e for e in httpx.get(url + "cache").json() if e["behavior"] == "generate"]
+    assert [e["answers"] for e in listed] == [[answer]], listed
+    assert [e.answers for e in idx.session.behavior_cache.entries() if e.behavior == "generate"] == [[answer]]
+    shown = CliRunner().invoke(main, ["cache", "list", str(idx.root)])
+    assert shown.exit_code == 0 and f"  the model's answer to {prompt!r}: {answer['answer']!r}\n" in shown.output, \
+        shown.output
     if CHROMIUM is not None:
         dom = chromium(tmp_path, f"{url}?generate={prompt}&k=3")
         shown = re.search(r'<p class="answer">.*?<q>(.*?)</q></p>', dom, re.S)

@@ -75,6 +75,12 @@ class Behavior:
     #: by its own vectors (``psi = norm(mean_j v(treatment_j))``) instead of treatment minus control
     example: bool = False
 
+    def answers(self) -> list[dict[str, str]]:
+        """The model's answers this behaviour attributes (a query of its own outputs, ``generate``): ``{prompt,
+        answer}`` for each pair whose treatment the model wrote; ``[]`` for any other behaviour."""
+        return [{"prompt": p.prompt, "answer": p.treatment} for p in self.pairs
+                if p.treatment_generated and p.treatment is not None]
+
 
 @functools.cache
 def _catalog() -> dict[str, dict[str, str]]:

@@ -3,6 +3,7 @@
     GET  /health          {"status": "ok", ...}; answered on the event loop, never behind a model pass
     GET  /info            the manifest (``index.manifest.to_dict()``, paths relative to the data's folder)
     GET  /behaviors       the built-in behaviours, and whether each is in the index's behaviour cache
+    GET  /cache           the behaviour cache's entries, as ``actindex cache list`` lists them
     POST /query           a QueryRequest -> what ``actindex query --format json`` prints per behaviour
     POST /search          a raw vector and a family -> scores, rows, ids (cosine)
     GET  /rows/{id}       the row: its original record, loss, token counts, data file and line
@@ -45,6 +46,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -70,6 +72,7 @@ from actindex.serve.requests import QueryRequest, RowsRequest, SearchRequest, as
 from actindex.serve.responses import (
     ERRORS,
     BehaviorOut,
+    CacheEntryOut,
     ErrorOut,
     HealthOut,
     QueryOut,
@@ -180,10 +183,22 @@ class Served:
         return self.without_paths(self.index.manifest.to_dict())
 
     def behaviors(self) -> list[dict[str, Any]]:
+        """The built-in behaviours, each with whether a query of it is answered from the behaviour cache (an entry
+        that checks out, :meth:`BehaviorCache.status`; a damaged entry is not, and says why)."""
         cache = self.index.session.behavior_cache
-        return [{"name": name, "description": description,
-                 "cached": cache.path(cache.key(load_behavior(name))).is_file()}
-                for name, description in builtin_behaviors().items()]
+        out = []
+        for name, description in builtin_behaviors().items():
+            cached, problem = cache.status(load_behavior(name))
+            out.append({"name": name, "description": description, "cached": cached,
+                        "damaged": self.public(problem) if problem is not None else None})
+        return out
+
+    def cache_entries(self) -> list[dict[str, Any]]:
+        """The behaviour cache's entries as ``actindex cache list`` lists them (the model's answers of a
+        ``generate`` query with each), paths as :meth:`shown` shows them."""
+        return [{**asdict(entry), "source": self.shown(entry.source),
+                 "problem": entry.problem and self.public(entry.problem)}
+                for entry in self.index.session.behavior_cache.entries()]
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "rows": self.index.manifest.rows, "model_loaded": self.index.session.model_loaded,
@@ -266,6 +281,11 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
               response_model=list[BehaviorOut])
     def behaviors() -> list[dict[str, Any]]:
         return served.behaviors()
+
+    @data.get("/cache", summary="The behaviour cache's entries (what `actindex cache list` lists), damaged ones "
+                                "with why", response_model=list[CacheEntryOut])
+    def cache() -> list[dict[str, Any]]:
+        return served.cache_entries()
 
     @data.post("/query", summary="Rank the training rows for a behaviour, an example output or the model's answer",
                response_model=QueryOut)

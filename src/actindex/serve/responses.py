@@ -37,11 +37,35 @@ class HealthOut(BaseModel):
     uptime_s: float = Field(description="Seconds since the server started.")
 
 
+class AnswerOut(BaseModel):
+    prompt: str = Field(description="A prompt of the query.")
+    answer: str = Field(description="The model's answer to it (greedy), the output whose training rows are ranked.")
+
+
 class BehaviorOut(BaseModel):
     name: str = Field(description="The behaviour's name, as `behavior` of POST /query takes it.")
     description: str = Field(description="What the behaviour is.")
     cached: bool = Field(description="Whether its vectors are in the index's behaviour cache: a query of it needs "
                                      "no model pass and answers in milliseconds.")
+    damaged: str | None = Field(None, description="Why its cache entry cannot be used (then it is not cached: the "
+                                                  "next query forms it again with the model and replaces the entry).")
+
+
+class CacheEntryOut(BaseModel):
+    """One file of the index's behaviour cache: a cached behaviour, or a damaged entry and why."""
+
+    key: str = Field(description="The entry's key (its file name): a hash of the index's identity and the "
+                                 "behaviour's content.")
+    behavior: str = Field(description="The behaviour's name (`?` for a damaged entry).")
+    source: str = Field(description="Where the behaviour came from: a built-in's or a file's name, or `<request>`.")
+    families: list[str] = Field(description="The vector families its vectors are stored for.")
+    conversations: int = Field(description="The conversations (prompt and answer) whose vectors are stored.")
+    gradient: bool = Field(description="Whether its full query gradient is stored (for an exact rerank).")
+    bytes: int = Field(description="The entry's size on disk.")
+    created_at: str = Field(description="When it was written.")
+    problem: str | None = Field(description="Why a damaged entry cannot be used; null for a cached behaviour.")
+    answers: list[AnswerOut] = Field(description="A query of the model's own answers (`generate`): each prompt and "
+                                                 "the answer the model gave.")
 
 
 class HitOut(BaseModel):
@@ -62,11 +86,6 @@ class HitOut(BaseModel):
     tokens: list[str] | None = Field(None, description="The row's tokens, with per-token influence.")
     token_scores: list[float] | None = Field(None, description="Each token's share of the influence.")
     token_response: list[bool] | None = Field(None, description="Whether each token is in the response.")
-
-
-class AnswerOut(BaseModel):
-    prompt: str = Field(description="A prompt of the query.")
-    answer: str = Field(description="The model's answer to it (greedy), the output whose training rows are ranked.")
 
 
 class QueryOut(BaseModel):
