@@ -1,8 +1,8 @@
 """What the HTTP API answers: one pydantic model per response body, so that the OpenAPI schema (``/docs``,
 ``/redoc``, ``/openapi.json``) shows every answer and every error a client can get.
 
-The models describe the JSON the server sends; the hot paths (``/query`` answered from memory) send their JSON
-as it is, without validating it again through these models.
+The models describe the JSON the server sends; the hot paths (``/query``, ``/search``, ``/rows``) send their
+JSON as it is, without validating it again through these models.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class RowOut(BaseModel):
     row: int = Field(description="Its row number in the index.")
     record: dict[str, Any] | list[Any] | str | float | bool | None = Field(
         description="The original training record, every field.")
-    loss: float = Field(description="The model's loss on the row's response tokens.")
+    loss: float | None = Field(description="The model's loss on the row's response tokens (null where it is not "
+                                            "finite: then the row is not valid).")
     n_tokens: int = Field(description="Tokens in the row.")
     n_response: int = Field(description="Tokens of the response (those the loss counts).")
     valid: bool = Field(description="Whether the row is searchable (a row with a non-finite loss or vector is not).")
