@@ -38,6 +38,7 @@ from actindex.query.cache import BehaviorCache
 from actindex.serve.app import create_app
 from actindex.serve.config import ServeConfig
 from actindex.serve.memo import NOTE
+from actindex.serve.responses import InfoOut, QueryOut, RowsOut, SearchOut
 
 BEHAVIOR = "sycophancy"
 PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -98,6 +99,7 @@ def test_query_answers_what_index_query_answers(client, index_dir, model_dir):
     for body, args, options in cases:
         response = client.post("/query", json=body)
         assert response.status_code == 200, response.text
+        QueryOut.model_validate(response.json())  # the schema the docs show is the answer's
         same(response.json(), local.query(*args, **options).to_dict())
     first = client.post("/query", json={"pairs": PAIRS, "name": "symbols", "k": 3}).json()
     assert first["behavior"] == "symbols" and first["top"][0]["id"] == "planted" and not first["cached"]
@@ -110,6 +112,7 @@ def test_search_rows_info_and_behaviors(client, server):
     idx = server[1]
     vector = idx.reader.vectors("residual_change/2", [13])[0]
     found = client.post("/search", json={"vector": vector.tolist(), "family": "residual_change/2", "k": 3}).json()
+    SearchOut.model_validate(found)
     scores, rows = idx.search(vector, 3, "residual_change/2")
     assert found["rows"] == rows.tolist() and found["ids"][0] == "planted"
     np.testing.assert_allclose(found["scores"], scores, rtol=1e-6)
@@ -117,6 +120,7 @@ def test_search_rows_info_and_behaviors(client, server):
     assert row["record"]["response"] == PAIRS[0]["treatment"] and row["row"] == 13 and row["line"] == 14
     assert row["n_tokens"] == int(idx.reader.table.n_tokens[13]) and row["file"] == "train.jsonl"  # not the host's path
     info = client.get("/info").json()
+    InfoOut.model_validate(info)
     assert info["families"] == idx.manifest.to_dict()["families"] and info["rows"] == 40
     assert info["data"]["path"] == "train.jsonl" and str(idx.root.parent) not in json.dumps(info)
     behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
@@ -446,6 +450,7 @@ def test_rows_in_batches(client, server):
     idx = server[1]
     ids = ["planted", "r3", "no-such", "r5"]
     posted = client.post("/rows", json={"ids": ids}).json()
+    RowsOut.model_validate(posted)
     assert client.get("/rows", params={"ids": ids}).json() == posted
     assert [r["id"] for r in posted["rows"]] == ["planted", "r3", "r5"] and posted["missing"] == ["no-such"]
     assert [r["record"] for r in posted["rows"]] == idx.reader.records([r["row"] for r in posted["rows"]])
@@ -458,7 +463,7 @@ def test_the_schema_names_every_answer_and_error_in_http_words(client):
     for path, methods in schema["paths"].items():
         for method, operation in methods.items():
             responses = operation["responses"]
-            assert "$ref" in json.dumps(responses["200"]) or path == "/info", (method, path)  # a model
+            assert "$ref" in json.dumps(responses["200"]), (method, path)  # a model
             errors = {status: r for status, r in responses.items() if status != "200"}
             assert set(errors) >= ({"500"} if path == "/health" else {"400", "422", "500"}), (method, path)
             for r in errors.values():
@@ -515,6 +520,14 @@ def test_a_token_guards_every_endpoint_that_reads_the_index(guarded, method, pat
 def test_health_the_page_and_the_docs_need_no_token(guarded):
     for path in ("health", "", "docs", "redoc", "openapi.json", "static/app.js", "static/docs/redoc.standalone.js"):
         assert httpx.get(guarded + path).status_code == 200, path
+
+
+def test_the_schema_of_a_server_with_a_token_names_its_401(guarded):
+    schema = httpx.get(guarded + "openapi.json").json()
+    for path, methods in schema["paths"].items():
+        for operation in methods.values():
+            assert ("401" in operation["responses"]) == (path != "/health"), path
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
 def test_cors_preflights_pass_for_the_origins_allowed(guarded, client):

@@ -32,7 +32,7 @@ model passes never overlap and a query waiting for one holds no worker thread; s
 ``/health`` go on meanwhile. An identical request answered from the behaviour cache is
 answered again from memory while that cache entry is unchanged (:mod:`actindex.serve.memo`).
 
-The answers of ``/query``, ``/search`` and ``/rows`` are sent as the JSON they are built as (their response
+The answers of ``/info``, ``/query``, ``/search`` and ``/rows`` are sent as the JSON they are built as (their response
 models document them; validating an answer the server itself built would cost more than the search).
 
 Nothing is written through the API except the behaviour cache inside the index (what a query formed with the
@@ -78,6 +78,7 @@ from actindex.serve.responses import (
     CacheEntryOut,
     ErrorOut,
     HealthOut,
+    InfoOut,
     QueryOut,
     RowOut,
     RowsOut,
@@ -276,9 +277,9 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
         return served.health()
 
     @data.get("/info", summary="The index's manifest: rows, model, layers, vector families",
-              response_model=dict[str, Any])
-    def info() -> dict[str, Any]:
-        return served.info()
+              response_model=InfoOut)
+    def info() -> JSONResponse:
+        return JSONResponse(served.info())
 
     @data.get("/behaviors", summary="Built-in behaviours, and whether each is in the behaviour cache",
               response_model=list[BehaviorOut])

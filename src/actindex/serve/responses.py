@@ -1,8 +1,8 @@
 """What the HTTP API answers: one pydantic model per response body, so that the OpenAPI schema (``/docs``,
 ``/redoc``, ``/openapi.json``) shows every answer and every error a client can get.
 
-The models describe the JSON the server sends; the hot paths (``/query``, ``/search``, ``/rows``) send their
-JSON as it is, without validating it again through these models.
+The models describe the JSON the server sends; ``/info``, ``/query``, ``/search`` and ``/rows`` send their JSON
+as it is, without validating it again through these models (tests/test_serve.py validates them).
 """
 
 from __future__ import annotations
@@ -40,6 +40,42 @@ class HealthOut(BaseModel):
 class AnswerOut(BaseModel):
     prompt: str = Field(description="A prompt of the query.")
     answer: str = Field(description="The model's answer to it (greedy), the output whose training rows are ranked.")
+
+
+class ModelOut(BaseModel):
+    """The model the index was built with (a query's vectors are formed with it)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="How the model was named when the index was built.")
+    architecture: str = Field(description="Its architecture (LlamaForCausalLM, ...).")
+    fingerprint: str = Field(description="A hash of its weights: another model's queries are refused.")
+    tokenizer: str = Field(description="A hash of its tokenizer.")
+    num_layers: int = Field(description="Its transformer blocks.")
+    hidden_size: int = Field(description="Its width.")
+
+
+class FamilyOut(BaseModel):
+    """One kind of stored vector at one layer (`residual_change/18`), searchable by POST /search."""
+
+    model_config = ConfigDict(extra="allow")
+    dim: int = Field(description="The vectors' width: a /search vector of this family has this many values.")
+    dtype: str = Field(description="How they are stored (float32).")
+    faiss_factory: str = Field(description="How they are searched: Flat (exact), IVF...,Flat (approximate), or "
+                                           "store (exact, from the stored vectors).")
+
+
+class InfoOut(BaseModel):
+    """What the index holds: its rows, the model and layers it was built with, its vector families and data."""
+
+    model_config = ConfigDict(extra="allow")
+    rows: int = Field(description="Rows in the index.")
+    valid_rows: int = Field(description="Rows a search can return (a row with a non-finite loss or vector is not).")
+    layers: list[int] = Field(description="The model layers whose vectors are stored (`layer` of POST /query).")
+    model: ModelOut
+    families: dict[str, FamilyOut] = Field(description="The vector families, by name (`family` of POST /search).")
+    data: dict[str, Any] = Field(description="The training data the rows come from: its path (relative to the "
+                                             "data's own folder), rows and sha256, and in `files` each file's.")
+    actindex_version: str = Field(description="The release that built the index.")
 
 
 class BehaviorOut(BaseModel):
