@@ -4,8 +4,8 @@ answer while a model pass runs; nothing but the behaviour cache is written; the 
 browser page, rendered by headless Chromium, runs a query from its URL and shows the ranked rows. Filters (where)
 and pages (offset) answer what brute force over the matching rows answers; rows come in batches; a token guards
 every endpoint that reads the index, CORS preflights pass for the origins allowed, a root path prefixes every link;
-/docs and /redoc render from the package's own assets with the network cut; the OpenAPI schema names every answer
-and error; the model's answer of a generate query is in the JSON and on the page; answers carry no host path."""
+/docs and /redoc render from the package's own assets with the network cut (and a wheel ships them); the OpenAPI
+schema names every answer and error; the model's answer of a generate query is in the JSON and on the page; answers carry no host path."""
 
 from __future__ import annotations
 
@@ -644,3 +644,25 @@ def test_the_page_asks_for_the_token_and_then_answers(guarded, tmp_path):
         assert len(rows) == 3
     finally:
         browser.close()
+
+
+def test_a_wheel_ships_the_page_and_the_docs_assets(tmp_path):
+    """/docs and /redoc render offline from files in the package: a wheel built from the project holds every one."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "src", tmp_path / "project" / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / "project" / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "wheel"), str(tmp_path / "project")], capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("actindex-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    static = root / "src" / "actindex" / "serve" / "static"
+    wanted = {str(p.relative_to(root / "src")) for p in static.rglob("*") if p.is_file()}
+    assert {"actindex/serve/static/docs/swagger-ui-bundle.js", "actindex/serve/static/docs/redoc.standalone.js",
+            "actindex/serve/static/index.html"} <= wanted
+    assert wanted <= shipped, sorted(wanted - shipped)
