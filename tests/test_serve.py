@@ -5,7 +5,8 @@ browser page, rendered by headless Chromium, runs a query from its URL and shows
 and pages (offset) answer what brute force over the matching rows answers; rows come in batches; a token guards
 every endpoint that reads the index, CORS preflights pass for the origins allowed, a root path prefixes every link;
 /docs and /redoc render from the package's own assets with the network cut (and a wheel ships them); the OpenAPI
-schema names every answer and error; the model's answer of a generate query is in the JSON and on the page; answers carry no host path."""
+schema names every answer and error; the model's answer of a generate query is in the JSON, on the page and in the
+cache listing; a damaged cache entry is listed as damaged; answers carry no host path."""
 
 from __future__ import annotations
 
