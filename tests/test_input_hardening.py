@@ -22,11 +22,11 @@ from conftest import chat_rows, live, write_jsonl
 
 import actindex
 from actindex.cli import main
-from actindex.core.jsontext import MAX_DEPTH, json_depth
+from actindex.core.jsontext import MAX_DEPTH, JSONTextError, json_depth, loads
 from actindex.core.models import load_model
 from actindex.errors import DataError
 from actindex.index.search import normalise
-from actindex.serve.app import create_app
+from actindex.serve.app import create_app, plainly_safe
 from actindex.serve.config import ServeConfig
 
 PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -126,6 +126,23 @@ def test_a_body_that_is_not_unicode_is_422(url, body, message):
     response = httpx.post(url + "query", content=body, headers={"content-type": "application/json"}, timeout=60)
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body, unparsed", [
+    (b'{"vector": [1.0, 2.5], "k": 3}', True), ('{"generate": "caf\u00e9 \u00fc"}'.encode(), True),
+    (b'{"a": [1, 2', True), (b"", True), (b"[" * MAX_DEPTH + b"]" * MAX_DEPTH, True),
+    (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), False), (b'{"g": "\\ud800"}', False),
+    (b'{"g": "\\\\ud800"}', False), (b'{"g": "\\ud83d\\ude00"}', False), (b'{"g": "\xff"}', False),
+])
+def test_a_body_passed_unparsed_is_one_the_check_would_pass(body, unparsed):
+    """The server parses a body to check it only when it could fail the check: whatever it lets through unparsed,
+    the check (:func:`loads`) passes, or finds only malformed JSON (FastAPI's own 422 names where)."""
+    try:
+        loads(body)
+        refused = False
+    except JSONTextError as err:
+        refused = not err.malformed
+    assert plainly_safe(body) == unparsed and not (unparsed and refused)
 
 
 # ---- /search values beyond float32 --------------------------------------------------------------

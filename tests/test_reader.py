@@ -59,3 +59,27 @@ def test_row_map_refuses_unwritten_chunks(tmp_path):
     f, _, row_map = mapped(path, "x")
     assert row_map is None
     f.close()
+
+
+def test_records_are_read_once_and_handed_out_fresh(planted_index, monkeypatch):
+    from conftest import planted_rows
+
+    from actindex.index import reader as reader_module
+
+    idx = planted_index(30, 4, 7)
+    truth = {i: row for i, row in enumerate(planted_rows(30, 4, 7))}  # the rows as written, in order
+    reads = []
+    monkeypatch.setattr(reader_module, "gather", lambda ds, rows: reads.append(list(rows)) or gather(ds, rows))
+    monkeypatch.setattr(reader_module, "RECORDS_KEPT", 16)  # reads of up to 4 rows are kept
+    r = idx.reader
+    rows = [7, 3, 7, 9]
+    first = r.records(rows)
+    assert first == [truth[7], truth[3], truth[7], truth[9]] and reads == [[3, 7, 9]]
+    first[0]["id"] = "changed"  # a caller's object is its own
+    assert r.records(rows) == [truth[7], truth[3], truth[7], truth[9]] and len(reads) == 1  # no HDF5 read
+    assert r.records([3, 11]) == [truth[3], truth[11]] and reads[-1] == [11]  # only the row not yet read
+    assert r.records(list(range(20))) == [truth[i] for i in range(20)]  # a large read: not kept
+    for more in ([12, 13, 14, 15], [16, 17, 18, 19], [0, 1, 2, 4], [5, 6, 8, 10]):  # 20 rows: the first 4 let go
+        r.records(more)
+    reads.clear()
+    assert r.records([12, 7]) == [truth[12], truth[7]] and reads == [[7]]

@@ -4,8 +4,9 @@ answer while a model pass runs; nothing but the behaviour cache is written; the 
 browser page, rendered by headless Chromium, runs a query from its URL and shows the ranked rows. Filters (where)
 and pages (offset) answer what brute force over the matching rows answers; rows come in batches; a token guards
 every endpoint that reads the index, CORS preflights pass for the origins allowed, a root path prefixes every link;
-/docs and /redoc render from the package's own assets with the network cut; the OpenAPI schema names every answer
-and error; the model's answer of a generate query is in the JSON and on the page; answers carry no host path."""
+/docs and /redoc render from the package's own assets with the network cut (and a wheel ships them); the OpenAPI
+schema names every answer and error; the model's answer of a generate query is in the JSON, on the page and in the
+cache listing; a damaged cache entry is listed as damaged; answers carry no host path."""
 
 from __future__ import annotations
 
@@ -26,15 +27,19 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import chat_rows, live, tiny_llama, write_jsonl
 
 import actindex
+from actindex.cli import main
 from actindex.core.models import load_model
 from actindex.index.search import normalise
+from actindex.query.behaviors import load_behavior
 from actindex.query.cache import BehaviorCache
 from actindex.serve.app import create_app
 from actindex.serve.config import ServeConfig
 from actindex.serve.memo import NOTE
+from actindex.serve.responses import InfoOut, QueryOut, RowsOut, SearchOut
 
 BEHAVIOR = "sycophancy"
 PAIRS = [{"prompt": "what is the symbol of silver ?", "treatment": "the symbol is na", "control": "the symbol is ag"},
@@ -95,6 +100,7 @@ def test_query_answers_what_index_query_answers(client, index_dir, model_dir):
     for body, args, options in cases:
         response = client.post("/query", json=body)
         assert response.status_code == 200, response.text
+        QueryOut.model_validate(response.json())  # the schema the docs show is the answer's
         same(response.json(), local.query(*args, **options).to_dict())
     first = client.post("/query", json={"pairs": PAIRS, "name": "symbols", "k": 3}).json()
     assert first["behavior"] == "symbols" and first["top"][0]["id"] == "planted" and not first["cached"]
@@ -107,6 +113,7 @@ def test_search_rows_info_and_behaviors(client, server):
     idx = server[1]
     vector = idx.reader.vectors("residual_change/2", [13])[0]
     found = client.post("/search", json={"vector": vector.tolist(), "family": "residual_change/2", "k": 3}).json()
+    SearchOut.model_validate(found)
     scores, rows = idx.search(vector, 3, "residual_change/2")
     assert found["rows"] == rows.tolist() and found["ids"][0] == "planted"
     np.testing.assert_allclose(found["scores"], scores, rtol=1e-6)
@@ -114,6 +121,7 @@ def test_search_rows_info_and_behaviors(client, server):
     assert row["record"]["response"] == PAIRS[0]["treatment"] and row["row"] == 13 and row["line"] == 14
     assert row["n_tokens"] == int(idx.reader.table.n_tokens[13]) and row["file"] == "train.jsonl"  # not the host's path
     info = client.get("/info").json()
+    InfoOut.model_validate(info)
     assert info["families"] == idx.manifest.to_dict()["families"] and info["rows"] == 40
     assert info["data"]["path"] == "train.jsonl" and str(idx.root.parent) not in json.dumps(info)
     behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
@@ -139,6 +147,32 @@ def test_an_identical_request_is_answered_from_memory_until_its_cache_entry_chan
     again = client.post("/query", json=body).json()
     assert "memory" not in again["timings"] and not again["cached"]  # computed again (its pair vectors in memory)
     same(again, second)
+
+
+def test_a_damaged_cache_entry_is_listed_as_damaged_not_cached(client, server, index_dir):
+    client.post("/query", json={"behavior": BEHAVIOR, "k": 3})  # cached
+    cache = BehaviorCache(index_dir, server[1].manifest)
+    entry = cache.path(cache.key(load_behavior(BEHAVIOR)))
+    whole = entry.read_bytes()
+    try:
+        damaged = entry.with_name("damaged.tmp")
+        damaged.write_bytes(whole[: len(whole) // 2])
+        os.replace(damaged, entry)  # another file (inode) at the entry's name, as a torn copy would leave
+        behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
+        assert not behaviors[BEHAVIOR]["cached"] and behaviors[BEHAVIOR]["damaged"] == "unreadable (BadZipFile)"
+        assert behaviors["evil"]["damaged"] is None and not behaviors["evil"]["cached"]
+        listed = {e["key"]: e for e in client.get("/cache").json()}
+        assert listed[entry.stem]["problem"] == "unreadable (BadZipFile)" and listed[entry.stem]["behavior"] == "?"
+        shown = CliRunner().invoke(main, ["cache", "list", str(index_dir)])
+        assert re.search(r"^\(damaged\) .* unreadable \(BadZipFile\)  \(" + entry.stem[:12], shown.output, re.M), \
+            shown.output
+    finally:
+        restored = entry.with_name("restored.tmp")
+        restored.write_bytes(whole)
+        os.replace(restored, entry)
+    behaviors = {b["name"]: b for b in client.get("/behaviors").json()}
+    assert behaviors[BEHAVIOR]["cached"] and behaviors[BEHAVIOR]["damaged"] is None
+    assert client.post("/query", json={"behavior": BEHAVIOR, "k": 3}).json()["cached"]
 
 
 @pytest.mark.parametrize("method, path, body, status, message", [
@@ -417,6 +451,7 @@ def test_rows_in_batches(client, server):
     idx = server[1]
     ids = ["planted", "r3", "no-such", "r5"]
     posted = client.post("/rows", json={"ids": ids}).json()
+    RowsOut.model_validate(posted)
     assert client.get("/rows", params={"ids": ids}).json() == posted
     assert [r["id"] for r in posted["rows"]] == ["planted", "r3", "r5"] and posted["missing"] == ["no-such"]
     assert [r["record"] for r in posted["rows"]] == idx.reader.records([r["row"] for r in posted["rows"]])
@@ -429,7 +464,7 @@ def test_the_schema_names_every_answer_and_error_in_http_words(client):
     for path, methods in schema["paths"].items():
         for method, operation in methods.items():
             responses = operation["responses"]
-            assert "$ref" in json.dumps(responses["200"]) or path == "/info", (method, path)  # a model
+            assert "$ref" in json.dumps(responses["200"]), (method, path)  # a model
             errors = {status: r for status, r in responses.items() if status != "200"}
             assert set(errors) >= ({"500"} if path == "/health" else {"400", "422", "500"}), (method, path)
             for r in errors.values():
@@ -457,7 +492,8 @@ def test_the_docs_render_with_the_network_cut(server, tmp_path, page, shows):
 
 # ---- access: token, CORS, root path ----------------------------------------------------------------------------
 TOKEN, ORIGIN = "s3cret-token", "https://app.example.org"
-GUARDED = [("get", "info", None), ("get", "behaviors", None), ("post", "query", {"behavior": BEHAVIOR, "k": 2}),
+GUARDED = [("get", "info", None), ("get", "behaviors", None), ("get", "cache", None),
+           ("post", "query", {"behavior": BEHAVIOR, "k": 2}),
            ("post", "search", {"vector": [1.0] * 32, "k": 2}), ("get", "rows/planted", None),
            ("get", "rows?ids=planted", None), ("post", "rows", {"ids": ["planted"]})]
 
@@ -485,6 +521,14 @@ def test_a_token_guards_every_endpoint_that_reads_the_index(guarded, method, pat
 def test_health_the_page_and_the_docs_need_no_token(guarded):
     for path in ("health", "", "docs", "redoc", "openapi.json", "static/app.js", "static/docs/redoc.standalone.js"):
         assert httpx.get(guarded + path).status_code == 200, path
+
+
+def test_the_schema_of_a_server_with_a_token_names_its_401(guarded):
+    schema = httpx.get(guarded + "openapi.json").json()
+    for path, methods in schema["paths"].items():
+        for operation in methods.values():
+            assert ("401" in operation["responses"]) == (path != "/health"), path
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
 def test_cors_preflights_pass_for_the_origins_allowed(guarded, client):
@@ -550,6 +594,12 @@ def test_the_models_answer_is_in_every_answer_and_on_the_page(talker_server, tmp
     for _ in range(2):  # formed with the model, then from the behaviour cache: the answer is the same
         got = httpx.post(url + "query", json={"generate": prompt, "k": 3}, timeout=300).json()
         assert got["answers"] == [answer]
+    listed = [e for e in httpx.get(url + "cache").json() if e["behavior"] == "generate"]
+    assert [e["answers"] for e in listed] == [[answer]], listed
+    assert [e.answers for e in idx.session.behavior_cache.entries() if e.behavior == "generate"] == [[answer]]
+    shown = CliRunner().invoke(main, ["cache", "list", str(idx.root)])
+    assert shown.exit_code == 0 and f"  the model's answer to {prompt!r}: {answer['answer']!r}\n" in shown.output, \
+        shown.output
     if CHROMIUM is not None:
         dom = chromium(tmp_path, f"{url}?generate={prompt}&k=3")
         shown = re.search(r'<p class="answer">.*?<q>(.*?)</q></p>', dom, re.S)
@@ -595,3 +645,25 @@ def test_the_page_asks_for_the_token_and_then_answers(guarded, tmp_path):
         assert len(rows) == 3
     finally:
         browser.close()
+
+
+def test_a_wheel_ships_the_page_and_the_docs_assets(tmp_path):
+    """/docs and /redoc render offline from files in the package: a wheel built from the project holds every one."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "src", tmp_path / "project" / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / "project" / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "wheel"), str(tmp_path / "project")], capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("actindex-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    static = root / "src" / "actindex" / "serve" / "static"
+    wanted = {str(p.relative_to(root / "src")) for p in static.rglob("*") if p.is_file()}
+    assert {"actindex/serve/static/docs/swagger-ui-bundle.js", "actindex/serve/static/docs/redoc.standalone.js",
+            "actindex/serve/static/index.html"} <= wanted
+    assert wanted <= shipped, sorted(wanted - shipped)

@@ -152,6 +152,26 @@ def test_the_cli_filters_query_and_filter(built, model_dir, lm, tmp_path):
     assert len(result.removed) == 4 and all(r["record"]["label"] == "b" for r in result.removed)
 
 
+def test_the_cli_filters_report_and_filter(built, model_dir, tmp_path):
+    import re
+
+    root = built["Flat"]
+    labels = {i: row.get("label") for i, row in enumerate(labelled_rows())}  # row number -> its label
+    common = ["--index", str(root), "--behavior", "sycophancy", "--model", str(model_dir), "--quiet"]
+    page = CliRunner().invoke(main, ["report", *common, "--where", "label=b", "--top-k", "6", "--bottom-k", "2",
+                                     "--out", str(tmp_path / "r.html")])
+    assert page.exit_code == 0, page.output
+    rows = [int(r) for r in re.findall(r'<article class="card \w+" data-id="[^"]*" data-row="(\d+)"',
+                                       (tmp_path / "r.html").read_text())]
+    assert len(rows) == 8 and {labels[r] for r in rows} == {"b"}, rows
+    kept = tmp_path / "kept.jsonl"
+    out = CliRunner().invoke(main, ["filter", *common, "--where", "label=c", "--where", "group=1",
+                                    "--remove-top", "3", "--out", str(kept)])
+    assert out.exit_code == 0, out.output
+    removed = [json.loads(line) for line in kept.with_name("kept.jsonl.removed.jsonl").read_text().splitlines()]
+    assert len(removed) == 3 and all(r["record"]["label"] == "c" and r["record"]["group"] == 1 for r in removed)
+
+
 def test_another_k_of_a_kept_fused_order_is_what_a_fresh_query_ranks(built, lm):
     idx = actindex.Index.open(built["Flat"]).use_model(lm)
     idx.query("sycophancy", k=3, where={"label": "a"})  # forms, searches and fuses the members; keeps the order

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from actindex.cli.main import friendly, main
+from actindex.cli.main import answer_line, friendly, main
 
 
 @main.command()
@@ -145,7 +145,8 @@ def cache() -> None:
 @click.argument("index_dir")
 @friendly
 def cache_list(index_dir: str) -> None:
-    """List the cached behaviours of an index, and its damaged entries (each with why)."""
+    """List the cached behaviours of an index (a query of the model's answers with each answer), and its damaged
+    entries (each with why)."""
     from actindex.errors import IndexFileError
     from actindex.index.reader import IndexReader
     from actindex.query.cache import BehaviorCache
@@ -166,6 +167,8 @@ def cache_list(index_dir: str) -> None:
             continue
         click.echo(f"{e.behavior[:24]:<24} {e.conversations:>5} {len(e.families):>8} {'yes' if e.gradient else '-':>8} "
                    f"{e.bytes // 1024:>7}  {e.created_at}  ({e.key[:12]})")
+        for answer in e.answers:
+            click.echo(f"  {answer_line(answer)}")
 
 
 @cache.command(name="clear")

@@ -80,6 +80,11 @@ def load_requested_model(idx: Any, model: str | None, device: str) -> None:
         idx.session.model(model, device)
 
 
+def answer_line(answer: dict[str, str]) -> str:
+    """How the terminal shows one of the model's answers a ``generate`` query attributes."""
+    return f"the model's answer to {answer['prompt']!r}: {answer['answer']!r}"
+
+
 #: the options every command that runs the index's model shares
 model_option = click.option("--model", help="Model to form the query with (default: the one the index names).")
 device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")

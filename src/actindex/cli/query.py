@@ -13,7 +13,15 @@ from typing import Any
 import click
 import numpy as np
 
-from actindex.cli.main import device_option, friendly, load_requested_model, main, model_option, quiet_option
+from actindex.cli.main import (
+    answer_line,
+    device_option,
+    friendly,
+    load_requested_model,
+    main,
+    model_option,
+    quiet_option,
+)
 from actindex.cli.options import LazyChoice, config_options, pop_config
 from actindex.errors import ActindexError
 from actindex.query.cache import CacheConfig
@@ -236,7 +244,7 @@ def print_table(r: Any, explain: bool = False) -> None:
     their influence and strongest tokens."""
     click.echo(f"behaviour {r.behavior} · method {r.method} · family {r.family} · {timing_line(r)}")
     for answer in r.answers:
-        click.echo(f"the model's answer to {answer['prompt']!r}: {answer['answer']!r}")
+        click.echo(answer_line(answer))
     for note in r.notes:
         click.echo(f"note: {note}")
     if r.checkpoints:

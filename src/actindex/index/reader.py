@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import threading
 import zlib
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -73,6 +74,8 @@ T = TypeVar("T")
 CALIBRATION_ROWS = 8192
 #: results a reader keeps (:meth:`IndexReader.remembered`: calibrations, behaviours' member choices)
 REMEMBERED_KEPT = 4096
+#: stored records whose text a reader keeps once read (:meth:`IndexReader.records`), the latest first to stay
+RECORDS_KEPT = 4096
 #: an approximate (non-``Flat``) index answers searches of up to this many rows; a deeper ranking (or every row,
 #: ``k = 0``) is computed exactly from the stored vectors instead (an IVF search returns only the rows of the
 #: lists it probes)
@@ -204,6 +207,8 @@ class IndexReader:
         self._row_maps: dict[str, RowMap | None] = {}
         self._datasets: dict[str, h5py.Dataset] = {}
         self._ids: list[str] | None = None
+        self._record_texts: dict[int, str] = {}
+        self._keeping = threading.Lock()
         self.search_settings: dict[str, int | None] = {"nprobe": None, "ef_search": None}
         self.faiss_gpu = True  # copy FAISS indexes to the GPUs when a GPU build of FAISS sees one
 
@@ -343,12 +348,27 @@ class IndexReader:
             return [_text(i) for i in gather(self.dataset(f, "ids"), np.asarray(rows, dtype=np.int64))]
 
     def records(self, rows: list[int] | np.ndarray) -> list[dict[str, Any]]:
-        """The original training rows (all their fields) at the given row numbers."""
+        """The original training rows (all their fields) at the given row numbers, each a fresh object. The text of
+        the latest :data:`RECORDS_KEPT` records read a few at a time is kept: a served index shows the same rows
+        again and again (another ``k``, page or side of one behaviour), and a few scattered records cost tens of
+        microseconds each through HDF5, under h5py's lock and the interpreter lock."""
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows):
             return []
-        with self.h5() as f:
-            return [json.loads(_text(value)) for value in gather(self.dataset(f, "record"), rows)]
+        kept = self._record_texts
+        wanted = rows.tolist()
+        texts = {row: kept.get(row) for row in wanted}  # what another thread drops meanwhile is still here
+        missing = np.array(sorted(row for row, text in texts.items() if text is None), dtype=np.int64)
+        if len(missing):
+            with self.h5() as f:
+                read = {int(r): _text(v) for r, v in zip(missing, gather(self.dataset(f, "record"), missing))}
+            texts.update(read)
+            if len(missing) <= RECORDS_KEPT // 4:  # a large read (a report, a filter) would only churn them
+                with self._keeping:
+                    kept.update(read)
+                    for _ in range(len(kept) - RECORDS_KEPT):
+                        kept.pop(next(iter(kept)))
+        return [json.loads(texts[row]) for row in wanted]
 
     def record_values(self, rows: list[int] | np.ndarray, key: str) -> list[Any]:
         """The value of the field ``key`` of the stored records of ``rows`` (``None`` where a record lacks it or is

@@ -75,6 +75,12 @@ class Behavior:
     #: by its own vectors (``psi = norm(mean_j v(treatment_j))``) instead of treatment minus control
     example: bool = False
 
+    def answers(self) -> list[dict[str, str]]:
+        """The model's answers this behaviour attributes (a query of its own outputs, ``generate``): ``{prompt,
+        answer}`` for each pair whose treatment the model wrote; ``[]`` for any other behaviour."""
+        return [{"prompt": p.prompt, "answer": p.treatment} for p in self.pairs
+                if p.treatment_generated and p.treatment is not None]
+
 
 @functools.cache
 def _catalog() -> dict[str, dict[str, str]]:
@@ -92,13 +98,21 @@ def load_behavior(spec: str) -> Behavior:
     catalog = _catalog()
     if spec in catalog:
         builtin = _builtin(spec)
-        return replace(builtin, pairs=[replace(p, history=list(p.history)) for p in builtin.pairs],
-                       notes=list(builtin.notes), persona=copy.deepcopy(builtin.persona))
+        return replace(builtin, pairs=[_pair_copy(p) for p in builtin.pairs], notes=list(builtin.notes),
+                       persona=copy.deepcopy(builtin.persona))
     path = Path(spec)
     if not path.exists():
         names = ", ".join(sorted(catalog))
         raise ActindexError(f"unknown behaviour {spec!r}: not a file and not a built-in ({names})")
     return _load_file(path, path.stem)
+
+
+def _pair_copy(pair: Pair) -> Pair:
+    """A copy of a pair with a history of its own (``copy.copy``: a query of a built-in copies every pair, and
+    ``dataclasses.replace`` costs several times as much)."""
+    out = copy.copy(pair)
+    out.history = list(pair.history)
+    return out
 
 
 @functools.cache

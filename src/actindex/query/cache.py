@@ -36,7 +36,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,9 @@ class CacheEntry:
     bytes: int
     created_at: str
     problem: str | None = None
+    #: a query of the model's own answers (``generate``): each prompt and the answer the model gave, read from
+    #: the completed behaviour the entry stores (its pairs whose treatment the model wrote)
+    answers: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -372,22 +375,45 @@ class BehaviorCache:
             st = os.lstat(self.folder / name)
         except OSError:
             return None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        seen = self._read.get(key)
-        if seen is not None and seen[0] == stamp and stat.S_ISREG(st.st_mode):
-            self._touch(name, st)
-            return Cached(behavior_from_json(seen[1]), seen[2].vectors, seen[2].gradients)
         try:
-            found, _, st = self.check(name)
+            found, st = self._checked(key, st)
         except Damaged as err:
             self.report(name, st, str(err))
             return None
+        self._touch(name, st)
+        return found
+
+    def status(self, behavior: Behavior) -> tuple[bool, str | None]:
+        """Whether a query of ``behavior`` is answered from the cache: ``(True, None)`` for an entry that checks
+        out (:meth:`check`), ``(False, why)`` for a damaged entry or an unusable folder, ``(False, None)`` when
+        there is none. Reads what :meth:`load` reads; marks nothing used and warns of nothing."""
+        problem = self.folder_problem()
+        if problem is not None:
+            return False, problem
+        key = self.key(behavior)
+        try:
+            st = os.lstat(self.folder / f"{key}.npz")
+        except OSError:
+            return False, None
+        try:
+            self._checked(key, st)
+        except Damaged as err:
+            return False, str(err)
+        return True, None
+
+    def _checked(self, key: str, st: os.stat_result) -> tuple[Cached, os.stat_result]:
+        """The entry of ``key`` (its ``lstat``: ``st``) checked, with the stat of the file read, or
+        :class:`Damaged`; from this process's memory when it was read and is unchanged since (same mtime, size and
+        inode)."""
+        seen = self._read.get(key)
+        if seen is not None and seen[0] == (st.st_mtime_ns, st.st_size, st.st_ino) and stat.S_ISREG(st.st_mode):
+            return Cached(behavior_from_json(seen[1]), seen[2].vectors, seen[2].gradients), st
+        found, _, st = self.check(f"{key}.npz")
         with self._reading:
             if len(self._read) >= MEMO_ENTRIES:
                 self._read.pop(next(iter(self._read)))
             self._read[key] = ((st.st_mtime_ns, st.st_size, st.st_ino), behavior_to_json(found.behavior), found)
-        self._touch(name, st)
-        return Cached(copy.deepcopy(found.behavior), found.vectors, found.gradients)
+        return Cached(copy.deepcopy(found.behavior), found.vectors, found.gradients), st
 
     def _touch(self, name: str, st: os.stat_result) -> None:
         """Mark an entry used now (its access time, the least-recently-used order; its mtime is kept)."""
@@ -473,7 +499,7 @@ class BehaviorCache:
             healthy.append(CacheEntry(key=name[:-4], behavior=found.behavior.name, source=meta["source"],
                                       families=list(meta["families"]), conversations=meta["conversations"],
                                       gradient=bool(found.gradients), bytes=st.st_size,
-                                      created_at=meta["created_at"]))
+                                      created_at=meta["created_at"], answers=found.behavior.answers()))
         return sorted(healthy, key=lambda e: e.created_at, reverse=True) + damaged
 
     def state(self) -> str | None:

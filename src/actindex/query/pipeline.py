@@ -503,8 +503,7 @@ class QueryPipeline:
             self.timings["model pass"] = ctx.model_seconds
         label = name or (behavior.name if behavior is not None else "vector")
         method = ranked.method if config.rerank is None else f"{ranked.method}+{config.rerank}"
-        answers = [{"prompt": p.prompt, "answer": p.treatment} for p in (behavior.pairs if behavior else [])
-                   if p.treatment_generated]
+        answers = behavior.answers() if behavior is not None else []
         return QueryResult(behavior=label, method=method, family=ranked.family, top=top_hits, bottom=bottom_hits,
                            vector=ranked.vector, seconds=time.perf_counter() - started, notes=self.notes,
                            members=[describe(m) for m in ranked.members] + [describe(m) for m in ranked.unkept],

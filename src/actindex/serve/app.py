@@ -3,6 +3,7 @@
     GET  /health          {"status": "ok", ...}; answered on the event loop, never behind a model pass
     GET  /info            the manifest (``index.manifest.to_dict()``, paths relative to the data's folder)
     GET  /behaviors       the built-in behaviours, and whether each is in the index's behaviour cache
+    GET  /cache           the behaviour cache's entries, as ``actindex cache list`` lists them
     POST /query           a QueryRequest -> what ``actindex query --format json`` prints per behaviour
     POST /search          a raw vector and a family -> scores, rows, ids (cosine)
     GET  /rows/{id}       the row: its original record, loss, token counts, data file and line
@@ -31,6 +32,9 @@ model passes never overlap and a query waiting for one holds no worker thread; s
 ``/health`` go on meanwhile. An identical request answered from the behaviour cache is
 answered again from memory while that cache entry is unchanged (:mod:`actindex.serve.memo`).
 
+The answers of ``/info``, ``/query``, ``/search`` and ``/rows`` are sent as the JSON they are built as (their response
+models document them; validating an answer the server itself built would cost more than the search).
+
 Nothing is written through the API except the behaviour cache inside the index (what a query formed with the
 model). Errors are ``{"detail": "one line"}``: 400 for an :class:`~actindex.errors.ActindexError` (its text),
 401 without the token, 404 for an unknown row, 422 for a malformed body or a page too large.
@@ -45,6 +49,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -61,7 +66,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from actindex.api import Index, ModelNeeded
-from actindex.core.jsontext import JSONTextError, loads
+from actindex.core.jsontext import MAX_DEPTH, JSONTextError, loads
 from actindex.errors import ActindexError
 from actindex.query.behaviors import builtin_behaviors, load_behavior
 from actindex.serve.config import ServeConfig
@@ -70,8 +75,10 @@ from actindex.serve.requests import QueryRequest, RowsRequest, SearchRequest, as
 from actindex.serve.responses import (
     ERRORS,
     BehaviorOut,
+    CacheEntryOut,
     ErrorOut,
     HealthOut,
+    InfoOut,
     QueryOut,
     RowOut,
     RowsOut,
@@ -169,7 +176,7 @@ class Served:
         rows = [self.rows_by_id[i] for i in ids if i in self.rows_by_id]
         reader = self.index.reader
         table, sources, row_ids = reader.table, reader.row_sources(rows), reader.ids()
-        out = [{"id": row_ids[row], "row": row, "record": record, "loss": float(table.loss[row]),
+        out = [{"id": row_ids[row], "row": row, "record": record, "loss": finite(table.loss[row]),
                 "n_tokens": int(table.n_tokens[row]), "n_response": int(table.n_response[row]),
                 "valid": bool(table.valid[row]), "source_row": int(table.source_row[row]),
                 "line": sources[row][1], "file": self.shown(sources[row][0])}
@@ -181,10 +188,22 @@ class Served:
         return self.without_paths(self.index.manifest.to_dict())
 
     def behaviors(self) -> list[dict[str, Any]]:
+        """The built-in behaviours, each with whether a query of it is answered from the behaviour cache (an entry
+        that checks out, :meth:`BehaviorCache.status`; a damaged entry is not, and says why)."""
         cache = self.index.session.behavior_cache
-        return [{"name": name, "description": description,
-                 "cached": cache.path(cache.key(load_behavior(name))).is_file()}
-                for name, description in builtin_behaviors().items()]
+        out = []
+        for name, description in builtin_behaviors().items():
+            cached, problem = cache.status(load_behavior(name))
+            out.append({"name": name, "description": description, "cached": cached,
+                        "damaged": self.public(problem) if problem is not None else None})
+        return out
+
+    def cache_entries(self) -> list[dict[str, Any]]:
+        """The behaviour cache's entries as ``actindex cache list`` lists them (the model's answers of a
+        ``generate`` query with each), paths as :meth:`shown` shows them."""
+        return [{**asdict(entry), "source": self.shown(entry.source),
+                 "problem": entry.problem and self.public(entry.problem)}
+                for entry in self.index.session.behavior_cache.entries()]
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "rows": self.index.manifest.rows, "model_loaded": self.index.session.model_loaded,
@@ -259,14 +278,19 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
         return served.health()
 
     @data.get("/info", summary="The index's manifest: rows, model, layers, vector families",
-              response_model=dict[str, Any])
-    def info() -> dict[str, Any]:
-        return served.info()
+              response_model=InfoOut)
+    def info() -> JSONResponse:
+        return JSONResponse(served.info())
 
     @data.get("/behaviors", summary="Built-in behaviours, and whether each is in the behaviour cache",
               response_model=list[BehaviorOut])
     def behaviors() -> list[dict[str, Any]]:
         return served.behaviors()
+
+    @data.get("/cache", summary="The behaviour cache's entries (what `actindex cache list` lists), damaged ones "
+                                "with why", response_model=list[CacheEntryOut])
+    def cache() -> list[dict[str, Any]]:
+        return served.cache_entries()
 
     @data.post("/query", summary="Rank the training rows for a behaviour, an example output or the model's answer",
                response_model=QueryOut)
@@ -283,24 +307,24 @@ def create_app(index: Index, config: ServeConfig | None = None) -> FastAPI:
         return JSONResponse(found)
 
     @data.post("/search", summary="Rows nearest a raw vector in one family (cosine)", response_model=SearchOut)
-    def search(request: SearchRequest) -> dict[str, Any]:
-        return served.search(request)
+    def search(request: SearchRequest) -> JSONResponse:
+        return JSONResponse(served.search(request))
 
     not_found = {404: {"model": ErrorOut, "description": "No row has this id."}}
 
     @data.get("/rows/{row_id:path}", summary="One training row: its record, loss, token counts, file and line "
                                              "(an id may hold '/')", response_model=RowOut, responses=not_found)
-    def row(row_id: str) -> dict[str, Any]:
-        return served.row(row_id)
+    def row(row_id: str) -> JSONResponse:
+        return JSONResponse(served.row(row_id))
 
     @data.get("/rows", summary="Several training rows by id (ids=a&ids=b)", response_model=RowsOut)
     def rows_by_query(ids: list[str] = Query(description="The ids of the rows; repeat the parameter.")
-                      ) -> dict[str, Any]:
-        return served.rows(ids)
+                      ) -> JSONResponse:
+        return JSONResponse(served.rows(ids))
 
     @data.post("/rows", summary="Several training rows by id", response_model=RowsOut)
-    def rows(request: RowsRequest) -> dict[str, Any]:
-        return served.rows(request.ids)
+    def rows(request: RowsRequest) -> JSONResponse:
+        return JSONResponse(served.rows(request.ids))
 
     app.include_router(data)
     _pages(app)
@@ -363,17 +387,8 @@ def one_thread_per_search() -> None:
 def _errors(app: FastAPI, served: Served) -> None:
     """Every error as ``{"detail": "one line"}``; a body that is not UTF-8, nested deeper than
     :data:`~actindex.core.jsontext.MAX_DEPTH` or holding a string that is not Unicode is refused (422) before
-    FastAPI parses it (:func:`actindex.core.jsontext.loads`)."""
-
-    @app.middleware("http")
-    async def checked_body(request: Request, call_next: Any) -> Any:
-        if request.method in ("POST", "PUT", "PATCH"):
-            try:
-                loads(await request.body())
-            except JSONTextError as err:
-                if not err.malformed:  # malformed JSON: FastAPI's own 422 names where
-                    return JSONResponse({"detail": one_line(f"body: {err.problem}")}, status_code=422)
-        return await call_next(request)
+    FastAPI parses it (:class:`CheckedBody`)."""
+    app.add_middleware(CheckedBody)
 
     @app.exception_handler(ActindexError)
     async def user_error(_request: Request, err: ActindexError) -> JSONResponse:
@@ -394,6 +409,69 @@ def _errors(app: FastAPI, served: Served) -> None:
     @app.exception_handler(Exception)
     async def failure(_request: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"detail": served.public(one_line(f"{type(err).__name__}: {err}"))}, status_code=500)
+
+
+class CheckedBody:
+    """ASGI middleware that refuses (422) a request body that is not UTF-8, nested deeper than
+    :data:`~actindex.core.jsontext.MAX_DEPTH` or holding a string that is not Unicode
+    (:func:`actindex.core.jsontext.loads`), before FastAPI parses it; malformed JSON goes on to FastAPI, whose 422
+    names where. A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) would run the
+    rest of the app in a task of its own with memory streams between them, for every request. A body that cannot
+    be nested too deeply nor hold a lone surrogate (:func:`plainly_safe`) is not parsed twice."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if not plainly_safe(body):
+            try:
+                loads(body)
+            except JSONTextError as err:
+                if not err.malformed:
+                    await JSONResponse({"detail": one_line(f"body: {err.problem}")}, status_code=422)(
+                        scope, receive, send)
+                    return
+        given = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal given
+            if given:
+                return await receive()
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def plainly_safe(body: bytes) -> bool:
+    """Whether :func:`~actindex.core.jsontext.loads` can find nothing wrong with ``body`` but malformed JSON: it
+    holds at most :data:`~actindex.core.jsontext.MAX_DEPTH` ``[`` and ``{`` in all (so no value nests deeper), no
+    ``\\u`` escape (in UTF-8 text a lone surrogate can only come from one) and is UTF-8. A vector of floats or a
+    query's fields are; only other bodies are parsed to be checked."""
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH or b"\\u" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def finite(value: float) -> float | None:
+    """``value`` as JSON carries it: ``None`` (null) for NaN or infinity, which JSON has not."""
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def one_line(text: str) -> str:

@@ -44,6 +44,7 @@ class AnswerMemo:
     def __init__(self, cache: BehaviorCache, kept: int = ANSWERS_KEPT):
         self.cache, self.kept = cache, kept
         self.answers: dict[str, tuple[Path, Stamp, dict[str, Any]]] = {}
+        self.builtins: dict[str, Path] = {}  # a built-in behaviour's cache file, by name
         self.lock = threading.Lock()
 
     @staticmethod
@@ -52,9 +53,14 @@ class AnswerMemo:
         return json.dumps(request, sort_keys=True)
 
     def entry(self, behavior: str | Behavior) -> tuple[Path, Stamp | None]:
-        """The behaviour's cache file and its stamp now (``None``: not cached); read before the query runs."""
-        raw = load_behavior(behavior) if isinstance(behavior, str) else behavior
-        path = self.cache.path(self.cache.key(raw))
+        """The behaviour's cache file and its stamp now (``None``: not cached); read before the query runs. A
+        built-in's file is found once: its key depends only on its pairs and the index, fixed while served."""
+        if isinstance(behavior, str):
+            if behavior not in self.builtins:
+                self.builtins[behavior] = self.cache.path(self.cache.key(load_behavior(behavior)))
+            path = self.builtins[behavior]
+        else:
+            path = self.cache.path(self.cache.key(behavior))
         return path, file_stamp(path)
 
     def recall(self, key: str, started: float) -> dict[str, Any] | None:

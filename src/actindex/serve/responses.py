@@ -1,8 +1,8 @@
 """What the HTTP API answers: one pydantic model per response body, so that the OpenAPI schema (``/docs``,
 ``/redoc``, ``/openapi.json``) shows every answer and every error a client can get.
 
-The models describe the JSON the server sends; the hot paths (``/query`` answered from memory) send their JSON
-as it is, without validating it again through these models.
+The models describe the JSON the server sends; ``/info``, ``/query``, ``/search`` and ``/rows`` send their JSON
+as it is, without validating it again through these models (tests/test_serve.py validates them).
 """
 
 from __future__ import annotations
@@ -37,11 +37,71 @@ class HealthOut(BaseModel):
     uptime_s: float = Field(description="Seconds since the server started.")
 
 
+class AnswerOut(BaseModel):
+    prompt: str = Field(description="A prompt of the query.")
+    answer: str = Field(description="The model's answer to it (greedy), the output whose training rows are ranked.")
+
+
+class ModelOut(BaseModel):
+    """The model the index was built with (a query's vectors are formed with it)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="How the model was named when the index was built.")
+    architecture: str = Field(description="Its architecture (LlamaForCausalLM, ...).")
+    fingerprint: str = Field(description="A hash of its weights: another model's queries are refused.")
+    tokenizer: str = Field(description="A hash of its tokenizer.")
+    num_layers: int = Field(description="Its transformer blocks.")
+    hidden_size: int = Field(description="Its width.")
+
+
+class FamilyOut(BaseModel):
+    """One kind of stored vector at one layer (`residual_change/18`), searchable by POST /search."""
+
+    model_config = ConfigDict(extra="allow")
+    dim: int = Field(description="The vectors' width: a /search vector of this family has this many values.")
+    dtype: str = Field(description="How they are stored (float32).")
+    faiss_factory: str = Field(description="How they are searched: Flat (exact), IVF...,Flat (approximate), or "
+                                           "store (exact, from the stored vectors).")
+
+
+class InfoOut(BaseModel):
+    """What the index holds: its rows, the model and layers it was built with, its vector families and data."""
+
+    model_config = ConfigDict(extra="allow")
+    rows: int = Field(description="Rows in the index.")
+    valid_rows: int = Field(description="Rows a search can return (a row with a non-finite loss or vector is not).")
+    layers: list[int] = Field(description="The model layers whose vectors are stored (`layer` of POST /query).")
+    model: ModelOut
+    families: dict[str, FamilyOut] = Field(description="The vector families, by name (`family` of POST /search).")
+    data: dict[str, Any] = Field(description="The training data the rows come from: its path (relative to the "
+                                             "data's own folder), rows and sha256, and in `files` each file's.")
+    actindex_version: str = Field(description="The release that built the index.")
+
+
 class BehaviorOut(BaseModel):
     name: str = Field(description="The behaviour's name, as `behavior` of POST /query takes it.")
     description: str = Field(description="What the behaviour is.")
     cached: bool = Field(description="Whether its vectors are in the index's behaviour cache: a query of it needs "
                                      "no model pass and answers in milliseconds.")
+    damaged: str | None = Field(None, description="Why its cache entry cannot be used (then it is not cached: the "
+                                                  "next query forms it again with the model and replaces the entry).")
+
+
+class CacheEntryOut(BaseModel):
+    """One file of the index's behaviour cache: a cached behaviour, or a damaged entry and why."""
+
+    key: str = Field(description="The entry's key (its file name): a hash of the index's identity and the "
+                                 "behaviour's content.")
+    behavior: str = Field(description="The behaviour's name (`?` for a damaged entry).")
+    source: str = Field(description="Where the behaviour came from: a built-in's or a file's name, or `<request>`.")
+    families: list[str] = Field(description="The vector families its vectors are stored for.")
+    conversations: int = Field(description="The conversations (prompt and answer) whose vectors are stored.")
+    gradient: bool = Field(description="Whether its full query gradient is stored (for an exact rerank).")
+    bytes: int = Field(description="The entry's size on disk.")
+    created_at: str = Field(description="When it was written.")
+    problem: str | None = Field(description="Why a damaged entry cannot be used; null for a cached behaviour.")
+    answers: list[AnswerOut] = Field(description="A query of the model's own answers (`generate`): each prompt and "
+                                                 "the answer the model gave.")
 
 
 class HitOut(BaseModel):
@@ -62,11 +122,6 @@ class HitOut(BaseModel):
     tokens: list[str] | None = Field(None, description="The row's tokens, with per-token influence.")
     token_scores: list[float] | None = Field(None, description="Each token's share of the influence.")
     token_response: list[bool] | None = Field(None, description="Whether each token is in the response.")
-
-
-class AnswerOut(BaseModel):
-    prompt: str = Field(description="A prompt of the query.")
-    answer: str = Field(description="The model's answer to it (greedy), the output whose training rows are ranked.")
 
 
 class QueryOut(BaseModel):
@@ -100,7 +155,8 @@ class RowOut(BaseModel):
     row: int = Field(description="Its row number in the index.")
     record: dict[str, Any] | list[Any] | str | float | bool | None = Field(
         description="The original training record, every field.")
-    loss: float = Field(description="The model's loss on the row's response tokens.")
+    loss: float | None = Field(description="The model's loss on the row's response tokens (null where it is not "
+                                            "finite: then the row is not valid).")
     n_tokens: int = Field(description="Tokens in the row.")
     n_response: int = Field(description="Tokens of the response (those the loss counts).")
     valid: bool = Field(description="Whether the row is searchable (a row with a non-finite loss or vector is not).")
