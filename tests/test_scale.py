@@ -294,6 +294,38 @@ def test_ivf_factory_finds_a_planted_duplicate_and_reports_its_recall(tmp_path, 
     assert np.argmax(truth) == np.flatnonzero(valid).tolist().index(planted)
 
 
+def test_pq_codes_are_trained_without_the_polysemous_reordering_which_changes_no_score(one_faiss_thread):
+    """FAISS's factory reorders 8-bit PQ centroids by simulated annealing (minutes per family); actindex never filters
+    codes by Hamming distance, so it is off, and the reordering (made quick here) gives the very same search."""
+    import faiss
+
+    from actindex.index.search import new_faiss_index, normalise
+
+    rng = np.random.default_rng(1)
+    vectors = normalise(rng.standard_normal((3000, 32)))
+    valid = np.ones(len(vectors), bool)
+    ours = faiss_index_from_rows(vectors, valid, "IVF8,PQ4", train_rows=3000)
+    assert not faiss.downcast_index(faiss.extract_index_ivf(ours)).do_polysemous_training
+    assert not faiss.downcast_index(new_faiss_index(32, "PQ4")).do_polysemous_training
+    reordered = faiss.index_factory(32, "IVF8,PQ4", faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(reordered))
+    assert ivf.do_polysemous_training  # FAISS's own default
+    annealing = faiss.PolysemousTraining()
+    annealing.n_iter, annealing.n_redo = 2000, 1
+    ivf.polysemous_training = annealing
+    reordered.train(vectors)
+    reordered = faiss.IndexIDMap2(reordered)
+    reordered.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    inner = faiss.downcast_index(faiss.extract_index_ivf(ours))
+    assert not np.array_equal(faiss.vector_to_array(ivf.pq.centroids), faiss.vector_to_array(inner.pq.centroids))
+    queries = normalise(rng.standard_normal((20, 32)))
+    for index in (ours, reordered):
+        set_search_params(index, nprobe=8)
+    got, want = search(ours, queries, 50), search(reordered, queries, 50)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    assert (got[1] == want[1]).mean() > 0.99  # the same rows, up to the order of equal scores
+
+
 
 def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch):
     import actindex.index.search as search_module

@@ -82,13 +82,29 @@ def resolve_factory(factory: str, rows: int, dim: int | None = None) -> str:
 
 
 def new_faiss_index(dim: int, factory: str = "Flat") -> faiss.Index:
-    """An empty inner-product index from a FAISS factory string (untrained when it needs training)."""
+    """An empty inner-product index from a FAISS factory string (untrained when it needs training), without
+    polysemous training (:func:`skip_polysemous_training`)."""
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         raise ActindexError(f"invalid --faiss-factory {factory!r}: {str(err).splitlines()[-1]}") from None
     set_search_params(index, nprobe=DEFAULT_NPROBE, ef_search=DEFAULT_EF_SEARCH)
+    skip_polysemous_training(index)
     return index
+
+
+def skip_polysemous_training(index: faiss.Index) -> None:
+    """Switch off the polysemous training FAISS's factory turns on for 8-bit PQ codes (``IVF..,PQm``, ``PQm``).
+
+    It reorders each sub-quantiser's centroids by simulated annealing so that the Hamming distance between codes
+    approximates theirs, for a search that filters codes by Hamming distance first (``polysemous_ht``). actindex
+    never searches that way: the scores are the same asymmetric distances with or without it (the codes are a
+    permutation of each other), and the annealing costs minutes of CPU per family whatever the number of rows
+    (155 s for ``IVF128,PQ32`` on 1,000 rows here, against 0.6 s for the PQ's k-means)."""
+    for part in (faiss.downcast_index(index), faiss.try_extract_index_ivf(index)):
+        part = faiss.downcast_index(part) if part is not None else None
+        if part is not None and hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False
 
 
 def train_sample(candidates: np.ndarray, train_rows: int | None) -> np.ndarray:
