@@ -24,10 +24,11 @@ Stages (each its own process: wall time and peak RSS, ``ru_maxrss`` of ``wait4``
   synthetic model's (30 layers, hidden ``--hidden``), with the storage projection matrix stored as a real one is.
   The trained, empty FAISS index of the first family is kept for the ``ondisk`` stage.
 * ``search``: ``actindex.Index.open`` (``vectors.h5`` held open, rows read through its memory map), then per family
-  ``Index.search(q, k=100)``, one query at a time: FAISS returns ``RESCORE_FACTOR x k`` candidates from its IVF-PQ
-  codes and the reader ranks them by their exact cosines from the stored vectors. Queries are near real rows: a
+  ``Index.search(q, k=100)``, one query at a time: FAISS returns candidates from its IVF-PQ codes
+  (``rescore_candidates``: 400 for the top 100) and the reader ranks them by their exact cosines from the stored
+  vectors. Queries are near real rows: a
   stored row (a seeded sample) plus Gaussian noise of relative norm ``--query-noise``. Swept over ``--nprobe`` x
-  ``--rescore`` (candidates per row asked for); recall@100 against exact brute force over every stored row (numpy,
+  ``--candidates`` (re-scored for the top 100); recall@100 against exact brute force over every stored row (numpy,
   in blocks) on ``--recall-queries`` of them; p50/p95 over ``--queries``; the member depth of a fused query
   (k = 1000) at the index's own settings; the first queries after the index's files are dropped from the page
   cache (``posix_fadvise``); RAM to search (the process's anonymous RSS after opening and reading every family's
@@ -48,7 +49,6 @@ section with every stage measured so far to bench/runs/scale10m.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -70,6 +70,8 @@ SIDE_BYTES = {"int8": 4, "float16": 4, "float32": 0}
 #: the adaptive default's most members (README "Query methods")
 MEMBERS = 24
 K = 100
+#: rows each member of a fused query searches (``member_depth(10)``)
+DEPTH = 1000
 BLOCK = 1 << 18  # rows scored at a time by the brute-force truth
 DRAW = 1 << 16  # rows drawn from one random stream of a generator
 
@@ -169,37 +171,13 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- build
 
 
-def synthetic_manifest(args: argparse.Namespace, root: Path, families: list[str], matrix: np.ndarray):
-    from actindex.index.config import BuildConfig
-    from actindex.index.manifest import DataFile, Manifest, ModelInfo, ProjectionInfo, ReductionInfo
-
-    build = BuildConfig(data="synthetic", out=str(root), full_width=False, width=args.width,
-                        faiss_train_rows=args.train_rows, store_dtype="float16" if args.dtype == "float16" else "auto")
-    reduction = ReductionInfo(hidden=args.hidden, width=args.width, sha256=hashlib.sha256(matrix.tobytes()).hexdigest())
-    return Manifest(model=ModelInfo("synthetic", f"synthetic-{args.seed}", "none", 30, args.hidden, "synthetic"),
-                    layers=sorted({int(f.split("/")[1]) for f in families}), projection=ProjectionInfo(),
-                    data=[DataFile(path="synthetic", sha256="0" * 64, rows=args.rows)], build=build,
-                    reduction=reduction, actindex_version="bench")
-
-
-def synthetic_meta(start: int, n: int) -> dict[str, np.ndarray]:
-    """The per-row datasets a build writes, for rows ``start .. start + n - 1`` (short ids and records)."""
-    rows = np.arange(start, start + n)
-    ids = np.array([f"r{r}" for r in rows], dtype=object)
-    return {"ids": ids, "loss": np.full(n, 2.0, np.float32), "n_tokens": np.full(n, 64, np.int32),
-            "n_response": np.full(n, 32, np.int32), "truncated": np.zeros(n, np.bool_),
-            "valid": np.ones(n, np.bool_), "hash": np.array([f"{r:016x}" for r in rows], dtype=object),
-            "record": np.array([f'{{"id": "r{r}"}}' for r in rows], dtype=object),
-            "source_row": rows.astype(np.int64), "line": rows.astype(np.int64) + 1}
-
-
 def child_build(args: argparse.Namespace) -> dict:
     import faiss
 
     import actindex.index.search as search_module
-    from actindex.core.reduction import StorageProjection
+    import actindex.index.writer as writer_module
     from actindex.index.manifest import MANIFEST
-    from actindex.index.writer import IndexWriter
+    from actindex.testing import write_vector_index
 
     work = Path(args.work)
     root = work / "index"
@@ -207,41 +185,36 @@ def child_build(args: argparse.Namespace) -> dict:
         return {"skipped": "already built"}
     families = family_names(args.families)
     generators = {f: Activations(args.width, args.clusters, seed=args.seed + i) for i, f in enumerate(families)}
-    matrix = StorageProjection.seeded(args.hidden, args.width, 0).matrix
-    manifest = synthetic_manifest(args, root, families, matrix)
-    state = {"synthetic": {k: getattr(args, k) for k in ("rows", "families", "width", "dtype", "clusters", "seed")}}
-    writer = IndexWriter(root, state)
-    out: dict = {}
-    t = time.perf_counter()
-    for start in range(writer.rows_done(), args.rows, args.part_rows):
-        n = min(args.part_rows, args.rows - start)
-        writer.write_part(start, synthetic_meta(start, n),
-                          {f: stored(g.rows(start, n), args.dtype) for f, g in generators.items()})
-    out["parts_s"] = round(time.perf_counter() - t, 1)
-    out["rss_after_parts"] = peak_rss_mib()
-    timed = {"train_s": 0.0}
-    train = search_module.trained_faiss_index
+    timed = {"train_s": 0.0, "faiss_s": 0.0}
+    train, write_faiss = search_module.trained_faiss_index, writer_module.write_faiss_index_from_rows
 
-    def trained(dataset, valid, factory="Flat", train_rows=None):  # the product's training, timed; the first kept
+    def trained(*a, **kw):  # the product's training, timed; the first family's trained empty index kept
         started = time.perf_counter()
-        inner = train(dataset, valid, factory, train_rows)
+        inner = train(*a, **kw)
         timed["train_s"] += time.perf_counter() - started
         if not (work / "trained.faiss").exists():
             faiss.write_index(inner, str(work / "trained.faiss"))
         return inner
 
-    search_module.trained_faiss_index = trained
+    def written(*a, **kw):  # a family's FAISS file: training, adding every row, writing
+        started = time.perf_counter()
+        out = write_faiss(*a, **kw)
+        timed["faiss_s"] += time.perf_counter() - started
+        return out
+
+    search_module.trained_faiss_index, writer_module.write_faiss_index_from_rows = trained, written
     if args.flat_rows is not None:  # tiny runs: IVF-PQ below the product's threshold
         search_module.AUTO_FLAT_ROWS = args.flat_rows
     t = time.perf_counter()
-    manifest = writer.finalize(manifest, {f: args.width for f in families}, args.dtype, "compact", args.train_rows,
-                               matrix=matrix)
-    out["finalize_s"] = round(time.perf_counter() - t, 1)
-    out["train_s"] = round(timed["train_s"], 1)
-    out["rss_after_finalize"] = peak_rss_mib()
-    out["factory"] = next(iter(manifest.families.values())).faiss_factory
-    out |= index_bytes(root, args)
-    return out
+    manifest = write_vector_index(
+        root, args.rows, {f: args.width for f in families},
+        lambda start, n: {f: stored(g.rows(start, n), args.dtype) for f, g in generators.items()},
+        store_dtype=args.dtype, train_rows=args.train_rows, hidden=args.hidden, part_rows=args.part_rows)
+    total = time.perf_counter() - t
+    out = {"total_s": round(total, 1), "faiss_s": round(timed["faiss_s"], 1), "train_s": round(timed["train_s"], 1),
+           "parts_and_copy_s": round(total - timed["faiss_s"], 1),
+           "factory": next(iter(manifest.families.values())).faiss_factory}
+    return out | index_bytes(root, args)
 
 
 def index_bytes(root: Path, args: argparse.Namespace) -> dict:
@@ -282,8 +255,8 @@ def near_row_queries(reader, family: str, n: int, noise: float, seed: int) -> np
 
 
 def exact_top(reader, family: str, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of the exact top-``k`` cosines of each query over every valid stored row, scored a block of rows
-    at a time (what the reader's exact search computes, for many queries at once)."""
+    """Row numbers of the exact top-``k`` cosines of each query over every valid stored row, best first, scored a
+    block of rows at a time (what the reader's exact search computes, for many queries at once)."""
     from actindex.index.search import normalise, valid_blocks
 
     q = normalise(queries)
@@ -293,9 +266,10 @@ def exact_top(reader, family: str, queries: np.ndarray, k: int) -> np.ndarray:
         for rows, block in valid_blocks(f[f"vectors/{family}"], reader.table.valid, 0, BLOCK):
             s = np.concatenate([best_s, q @ block.T], axis=1)
             r = np.concatenate([best_r, np.broadcast_to(rows, (len(q), len(rows)))], axis=1)
-            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            top = np.argpartition(-s, min(k, s.shape[1]) - 1, axis=1)[:, :k]
             best_s, best_r = np.take_along_axis(s, top, 1), np.take_along_axis(r, top, 1)
-    return best_r
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_r, order, 1)
 
 
 def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
@@ -314,15 +288,17 @@ def timed_searches(idx, family: str, queries: np.ndarray, k: int) -> tuple[list[
 
 
 def truth_for(work: Path, idx, family: str, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
-    """The timed queries of a family and the exact top-100 of the first ``--recall-queries`` (kept in WORK)."""
+    """The timed queries of a family and the exact top-:data:`DEPTH` of the first ``--recall-queries``, best first
+    (kept in WORK: the on-disk stage scores the same queries)."""
     path = work / f"truth-{family.replace('/', '-')}.npz"
     if path.exists():
         saved = np.load(path)
         return saved["queries"], saved["truth"]
     queries = near_row_queries(idx.reader, family, args.queries, args.query_noise, args.seed)
     t = time.perf_counter()
-    truth = exact_top(idx.reader, family, queries[: args.recall_queries], K)
-    print(f"exact top-{K} of {args.recall_queries} queries over {family}: {time.perf_counter() - t:.0f} s", flush=True)
+    truth = exact_top(idx.reader, family, queries[: args.recall_queries], min(DEPTH, len(idx)))
+    print(f"exact top-{DEPTH} of {args.recall_queries} queries over {family}: {time.perf_counter() - t:.0f} s",
+          flush=True)
     np.savez(path, queries=queries, truth=truth)
     return queries, truth
 
@@ -351,38 +327,48 @@ def child_search(args: argparse.Namespace) -> dict:
     out["rss_after_faiss"] = peak_rss_mib()
     out["stored_settings"] = search_params(index)
     family = families[0]
-    queries, truth = truth_for(work, idx, family, args)
+    queries, deep = truth_for(work, idx, family, args)
+    truth = deep[:, :K]
     drop_from_page_cache(root)  # the brute force read every row: drop them again
     cold = queries[-args.cold_queries:]
     times, _ = timed_searches(idx, family, cold, K)  # the index's own settings, pages first touched
     out["cold"] = percentiles(times) | {"queries": len(cold)}
-    default_factor = reader_module.RESCORE_FACTOR
+    for q in queries:  # every page the timed searches touch, read once: the sweep compares settings, not disks
+        idx.search(q, k=K, family=family)
+    product = reader_module.rescore_candidates
     sweep = []
     for nprobe in [int(p) for p in args.nprobe.split(",")]:
         idx.reader.tune(nprobe=nprobe)
-        for factor in [int(c) for c in args.rescore.split(",")]:
-            reader_module.RESCORE_FACTOR = factor
-            timed_searches(idx, family, queries[:5], K)  # warm-up
+        for candidates in [int(c) for c in args.candidates.split(",")]:
+            reader_module.rescore_candidates = lambda k, ntotal, c=candidates: min(max(c, k), ntotal)
+            timed_searches(idx, family, queries[:5], K)  # the FAISS file read again, at this nprobe
             times, found = timed_searches(idx, family, queries, K)
             rec = recall(found[: len(truth)], truth)
-            sweep.append({"nprobe": nprobe, "candidates": factor * K, "recall": round(rec, 4)} | percentiles(times))
+            sweep.append({"nprobe": nprobe, "candidates": candidates, "recall": round(rec, 4)} | percentiles(times))
             print(json.dumps(sweep[-1]), flush=True)
     out["sweep"] = sweep
-    reader_module.RESCORE_FACTOR = default_factor
-    idx.reader.tune(nprobe=None)  # the settings stored in the index
+    reader_module.rescore_candidates = product
+    idx.reader.tune(nprobe=None)  # the settings stored in the index, the product's candidates
+    index = idx.reader.faiss_index(family)
+    fetch = product(K, index.ntotal)
     times, found = timed_searches(idx, family, queries, K)
     out["default"] = percentiles(times) | {"recall": round(recall(found[: len(truth)], truth), 4),
-                                           "candidates": default_factor * K} | search_params(
-        idx.reader.faiss_index(family))
-    index = idx.reader.faiss_index(family)
+                                           "candidates": fetch} | search_params(index)
     faiss_ms = []
     for q in queries:  # FAISS alone: the share of a search before its re-scoring
         t = time.perf_counter()
-        search(index, q, default_factor * K)
+        search(index, q, fetch)
         faiss_ms.append((time.perf_counter() - t) * 1e3)
     out["default_faiss_only"] = percentiles(faiss_ms)
-    times, _ = timed_searches(idx, family, queries[: max(20, len(queries) // 4)], 1000)
-    out["member_depth_1000"] = percentiles(times)
+    depth = []
+    for nprobe in [int(p) for p in args.nprobe.split(",")]:  # a fused query's member searches, 1000 rows deep
+        idx.reader.tune(nprobe=nprobe)
+        times, found = timed_searches(idx, family, queries[: args.depth_queries], deep.shape[1])
+        depth.append({"nprobe": nprobe, "candidates": product(deep.shape[1], index.ntotal),
+                      f"recall@{deep.shape[1]}": round(recall(found[: len(deep)], deep), 4)} | percentiles(times))
+        print(json.dumps(depth[-1]), flush=True)
+    out["member_depth"] = depth
+    idx.reader.tune(nprobe=None)
     per_family = {}
     for other in families[1:]:
         qs = near_row_queries(idx.reader, other, min(len(queries), 50), args.query_noise, args.seed)
@@ -480,21 +466,22 @@ def child_ondisk(args: argparse.Namespace) -> dict:
     before = peak_rss_mib()
     index = faiss.read_index(str(populated), faiss.IO_FLAG_ONDISK_SAME_DIR)
     out["rss_anon_read_mib"] = round(peak_rss_mib()["anon"] - before["anon"], 1)
-    queries, truth = truth_for(work, idx, family, args)
+    queries, deep = truth_for(work, idx, family, args)
+    truth = deep[:, :K]
     sweep = []
     for nprobe in [int(p) for p in args.nprobe.split(",")]:
         set_search_params(index, nprobe=nprobe)
-        for factor in [int(c) for c in args.rescore.split(",")]:
+        for candidates in [int(c) for c in args.candidates.split(",")]:
             times, found = [], []
             for q in queries:
                 t = time.perf_counter()
                 with faiss_threads(1):
-                    _, cand = index.search(normalise(q), factor * K)
+                    _, cand = index.search(normalise(q), candidates)
                 cand = cand[0][cand[0] >= 0]
                 cos = idx.reader.cosines(q, family, cand)  # exact, from vectors.h5
                 found.append(cand[np.argsort(-cos, kind="stable")[:K]])
                 times.append((time.perf_counter() - t) * 1e3)
-            sweep.append({"nprobe": nprobe, "candidates": factor * K,
+            sweep.append({"nprobe": nprobe, "candidates": candidates,
                           "recall": round(recall(found[: len(truth)], truth), 4)} | percentiles(times))
             print(json.dumps(sweep[-1]), flush=True)
     out["sweep"] = sweep
@@ -523,14 +510,15 @@ def summary_rows(results: dict) -> list[list[object]]:
                 f"{r['factory']}",
                 f"vectors {r['vector_bytes_per_row_family']} B/row/family (+{r['side_bytes_per_row_family']} side)",
                 f"FAISS {r['faiss_bytes_per_row_family']} B/row/family, other {r['other_bytes_per_row']} B/row",
-                f"parts {r['parts_s']} s, finalize {r['finalize_s']} s (training {r['train_s']} s)"])
+                f"{r['total_s']} s: parts and vectors.h5 {r['parts_and_copy_s']} s, FAISS {r['faiss_s']} s "
+                f"(training {r['train_s']} s)"])
         elif stage == "search" and "default" in r:
             d = r["default"]
             figures = "; ".join([
                 f"Index.search k=100 at the stored settings (nprobe {d.get('nprobe')}, {d['candidates']} candidates): "
                 f"p50 {d['p50_ms']} ms, p95 {d['p95_ms']} ms, recall@100 {d['recall']}",
                 f"FAISS alone p50 {r['default_faiss_only']['p50_ms']} ms",
-                f"k=1000 p50 {r['member_depth_1000']['p50_ms']} ms",
+                f"k={DEPTH} p50 " + ", ".join(f"{d['p50_ms']} ms (nprobe {d['nprobe']})" for d in r["member_depth"]),
                 f"cold p50 {r['cold']['p50_ms']} ms",
                 f"anon RSS after open + FAISS {r['rss_after_faiss']['anon']} MiB"])
         elif stage == "query" and "whole" in r:
@@ -565,10 +553,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200, help="timed queries per setting")
     ap.add_argument("--recall-queries", type=int, default=100, help="of those, queries scored against brute force")
     ap.add_argument("--cold-queries", type=int, default=50, help="queries timed first, the index's pages dropped")
+    ap.add_argument("--depth-queries", type=int, default=50, help="queries timed at the member depth (k=1000)")
     ap.add_argument("--whole-queries", type=int, default=20, help="whole default queries timed")
     ap.add_argument("--query-noise", type=float, default=0.5, help="noise norm of a query, relative to its row")
     ap.add_argument("--nprobe", default="16,32,64,128", help="nprobe values swept")
-    ap.add_argument("--rescore", default="2,4,8", help="candidates re-scored per row asked for, swept")
+    ap.add_argument("--candidates", default="200,400,800", help="candidates re-scored for the top 100, swept")
     ap.add_argument("--ondisk-shards", type=int, default=4, help="blocks of rows merged into the on-disk lists")
     ap.add_argument("--keep-blocks", action="store_true", help="keep the on-disk stage's per-block indexes")
     ap.add_argument("--flat-rows", type=int, default=None,
@@ -577,8 +566,8 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="append every stage measured so far to bench/runs/")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.recall_queries > args.queries or args.cold_queries > args.queries:
-        ap.error("--recall-queries and --cold-queries must not exceed --queries")
+    if max(args.recall_queries, args.cold_queries, args.depth_queries) > args.queries:
+        ap.error("--recall-queries, --cold-queries and --depth-queries must not exceed --queries")
     family_names(args.families)
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)))
@@ -606,6 +595,12 @@ def main() -> None:
         if "sweep" in results.get(stage, {}):
             body += f"\n\n`{stage}`: {'Index.search' if stage == 'search' else 'on-disk IVF-PQ'} at k = {K}, " \
                     "one query at a time on one thread:\n\n" + sweep_table(results[stage]["sweep"])
+    depth = results.get("search", {}).get("member_depth")
+    if depth:
+        key = next(k for k in depth[0] if k.startswith("recall@"))
+        body += (f"\n\n`search` at a fused query's member depth ({key[len('recall'):]}), the product's candidates:\n\n"
+                 + markdown_table(["nprobe", "candidates re-scored", "p50 ms", "p95 ms", key],
+                                  [[d["nprobe"], d["candidates"], d["p50_ms"], d["p95_ms"], d[key]] for d in depth]))
     print(body)
     if args.record:
         build = results.get("build", {})

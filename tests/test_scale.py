@@ -294,6 +294,46 @@ def test_ivf_factory_finds_a_planted_duplicate_and_reports_its_recall(tmp_path, 
     assert np.argmax(truth) == np.flatnonzero(valid).tolist().index(planted)
 
 
+def test_ivf_indexes_visit_16_lists_up_to_2048_then_one_in_128_and_lossy_codes_fetch_300_extra_candidates():
+    from actindex.index.search import default_nprobe, new_faiss_index, rescore_candidates, search_params
+
+    assert [default_nprobe(n) for n in (4, 16, 1024, 2048, 4096, 8192, 32768)] == [4, 16, 16, 16, 32, 64, 256]
+    assert search_params(new_faiss_index(8, "IVF1024,Flat")) == {"nprobe": 16, "nlist": 1024}  # 1M rows: as before
+    assert search_params(new_faiss_index(8, "IVF8192,PQ4")) == {"nprobe": 64, "nlist": 8192}  # 10M rows
+    assert [rescore_candidates(k, 10**6) for k in (1, 10, 100, 1000)] == [301, 310, 400, 2000]
+    assert rescore_candidates(100, 250) == 250
+
+
+def test_a_compact_family_beyond_the_flat_rows_is_searched_through_ivf_pq_codes_rescored_exactly(
+        tmp_path, monkeypatch, one_faiss_thread):
+    """Beyond AUTO_FLAT_ROWS a compact family's FAISS copy is IVF-PQ (codes of one byte per 8 dims); a search takes
+    its candidates from the codes and ranks them by their exact cosines from the stored vectors: with every list
+    visited, the top 10 is brute force's, with its exact cosines."""
+    import actindex.index.search as search_module
+    from actindex.index.search import search_params
+    from actindex.testing import write_vector_index
+
+    monkeypatch.setattr(search_module, "AUTO_FLAT_ROWS", 1000)
+    rng = np.random.default_rng(2)
+    n, dim, family = 4000, 32, "residual_change/18"
+    centres = rng.standard_normal((20, dim))
+    data = (centres[rng.integers(0, 20, n)] + 0.7 * rng.standard_normal((n, dim))).astype(np.float32)
+    root = tmp_path / "idx"
+    m = write_vector_index(root, n, {family: dim}, lambda a, k: {family: data[a : a + k]}, train_rows=n,
+                           part_rows=1500)
+    assert m.rows == n and m.families[family].faiss_factory == "IVF128,PQ4"  # 2 sqrt(4000) = 126 -> 2^7 lists
+    assert verify(root) == []
+    idx = actindex.Index.open(root, cache=False)
+    assert search_params(idx.reader.faiss_index(family)) == {"nprobe": 16, "nlist": 128}
+    idx.reader.tune(nprobe=128)  # every list: only the codes' error is left, and the re-scoring removes it
+    for row in rng.choice(n, 20, replace=False):
+        query = data[row] + 0.5 * rng.standard_normal(dim).astype(np.float32)
+        truth = brute_force(data, query)
+        scores, rows = idx.search(query, k=10, family=family)
+        assert rows.tolist() == np.argsort(-truth, kind="stable")[:10].tolist()
+        np.testing.assert_allclose(scores, truth[rows], atol=1e-5)
+
+
 def test_pq_codes_are_trained_without_the_polysemous_reordering_which_changes_no_score(one_faiss_thread):
     """FAISS's factory reorders 8-bit PQ centroids by simulated annealing (minutes per family); actindex never filters
     codes by Hamming distance, so it is off, and the reordering (made quick here) gives the very same search."""
