@@ -13,7 +13,9 @@ activations have rather than isotropic noise: ``x = m + c_j + B_j z + G (s * w) 
 per cluster (``z ~ N(0, I/16)``), a shared rank-32 component ``G`` with a decaying spectrum ``s_i ~ 1/sqrt(i+1)``
 (norm ~0.7) and noise ``sigma = 0.3``. Stored as ``--dtype``: ``int8`` (``round(127 x / max|x|)``; its per-row
 float32 scale, which a cosine does not need, is counted in the bytes but not written: the writer has no dataset for
-it), ``float16`` (the unit row; its float32 norm counted likewise) or ``float32`` (as drawn).
+it), ``float16`` (the unit row; its float32 norm counted likewise) or ``float32`` (as drawn). ``--families-from
+rotated`` draws one family and makes the others from it (:class:`Rotated`), for many families at a twentieth of the
+drawing cost.
 
 Stages (each its own process: wall time and peak RSS, ``ru_maxrss`` of ``wait4``, per stage):
 
@@ -131,6 +133,34 @@ class Activations:
         return x
 
 
+class Rotated:
+    """Family ``i`` of ``--families-from rotated``: the rows of one drawn family (:class:`Activations`, drawn once into
+    ``WORK/base.npy`` in float16), starting ``i x rows / families`` rows on (wrapping round), turned by a seeded
+    random orthogonal matrix: the same structure for a ``1 / families`` share of the drawing cost, other rows next
+    to each other in each family (a fused query's members then share fewer rows than real families' would)."""
+
+    def __init__(self, base: np.ndarray, index: int, count: int, seed: int):
+        rng = np.random.default_rng([seed, 2, index])
+        self.base, self.shift = base, index * len(base) // count
+        self.turn = np.linalg.qr(rng.standard_normal((base.shape[1], base.shape[1])))[0].astype(np.float32)
+
+    def rows(self, start: int, n: int) -> np.ndarray:
+        at = (np.arange(start, start + n) + self.shift) % len(self.base)
+        return self.base[at].astype(np.float32) @ self.turn
+
+
+def drawn_base(path: Path, generator: Activations, rows: int) -> np.ndarray:
+    """The rows ``Rotated`` families turn, drawn once (float16, memory-mapped)."""
+    if not path.exists():
+        out = np.lib.format.open_memmap(str(path) + ".tmp.npy", "w+", np.float16, (rows, generator.d))
+        for a in range(0, rows, DRAW):
+            out[a : a + DRAW] = generator.rows(a, min(DRAW, rows - a))
+        out.flush()
+        del out
+        os.replace(str(path) + ".tmp.npy", path)
+    return np.load(path, mmap_mode="r")
+
+
 def stored(x: np.ndarray, dtype: str) -> np.ndarray:
     """Rows as ``--dtype`` stores them (see the module docstring)."""
     if dtype == "int8":
@@ -184,7 +214,11 @@ def child_build(args: argparse.Namespace) -> dict:
     if (root / MANIFEST).exists():
         return {"skipped": "already built"}
     families = family_names(args.families)
-    generators = {f: Activations(args.width, args.clusters, seed=args.seed + i) for i, f in enumerate(families)}
+    if args.families_from == "drawn":
+        generators = {f: Activations(args.width, args.clusters, seed=args.seed + i) for i, f in enumerate(families)}
+    else:
+        base = drawn_base(work / "base.npy", Activations(args.width, args.clusters, seed=args.seed), args.rows)
+        generators = {f: Rotated(base, i, len(families), args.seed) for i, f in enumerate(families)}
     timed = {"train_s": 0.0, "faiss_s": 0.0}
     train, write_faiss = search_module.trained_faiss_index, writer_module.write_faiss_index_from_rows
 
@@ -546,6 +580,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=DTYPES, default="int8", help="how the vectors are stored")
     ap.add_argument("--hidden", type=int, default=576, help="the synthetic model's width (the projection matrix)")
     ap.add_argument("--clusters", type=int, default=1024)
+    ap.add_argument("--families-from", choices=("drawn", "rotated"), default="drawn",
+                    help="each family drawn from its own generator, or one drawn family turned and shifted per family "
+                         "(class Rotated: a 1/families share of the drawing cost)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--part-rows", type=int, default=1 << 17, help="rows per committed part (bounds the build's RAM)")
     ap.add_argument("--train-rows", type=int, default=100_000, help="FAISS training sample (--faiss-train-rows)")
@@ -562,7 +599,8 @@ def main() -> None:
     ap.add_argument("--keep-blocks", action="store_true", help="keep the on-disk stage's per-block indexes")
     ap.add_argument("--flat-rows", type=int, default=None,
                     help="rows up to which a family gets no FAISS copy (default: the product's, 200,000)")
-    ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the build and on-disk stages")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OMP_NUM_THREADS of the build and on-disk stages (more spin-wait on a shared machine)")
     ap.add_argument("--record", action="store_true", help="append every stage measured so far to bench/runs/")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -604,11 +642,13 @@ def main() -> None:
     print(body)
     if args.record:
         build = results.get("build", {})
-        intro = (f"{build.get('rows', args.rows):,} synthetic rows x {build.get('families', args.families)} of the "
-                 f"default's families, width {args.width}, stored as {args.dtype}, {args.clusters} clusters "
-                 f"(module docstring), hidden {args.hidden}; FAISS trained on {args.train_rows:,} rows; queries near "
-                 f"stored rows (noise {args.query_noise}); recall against exact brute force over the stored rows "
-                 f"({args.recall_queries} queries). One process per stage: wall time and peak RSS (`wait4`).\n\n")
+        intro = " ".join([
+            f"{build.get('rows', args.rows):,} synthetic rows x {build.get('families', args.families)}",
+            f"of the default's families ({args.families_from}), width {args.width}, stored as {args.dtype},",
+            f"{args.clusters} clusters (module docstring), hidden {args.hidden};",
+            f"FAISS trained on {args.train_rows:,} rows; queries near stored rows (noise {args.query_noise});",
+            f"recall against exact brute force over the stored rows ({args.recall_queries} queries).",
+            "One process per stage: wall time and peak RSS (`wait4`).\n\n"])
         append_section("Search at 10M rows", intro + body + "\n\n```json\n" + json.dumps(results, indent=1) + "\n```",
                        ("faiss-cpu", "numpy", "h5py"))
 

@@ -334,6 +334,56 @@ def test_a_compact_family_beyond_the_flat_rows_is_searched_through_ivf_pq_codes_
         np.testing.assert_allclose(scores, truth[rows], atol=1e-5)
 
 
+def test_an_ivf_index_keeps_row_numbers_in_its_lists_and_an_id_mapped_one_still_reads(tmp_path, one_faiss_thread):
+    """No IndexIDMap2 around IVF (its hash map of every id cost 53 bytes a row of RAM): the inverted lists hold the
+    row numbers themselves; the rows decode, the spot check finds a copied file, the ids are the valid rows; an
+    id-mapped IVF (the layout indexes were written in before) searches and checks the same."""
+    import faiss
+
+    from actindex.index.search import (
+        extend_faiss_index,
+        normalise,
+        read_faiss_index,
+        reconstructed,
+        rows_disagree,
+        stored_as,
+        stored_ids,
+        trained_faiss_index,
+        write_faiss_index,
+    )
+
+    rng = np.random.default_rng(3)
+    n, dim = 3000, 16
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    valid = np.ones(n, bool)
+    valid[::7] = False
+    index = faiss_index_from_rows(vectors, valid, "IVF16,PQ4", train_rows=n)
+    assert isinstance(index, faiss.IndexIVFPQ) and not hasattr(index, "id_map")
+    assert np.array_equal(stored_ids(index), np.flatnonzero(valid))
+    rows = np.flatnonzero(valid)[:40]
+    np.testing.assert_allclose(reconstructed(index, rows), stored_as(index, normalise(vectors[rows])), atol=1e-5)
+    with pytest.raises(RuntimeError, match="holds no row 7"):
+        reconstructed(index, np.array([8, 7]))
+    assert len(rows_disagree(index, rows, vectors[rows])) == 0
+    assert rows_disagree(index, rows, vectors[rows + 1]).tolist() == rows.tolist()  # another row's vectors
+    write_faiss_index(index, tmp_path / "ivf.faiss")
+    mapped = read_faiss_index(tmp_path / "ivf.faiss")  # lists (ids and codes) memory-mapped
+    old = extend_faiss_index(faiss.IndexIDMap2(trained_faiss_index(vectors, valid, "IVF16,PQ4", n)), vectors, valid, 0)
+    queries = normalise(rng.standard_normal((10, dim)))
+    for other in (mapped, old):
+        set_search_params(other, nprobe=16)
+        assert np.array_equal(stored_ids(other), np.flatnonzero(valid))
+        assert len(rows_disagree(other, rows, vectors[rows])) == 0
+    set_search_params(index, nprobe=16)
+    want = search(index, queries, 20)
+    for other in (mapped, old):
+        got = search(other, queries, 20)
+        assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], atol=1e-6)
+    allowed = np.zeros(n, bool)
+    allowed[rows] = True
+    assert set(search(mapped, queries[0], 5, allowed)[1][0].tolist()) <= set(rows.tolist())
+
+
 def test_pq_codes_are_trained_without_the_polysemous_reordering_which_changes_no_score(one_faiss_thread):
     """FAISS's factory reorders 8-bit PQ centroids by simulated annealing (minutes per family); actindex never filters
     codes by Hamming distance, so it is off, and the reordering (made quick here) gives the very same search."""
