@@ -174,9 +174,9 @@ def with_row_ids(inner: faiss.Index) -> faiss.Index:
     keep each row's id beside its code (on disk with the codes, memory-mapped when read); any other index in an
     ``IndexIDMap2`` (Flat, PQ, SQ and HNSW number their rows 0, 1, 2...).
 
-    Why not an id map around IVF as well (as earlier releases wrote it; still read): it holds every id a second time
-    and, when read, FAISS builds a hash map of them, 53 bytes a row in memory (measured at 1M rows: 51 MiB), so at
-    10M rows a family took 0.5 GB of RAM to search beside its 40 bytes of codes a row left on disk."""
+    Why not an id map around IVF as well (an IVF file in one is read too): it holds every id a second time and, when
+    read, FAISS builds a hash map of them, 53 bytes a row in memory (measured at 1M rows: 51 MiB), so at 10M rows a
+    family would hold 0.5 GB of RAM to search beside its 40 bytes of codes a row left on disk."""
     return inner if bare_ivf(inner) is not None else faiss.IndexIDMap2(inner)
 
 
