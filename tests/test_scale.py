@@ -294,6 +294,128 @@ def test_ivf_factory_finds_a_planted_duplicate_and_reports_its_recall(tmp_path, 
     assert np.argmax(truth) == np.flatnonzero(valid).tolist().index(planted)
 
 
+def test_ivf_indexes_visit_16_lists_up_to_2048_then_one_in_128_and_lossy_codes_fetch_300_extra_candidates():
+    from actindex.index.search import default_nprobe, new_faiss_index, rescore_candidates, search_params
+
+    assert [default_nprobe(n) for n in (4, 16, 1024, 2048, 4096, 8192, 32768)] == [4, 16, 16, 16, 32, 64, 256]
+    assert search_params(new_faiss_index(8, "IVF1024,Flat")) == {"nprobe": 16, "nlist": 1024}  # 1M rows: as before
+    assert search_params(new_faiss_index(8, "IVF8192,PQ4")) == {"nprobe": 64, "nlist": 8192}  # 10M rows
+    assert [rescore_candidates(k, 10**6) for k in (1, 10, 100, 1000)] == [301, 310, 400, 2000]
+    assert rescore_candidates(100, 250) == 250
+
+
+def test_a_compact_family_beyond_the_flat_rows_is_searched_through_ivf_pq_codes_rescored_exactly(
+        tmp_path, monkeypatch, one_faiss_thread):
+    """Beyond AUTO_FLAT_ROWS a compact family's FAISS copy is IVF-PQ (codes of one byte per 8 dims); a search takes
+    its candidates from the codes and ranks them by their exact cosines from the stored vectors: with every list
+    visited, the top 10 is brute force's, with its exact cosines."""
+    import actindex.index.search as search_module
+    from actindex.index.search import search_params
+    from actindex.testing import write_vector_index
+
+    monkeypatch.setattr(search_module, "AUTO_FLAT_ROWS", 1000)
+    rng = np.random.default_rng(2)
+    n, dim, family = 4000, 32, "residual_change/18"
+    centres = rng.standard_normal((20, dim))
+    data = (centres[rng.integers(0, 20, n)] + 0.7 * rng.standard_normal((n, dim))).astype(np.float32)
+    root = tmp_path / "idx"
+    m = write_vector_index(root, n, {family: dim}, lambda a, k: {family: data[a : a + k]}, train_rows=n,
+                           part_rows=1500)
+    assert m.rows == n and m.families[family].faiss_factory == "IVF128,PQ4"  # 2 sqrt(4000) = 126 -> 2^7 lists
+    assert verify(root) == []
+    idx = actindex.Index.open(root, cache=False)
+    assert search_params(idx.reader.faiss_index(family)) == {"nprobe": 16, "nlist": 128}
+    idx.reader.tune(nprobe=128)  # every list: only the codes' error is left, and the re-scoring removes it
+    for row in rng.choice(n, 20, replace=False):
+        query = data[row] + 0.5 * rng.standard_normal(dim).astype(np.float32)
+        truth = brute_force(data, query)
+        scores, rows = idx.search(query, k=10, family=family)
+        assert rows.tolist() == np.argsort(-truth, kind="stable")[:10].tolist()
+        np.testing.assert_allclose(scores, truth[rows], atol=1e-5)
+
+
+def test_an_ivf_index_keeps_row_numbers_in_its_lists_and_an_id_mapped_one_still_reads(tmp_path, one_faiss_thread):
+    """No IndexIDMap2 around IVF (its hash map of every id cost 53 bytes a row of RAM): the inverted lists hold the
+    row numbers themselves; the rows decode, the spot check finds a copied file, the ids are the valid rows; an
+    id-mapped IVF (the layout indexes were written in before) searches and checks the same."""
+    import faiss
+
+    from actindex.index.search import (
+        extend_faiss_index,
+        normalise,
+        read_faiss_index,
+        reconstructed,
+        rows_disagree,
+        stored_as,
+        stored_ids,
+        trained_faiss_index,
+        write_faiss_index,
+    )
+
+    rng = np.random.default_rng(3)
+    n, dim = 3000, 16
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    valid = np.ones(n, bool)
+    valid[::7] = False
+    index = faiss_index_from_rows(vectors, valid, "IVF16,PQ4", train_rows=n)
+    assert isinstance(index, faiss.IndexIVFPQ) and not hasattr(index, "id_map")
+    assert np.array_equal(stored_ids(index), np.flatnonzero(valid))
+    rows = np.flatnonzero(valid)[:40]
+    np.testing.assert_allclose(reconstructed(index, rows), stored_as(index, normalise(vectors[rows])), atol=1e-5)
+    with pytest.raises(RuntimeError, match="holds no row 7"):
+        reconstructed(index, np.array([8, 7]))
+    assert len(rows_disagree(index, rows, vectors[rows])) == 0
+    assert rows_disagree(index, rows, vectors[rows + 1]).tolist() == rows.tolist()  # another row's vectors
+    write_faiss_index(index, tmp_path / "ivf.faiss")
+    mapped = read_faiss_index(tmp_path / "ivf.faiss")  # lists (ids and codes) memory-mapped
+    old = extend_faiss_index(faiss.IndexIDMap2(trained_faiss_index(vectors, valid, "IVF16,PQ4", n)), vectors, valid, 0)
+    queries = normalise(rng.standard_normal((10, dim)))
+    for other in (mapped, old):
+        set_search_params(other, nprobe=16)
+        assert np.array_equal(stored_ids(other), np.flatnonzero(valid))
+        assert len(rows_disagree(other, rows, vectors[rows])) == 0
+    set_search_params(index, nprobe=16)
+    want = search(index, queries, 20)
+    for other in (mapped, old):
+        got = search(other, queries, 20)
+        assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], atol=1e-6)
+    allowed = np.zeros(n, bool)
+    allowed[rows] = True
+    assert set(search(mapped, queries[0], 5, allowed)[1][0].tolist()) <= set(rows.tolist())
+
+
+def test_pq_codes_are_trained_without_the_polysemous_reordering_which_changes_no_score(one_faiss_thread):
+    """FAISS's factory reorders 8-bit PQ centroids by simulated annealing (minutes per family); actindex never filters
+    codes by Hamming distance, so it is off, and the reordering (made quick here) gives the very same search."""
+    import faiss
+
+    from actindex.index.search import new_faiss_index, normalise
+
+    rng = np.random.default_rng(1)
+    vectors = normalise(rng.standard_normal((3000, 32)))
+    valid = np.ones(len(vectors), bool)
+    ours = faiss_index_from_rows(vectors, valid, "IVF8,PQ4", train_rows=3000)
+    assert not faiss.downcast_index(faiss.extract_index_ivf(ours)).do_polysemous_training
+    assert not faiss.downcast_index(new_faiss_index(32, "PQ4")).do_polysemous_training
+    reordered = faiss.index_factory(32, "IVF8,PQ4", faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(reordered))
+    assert ivf.do_polysemous_training  # FAISS's own default
+    annealing = faiss.PolysemousTraining()
+    annealing.n_iter, annealing.n_redo = 2000, 1
+    ivf.polysemous_training = annealing
+    reordered.train(vectors)
+    reordered = faiss.IndexIDMap2(reordered)
+    reordered.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    inner = faiss.downcast_index(faiss.extract_index_ivf(ours))
+    assert not np.array_equal(faiss.vector_to_array(ivf.pq.centroids), faiss.vector_to_array(inner.pq.centroids))
+    queries = normalise(rng.standard_normal((20, 32)))
+    for index in (ours, reordered):
+        set_search_params(index, nprobe=8)
+    got, want = search(ours, queries, 50), search(reordered, queries, 50)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    assert (got[1] == want[1]).mean() > 0.99  # the same rows, up to the order of equal scores
+
+
 
 def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch):
     import actindex.index.search as search_module

@@ -1,4 +1,4 @@
-"""Synthetic rows and an offline tokenizer for tests and benchmarks.
+"""Synthetic rows, an offline tokenizer and indexes of given vectors, for tests and benchmarks.
 
 Nothing here is downloaded: :func:`make_tokenizer` builds a word-level tokenizer over :data:`WORDS`
 (plus chat specials, digits and punctuation) with a small chat template, so a tiny randomly
@@ -8,19 +8,27 @@ the same vocabulary, so every token of a row is known to that tokenizer.
     from actindex.testing import chat_rows, make_tokenizer, write_jsonl
     tok = make_tokenizer()
     write_jsonl(Path("train.jsonl"), chat_rows(100, seed=0))
+
+:func:`write_vector_index` writes an index of given vectors with no model at all (a synthetic model's manifest),
+through the index writer and the FAISS path a build takes: search at scale is measured and tested on it.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "WORDS", "chat_rows", "make_tokenizer", "write_jsonl", "write_parquet"]
+    from actindex.index.manifest import Manifest
+
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "WORDS", "chat_rows", "make_tokenizer", "write_jsonl", "write_parquet",
+           "write_vector_index"]
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -91,3 +99,51 @@ def write_parquet(path: Path, rows: list[dict[str, Any]], row_group_size: int = 
 
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
     return path
+
+
+def write_vector_index(root: Path, rows: int, families: dict[str, int],
+                       vectors: Callable[[int, int], dict[str, np.ndarray]], store_dtype: str = "float32",
+                       faiss_factory: str = "compact", train_rows: int | None = None, hidden: int | None = None,
+                       part_rows: int = 65536) -> Manifest:
+    """An index of given vectors, written as a build writes one, with no model: ``vectors(start, n)`` returns rows
+    ``start .. start + n - 1`` of every family (``{"residual_change/18": (n, dim) array in store_dtype}``),
+    committed ``part_rows`` at a time by :class:`~actindex.index.writer.IndexWriter` (memory bounded by a part; a
+    killed call resumes), then finalised: ``vectors.h5`` and each family's FAISS file (``faiss_factory`` resolved
+    for the rows, trained on a seeded sample of ``train_rows``). The manifest is a synthetic model's (30 layers,
+    ``hidden`` wide, default the widest family; a storage projection of ``hidden`` x width is stored when wider),
+    every row valid, ids ``r<row>``. Returns the manifest written."""
+    import hashlib
+
+    import numpy as np
+
+    from actindex.core.reduction import StorageProjection
+    from actindex.index.config import BuildConfig
+    from actindex.index.manifest import DataFile, Manifest, ModelInfo, ProjectionInfo, ReductionInfo
+    from actindex.index.writer import IndexWriter
+
+    width = max(families.values())
+    hidden = hidden or width
+    projection = StorageProjection.seeded(hidden, width) if hidden > width else None
+    reduction = None if projection is None else ReductionInfo(
+        hidden=hidden, width=width, sha256=hashlib.sha256(projection.matrix.tobytes()).hexdigest())
+    build = BuildConfig(data="synthetic", out=str(root), full_width=False, width=width,
+                        faiss_train_rows=train_rows or BuildConfig.faiss_train_rows,
+                        store_dtype=store_dtype if store_dtype in ("float32", "float16") else "auto")
+    manifest = Manifest(model=ModelInfo("synthetic", f"synthetic-{hidden}", "none", 30, hidden, "synthetic"),
+                        layers=sorted({int(name.split("/")[1]) for name in families if "/" in name}),
+                        projection=ProjectionInfo(), data=[DataFile(path="synthetic", sha256="0" * 64, rows=rows)],
+                        build=build, reduction=reduction, actindex_version="synthetic")
+    state = {"synthetic": {"rows": rows, "families": families, "dtype": store_dtype, "hidden": hidden}}
+    writer = IndexWriter(root, state)
+    for start in range(writer.rows_done(), rows, part_rows):
+        n = min(part_rows, rows - start)
+        numbers = np.arange(start, start + n)
+        meta = {"ids": np.array([f"r{r}" for r in numbers], dtype=object), "loss": np.full(n, 2.0, np.float32),
+                "n_tokens": np.full(n, 64, np.int32), "n_response": np.full(n, 32, np.int32),
+                "truncated": np.zeros(n, np.bool_), "valid": np.ones(n, np.bool_),
+                "hash": np.array([f"{r:064x}" for r in numbers], dtype=object),
+                "record": np.array([f'{{"id": "r{r}"}}' for r in numbers], dtype=object),
+                "source_row": numbers.astype(np.int64), "line": numbers.astype(np.int64) + 1}
+        writer.write_part(start, meta, vectors(start, n))
+    return writer.finalize(manifest, families, store_dtype, faiss_factory, train_rows,
+                           matrix=None if projection is None else projection.matrix)

@@ -52,6 +52,7 @@ from actindex.index.search import (
     gpu_count,
     normalise,
     read_faiss_index,
+    rescore_candidates,
     rows_disagree,
     search,
     search_bottom,
@@ -80,9 +81,6 @@ RECORDS_KEPT = 4096
 #: ``k = 0``) is computed exactly from the stored vectors instead (an IVF search returns only the rows of the
 #: lists it probes)
 APPROX_MAX_K = 4096
-#: a search through lossy codes (PQ, SQ: scores approximate) fetches this many candidates per row asked for and
-#: ranks them by their exact cosines, read from vectors.h5 (bench/storage.py measures recall and latency)
-RESCORE_FACTOR = 2
 #: row sets up to this size are read from HDF5 by point selection; larger ones chunk by chunk (:func:`gather`)
 POINT_READ_ROWS = 64
 #: stored records parsed at a time when one field of many rows is read (:meth:`IndexReader.record_values`)
@@ -519,7 +517,7 @@ class IndexReader:
         if vector.shape[1] != index.d:
             raise ActindexError(f"vector has dimension {vector.shape[1]}, family {family} has {index.d}")
         exact = exact_scores(index)
-        fetch = k if exact or k <= 0 else min(RESCORE_FACTOR * k, index.ntotal)
+        fetch = k if exact or k <= 0 else rescore_candidates(k, index.ntotal)  # ranked by exact cosines below
         scores, rows = (search_bottom if bottom else search)(index, vector, fetch, allowed)
         keep = rows[0] >= 0
         scores, rows = scores[0][keep], rows[0][keep]

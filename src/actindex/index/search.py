@@ -50,9 +50,16 @@ def normalise(vectors: np.ndarray, inplace: bool = False) -> np.ndarray:
 
 #: rows sampled to train an IVF/PQ factory (FAISS wants 30-256 points per centroid)
 TRAIN_ROWS = 100_000
-#: query-time defaults stored in new approximate indexes (FAISS's own default nprobe is 1)
+#: query-time defaults stored in new approximate indexes (FAISS's own default nprobe is 1): IVF visits at least
+#: DEFAULT_NPROBE lists and at least one in NPROBE_SHARE of them (:func:`default_nprobe`)
 DEFAULT_NPROBE = 16
+NPROBE_SHARE = 128
 DEFAULT_EF_SEARCH = 128
+#: a search through lossy codes (PQ, SQ: approximate scores) fetches ``max(RESCORE_FACTOR k, k + RESCORE_EXTRA)``
+#: candidates for ``k`` rows and ranks them by their exact cosines, read from the stored vectors
+#: (:func:`rescore_candidates`)
+RESCORE_FACTOR = 2
+RESCORE_EXTRA = 300
 #: rows read from HDF5 and added to FAISS at a time (about 10 MB of float32 at width 576)
 ADD_BLOCK = 4096
 
@@ -82,13 +89,52 @@ def resolve_factory(factory: str, rows: int, dim: int | None = None) -> str:
 
 
 def new_faiss_index(dim: int, factory: str = "Flat") -> faiss.Index:
-    """An empty inner-product index from a FAISS factory string (untrained when it needs training)."""
+    """An empty inner-product index from a FAISS factory string (untrained when it needs training), without
+    polysemous training (:func:`skip_polysemous_training`)."""
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         raise ActindexError(f"invalid --faiss-factory {factory!r}: {str(err).splitlines()[-1]}") from None
-    set_search_params(index, nprobe=DEFAULT_NPROBE, ef_search=DEFAULT_EF_SEARCH)
+    ivf = faiss.try_extract_index_ivf(index)
+    set_search_params(index, nprobe=DEFAULT_NPROBE if ivf is None else default_nprobe(ivf.nlist),
+                      ef_search=DEFAULT_EF_SEARCH)
+    skip_polysemous_training(index)
     return index
+
+
+def default_nprobe(nlist: int) -> int:
+    """The ``nprobe`` stored in a new IVF index of ``nlist`` lists: ``max(16, nlist / 128)``, at most ``nlist``.
+
+    16 of the 2,048 lists ``auto`` builds at 1M rows give recall@100 0.974 (bench/search_latency.py); as the lists
+    grow in number with the rows (``2 sqrt N``: 8,192 at 10M), a fixed 16 would visit a shrinking share of the
+    rows, so beyond 2,048 lists the share is kept at 1/128 instead (10M rows: 64 lists, bench/scale10m.py: the
+    recall and latency measured at 10M). Indexes of up to 2,048 lists (about 1.5M rows) keep 16."""
+    return min(int(nlist), max(DEFAULT_NPROBE, int(nlist) // NPROBE_SHARE))
+
+
+def rescore_candidates(k: int, ntotal: int) -> int:
+    """Candidates a search through lossy codes fetches for its top ``k``, to rank by their exact cosines:
+    ``max(2 k, k + 300)``, at most ``ntotal``.
+
+    The codes' error moves rows across the k-th score by about a fixed number of places, not in proportion to
+    ``k``: at 1M rows of width 256 (IVF2048,PQ32, bench/scale10m.py) 200 candidates gave recall@100 0.917, 400 gave
+    0.980 and 800 0.989, while at k = 1000 (a fused query's member depth) 2,000 candidates gave recall@1000 0.871
+    and 4,000 0.873 (there the probed lists, not the codes, set the recall)."""
+    return min(max(RESCORE_FACTOR * k, k + RESCORE_EXTRA), int(ntotal))
+
+
+def skip_polysemous_training(index: faiss.Index) -> None:
+    """Switch off the polysemous training FAISS's factory turns on for 8-bit PQ codes (``IVF..,PQm``, ``PQm``).
+
+    It reorders each sub-quantiser's centroids by simulated annealing so that the Hamming distance between codes
+    approximates theirs, for a search that filters codes by Hamming distance first (``polysemous_ht``). actindex
+    never searches that way: the scores are the same asymmetric distances with or without it (the codes are a
+    permutation of each other), and the annealing costs minutes of CPU per family whatever the number of rows
+    (155 s for ``IVF128,PQ32`` on 1,000 rows here, against 0.6 s for the PQ's k-means)."""
+    for part in (faiss.downcast_index(index), faiss.try_extract_index_ivf(index)):
+        part = faiss.downcast_index(part) if part is not None else None
+        if part is not None and hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False
 
 
 def train_sample(candidates: np.ndarray, train_rows: int | None) -> np.ndarray:
@@ -120,7 +166,24 @@ def faiss_index_from_rows(
     """A FAISS index over the valid rows of a stored ``(rows, dim)`` dataset (HDF5 or array), with
     ids = row numbers; trained on a sample, filled block by block (held in memory whole)."""
     inner = trained_faiss_index(dataset, valid, factory, train_rows)
-    return extend_faiss_index(faiss.IndexIDMap2(inner), dataset, valid, 0)
+    return extend_faiss_index(with_row_ids(inner), dataset, valid, 0)
+
+
+def with_row_ids(inner: faiss.Index) -> faiss.Index:
+    """``inner`` (empty) made to hold rows under their row numbers: an IVF index as it is, since its inverted lists
+    keep each row's id beside its code (on disk with the codes, memory-mapped when read); any other index in an
+    ``IndexIDMap2`` (Flat, PQ, SQ and HNSW number their rows 0, 1, 2...).
+
+    Why not an id map around IVF as well (an IVF file in one is read too): it holds every id a second time and, when
+    read, FAISS builds a hash map of them, 53 bytes a row in memory (measured at 1M rows: 51 MiB), so at 10M rows a
+    family would hold 0.5 GB of RAM to search beside its 40 bytes of codes a row left on disk."""
+    return inner if bare_ivf(inner) is not None else faiss.IndexIDMap2(inner)
+
+
+def bare_ivf(index: faiss.Index) -> Any:
+    """``index`` as an ``IndexIVF`` when it is one itself (no id map or transform around it), else ``None``."""
+    concrete = faiss.downcast_index(index)
+    return concrete if isinstance(concrete, faiss.IndexIVF) else None
 
 
 def write_faiss_index_from_rows(
@@ -143,7 +206,7 @@ def write_faiss_index_from_rows(
     inner = trained_faiss_index(dataset, valid, factory, train_rows)
     layout = faiss_stream.stream_layout(inner)
     if layout is None:
-        write_faiss_index(extend_faiss_index(faiss.IndexIDMap2(inner), dataset, valid, 0), path)
+        write_faiss_index(extend_faiss_index(with_row_ids(inner), dataset, valid, 0), path)
         return False
     blocks = map(itemgetter(1), valid_blocks(dataset, valid, 0, block))  # holds no block between items
     ids = ((np.flatnonzero(valid[a : a + block]) + a).astype(np.int64) for a in range(0, len(valid), block))
@@ -249,24 +312,84 @@ def stored_as(index: faiss.Index, vectors: np.ndarray) -> np.ndarray:
 
 
 def reconstructed(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
-    """The vectors ``index`` holds for the given ids (row numbers), decoded (IVF: a direct map is made)."""
+    """The vectors ``index`` holds for the given ids (row numbers), decoded: an IVF index's rows looked up in its
+    inverted lists (:func:`ivf_lists_of`), an id-mapped IVF through a direct map it makes; a row the index lacks is
+    a ``RuntimeError``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return np.zeros((0, index.d), np.float32)
+    ivf = bare_ivf(index)
+    if ivf is not None:
+        got = ivf_rows(ivf, rows, ivf_lists_of(ivf, rows))
+        if np.isnan(got).any():
+            raise RuntimeError(f"the IVF index holds no row {int(rows[np.isnan(got).any(axis=1)][0])}")
+        return got
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
         ivf.make_direct_map()
-    return np.stack([index.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, index.d), np.float32)
+    return np.stack([index.reconstruct(int(r)) for r in rows])
+
+
+def _list_ids(ivf: Any, list_no: int) -> np.ndarray:
+    """The ids inverted list ``list_no`` of an IVF index holds, in list order (a copy)."""
+    n = ivf.invlists.list_size(list_no)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    pointer = ivf.invlists.get_ids(list_no)
+    ids = faiss.rev_swig_ptr(pointer, n).copy()
+    ivf.invlists.release_ids(list_no, pointer)
+    return ids
+
+
+def ivf_lists_of(ivf: Any, rows: np.ndarray) -> np.ndarray:
+    """The inverted list holding each of ``rows`` (-1 where none does), found by reading every list's ids."""
+    where = np.full(len(rows), -1, np.int64)
+    for list_no in range(ivf.nlist):
+        hit = np.isin(rows, _list_ids(ivf, list_no))
+        where[hit] = list_no
+    return where
+
+
+def ivf_rows(ivf: Any, rows: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """The decoded vectors of ``rows``, each looked up in its inverted list ``lists[i]`` (NaN where that list does
+    not hold it)."""
+    out = np.full((len(rows), ivf.d), np.nan, np.float32)
+    for i, (row, list_no) in enumerate(zip(rows.tolist(), np.asarray(lists).tolist())):
+        at = np.flatnonzero(_list_ids(ivf, list_no) == row) if list_no >= 0 else []
+        if len(at):
+            ivf.reconstruct_from_offset(list_no, int(at[0]), faiss.swig_ptr(out[i]))
+    return out
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray | None:
+    """The ids (row numbers) ``index`` holds, sorted: its id map's, or every inverted list's of an IVF index;
+    ``None`` for an index without ids of its own."""
+    if hasattr(index, "id_map"):
+        return np.sort(faiss.vector_to_array(index.id_map))
+    ivf = bare_ivf(index)
+    if ivf is None:
+        return None
+    return np.sort(np.concatenate([np.zeros(0, np.int64)] + [_list_ids(ivf, i) for i in range(ivf.nlist)]))
 
 
 def rows_disagree(index: faiss.Index, rows: np.ndarray, vectors: np.ndarray, atol: float = 1e-5) -> np.ndarray:
     """Of ``rows``, those whose vector in ``index`` is not what the index would hold for ``vectors`` (the
-    rows' stored vectors, as in vectors.h5): a FAISS file copied from another index, or damaged."""
+    rows' stored vectors, as in vectors.h5): a FAISS file copied from another index, or damaged. An IVF index's
+    row is looked for in the list its stored vector is assigned to (reading that list alone)."""
     rows = np.asarray(rows, dtype=np.int64)
     if not len(rows):
         return rows
-    expected = stored_as(index, normalise(vectors))
-    try:
-        got = reconstructed(index, rows)
-    except RuntimeError:  # an id the index does not hold
-        return rows
+    unit = normalise(vectors)
+    expected = stored_as(index, unit)
+    ivf = bare_ivf(index)
+    if ivf is not None:
+        _, lists = ivf.quantizer.search(unit, 1)
+        got = ivf_rows(ivf, rows, lists[:, 0])
+    else:
+        try:
+            got = reconstructed(index, rows)
+        except RuntimeError:  # an id the index does not hold
+            return rows
     bad = ~(np.abs(got - expected) <= atol).all(axis=1)
     return rows[bad]
 

@@ -348,9 +348,7 @@ def _check_faiss(
 ) -> None:
     """Each FAISS file: its recorded sha256 (format 2), its dimension, that it holds exactly the valid rows,
     and, without a recorded sha256 (format 1), that every row decodes to its stored vector."""
-    import faiss
-
-    from actindex.index.search import read_faiss_index
+    from actindex.index.search import read_faiss_index, stored_ids
 
     expected_ids = np.flatnonzero(valid) if valid is not None else None
     for name, path in paths.items():
@@ -372,8 +370,7 @@ def _check_faiss(
             continue
         if index.ntotal != len(expected_ids):
             problems.append(f"{path}: FAISS index holds {index.ntotal} rows, but {len(expected_ids)} rows are valid")
-        elif hasattr(index, "id_map"):
-            ids = np.sort(faiss.vector_to_array(index.id_map))
+        elif (ids := stored_ids(index)) is not None:
             if not np.array_equal(ids, expected_ids):
                 problems.append(f"{path}: FAISS index ids are not the valid row numbers")
             elif recorded is None:
