@@ -49,15 +49,36 @@ class DetectRule(Registered, noun="ensemble", listed=True):
         """A row's statistic as its record writes it (``{}`` when the rule writes none)."""
         return {cls.record_field: cls.record_type(statistic)} if cls.record_field else {}
 
+    def explain(self, table: ScoreTable, positions: np.ndarray) -> list[str]:
+        """One line per row of ``table`` at ``positions``: why the rule flags it (or not): the scores it read,
+        the threshold or votes they met."""
+        raise NotImplementedError
+
 
 class ThresholdRule(DetectRule):
     """A rule that flags the rows whose statistic is at least the rule's ``threshold`` (a dataclass field of
-    the subclass)."""
+    the subclass); ``formula`` names the statistic in an explanation."""
 
     threshold: float
+    formula: ClassVar[str]
 
     def flags(self, table: ScoreTable) -> np.ndarray:
         return self.statistic(table) >= self.threshold
+
+    def parts(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
+        """``(names, values)``: the per-column or per-category scores the statistic is made of."""
+        raise NotImplementedError
+
+    def explain(self, table: ScoreTable, positions: np.ndarray) -> list[str]:
+        stat = self.statistic(table)
+        names, values = self.parts(table)
+        return [f"{self.formula} = {stat[p]:.2f} {'>=' if stat[p] >= self.threshold else '<'} threshold "
+                f"{self.threshold:g} ({named(names, values[p])})" for p in positions]
+
+
+def named(names: list[str], values: np.ndarray) -> str:
+    """``name value, ...`` with two decimals."""
+    return ", ".join(f"{n} {v:.2f}" for n, v in zip(names, values))
 
 
 @dataclass
@@ -67,6 +88,7 @@ class VarianceRule(ThresholdRule):
     name: ClassVar[str] = "variance"
     help: ClassVar[str] = "mean_T z - std_T z over the robustly standardised columns"
     record_field: ClassVar[str] = "variance_statistic"
+    formula: ClassVar[str] = "mean z - std z"
     threshold: float = 3.0
 
     @classmethod
@@ -76,6 +98,9 @@ class VarianceRule(ThresholdRule):
     def statistic(self, table: ScoreTable) -> np.ndarray:
         z = table.z()
         return z.mean(axis=1) - z.std(axis=1)
+
+    def parts(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
+        return [f"z {n}" for n in table.names], table.z()
 
 
 #: what each score column is standardised against: the rows that support the queries, or all of them
@@ -130,9 +155,25 @@ class VotingRule(DetectRule):
     def statistic(self, table: ScoreTable) -> np.ndarray:
         return self.votes(table).astype(np.float64)
 
+    def needed(self, table: ScoreTable) -> int:
+        return self.min_votes if self.min_votes is not None else len(set(table.categories))
+
     def flags(self, table: ScoreTable) -> np.ndarray:
-        needed = self.min_votes if self.min_votes is not None else len(set(table.categories))
-        return self.votes(table) >= needed
+        return self.votes(table) >= self.needed(table)
+
+    def explain(self, table: ScoreTable, positions: np.ndarray) -> list[str]:
+        cats, cz = self.category_z(table)
+        k = top_count(self.top, len(cz))
+        rank = np.argsort(np.argsort(-cz, axis=0, kind="stable"), axis=0, kind="stable") + 1
+        votes, needed = self.votes(table), self.needed(table)
+        out = []
+        voted = (rank <= k) & (cz >= self.z)
+        for p in positions:
+            each = [f"{c} z {cz[p, j]:.2f} rank {rank[p, j]}{' (vote)' if voted[p, j] else ''}"
+                    for j, c in enumerate(cats)]
+            out.append(f"{votes[p]} of {needed} votes needed ({', '.join(each)}; a category votes for its top {k} "
+                       f"rows with z >= {self.z:g})")
+        return out
 
 
 @dataclass
@@ -154,6 +195,10 @@ class BothRule(DetectRule):
     def flags(self, table: ScoreTable) -> np.ndarray:
         return self.variance.flags(table) & self.voting.flags(table)
 
+    def explain(self, table: ScoreTable, positions: np.ndarray) -> list[str]:
+        return [f"variance: {v}; voting: {w}" for v, w in zip(self.variance.explain(table, positions),
+                                                            self.voting.explain(table, positions))]
+
 
 @dataclass
 class SoftVotingRule(ThresholdRule):
@@ -163,6 +208,7 @@ class SoftVotingRule(ThresholdRule):
     name: ClassVar[str] = "soft-voting"
     help: ClassVar[str] = "mean over the categories of the supporter-standardised scores"
     record_field: ClassVar[str] = "soft_voting_statistic"
+    formula: ClassVar[str] = "mean category z"
     threshold: float = 2.5
 
     @classmethod
@@ -170,7 +216,10 @@ class SoftVotingRule(ThresholdRule):
         return cls(config.soft_threshold)
 
     def statistic(self, table: ScoreTable) -> np.ndarray:
-        return category_means(support_z(table.scores), table.categories)[1].mean(axis=1)
+        return self.parts(table)[1].mean(axis=1)
+
+    def parts(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
+        return category_means(support_z(table.scores), table.categories)
 
 
 #: the registry, in the order of the CLI's table and of a flagged row's record fields

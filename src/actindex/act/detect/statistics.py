@@ -4,6 +4,7 @@ and precision/recall against ground-truth labels (module docstring of :mod:`acti
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,3 +60,28 @@ def prf(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     r = tp / int(labels.sum()) if labels.any() else 0.0
     f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
     return {"precision": p, "recall": r, "f1": f1, "flagged": int(flagged.sum()), "true": int(labels.sum()), "tp": tp}
+
+
+@dataclass(frozen=True)
+class GapCut:
+    """Where a sorted statistic falls by more than a clean tail would (:func:`gap_cut`).
+
+    ``order`` lists the rows by decreasing statistic; ``spacings[j]`` is ``D_{j+1}``, ``scales[j]`` the
+    scale its test compares it with, ``ratios = spacings / scales``; ``bound = ln(K / alpha)``; ``k`` rows are
+    above the cut (0: no gap clears the bound)."""
+
+    order: np.ndarray
+    sorted: np.ndarray
+    spacings: np.ndarray
+    scales: np.ndarray
+    bound: float
+    k: int
+
+    @property
+    def ratios(self) -> np.ndarray:
+        return np.divide(self.spacings, self.scales, out=np.full_like(self.spacings, np.inf), where=self.scales > 0)
+
+    def flags(self, n: int) -> np.ndarray:
+        out = np.zeros(n, bool)
+        out[self.order[: self.k]] = True
+        return out
