@@ -173,6 +173,9 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, explain:
         why = res.explanations()
         click.echo(f"\nwhy {config.ensemble} flagged each row ({len(why)}):" if why else
                    f"\n{config.ensemble} flagged no row")
+        drawn = res.rules[config.ensemble].describe(table)
+        if drawn:
+            click.echo(f"  {drawn}")
         for row, row_id, reason in why:
             click.echo(f"  row {row} ({row_id}): {reason}")
     if config.out:
