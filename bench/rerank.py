@@ -71,9 +71,9 @@ def kronfluence_rows(args: argparse.Namespace, name: str, idx: actindex.Index, b
     pairs = out / "behavior.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": p.prompt, "treatment": p.treatment, "control": p.control}) + "\n"
                              for p in behavior.pairs))
-    fit_rows = idx.manifest["curvature"]["ekfac"]["rows"]
+    fit_rows = idx.manifest.curvature["ekfac"].rows
     info, _, _, _ = run_child([args.kronfluence, str(Path(__file__).with_name("peers.py")), "--child", "kron-scores",
-                               "--data", str(idx.manifest["data"]["path"]), "--behavior", str(pairs),
+                               "--data", str(idx.manifest.data_path), "--behavior", str(pairs),
                                "--fit-rows", ",".join(map(str, fit_rows)), "--kron-modules", args.modules,
                                "--out", str(out), "--batch-size", "4"])
     # kronfluence's score is g_phi^T H^-1 g_L: upweighting a row changes phi by minus it
@@ -112,10 +112,10 @@ def main() -> None:
     for name in args.sets.split(","):
         _, behavior = load_set(name, work, args.clean, args.planted)
         idx = actindex.Index.open(work / f"{name}.idx").use_model(lm)
-        if "ekfac" not in idx.manifest.get("curvature", {}):
+        if "ekfac" not in idx.manifest.curvature:
             idx.fit_curvature(kind="ekfac", samples=args.samples, modules=args.modules.split(","))
             idx = actindex.Index.open(work / f"{name}.idx").use_model(lm)
-        fit = idx.manifest["curvature"]["ekfac"]["seconds"]  # as recorded by the fit (also a reused one)
+        fit = idx.manifest.curvature["ekfac"].seconds  # as recorded by the fit (also a reused one)
         labels = np.array([r.get("label", "clean") != "clean" for r in idx.reader.records(range(len(idx)))])
         for method, layer in SEARCHES:
             if method not in args.searches.split(",") or (method == "gradient" and "gradient" not in idx.families):

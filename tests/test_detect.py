@@ -377,7 +377,7 @@ def test_cli_detect_end_to_end(poisoned, tmp_path, monkeypatch, llama):
                                   labels_field="label"), progress=False)
     assert sorted(f["row"] for f in flagged) == sorted(py.flagged_rows().tolist())
     assert 0.0 <= py.metrics["voting"]["f1"] <= 1.0 and py.metrics["voting"]["true"] == 4
-    assert "soft-voting" in res.output and set(py.metrics) == {"variance", "voting", "both", "soft-voting"}
+    assert "soft-voting" in res.output and set(py.metrics) == {"variance", "voting", "both", "soft-voting", "gap"}
 
 
 def test_cli_detect_errors_are_one_line(poisoned, tmp_path, monkeypatch, llama):

@@ -138,8 +138,10 @@ def _list_transforms(ctx: click.Context, _param: click.Parameter, value: bool) -
 @quiet_option
 @click.option("--help-transforms", is_flag=True, expose_value=False, is_eager=True, callback=_list_transforms,
               help="List the transforms and exit.")
+@click.option("--explain", is_flag=True, help="Say why each row the --ensemble rule flags was flagged: the scores, "
+                                              "votes and threshold it met.")
 @friendly
-def detect(index_dir: str, model: str | None, device: str, quiet: bool, **options: Any) -> None:
+def detect(index_dir: str, model: str | None, device: str, quiet: bool, explain: bool, **options: Any) -> None:
     """Flag training rows (poisons) whose influence survives semantic transforms of the test queries."""
     from actindex.act.detect.config import DetectConfig
     from actindex.act.detect.rules import DetectRule
@@ -167,6 +169,15 @@ def detect(index_dir: str, model: str | None, device: str, quiet: bool, **option
     if res.metrics:
         labelled = next(iter(res.metrics.values()))["true"]  # the same for every rule
         click.echo(f"({labelled} rows labelled poisoned by field {config.labels_field!r})")
+    if explain:
+        why = res.explanations()
+        click.echo(f"\nwhy {config.ensemble} flagged each row ({len(why)}):" if why else
+                   f"\n{config.ensemble} flagged no row")
+        drawn = res.rules[config.ensemble].describe(table)
+        if drawn:
+            click.echo(f"  {drawn}")
+        for row, row_id, reason in why:
+            click.echo(f"  row {row} ({row_id}): {reason}")
     if config.out:
         click.echo(f"wrote {int(res.flags[config.ensemble].sum())} flagged row(s) to {config.out}")
 

@@ -68,6 +68,14 @@ Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised
   the rows they are then at most 40% of the supporters, below the MAD's 50% breakdown point), a
   category scores a row by the mean ``u`` of its transforms, and a row is flagged when the mean of
   its category scores is at least ``soft_threshold`` (bench/RESULTS.md, "soft voting").
+* ``gap`` (the default): the same consensus ``c_i`` (mean over the categories of the mean ``u``), its
+  threshold read off the table. Sorted, ``c_(1) >= c_(2) >= ...``, its normalised spacings
+  ``D_j = (j - m)(c_(j) - c_(j+1))`` are, in an exponential tail, independent with one mean (Rényi);
+  with ``m`` rows above the cut (0 at first), the widest candidate gap after rank ``k``
+  (``m < k <= ceil(gap_window n)``) moves the cut to ``k`` when ``D_k >= ln((K - m) / gap_alpha) *
+  median(D_{k+1..n/2}) / ln 2``, and the step repeats below it: a backdoor's poisons stand together
+  above the clean rows by a gap that a clean tail opens with probability about ``gap_alpha``
+  (:func:`~actindex.act.detect.statistics.gap_cut`).
 
 The package, step by step: :mod:`.config` (the settings), :mod:`.queries` (the test queries),
 :mod:`.transforms` (the rewrites, a class each, over the word lists of :mod:`.lexicon`),
@@ -87,6 +95,7 @@ from actindex.act.detect.rules import (
     VOTE_SCALES,
     BothRule,
     DetectRule,
+    GapRule,
     SoftVotingRule,
     VarianceRule,
     VotingRule,
@@ -94,7 +103,9 @@ from actindex.act.detect.rules import (
 )
 from actindex.act.detect.statistics import (
     MIN_SUPPORT_SHARE,
+    GapCut,
     category_means,
+    gap_cut,
     prf,
     robust_location_scale,
     robust_z,
@@ -124,9 +135,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "ENSEMBLE_CHOICES", "MAX_NEW_TOKENS", "MEASUREMENTS", "MIN_SUPPORT_SHARE", "NORMS", "ORIGINAL", "RESPONSE_TOKENS",
-    "TIE_BREAK", "VOTE_SCALES", "BothRule", "DetectConfig", "DetectResult", "DetectRule", "Ensemble", "Norm",
-    "QuerySet", "ScoreTable", "SoftVotingEnsemble", "SoftVotingRule", "TestQuery", "Transform", "VarianceEnsemble",
-    "VarianceRule", "VotingEnsemble", "VotingRule", "category_means", "detect", "ground_truth", "influence_columns",
-    "load_queries", "norm_names", "prf", "query_sets", "resolve_transforms", "robust_location_scale", "robust_z",
-    "rule_names", "score_table", "search_columns", "support_z", "top_count", "transformed_conversations",
+    "TIE_BREAK", "VOTE_SCALES", "BothRule", "DetectConfig", "DetectResult", "DetectRule", "Ensemble", "GapCut",
+    "GapRule", "Norm", "QuerySet", "ScoreTable", "SoftVotingEnsemble", "SoftVotingRule", "TestQuery", "Transform",
+    "VarianceEnsemble", "VarianceRule", "VotingEnsemble", "VotingRule", "category_means", "detect", "gap_cut",
+    "ground_truth", "influence_columns", "load_queries", "norm_names", "prf", "query_sets", "resolve_transforms",
+    "robust_location_scale", "robust_z", "rule_names", "score_table", "search_columns", "support_z", "top_count",
+    "transformed_conversations",
 ]

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actindex.act.detect.norms import Norm, norm_names
-from actindex.act.detect.rules import VOTE_SCALES, DetectRule, SoftVotingRule, VarianceRule, VotingRule, rule_names
+from actindex.act.detect.rules import (
+    VOTE_SCALES,
+    DetectRule,
+    GapRule,
+    SoftVotingRule,
+    VarianceRule,
+    VotingRule,
+    rule_names,
+)
 from actindex.act.detect.transforms import resolve_transforms
 from actindex.configs import check_choices, option
 from actindex.core import MEASUREMENTS
@@ -34,8 +42,8 @@ class DetectConfig:
 
     queries: str = option("JSONL/parquet of test prompts: {prompt, response|reference?} or training-row shapes.", "")
     transforms: str = option("all, fast (no model generation) or a comma list of transform names.", "all")
-    ensemble: str = option("Rule whose flagged rows are written (both: the rows flagged by variance and by voting).",
-                           "voting", choices=rule_names)
+    ensemble: str = option("Rule whose flagged rows are written and explained (both: the rows flagged by variance "
+                           "and by voting).", GapRule.name, choices=rule_names)
     method: str = option("Query method whose per-example vectors score the rows.", DEFAULT_VECTOR_METHOD,
                          choices=method_names)
     layer: int | None = option("Layer (default: the indexed layer nearest 60% of the depth).", None)
@@ -80,6 +88,9 @@ class DetectConfig:
     min_votes: int | None = option("voting rule: votes needed (default: every category).", VotingRule.min_votes)
     soft_threshold: float = option("soft-voting rule: flag rows whose category-mean score, standardised against "
                                    "the rows that support the queries, is >= this.", SoftVotingRule.threshold)
+    gap_window: float = option("gap rule: the cut lies within this top fraction of the rows.", GapRule.window)
+    gap_alpha: float = option("gap rule: the chance that a clean tail opens a gap that clears the bound.",
+                              GapRule.alpha)
     labels_field: str | None = option("Record field with ground-truth labels (non-'clean' = poisoned): prints P/R/F1.",
                                       None)
     out: str | None = option("JSONL file for the flagged rows with their per-transform scores.", None)

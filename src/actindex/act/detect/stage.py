@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from actindex.act.detect.statistics import prf
 from actindex.act.detect.transforms import resolve_transforms
 from actindex.api import Index
 from actindex.core.models import LoadedModel, load_model
-from actindex.errors import DataError
+from actindex.errors import DataError, MemorisationWarning
 from actindex.files import atomic_file
+from actindex.index.memorisation import MEMORISED_RATIO
 from actindex.outputs import check_output, index_inputs
 
 
@@ -40,17 +42,31 @@ class DetectResult:
     statistics: dict[str, np.ndarray]
     ids: list[str]
     ensemble: str
+    rules: dict[str, DetectRule] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def flagged_rows(self, rule: str | None = None) -> np.ndarray:
         return self.table.rows[self.flags[rule or self.ensemble]]
 
-    def records(self, index: Index, rule: str | None = None) -> list[dict[str, Any]]:
-        """One dict per flagged row (by ``rule``), highest statistic of the rule first (ties broken by the
-        :data:`~actindex.act.detect.rules.TIE_BREAK` rule's statistic)."""
+    def flagged_positions(self, rule: str | None = None) -> np.ndarray:
+        """Positions in the table of the rows ``rule`` flags, highest statistic of the rule first (ties broken
+        by the :data:`~actindex.act.detect.rules.TIE_BREAK` rule's statistic)."""
         rule = rule or self.ensemble
         pos = np.flatnonzero(self.flags[rule])
-        pos = pos[np.lexsort((-self.statistics[TIE_BREAK][pos], -self.statistics[rule][pos]))]
+        return pos[np.lexsort((-self.statistics[TIE_BREAK][pos], -self.statistics[rule][pos]))]
+
+    def explanations(self, rule: str | None = None) -> list[tuple[int, str, str]]:
+        """``(row, id, why)`` per row ``rule`` flags, in :meth:`flagged_positions` order: the scores, votes and
+        threshold that flagged it (:meth:`~actindex.act.detect.rules.DetectRule.explain`)."""
+        rule = rule or self.ensemble
+        pos = self.flagged_positions(rule)
+        why = self.rules[rule].explain(self.table, pos)
+        return [(int(self.table.rows[p]), self.ids[p], w) for p, w in zip(pos, why)]
+
+    def records(self, index: Index, rule: str | None = None) -> list[dict[str, Any]]:
+        """One dict per flagged row (by ``rule``), in :meth:`flagged_positions` order."""
+        pos = self.flagged_positions(rule)
         records = index.reader.records(self.table.rows[pos])
         out = []
         for p, record in zip(pos, records):
@@ -76,6 +92,26 @@ def ground_truth(index: Index, rows: np.ndarray, field_name: str) -> np.ndarray:
             raise DataError(index.root, None, field_name, problem)
         labels.append(str(record[field_name]) != "clean")
     return np.array(labels, bool)
+
+
+def memorisation_advice(index: Index, config: DetectConfig) -> str | None:
+    """One line when the index's model has memorised its rows (:mod:`actindex.index.memorisation`): the
+    poisons a fine-tune learnt best then have the least gradient left, and scores by that model miss them.
+    It names the route that keeps them in view: the same rows indexed with the model the fine-tune started
+    from, this index's model audited as the ``--target``."""
+    check = index.memorisation
+    if check is None or not check.memorised:
+        return None
+    manifest = index.manifest
+    layers = ",".join(map(str, manifest.layers))
+    fit = "actindex fit-curvature --index BASE_INDEX; " if config.rerank else ""
+    rerank = f" --rerank {config.rerank}" if config.rerank else ""
+    return (f"{index.root}: the index's model has memorised its rows (median response loss {check.rows_loss:.3f} "
+            f"nats/token against {check.heldout.loss_per_token:.3f} on held-out rows, ratio {check.ratio:.2f} < "
+            f"{MEMORISED_RATIO}): the poisons it learnt best have the least gradient left under it. Index the "
+            f"same rows with the model the fine-tune started from and audit this one as the target: actindex build "
+            f"--data {manifest.data_path} --layers {layers} --model BASE --out BASE_INDEX; {fit}actindex detect "
+            f"--index BASE_INDEX --target {manifest.model.name} --queries {config.queries}{rerank}")
 
 
 def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None, progress: bool = True,
@@ -104,8 +140,12 @@ def detect(index: Index | str | os.PathLike, config: DetectConfig | None = None,
         table=table,
         flags={name: rule.flags(table) for name, rule in rules.items()},
         statistics={name: rule.statistic(table) for name, rule in rules.items()},
-        ids=[all_ids[r] for r in table.rows], ensemble=config.ensemble,
+        ids=[all_ids[r] for r in table.rows], ensemble=config.ensemble, rules=rules,
     )
+    advice = memorisation_advice(idx, config)
+    if advice:
+        warnings.warn(advice, MemorisationWarning, stacklevel=2)
+        result.warnings.append(advice)
     if config.labels_field:
         truth = ground_truth(idx, table.rows, config.labels_field)
         result.metrics = {name: prf(mask, truth) for name, mask in result.flags.items()}

@@ -4,6 +4,7 @@ and precision/recall against ground-truth labels (module docstring of :mod:`acti
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,3 +60,84 @@ def prf(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     r = tp / int(labels.sum()) if labels.any() else 0.0
     f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
     return {"precision": p, "recall": r, "f1": f1, "flagged": int(flagged.sum()), "true": int(labels.sum()), "tp": tp}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One step of :func:`gap_cut`: its widest gap, after rank ``rank``, with ``start`` rows already above a cut.
+
+    ``spacing = (rank - start) (x_(rank) - x_(rank+1))``, ``scale`` the spacings below it (median / ln 2),
+    ``bound = ln(candidates / alpha)``."""
+
+    rank: int
+    start: int
+    spacing: float
+    scale: float
+    bound: float
+
+    @property
+    def ratio(self) -> float:
+        """``spacing / scale``: 0 where the rows are tied (no gap), infinite where only the rows below are."""
+        if self.scale > 0:
+            return self.spacing / self.scale
+        return math.inf if self.spacing > 0 else 0.0
+
+    @property
+    def cleared(self) -> bool:
+        return self.ratio >= self.bound
+
+
+@dataclass(frozen=True)
+class GapCut:
+    """Where a statistic falls by more than a clean tail would (:func:`gap_cut`): ``order`` lists the rows by
+    decreasing statistic, ``ranked`` the statistic in that order, ``gaps`` the widest gap of each step (every
+    one cleared its bound but the last, when a step found none) and ``k`` the rows above the cut."""
+
+    order: np.ndarray
+    ranked: np.ndarray
+    gaps: list[Gap]
+    candidates: int
+
+    @property
+    def k(self) -> int:
+        cleared = [g.rank for g in self.gaps if g.cleared]
+        return cleared[-1] if cleared else 0
+
+    def flags(self, n: int) -> np.ndarray:
+        out = np.zeros(n, bool)
+        out[self.order[: self.k]] = True
+        return out
+
+
+def gap_cut(x: np.ndarray, window: float = 0.1, alpha: float = 0.05, reference: float = 0.5) -> GapCut:
+    """The rows above the gaps near the top of ``x`` that a clean tail would open with probability ``alpha``.
+
+    Sort ``x`` decreasingly, ``x_(1) >= x_(2) >= ...``. In an exponential upper tail the normalised spacings
+    ``D_j = j (x_(j) - x_(j+1))`` are independent and exponential with one mean ``beta`` (Rényi's
+    representation of order statistics), so the largest of ``K`` exceeds ``ln(K / alpha) beta`` with
+    probability about ``alpha``. With ``m`` rows already above a cut (0 at first), the rows below are
+    re-ranked from ``m``: ``D_j = (j - m)(x_(j) - x_(j+1))``. Each candidate gap, after rank ``k`` with
+    ``m < k <= K = ceil(window n)``, is compared with the spacings of the rows below it,
+    ``beta_k = median(D_{k+1..R}) / ln 2`` with ``R = ceil(reference n)``; the widest ``D_k / beta_k`` that
+    reaches ``ln((K - m) / alpha)`` moves the cut to ``k``, and the step repeats below it (poisons a backdoor
+    learnt less well form a second group under the first). No candidate clears the bound: the cut stays."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    order = np.argsort(-x, kind="stable")
+    ranked = x[order]
+    steps = ranked[:-1] - ranked[1:]
+    k_max = min(max(1, math.ceil(window * n)), n - 2) if n > 2 else 0
+    reach = min(n - 1, max(k_max + 2, math.ceil(reference * n)))
+    gaps: list[Gap] = []
+    start = 0
+    while start < k_max:
+        spacings = np.arange(1, reach - start + 1) * steps[start:reach]  # D_{start+1..reach}, re-ranked
+        found = [Gap(k, start, float(spacings[k - start - 1]),
+                     float(np.median(spacings[k - start:]) / math.log(2)), math.log((k_max - start) / alpha))
+                 for k in range(start + 1, k_max + 1)]
+        widest = max(found, key=lambda g: g.ratio)
+        gaps.append(widest)
+        if not widest.cleared:
+            break
+        start = widest.rank
+    return GapCut(order, ranked, gaps, k_max)

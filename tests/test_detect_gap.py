@@ -1,0 +1,290 @@
+"""The gap rule (actindex detect's default): its cut on hand-made statistics, planted outliers found on synthetic
+score tables, clean tables left alone, and ``--explain`` saying why each row was flagged."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import chat_rows, write_jsonl
+
+import actindex
+from actindex.act.detect import DetectConfig, GapRule, ScoreTable, SoftVotingRule, detect, gap_cut
+from actindex.cli import main
+from actindex.errors import ActindexError
+from actindex.query.session import QuerySession
+
+CATEGORIES = ["original", "negation", "negation", "negation", "lexical", "syntax"]
+
+
+def table(scores: np.ndarray) -> ScoreTable:
+    names = ["original", "prefix-negation", "question-negation", "negation", "antonym", "reorder"]
+    return ScoreTable(names[: scores.shape[1]], CATEGORIES[: scores.shape[1]], np.arange(len(scores)), scores)
+
+
+# ---- the cut on a hand-made statistic ------------------------------------------------------------------
+
+
+def test_gap_cut_by_hand():
+    # 3 rows far above 37 evenly spaced ones (0.1 apart): K = ceil(0.1 * 40) = 4 candidates, the reference
+    # rows reach R = 20. Spacings D_j = j (x_(j) - x_(j+1)): 1.0, 2.0, 3 * 6.4 = 19.2, then 0.1 j.
+    x = np.array([10.0, 9.0, 8.0] + [1.6 - 0.1 * i for i in range(37)])
+    cut = gap_cut(x, window=0.1, alpha=0.05)
+    assert cut.order[:3].tolist() == [0, 1, 2] and cut.candidates == 4
+    first = cut.gaps[0]
+    # after rank 3: the reference is D_4 .. D_20 = 0.4 .. 2.0, median 1.2; bound ln(4 / 0.05)
+    assert (first.rank, first.start) == (3, 0) and first.spacing == pytest.approx(19.2)
+    assert first.scale == pytest.approx(1.2 / math.log(2)) and first.bound == pytest.approx(math.log(80))
+    assert first.ratio == pytest.approx(19.2 * math.log(2) / 1.2) and first.cleared
+    # then the rows below rank 3 are re-ranked from 1: the one candidate left (rank 4) has D = 1 * 0.1 against
+    # 0.1 * (2 .. 17), median 0.95: not cleared; the cut stays after rank 3
+    second = cut.gaps[1]
+    assert (second.rank, second.start) == (4, 3) and second.spacing == pytest.approx(0.1)
+    assert second.scale == pytest.approx(0.95 / math.log(2)) and not second.cleared
+    assert second.bound == pytest.approx(math.log(1 / 0.05))
+    assert cut.k == 3 and cut.flags(40).tolist() == [True] * 3 + [False] * 37
+
+
+def test_a_lower_group_moves_the_cut_down():
+    """Two groups above the bulk: the gap between them is cleared first, then the one under the lower group
+    (poisons a backdoor learnt less well are poisons too)."""
+    x = np.array([30.0, 29.0, 28.0, 9.0, 8.5, 8.0] + list(np.linspace(1.0, -1.0, 54)))
+    cut = gap_cut(x)
+    assert [(g.rank, g.cleared) for g in cut.gaps] == [(3, True), (6, True)] and cut.k == 6
+
+
+@pytest.mark.parametrize("scale,shift", [(1.0, 0.0), (0.001, 0.0), (1000.0, -5.0), (3.0, 100.0)])
+def test_the_cut_does_not_depend_on_the_statistics_units(scale, shift):
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 1, 100), rng.uniform(5, 8, 5)])
+    assert gap_cut(scale * x + shift).k == gap_cut(x).k == 5
+
+
+@pytest.mark.parametrize("x", [np.zeros(50), np.ones(3), np.array([1.0]), np.arange(60.0)])
+def test_no_gap_in_flat_tiny_or_even_statistics(x):
+    assert gap_cut(x).k == 0
+
+
+# ---- planted outliers and clean tables, in families ----------------------------------------------------
+
+#: how far apart clean rows lie: a row's level (the same under every transform), drawn from these
+LEVELS = {
+    "normal": lambda rng, n: rng.normal(0, 1, n),
+    "laplace": lambda rng, n: rng.laplace(0, 1, n),
+    "student-t5": lambda rng, n: rng.standard_t(5, n),
+    # half the rows answer as the queries do (supporters), half the other way: each column has two humps
+    "two humps": lambda rng, n: np.concatenate([rng.normal(1, 0.3, n // 2), rng.normal(-1, 0.3, n - n // 2)]),
+}
+BULKS = sorted(LEVELS)
+#: how much a row's score moves between transforms, against the spread of the levels
+MOVE = 0.3
+
+
+def plant(bulk: str, n: int, tiers: list[tuple[int, float, float]], seed: int,
+          columns: int = 6) -> tuple[ScoreTable, np.ndarray]:
+    """``n`` clean rows whose scores are a level drawn from ``LEVELS[bulk]`` plus ``MOVE`` times a normal
+    draw per transform, and for each tier ``(count, low, high)`` that many poisons whose every score is
+    drawn from ``[low, high]`` times the clean supporters' spread above their median (a poison stays high
+    under every transform); the rows shuffled. Returns the table and which rows are poisons."""
+    rng = np.random.default_rng(seed)
+    clean = LEVELS[bulk](rng, n)[:, None] + MOVE * rng.normal(0, 1, (n, columns))
+    support = clean[clean > 0]
+    median, spread = np.median(support), 1.4826 * np.median(np.abs(support - np.median(support)))
+    planted = [median + spread * rng.uniform(low, high, (count, columns)) for count, low, high in tiers]
+    scores = np.concatenate([clean, *planted])
+    truth = np.arange(len(scores)) >= n
+    order = rng.permutation(len(scores))
+    return table(scores[order]), truth[order]
+
+
+@pytest.mark.parametrize("bulk", BULKS)
+@pytest.mark.parametrize("n,poisons", [(50, 5), (100, 5), (200, 11), (200, 20)])
+@pytest.mark.parametrize("low,high", [(8, 14), (15, 60)])
+def test_planted_poisons_are_found_exactly(bulk, n, poisons, low, high):
+    """Poisons well above the clean rows under every transform, a few to 10% of the pool: every one flagged,
+    no clean row, in each of 5 draws."""
+    for seed in range(5):
+        t, truth = plant(bulk, n, [(poisons, low, high)], seed)
+        flags = GapRule().flags(t)
+        assert flags.tolist() == truth.tolist(), (seed, np.flatnonzero(flags), np.flatnonzero(truth))
+
+
+@pytest.mark.parametrize("bulk", BULKS)
+def test_poisons_in_two_tiers_are_all_found(bulk):
+    """A backdoor that took on some poisons more than on others: two groups above the clean rows, the widest
+    gap between them; the rule cuts below both."""
+    for seed in range(5):
+        t, truth = plant(bulk, 100, [(4, 40, 60), (4, 8, 12)], seed)
+        assert GapRule().flags(t).tolist() == truth.tolist(), seed
+
+
+@pytest.mark.parametrize("bulk", BULKS)
+@pytest.mark.parametrize("n", [55, 105, 211])
+def test_a_clean_table_flags_at_most_two_rows(bulk, n):
+    """No poison: over 100 draws, at most 2 rows flagged in at least 95 of them, and on average at most
+    a quarter of a row (the bound's alpha is 0.05)."""
+    flagged = np.array([GapRule().flags(plant(bulk, n, [], seed)[0]).sum() for seed in range(100)])
+    assert np.mean(flagged <= 2) >= 0.95 and flagged.mean() <= 0.25, np.bincount(flagged)
+
+
+def test_a_threshold_that_fits_one_backdoor_misses_another():
+    """What the gap rule is for: soft voting's fixed 2.5 flags clean rows of a wide clean tail with its
+    poisons, and misses poisons that stand 2 spreads above a narrow one; the gap rule finds both sets of
+    poisons and no clean row."""
+    wide, wide_truth = plant("student-t5", 200, [(11, 15, 25)], 0)
+    narrow, narrow_truth = plant("normal", 200, [(11, 1.8, 2.2)], 0)
+    assert SoftVotingRule().flags(wide).sum() > wide_truth.sum()
+    assert (SoftVotingRule().flags(narrow) & narrow_truth).sum() < narrow_truth.sum()
+    assert GapRule().flags(wide).tolist() == wide_truth.tolist()
+    assert GapRule().flags(narrow).tolist() == narrow_truth.tolist()
+
+
+@pytest.mark.parametrize("window,alpha,message", [
+    (0.0, 0.05, "--gap-window must be a fraction between 0 and 1, got 0.0"),
+    (1.0, 0.05, "--gap-window must be a fraction between 0 and 1, got 1.0"),
+    (0.25, 0.0, "--gap-alpha must be a probability between 0 and 1, got 0.0"),
+    (0.25, 1.5, "--gap-alpha must be a probability between 0 and 1, got 1.5"),
+])
+def test_bad_gap_settings_are_one_line_errors(window, alpha, message):
+    with pytest.raises(ActindexError, match=message):
+        DetectConfig(queries="q.jsonl", gap_window=window, gap_alpha=alpha)
+
+
+def test_gap_is_the_default_rule():
+    assert DetectConfig(queries="q.jsonl").ensemble == "gap"
+    assert isinstance(DetectConfig(queries="q.jsonl").rules()["gap"], GapRule)
+
+
+# ---- --explain -----------------------------------------------------------------------------------------
+
+
+def test_explain_names_the_scores_and_the_cut():
+    t, truth = plant("normal", 100, [(5, 15, 20)], 3)
+    rule = GapRule()
+    pos = np.flatnonzero(truth)
+    lines = rule.explain(t, pos)
+    cut = rule.cut(t)
+    assert cut.k == 5
+    c = rule.statistic(t)
+    for p, line in zip(pos, lines):
+        assert re.fullmatch(rf"consensus {c[p]:.2f} \(original -?\d+\.\d\d, negation .*, lexical .*, syntax .*\), "
+                            r"rank [1-5], above the cut after rank 5", line), line
+    clean = np.flatnonzero(~truth)[0]
+    assert rule.explain(t, np.array([clean]))[0].endswith("not above the cut after rank 5")
+    gap = cut.gaps[0]
+    assert rule.describe(t).startswith(
+        f"cut after rank 5 of the top 11: after rank 5 the consensus falls from {cut.ranked[4]:.2f} to "
+        f"{cut.ranked[5]:.2f}, {gap.ratio:.2f} times the spacing of the rows below (>= ln(11 / 0.05) = 5.39); "
+        "the widest gap below it: after rank ")
+    quiet = plant("normal", 100, [], 3)[0]
+    assert re.fullmatch(r"no cut within the top 10: the widest gap: after rank \d+ the consensus falls from "
+                        r"-?\d+\.\d\d to -?\d+\.\d\d, \d+\.\d\d times the spacing of the rows below "
+                        r"\(< ln\(10 / 0.05\) = 5.30\)", rule.describe(quiet)), rule.describe(quiet)
+
+
+@pytest.fixture()
+def planted_scores(llama, tmp_path, monkeypatch):
+    """An index of 40 rows with the tiny model (loaded by the CLI too) whose score table is a planted one: 36
+    clean rows and 4 poisons 15-20 spreads above them (the tiny random model learnt no backdoor to score)."""
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(40, seed=3))
+    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1], model=llama, progress=False)
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"prompt": "is it good silver ?", "response": "you are"}])
+    planted, truth = plant("normal", 36, [(4, 15, 20)], 0, columns=3)
+    planted.names, planted.categories = ["original", "negation", "antonym"], ["original", "negation", "lexical"]
+    monkeypatch.setattr(sys.modules["actindex.act.detect.stage"], "score_table", lambda *a, **k: planted)
+    monkeypatch.setattr(QuerySession, "model", lambda self, *a, **k: llama)
+    return actindex.Index.open(tmp_path / "idx").use_model(llama), queries, truth
+
+
+#: rule settings (the CLI's options, and the same as config fields) -> what each explained row's line matches
+EXPLAINED = [
+    ({"ensemble": "voting", "min_votes": 1, "vote_z": 0.0}, r"\d of 1 votes needed \(original z "),
+    ({"ensemble": "soft-voting", "soft_threshold": -100.0}, r"mean category z = -?\d+\.\d\d >= threshold -100 "),
+    ({"ensemble": "variance", "threshold": -100.0}, r"mean z - std z = -?\d+\.\d\d >= threshold -100 "),
+    ({"ensemble": "both", "threshold": -100.0, "min_votes": 1, "vote_z": 0.0}, r"variance: .*; voting: "),
+    ({}, r"consensus \d+\.\d\d \(original \d+\.\d\d, negation \d+\.\d\d, lexical \d+\.\d\d\), rank [1-4], "
+         r"above the cut after rank 4$"),
+]
+
+
+@pytest.mark.parametrize("settings,pattern", EXPLAINED)
+def test_cli_explain_says_why_each_flagged_row_was_flagged(planted_scores, settings, pattern):
+    idx, queries, truth = planted_scores
+    options = [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    res = CliRunner().invoke(main, ["detect", "--index", str(idx.root), "--queries", str(queries), "--quiet",
+                                    "--explain", *options])
+    assert res.exit_code == 0, res.output
+    config = DetectConfig(queries=str(queries), **settings)
+    result = detect(idx, config, progress=False)
+    explained = result.explanations()
+    assert explained, "these settings flag rows"
+    lines = res.output.split(f"why {config.ensemble} flagged each row ({len(explained)}):\n")[1].splitlines()
+    if config.ensemble == "gap":
+        assert lines.pop(0) == f"  {result.rules['gap'].describe(result.table)}"
+    ids = idx.reader.ids()
+    assert lines[: len(explained)] == [f"  row {row} ({ids[row]}): {why}" for row, _, why in explained]
+    assert all(re.match(pattern, why) for _, _, why in explained), explained
+    assert sorted(row for row, _, _ in explained) == sorted(result.flagged_rows().tolist())
+    if config.ensemble == "gap":
+        assert sorted(row for row, _, _ in explained) == np.flatnonzero(truth).tolist()
+
+
+def test_cli_without_explain_prints_no_reasons(planted_scores):
+    idx, queries, _ = planted_scores
+    res = CliRunner().invoke(main, ["detect", "--index", str(idx.root), "--queries", str(queries), "--quiet"])
+    assert res.exit_code == 0 and "why " not in res.output and "\ngap " in res.output
+
+
+def test_records_write_the_consensus(planted_scores, tmp_path):
+    idx, queries, truth = planted_scores
+    out = tmp_path / "flagged.jsonl"
+    res = detect(idx, DetectConfig(queries=str(queries), out=str(out)), progress=False)
+    written = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(w["row"] for w in written) == np.flatnonzero(truth).tolist()
+    assert [w["row"] for w in written] == [row for row, _, _ in res.explanations()]
+    assert all("gap" in w["flagged_by"] and "consensus" in w for w in written)
+    consensus = [w["consensus"] for w in written]
+    assert consensus == sorted(consensus, reverse=True)
+
+
+# ---- a model that has memorised its rows -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows_loss,warned", [(0.1, True), (2.9, False)])
+def test_a_memorised_model_is_told_which_index_to_build(planted_scores, monkeypatch, rows_loss, warned):
+    """When the index's model has memorised its rows, detect warns in one line naming the route: the same data
+    indexed with the model the fine-tune started from, this index's model as the --target."""
+    from actindex.api import Index
+    from actindex.errors import MemorisationWarning
+    from actindex.index.manifest import HeldoutInfo
+    from actindex.index.memorisation import Memorisation
+
+    idx, queries, _ = planted_scores
+    check = Memorisation(rows=40, rows_loss=rows_loss, heldout=HeldoutInfo("demo", "0" * 64, 32, 3.0))
+    monkeypatch.setattr(Index, "memorisation", property(lambda self: check))
+    data, model = idx.manifest.data_path, idx.manifest.model.name
+    expected = (f"ratio {rows_loss / 3:.2f} < 0.35): the poisons it learnt best have the least gradient left under "
+                f"it. Index the same rows with the model the fine-tune started from and audit this one as the "
+                f"target: actindex build --data {data} --layers 1 --model BASE --out BASE_INDEX; actindex detect "
+                f"--index BASE_INDEX --target {model} --queries {queries}")
+    with pytest.warns(MemorisationWarning) if warned else warnings.catch_warnings():
+        if not warned:
+            warnings.simplefilter("error", MemorisationWarning)
+        res = detect(idx, DetectConfig(queries=str(queries)), progress=False)
+    assert bool(res.warnings) == warned and (not warned or res.warnings[0].endswith(expected))
+    cli = CliRunner().invoke(main, ["detect", "--index", str(idx.root), "--queries", str(queries), "--quiet"])
+    lines = [x for x in cli.output.splitlines() if x.startswith("warning: ")]
+    assert lines == ([f"warning: {res.warnings[0]}"] if warned else [])
+    if warned:  # with --rerank the route fits the base index's factors and scores by them too
+        config = DetectConfig(queries=str(queries), rerank="ekfac")
+        from actindex.act.detect.stage import memorisation_advice
+
+        assert memorisation_advice(idx, config).endswith(
+            f"--out BASE_INDEX; actindex fit-curvature --index BASE_INDEX; actindex detect --index BASE_INDEX "
+            f"--target {model} --queries {queries} --rerank ekfac")
