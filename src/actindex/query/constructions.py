@@ -32,6 +32,20 @@ def unit_rows(v: np.ndarray) -> np.ndarray:
     return v / np.where(norms > 0, norms, 1.0)
 
 
+def specific(psi: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """``norm(psi - Q Q^T psi)``, ``Q`` an orthonormal basis of the ``others``' query vectors: what ``psi`` asks that
+    none of them shares (a query versus other behaviours, docs/design.md#versus). ``psi`` itself without
+    ``others``; refused in one line when nothing is left (``psi`` lies in their span)."""
+    psi = np.asarray(psi, dtype=np.float64)
+    if not others:
+        return unit(psi)
+    basis, _ = np.linalg.qr(np.stack([np.asarray(o, dtype=np.float64) for o in others], axis=1))
+    rest = psi - basis @ (basis.T @ psi)
+    if not np.linalg.norm(rest) > 1e-6 * np.linalg.norm(psi):
+        raise ActindexError("the behaviour's query lies within its versus behaviours': nothing specific to it is left")
+    return unit(rest)
+
+
 class Construction(Registered, noun="construction", listed=True):
     """How ``psi`` is formed from the treatments' and controls' vectors (and the typical row)."""
 
