@@ -267,7 +267,8 @@ class QueryPipeline:
         strategy, at = QueryMethod.get(method), self.resolve_layer(layer)
         psi = strategy.vector(self.context(), behavior, at)
         if versus:
-            psi = specific(psi, [strategy.vector(self.context(), other, at) for other in versus])
+            psi = specific(psi, [strategy.vector(self.context(), other, at) for other in versus],
+                           self.reader.typical(family))
         return psi, family
 
     # ---- search, fuse ---------------------------------------------------------------------------
@@ -436,9 +437,6 @@ class QueryPipeline:
         (docs/design.md#versus)."""
         method = config.resolved_method(needs_vector=vector is not None)
         strategy = QueryMethod.get(method)
-        if versus and (vector is not None or config.rerank is not None):
-            raise ActindexError("versus shapes the query vectors a behaviour forms: it takes no saved query vector and "
-                                "no rerank (exact influence ranks by the behaviour's own gradient)")
         if config.rerank is not None:  # refused here, before any model pass
             if behavior is None:
                 raise ActindexError("reranking needs the behaviour (its pairs form the query gradient)")

@@ -59,9 +59,13 @@ LOO_PAIRS = 8
 #: below this many pairs there is nothing to hold out: the prior alone chooses (:func:`check_share`)
 MIN_PAIRS = 2
 #: from this many pairs the check alone chooses; with fewer its choice is shrunk toward the prior
-TRUSTED_PAIRS = 10
-#: :func:`choose` keeps every candidate whose quality is within this of the best
+TRUSTED_PAIRS = 6
+#: :func:`choose` keeps every candidate whose quality is within this of the best (with many pairs; see
+#: :func:`margin_for`)
 MARGIN = 0.03
+#: with ``n`` held-out pairs the margin is at least ``THIN_MARGIN / sqrt(n)``: a thin check cannot tell apart
+#: candidates that close (the noise of a mean of ``n`` held-out AUROCs shrinks as ``1 / sqrt(n)``)
+THIN_MARGIN = 0.12
 #: :func:`choose` keeps at most this many members: those with the largest separation
 MOST = 24
 
@@ -113,17 +117,17 @@ def fold_split(n: int, folds: int = FOLDS, seed: int = 0) -> list[np.ndarray]:
 
 
 def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray, construct: Construct,
-                folds: int = FOLDS, seed: int = 0,
-                versus: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> PairCheck:
+                folds: int = FOLDS, seed: int = 0, versus: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+                mu: np.ndarray | None = None) -> PairCheck:
     """:class:`PairCheck` of one candidate: ``treatments``/``controls`` are the pairs' vectors (row ``j`` of
     each is pair ``j``) in the candidate's family, ``sample`` the index's normalised calibration rows,
     ``construct(T, C)`` forms a unit ``psi`` from a subset of the pairs. With no controls (a query by example)
     the pair AUROC is ``None`` and a control's ``z`` is 0.
 
     ``versus``: other behaviours' ``(T, C)`` in the same family. Each fold's ``psi`` is then
-    :func:`~actindex.query.constructions.specific` to theirs, formed without the same fold of their pairs (a
-    behaviour of one pair is never held out), and the versus AUROC is ``P(s_T > cos(n(v(T'_k)), psi))`` over
-    their held-out treatments ``T'_k``, averaged over the folds."""
+    :func:`~actindex.query.constructions.specific` to theirs (``mu``: the family's typical row), theirs formed
+    without the same fold of their pairs (a behaviour of one pair is never held out), and the versus AUROC is
+    ``P(s_T > cos(n(v(T'_k)), psi))`` over their held-out treatments ``T'_k``, averaged over the folds."""
     n = len(treatments)
     s_t, s_c = np.zeros(n), np.zeros(n)
     z_t, z_c = np.zeros(n), np.zeros(n)
@@ -142,7 +146,7 @@ def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray
                 keep = np.setdiff1d(np.arange(len(t)), out)
                 others.append(construct(t[keep], c[keep] if len(c) == len(t) else c))
                 theirs.append(t[out] if len(out) else t)
-            psi = specific(psi, others).astype(np.float64)
+            psi = specific(psi, others, mu).astype(np.float64)
             against.append(auroc(nt[held] @ psi, unit_rows(np.concatenate(theirs)) @ psi))
         typical = sample @ psi
         center, scale = robust_center_scale(typical)
@@ -168,6 +172,12 @@ def choose(checks: list[PairCheck], margin: float = MARGIN, most: int = MOST) ->
     weights = np.zeros(len(checks))
     weights[kept] = 1.0
     return weights
+
+
+def margin_for(n: int) -> float:
+    """:func:`choose`'s margin with ``n`` pairs: ``max(MARGIN, THIN_MARGIN / sqrt(n))`` (:data:`MARGIN` from 16
+    pairs)."""
+    return max(MARGIN, THIN_MARGIN / float(np.sqrt(max(n, 1))))
 
 
 def check_share(n: int) -> float:

@@ -219,6 +219,9 @@ class QuerySession:
         behavior = asked_behavior(behavior, example, generate)
         if versus and behavior is None:
             raise ActindexError("versus asks what is specific to a behaviour: give the behaviour too")
+        if versus and (vector is not None or config.rerank is not None):
+            raise ActindexError("versus shapes the query vectors a behaviour forms: it takes no saved query vector and "
+                                "no rerank (exact influence ranks by the behaviour's own gradient)")
         pipeline = self.pipeline()
         if config.rerank is not None:  # refused here, before any model pass
             self.curvature(config.rerank)

@@ -31,6 +31,7 @@ from actindex.query.selection import (
     check_share,
     choose,
     folds_for,
+    margin_for,
 )
 
 if TYPE_CHECKING:
@@ -75,8 +76,9 @@ class AdaptiveMethod(QueryMethod):
     #: the members chosen when there are too few pairs to check, and toward which a thin check's choice is shrunk
     #: (:func:`~actindex.query.selection.blend`): ``(construction, kind)`` at every layer (bench/RESULTS.md,
     #: "Few pairs": chosen by its worst case over the benchmark pools with 1 and 2 pairs)
-    prior: ClassVar[tuple[tuple[str, str], ...]] = tuple((c, k) for c in ("hybrid",) for k in (
-        RESIDUAL_CHANGE, MEAN_ACTIVATION_SURPRISAL, RESIDUAL_CHANGE_OPENING, MEAN_ACTIVATION_OPENING))
+    prior: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("contrast", RESIDUAL_CHANGE), ("centered", RESIDUAL_CHANGE), ("contrast", MEAN_ACTIVATION_OPENING),
+        ("centered", MEAN_ACTIVATION_OPENING), ("centered", MEAN_ACTIVATION_START))
 
     def candidates(self, layers: list[int], layer: int | None, families: tuple[str, ...],
                    example: bool = False) -> list[tuple[str, str, int]]:
@@ -107,7 +109,7 @@ class AdaptiveMethod(QueryMethod):
             digest = hashlib.sha256(repr([a.shape for a in arrays]).encode() + b"".join(a.tobytes() for a in arrays))
             checks = reader.remembered((self.name, tuple(candidates), len(versus), digest.hexdigest()),
                                        lambda: self.check_candidates(reader, candidates, sides, typical, against))
-            chosen = choose(checks, most=self.most)
+            chosen = choose(checks, margin=margin_for(n), most=self.most)
         weights = blend(chosen, self.prior_weights(candidates), share)
         out = []
         for i, (construction, family, at) in enumerate(candidates):
@@ -115,7 +117,7 @@ class AdaptiveMethod(QueryMethod):
             psi = None
             if weight > 0:
                 form = self.construct(construction, typical[family])
-                psi = specific(form(*sides[family]), [form(*other) for other in against[family]])
+                psi = specific(form(*sides[family]), [form(*other) for other in against[family]], typical[family])
             notes = ({"pair AUROC": checks[i].pair_auroc, "index AUROC": checks[i].index_auroc,
                       "versus AUROC": checks[i].versus_auroc, "separation": checks[i].separation} if checked else {})
             if share < 1:
@@ -168,7 +170,7 @@ class AdaptiveMethod(QueryMethod):
         :data:`~actindex.query.selection.LOO_PAIRS` pairs), against the other behaviours' ``(T, C)`` when given."""
         return [check_pairs(*sides[family], reader.calibration_sample(family),
                             cls.construct(construction, typical[family]), folds=folds_for(len(sides[family][0])),
-                            versus=(against or {}).get(family, ()))
+                            versus=(against or {}).get(family, ()), mu=typical[family])
                 for construction, family, _ in candidates]
 
     def vector(self, ctx: QueryContext, behavior: Behavior, layer: int) -> np.ndarray:

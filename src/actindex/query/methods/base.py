@@ -84,8 +84,10 @@ class QueryMethod(Registered, noun="method", listed=True):
         out = []
         for method, at in self.members(reader.layers, layer, tuple(reader.families)):
             strategy = QueryMethod.get(method)
-            psi = specific(strategy.vector(ctx, behavior, at), [strategy.vector(ctx, o, at) for o in versus])
-            out.append(FormedMember(method=method, layer=at, family=strategy.family(at), psi=psi,
+            family = strategy.family(at)
+            psi = specific(strategy.vector(ctx, behavior, at), [strategy.vector(ctx, o, at) for o in versus],
+                           reader.typical(family) if versus else None)
+            out.append(FormedMember(method=method, layer=at, family=family, psi=psi,
                                     projection=strategy.projection_scores))
         return out
 
