@@ -226,18 +226,29 @@ def timing_line(r: Any) -> str:
 
 def members_table(members: list[dict[str, Any]]) -> str:
     """The members of a fused query and, for the adaptive default, every candidate with its held-out pair
-    checks (pair AUROC: treatments above their controls; index AUROC: above the index's typical rows;
-    separation: treatment minus control in robust standard deviations of the index's cosines)."""
-    checked = any("pair AUROC" in m for m in members)
+    checks (pair AUROC: treatments above their controls; index AUROC: above the index's typical rows; versus
+    AUROC, asked against other behaviours: above theirs; separation: treatment minus control in robust standard
+    deviations of the candidate's cosines over the index) and, with few pairs, whether the prior holds it."""
+    checked = any("pair AUROC" in m or "index AUROC" in m for m in members)
+    versus = any("versus AUROC" in m for m in members)
+    prior = any("prior" in m for m in members)
     head = f"{'member':<40} {'weight':>6} {'median':>8} {'scale':>8}"
-    lines = [head + (f" {'pair AUROC':>10} {'index AUROC':>11} {'separation':>10}" if checked else "")]
+    head += f" {'pair AUROC':>10} {'index AUROC':>11}" if checked else ""
+    head += f" {'versus AUROC':>12}" if versus else ""
+    head += f" {'separation':>10}" if checked else ""
+    lines = [head + (f" {'prior':>5}" if prior else "")]
     for m in sorted(members, key=lambda m: -m["weight"]):
         name = member_label(m["method"], m["family"])
         calibration = (f"{m['median']:>8.4f} {m['scale']:>8.4f}" if "median" in m else f"{'-':>8} {'-':>8}")
         line = f"{name:<40} {m['weight']:>6.2f} {calibration}"
         if checked:
-            line += (f" {m.get('pair AUROC', float('nan')):>10.3f} {m.get('index AUROC', float('nan')):>11.3f}"
-                     f" {m.get('separation', float('nan')):>10.2f}")
+            line += f" {m.get('pair AUROC', float('nan')):>10.3f} {m.get('index AUROC', float('nan')):>11.3f}"
+        if versus:
+            line += f" {m.get('versus AUROC', float('nan')):>12.3f}"
+        if checked:
+            line += f" {m.get('separation', float('nan')):>10.2f}"
+        if prior:
+            line += f" {'yes' if m.get('prior') else '':>5}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -259,8 +270,10 @@ def print_table(r: Any, explain: bool = False) -> None:
         kept = [m for m in r.members if m["weight"] > 0]
         if explain:
             click.echo(members_table(r.members))
-        elif "pair AUROC" in kept[0]:
-            click.echo("members (chosen by the held-out pairs): " + ", ".join(
+        elif "pair AUROC" in kept[0] or "prior" in kept[0]:
+            by = [name for name, key in (("the held-out pairs", "index AUROC"), ("the prior", "prior"))
+                  if key in kept[0]]
+            click.echo(f"members (chosen by {' and '.join(by)}): " + ", ".join(
                 f"{m['method']} {m['family']} ({m['weight']:.2f})" for m in kept) + " · --explain for all candidates")
     for title, hits in (("top (pushes towards the behaviour)", r.top), ("bottom (inhibits it)", r.bottom)):
         if not hits:
