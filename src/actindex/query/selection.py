@@ -12,7 +12,8 @@ A candidate member ``m`` is a construction (how ``psi`` is formed from vectors) 
 * centered:  ``psi = norm(mean_j n(v(treatment_j)) - mu)``, ``n(v) = v / ||v||``, ``mu`` the mean of
   ``n(v(x))`` over the index's calibration sample: what the treatments share that the typical row does not.
 
-The pairs are split into ``F`` folds (seeded); ``psi_m^(-f)`` is formed without fold ``f`` and scores the
+The pairs are split into ``F`` folds (seeded; with at most :data:`LOO_PAIRS` pairs, one a pair: leave-one-out);
+``psi_m^(-f)`` is formed without fold ``f`` and scores the
 held-out pairs' own vectors, ``s_T(j) = cos(v_m(treatment_j), psi_m^(-f(j)))`` and likewise ``s_C(j)``. Two
 AUROCs judge the candidate (:class:`PairCheck`):
 
@@ -27,6 +28,18 @@ ranking the index near chance on semantic behaviours, and short pairs stand out 
 answers by their length alone (index AUROC near 1 for every whole-answer family). The members kept are every
 candidate within :data:`MARGIN` of the best (at most :data:`MOST`, below), with equal weights
 (:func:`choose`): where several checks saturate, their fusion is kept rather than one of them picked by a tie.
+With ``n`` pairs the margin is ``max(MARGIN, THIN_MARGIN / sqrt(n))`` (:func:`margin_for`): the noise of a mean of
+``n`` held-out AUROCs shrinks as ``1 / sqrt(n)``, and a thin check that keeps one candidate by a hair is a coin
+toss.
+
+Few pairs: below :data:`TRUSTED_PAIRS` the check's 0/1 choice ``c`` is shrunk toward a prior ``p`` (a fixed member
+set, :attr:`~actindex.query.methods.adaptive.AdaptiveMethod.prior`), ``w = s c / sum(c) + (1 - s) p / sum(p)``
+with ``s = (n - 1) / (TRUSTED_PAIRS - 1)`` (:func:`check_share`, :func:`blend`): the calibrated mean is linear in
+its normalised weights, so the fused score is the check's fused score and the prior's mixed in proportion ``s``.
+With one pair (below :data:`MIN_PAIRS`) nothing can be held out and ``s = 0``.
+
+Versus other behaviours (docs/design.md#versus): each fold's ``psi`` is made specific to theirs, and a third
+AUROC, the held-out treatments against the other behaviours' held-out treatments, joins the mean.
 
 An AUROC saturates: on an easy behaviour most candidates score near 1, and an equal fusion of them all
 drowns the few that rank the index well. The tie is broken by a measure that does not saturate, the

@@ -48,11 +48,20 @@ class AdaptiveMethod(QueryMethod):
     centered one alone), in every family of :attr:`kinds` the index holds, at every indexed layer (or at
     ``--layer`` alone). Each is checked on held-out pairs (:func:`~actindex.query.selection.check_pairs`, no
     model pass: the pairs' vectors are formed once for every family), the best are kept with weights from
-    those checks (:func:`~actindex.query.selection.choose`: near the best quality, at most
+    those checks (:func:`~actindex.query.selection.choose`: within
+    :func:`~actindex.query.selection.margin_for` of the best quality, at most
     :data:`~actindex.query.selection.MOST` by separation), and their rankings are fused by the weighted
-    calibrated mean (``zmean``), so the score shown is the weighted mean standardised cosine. With fewer than
-    :data:`~actindex.query.selection.MIN_PAIRS` pairs nothing can be held out: the ``hybrid`` construction in
-    every candidate family that forms it counts equally.
+    calibrated mean (``zmean``), so the score shown is the weighted mean standardised cosine.
+
+    Few pairs: up to :data:`~actindex.query.selection.LOO_PAIRS` the check leaves one pair out at a time, and
+    below :data:`~actindex.query.selection.TRUSTED_PAIRS` its choice is shrunk toward the :attr:`prior`
+    (:func:`~actindex.query.selection.blend`, in the proportion :func:`~actindex.query.selection.check_share`);
+    with one pair nothing can be held out and the prior alone chooses. The result's notes say so
+    (:meth:`choice_notes`).
+
+    Versus other behaviours: every candidate's ``psi`` is made specific to theirs by the same construction in the
+    same family (:func:`~actindex.query.constructions.specific`), and the check adds the held-out treatments'
+    AUROC against the other behaviours' held-out treatments (docs/design.md#versus).
 
     A query by example (no controls) takes part the same way with the constructions that need no controls
     (``centered``: the examples' shared direction against the typical row), checked on held-out examples by
