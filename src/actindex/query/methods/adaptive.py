@@ -119,7 +119,8 @@ class AdaptiveMethod(QueryMethod):
             checks = reader.remembered((self.name, tuple(candidates), len(versus), digest.hexdigest()),
                                        lambda: self.check_candidates(reader, candidates, sides, typical, against))
             chosen = choose(checks, margin=margin_for(n), most=self.most)
-        weights = blend(chosen, self.prior_weights(candidates), share)
+        prior = self.prior_weights(candidates)
+        weights = blend(chosen, prior, share)
         out = []
         for i, (construction, family, at) in enumerate(candidates):
             weight = float(weights[i])
@@ -130,7 +131,7 @@ class AdaptiveMethod(QueryMethod):
             notes = ({"pair AUROC": checks[i].pair_auroc, "index AUROC": checks[i].index_auroc,
                       "versus AUROC": checks[i].versus_auroc, "separation": checks[i].separation} if checked else {})
             if share < 1:
-                notes["prior"] = float(self.prior_weights(candidates)[i])
+                notes["prior"] = float(prior[i])
             notes = {key: value for key, value in notes.items() if value is not None}
             out.append(FormedMember(method=construction, layer=at, family=family, psi=psi, weight=weight, notes=notes))
         return out
