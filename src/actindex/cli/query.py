@@ -58,6 +58,9 @@ def with_where(config: QueryConfig, where: tuple[str, ...]) -> QueryConfig:
 @click.option("--generate", "prompts", multiple=True, metavar="PROMPT|FILE",
               help="Let the model answer a prompt (or a JSONL file of prompts; greedy) and attribute its answers "
                    "(repeatable).")
+@click.option("--versus", "versus", multiple=True, metavar="BEHAVIOUR",
+              help="Rank what is specific to the behaviour against this one (built-in name or pairs file; "
+                   "repeatable): each query vector keeps what the behaviour asks and theirs do not.")
 @config_options(QueryConfig)
 @where_option
 @config_options(CheckpointConfig)
@@ -82,7 +85,7 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
           prompts: tuple[str, ...], fmt: str, model: str | None, device: str, save_query: str | None,
           overwrite: bool, query_vector: str | None, help_methods: bool, nprobe: int | None, ef_search: int | None,
           no_faiss_gpu: bool, explain: bool, no_cache: bool, quiet: bool, where: tuple[str, ...],
-          **options: Any) -> None:
+          versus: tuple[str, ...], **options: Any) -> None:
     """Rank training rows by how much they push the model towards a behaviour, or by how much they explain a
     model output (--example, --generate).
 
@@ -96,8 +99,11 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
         return
     if not index_dirs:
         raise ActindexError("query needs --index DIR")
+    if versus and query_vector:
+        raise ActindexError("--versus forms the query from the behaviours' pairs; it takes no --query-vector")
     from actindex.api import Index
     from actindex.index.checkpoints import is_checkpoint_set
+    from actindex.query.behaviors import load_behavior
 
     config, checkpoints = with_where(pop_config(QueryConfig, options), where), pop_config(CheckpointConfig, options)
     cache_config = pop_config(CacheConfig, options)
@@ -108,6 +114,8 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
 
         cset = CheckpointSet.open(index_dirs, cache=not no_cache, progress=not quiet)
         if checkpoints.checkpoint is None:
+            if versus:
+                raise ActindexError("--versus works on one index; pick one checkpoint with --checkpoint STEP")
             if query_vector or save_query or model:
                 raise ActindexError("--query-vector, --save-query and --model work on one index: each checkpoint "
                                     "forms its own vectors with its own model; pick one with --checkpoint STEP")
@@ -121,7 +129,9 @@ def query(index_dirs: tuple[str, ...], behaviors_: tuple[str, ...], examples: tu
         idx = cset.select(checkpoints.checkpoint)
     idx.reader.tune(nprobe=nprobe, ef_search=ef_search, gpu=not no_faiss_gpu)
     asked = [] if query_vector else asked_behaviors(behaviors_, examples, prompts)
-    print_results(query_index(idx, asked, config, model, device, save_query, query_vector, overwrite), fmt, explain)
+    others = [load_behavior(spec) for spec in versus]
+    print_results(query_index(idx, asked, config, model, device, save_query, query_vector, overwrite, others), fmt,
+                  explain)
 
 
 def asked_behaviors(behaviors_: tuple[str, ...], examples: tuple[str, ...], prompts: tuple[str, ...]) -> list[Any]:
@@ -156,8 +166,10 @@ def save_query_paths(idx: Any, asked: list[Any], save_query: str, overwrite: boo
 
 
 def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | None, device: str,
-                save_query: str | None, query_vector: str | None, overwrite: bool = False) -> list[Any]:
-    """The results of one index's query: a saved vector's, or each behaviour's (saving its vector if asked)."""
+                save_query: str | None, query_vector: str | None, overwrite: bool = False,
+                versus: list[Any] | None = None) -> list[Any]:
+    """The results of one index's query: a saved vector's, or each behaviour's (against the ``versus`` behaviours;
+    saving its vector if asked)."""
     from dataclasses import replace
 
     from actindex.api import load_query_vector, save_query_vector
@@ -177,7 +189,7 @@ def query_index(idx: Any, asked: list[Any], config: QueryConfig, model: str | No
     load_requested_model(idx, model, device)
     results = []
     for behavior, path in zip(asked, paths):
-        res = idx.session.query(behavior, config)
+        res = idx.session.query(behavior, config, versus=versus or ())
         results.append(res)
         if path is not None:
             save_query_vector(path, res.vector, {"behavior": res.behavior, "method": config.method,
@@ -222,18 +234,29 @@ def timing_line(r: Any) -> str:
 
 def members_table(members: list[dict[str, Any]]) -> str:
     """The members of a fused query and, for the adaptive default, every candidate with its held-out pair
-    checks (pair AUROC: treatments above their controls; index AUROC: above the index's typical rows;
-    separation: treatment minus control in robust standard deviations of the index's cosines)."""
-    checked = any("pair AUROC" in m for m in members)
+    checks (pair AUROC: treatments above their controls; index AUROC: above the index's typical rows; versus
+    AUROC, asked against other behaviours: above theirs; separation: treatment minus control in robust standard
+    deviations of the candidate's cosines over the index) and, with few pairs, whether the prior holds it."""
+    checked = any("pair AUROC" in m or "index AUROC" in m for m in members)
+    versus = any("versus AUROC" in m for m in members)
+    prior = any("prior" in m for m in members)
     head = f"{'member':<40} {'weight':>6} {'median':>8} {'scale':>8}"
-    lines = [head + (f" {'pair AUROC':>10} {'index AUROC':>11} {'separation':>10}" if checked else "")]
+    head += f" {'pair AUROC':>10} {'index AUROC':>11}" if checked else ""
+    head += f" {'versus AUROC':>12}" if versus else ""
+    head += f" {'separation':>10}" if checked else ""
+    lines = [head + (f" {'prior':>5}" if prior else "")]
     for m in sorted(members, key=lambda m: -m["weight"]):
         name = member_label(m["method"], m["family"])
         calibration = (f"{m['median']:>8.4f} {m['scale']:>8.4f}" if "median" in m else f"{'-':>8} {'-':>8}")
         line = f"{name:<40} {m['weight']:>6.2f} {calibration}"
         if checked:
-            line += (f" {m.get('pair AUROC', float('nan')):>10.3f} {m.get('index AUROC', float('nan')):>11.3f}"
-                     f" {m.get('separation', float('nan')):>10.2f}")
+            line += f" {m.get('pair AUROC', float('nan')):>10.3f} {m.get('index AUROC', float('nan')):>11.3f}"
+        if versus:
+            line += f" {m.get('versus AUROC', float('nan')):>12.3f}"
+        if checked:
+            line += f" {m.get('separation', float('nan')):>10.2f}"
+        if prior:
+            line += f" {'yes' if m.get('prior') else '':>5}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -255,8 +278,10 @@ def print_table(r: Any, explain: bool = False) -> None:
         kept = [m for m in r.members if m["weight"] > 0]
         if explain:
             click.echo(members_table(r.members))
-        elif "pair AUROC" in kept[0]:
-            click.echo("members (chosen by the held-out pairs): " + ", ".join(
+        elif "pair AUROC" in kept[0] or "prior" in kept[0]:
+            by = [name for name, key in (("the held-out pairs", "index AUROC"), ("the prior", "prior"))
+                  if key in kept[0]]
+            click.echo(f"members (chosen by {' and '.join(by)}): " + ", ".join(
                 f"{m['method']} {m['family']} ({m['weight']:.2f})" for m in kept) + " · --explain for all candidates")
     for title, hits in (("top (pushes towards the behaviour)", r.top), ("bottom (inhibits it)", r.bottom)):
         if not hits:

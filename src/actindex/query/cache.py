@@ -423,12 +423,14 @@ class BehaviorCache:
             pass  # a read-only index still answers
 
     # ---- writing ------------------------------------------------------------------------------
-    def save(self, behavior: Behavior, completed: Behavior, ctx: QueryContext) -> Path | None:
-        """Store what ``ctx`` formed for the conversations of the last query (``ctx.touched``): every family's
-        vectors for them, and the last behaviour gradient when it is small; then keep the folder within its
-        budget. Returns the file, or ``None`` when nothing is stored (the index folder cannot be written, a
-        linked ``cache/`` folder, an entry larger than the budget: the query is answered all the same)."""
-        keys = sorted(ctx.touched)
+    def save(self, behavior: Behavior, completed: Behavior, ctx: QueryContext,
+             conversations: set[str] | None = None) -> Path | None:
+        """Store what ``ctx`` formed for the conversations of the last query (``ctx.touched``, or the keys
+        ``conversations`` names): every family's vectors for them, and the last behaviour gradient when it is small;
+        then keep the folder within its budget. Returns the file, or ``None`` when nothing is stored (the index
+        folder cannot be written, a linked ``cache/`` folder, an entry larger than the budget: the query is answered
+        all the same)."""
+        keys = sorted(ctx.touched if conversations is None else conversations)
         if not keys:
             return None
         touched = set(keys)

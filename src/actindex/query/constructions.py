@@ -32,6 +32,30 @@ def unit_rows(v: np.ndarray) -> np.ndarray:
     return v / np.where(norms > 0, norms, 1.0)
 
 
+def specific(psi: np.ndarray, others: list[np.ndarray], typical: np.ndarray | None = None) -> np.ndarray:
+    """``norm(psi - Q Q^T psi)``, ``Q`` an orthonormal basis of the ``others``' query vectors ``o_k`` taken
+    orthogonal to the typical row first, ``o_k - (o_k . m) m`` with ``m = norm(mu)``: what ``psi`` asks that none
+    of them shares (a query versus other behaviours, docs/design.md#versus). The typical row's part stays in
+    ``psi``: every behaviour's query stands out from the typical row (``centered`` and ``hybrid`` subtract ``mu``),
+    and removing that shared part would rank typical rows as high as the behaviour's. ``psi`` itself without
+    ``others``; refused in one line when nothing but the typical row's part is left (``psi`` lies in their span)."""
+    psi = np.asarray(psi, dtype=np.float64)
+    if not others:
+        return unit(psi)
+    directions = np.stack([np.asarray(o, dtype=np.float64) for o in others], axis=1)
+    m = None if typical is None or not np.linalg.norm(typical) > 0 else np.asarray(typical, np.float64)
+    if m is not None:
+        m = m / np.linalg.norm(m)
+        directions = directions - np.outer(m, m @ directions)
+    basis, sizes, _ = np.linalg.svd(directions, full_matrices=False)
+    basis = basis[:, sizes > 1e-9 * max(float(sizes.max(initial=0.0)), 1e-300)]  # their span, rank-revealing
+    rest = psi - basis @ (basis.T @ psi)
+    own = rest if m is None else rest - (rest @ m) * m
+    if not np.linalg.norm(own) > 1e-6 * np.linalg.norm(psi):
+        raise ActindexError("the behaviour's query lies within its versus behaviours': nothing specific to it is left")
+    return unit(rest)
+
+
 class Construction(Registered, noun="construction", listed=True):
     """How ``psi`` is formed from the treatments' and controls' vectors (and the typical row)."""
 

@@ -26,7 +26,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ import numpy as np
 
 from actindex.configs import check_choices, option
 from actindex.errors import ActindexError, IndexFileError
+from actindex.query.constructions import specific
 from actindex.query.fusion import (
     BOTTOM,
     TOP,
@@ -236,10 +237,12 @@ class QueryPipeline:
         """The (method, layer) ranking of a single-vector method."""
         return [(method, self.resolve_layer(layer))]
 
-    def form(self, behavior: Behavior, method: str, layer: int | None) -> list[FormedMember]:
-        """A fused method's members, formed (:meth:`QueryMethod.form`); at least one with a positive weight."""
+    def form(self, behavior: Behavior, method: str, layer: int | None,
+             versus: Sequence[Behavior] = ()) -> list[FormedMember]:
+        """A fused method's members, formed (:meth:`QueryMethod.form`; against the ``versus`` behaviours); at least
+        one with a positive weight."""
         at = None if layer is None else self.resolve_layer(layer)
-        formed = QueryMethod.get(method).form(self.context(), self.reader, behavior, at)
+        formed = QueryMethod.get(method).form(self.context(), self.reader, behavior, at, versus)
         if not any(member.weight > 0 for member in formed):
             raise IndexFileError(f"method {method} needs residual-change vectors, which {self.reader.root} lacks")
         return formed
@@ -255,11 +258,18 @@ class QueryPipeline:
         return [FormedMember(method=method, layer=member[1], family=family, psi=psi,
                              projection=strategy.projection_scores)]
 
-    def vector(self, behavior: Behavior, member: Member) -> tuple[np.ndarray, str]:
-        """``(psi, family)`` of one member: the form stage (a model pass unless cached)."""
+    def vector(self, behavior: Behavior, member: Member, versus: Sequence[Behavior] = ()) -> tuple[np.ndarray, str]:
+        """``(psi, family)`` of one member: the form stage (a model pass unless cached); against the ``versus``
+        behaviours, what the behaviour's vector asks that none of theirs (by the same method) shares
+        (:func:`~actindex.query.constructions.specific`)."""
         method, layer = member
         family = self.family_of(method, layer)
-        return QueryMethod.get(method).vector(self.context(), behavior, self.resolve_layer(layer)), family
+        strategy, at = QueryMethod.get(method), self.resolve_layer(layer)
+        psi = strategy.vector(self.context(), behavior, at)
+        if versus:
+            psi = specific(psi, [strategy.vector(self.context(), other, at) for other in versus],
+                           self.reader.typical(family))
+        return psi, family
 
     # ---- search, fuse ---------------------------------------------------------------------------
     def search(self, psi: np.ndarray, family: str, k: int, bottom_k: int,
@@ -337,21 +347,22 @@ class QueryPipeline:
         return {side: rule.fuse(members, side) for side in ((TOP, BOTTOM) if bottom else (TOP,))}
 
     def fused_members(self, behavior: Behavior, method: str, config: QueryConfig, k: int, bottom_k: int,
-                      allowed: np.ndarray | None) -> tuple[list[MemberRanking], list[FormedMember], dict]:
-        """``(members, unkept candidates, orders)`` of a fused query: its members formed, searched
-        (:meth:`member_rankings`) and fused (:meth:`orders`), kept by the index (:class:`FusedOrders`) under all
-        they depend on."""
+                      allowed: np.ndarray | None, versus: Sequence[Behavior] = ()
+                      ) -> tuple[list[MemberRanking], list[FormedMember], dict]:
+        """``(members, unkept candidates, orders)`` of a fused query (against the ``versus`` behaviours): its members
+        formed, searched (:meth:`member_rankings`) and fused (:meth:`orders`), kept by the index
+        (:class:`FusedOrders`) under all they depend on."""
         fusion = config.resolved_fusion()
         where = json.dumps(config.where, sort_keys=True, default=str)
         content = behavior_digest(behavior)
         searching = tuple(sorted(self.reader.search_settings.items()))  # IVF nprobe, HNSW efSearch: other rows
         key = ("fused", content, method, config.layer, fusion, where, member_depth(k), member_depth(bottom_k),
-               searching)
+               searching, tuple(behavior_digest(other) for other in versus))
 
         def compute() -> tuple[list[MemberRanking], list[FormedMember], dict]:
             ctx = self.context()
             choosing = time.perf_counter()
-            formed = self.form(behavior, method, config.layer)
+            formed = self.form(behavior, method, config.layer, versus)
             self.timings["members"] = time.perf_counter() - choosing - ctx.model_seconds
             rows_read = self.reader.shared_cosines()
             members = self.member_rankings([f for f in formed if f.weight > 0], k, bottom_k, allowed, rows_read)
@@ -417,12 +428,13 @@ class QueryPipeline:
 
     # ---- the whole query ----------------------------------------------------------------------------
     def rank(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
-             family: str | None = None) -> Ranked:
+             family: str | None = None, versus: Sequence[Behavior] = ()) -> Ranked:
         """The ranked rows of both sides for a completed ``behavior`` (or a saved query ``vector`` of ``family``),
         before any hit is made: what :meth:`run` shows, and what ``filter`` and ``report`` read for every row
         (``k = 0``) without turning a million rows into hits. Only the rows ``config.where`` lets through are
         searched; each side starts after ``config.offset`` rows (a reranked query's candidates are the first
-        ``candidates`` rows; the rerank pages them)."""
+        ``candidates`` rows; the rerank pages them). ``versus``: completed behaviours the query asks against
+        (docs/design.md#versus)."""
         method = config.resolved_method(needs_vector=vector is not None)
         strategy = QueryMethod.get(method)
         if config.rerank is not None:  # refused here, before any model pass
@@ -445,11 +457,15 @@ class QueryPipeline:
         if allowed is not None:
             matching = int(np.count_nonzero(allowed[self.reader.table.searchable]))
             self.notes.append(f"only the rows where {describe_where(config.where)}: {matching} searchable rows")
+        if versus:
+            self.notes.append(f"versus {', '.join(repr(other.name) for other in versus)}: each query vector keeps what "
+                              "the behaviour asks and theirs do not")
         skip = 0 if config.rerank else config.offset
         n = config.candidates if config.rerank else None
         k, bottom_k = deeper(n or config.k, skip), deeper(n or config.bottom_k, skip)
         if strategy.fused:
-            members, unkept, orders = self.fused_members(behavior, method, config, k, bottom_k, allowed)
+            members, unkept, orders = self.fused_members(behavior, method, config, k, bottom_k, allowed, versus)
+            self.notes += strategy.choice_notes(behavior)
             fusion = config.resolved_fusion()
             fusing = time.perf_counter()
             top, bottom = self.fused(members, fusion, k, bottom_k, orders)
@@ -459,7 +475,7 @@ class QueryPipeline:
                           lambda rows: (calibrated(members, rows), mean_cosines(members, rows)), name, unkept,
                           allowed)
         if vector is None:
-            vector, described = self.vector(behavior, self.members(method, config.layer)[0])
+            vector, described = self.vector(behavior, self.members(method, config.layer)[0], versus)
         else:
             described = family or strategy.family(self.resolve_layer(config.layer))
         searching = time.perf_counter()
@@ -486,11 +502,11 @@ class QueryPipeline:
                       search_scores, name, allowed=allowed)
 
     def run(self, config: QueryConfig, behavior: Behavior | None, vector: np.ndarray | None = None,
-            family: str | None = None, name: str | None = None) -> QueryResult:
-        """Rank the rows for a completed ``behavior`` (or a saved query ``vector`` of ``family``) and make the hits
-        of both sides (reranked when asked)."""
+            family: str | None = None, name: str | None = None, versus: Sequence[Behavior] = ()) -> QueryResult:
+        """Rank the rows for a completed ``behavior`` (or a saved query ``vector`` of ``family``; against the completed
+        ``versus`` behaviours) and make the hits of both sides (reranked when asked)."""
         started = time.perf_counter()
-        ranked = self.rank(config, behavior, vector, family)
+        ranked = self.rank(config, behavior, vector, family, versus)
         ctx = self.context() if vector is None else None
         if config.rerank is not None:
             reranking = time.perf_counter()

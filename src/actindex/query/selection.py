@@ -12,7 +12,8 @@ A candidate member ``m`` is a construction (how ``psi`` is formed from vectors) 
 * centered:  ``psi = norm(mean_j n(v(treatment_j)) - mu)``, ``n(v) = v / ||v||``, ``mu`` the mean of
   ``n(v(x))`` over the index's calibration sample: what the treatments share that the typical row does not.
 
-The pairs are split into ``F`` folds (seeded); ``psi_m^(-f)`` is formed without fold ``f`` and scores the
+The pairs are split into ``F`` folds (seeded; with at most :data:`LOO_PAIRS` pairs, one a pair: leave-one-out);
+``psi_m^(-f)`` is formed without fold ``f`` and scores the
 held-out pairs' own vectors, ``s_T(j) = cos(v_m(treatment_j), psi_m^(-f(j)))`` and likewise ``s_C(j)``. Two
 AUROCs judge the candidate (:class:`PairCheck`):
 
@@ -27,6 +28,18 @@ ranking the index near chance on semantic behaviours, and short pairs stand out 
 answers by their length alone (index AUROC near 1 for every whole-answer family). The members kept are every
 candidate within :data:`MARGIN` of the best (at most :data:`MOST`, below), with equal weights
 (:func:`choose`): where several checks saturate, their fusion is kept rather than one of them picked by a tie.
+With ``n`` pairs the margin is ``max(MARGIN, THIN_MARGIN / sqrt(n))`` (:func:`margin_for`): the noise of a mean of
+``n`` held-out AUROCs shrinks as ``1 / sqrt(n)``, and a thin check that keeps one candidate by a hair is a coin
+toss.
+
+Few pairs: below :data:`TRUSTED_PAIRS` the check's 0/1 choice ``c`` is shrunk toward a prior ``p`` (a fixed member
+set, :attr:`~actindex.query.methods.adaptive.AdaptiveMethod.prior`), ``w = s c / sum(c) + (1 - s) p / sum(p)``
+with ``s = (n - 1) / (TRUSTED_PAIRS - 1)`` (:func:`check_share`, :func:`blend`): the calibrated mean is linear in
+its normalised weights, so the fused score is the check's fused score and the prior's mixed in proportion ``s``.
+With one pair (below :data:`MIN_PAIRS`) nothing can be held out and ``s = 0``.
+
+Versus other behaviours (docs/design.md#versus): each fold's ``psi`` is made specific to theirs, and a third
+AUROC, the held-out treatments against the other behaviours' held-out treatments, joins the mean.
 
 An AUROC saturates: on an easy behaviour most candidates score near 1, and an equal fusion of them all
 drowns the few that rank the index well. The tie is broken by a measure that does not saturate, the
@@ -44,20 +57,28 @@ rule was chosen" and the reading on the cap).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from actindex.query.constructions import unit_rows
+from actindex.query.constructions import specific, unit_rows
 from actindex.query.fusion import robust_center_scale
 
-#: folds of the behaviour's pairs (fewer when there are fewer pairs)
+#: folds of the behaviour's pairs when there are more than :data:`LOO_PAIRS`
 FOLDS = 5
-#: below this many pairs there is nothing to hold out: every candidate counts the same
-MIN_PAIRS = 4
-#: :func:`choose` keeps every candidate whose quality is within this of the best
+#: with at most this many pairs every pair is a fold of its own (leave-one-out)
+LOO_PAIRS = 8
+#: below this many pairs there is nothing to hold out: the prior alone chooses (:func:`check_share`)
+MIN_PAIRS = 2
+#: from this many pairs the check alone chooses; with fewer its choice is shrunk toward the prior
+TRUSTED_PAIRS = 6
+#: :func:`choose` keeps every candidate whose quality is within this of the best (with many pairs; see
+#: :func:`margin_for`)
 MARGIN = 0.03
+#: with ``n`` held-out pairs the margin is at least ``THIN_MARGIN / sqrt(n)``: a thin check cannot tell apart
+#: candidates that close (the noise of a mean of ``n`` held-out AUROCs shrinks as ``1 / sqrt(n)``)
+THIN_MARGIN = 0.12
 #: :func:`choose` keeps at most this many members: those with the largest separation
 MOST = 24
 
@@ -86,14 +107,20 @@ class PairCheck:
     #: ``mean_j (z(treatment_j) - z(control_j))``: how many robust standard deviations of the index's cosines
     #: part a held-out treatment from its control (from the typical row, ``z = 0``, with no controls)
     separation: float = 0.0
+    #: against other behaviours (``versus``): the held-out treatments' AUROC against theirs
+    versus_auroc: float | None = None
 
     @property
     def quality(self) -> float:
-        """The held-out treatments' AUROC against their controls and the typical rows, halves weighted equally
-        (a query by example has no controls: against the typical rows alone)."""
-        if self.pair_auroc is None:
-            return self.index_auroc
-        return (self.pair_auroc + self.index_auroc) / 2
+        """The mean of the held-out treatments' AUROCs: against their controls, the typical rows and, asked versus
+        other behaviours, their treatments (a query by example has no controls: no pair AUROC)."""
+        parts = [a for a in (self.pair_auroc, self.index_auroc, self.versus_auroc) if a is not None]
+        return float(np.mean(parts))
+
+
+def folds_for(n: int) -> int:
+    """Folds of ``n`` pairs: one a pair (leave-one-out) up to :data:`LOO_PAIRS`, :data:`FOLDS` beyond."""
+    return n if n <= LOO_PAIRS else FOLDS
 
 
 def fold_split(n: int, folds: int = FOLDS, seed: int = 0) -> list[np.ndarray]:
@@ -103,21 +130,37 @@ def fold_split(n: int, folds: int = FOLDS, seed: int = 0) -> list[np.ndarray]:
 
 
 def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray, construct: Construct,
-                folds: int = FOLDS, seed: int = 0) -> PairCheck:
+                folds: int = FOLDS, seed: int = 0, versus: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+                mu: np.ndarray | None = None) -> PairCheck:
     """:class:`PairCheck` of one candidate: ``treatments``/``controls`` are the pairs' vectors (row ``j`` of
     each is pair ``j``) in the candidate's family, ``sample`` the index's normalised calibration rows,
     ``construct(T, C)`` forms a unit ``psi`` from a subset of the pairs. With no controls (a query by example)
-    the pair AUROC is ``None`` and a control's ``z`` is 0."""
+    the pair AUROC is ``None`` and a control's ``z`` is 0.
+
+    ``versus``: other behaviours' ``(T, C)`` in the same family. Each fold's ``psi`` is then
+    :func:`~actindex.query.constructions.specific` to theirs (``mu``: the family's typical row), theirs formed
+    without the same fold of their pairs (a behaviour of one pair is never held out), and the versus AUROC is
+    ``P(s_T > cos(n(v(T'_k)), psi))`` over their held-out treatments ``T'_k``, averaged over the folds."""
     n = len(treatments)
     s_t, s_c = np.zeros(n), np.zeros(n)
     z_t, z_c = np.zeros(n), np.zeros(n)
     paired = len(controls) == n
     nt = unit_rows(treatments)
     nc = unit_rows(controls) if paired else None
-    index = []
-    for held in fold_split(n, folds, seed):
+    index, against = [], []
+    splits = [fold_split(len(t), folds, seed) if len(t) > 1 else None for t, _ in versus]
+    for f, held in enumerate(fold_split(n, folds, seed)):
         kept = np.setdiff1d(np.arange(n), held)
         psi = np.asarray(construct(treatments[kept], controls[kept] if paired else controls), dtype=np.float64)
+        if versus:
+            others, theirs = [], []
+            for (t, c), split in zip(versus, splits):
+                out = split[f % len(split)] if split is not None else np.zeros(0, np.int64)
+                keep = np.setdiff1d(np.arange(len(t)), out)
+                others.append(construct(t[keep], c[keep] if len(c) == len(t) else c))
+                theirs.append(t[out] if len(out) else t)
+            psi = specific(psi, others, mu).astype(np.float64)
+            against.append(auroc(nt[held] @ psi, unit_rows(np.concatenate(theirs)) @ psi))
         typical = sample @ psi
         center, scale = robust_center_scale(typical)
         s_t[held] = nt[held] @ psi
@@ -127,7 +170,7 @@ def check_pairs(treatments: np.ndarray, controls: np.ndarray, sample: np.ndarray
             z_c[held] = (s_c[held] - center) / scale
         index.append(auroc(s_t[held], typical))
     return PairCheck(pair_auroc=auroc(s_t, s_c) if paired else None, index_auroc=float(np.mean(index)),
-                     separation=float(np.mean(z_t - z_c)))
+                     separation=float(np.mean(z_t - z_c)), versus_auroc=float(np.mean(against)) if versus else None)
 
 
 def choose(checks: list[PairCheck], margin: float = MARGIN, most: int = MOST) -> np.ndarray:
@@ -142,3 +185,26 @@ def choose(checks: list[PairCheck], margin: float = MARGIN, most: int = MOST) ->
     weights = np.zeros(len(checks))
     weights[kept] = 1.0
     return weights
+
+
+def margin_for(n: int) -> float:
+    """:func:`choose`'s margin with ``n`` pairs: ``max(MARGIN, THIN_MARGIN / sqrt(n))`` (:data:`MARGIN` from 16
+    pairs)."""
+    return max(MARGIN, THIN_MARGIN / float(np.sqrt(max(n, 1))))
+
+
+def check_share(n: int) -> float:
+    """How much the check's choice counts against the prior's with ``n`` pairs: 0 below :data:`MIN_PAIRS`
+    (nothing to hold out), ``(n - 1) / (TRUSTED_PAIRS - 1)`` up to :data:`TRUSTED_PAIRS`, 1 from there."""
+    if n < MIN_PAIRS:
+        return 0.0
+    return min(1.0, (n - 1) / (TRUSTED_PAIRS - 1))
+
+
+def blend(checked: np.ndarray, prior: np.ndarray, share: float) -> np.ndarray:
+    """Members' weights ``share * c / sum(c) + (1 - share) * p / sum(p)`` (``c``: the check's choice, ``p``: the
+    prior's), scaled so that the largest is 1: the fused score is the check's fused score and the prior's mixed
+    in that proportion (the calibrated mean is linear in its normalised weights)."""
+    parts = [(share, np.asarray(checked, float)), (1.0 - share, np.asarray(prior, float))]
+    weights = sum((w * part / part.sum() for w, part in parts if w > 0 and part.sum() > 0), np.zeros(len(prior)))
+    return weights / weights.max() if weights.max() > 0 else weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -165,11 +165,12 @@ class QuerySession:
             return raw, hit.behavior, True
         return raw, complete_behavior(raw, self.model()), False
 
-    def remember(self, raw: Behavior, completed: Behavior) -> None:
-        """Store what the last query formed for a behaviour in the behaviour cache (when it used the model)."""
+    def remember(self, raw: Behavior, completed: Behavior, keys: set[str] | None = None) -> None:
+        """Store what the last query formed for a behaviour in the behaviour cache (when it used the model): the
+        vectors of the conversations it touched, or of ``keys`` alone."""
         ctx = self.query_context()
         if self.use_cache and ctx.model_seconds > 0:
-            self.behavior_cache.save(raw, completed, ctx)
+            self.behavior_cache.save(raw, completed, ctx, keys)
 
     # ---- the query pipeline and its components ------------------------------------------------
     def query_context(self) -> QueryContext:
@@ -207,13 +208,20 @@ class QuerySession:
         return psi, family, behavior
 
     def query(self, behavior: str | Behavior | None, config: QueryConfig, *, vector: np.ndarray | None = None,
-              family: str | None = None, example: Any = None, generate: str | list[str] | None = None) -> QueryResult:
+              family: str | None = None, example: Any = None, generate: str | list[str] | None = None,
+              versus: Sequence[str | Behavior] = ()) -> QueryResult:
         """Rank the training rows for a behaviour (or a saved query ``vector`` of ``family``) as ``config`` says
-        (:meth:`actindex.Index.query` documents the arguments). When the index's model has memorised its rows it
-        warns (:class:`~actindex.errors.MemorisationWarning`) and says so in ``result.warnings``."""
+        (:meth:`actindex.Index.query` documents the arguments), against the ``versus`` behaviours when given. When
+        the index's model has memorised its rows it warns (:class:`~actindex.errors.MemorisationWarning`) and says
+        so in ``result.warnings``."""
         from actindex.query.examples import asked_behavior
 
         behavior = asked_behavior(behavior, example, generate)
+        if versus and behavior is None:
+            raise ActindexError("versus asks what is specific to a behaviour: give the behaviour too")
+        if versus and (vector is not None or config.rerank is not None):
+            raise ActindexError("versus shapes the query vectors a behaviour forms: it takes no saved query vector and "
+                                "no rerank (exact influence ranks by the behaviour's own gradient)")
         pipeline = self.pipeline()
         if config.rerank is not None:  # refused here, before any model pass
             self.curvature(config.rerank)
@@ -222,13 +230,15 @@ class QuerySession:
         cached = False
         if behavior is not None and (vector is None or config.rerank is not None):
             raw, completed, cached = self.prepare_behavior(behavior)
+        others = [self.prepare_behavior(other) for other in versus]
         prepared = time.perf_counter() - started
         name = behavior if isinstance(behavior, str) and vector is not None else None
         if vector is not None and behavior is None:
             name = "vector"
-        result = pipeline.run(config, completed, vector=vector, family=family, name=name)
+        result = pipeline.run(config, completed, vector=vector, family=family, name=name,
+                              versus=[done for _, done, _ in others])
         if raw is not None:
-            self.remember(raw, completed)
+            self.remember_all(raw, completed, others)
         result.cached = cached
         result.timings = {"behaviour": round(prepared, 4), **result.timings}
         result.seconds += prepared
@@ -236,6 +246,18 @@ class QuerySession:
         if warned:
             result.warnings.append(warned)
         return result
+
+    def remember_all(self, raw: Behavior, completed: Behavior, versus: list[tuple[Behavior, Behavior, bool]]) -> None:
+        """:meth:`remember` a query's behaviour and each of its ``versus`` behaviours ``(as asked, completed, from
+        the cache)`` that the query formed, each entry with its own conversations' vectors alone."""
+        from actindex.query.context import conversation_key, query_rows
+
+        own = [{conversation_key(c) for c in query_rows(done)} for _, done, _ in versus]
+        keys = set(self.query_context().touched).difference(*own)
+        self.remember(raw, completed, keys if versus else None)
+        for (asked, done, cached), rows in zip(versus, own):
+            if not cached:
+                self.remember(asked, done, rows)
 
     def ranking(self, behavior: str | Behavior, config: QueryConfig) -> Ranked:
         """The rows a query ranks, as arrays (:class:`~actindex.query.pipeline.Ranked`: ``top.rows``,

@@ -281,8 +281,10 @@ def members_html(members: list[dict[str, Any]]) -> str:
         f'<td class="num">{_fmt(m.get("separation"), 2)}</td></tr>'
         for m in members)
     how = ("each candidate's query vector is formed without a fold of the pairs and scores the held-out ones "
-           "(no label, no extra model pass)" if checked else "not checked (fixed members, or too few pairs to "
-           "hold any out): equal weights")
+           "(no label, no extra model pass)" if checked else "not checked (fixed members, or one pair: nothing "
+           "to hold out, the prior's members)")
+    if checked and any("prior" in m for m in members):
+        how += "; with few pairs the check's choice is shrunk toward a prior chosen on the benchmark pools"
     title = "Members chosen by the held-out pairs" if checked else "Members of the fusion"
     return (f'<details class="members"><summary>{title}: {kept} of {len(members)} candidates kept</summary>'
             f'<p class="muted">{how}</p>'

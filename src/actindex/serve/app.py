@@ -71,7 +71,7 @@ from actindex.errors import ActindexError
 from actindex.query.behaviors import builtin_behaviors, load_behavior
 from actindex.serve.config import ServeConfig
 from actindex.serve.memo import AnswerMemo
-from actindex.serve.requests import QueryRequest, RowsRequest, SearchRequest, asked
+from actindex.serve.requests import QueryRequest, RowsRequest, SearchRequest, asked, versus_of
 from actindex.serve.responses import (
     ERRORS,
     BehaviorOut,
@@ -136,10 +136,11 @@ class Served:
         """The JSON answer to a query request (``key``: :meth:`AnswerMemo.key` of it) when it needs no model pass
         (a behaviour in the behaviour cache), remembered; ``None`` when it does (:meth:`answer_with_model`)."""
         behavior, config = asked(request)
+        versus = versus_of(request)
         path, stamp = self.memo.entry(behavior)
         try:
             with self.index.session.without_model():
-                answer = self.index.session.query(behavior, config).to_dict()
+                answer = self.index.session.query(behavior, config, versus=versus).to_dict()
         except ModelNeeded:
             return None
         self.memo.keep(key, path, stamp, answer)
@@ -150,7 +151,7 @@ class Served:
         model lock (``/health`` says ``model_busy`` meanwhile)."""
         behavior, config = asked(request)
         with self.model_lock:
-            return self.index.session.query(behavior, config).to_dict()
+            return self.index.session.query(behavior, config, versus=versus_of(request)).to_dict()
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
         """Rows by cosine with the request's vector (:meth:`actindex.Index.search`, which scales it so that its

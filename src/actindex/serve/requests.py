@@ -92,9 +92,23 @@ def config_fields(cls: type) -> dict[str, Any]:
     return out
 
 
-#: a query: what it asks about, and the QueryConfig fields
+class VersusIn(BaseModel):
+    """Another behaviour a query is asked against, inline."""
+
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[PairIn] = Field(description="Its contrastive pairs.")
+    name: str | None = Field(None, description="What to call it in the result's notes.")
+
+
+#: what a query is asked against (``versus``): built-in names or inline pairs
+VERSUS = (list[str | VersusIn] | None, Field(
+    None, description="Other behaviours (a built-in name, or {pairs, name?} inline) the query is asked against: each "
+                      "query vector keeps what the behaviour asks and theirs do not, so rows of a neighbouring "
+                      "behaviour that shares its answer fall back."))
+
+#: a query: what it asks about, what against, and the QueryConfig fields
 QueryRequest = create_model("QueryRequest", __base__=Ask, __doc__="A query: what it asks, and how rows are ranked.",
-                            **config_fields(QueryConfig))
+                            versus=VERSUS, **config_fields(QueryConfig))
 
 
 class SearchRequest(BaseModel):
@@ -154,3 +168,19 @@ def asked(request: BaseModel) -> tuple[str | Behavior, QueryConfig]:
     if request.example is not None:
         return example_behavior(request.example, name, files=False), config
     return generate_behavior(request.generate, name, files=False), config
+
+
+def versus_of(request: BaseModel) -> list[str | Behavior]:
+    """The behaviours a query request is asked against: built-in names (an unknown one refused) and inline pairs."""
+    out: list[str | Behavior] = []
+    builtins = builtin_behaviors()
+    for i, item in enumerate(getattr(request, "versus", None) or []):
+        if isinstance(item, str):
+            if item not in builtins:
+                raise ActindexError(f"versus[{i}]: unknown built-in behaviour {item!r} (built-ins: "
+                                    f"{', '.join(builtins)}); send other behaviours inline as {{pairs}}")
+            out.append(item)
+        else:
+            pairs = pairs_from_records(f"{SOURCE} versus[{i}]", enumerate(item.model_dump()["pairs"], 1))
+            out.append(Behavior(name=item.name or f"versus-{i + 1}", pairs=pairs, source=SOURCE))
+    return out

@@ -15,6 +15,7 @@ behaviour. Modules here import no tensor library at import time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from actindex.core.families import VectorFamily, family_name
 from actindex.errors import ActindexError
+from actindex.query.constructions import specific
 from actindex.query.context import per_pair, query_rows
 from actindex.registry import Registered
 
@@ -73,15 +75,26 @@ class QueryMethod(Registered, noun="method", listed=True):
         """``psi`` for the (completed) behaviour at ``layer``."""
         raise NotImplementedError
 
-    def form(self, ctx: QueryContext, reader: IndexReader, behavior: Behavior, layer: int | None) -> list[FormedMember]:
+    def form(self, ctx: QueryContext, reader: IndexReader, behavior: Behavior, layer: int | None,
+             versus: Sequence[Behavior] = ()) -> list[FormedMember]:
         """A fused method's members, formed: by default each of :meth:`members` with its own method's vector
-        and weight 1 (``layer``: the one layer asked for, or ``None`` for every indexed layer)."""
+        and weight 1 (``layer``: the one layer asked for, or ``None`` for every indexed layer); against the
+        ``versus`` behaviours, each vector keeps what theirs by the same member do not share
+        (:func:`~actindex.query.constructions.specific`)."""
         out = []
         for method, at in self.members(reader.layers, layer, tuple(reader.families)):
             strategy = QueryMethod.get(method)
-            out.append(FormedMember(method=method, layer=at, family=strategy.family(at),
-                                    psi=strategy.vector(ctx, behavior, at), projection=strategy.projection_scores))
+            family = strategy.family(at)
+            psi = specific(strategy.vector(ctx, behavior, at), [strategy.vector(ctx, o, at) for o in versus],
+                           reader.typical(family) if versus else None)
+            out.append(FormedMember(method=method, layer=at, family=family, psi=psi,
+                                    projection=strategy.projection_scores))
         return out
+
+    def choice_notes(self, behavior: Behavior) -> list[str]:
+        """What the result's notes say about how a fused method chose its members for ``behavior`` (nothing by
+        default)."""
+        return []
 
     @staticmethod
     def sides(ctx: QueryContext, behavior: Behavior, family: str) -> tuple[np.ndarray, np.ndarray]:
