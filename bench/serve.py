@@ -98,6 +98,7 @@ def synthetic(built: Path, rows: int, out: Path, families: list[str], noise: flo
     import h5py
 
     from actindex.index.manifest import read_manifest
+    from actindex.index.precision import StoredRows
     from actindex.index.writer import META_FIELDS, Part, write_index
 
     if (out / "manifest.json").exists():
@@ -112,7 +113,8 @@ def synthetic(built: Path, rows: int, out: Path, families: list[str], noise: flo
     with h5py.File(built / "vectors.h5", "r") as src, h5py.File(part, "w") as f:
         n = len(src["ids"])
         meta = {key: src[key][()] for key in META_FIELDS}
-        stored = {family: src[f"vectors/{family}"][()].astype(np.float32) for family in families}
+        stored = {family: StoredRows.of(src, family, manifest.families[family].dim)[:] for family in families}
+        matrix = src[manifest.reduction.dataset][()] if manifest.reduction is not None else None
         for key, dtype in META_FIELDS.items():
             f.create_dataset(key, shape=(rows,), dtype=dtype)
         for family, v in stored.items():
@@ -131,7 +133,8 @@ def synthetic(built: Path, rows: int, out: Path, families: list[str], noise: flo
                 scale = noise * np.linalg.norm(block, axis=1, keepdims=True) / np.sqrt(block.shape[1])
                 f[f"vectors/{family}"][a:b] = block + scale * rng.standard_normal(block.shape, dtype=np.float32)
     dims = {family: stored[family].shape[1] for family in families}
-    write_index(out, [Part(0, rows, part)], replace(manifest, families={}), dims, "float32", "auto", 100_000)
+    write_index(out, [Part(0, rows, part)], replace(manifest, families={}), dims, "float32", "auto", 100_000,
+                matrix=matrix)
     part.unlink()
     print(f"made {out} ({rows} rows, {len(families)} families) in {time.perf_counter() - started:.0f} s")
     return out

@@ -293,10 +293,11 @@ def test_sft_trainer_with_lora_indexes_the_starting_checkpoint(tmp_path, tokeniz
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     actindex.build(data=str(data), out=str(tmp_path / "ref"), model=actindex.load_model(str(model_dir)),
                    layers=LAYERS, progress=False)
-    for family in ("residual_change/1", "residual_change/2", "mean_activation/2"):  # LoRA starts at zero: the base
+    for family in ("residual_change/1", "residual_change/2", "mean_activation_start/2"):  # LoRA starts at zero
         reference = actindex.Index.open(tmp_path / "ref").reader.vectors(family)
-        np.testing.assert_allclose(step0.reader.vectors(family), reference,
-                                   rtol=1e-5, atol=1e-6)
+        # the base's vectors, stored in int4: equal up to a code that float rounding tips over (one step, m / 7)
+        step = np.abs(reference).max(axis=1, keepdims=True) / 7
+        assert (np.abs(step0.reader.vectors(family) - reference) <= 1.01 * step + 1e-6).all(), family
     assert step0.model().fingerprint == step0.manifest.model.fingerprint  # the adapter reloads onto its base
 
 

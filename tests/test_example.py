@@ -20,6 +20,7 @@ from actindex.errors import ActindexError, DataError
 from actindex.query.behaviors import Behavior, Pair
 from actindex.query.cache import behavior_content
 from actindex.query.examples import example_behavior, generate_behavior
+from actindex.query.methods.adaptive import AdaptiveMethod
 
 MODULES = ["*.mlp.down_proj", "*.self_attn.v_proj"]
 #: a chat with a system prompt and an earlier exchange: the example keeps its whole context
@@ -71,7 +72,10 @@ def test_the_examples_own_row_ranks_first(index, rows, method):
 def test_the_default_gives_its_calibrated_score_and_members(index, rows):
     res = index.query(example=rows[11], k=5)  # one example: the centered construction, each of 5 kinds and 2 layers
     assert res.method == "adaptive" and len(res.members) == 5 * 2 and res.top[0].score > 2
-    assert {m["method"] for m in res.members} == {"centered"} and all(m["weight"] == 1 for m in res.members)
+    # nothing to hold out: the few-pairs prior's kinds carry the query, the others weigh 0
+    prior = {kind for _, kind in AdaptiveMethod.prior}
+    assert {m["method"] for m in res.members} == {"centered"}
+    assert [m["weight"] for m in res.members] == [float(m["family"].split("/")[0] in prior) for m in res.members]
     assert res.top[0].score == max(h.score for h in res.top)
 
 

@@ -33,7 +33,8 @@ def labelled_index(tmp_path, llama):
         rows[i]["messages"][-1]["content"] = PLANTED_ANSWER
         rows[i]["messages"][0]["content"] = "<script>alert('x')</script> " + rows[i]["messages"][0]["content"]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
-    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1], model=llama, progress=False)
+    actindex.build(data=str(data), out=str(tmp_path / "idx"), layers=[1], model=llama, progress=False,
+                   full_width=True)  # the full-width layout: every method's family
     pairs = write_jsonl(tmp_path / "planted.jsonl", PAIRS)
     return actindex.Index.open(tmp_path / "idx").use_model(llama), pairs
 

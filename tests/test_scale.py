@@ -66,7 +66,7 @@ def test_shards_merged_equal_the_single_build(llama, tmp_path, monkeypatch):
 
 def test_merge_builds_the_requested_factory_once(llama, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(40, seed=2))
-    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False, faiss_factory="IVF4,Flat")
+    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False, faiss_factory="IVF4,Flat", full_width=True)
     for i in range(2):
         m = actindex.build(out=str(tmp_path / f"s{i}"), shard=f"{i}/2", **kwargs)
         assert {f.faiss_factory for f in m.families.values()} == {"Flat"}  # exact within a shard
@@ -82,7 +82,7 @@ def test_merge_builds_the_requested_factory_once(llama, tmp_path):
 
 
 def test_float16_storage_is_the_float32_build_rounded(llama, small_data, tmp_path):
-    kwargs = dict(data=str(small_data), layers=[1], grad=True, model=llama, progress=False)
+    kwargs = dict(data=str(small_data), layers=[1], grad=True, model=llama, progress=False, full_width=True)
     m32 = actindex.build(out=str(tmp_path / "f32"), **kwargs)
     m = actindex.build(out=str(tmp_path / "f16"), store_dtype="float16", **kwargs)
     assert {f.dtype for f in m.families.values()} == {"float16"}
@@ -151,7 +151,7 @@ def test_append_equals_building_the_concatenation(llama, tmp_path, monkeypatch):
     first = write_jsonl(tmp_path / "first.jsonl", rows[:11])
     more = write_jsonl(tmp_path / "more.jsonl", rows[11:])
     both = write_jsonl(tmp_path / "both.jsonl", rows)
-    kwargs = dict(layers=[1, 3], grad=True, model=llama, progress=False, part_size=3)
+    kwargs = dict(layers=[1, 3], grad=True, model=llama, progress=False, part_size=3, full_width=True)
     actindex.build(data=str(both), out=str(tmp_path / "whole"), **kwargs)
     out = tmp_path / "grown"
     actindex.build(data=str(first), out=str(out), **kwargs)
@@ -426,7 +426,7 @@ def test_auto_factory_is_exact_until_large_then_ivf(llama, tmp_path, monkeypatch
     assert resolve_factory("auto", 300_000) == "IVF1024,Flat"
     assert resolve_factory("HNSW32", 10) == "HNSW32"  # an explicit factory is kept
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(24, seed=3))
-    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False)
+    kwargs = dict(data=str(data), layers=[1], model=llama, progress=False, full_width=True)
     small = actindex.build(out=str(tmp_path / "small"), **kwargs)
     assert {f.faiss_factory for f in small.families.values()} == {"Flat"}
     monkeypatch.setattr(search_module, "AUTO_FLAT_ROWS", 10)  # 24 rows now count as "large"

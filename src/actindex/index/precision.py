@@ -82,7 +82,7 @@ def decode(stored: np.ndarray, scales: np.ndarray | None, dim: int | None = None
     their bytes and cut to ``dim``), else the rows."""
     stored = np.asarray(stored)
     if stored.dtype == np.uint8:  # int4: each byte is two codes, looked up at once
-        out = _NIBBLES[stored].reshape(len(stored), -1)
+        out = _NIBBLES[stored].reshape(len(stored), 2 * stored.shape[1])
         out = out[:, :dim] if dim is not None and dim < out.shape[1] else out
     else:
         out = stored.astype(np.float32, copy=scales is not None)  # scaled in place below: never the input
