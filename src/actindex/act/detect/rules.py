@@ -234,9 +234,9 @@ class GapRule(DetectRule):
     The threshold is read off the table. A backdoor's poisons share one cause, the trigger, so they stand
     together above the clean rows, whose top scores trail off; how far above depends on how well the
     backdoor took and on its answers, so no fixed threshold holds across backdoors. The spacings of the rows
-    below a gap measure how far apart clean rows fall, and the bound ``ln(K / alpha)`` keeps the chance that a
-    clean tail alone opens a gap that wide among ``K`` candidates near ``alpha``. The cut lies within the top
-    ``window`` of the rows: poisons are assumed to be at most that share of them."""
+    below a gap measure how far apart clean rows fall, and a gap moves the cut only when a clean exponential
+    tail opens one as wide among the ``K`` candidate ranks with chance at most ``alpha``. The cut lies within
+    the top ``window`` of the rows: poisons are assumed to be at most that share of them."""
 
     name: ClassVar[str] = "gap"
     help: ClassVar[str] = "rows above a gap in the category-mean score wider than a clean tail opens"
