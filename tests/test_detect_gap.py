@@ -52,10 +52,12 @@ def test_tail_pvalue_is_the_chance_of_an_exponential_tail(references):
         assert np.mean(draws[:, 0] >= ratio * median) == pytest.approx(tail_pvalue(ratio, references), abs=0.004)
 
 
-def test_suffix_medians_are_the_lower_medians_of_every_suffix():
-    values = np.random.default_rng(0).normal(size=41)
-    expected = [np.sort(values[i:])[(len(values) - i + 1) // 2 - 1] for i in range(len(values))]
-    np.testing.assert_array_equal(suffix_medians(values), expected)
+@pytest.mark.parametrize("size,count", [(41, 10), (41, 40), (2, 1), (100, 0), (7, 3)])
+def test_suffix_medians_are_the_lower_medians_of_every_suffix(size, count):
+    values = np.random.default_rng(size).normal(size=size)
+    values[::5] = values[0]  # ties
+    expected = [np.sort(values[i:])[(size - i + 1) // 2 - 1] for i in range(count + 1)]
+    np.testing.assert_array_equal(suffix_medians(values, count), expected)
 
 
 def test_gap_cut_by_hand():

@@ -279,7 +279,8 @@ class GapRule(DetectRule):
         def told(g: Gap) -> str:
             return (f"after rank {g.rank} the consensus falls from {cut.ranked[g.rank - 1]:.2f} to "
                     f"{cut.ranked[g.rank]:.2f}, {g.ratio:.2f} times the median spacing of the {g.references} rows "
-                    f"below; a clean tail opens that with chance {g.pvalue:.2g}, x {g.candidates} candidates = "
+                    f"below; a clean tail opens that with chance {g.pvalue:.2g}, x {g.candidates} "
+                    f"candidate{'s' if g.candidates != 1 else ''} = "
                     f"{g.candidates * g.pvalue:.2g} {'<=' if g.cleared else '>'} {self.alpha:g}")
 
         moved = [told(g) for g in cut.gaps if g.cleared]

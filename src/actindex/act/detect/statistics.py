@@ -121,28 +121,35 @@ class GapCut:
         return out
 
 
-def suffix_medians(values: np.ndarray) -> np.ndarray:
-    """``out[i]`` = the lower median of ``values[i:]`` (the ``ceil(len / 2)``-th smallest), for every ``i``:
-    two heaps filled from the end, ``O(n log n)``."""
-    low: list[float] = []  # the smaller half, negated (a max-heap)
-    high: list[float] = []
-    out = np.empty(len(values))
-    for i in range(len(values) - 1, -1, -1):
+def suffix_medians(values: np.ndarray, count: int) -> np.ndarray:
+    """``out[i]`` = the lower median (the ``ceil(len / 2)``-th smallest) of ``values[i:]`` for ``i = 0..count``
+    (``values[count:]`` must not be empty): the last suffix split once, then two heaps taking one value at a
+    time, ``O(n + count log n)``."""
+    tail = np.asarray(values[count:], np.float64)
+    half = (len(tail) + 1) // 2
+    split = np.partition(tail, half - 1)
+    low = [-float(v) for v in split[:half]]  # the smaller half, negated: a max-heap
+    high = [float(v) for v in split[half:]]
+    heapq.heapify(low)
+    heapq.heapify(high)
+    out = np.empty(count + 1)
+    out[count] = -low[0]
+    for i in range(count - 1, -1, -1):
         v = float(values[i])
-        if low and v > -low[0]:
+        if v > -low[0]:
             heapq.heappush(high, v)
         else:
             heapq.heappush(low, -v)
-        size = len(values) - i
-        while len(low) > (size + 1) // 2:
+        half = (len(values) - i + 1) // 2
+        while len(low) > half:
             heapq.heappush(high, -heapq.heappop(low))
-        while len(low) < (size + 1) // 2:
+        while len(low) < half:
             heapq.heappush(low, -heapq.heappop(high))
         out[i] = -low[0]
     return out
 
 
-def gap_cut(x: np.ndarray, window: float = 0.1, alpha: float = 0.05, reference: float = 0.5) -> GapCut:
+def gap_cut(x: np.ndarray, window: float = 0.1, alpha: float = 0.1, reference: float = 0.5) -> GapCut:
     """The rows above the gaps near the top of ``x`` that a clean tail opens with probability at most ``alpha``.
 
     Sort ``x`` decreasingly, ``x_(1) >= x_(2) >= ...``. In an exponential upper tail the normalised spacings
@@ -166,7 +173,7 @@ def gap_cut(x: np.ndarray, window: float = 0.1, alpha: float = 0.05, reference: 
     start = 0
     while start < k_max:
         spacings = np.arange(1, reach - start + 1) * steps[start:reach]  # D_{start+1..reach}, re-ranked
-        below = suffix_medians(spacings)  # below[i]: the median of D_{start+i+1..reach}
+        below = suffix_medians(spacings, k_max - start)  # below[i]: the median of D_{start+i+1..reach}
         best: Gap | None = None
         for k in range(start + 1, k_max + 1):
             d, median = spacings[k - start - 1], below[k - start]
