@@ -466,11 +466,16 @@ def report(args: argparse.Namespace, started: float) -> str:
         sec = meta["seconds"]
         index = "index" if route == "own" else "base index"
         stages = [sec.get("fine-tune", 0) if route != "base" else 0, sec.get(index, 0), sec.get(f"{route} scores", 0)]
-        facts.append([pool, seed, ROUTE_NAMES[route], f"{attack.get('attack_success', float('nan')):.2f}",
+        built = path.parent / ("index.idx" if route == "own" else "base.idx")
+        manifest = actindex.Index.open(built, cache=False).manifest
+        queries = len(read(path.parent / "queries.jsonl"))
+        facts.append([pool, seed, ROUTE_NAMES[route], manifest.max_length, queries,
+                      f"{attack.get('attack_success', float('nan')):.2f}",
                       f"{attack.get('clean_accuracy', float('nan')):.2f}", mem.get("ratio", "-"),
                       "fires" if mem.get("memorised") else "-", " / ".join(f"{x:.0f}" for x in stages)])
-    lines.append(markdown_table(["pool", "seed", "index", "attack success", "clean accuracy",
-                                 "memorisation ratio", "warning", "s fine-tune / index + fit / scores"], facts))
+    lines.append(markdown_table(["pool", "seed", "index", "max length", "queries", "attack success",
+                                 "clean accuracy", "memorisation ratio", "warning",
+                                 "s fine-tune / index + fit / scores"], facts))
     print("\n\n".join(lines))
     print(f"total {time.perf_counter() - started:.0f} s")
     return "\n\n".join(lines)

@@ -16,6 +16,7 @@ from conftest import chat_rows, write_jsonl
 
 import actindex
 from actindex.act.detect import DetectConfig, GapRule, ScoreTable, SoftVotingRule, detect, gap_cut
+from actindex.act.detect.statistics import suffix_medians, tail_pvalue
 from actindex.cli import main
 from actindex.errors import ActindexError
 from actindex.query.session import QuerySession
@@ -31,23 +32,50 @@ def table(scores: np.ndarray) -> ScoreTable:
 # ---- the cut on a hand-made statistic ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ratio,references,expected", [
+    (2.0, 1, 1 / 3),  # the median of one draw is that draw: P(E >= 2 X) = 1 / (1 + 2)
+    (1.0, 3, 3 / 4 * 2 / 3),  # the 2nd smallest of 3: prod_{j=2..3} j / (j + 1)
+    (3.0, 4, 4 / 7 * 3 / 6),  # the lower median of 4 is the 2nd smallest: prod_{j=3..4} j / (j + 3)
+    (0.0, 9, 1.0),
+    (math.inf, 9, 0.0),
+])
+def test_tail_pvalue_by_hand(ratio, references, expected):
+    assert tail_pvalue(ratio, references) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("references", [1, 6, 21, 200])
+def test_tail_pvalue_is_the_chance_of_an_exponential_tail(references):
+    rng = np.random.default_rng(references)
+    draws = rng.exponential(1.0, (100_000, references + 1))
+    median = np.sort(draws[:, 1:], axis=1)[:, (references + 1) // 2 - 1]
+    for ratio in (0.5, 2.0, 5.0):
+        assert np.mean(draws[:, 0] >= ratio * median) == pytest.approx(tail_pvalue(ratio, references), abs=0.004)
+
+
+@pytest.mark.parametrize("size,count", [(41, 10), (41, 40), (2, 1), (100, 0), (7, 3)])
+def test_suffix_medians_are_the_lower_medians_of_every_suffix(size, count):
+    values = np.random.default_rng(size).normal(size=size)
+    values[::5] = values[0]  # ties
+    expected = [np.sort(values[i:])[(size - i + 1) // 2 - 1] for i in range(count + 1)]
+    np.testing.assert_array_equal(suffix_medians(values, count), expected)
+
+
 def test_gap_cut_by_hand():
-    # 3 rows far above 37 evenly spaced ones (0.1 apart): K = ceil(0.1 * 40) = 4 candidates, the reference
-    # rows reach R = 20. Spacings D_j = j (x_(j) - x_(j+1)): 1.0, 2.0, 3 * 6.4 = 19.2, then 0.1 j.
+    # 3 rows far above 37 evenly spaced ones (0.1 apart): K = ceil(0.1 * 40) = 4 candidates, the spacings
+    # below reach R = 20. D_j = j (x_(j) - x_(j+1)): 1.0, 2.0, 3 * 6.4 = 19.2, then 0.1 j.
     x = np.array([10.0, 9.0, 8.0] + [1.6 - 0.1 * i for i in range(37)])
     cut = gap_cut(x, window=0.1, alpha=0.05)
-    assert cut.order[:3].tolist() == [0, 1, 2] and cut.candidates == 4
+    assert cut.order[:3].tolist() == [0, 1, 2] and cut.window == 4
     first = cut.gaps[0]
-    # after rank 3: the reference is D_4 .. D_20 = 0.4 .. 2.0, median 1.2; bound ln(4 / 0.05)
-    assert (first.rank, first.start) == (3, 0) and first.spacing == pytest.approx(19.2)
-    assert first.scale == pytest.approx(1.2 / math.log(2)) and first.bound == pytest.approx(math.log(80))
-    assert first.ratio == pytest.approx(19.2 * math.log(2) / 1.2) and first.cleared
-    # then the rows below rank 3 are re-ranked from 1: the one candidate left (rank 4) has D = 1 * 0.1 against
-    # 0.1 * (2 .. 17), median 0.95: not cleared; the cut stays after rank 3
+    # after rank 3: the 17 spacings below are D_4 .. D_20 = 0.4 .. 2.0, lower median 1.2, so the ratio is 16
+    assert (first.rank, first.start, first.references, first.candidates) == (3, 0, 17, 4)
+    assert first.ratio == pytest.approx(16.0) and first.pvalue == pytest.approx(tail_pvalue(16.0, 17))
+    assert first.cleared and 4 * first.pvalue < 0.01
+    # below rank 3 the rows are re-ranked from 1: the one candidate left (rank 4) has D = 1 * 0.1 against
+    # 0.1 * (2 .. 17), lower median 0.9: a ratio of 1/9, far from clearing; the cut stays after rank 3
     second = cut.gaps[1]
-    assert (second.rank, second.start) == (4, 3) and second.spacing == pytest.approx(0.1)
-    assert second.scale == pytest.approx(0.95 / math.log(2)) and not second.cleared
-    assert second.bound == pytest.approx(math.log(1 / 0.05))
+    assert (second.rank, second.start, second.references, second.candidates) == (4, 3, 16, 1)
+    assert second.ratio == pytest.approx(1 / 9) and not second.cleared
     assert cut.k == 3 and cut.flags(40).tolist() == [True] * 3 + [False] * 37
 
 
@@ -56,7 +84,7 @@ def test_a_lower_group_moves_the_cut_down():
     (poisons a backdoor learnt less well are poisons too)."""
     x = np.array([30.0, 29.0, 28.0, 9.0, 8.5, 8.0] + list(np.linspace(1.0, -1.0, 54)))
     cut = gap_cut(x)
-    assert [(g.rank, g.cleared) for g in cut.gaps] == [(3, True), (6, True)] and cut.k == 6
+    assert [(g.rank, g.cleared) for g in cut.gaps] == [(3, True), (6, True)] and cut.k == 6  # the window: 6 rows
 
 
 @pytest.mark.parametrize("scale,shift", [(1.0, 0.0), (0.001, 0.0), (1000.0, -5.0), (3.0, 100.0)])
@@ -103,9 +131,17 @@ def plant(bulk: str, n: int, tiers: list[tuple[int, float, float]], seed: int,
     return table(scores[order]), truth[order]
 
 
-@pytest.mark.parametrize("bulk", BULKS)
-@pytest.mark.parametrize("n,poisons", [(50, 5), (100, 5), (200, 11), (200, 20)])
-@pytest.mark.parametrize("low,high", [(8, 14), (15, 60)])
+#: bulks whose upper tail is lighter than exponential (the shape of the clean rows' consensus on the bench's pools)
+LIGHT = ["normal", "two humps"]
+#: bulks with an exponential or heavier upper tail: the case the gap test's chance alpha is computed for
+HEAVY = ["laplace", "student-t5"]
+PLANTED = [(50, 5), (100, 5), (200, 11), (200, 20)]
+LEVELS_ABOVE = [(8, 14), (15, 60)]
+
+
+@pytest.mark.parametrize("bulk", LIGHT)
+@pytest.mark.parametrize("n,poisons", PLANTED)
+@pytest.mark.parametrize("low,high", LEVELS_ABOVE)
 def test_planted_poisons_are_found_exactly(bulk, n, poisons, low, high):
     """Poisons well above the clean rows under every transform, a few to 10% of the pool: every one flagged,
     no clean row, in each of 5 draws."""
@@ -115,34 +151,71 @@ def test_planted_poisons_are_found_exactly(bulk, n, poisons, low, high):
         assert flags.tolist() == truth.tolist(), (seed, np.flatnonzero(flags), np.flatnonzero(truth))
 
 
+@pytest.mark.parametrize("bulk", HEAVY)
+@pytest.mark.parametrize("n,poisons", PLANTED)
+@pytest.mark.parametrize("low,high", LEVELS_ABOVE)
+def test_planted_poisons_above_a_heavy_tail_are_found(bulk, n, poisons, low, high):
+    """Above a clean tail as heavy as an exponential or heavier, every poison is flagged, and the clean rows
+    flagged with them are the few at the top of that tail (at most 3 in each of 5 draws)."""
+    extra = []
+    for seed in range(5):
+        t, truth = plant(bulk, n, [(poisons, low, high)], seed)
+        flags = GapRule().flags(t)
+        assert (flags & truth).sum() == truth.sum(), seed
+        c = GapRule().statistic(t)
+        assert c[flags & ~truth].min(initial=np.inf) >= np.sort(c[~truth])[-3], "only the clean tail's top rows"
+        extra.append(int((flags & ~truth).sum()))
+    assert max(extra) <= 3, extra
+
+
 @pytest.mark.parametrize("bulk", BULKS)
 def test_poisons_in_two_tiers_are_all_found(bulk):
     """A backdoor that took on some poisons more than on others: two groups above the clean rows, the widest
     gap between them; the rule cuts below both."""
     for seed in range(5):
         t, truth = plant(bulk, 100, [(4, 40, 60), (4, 8, 12)], seed)
-        assert GapRule().flags(t).tolist() == truth.tolist(), seed
+        flags = GapRule().flags(t)
+        assert (flags & truth).sum() == 8 and (flags & ~truth).sum() <= (0 if bulk in LIGHT else 1), seed
 
 
-@pytest.mark.parametrize("bulk", BULKS)
+@pytest.mark.parametrize("bulk", LIGHT)
 @pytest.mark.parametrize("n", [55, 105, 211])
-def test_a_clean_table_flags_at_most_two_rows(bulk, n):
-    """No poison: over 100 draws, at most 2 rows flagged in at least 95 of them, and on average at most
-    a quarter of a row (the bound's alpha is 0.05)."""
+def test_a_clean_table_with_a_light_tail_flags_at_most_two_rows(bulk, n):
+    """No poison, a clean tail lighter than exponential: at most 2 rows flagged in 98 of 100 draws."""
     flagged = np.array([GapRule().flags(plant(bulk, n, [], seed)[0]).sum() for seed in range(100)])
-    assert np.mean(flagged <= 2) >= 0.95 and flagged.mean() <= 0.25, np.bincount(flagged)
+    assert np.mean(flagged <= 2) >= 0.98, np.bincount(flagged)
 
 
-def test_a_threshold_that_fits_one_backdoor_misses_another():
-    """What the gap rule is for: soft voting's fixed 2.5 flags clean rows of a wide clean tail with its
-    poisons, and misses poisons that stand 2 spreads above a narrow one; the gap rule finds both sets of
-    poisons and no clean row."""
-    wide, wide_truth = plant("student-t5", 200, [(11, 15, 25)], 0)
-    narrow, narrow_truth = plant("normal", 200, [(11, 1.8, 2.2)], 0)
-    assert SoftVotingRule().flags(wide).sum() > wide_truth.sum()
-    assert (SoftVotingRule().flags(narrow) & narrow_truth).sum() < narrow_truth.sum()
-    assert GapRule().flags(wide).tolist() == wide_truth.tolist()
-    assert GapRule().flags(narrow).tolist() == narrow_truth.tolist()
+@pytest.mark.parametrize("bulk", HEAVY)
+@pytest.mark.parametrize("n", [55, 105, 211])
+def test_a_clean_table_with_a_heavy_tail_flags_rows_with_chance_about_alpha(bulk, n):
+    """No poison, an exponential or heavier clean tail: some row flagged in about ``alpha`` of the draws (at most
+    1.5 alpha of 100: the union bound over the candidates and the steps make it approximate)."""
+    rule = GapRule()
+    flagged = np.array([rule.flags(plant(bulk, n, [], seed)[0]).sum() for seed in range(100)])
+    assert np.mean(flagged > 0) <= 1.5 * rule.alpha, np.bincount(flagged)
+
+
+def test_the_gap_tests_chance_is_alpha_on_an_exponential_tail():
+    """The calibration case: a statistic drawn from one exponential; a cut falls in about ``alpha`` of the
+    draws (within 3 standard errors of 600 draws)."""
+    rng = np.random.default_rng(0)
+    for alpha in (0.05, 0.1):
+        cuts = [gap_cut(rng.exponential(1.0, n), alpha=alpha).k > 0 for n in (55, 105, 211) for _ in range(200)]
+        assert abs(np.mean(cuts) - alpha) <= 3 * math.sqrt(alpha * (1 - alpha) / 600), np.mean(cuts)
+
+
+def test_a_fixed_threshold_flags_a_wide_clean_tail():
+    """What the gap rule is for: soft voting's fixed 2.5 (in supporter spreads) flags the top of a wide clean tail
+    with the poisons, and rows of it when there is no poison; the gap rule flags the poisons alone, and on
+    the poison-free tables flags more than 2 rows in few of 20 draws where soft voting does in most."""
+    wide, truth = plant("student-t5", 200, [(11, 15, 25)], 0)
+    assert SoftVotingRule().flags(wide).sum() > truth.sum()
+    assert GapRule().flags(wide).tolist() == truth.tolist()
+    clean = [plant("student-t5", 200, [], seed)[0] for seed in range(20)]
+    soft = [int(SoftVotingRule().flags(t).sum()) for t in clean]
+    gap = [int(GapRule().flags(t).sum()) for t in clean]
+    assert sum(f > 2 for f in soft) >= 15 and sum(f > 2 for f in gap) <= 2, (soft, gap)
 
 
 @pytest.mark.parametrize("window,alpha,message", [
@@ -177,15 +250,20 @@ def test_explain_names_the_scores_and_the_cut():
                             r"rank [1-5], above the cut after rank 5", line), line
     clean = np.flatnonzero(~truth)[0]
     assert rule.explain(t, np.array([clean]))[0].endswith("not above the cut after rank 5")
-    gap = cut.gaps[0]
-    assert rule.describe(t).startswith(
-        f"cut after rank 5 of the top 11: after rank 5 the consensus falls from {cut.ranked[4]:.2f} to "
-        f"{cut.ranked[5]:.2f}, {gap.ratio:.2f} times the spacing of the rows below (>= ln(11 / 0.05) = 5.39); "
-        "the widest gap below it: after rank ")
+    first, below = cut.gaps
+    assert rule.describe(t) == (
+        f"cut after rank 5 (of the top 11): after rank 5 the consensus falls from {cut.ranked[4]:.2f} to "
+        f"{cut.ranked[5]:.2f}, {first.ratio:.2f} times the median spacing of the {first.references} rows below; a "
+        f"clean tail opens that with chance {first.pvalue:.2g}, x 11 candidates = {11 * first.pvalue:.2g} <= 0.1; "
+        f"the most significant gap below it: after rank {below.rank} the consensus falls from "
+        f"{cut.ranked[below.rank - 1]:.2f} to {cut.ranked[below.rank]:.2f}, {below.ratio:.2f} times the median "
+        f"spacing of the {below.references} rows below; a clean tail opens that with chance {below.pvalue:.2g}, "
+        f"x 6 candidates = {6 * below.pvalue:.2g} > 0.1")
     quiet = plant("normal", 100, [], 3)[0]
-    assert re.fullmatch(r"no cut within the top 10: the widest gap: after rank \d+ the consensus falls from "
-                        r"-?\d+\.\d\d to -?\d+\.\d\d, \d+\.\d\d times the spacing of the rows below "
-                        r"\(< ln\(10 / 0.05\) = 5.30\)", rule.describe(quiet)), rule.describe(quiet)
+    assert re.fullmatch(r"no cut within the top 10: the most significant gap: after rank \d+ the consensus falls "
+                        r"from -?\d+\.\d\d to -?\d+\.\d\d, \d+\.\d\d times the median spacing of the \d+ rows "
+                        r"below; a clean tail opens that with chance [\d.e-]+, x 10 candidates = [\d.e-]+ > 0.1",
+                        rule.describe(quiet)), rule.describe(quiet)
 
 
 @pytest.fixture()

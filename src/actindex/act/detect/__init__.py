@@ -69,13 +69,13 @@ Ensembles (rows ``i``, transforms ``T``, each score column robustly standardised
   category scores a row by the mean ``u`` of its transforms, and a row is flagged when the mean of
   its category scores is at least ``soft_threshold`` (bench/RESULTS.md, "soft voting").
 * ``gap`` (the default): the same consensus ``c_i`` (mean over the categories of the mean ``u``), its
-  threshold read off the table. Sorted, ``c_(1) >= c_(2) >= ...``, its normalised spacings
-  ``D_j = (j - m)(c_(j) - c_(j+1))`` are, in an exponential tail, independent with one mean (Rényi);
-  with ``m`` rows above the cut (0 at first), the widest candidate gap after rank ``k``
-  (``m < k <= ceil(gap_window n)``) moves the cut to ``k`` when ``D_k >= ln((K - m) / gap_alpha) *
-  median(D_{k+1..n/2}) / ln 2``, and the step repeats below it: a backdoor's poisons stand together
-  above the clean rows by a gap that a clean tail opens with probability about ``gap_alpha``
-  (:func:`~actindex.act.detect.statistics.gap_cut`).
+  threshold read off the table. Sorted, ``c_(1) >= c_(2) >= ...``, with ``m`` rows above the cut (0 at
+  first), the normalised spacings ``D_j = (j - m)(c_(j) - c_(j+1))`` are independent and identically
+  exponential in an exponential tail (Rényi), so ``ratio_k = D_k / median(D_{k+1..n/2})`` has a known
+  chance ``p_k`` (:func:`~actindex.act.detect.statistics.tail_pvalue`); the most significant candidate
+  ``m < k <= K = ceil(gap_window n)`` moves the cut to ``k`` when ``(K - m) p_k <= gap_alpha``, and the
+  step repeats below it: a backdoor's poisons stand together above the clean rows by a gap that a clean
+  tail opens with chance at most about ``gap_alpha`` (:func:`~actindex.act.detect.statistics.gap_cut`).
 
 The package, step by step: :mod:`.config` (the settings), :mod:`.queries` (the test queries),
 :mod:`.transforms` (the rewrites, a class each, over the word lists of :mod:`.lexicon`),

@@ -89,8 +89,8 @@ class DetectConfig:
     soft_threshold: float = option("soft-voting rule: flag rows whose category-mean score, standardised against "
                                    "the rows that support the queries, is >= this.", SoftVotingRule.threshold)
     gap_window: float = option("gap rule: the cut lies within this top fraction of the rows.", GapRule.window)
-    gap_alpha: float = option("gap rule: the chance that a clean tail opens a gap that clears the bound.",
-                              GapRule.alpha)
+    gap_alpha: float = option("gap rule: a gap moves the cut when a clean exponential tail opens one as wide "
+                              "among the candidate ranks with at most this chance.", GapRule.alpha)
     labels_field: str | None = option("Record field with ground-truth labels (non-'clean' = poisoned): prints P/R/F1.",
                                       None)
     out: str | None = option("JSONL file for the flagged rows with their per-transform scores.", None)

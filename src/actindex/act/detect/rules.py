@@ -234,15 +234,15 @@ class GapRule(DetectRule):
     The threshold is read off the table. A backdoor's poisons share one cause, the trigger, so they stand
     together above the clean rows, whose top scores trail off; how far above depends on how well the
     backdoor took and on its answers, so no fixed threshold holds across backdoors. The spacings of the rows
-    below a gap measure how far apart clean rows fall, and the bound ``ln(K / alpha)`` keeps the chance that a
-    clean tail alone opens a gap that wide among ``K`` candidates near ``alpha``. The cut lies within the top
-    ``window`` of the rows: poisons are assumed to be at most that share of them."""
+    below a gap measure how far apart clean rows fall, and a gap moves the cut only when a clean exponential
+    tail opens one as wide among the ``K`` candidate ranks with chance at most ``alpha``. The cut lies within
+    the top ``window`` of the rows: poisons are assumed to be at most that share of them."""
 
     name: ClassVar[str] = "gap"
     help: ClassVar[str] = "rows above a gap in the category-mean score wider than a clean tail opens"
     record_field: ClassVar[str] = "consensus"
     window: float = 0.1
-    alpha: float = 0.05
+    alpha: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.window < 1:
@@ -270,22 +270,25 @@ class GapRule(DetectRule):
         return self.cut(table).flags(len(table.rows))
 
     def describe(self, table: ScoreTable) -> str:
-        """Where the cut falls on this table and why: each gap that moved it, and the widest that did not."""
+        """Where the cut falls on this table and why: each gap that moved it, and the most significant that did
+        not."""
         cut = self.cut(table)
         if not cut.gaps:
             return "too few rows for a gap test"
 
         def told(g: Gap) -> str:
             return (f"after rank {g.rank} the consensus falls from {cut.ranked[g.rank - 1]:.2f} to "
-                    f"{cut.ranked[g.rank]:.2f}, {g.ratio:.2f} times the spacing of the rows below "
-                    f"({'>=' if g.cleared else '<'} ln({cut.candidates - g.start} / {self.alpha:g}) = {g.bound:.2f})")
+                    f"{cut.ranked[g.rank]:.2f}, {g.ratio:.2f} times the median spacing of the {g.references} rows "
+                    f"below; a clean tail opens that with chance {g.pvalue:.2g}, x {g.candidates} "
+                    f"candidate{'s' if g.candidates != 1 else ''} = "
+                    f"{g.candidates * g.pvalue:.2g} {'<=' if g.cleared else '>'} {self.alpha:g}")
 
         moved = [told(g) for g in cut.gaps if g.cleared]
         last = cut.gaps[-1]
-        head = f"cut after rank {cut.k} of the top {cut.candidates}: " if cut.k else \
-            f"no cut within the top {cut.candidates}: "
-        tail = [] if last.cleared else [f"the widest gap below it: {told(last)}" if moved else
-                                        f"the widest gap: {told(last)}"]
+        head = f"cut after rank {cut.k} (of the top {cut.window}): " if cut.k else \
+            f"no cut within the top {cut.window}: "
+        tail = [] if last.cleared else [f"the most significant gap below it: {told(last)}" if moved else
+                                        f"the most significant gap: {told(last)}"]
         return head + "; ".join(moved + tail)
 
     def explain(self, table: ScoreTable, positions: np.ndarray) -> list[str]:

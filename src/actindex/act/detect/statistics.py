@@ -3,6 +3,7 @@ and precision/recall against ground-truth labels (module docstring of :mod:`acti
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -62,41 +63,52 @@ def prf(flagged: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"precision": p, "recall": r, "f1": f1, "flagged": int(flagged.sum()), "true": int(labels.sum()), "tp": tp}
 
 
+def tail_pvalue(ratio: float, references: int) -> float:
+    """``P(D >= ratio * X)`` for ``D`` exponential and ``X`` the lower median of ``references`` (``M``) other
+    independent draws of the same exponential: with ``X`` the ``q = ceil(M / 2)``-th smallest,
+    ``E[exp(-ratio X)] = prod_{j=M-q+1..M} j / (j + ratio)`` (Rényi: ``X`` is a sum of independent exponentials
+    of means ``1 / j``), here through log-gamma functions."""
+    if ratio <= 0:
+        return 1.0
+    if math.isinf(ratio):
+        return 0.0
+    m = references
+    low = m - (m + 1) // 2 + 1
+    return math.exp(math.lgamma(m + 1) - math.lgamma(low) - math.lgamma(m + 1 + ratio) + math.lgamma(low + ratio))
+
+
 @dataclass(frozen=True)
 class Gap:
-    """One step of :func:`gap_cut`: its widest gap, after rank ``rank``, with ``start`` rows already above a cut.
+    """One step of :func:`gap_cut`: its most significant gap, after rank ``rank``, with ``start`` rows already
+    above the cut and ``candidates`` ranks tested.
 
-    ``spacing = (rank - start) (x_(rank) - x_(rank+1))``, ``scale`` the spacings below it (median / ln 2),
-    ``bound = ln(candidates / alpha)``."""
+    ``ratio = D_rank / median(D_{rank+1..R})`` over the ``references`` spacings below it, and ``pvalue`` the
+    chance that a clean exponential tail gives a ratio that large (:func:`tail_pvalue`)."""
 
     rank: int
     start: int
-    spacing: float
-    scale: float
-    bound: float
-
-    @property
-    def ratio(self) -> float:
-        """``spacing / scale``: 0 where the rows are tied (no gap), infinite where only the rows below are."""
-        if self.scale > 0:
-            return self.spacing / self.scale
-        return math.inf if self.spacing > 0 else 0.0
+    ratio: float
+    references: int
+    pvalue: float
+    candidates: int
+    alpha: float
 
     @property
     def cleared(self) -> bool:
-        return self.ratio >= self.bound
+        """Whether the gap is wider than a clean tail opens among the candidates: ``candidates * pvalue <= alpha``."""
+        return self.candidates * self.pvalue <= self.alpha
 
 
 @dataclass(frozen=True)
 class GapCut:
     """Where a statistic falls by more than a clean tail would (:func:`gap_cut`): ``order`` lists the rows by
-    decreasing statistic, ``ranked`` the statistic in that order, ``gaps`` the widest gap of each step (every
-    one cleared its bound but the last, when a step found none) and ``k`` the rows above the cut."""
+    decreasing statistic, ``ranked`` the statistic in that order, ``gaps`` the most significant gap of each
+    step (every one cleared but the last, when a step found none) and ``k`` the rows above the cut."""
 
     order: np.ndarray
     ranked: np.ndarray
     gaps: list[Gap]
-    candidates: int
+    window: int
 
     @property
     def k(self) -> int:
@@ -109,35 +121,69 @@ class GapCut:
         return out
 
 
-def gap_cut(x: np.ndarray, window: float = 0.1, alpha: float = 0.05, reference: float = 0.5) -> GapCut:
-    """The rows above the gaps near the top of ``x`` that a clean tail would open with probability ``alpha``.
+def suffix_medians(values: np.ndarray, count: int) -> np.ndarray:
+    """``out[i]`` = the lower median (the ``ceil(len / 2)``-th smallest) of ``values[i:]`` for ``i = 0..count``
+    (``values[count:]`` must not be empty): the last suffix split once, then two heaps taking one value at a
+    time, ``O(n + count log n)``."""
+    tail = np.asarray(values[count:], np.float64)
+    half = (len(tail) + 1) // 2
+    split = np.partition(tail, half - 1)
+    low = [-float(v) for v in split[:half]]  # the smaller half, negated: a max-heap
+    high = [float(v) for v in split[half:]]
+    heapq.heapify(low)
+    heapq.heapify(high)
+    out = np.empty(count + 1)
+    out[count] = -low[0]
+    for i in range(count - 1, -1, -1):
+        v = float(values[i])
+        if v > -low[0]:
+            heapq.heappush(high, v)
+        else:
+            heapq.heappush(low, -v)
+        half = (len(values) - i + 1) // 2
+        while len(low) > half:
+            heapq.heappush(high, -heapq.heappop(low))
+        while len(low) < half:
+            heapq.heappush(low, -heapq.heappop(high))
+        out[i] = -low[0]
+    return out
+
+
+def gap_cut(x: np.ndarray, window: float = 0.1, alpha: float = 0.1, reference: float = 0.5) -> GapCut:
+    """The rows above the gaps near the top of ``x`` that a clean tail opens with probability at most ``alpha``.
 
     Sort ``x`` decreasingly, ``x_(1) >= x_(2) >= ...``. In an exponential upper tail the normalised spacings
-    ``D_j = j (x_(j) - x_(j+1))`` are independent and exponential with one mean ``beta`` (Rényi's
-    representation of order statistics), so the largest of ``K`` exceeds ``ln(K / alpha) beta`` with
-    probability about ``alpha``. With ``m`` rows already above a cut (0 at first), the rows below are
-    re-ranked from ``m``: ``D_j = (j - m)(x_(j) - x_(j+1))``. Each candidate gap, after rank ``k`` with
-    ``m < k <= K = ceil(window n)``, is compared with the spacings of the rows below it,
-    ``beta_k = median(D_{k+1..R}) / ln 2`` with ``R = ceil(reference n)``; the widest ``D_k / beta_k`` that
-    reaches ``ln((K - m) / alpha)`` moves the cut to ``k``, and the step repeats below it (poisons a backdoor
-    learnt less well form a second group under the first). No candidate clears the bound: the cut stays."""
+    ``D_j = j (x_(j) - x_(j+1))`` are independent and exponential with one mean (Rényi's representation of
+    order statistics). With ``m`` rows above the cut (0 at first) the rows below are re-ranked from ``m``,
+    ``D_j = (j - m)(x_(j) - x_(j+1))``, and each candidate gap, after rank ``k`` with
+    ``m < k <= K = ceil(window n)``, is measured against the spacings below it: ``ratio_k = D_k /
+    median(D_{k+1..R})`` with ``R = ceil(reference n)``, whose chance under a clean exponential tail is exactly
+    :func:`tail_pvalue`. The most significant candidate moves the cut to ``k`` when ``(K - m) p_k <= alpha``
+    (a union bound over the candidates), and the step repeats below it (poisons a backdoor learnt less well
+    form a second group under the first). When no candidate clears it the cut stays; none at all flags nothing.
+    """
     x = np.asarray(x, np.float64)
     n = len(x)
     order = np.argsort(-x, kind="stable")
     ranked = x[order]
     steps = ranked[:-1] - ranked[1:]
-    k_max = min(max(1, math.ceil(window * n)), n - 2) if n > 2 else 0
+    k_max = min(max(1, math.ceil(window * n)), n - 3) if n > 3 else 0
     reach = min(n - 1, max(k_max + 2, math.ceil(reference * n)))
     gaps: list[Gap] = []
     start = 0
     while start < k_max:
         spacings = np.arange(1, reach - start + 1) * steps[start:reach]  # D_{start+1..reach}, re-ranked
-        found = [Gap(k, start, float(spacings[k - start - 1]),
-                     float(np.median(spacings[k - start:]) / math.log(2)), math.log((k_max - start) / alpha))
-                 for k in range(start + 1, k_max + 1)]
-        widest = max(found, key=lambda g: g.ratio)
-        gaps.append(widest)
-        if not widest.cleared:
+        below = suffix_medians(spacings, k_max - start)  # below[i]: the median of D_{start+i+1..reach}
+        best: Gap | None = None
+        for k in range(start + 1, k_max + 1):
+            d, median = spacings[k - start - 1], below[k - start]
+            ratio = d / median if median > 0 else (math.inf if d > 0 else 0.0)
+            gap = Gap(k, start, ratio, reach - k, tail_pvalue(ratio, reach - k), k_max - start, alpha)
+            if best is None or gap.pvalue < best.pvalue:
+                best = gap
+        assert best is not None
+        gaps.append(best)
+        if not best.cleared:
             break
-        start = widest.rank
+        start = best.rank
     return GapCut(order, ranked, gaps, k_max)
