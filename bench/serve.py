@@ -58,7 +58,7 @@ KS, BOTTOM_KS = tuple(range(5, 25)), tuple(range(5))
 BLOCK = 50_000
 #: the families a synthetic index holds by default: the members the adaptive default fuses for the behaviour on
 #: the 10k-row index (residual change and its response opening at both layers) and the family /search asks
-SYNTHETIC_FAMILIES = ("mean_activation/2,residual_change/2,residual_change/3,residual_change_opening/2,"
+SYNTHETIC_FAMILIES = ("mean_activation_start/2,residual_change/2,residual_change/3,residual_change_opening/2,"
                       "residual_change_opening/3")
 
 

@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def test_bench_serve_runs_and_prints_its_table(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BENCH.parent / "src"), str(BENCH)]))
     out = subprocess.run([sys.executable, str(BENCH / "serve.py"), "--rows", "24,60", "--queries", "4", "--clients",
-                          "1,4", "--synthetic-families", "residual_change/1,mean_activation/1,nope/9", "--hidden",
+                          "1,4", "--synthetic-families", "residual_change/1,mean_activation_start/1,nope/9", "--hidden",
                           "32", "--layers", "2", "--rounds", "1", "--work", str(tmp_path), "--no-record"],
                          capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

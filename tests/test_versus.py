@@ -107,8 +107,9 @@ def root(tmp_path_factory, lm, one_torch_thread):
         rows += [{"id": f"{word}-{i}", "messages": [{"role": "user", "content": p["prompt"]},
                                                      {"role": "assistant", "content": p["treatment"]}]}
                  for i, p in enumerate(pairs(word))]
+    # the full-width layout, where this tiny model confuses the two behaviours' rows without versus
     actindex.build(data=str(write_jsonl(tmp / "train.jsonl", rows)), out=str(tmp / "idx"), layers=[1, 2, 3],
-                   model=lm, progress=False)
+                   model=lm, progress=False, full_width=True)
     write_jsonl(tmp / "gold.jsonl", pairs("gold"))
     write_jsonl(tmp / "silver.jsonl", pairs("silver"))
     return tmp
