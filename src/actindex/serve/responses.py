@@ -59,7 +59,7 @@ class FamilyOut(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     dim: int = Field(description="The vectors' width: a /search vector of this family has this many values.")
-    dtype: str = Field(description="How they are stored (float32).")
+    dtype: str = Field(description="How they are stored: int4 (the default), int8, float16 or float32.")
     faiss_factory: str = Field(description="How they are searched: Flat (exact), IVF...,Flat (approximate), or "
                                            "store (exact, from the stored vectors).")
 
