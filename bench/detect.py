@@ -26,14 +26,17 @@ Each cell's stages are cached in ``WORK/<pool>-s<seed>/`` and skipped when their
 4. ``scores.npz``: the score table of ``actindex.detect`` (``--rerank``, ``--transforms``) with the labels;
 5. ``cell.json``: attack success of the fine-tuned model, the index's memorisation figures, seconds per stage.
 
-With ``--base-route POOL[,POOL]`` those cells also get ``base.idx``, the pool indexed and fitted with the
-model the fine-tune started from, scored with the fine-tuned model answering (``detect --target``): the route
-the memorisation warning names (``base-scores.npz``).
+``--routes`` chooses which indexes score each cell: ``own`` (the fine-tuned model's, the bench's procedure),
+``base`` (``base.idx``: the pool indexed and fitted with the model the fine-tune started from, the queries
+carrying their responses: no fine-tune needed) and ``target`` (the base model's index scoring, the fine-tuned
+model answering the queries' prompts: ``detect --target``, the route the memorisation warning names), saved as
+``scores.npz``, ``base-scores.npz`` and ``target-scores.npz``.
 
 Then every registered rule, at the defaults of ``DetectConfig``, is applied to every saved table (no model
 is loaded with ``--rules-only``): flagged rows, precision, recall and F1 per pool, seed and rule, and each
 rule's worst case over the pools (lowest F1 on a poisoned pool, most rows flagged on a poison-free one).
-Labels are read here only, never by actindex. The tables are recorded in bench/runs/detect.md.
+Labels are read here only, never by actindex. The tables are recorded in bench/runs/detect.md. The labelled
+sets are read from ``$ACTINDEX_BENCH_DATA`` (default: the ``shared/data`` folder beside the checkout).
 
     python bench/detect.py --pools sst2/badnet,jailbreak,sst2/none --seeds 0,1 --work /tmp/det
 """

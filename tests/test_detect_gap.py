@@ -348,9 +348,10 @@ def test_a_memorised_model_is_told_which_index_to_build(planted_scores, monkeypa
     monkeypatch.setattr(Index, "memorisation", property(lambda self: check))
     data, model = idx.manifest.data_path, idx.manifest.model.name
     expected = (f"ratio {rows_loss / 3:.2f} < 0.35): the poisons it learnt best have the least gradient left under "
-                f"it. Index the same rows with the model the fine-tune started from and audit this one as the "
-                f"target: actindex build --data {data} --layers 1 --model BASE --out BASE_INDEX; actindex detect "
-                f"--index BASE_INDEX --target {model} --queries {queries}")
+                f"it. If its flags miss them, index the same rows with the model the fine-tune started from (BASE; "
+                f"a checkpoint from early in the fine-tune, which has begun to learn the backdoor, keeps the poisons "
+                f"in view better) and audit this one as the target: actindex build --data {data} --layers 1 --model "
+                f"BASE --out BASE_INDEX; actindex detect --index BASE_INDEX --target {model} --queries {queries}")
     with pytest.warns(MemorisationWarning) if warned else warnings.catch_warnings():
         if not warned:
             warnings.simplefilter("error", MemorisationWarning)

@@ -223,7 +223,13 @@ class SoftVotingRule(ThresholdRule):
         return self.parts(table)[1].mean(axis=1)
 
     def parts(self, table: ScoreTable) -> tuple[list[str], np.ndarray]:
-        return category_means(support_z(table.scores), table.categories)
+        return category_scores(table)
+
+
+def category_scores(table: ScoreTable) -> tuple[list[str], np.ndarray]:
+    """``(categories, cz)``: ``cz[i, c]`` the mean over category ``c``'s transforms of row ``i``'s score
+    standardised against the supporters (:func:`support_z`)."""
+    return category_means(support_z(table.scores), table.categories)
 
 
 @dataclass
@@ -256,7 +262,7 @@ class GapRule(DetectRule):
 
     def consensus(self, table: ScoreTable) -> tuple[list[str], np.ndarray, np.ndarray]:
         """``(categories, category scores, consensus)``: the mean supporter z per category, and their mean."""
-        cats, cz = category_means(support_z(table.scores), table.categories)
+        cats, cz = category_scores(table)
         return cats, cz, cz.mean(axis=1)
 
     def cut(self, table: ScoreTable) -> GapCut:
@@ -301,8 +307,8 @@ class GapRule(DetectRule):
                 f"{'above' if rank[p] <= cut.k else 'not above'} {where}" for p in positions]
 
 
-#: the registry, in the order of the CLI's table and of a flagged row's record fields
-RULES = (VarianceRule, VotingRule, BothRule, SoftVotingRule, GapRule)
+#: the registry, in the order of the CLI's table and of a flagged row's record fields (the default first)
+RULES = (GapRule, VarianceRule, VotingRule, BothRule, SoftVotingRule)
 DetectRule.register(*RULES)
 #: the rule whose statistic breaks ties in the order of any rule's flagged rows
 TIE_BREAK = VarianceRule.name

@@ -96,9 +96,12 @@ def ground_truth(index: Index, rows: np.ndarray, field_name: str) -> np.ndarray:
 
 def memorisation_advice(index: Index, config: DetectConfig) -> str | None:
     """One line when the index's model has memorised its rows (:mod:`actindex.index.memorisation`): the
-    poisons a fine-tune learnt best then have the least gradient left, and scores by that model miss them.
-    It names the route that keeps them in view: the same rows indexed with the model the fine-tune started
-    from, this index's model audited as the ``--target``."""
+    poisons a fine-tune learnt best then have the least gradient left, and scores by that model can miss
+    them. It names the other route: the same rows indexed with the model the fine-tune started from (or a
+    checkpoint from early in it), this index's model audited as the ``--target``. The exact influence's
+    RelatIF norm keeps memorised rows in view, so the flags of this index come first: on the benchmark's
+    label pools, where the warning fires for every fine-tune, they found the poisons and the base model's
+    index, which has not learnt the trigger, did not (bench/RESULTS.md)."""
     check = index.memorisation
     if check is None or not check.memorised:
         return None
@@ -108,8 +111,10 @@ def memorisation_advice(index: Index, config: DetectConfig) -> str | None:
     rerank = f" --rerank {config.rerank}" if config.rerank else ""
     return (f"{index.root}: the index's model has memorised its rows (median response loss {check.rows_loss:.3f} "
             f"nats/token against {check.heldout.loss_per_token:.3f} on held-out rows, ratio {check.ratio:.2f} < "
-            f"{MEMORISED_RATIO}): the poisons it learnt best have the least gradient left under it. Index the "
-            f"same rows with the model the fine-tune started from and audit this one as the target: actindex build "
+            f"{MEMORISED_RATIO}): the poisons it learnt best have the least gradient left under it. If its flags "
+            f"miss them, index the same rows with the model the fine-tune started from (BASE; a checkpoint from "
+            f"early in the fine-tune, which has begun to learn the backdoor, keeps the poisons in view better) and "
+            f"audit this one as the target: actindex build "
             f"--data {manifest.data_path} --layers {layers} --model BASE --out BASE_INDEX; {fit}actindex detect "
             f"--index BASE_INDEX --target {manifest.model.name} --queries {config.queries}{rerank}")
 
